@@ -1,0 +1,1080 @@
+//! [`Buffer`]: the handle every producer, persister and dashboard uses.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Client;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Serialize;
+
+use crate::batch::BatchId;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::keys::{DEFAULT_GROUPS, KeyLayout};
+use crate::name::{Namespace, StoreName};
+use crate::record::{self, EncodedRecord};
+use crate::scripts;
+
+/// How to reach Redis and how to lay out keys there.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use buffer_core::BufferConfig;
+///
+/// let config = BufferConfig::new("redis://127.0.0.1:6379/0")
+///     .namespace("orders-service")?
+///     .response_timeout(Duration::from_secs(2));
+/// assert_eq!(config.namespace_name().as_str(), "orders-service");
+/// # Ok::<(), buffer_core::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct BufferConfig {
+    url: String,
+    namespace: Namespace,
+    groups: u16,
+    response_timeout: Duration,
+    connect_timeout: Duration,
+    max_record_bytes: usize,
+    page_size: usize,
+    holder_id: String,
+    clock: Arc<dyn Clock>,
+}
+
+impl BufferConfig {
+    /// A configuration for the Redis at `url` (`redis://[user:password@]host:port/db`,
+    /// `rediss://` for TLS) with every other setting at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: Namespace::default(),
+            groups: DEFAULT_GROUPS,
+            response_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_record_bytes: 8 * 1024 * 1024,
+            page_size: 1000,
+            holder_id: default_holder_id(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Sets the key namespace (default `buf`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidNamespace`] when it is not 1..=64 bytes of `[A-Za-z0-9._-]`.
+    pub fn namespace(mut self, namespace: &str) -> Result<Self> {
+        self.namespace = Namespace::new(namespace)?;
+        Ok(self)
+    }
+
+    /// The configured namespace.
+    pub fn namespace_name(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// Sets the number of slot groups (default 256). Every process sharing a namespace must
+    /// use the same number, since it decides every key's name.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `groups` is 0.
+    pub fn groups(mut self, groups: u16) -> Result<Self> {
+        if groups == 0 {
+            return Err(Error::Config(
+                "the number of groups must be at least 1".into(),
+            ));
+        }
+        self.groups = groups;
+        Ok(self)
+    }
+
+    /// How long to wait for any reply before the call fails with a transient error (default 5 s).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for a connection to be established (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The largest record accepted, as compact JSON (default 8 MiB).
+    pub fn max_record_bytes(mut self, max: usize) -> Self {
+        self.max_record_bytes = max;
+        self
+    }
+
+    /// How many records a page of a batch holds when it is read (default 1000).
+    pub fn page_size(mut self, records: usize) -> Self {
+        self.page_size = records.max(1);
+        self
+    }
+
+    /// The holder id written into locks this buffer takes (default `<hostname>:<pid>`).
+    pub fn holder_id(mut self, holder: impl Into<String>) -> Self {
+        self.holder_id = holder.into();
+        self
+    }
+
+    /// The clock used for first-write times, batch ids and ages (default the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The Redis URL with any password replaced by `***`, fit to display or log.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// Replaces the password of a Redis URL (if any) with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                // `redis://password@host` is also accepted by some clients: redact it too.
+                format!("{scheme}://***@{host}{path}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn default_holder_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{host}/{}", std::process::id())
+}
+
+/// What a push returns: the live store's state right after the push, read in the same
+/// transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PushReceipt {
+    /// Total size of the store's records, in bytes of compact JSON.
+    pub bytes: u64,
+    /// Number of records in the store.
+    pub records: u64,
+    /// Number of distinct top-level keys seen across the store's records.
+    pub keys: u64,
+    /// When the first record of the current live buffer was pushed (Unix ms).
+    pub first_write_ms: u64,
+}
+
+/// A batch made by [`Buffer::prepare_to_persist`]: frozen, never changed again, waiting to be
+/// written out and emptied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PreparedBatch {
+    /// The store it came from.
+    #[serde(serialize_with = "serialize_display")]
+    pub store: StoreName,
+    /// Its id.
+    #[serde(serialize_with = "serialize_display")]
+    pub id: BatchId,
+    /// Number of records.
+    pub records: u64,
+    /// Total size of the records in bytes.
+    pub bytes: u64,
+    /// Number of distinct top-level keys.
+    pub keys: u64,
+    /// When its first record was pushed (Unix ms).
+    pub first_write_ms: u64,
+}
+
+fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+/// A live store as the indexes describe it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoreSummary {
+    /// The store.
+    #[serde(serialize_with = "serialize_display")]
+    pub store: StoreName,
+    /// When its first live record was pushed (Unix ms).
+    pub first_write_ms: u64,
+    /// Size of its live records in bytes.
+    pub bytes: u64,
+    /// Number of live records.
+    pub records: u64,
+}
+
+/// A prepared batch as the indexes describe it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PreparedSummary {
+    /// The store it came from.
+    #[serde(serialize_with = "serialize_display")]
+    pub store: StoreName,
+    /// Its id (which carries its creation time).
+    #[serde(serialize_with = "serialize_display")]
+    pub id: BatchId,
+}
+
+/// All the records and keys of a batch, loaded at once by [`Buffer::get_contents`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchContents {
+    /// The records, in push order.
+    pub records: Vec<serde_json::Value>,
+    /// The distinct top-level keys, sorted.
+    pub keys: BTreeSet<String>,
+}
+
+/// A shared handle to the buffer. Cheap to clone; clones share one multiplexed connection
+/// that reconnects on its own.
+///
+/// # Examples
+/// ```no_run
+/// # async fn demo() -> Result<(), buffer_core::Error> {
+/// use buffer_core::{Buffer, BufferConfig};
+/// use serde_json::json;
+///
+/// let buffer = Buffer::connect(BufferConfig::new("redis://127.0.0.1:6379")).await?;
+/// let receipt = buffer.push("orders", &json!({"id": 1, "total": 9.5})).await?;
+/// println!("{} records, {} bytes", receipt.records, receipt.bytes);
+///
+/// if let Some(batch) = buffer.prepare_to_persist("orders").await? {
+///     let mut reader = buffer.reader(&batch);
+///     while let Some(page) = reader.next_page().await? {
+///         for line in page {
+///             println!("{line}");
+///         }
+///     }
+///     buffer.empty(&batch.store, &batch.id).await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Buffer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Kept to open dedicated connections (pub/sub) next to the shared one.
+    client: Client,
+    /// The shared connection; clones of it multiplex over one socket and reconnect on error.
+    conn: ConnectionManager,
+    layout: KeyLayout,
+    config: BufferConfig,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("url", &self.inner.config.redacted_url())
+            .field("namespace", &self.inner.layout.namespace())
+            .finish()
+    }
+}
+
+impl Buffer {
+    /// Connects to Redis and checks that it answers.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed URL; [`Error::Redis`] or [`Error::Timeout`] when the
+    /// server cannot be reached or refuses the credentials.
+    pub async fn connect(config: BufferConfig) -> Result<Self> {
+        let buffer = Self::connect_lazy(config)?;
+        let mut conn = buffer.conn();
+        buffer
+            .run("connect", "", async move {
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            })
+            .await?;
+        Ok(buffer)
+    }
+
+    /// Sets up the connection without waiting for Redis: the first call connects. Used by
+    /// long-running jobs and the dashboard, which must start while Redis is away.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed URL.
+    pub fn connect_lazy(config: BufferConfig) -> Result<Self> {
+        install_tls_provider();
+        let client = Client::open(config.url.as_str()).map_err(|err| {
+            Error::Config(format!(
+                "invalid Redis URL {}: {err}",
+                config.redacted_url()
+            ))
+        })?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.response_timeout))
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(|err| Error::Config(format!("{}: {err}", config.redacted_url())))?;
+        let layout = KeyLayout::new(config.namespace.clone(), config.groups);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                layout,
+                config,
+            }),
+        })
+    }
+
+    /// The configuration this buffer was made with.
+    pub fn config(&self) -> &BufferConfig {
+        &self.inner.config
+    }
+
+    /// The holder id written into the locks this buffer takes.
+    pub fn holder_id(&self) -> &str {
+        &self.inner.config.holder_id
+    }
+
+    /// The current time by this buffer's clock (Unix ms).
+    pub fn now_ms(&self) -> u64 {
+        self.inner.config.clock.now_ms()
+    }
+
+    pub(crate) fn layout(&self) -> &KeyLayout {
+        &self.inner.layout
+    }
+
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Runs one Redis exchange under the response timeout, mapping its error.
+    ///
+    /// The connection manager has its own response timeout; this outer one also bounds
+    /// connecting and reconnecting, so no call can hang on a frozen server.
+    pub(crate) async fn run<T>(
+        &self,
+        op: &'static str,
+        store: &str,
+        exchange: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        let config = &self.inner.config;
+        let limit = config.response_timeout + config.connect_timeout;
+        match tokio::time::timeout(limit, exchange).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) if err.is_timeout() => Err(Error::Timeout {
+                op,
+                timeout_ms: millis(config.response_timeout),
+            }),
+            Ok(Err(err)) => Err(Error::from_redis(op, store, err)),
+            Err(_elapsed) => Err(Error::Timeout {
+                op,
+                timeout_ms: millis(limit),
+            }),
+        }
+    }
+
+    /// Appends one record to a store.
+    ///
+    /// The record must serialize to a JSON object. One MULTI/EXEC appends it, records the
+    /// first-write time if this is the store's first record, adds its top-level keys to the
+    /// store's key set, counts its bytes, updates the group indexes and reads the store's
+    /// totals back. The push is acknowledged (`Ok`) only when EXEC succeeded and every reply
+    /// inside it was a success of the expected type.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStoreName`], [`Error::InvalidRecord`], [`Error::RecordTooLarge`] before
+    /// anything is sent; [`Error::WrongType`] or [`Error::OutOfMemory`] when Redis refused a
+    /// command of the transaction; transient errors when Redis is unreachable or slow. After
+    /// a timeout the push may or may not have been applied.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(buffer: buffer_core::Buffer) -> Result<(), buffer_core::Error> {
+    /// #[derive(serde::Serialize)]
+    /// struct Order { id: u64, total: f64 }
+    /// let receipt = buffer.push("orders", &Order { id: 7, total: 12.5 }).await?;
+    /// assert!(receipt.records >= 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn push<S, T>(&self, store: S, record: &T) -> Result<PushReceipt>
+    where
+        S: TryInto<StoreName, Error = Error>,
+        T: Serialize + ?Sized,
+    {
+        let store = store.try_into()?;
+        let encoded = record::encode(&store, 0, record, self.inner.config.max_record_bytes)?;
+        self.push_encoded(&store, vec![encoded]).await
+    }
+
+    /// Appends several records to a store in one transaction: all of them or none.
+    ///
+    /// # Errors
+    /// As [`Buffer::push`]; every record is checked before anything is sent, and the error
+    /// names the index of the first bad one. [`Error::NoRecords`] for an empty slice.
+    pub async fn push_many<S, T>(&self, store: S, records: &[T]) -> Result<PushReceipt>
+    where
+        S: TryInto<StoreName, Error = Error>,
+        T: Serialize,
+    {
+        let store = store.try_into()?;
+        let max = self.inner.config.max_record_bytes;
+        let encoded = records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| record::encode(&store, index, record, max))
+            .collect::<Result<Vec<_>>>()?;
+        self.push_encoded(&store, encoded).await
+    }
+
+    /// Appends records given as JSON texts (one object each, as in a JSON Lines file), in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// As [`Buffer::push_many`]; a text that is not a JSON object is [`Error::InvalidRecord`].
+    pub async fn push_json<S, J>(&self, store: S, texts: &[J]) -> Result<PushReceipt>
+    where
+        S: TryInto<StoreName, Error = Error>,
+        J: AsRef<str>,
+    {
+        let store = store.try_into()?;
+        let max = self.inner.config.max_record_bytes;
+        let encoded = texts
+            .iter()
+            .enumerate()
+            .map(|(index, text)| record::parse(&store, index, text.as_ref(), max))
+            .collect::<Result<Vec<_>>>()?;
+        self.push_encoded(&store, encoded).await
+    }
+
+    async fn push_encoded(
+        &self,
+        store: &StoreName,
+        records: Vec<EncodedRecord>,
+    ) -> Result<PushReceipt> {
+        if records.is_empty() {
+            return Err(Error::NoRecords {
+                store: store.to_string(),
+            });
+        }
+        let layout = self.layout();
+        let live = layout.live(store);
+        let group = layout.group_for(store);
+        let now = self.now_ms();
+        let bytes: usize = records.iter().map(|r| r.json.len()).sum();
+        let count = records.len();
+        let mut keys: Vec<String> = records
+            .iter()
+            .flat_map(|r| r.keys.iter().cloned())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let jsons: Vec<String> = records.into_iter().map(|r| r.json).collect();
+
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .rpush(&live.records, jsons)
+            .cmd("SET")
+            .arg(&live.first)
+            .arg(now)
+            .arg("NX")
+            .arg("GET");
+        if !keys.is_empty() {
+            pipe.sadd(&live.keys, keys).ignore();
+        }
+        pipe.scard(&live.keys)
+            .incr(&live.bytes, bytes)
+            .cmd("ZADD")
+            .arg(&group.stores)
+            .arg("NX")
+            .arg(now)
+            .arg(store.encoded())
+            .ignore()
+            .zincr(&group.bytes, store.encoded(), bytes)
+            .ignore()
+            .zincr(&group.count, store.encoded(), count)
+            .ignore();
+        let mut conn = self.conn();
+        // The pipeline fails as a whole when any reply inside EXEC is an error (the library
+        // checks each one, `ignore()` only drops successful replies from the result), and the
+        // kept replies are parsed strictly: a reply of an unexpected type is an error too.
+        let (records, previous_first, keys, bytes): (u64, Option<u64>, u64, u64) = self
+            .run("push", store.as_str(), async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        Ok(PushReceipt {
+            bytes,
+            records,
+            keys,
+            first_write_ms: previous_first.unwrap_or(now),
+        })
+    }
+
+    /// Freezes a store's records into a new batch, atomically: pushes that follow land in a
+    /// fresh live buffer, and the batch never changes again.
+    ///
+    /// Returns `Ok(None)` when the store has no records.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStoreName`]; [`Error::WrongType`] when a key of the store holds the
+    /// wrong type (nothing is moved then); transient errors.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(buffer: buffer_core::Buffer) -> Result<(), buffer_core::Error> {
+    /// match buffer.prepare_to_persist("orders").await? {
+    ///     Some(batch) => println!("batch {} holds {} records", batch.id, batch.records),
+    ///     None => println!("nothing to persist"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn prepare_to_persist<S>(&self, store: S) -> Result<Option<PreparedBatch>>
+    where
+        S: TryInto<StoreName, Error = Error>,
+    {
+        let store = store.try_into()?;
+        match self.prepare(&store, None).await? {
+            PrepareOutcome::Prepared(batch) => Ok(Some(batch)),
+            PrepareOutcome::Empty => Ok(None),
+            PrepareOutcome::LockLost => Err(Error::Corrupt {
+                what: "prepare without a lock reported a lost lock".into(),
+            }),
+        }
+    }
+
+    /// Runs the prepare script, retrying with a new id when the id is already taken (two
+    /// prepares of one store in the same millisecond never merge).
+    pub(crate) async fn prepare(
+        &self,
+        store: &StoreName,
+        lock_value: Option<&str>,
+    ) -> Result<PrepareOutcome> {
+        let layout = self.layout();
+        let live = layout.live(store);
+        let group = layout.group_for(store);
+        for _attempt in 0..16 {
+            let id = BatchId::new(self.now_ms());
+            let batch = layout.batch(store, &id);
+            let mut invocation = scripts::PREPARE.prepare_invoke();
+            for key in live.all().into_iter().chain(batch.all()) {
+                invocation.key(key);
+            }
+            invocation
+                .key(&group.stores)
+                .key(&group.bytes)
+                .key(&group.count)
+                .key(&group.prepared)
+                .key(layout.store_lock(store))
+                .key(layout.batch_lock(store, &id))
+                .arg(store.encoded())
+                .arg(KeyLayout::prepared_member(store, &id))
+                .arg(id.created_ms())
+                .arg(lock_value.unwrap_or(""));
+            let mut conn = self.conn();
+            let reply: Vec<i64> = self
+                .run("prepare_to_persist", store.as_str(), async move {
+                    invocation.invoke_async(&mut conn).await
+                })
+                .await?;
+            let count = |value: &i64| u64::try_from(*value).unwrap_or(0);
+            match reply.as_slice() {
+                [0] => return Ok(PrepareOutcome::Empty),
+                [-1] => return Ok(PrepareOutcome::LockLost),
+                [-2] => {}
+                [1, records, bytes, keys, first] => {
+                    return Ok(PrepareOutcome::Prepared(PreparedBatch {
+                        store: store.clone(),
+                        id,
+                        records: count(records),
+                        bytes: count(bytes),
+                        keys: count(keys),
+                        first_write_ms: count(first),
+                    }));
+                }
+                other => {
+                    return Err(Error::Corrupt {
+                        what: format!("prepare script replied {other:?}"),
+                    });
+                }
+            }
+            tracing::debug!(store = %store, batch = %id, "batch id already taken, picking another");
+        }
+        Err(Error::Corrupt {
+            what: format!("could not find a free batch id for store {store:?} in 16 attempts"),
+        })
+    }
+
+    pub(crate) async fn lock_value_matches(&self, key: &str, value: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let key = key.to_owned();
+        let current: Option<String> = self
+            .run("lock", "", async move {
+                redis::cmd("GET").arg(key).query_async(&mut conn).await
+            })
+            .await?;
+        Ok(current.as_deref() == Some(value))
+    }
+
+    /// Reads a batch's counts, or `None` when it does not exist (it was emptied).
+    ///
+    /// # Errors
+    /// [`Error::WrongType`] when a batch key holds the wrong type; transient errors.
+    pub async fn batch_info(
+        &self,
+        store: &StoreName,
+        batch: &BatchId,
+    ) -> Result<Option<PreparedBatch>> {
+        let keys = self.layout().batch(store, batch);
+        let mut pipe = redis::pipe();
+        pipe.exists(&keys.records)
+            .llen(&keys.records)
+            .get(&keys.bytes)
+            .scard(&keys.keys)
+            .get(&keys.first);
+        let mut conn = self.conn();
+        let (exists, records, bytes, key_count, first): (bool, u64, Option<u64>, u64, Option<u64>) =
+            self.run("batch_info", store.as_str(), async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        Ok(exists.then(|| PreparedBatch {
+            store: store.clone(),
+            id: batch.clone(),
+            records,
+            bytes: bytes.unwrap_or(0),
+            keys: key_count,
+            first_write_ms: first.unwrap_or(batch.created_ms()),
+        }))
+    }
+
+    /// A reader that streams a batch's records page by page, in push order, as the JSON texts
+    /// that were pushed. Memory use is one page, whatever the batch size.
+    pub fn reader(&self, batch: &PreparedBatch) -> BatchReader {
+        BatchReader {
+            buffer: self.clone(),
+            key: self.layout().batch(&batch.store, &batch.id).records,
+            store: batch.store.clone(),
+            batch: batch.id.clone(),
+            next: 0,
+            total: batch.records,
+            page_size: self.inner.config.page_size as u64,
+        }
+    }
+
+    /// Loads a whole batch: its records parsed as JSON and its sorted unique keys.
+    /// Use [`Buffer::reader`] for batches that may not fit in memory.
+    ///
+    /// # Errors
+    /// [`Error::BatchNotFound`] when the batch does not exist; [`Error::Corrupt`] when a record
+    /// is not JSON; transient errors.
+    pub async fn get_contents(&self, store: &StoreName, batch: &BatchId) -> Result<BatchContents> {
+        let info = self
+            .batch_info(store, batch)
+            .await?
+            .ok_or_else(|| Error::BatchNotFound {
+                store: store.to_string(),
+                batch: batch.to_string(),
+            })?;
+        let mut reader = self.reader(&info);
+        let mut records = Vec::with_capacity(usize::try_from(info.records).unwrap_or(0));
+        while let Some(page) = reader.next_page().await? {
+            for text in page {
+                records.push(serde_json::from_str(&text).map_err(|err| Error::Corrupt {
+                    what: format!(
+                        "a record of batch {batch} of store {store:?} is not JSON: {err}"
+                    ),
+                })?);
+            }
+        }
+        let keys = self.batch_keys(store, batch).await?;
+        Ok(BatchContents { records, keys })
+    }
+
+    /// The sorted unique top-level keys of a batch's records (read with SSCAN, so a huge key
+    /// set never blocks Redis).
+    ///
+    /// # Errors
+    /// Transient errors; [`Error::WrongType`].
+    pub async fn batch_keys(&self, store: &StoreName, batch: &BatchId) -> Result<BTreeSet<String>> {
+        let key = self.layout().batch(store, batch).keys;
+        self.scan_set(store, key, usize::MAX).await
+    }
+
+    /// Up to `limit` of the unique top-level keys of a live store, sorted.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStoreName`]; transient errors.
+    pub async fn store_keys<S>(&self, store: S, limit: usize) -> Result<BTreeSet<String>>
+    where
+        S: TryInto<StoreName, Error = Error>,
+    {
+        let store = store.try_into()?;
+        let key = self.layout().live(&store).keys;
+        self.scan_set(&store, key, limit).await
+    }
+
+    async fn scan_set(
+        &self,
+        store: &StoreName,
+        key: String,
+        limit: usize,
+    ) -> Result<BTreeSet<String>> {
+        let mut members = BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut conn = self.conn();
+            let key = key.clone();
+            let (next, page): (u64, Vec<String>) = self
+                .run("scan keys", store.as_str(), async move {
+                    redis::cmd("SSCAN")
+                        .arg(key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            members.extend(page);
+            cursor = next;
+            if cursor == 0 || members.len() >= limit {
+                break;
+            }
+        }
+        while members.len() > limit {
+            members.pop_last();
+        }
+        Ok(members)
+    }
+
+    /// The last `count` records pushed to a live store, oldest first, as JSON texts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStoreName`]; transient errors.
+    pub async fn latest_records<S>(&self, store: S, count: usize) -> Result<Vec<String>>
+    where
+        S: TryInto<StoreName, Error = Error>,
+    {
+        let store = store.try_into()?;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.layout().live(&store).records;
+        let mut conn = self.conn();
+        let start = -i64::try_from(count).unwrap_or(i64::MAX);
+        self.run("latest_records", store.as_str(), async move {
+            redis::cmd("LRANGE")
+                .arg(key)
+                .arg(start)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Deletes a batch and its index entry. Idempotent: emptying a batch that is already gone
+    /// succeeds. Sends no MULTI and only UNLINK/ZREM, so it works when Redis is out of memory.
+    ///
+    /// This does not check any lock; a persister uses [`crate::LockGuard::empty_batch`].
+    ///
+    /// # Errors
+    /// Transient errors.
+    pub async fn empty(&self, store: &StoreName, batch: &BatchId) -> Result<()> {
+        let keys = self.layout().batch(store, batch);
+        let group = self.layout().group_for(store);
+        let mut pipe = redis::pipe();
+        // Data first, index entry last: a crash in between leaves an index entry without data,
+        // which recovery treats as "already emptied" and removes.
+        pipe.unlink(&keys.all())
+            .ignore()
+            .zrem(&group.prepared, KeyLayout::prepared_member(store, batch))
+            .ignore();
+        let mut conn = self.conn();
+        self.run("empty", store.as_str(), async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    /// Every live store, with its first-write time, bytes and records, from the group indexes.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when an index holds a member that is not an encoded name; transient
+    /// errors.
+    pub async fn stores(&self) -> Result<Vec<StoreSummary>> {
+        let layout = self.layout();
+        let mut pipe = redis::pipe();
+        for g in 0..layout.groups() {
+            let group = layout.group(g);
+            pipe.zrange_withscores(&group.stores, 0, -1)
+                .zrange_withscores(&group.bytes, 0, -1)
+                .zrange_withscores(&group.count, 0, -1);
+        }
+        let mut conn = self.conn();
+        let replies: Vec<Vec<(String, f64)>> = self
+            .run(
+                "stores",
+                "",
+                async move { pipe.query_async(&mut conn).await },
+            )
+            .await?;
+        let mut out = Vec::new();
+        for chunk in replies.chunks(3) {
+            let [stores, bytes, counts] = chunk else {
+                continue;
+            };
+            let bytes: HashMap<&str, f64> = bytes.iter().map(|(m, s)| (m.as_str(), *s)).collect();
+            let counts: HashMap<&str, f64> = counts.iter().map(|(m, s)| (m.as_str(), *s)).collect();
+            for (member, first) in stores {
+                out.push(StoreSummary {
+                    store: StoreName::from_encoded(member)?,
+                    first_write_ms: score(*first),
+                    bytes: bytes.get(member.as_str()).copied().map_or(0, score),
+                    records: counts.get(member.as_str()).copied().map_or(0, score),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.store.cmp(&b.store));
+        Ok(out)
+    }
+
+    /// The live stores whose first write is at least `older_than` ago, oldest first.
+    ///
+    /// # Errors
+    /// As [`Buffer::stores`].
+    pub async fn get_old(&self, older_than: Duration) -> Result<Vec<StoreSummary>> {
+        let cutoff = self.now_ms().saturating_sub(millis(older_than));
+        self.select_by_score(Selector::FirstWriteAtMost(cutoff))
+            .await
+    }
+
+    /// The live stores holding at least `min_bytes` bytes or at least `min_records` records.
+    ///
+    /// # Errors
+    /// As [`Buffer::stores`].
+    pub async fn get_large(
+        &self,
+        min_bytes: Option<u64>,
+        min_records: Option<u64>,
+    ) -> Result<Vec<StoreSummary>> {
+        let mut found: Vec<StoreSummary> = Vec::new();
+        if let Some(min) = min_bytes {
+            found.extend(self.select_by_score(Selector::BytesAtLeast(min)).await?);
+        }
+        if let Some(min) = min_records {
+            found.extend(self.select_by_score(Selector::RecordsAtLeast(min)).await?);
+        }
+        found.sort_by(|a, b| a.store.cmp(&b.store));
+        found.dedup_by(|a, b| a.store == b.store);
+        Ok(found)
+    }
+
+    async fn select_by_score(&self, selector: Selector) -> Result<Vec<StoreSummary>> {
+        let layout = self.layout();
+        let mut pipe = redis::pipe();
+        for g in 0..layout.groups() {
+            let group = layout.group(g);
+            let (key, min, max) = match selector {
+                Selector::FirstWriteAtMost(cutoff) => {
+                    (group.stores, "-inf".to_owned(), cutoff.to_string())
+                }
+                Selector::BytesAtLeast(min) => (group.bytes, min.to_string(), "+inf".to_owned()),
+                Selector::RecordsAtLeast(min) => (group.count, min.to_string(), "+inf".to_owned()),
+            };
+            pipe.cmd("ZRANGE").arg(key).arg(min).arg(max).arg("BYSCORE");
+        }
+        let mut conn = self.conn();
+        let members: Vec<Vec<String>> = self
+            .run("select stores", "", async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        // Second round trip: the three scores of just the selected stores.
+        let mut selected = Vec::new();
+        let mut pipe = redis::pipe();
+        for (g, members) in (0..layout.groups()).zip(members) {
+            let group = layout.group(g);
+            for member in members {
+                pipe.zscore(&group.stores, &member)
+                    .zscore(&group.bytes, &member)
+                    .zscore(&group.count, &member);
+                selected.push(member);
+            }
+        }
+        if selected.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn();
+        let scores: Vec<Option<f64>> = self
+            .run("select stores", "", async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        let mut out = Vec::with_capacity(selected.len());
+        for (member, scores) in selected.iter().zip(scores.chunks(3)) {
+            let [first, bytes, records] = scores else {
+                continue;
+            };
+            // A store prepared between the two round trips has no first-write entry: skip it.
+            let Some(first) = first else { continue };
+            out.push(StoreSummary {
+                store: StoreName::from_encoded(member)?,
+                first_write_ms: score(*first),
+                bytes: bytes.map_or(0, score),
+                records: records.map_or(0, score),
+            });
+        }
+        out.sort_by_key(|s| s.first_write_ms);
+        Ok(out)
+    }
+
+    /// Every prepared batch waiting to be persisted, oldest first, from the group indexes.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when an index entry is malformed; transient errors.
+    pub async fn get_prepared(&self) -> Result<Vec<PreparedSummary>> {
+        let layout = self.layout();
+        let mut pipe = redis::pipe();
+        for g in 0..layout.groups() {
+            pipe.zrange(layout.group(g).prepared, 0, -1);
+        }
+        let mut conn = self.conn();
+        let groups: Vec<Vec<String>> = self
+            .run("get_prepared", "", async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for member in groups.into_iter().flatten() {
+            let corrupt = || Error::Corrupt {
+                what: format!("prepared index entry {member:?}"),
+            };
+            let (id, encoded) = member.split_once(':').ok_or_else(corrupt)?;
+            out.push(PreparedSummary {
+                id: id.parse().map_err(|_| corrupt())?,
+                store: StoreName::from_encoded(encoded)?,
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// The raw client, for the crates of this workspace that need a dedicated connection.
+    pub(crate) fn events_channel(&self) -> String {
+        self.layout().events_channel()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Selector {
+    FirstWriteAtMost(u64),
+    BytesAtLeast(u64),
+    RecordsAtLeast(u64),
+}
+
+pub(crate) enum PrepareOutcome {
+    Prepared(PreparedBatch),
+    Empty,
+    LockLost,
+}
+
+/// Streams one batch's records page by page (LRANGE in pages, so no command reads much).
+#[derive(Debug)]
+pub struct BatchReader {
+    buffer: Buffer,
+    key: String,
+    store: StoreName,
+    batch: BatchId,
+    next: u64,
+    total: u64,
+    page_size: u64,
+}
+
+impl BatchReader {
+    /// The next page of records as JSON texts, or `None` after the last one.
+    ///
+    /// # Errors
+    /// [`Error::BatchNotFound`] when the batch disappeared (or shrank) while being read;
+    /// transient errors.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<String>>> {
+        if self.next >= self.total {
+            return Ok(None);
+        }
+        let want = self.page_size.min(self.total - self.next);
+        let start = self.next;
+        let stop = start + want - 1;
+        let key = self.key.clone();
+        let mut conn = self.buffer.conn();
+        let page: Vec<String> = self
+            .buffer
+            .run("read batch", self.store.as_str(), async move {
+                redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(start)
+                    .arg(stop)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if page.len() as u64 != want {
+            return Err(Error::BatchNotFound {
+                store: self.store.to_string(),
+                batch: self.batch.to_string(),
+            });
+        }
+        self.next += want;
+        Ok(Some(page))
+    }
+
+    /// How many records have been returned so far.
+    pub fn records_read(&self) -> u64 {
+        self.next
+    }
+}
+
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn score(value: f64) -> u64 {
+    // Scores are integers we wrote (ms, byte and record counts), exact below 2^53.
+    if value.is_finite() && value > 0.0 {
+        value as u64
+    } else {
+        0
+    }
+}
+
+fn install_tls_provider() {
+    // rustls needs one process-wide crypto provider; installing fails harmlessly when another
+    // part of the program already installed one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("rediss://:secret@h:1"), "rediss://:***@h:1");
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(redact_url("redis://pw@h"), "redis://***@h");
+    }
+}

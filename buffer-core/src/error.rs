@@ -1,0 +1,205 @@
+//! The one error type of `buffer-core`.
+
+use redis::RedisError;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `buffer-core`.
+///
+/// Expected outcomes are not errors: a lock held by someone else is `Ok(None)` from
+/// [`crate::Buffer::lock`], an empty store is `Ok(None)` from
+/// [`crate::Buffer::prepare_to_persist`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A store name was refused before anything was sent to Redis.
+    #[error("invalid store name {name:?}: {reason}")]
+    InvalidStoreName {
+        /// The name (shortened when long).
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A namespace was refused.
+    #[error("invalid namespace {namespace:?}: {reason}")]
+    InvalidNamespace {
+        /// The namespace (shortened when long).
+        namespace: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A batch id did not have the form `<ms>-<16 hex digits>`.
+    #[error("invalid batch id {batch:?}: expected <unix ms>-<16 hex digits>")]
+    InvalidBatchId {
+        /// The text that was given.
+        batch: String,
+    },
+    /// A record was refused before anything was sent to Redis (none of its batch was pushed).
+    #[error("record {index} for store {store:?} refused: {reason}")]
+    InvalidRecord {
+        /// The store it was pushed to.
+        store: String,
+        /// Its position in the pushed slice (0 for `push`).
+        index: usize,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A record was larger than the configured maximum (none of its batch was pushed).
+    #[error("record {index} for store {store:?} is {size} bytes, over the limit of {max} bytes")]
+    RecordTooLarge {
+        /// The store it was pushed to.
+        store: String,
+        /// Its position in the pushed slice (0 for `push`).
+        index: usize,
+        /// Its size as JSON, in bytes.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// `push_many` was called with no records.
+    #[error("push to store {store:?} had no records")]
+    NoRecords {
+        /// The store it was pushed to.
+        store: String,
+    },
+    /// The configuration was invalid (a bad URL, zero groups…).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A key of the store held the wrong type of value (someone else wrote to it).
+    #[error("{op} on store {store:?}: a key holds the wrong type of value: {detail}")]
+    WrongType {
+        /// The operation that failed.
+        op: &'static str,
+        /// The store concerned.
+        store: String,
+        /// The server's message.
+        detail: String,
+    },
+    /// Redis refused a write because `maxmemory` is reached.
+    #[error("{op} on store {store:?}: Redis is out of memory (maxmemory reached): {detail}")]
+    OutOfMemory {
+        /// The operation that failed.
+        op: &'static str,
+        /// The store concerned.
+        store: String,
+        /// The server's message.
+        detail: String,
+    },
+    /// The lock was no longer held by this guard (it expired and may have been taken).
+    #[error("lock {key:?} is no longer held by this holder")]
+    LockLost {
+        /// The lock key.
+        key: String,
+    },
+    /// A batch did not exist (it was emptied, or never prepared).
+    #[error("batch {batch} of store {store:?} does not exist")]
+    BatchNotFound {
+        /// The store concerned.
+        store: String,
+        /// The batch id.
+        batch: String,
+    },
+    /// Data read from Redis did not have the expected shape.
+    #[error("unexpected data in Redis: {what}")]
+    Corrupt {
+        /// What was malformed.
+        what: String,
+    },
+    /// Redis did not answer within the response timeout.
+    #[error("{op}: Redis did not answer within {timeout_ms} ms")]
+    Timeout {
+        /// The operation that timed out.
+        op: &'static str,
+        /// The configured timeout.
+        timeout_ms: u64,
+    },
+    /// Any other error from Redis or the connection to it.
+    #[error("{op}: {source}")]
+    Redis {
+        /// The operation that failed.
+        op: &'static str,
+        /// The error from the client library.
+        #[source]
+        source: RedisError,
+    },
+}
+
+impl Error {
+    /// True when retrying later may succeed: connection trouble, timeouts, a server that is
+    /// loading or out of memory. Invalid input and lost locks are never transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Timeout { .. } | Self::OutOfMemory { .. } => true,
+            Self::Redis { source, .. } => {
+                source.is_io_error()
+                    || source.is_timeout()
+                    || source.is_connection_dropped()
+                    || source.is_connection_refusal()
+                    || source.is_cluster_error()
+                    || matches!(
+                        source.code(),
+                        Some("LOADING" | "BUSY" | "MASTERDOWN" | "READONLY")
+                    )
+            }
+            _ => false,
+        }
+    }
+
+    /// True when a lock guard found its lock taken over or expired.
+    pub fn is_lock_lost(&self) -> bool {
+        matches!(self, Self::LockLost { .. })
+    }
+
+    /// True when the caller's input was refused before anything reached Redis.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidStoreName { .. }
+                | Self::InvalidNamespace { .. }
+                | Self::InvalidBatchId { .. }
+                | Self::InvalidRecord { .. }
+                | Self::RecordTooLarge { .. }
+                | Self::NoRecords { .. }
+        )
+    }
+
+    /// True when Redis refused a write for lack of memory.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Self::OutOfMemory { .. })
+    }
+
+    /// True when a key held a value of the wrong type.
+    pub fn is_wrong_type(&self) -> bool {
+        matches!(self, Self::WrongType { .. })
+    }
+
+    /// Turns an error of the client library into ours, recognising the server errors that
+    /// callers need to tell apart (WRONGTYPE and OOM, also when they come from inside an EXEC
+    /// or a script).
+    pub(crate) fn from_redis(op: &'static str, store: &str, err: RedisError) -> Self {
+        let detail = err.to_string();
+        let codes: Vec<String> = err
+            .clone()
+            .into_server_errors()
+            .map(|errors| errors.iter().map(|(_, e)| e.code().to_owned()).collect())
+            .unwrap_or_default();
+        let mentions =
+            |code: &str| codes.iter().any(|c| c == code) || detail.contains(&format!("{code} "));
+        if mentions("WRONGTYPE") {
+            Self::WrongType {
+                op,
+                store: store.to_owned(),
+                detail,
+            }
+        } else if mentions("OOM") {
+            Self::OutOfMemory {
+                op,
+                store: store.to_owned(),
+                detail,
+            }
+        } else {
+            Self::Redis { op, source: err }
+        }
+    }
+}

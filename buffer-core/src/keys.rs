@@ -1,0 +1,161 @@
+//! The Redis key layout. This module is the only place that knows how keys are spelled.
+//!
+//! ```text
+//! <ns>:{<ns>:<g>}:s:<enc>:records|first|keys|bytes      live store (LIST, STRING ms, SET, STRING)
+//! <ns>:{<ns>:<g>}:p:<T>:<enc>:records|first|keys|bytes  prepared batch T of the store
+//! <ns>:{<ns>:<g>}:stores                                ZSET enc -> first-write ms
+//! <ns>:{<ns>:<g>}:bytes / :count                        ZSET enc -> live bytes / records
+//! <ns>:{<ns>:<g>}:prepared                              ZSET "<T>:<enc>" -> T's ms
+//! <ns>:{<ns>:<g>}:lock:<enc> / :lock:<T>:<enc>          locks, value "<holder>:<token>"
+//! <ns>:events                                           pub/sub channel
+//! ```
+//!
+//! `g` is the store's slot group; the hash tag `{<ns>:<g>}` puts a store, its batches, its
+//! locks and its group's indexes in one Redis Cluster slot. `enc` never contains `:`, `{`,
+//! `}` or glob characters (see [`crate::StoreName`]) and `T` is `<digits>-<hex>`, so no store
+//! can spell another store's key.
+
+use crate::batch::BatchId;
+use crate::name::{Namespace, StoreName};
+
+/// Number of slot groups used unless configured otherwise.
+pub const DEFAULT_GROUPS: u16 = 256;
+
+/// The four keys that hold one store's (or one batch's) data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DataKeys {
+    pub records: String,
+    pub first: String,
+    pub keys: String,
+    pub bytes: String,
+}
+
+impl DataKeys {
+    fn new(prefix: String) -> Self {
+        Self {
+            records: format!("{prefix}:records"),
+            first: format!("{prefix}:first"),
+            keys: format!("{prefix}:keys"),
+            bytes: format!("{prefix}:bytes"),
+        }
+    }
+
+    pub fn all(&self) -> [&str; 4] {
+        [&self.records, &self.first, &self.keys, &self.bytes]
+    }
+}
+
+/// The index keys of one slot group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct GroupKeys {
+    pub stores: String,
+    pub bytes: String,
+    pub count: String,
+    pub prepared: String,
+}
+
+/// Spells every key of a namespace.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyLayout {
+    namespace: Namespace,
+    groups: u16,
+}
+
+impl KeyLayout {
+    pub fn new(namespace: Namespace, groups: u16) -> Self {
+        Self { namespace, groups }
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    pub fn groups(&self) -> u16 {
+        self.groups
+    }
+
+    fn tag(&self, group: u16) -> String {
+        let ns = self.namespace.as_str();
+        format!("{ns}:{{{ns}:{group}}}")
+    }
+
+    pub fn group_of(&self, store: &StoreName) -> u16 {
+        store.group(self.groups)
+    }
+
+    pub fn group(&self, group: u16) -> GroupKeys {
+        let tag = self.tag(group);
+        GroupKeys {
+            stores: format!("{tag}:stores"),
+            bytes: format!("{tag}:bytes"),
+            count: format!("{tag}:count"),
+            prepared: format!("{tag}:prepared"),
+        }
+    }
+
+    pub fn group_for(&self, store: &StoreName) -> GroupKeys {
+        self.group(self.group_of(store))
+    }
+
+    pub fn live(&self, store: &StoreName) -> DataKeys {
+        let tag = self.tag(self.group_of(store));
+        DataKeys::new(format!("{tag}:s:{}", store.encoded()))
+    }
+
+    pub fn batch(&self, store: &StoreName, batch: &BatchId) -> DataKeys {
+        let tag = self.tag(self.group_of(store));
+        DataKeys::new(format!("{tag}:p:{batch}:{}", store.encoded()))
+    }
+
+    pub fn store_lock(&self, store: &StoreName) -> String {
+        format!(
+            "{}:lock:{}",
+            self.tag(self.group_of(store)),
+            store.encoded()
+        )
+    }
+
+    pub fn batch_lock(&self, store: &StoreName, batch: &BatchId) -> String {
+        format!(
+            "{}:lock:{batch}:{}",
+            self.tag(self.group_of(store)),
+            store.encoded()
+        )
+    }
+
+    /// The member of a group's `prepared` ZSET that stands for one batch.
+    pub fn prepared_member(store: &StoreName, batch: &BatchId) -> String {
+        format!("{batch}:{}", store.encoded())
+    }
+
+    pub fn events_channel(&self) -> String {
+        format!("{}:events", self.namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_a_store_share_one_hash_tag() {
+        let layout = KeyLayout::new(Namespace::default(), DEFAULT_GROUPS);
+        let store = StoreName::new("orders").unwrap();
+        let g = layout.group_of(&store);
+        let tag = format!("{{buf:{g}}}");
+        let batch = BatchId::new(1);
+        let mut keys: Vec<String> = layout.live(&store).all().map(str::to_owned).into();
+        keys.extend(layout.batch(&store, &batch).all().map(str::to_owned));
+        keys.push(layout.store_lock(&store));
+        keys.push(layout.batch_lock(&store, &batch));
+        let group = layout.group_for(&store);
+        keys.extend([group.stores, group.bytes, group.count, group.prepared]);
+        for key in keys {
+            assert!(key.starts_with(&format!("buf:{tag}:")), "{key}");
+        }
+        assert_eq!(
+            layout.live(&store).records,
+            format!("buf:{tag}:s:orders:records")
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! `buffer-core`: a multi-store write buffer on Redis.
+//!
+//! Producers [`Buffer::push`] JSON records into named stores. A persister freezes a store into
+//! a batch with [`Buffer::prepare_to_persist`] (or [`LockGuard::prepare`] under a lock), reads
+//! it page by page with [`Buffer::reader`], writes it out, then deletes it with
+//! [`Buffer::empty`] (or [`LockGuard::empty_batch`]). [`Buffer::get_old`],
+//! [`Buffer::get_large`] and [`Buffer::get_prepared`] find work from per-group indexes,
+//! never with `KEYS`.
+//!
+//! This is the only crate of the workspace that speaks Redis commands or knows the key layout.
+//!
+//! # Layout
+//! - [`buffer`](Buffer): the handle, its configuration and the data operations.
+//! - `lock`: [`LockGuard`], token-checked locks on stores and batches.
+//! - `keys`: the key layout (private: nothing outside this crate spells a key).
+//! - `scripts`: the Lua scripts for the steps that must be conditional and atomic.
+//! - `name`, `batch`: [`StoreName`] and [`BatchId`], validated and injectively encoded.
+//! - `record`: records to compact JSON and their top-level keys.
+//! - `events`, `info`: persister events on pub/sub and server facts, for dashboards.
+//! - `clock`: [`Clock`], so time-dependent logic is tested without sleeping.
+//!
+//! # Examples
+//! ```no_run
+//! # async fn demo() -> Result<(), buffer_core::Error> {
+//! use buffer_core::{Buffer, BufferConfig};
+//!
+//! let buffer = Buffer::connect(BufferConfig::new("redis://127.0.0.1:6379")).await?;
+//! buffer.push("clicks", &serde_json::json!({"page": "/", "ms": 12})).await?;
+//! for store in buffer.stores().await? {
+//!     println!("{}: {} records", store.store, store.records);
+//! }
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod batch;
+mod buffer;
+mod clock;
+mod error;
+mod events;
+mod info;
+mod keys;
+mod lock;
+mod name;
+mod record;
+mod scripts;
+
+pub use batch::BatchId;
+pub use buffer::{
+    BatchContents, BatchReader, Buffer, BufferConfig, PreparedBatch, PreparedSummary, PushReceipt,
+    StoreSummary, redact_url,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};
+pub use events::{Event, EventKind};
+pub use info::ServerInfo;
+pub use keys::DEFAULT_GROUPS;
+pub use lock::{LockGuard, LockInfo, LockTarget};
+pub use name::{MAX_NAMESPACE_BYTES, MAX_STORE_NAME_BYTES, Namespace, StoreName};

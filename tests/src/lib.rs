@@ -1,0 +1,261 @@
+//! Test support for the `buffer` workspace: private `redis-server` processes on free ports.
+//!
+//! Tests never share a server and never touch one they did not start. The binary is taken
+//! from `BUFFER_REDIS_SERVER` or `PATH`. Each server runs with `--save ""` in its own
+//! temporary directory, is ready when `start` returns (it answered PING), and is killed when
+//! dropped; if the test is failing at that moment, the end of the server's log is printed.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use buffer_core::{Buffer, BufferConfig};
+
+/// The redis-server binary to run.
+pub fn redis_server_binary() -> PathBuf {
+    std::env::var_os("BUFFER_REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-server"))
+}
+
+/// A free TCP port on 127.0.0.1 (free when this returns; callers retry on a lost race).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private redis-server, killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a server with the default test settings.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `--option value` arguments, e.g.
+    /// `&["--maxmemory", "2mb"]` or `&["--appendonly", "yes"]`.
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("buffer-redis-")
+            .tempdir()
+            .unwrap();
+        let mut server = Self {
+            child: None,
+            port: 0,
+            dir,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+        };
+        for _attempt in 0..5 {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start; log:\n{}", server.log());
+    }
+
+    /// Starts the process on `self.port` and waits for PING. False when it exited (port taken).
+    fn spawn(&mut self) -> bool {
+        let binary = redis_server_binary();
+        let mut command = Command::new(&binary);
+        command
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => panic!(
+                "cannot run {}: {err}. Install Redis (Debian/Ubuntu: apt-get install -y redis-server) \
+                 or set BUFFER_REDIS_SERVER to the redis-server binary.",
+                binary.display()
+            ),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                eprintln!("redis-server exited at start: {stderr}");
+                return false;
+            }
+            if self.ping() {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
+            return false;
+        };
+        redis::cmd("PING").query::<String>(&mut conn).is_ok()
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// The server's working directory (where an AOF would be written).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A blocking connection for setting up and inspecting test state.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// A configuration for this server with a short response timeout.
+    pub fn config(&self) -> BufferConfig {
+        BufferConfig::new(self.url()).response_timeout(Duration::from_secs(3))
+    }
+
+    /// A connected buffer on this server.
+    pub async fn buffer(&self) -> Buffer {
+        Buffer::connect(self.config()).await.unwrap()
+    }
+
+    /// Sends a signal to the server (`"STOP"`, `"CONT"`, `"KILL"`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Kills the server with SIGKILL and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (after [`RedisServer::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every key in the server's database 0, for tests that check what is left behind.
+    /// Uses SCAN: this is test code inspecting its own private server.
+    pub fn all_keys(&self) -> Vec<String> {
+        let mut conn = self.conn();
+        let mut keys: Vec<String> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("COUNT")
+            .arg(1000)
+            .clone()
+            .iter(&mut conn)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!(
+                "--- redis-server :{} log (last {} lines) ---",
+                self.port,
+                tail.len()
+            );
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        if let Some(child) = &self.child {
+            // A stopped server ignores SIGKILL until continued on some systems: continue it.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes; returns whether it did.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

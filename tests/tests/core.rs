@@ -1,0 +1,756 @@
+//! buffer-core against a real redis-server: receipts, prepare atomicity, locks, discovery,
+//! hostile names, errors inside EXEC, out-of-memory and timeouts.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use buffer_core::{Buffer, BufferConfig, Error, ManualClock, StoreName};
+use buffer_tests::{RedisServer, eventually};
+use serde_json::{Value, json};
+
+fn record(i: usize) -> Value {
+    json!({"id": i, "payload": "x".repeat(i % 17)})
+}
+
+async fn batch_records(buffer: &Buffer, batch: &buffer_core::PreparedBatch) -> Vec<String> {
+    let mut reader = buffer.reader(batch);
+    let mut out = Vec::new();
+    while let Some(page) = reader.next_page().await.unwrap() {
+        out.extend(page);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_are_exact_under_200_concurrent_pushers() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let pushers = 200;
+    let per_pusher = 10;
+    let mut tasks = Vec::new();
+    for p in 0..pushers {
+        let buffer = buffer.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut receipts = Vec::new();
+            for i in 0..per_pusher {
+                let rec = json!({"pusher": p, "i": i, format!("k{}", p % 5): true});
+                let size = rec.to_string().len() as u64;
+                receipts.push((buffer.push("orders", &rec).await.unwrap(), size));
+            }
+            receipts
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let total = (pushers * per_pusher) as u64;
+    let total_bytes: u64 = all.iter().map(|(_, size)| size).sum();
+    // Every receipt reports a distinct list length: each push saw exactly its own effect.
+    let counts: BTreeSet<u64> = all.iter().map(|(r, _)| r.records).collect();
+    assert_eq!(counts, (1..=total).collect::<BTreeSet<_>>());
+    let last = all
+        .iter()
+        .map(|(r, _)| r)
+        .max_by_key(|r| r.records)
+        .unwrap();
+    assert_eq!(last.records, total);
+    assert_eq!(last.bytes, total_bytes);
+    assert_eq!(last.keys, 2 + 5, "pusher, i and k0..k4");
+    let first: HashSet<u64> = all.iter().map(|(r, _)| r.first_write_ms).collect();
+    assert_eq!(first.len(), 1, "every receipt reports the same first write");
+
+    let stores = buffer.stores().await.unwrap();
+    assert_eq!(stores.len(), 1);
+    assert_eq!((stores[0].records, stores[0].bytes), (total, total_bytes));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_during_prepare_land_in_exactly_one_place() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let pushed = 4000;
+    let producer = {
+        let buffer = buffer.clone();
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for chunk in 0..8 {
+                let buffer = buffer.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in (chunk..pushed).step_by(8) {
+                        buffer.push("s", &json!({"n": i})).await.unwrap();
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+        })
+    };
+    let mut batches = Vec::new();
+    while !producer.is_finished() {
+        if let Some(batch) = buffer.prepare_to_persist("s").await.unwrap() {
+            batches.push(batch);
+        }
+        tokio::task::yield_now().await;
+    }
+    producer.await.unwrap();
+    if let Some(batch) = buffer.prepare_to_persist("s").await.unwrap() {
+        batches.push(batch);
+    }
+    assert!(batches.len() > 1, "prepares interleaved with pushes");
+    let mut seen = Vec::new();
+    for batch in &batches {
+        let records = batch_records(&buffer, batch).await;
+        assert_eq!(
+            records.len() as u64,
+            batch.records,
+            "batch count matches its contents"
+        );
+        for text in records {
+            let value: Value = serde_json::from_str(&text).unwrap();
+            seen.push(value["n"].as_u64().unwrap());
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..pushed as u64).collect::<Vec<_>>(),
+        "each push in exactly one batch"
+    );
+    assert_eq!(buffer.get_prepared().await.unwrap().len(), batches.len());
+    assert!(
+        buffer.stores().await.unwrap().is_empty(),
+        "live buffer is empty after the last prepare"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_prepares_in_the_same_millisecond_make_two_batches() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let buffer = Buffer::connect(server.config().clock(Arc::new(clock.clone())))
+        .await
+        .unwrap();
+    buffer.push("s", &json!({"a": 1})).await.unwrap();
+    let first = buffer.prepare_to_persist("s").await.unwrap().unwrap();
+    buffer.push("s", &json!({"a": 2})).await.unwrap();
+    let second = buffer.prepare_to_persist("s").await.unwrap().unwrap();
+    assert_eq!(
+        first.id.created_ms(),
+        second.id.created_ms(),
+        "same millisecond"
+    );
+    assert_ne!(first.id, second.id);
+    assert_eq!((first.records, second.records), (1, 1));
+    let store = StoreName::new("s").unwrap();
+    let a = buffer.get_contents(&store, &first.id).await.unwrap();
+    let b = buffer.get_contents(&store, &second.id).await.unwrap();
+    assert_eq!(a.records, vec![json!({"a": 1})]);
+    assert_eq!(b.records, vec![json!({"a": 2})]);
+    assert_eq!(buffer.get_prepared().await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preparing_an_empty_store_returns_none() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    assert!(
+        buffer
+            .prepare_to_persist("nothing")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        server.all_keys().is_empty(),
+        "an empty prepare writes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrongtype_key_inside_exec_is_an_error_not_a_receipt() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    buffer.push("victim", &json!({"a": 1})).await.unwrap();
+    let mut conn = server.conn();
+    let keys = server.all_keys();
+    let records_key = keys
+        .iter()
+        .find(|k| k.ends_with(":s:victim:records"))
+        .unwrap()
+        .clone();
+    let _: () = redis::cmd("DEL")
+        .arg(&records_key)
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&records_key)
+        .arg("not a list")
+        .query(&mut conn)
+        .unwrap();
+
+    let err = buffer.push("victim", &json!({"a": 2})).await.unwrap_err();
+    assert!(err.is_wrong_type(), "{err:?}");
+    assert!(err.to_string().contains("victim"), "{err}");
+    // Preparing refuses too, naming the key, and moves nothing.
+    let err = buffer.prepare_to_persist("victim").await.unwrap_err();
+    assert!(err.is_wrong_type(), "{err:?}");
+    assert!(err.to_string().contains(&records_key), "{err}");
+    let value: String = redis::cmd("GET")
+        .arg(&records_key)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(value, "not a list", "the foreign value is untouched");
+
+    // A wrong type planted at the key set: the record is still stored, the push still fails.
+    buffer.push("other", &json!({"b": 1})).await.unwrap();
+    let keys_key = records_key.replace(":s:victim:records", ":s:other:keys");
+    let keys_key = server
+        .all_keys()
+        .into_iter()
+        .find(|k| k.ends_with(":s:other:keys"))
+        .unwrap_or(keys_key);
+    let _: () = redis::cmd("DEL").arg(&keys_key).query(&mut conn).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&keys_key)
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let err = buffer.push("other", &json!({"b": 2})).await.unwrap_err();
+    assert!(err.is_wrong_type(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_by_a_cannot_be_taken_or_released_by_b_and_expires() {
+    let server = RedisServer::start();
+    let a = Buffer::connect(server.config().holder_id("A"))
+        .await
+        .unwrap();
+    let b = Buffer::connect(server.config().holder_id("B"))
+        .await
+        .unwrap();
+    let ttl = Duration::from_millis(400);
+    let guard_a = a
+        .lock("s", None, ttl)
+        .await
+        .unwrap()
+        .expect("A takes the free lock");
+    assert!(
+        b.lock("s", None, ttl).await.unwrap().is_none(),
+        "B cannot take A's lock"
+    );
+
+    let store = StoreName::new("s").unwrap();
+    let info = b.lock_info(&store, None).await.unwrap().unwrap();
+    assert_eq!(info.holder, "A");
+    assert!(info.ttl_ms.unwrap() <= 400);
+
+    // B's guard for the same key (taken after expiry) cannot be released by A's stale guard.
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.lock_info(&store, None).await.unwrap().is_none()
+        })
+        .await,
+        "the lock expires"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not before its TTL"
+    );
+    let guard_b = b
+        .lock("s", None, ttl * 10)
+        .await
+        .unwrap()
+        .expect("B takes the expired lock");
+    assert!(!guard_a.is_held().await.unwrap());
+    assert!(guard_a.extend(ttl).await.unwrap_err().is_lock_lost());
+    assert!(
+        !guard_a.release().await.unwrap(),
+        "A's stale release does nothing"
+    );
+    assert_eq!(
+        b.lock_info(&store, None).await.unwrap().unwrap().holder,
+        "B"
+    );
+    guard_b.extend(Duration::from_secs(60)).await.unwrap();
+    assert!(
+        b.lock_info(&store, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .ttl_ms
+            .unwrap()
+            > 10_000
+    );
+    assert!(guard_b.release().await.unwrap());
+    assert!(a.lock_info(&store, None).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_lock_is_handed_to_the_batch_and_a_lost_lock_never_deletes() {
+    let server = RedisServer::start();
+    let a = Buffer::connect(server.config().holder_id("A"))
+        .await
+        .unwrap();
+    let b = Buffer::connect(server.config().holder_id("B"))
+        .await
+        .unwrap();
+    a.push("s", &json!({"x": 1})).await.unwrap();
+    let mut guard = a
+        .lock("s", None, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let batch = guard.prepare().await.unwrap().unwrap();
+    let store = StoreName::new("s").unwrap();
+    assert!(
+        a.lock_info(&store, None).await.unwrap().is_none(),
+        "store lock is free again"
+    );
+    let batch_lock = a.lock_info(&store, Some(&batch.id)).await.unwrap().unwrap();
+    assert_eq!(batch_lock.holder, "A");
+    assert!(
+        batch_lock.ttl_ms.unwrap() > 25_000,
+        "the remaining TTL moved with it"
+    );
+    assert!(
+        b.lock("s", Some(&batch.id), Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Someone removes A's lock (as expiry would) and B takes the batch: A must not delete it.
+    let mut conn = server.conn();
+    let _: () = redis::cmd("DEL").arg(guard.key()).query(&mut conn).unwrap();
+    let guard_b = b
+        .lock("s", Some(&batch.id), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let err = guard.empty_batch().await.unwrap_err();
+    assert!(err.is_lock_lost(), "{err:?}");
+    assert_eq!(
+        a.batch_info(&store, &batch.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .records,
+        1
+    );
+    guard_b.empty_batch().await.unwrap();
+    assert!(a.batch_info(&store, &batch.id).await.unwrap().is_none());
+    assert!(
+        server.all_keys().is_empty(),
+        "emptied batch, index entry and lock are all gone"
+    );
+
+    // A lost store lock prepares nothing.
+    a.push("s", &json!({"x": 2})).await.unwrap();
+    let mut guard = a
+        .lock("s", None, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let _: () = redis::cmd("DEL").arg(guard.key()).query(&mut conn).unwrap();
+    assert!(guard.prepare().await.unwrap_err().is_lock_lost());
+    assert!(a.get_prepared().await.unwrap().is_empty());
+    assert_eq!(a.stores().await.unwrap()[0].records, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_finds_exactly_our_stores_and_batches_among_unrelated_keys() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(1_000_000);
+    let buffer = Buffer::connect(server.config().clock(Arc::new(clock.clone())))
+        .await
+        .unwrap();
+    let mut conn = server.conn();
+    // Unrelated keys, some shaped like ours, in the same database.
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.set(format!("other:{i}"), i).ignore();
+    }
+    pipe.set("buf:junk", 1)
+        .ignore()
+        .rpush("buf:{buf:1}:s:fake:records", "{}")
+        .ignore();
+    let _: () = pipe.query(&mut conn).unwrap();
+
+    buffer.push("old", &json!({"a": 1})).await.unwrap();
+    clock.advance_ms(10_000);
+    buffer.push("young", &json!({"a": 1})).await.unwrap();
+    buffer
+        .push_many("big", &[json!({"a": "x".repeat(100)}), json!({"b": 2})])
+        .await
+        .unwrap();
+    buffer.push("prepared", &json!({"a": 1})).await.unwrap();
+    let batch = buffer
+        .prepare_to_persist("prepared")
+        .await
+        .unwrap()
+        .unwrap();
+    clock.advance_ms(1_000);
+
+    let old: Vec<String> = buffer
+        .get_old(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.store.to_string())
+        .collect();
+    assert_eq!(old, ["old"]);
+    let all: Vec<String> = buffer
+        .stores()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.store.to_string())
+        .collect();
+    assert_eq!(all, ["big", "old", "young"]);
+    let large = buffer.get_large(Some(100), None).await.unwrap();
+    assert_eq!(large.len(), 1);
+    assert_eq!((large[0].store.as_str(), large[0].records), ("big", 2));
+    let many = buffer.get_large(None, Some(2)).await.unwrap();
+    assert_eq!(
+        many.iter().map(|s| s.store.as_str()).collect::<Vec<_>>(),
+        ["big"]
+    );
+    let prepared = buffer.get_prepared().await.unwrap();
+    assert_eq!(prepared.len(), 1);
+    assert_eq!(
+        (prepared[0].store.as_str(), &prepared[0].id),
+        ("prepared", &batch.id)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_stay_confined_to_their_own_keys() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let names: Vec<String> = [
+        "*",
+        "?",
+        "[",
+        "]",
+        "{a}",
+        "{",
+        "}",
+        ":",
+        "a:b",
+        "\\",
+        "../x",
+        "/",
+        ".",
+        "..",
+        "%",
+        "%2A",
+        "ünïcødé 🚀",
+        " ",
+        "s:records",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "é".repeat(128), // 256 bytes of two-byte characters
+        "x".repeat(256),
+    ])
+    .collect();
+    for (i, name) in names.iter().enumerate() {
+        buffer
+            .push(name.as_str(), &json!({"owner": name, "i": i}))
+            .await
+            .unwrap();
+    }
+    // Every key belongs to exactly one store's key prefix or is an index key.
+    let all_keys = server.all_keys();
+    let stores = buffer.stores().await.unwrap();
+    assert_eq!(stores.len(), names.len());
+    for summary in &stores {
+        assert_eq!(
+            summary.records, 1,
+            "{:?} has only its own record",
+            summary.store
+        );
+    }
+    let data_keys: Vec<&String> = all_keys.iter().filter(|k| k.contains(":s:")).collect();
+    assert_eq!(data_keys.len(), names.len() * 4);
+    for name in &names {
+        let batch = buffer
+            .prepare_to_persist(name.as_str())
+            .await
+            .unwrap()
+            .unwrap();
+        let contents = buffer.get_contents(&batch.store, &batch.id).await.unwrap();
+        assert_eq!(contents.records.len(), 1);
+        assert_eq!(
+            contents.records[0]["owner"],
+            json!(name),
+            "store {name:?} holds its own record"
+        );
+        assert_eq!(
+            contents.keys,
+            BTreeSet::from(["i".to_owned(), "owner".to_owned()])
+        );
+        buffer.empty(&batch.store, &batch.id).await.unwrap();
+    }
+    assert!(
+        server.all_keys().is_empty(),
+        "nothing stray left: {:?}",
+        server.all_keys()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_a_typed_error_and_redis_is_untouched() {
+    let server = RedisServer::start();
+    let buffer = Buffer::connect(server.config().max_record_bytes(64))
+        .await
+        .unwrap();
+    assert!(matches!(
+        buffer.push("", &json!({"a": 1})).await,
+        Err(Error::InvalidStoreName { .. })
+    ));
+    assert!(matches!(
+        buffer.push("x".repeat(257), &json!({"a": 1})).await,
+        Err(Error::InvalidStoreName { .. })
+    ));
+    assert!(matches!(
+        buffer.push("s", &json!([1, 2])).await,
+        Err(Error::InvalidRecord { .. })
+    ));
+    assert!(matches!(
+        buffer.push("s", &json!("text")).await,
+        Err(Error::InvalidRecord { .. })
+    ));
+    let err = buffer
+        .push_many("s", &[json!({"ok": 1}), json!({"big": "x".repeat(100)})])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RecordTooLarge {
+                index: 1,
+                max: 64,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = buffer
+        .push_json("s", &["{\"ok\":1}", "not json"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidRecord { index: 1, .. }),
+        "{err:?}"
+    );
+    assert!(matches!(
+        buffer.push_many::<_, Value>("s", &[]).await,
+        Err(Error::NoRecords { .. })
+    ));
+    assert!(err.is_invalid_input());
+    assert!(server.all_keys().is_empty(), "nothing reached Redis");
+    assert!(matches!(
+        BufferConfig::new("redis://x").namespace("a{b}"),
+        Err(Error::InvalidNamespace { .. })
+    ));
+    assert!(matches!(
+        Buffer::connect(BufferConfig::new("nonsense://x")).await,
+        Err(Error::Config(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contents_are_read_in_pages_in_push_order() {
+    let server = RedisServer::start();
+    let buffer = Buffer::connect(server.config().page_size(7)).await.unwrap();
+    let records: Vec<Value> = (0..100).map(record).collect();
+    let receipt = buffer.push_many("paged", &records).await.unwrap();
+    assert_eq!(receipt.records, 100);
+    let batch = buffer.prepare_to_persist("paged").await.unwrap().unwrap();
+    let mut reader = buffer.reader(&batch);
+    let mut pages = 0;
+    let mut texts = Vec::new();
+    while let Some(page) = reader.next_page().await.unwrap() {
+        assert!(page.len() <= 7);
+        pages += 1;
+        texts.extend(page);
+    }
+    assert_eq!(pages, 15);
+    let parsed: Vec<Value> = texts
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect();
+    assert_eq!(parsed, records);
+    let contents = buffer.get_contents(&batch.store, &batch.id).await.unwrap();
+    assert_eq!(contents.records, records);
+    assert_eq!(
+        batch.bytes,
+        texts.iter().map(|t| t.len() as u64).sum::<u64>()
+    );
+
+    // Emptying is idempotent, and reading an emptied batch is a clear error.
+    buffer.empty(&batch.store, &batch.id).await.unwrap();
+    buffer.empty(&batch.store, &batch.id).await.unwrap();
+    let err = buffer
+        .get_contents(&batch.store, &batch.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BatchNotFound { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_unlock_work_when_redis_is_out_of_memory() {
+    let server =
+        RedisServer::start_with(&["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]);
+    let buffer = server.buffer().await;
+    buffer.push("s", &json!({"a": 1})).await.unwrap();
+    let mut guard = buffer
+        .lock("s", None, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let batch = guard.prepare().await.unwrap().unwrap();
+    let other = {
+        buffer.push("t", &json!({"a": 1})).await.unwrap();
+        buffer.prepare_to_persist("t").await.unwrap().unwrap()
+    };
+    let filler: Vec<Value> = (0..100)
+        .map(|i| json!({"fill": "y".repeat(1000), "i": i}))
+        .collect();
+    let mut oom = None;
+    for _ in 0..1000 {
+        match buffer.push_many("fill", &filler).await {
+            Ok(_) => {}
+            Err(err) => {
+                oom = Some(err);
+                break;
+            }
+        }
+    }
+    let oom = oom.expect("maxmemory is reached");
+    assert!(oom.is_out_of_memory(), "{oom:?}");
+    assert!(oom.is_transient());
+    // Top memory up with small pushes: the first refusal is again an OOM error, never Ok.
+    let mut small_oom = None;
+    for i in 0..100_000 {
+        if let Err(err) = buffer.push("small", &json!({"i": i})).await {
+            small_oom = Some(err);
+            break;
+        }
+    }
+    assert!(
+        small_oom
+            .expect("small pushes hit maxmemory too")
+            .is_out_of_memory()
+    );
+
+    guard.empty_batch().await.unwrap();
+    buffer.empty(&other.store, &other.id).await.unwrap();
+    assert!(
+        buffer
+            .batch_info(&batch.store, &batch.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        buffer
+            .batch_info(&other.store, &other.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(buffer.get_prepared().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_keys_of_a_store_share_one_cluster_slot() {
+    let server = RedisServer::start();
+    let cluster = RedisServer::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+    ]);
+    let buffer = server.buffer().await;
+    let names = ["orders", "{tagged}", "a:b", "ünï", "x"];
+    for name in names {
+        buffer.push(name, &json!({"k": 1})).await.unwrap();
+        buffer.prepare_to_persist(name).await.unwrap().unwrap();
+        buffer.push(name, &json!({"k": 2})).await.unwrap();
+        let mut guard = buffer
+            .lock(name, None, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let _batch = guard.prepare().await.unwrap().unwrap();
+        buffer.push(name, &json!({"k": 3})).await.unwrap();
+        let _store_lock = buffer
+            .lock(name, None, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let mut cluster_conn = cluster.conn();
+    let mut slot_of = |key: &str| -> i64 {
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut cluster_conn)
+            .unwrap()
+    };
+    let keys = server.all_keys();
+    assert!(keys.len() > names.len() * 10);
+    for name in names {
+        let store = StoreName::new(name).unwrap();
+        let own: Vec<&String> = keys
+            .iter()
+            .filter(|k| {
+                k.ends_with(&format!(":{}", store.encoded()))
+                    || k.contains(&format!(":{}:", store.encoded()))
+            })
+            .collect();
+        // live (4) + two batches (4 each) + store lock + batch lock
+        assert!(own.len() >= 11, "{name}: {own:?}");
+        let group_tag = own[0].split_once('}').unwrap().0.to_owned();
+        let slots: HashSet<i64> = own.iter().map(|k| slot_of(k)).collect();
+        assert_eq!(slots.len(), 1, "{name}: {own:?}");
+        let index_slot = slot_of(&format!("{group_tag}}}:stores"));
+        assert!(
+            slots.contains(&index_slot),
+            "{name}'s group index shares the slot"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_gives_a_transient_error_within_the_timeout() {
+    let server = RedisServer::start();
+    let config = server
+        .config()
+        .response_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(300));
+    let buffer = Buffer::connect(config).await.unwrap();
+    buffer.push("s", &json!({"a": 1})).await.unwrap();
+    server.signal("STOP");
+    let started = Instant::now();
+    let err = buffer.push("s", &json!({"a": 2})).await.unwrap_err();
+    let waited = started.elapsed();
+    server.signal("CONT");
+    assert!(err.is_transient(), "{err:?}");
+    assert!(waited < Duration::from_secs(2), "returned after {waited:?}");
+    // Once Redis is back, the same handle works again.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            buffer.push("s", &json!({"a": 3})).await.is_ok()
+        })
+        .await,
+        "recovers after Redis returns"
+    );
+}
