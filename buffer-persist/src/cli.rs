@@ -1,0 +1,514 @@
+//! The `buffer-persist` command line: `run`, `drain`, `push`, `stores`.
+//!
+//! Every flag can also come from an environment variable (`BUFFER_REDIS_URL`, `BUFFER_OUT`…),
+//! which is how a systemd unit or a container usually configures it.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use buffer_core::{Buffer, BufferConfig, Error as CoreError, LockTarget};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Compression, Format, PersistConfig, parse_duration, parse_size};
+use crate::persister::Persister;
+
+/// Drains buffer stores from Redis into files, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "buffer-persist", version, about, long_about = None)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "BUFFER_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written (to stderr).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the persister until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Persist every store and every prepared batch now, then exit.
+    Drain(DrainArgs),
+    /// Push JSON Lines from stdin into a store.
+    Push(PushArgs),
+    /// List stores and prepared batches with their locks.
+    Stores(StoresArgs),
+}
+
+/// How to reach Redis.
+#[derive(Debug, Args)]
+pub struct RedisArgs {
+    /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS).
+    #[arg(
+        long = "redis",
+        env = "BUFFER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub url: String,
+    /// Key namespace.
+    #[arg(long, env = "BUFFER_NAMESPACE", default_value = "buf")]
+    pub namespace: String,
+    /// Timeout for each Redis reply, e.g. `5s`.
+    #[arg(long, env = "BUFFER_REDIS_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub redis_timeout: Duration,
+}
+
+/// Where and how batches are written.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output directory: files go to OUT/<encoded store>/<batch id>.<ext>.
+    #[arg(long, env = "BUFFER_OUT")]
+    pub out: PathBuf,
+    /// File format: jsonl or csv.
+    #[arg(long, env = "BUFFER_FORMAT", default_value = "jsonl", value_parser = format)]
+    pub format: Format,
+    /// Compression: none, gzip or zstd.
+    #[arg(long, env = "BUFFER_COMPRESS", default_value = "none", value_parser = compression)]
+    pub compress: Compression,
+    /// How many batches are written at once.
+    #[arg(long, env = "BUFFER_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// TTL of the locks, extended while a batch is written, e.g. `30s`.
+    #[arg(long, env = "BUFFER_LOCK_TTL", default_value = "30s", value_parser = duration)]
+    pub lock_ttl: Duration,
+}
+
+/// `run`'s arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Flush a store once its first record is this old, e.g. `60s`.
+    #[arg(long, env = "BUFFER_MAX_AGE", default_value = "60s", value_parser = duration)]
+    pub max_age: Duration,
+    /// Flush a store once it holds this many bytes, e.g. `8MiB`.
+    #[arg(long, env = "BUFFER_MAX_BYTES", value_parser = size)]
+    pub max_bytes: Option<u64>,
+    /// Flush a store once it holds this many records.
+    #[arg(long, env = "BUFFER_MAX_RECORDS")]
+    pub max_records: Option<u64>,
+    /// Time between polls, e.g. `1s`.
+    #[arg(long, env = "BUFFER_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub interval: Duration,
+    /// Serve Prometheus metrics on this address, e.g. `127.0.0.1:9187`.
+    #[arg(long, env = "BUFFER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// `drain`'s arguments.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// How long to wait for batches locked by other persisters (default 2 × --lock-ttl).
+    #[arg(long, env = "BUFFER_DRAIN_WAIT", value_parser = duration)]
+    pub wait: Option<Duration>,
+}
+
+/// `push`'s arguments.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// The store to push into.
+    pub store: String,
+    /// Lines per transaction.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+}
+
+/// `stores`' arguments.
+#[derive(Debug, Args)]
+pub struct StoresArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|err| err.to_string())
+}
+
+fn size(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|err| err.to_string())
+}
+
+fn format(text: &str) -> Result<Format, String> {
+    text.parse().map_err(|err: crate::Error| err.to_string())
+}
+
+fn compression(text: &str) -> Result<Compression, String> {
+    text.parse().map_err(|err: crate::Error| err.to_string())
+}
+
+impl RedisArgs {
+    async fn connect(&self) -> anyhow::Result<Buffer> {
+        let config = BufferConfig::new(&self.url)
+            .namespace(&self.namespace)?
+            .response_timeout(self.redis_timeout);
+        let redacted = config.redacted_url();
+        Buffer::connect(config)
+            .await
+            .with_context(|| format!("cannot reach Redis at {redacted}"))
+    }
+}
+
+impl OutputArgs {
+    fn config(&self) -> PersistConfig {
+        let mut config = PersistConfig::new(&self.out);
+        config.format = self.format;
+        config.compression = self.compress;
+        config.concurrency = self.concurrency;
+        config.lock_ttl = self.lock_ttl;
+        config
+    }
+}
+
+/// Sets up logging to stderr: `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs a parsed command line. Returns the process exit code.
+///
+/// # Errors
+/// Whatever stopped the command, with its context chain.
+pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Drain(args) => drain(args).await,
+        Command::Push(args) => push(args).await,
+        Command::Stores(args) => stores(args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let mut config = args.output.config();
+    config.max_age = args.max_age;
+    config.max_bytes = args.max_bytes;
+    config.max_records = args.max_records;
+    config.interval = args.interval;
+    config.validate()?;
+    // Connect lazily: a persister started before Redis waits for it instead of exiting.
+    let buffer_config = BufferConfig::new(&args.redis.url)
+        .namespace(&args.redis.namespace)?
+        .response_timeout(args.redis.redis_timeout);
+    let buffer = Buffer::connect_lazy(buffer_config)?;
+    let persister = Persister::new(buffer, config);
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    if let Some(addr) = args.metrics_addr {
+        let (bound, _task) =
+            crate::serve_metrics(addr, persister.clone(), shutdown.clone()).await?;
+        tracing::info!(%bound, "serving metrics");
+    }
+    persister.run(shutdown).await?;
+    Ok(0)
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+pub fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate => {}
+        }
+        tracing::info!("shutdown requested: finishing up");
+        shutdown.cancel();
+    });
+}
+
+async fn drain(args: DrainArgs) -> anyhow::Result<i32> {
+    let mut config = args.output.config();
+    config.drain_wait = args.wait;
+    let buffer = args.redis.connect().await?;
+    let persister = Persister::new(buffer, config);
+    let report = persister.drain().await?;
+    eprintln!(
+        "drained {} batches, {} records",
+        report.batches, report.records
+    );
+    if report.failures.is_empty() {
+        Ok(0)
+    } else {
+        for failure in &report.failures {
+            eprintln!("error: {failure}");
+        }
+        bail!(
+            "{} batches could not be persisted; they stay in Redis",
+            report.failures.len()
+        )
+    }
+}
+
+async fn push(args: PushArgs) -> anyhow::Result<i32> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let buffer = args.redis.connect().await?;
+    let stdin = std::io::stdin();
+    let mut pending: Vec<(usize, String)> = Vec::new();
+    let (mut pushed, mut bad) = (0u64, 0u64);
+    for (index, line) in stdin.lock().lines().enumerate() {
+        let line = line.context("cannot read stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        pending.push((index + 1, line));
+        if pending.len() >= args.batch {
+            let (ok, refused) =
+                push_lines(&buffer, &args.store, std::mem::take(&mut pending)).await?;
+            pushed += ok;
+            bad += refused;
+        }
+    }
+    if !pending.is_empty() {
+        let (ok, refused) = push_lines(&buffer, &args.store, pending).await?;
+        pushed += ok;
+        bad += refused;
+    }
+    eprintln!(
+        "pushed {pushed} records to {:?}, {bad} lines refused",
+        args.store
+    );
+    Ok(if bad == 0 { 0 } else { 2 })
+}
+
+/// Pushes numbered lines in one transaction; lines that are not records are reported with
+/// their line number and left out, and the good ones are pushed.
+async fn push_lines(
+    buffer: &Buffer,
+    store: &str,
+    mut lines: Vec<(usize, String)>,
+) -> anyhow::Result<(u64, u64)> {
+    let mut refused = 0;
+    while !lines.is_empty() {
+        let texts: Vec<&str> = lines.iter().map(|(_, text)| text.as_str()).collect();
+        match buffer.push_json(store, &texts).await {
+            Ok(_) => return Ok((lines.len() as u64, refused)),
+            Err(CoreError::InvalidRecord { index, reason, .. }) => {
+                eprintln!("line {}: {reason}", lines[index].0);
+                lines.remove(index);
+                refused += 1;
+            }
+            Err(CoreError::RecordTooLarge {
+                index, size, max, ..
+            }) => {
+                eprintln!(
+                    "line {}: record is {size} bytes, over the limit of {max}",
+                    lines[index].0
+                );
+                lines.remove(index);
+                refused += 1;
+            }
+            Err(err) => {
+                let first = lines.first().map_or(0, |(n, _)| *n);
+                return Err(err).with_context(|| {
+                    format!("pushing lines {first}.. failed; nothing of them was acknowledged")
+                });
+            }
+        }
+    }
+    Ok((0, refused))
+}
+
+async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
+    let buffer = args.redis.connect().await?;
+    let stores = buffer.stores().await?;
+    let prepared = buffer.get_prepared().await?;
+    let mut targets: Vec<LockTarget> = stores
+        .iter()
+        .map(|s| LockTarget::Store(s.store.clone()))
+        .collect();
+    targets.extend(
+        prepared
+            .iter()
+            .map(|p| LockTarget::Batch(p.store.clone(), p.id.clone())),
+    );
+    let locks = buffer.lock_infos(&targets).await?;
+    let (store_locks, batch_locks) = locks.split_at(stores.len());
+    let mut batches = Vec::new();
+    for p in &prepared {
+        batches.push(buffer.batch_info(&p.store, &p.id).await?);
+    }
+    let now = buffer.now_ms();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let json = serde_json::json!({
+            "stores": stores.iter().zip(store_locks).map(|(s, lock)| serde_json::json!({
+                "store": s.store.as_str(), "records": s.records, "bytes": s.bytes,
+                "first_write_ms": s.first_write_ms, "age_ms": now.saturating_sub(s.first_write_ms), "lock": lock,
+            })).collect::<Vec<_>>(),
+            "prepared": prepared.iter().zip(batch_locks).zip(&batches).map(|((p, lock), info)| serde_json::json!({
+                "store": p.store.as_str(), "batch": p.id.to_string(),
+                "records": info.as_ref().map(|i| i.records), "bytes": info.as_ref().map(|i| i.bytes),
+                "age_ms": now.saturating_sub(p.id.created_ms()), "lock": lock,
+            })).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "{:<32} {:>10} {:>12} {:>9}  LOCK",
+        "STORE", "RECORDS", "BYTES", "AGE"
+    )?;
+    for (s, lock) in stores.iter().zip(store_locks) {
+        writeln!(
+            out,
+            "{:<32} {:>10} {:>12} {:>9}  {}",
+            shorten(s.store.as_str(), 32),
+            s.records,
+            s.bytes,
+            age(now.saturating_sub(s.first_write_ms)),
+            lock_text(lock.as_ref())
+        )?;
+    }
+    if stores.is_empty() {
+        writeln!(out, "(no live stores)")?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<32} {:<30} {:>10} {:>12} {:>9}  LOCK",
+        "PREPARED BATCH OF", "BATCH", "RECORDS", "BYTES", "AGE"
+    )?;
+    for ((p, lock), info) in prepared.iter().zip(batch_locks).zip(&batches) {
+        writeln!(
+            out,
+            "{:<32} {:<30} {:>10} {:>12} {:>9}  {}",
+            shorten(p.store.as_str(), 32),
+            p.id.to_string(),
+            info.as_ref().map_or("-".into(), |i| i.records.to_string()),
+            info.as_ref().map_or("-".into(), |i| i.bytes.to_string()),
+            age(now.saturating_sub(p.id.created_ms())),
+            lock_text(lock.as_ref())
+        )?;
+    }
+    if prepared.is_empty() {
+        writeln!(out, "(no prepared batches)")?;
+    }
+    Ok(0)
+}
+
+fn lock_text(lock: Option<&buffer_core::LockInfo>) -> String {
+    match lock {
+        None => "-".into(),
+        Some(lock) => match lock.ttl_ms {
+            Some(ttl) => format!("{} ({})", lock.holder, age(ttl)),
+            None => format!("{} (no expiry)", lock.holder),
+        },
+    }
+}
+
+fn age(ms: u64) -> String {
+    match ms {
+        0..=9_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        10_000..=5_999_999 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+    }
+}
+
+fn shorten(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+    format!("{kept}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ages_read_well() {
+        assert_eq!(age(1500), "1.5s");
+        assert_eq!(age(75_000), "1m15s");
+        assert_eq!(age(7_260_000), "2h01m");
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_the_value() {
+        let err = Cli::try_parse_from(["buffer-persist", "run", "--out", "x", "--max-age", "soon"])
+            .unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
+        let err = Cli::try_parse_from([
+            "buffer-persist",
+            "run",
+            "--out",
+            "x",
+            "--max-bytes",
+            "8 parsecs",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("parsecs"), "{err}");
+        let ok = Cli::try_parse_from([
+            "buffer-persist",
+            "run",
+            "--out",
+            "x",
+            "--max-bytes",
+            "8MiB",
+            "--compress",
+            "zstd",
+        ])
+        .unwrap();
+        let Command::Run(run) = ok.command else {
+            panic!()
+        };
+        assert_eq!(run.max_bytes, Some(8 * 1024 * 1024));
+    }
+}

@@ -1,0 +1,109 @@
+//! The one error type of `buffer-persist`.
+
+use std::path::PathBuf;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while persisting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A call to Redis failed.
+    #[error(transparent)]
+    Buffer(#[from] buffer_core::Error),
+    /// A file system operation failed; the batch stays in Redis and no partial file is published.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The error from the operating system.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file written for a batch did not hold the batch's record count; it was not published.
+    #[error(
+        "batch {batch} of store {store:?}: wrote {written} records but the batch has {expected}"
+    )]
+    CountMismatch {
+        /// The store.
+        store: String,
+        /// The batch id.
+        batch: String,
+        /// Records written.
+        written: u64,
+        /// Records the batch holds.
+        expected: u64,
+    },
+    /// The target file of a batch already exists with different contents; the batch is kept.
+    #[error("{} already exists and does not hold batch {batch} of store {store:?}", path.display())]
+    Conflict {
+        /// The store.
+        store: String,
+        /// The batch id.
+        batch: String,
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// A record could not be written in the chosen format.
+    #[error("batch {batch} of store {store:?}: record {index} could not be encoded: {reason}")]
+    Encode {
+        /// The store.
+        store: String,
+        /// The batch id.
+        batch: String,
+        /// The record's position in the batch.
+        index: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The output directory was set up by persisters with another format or compression.
+    #[error("{}: {reason}", path.display())]
+    OutputMismatch {
+        /// The marker file.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// Shutdown was requested while the batch was being written; it stays prepared.
+    #[error("batch {batch} of store {store:?} abandoned for shutdown; it stays prepared")]
+    Abandoned {
+        /// The store.
+        store: String,
+        /// The batch id.
+        batch: String,
+    },
+    /// An argument or setting was invalid.
+    #[error("invalid setting: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// True when this persister lost its lock (another one took the batch over).
+    pub fn is_lock_lost(&self) -> bool {
+        matches!(self, Self::Buffer(err) if err.is_lock_lost())
+    }
+
+    /// True when retrying later may succeed (Redis away, disk full, lost lock).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Buffer(err) => err.is_transient() || err.is_lock_lost(),
+            Self::Io { .. } | Self::Abandoned { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}

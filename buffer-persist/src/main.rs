@@ -1,0 +1,19 @@
+//! `buffer-persist`: parses the command line and hands it to the library.
+
+use std::process::ExitCode;
+
+use buffer_persist::cli::{Cli, execute, init_logging};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match execute(cli).await {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

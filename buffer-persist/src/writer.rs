@@ -1,0 +1,522 @@
+//! Writing one batch to its file, durably and at most once.
+//!
+//! The steps, each of which may fail without publishing anything:
+//! 1. create a unique temporary file in the store's directory (same file system as the target);
+//! 2. stream the records page by page through the format encoder and the compressor;
+//! 3. check that exactly the batch's record count was written;
+//! 4. fsync the file;
+//! 5. publish with a no-clobber `link(temp, target)`, remove the temp name;
+//! 6. fsync the directory.
+//!
+//! If the target already exists, it counts as "already written" only when its decompressed
+//! contents equal what this writer produced for the same batch; otherwise it is a
+//! [`Error::Conflict`] and the batch is kept in Redis.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use buffer_core::{BatchId, StoreName};
+use serde_json::Value;
+
+use crate::config::{Compression, Format};
+use crate::error::{Error, Result};
+use crate::failpoint::failpoint;
+use crate::paths;
+
+/// Where the bytes of a file go. Tests replace it to simulate a full disk.
+pub trait FileSink: Write + Send {
+    /// Flushes and fsyncs the file.
+    ///
+    /// # Errors
+    /// The operating system's error; the file is then removed and rewritten from Redis.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+impl FileSink for File {
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_all()
+    }
+}
+
+/// Opens the sink for a temporary file; the default opens a real file.
+pub type SinkFactory = dyn Fn(&Path) -> io::Result<Box<dyn FileSink>> + Send + Sync;
+
+/// Opens `path` as a new file (it must not exist).
+///
+/// # Errors
+/// The operating system's error.
+pub fn open_file_sink(path: &Path) -> io::Result<Box<dyn FileSink>> {
+    let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    Ok(Box::new(file))
+}
+
+/// Counts bytes on their way to the sink.
+struct Counting<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+type Sink = Counting<BufWriter<Box<dyn FileSink>>>;
+
+/// The compression layer over the sink.
+enum Compressor {
+    Plain(Sink),
+    Gzip(flate2::write::GzEncoder<Sink>),
+    Zstd(zstd::stream::write::Encoder<'static, Sink>),
+}
+
+impl Compressor {
+    fn new(sink: Sink, compression: Compression) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::None => Self::Plain(sink),
+            Compression::Gzip => Self::Gzip(flate2::write::GzEncoder::new(
+                sink,
+                flate2::Compression::default(),
+            )),
+            Compression::Zstd => Self::Zstd(zstd::stream::write::Encoder::new(sink, 3)?),
+        })
+    }
+
+    fn finish(self) -> io::Result<Sink> {
+        match self {
+            Self::Plain(sink) => Ok(sink),
+            Self::Gzip(encoder) => encoder.finish(),
+            Self::Zstd(encoder) => encoder.finish(),
+        }
+    }
+}
+
+impl Write for Compressor {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(w) => w.write(buf),
+            Self::Gzip(w) => w.write(buf),
+            Self::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(w) => w.flush(),
+            Self::Gzip(w) => w.flush(),
+            Self::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+/// The format layer over the compressor.
+enum Encoder {
+    Lines(Compressor),
+    Csv {
+        writer: csv::Writer<Compressor>,
+        columns: Vec<String>,
+    },
+}
+
+/// A batch file being written to its temporary name.
+pub(crate) struct BatchFile {
+    store: StoreName,
+    batch: BatchId,
+    encoder: Option<Encoder>,
+    temp: PathBuf,
+    target: PathBuf,
+    compression: Compression,
+    records: u64,
+}
+
+/// What publishing a file did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// The file was written and published by this writer.
+    Written {
+        /// Its path.
+        path: PathBuf,
+        /// Its size on disk.
+        bytes: u64,
+    },
+    /// An identical file was already there (an earlier attempt published it before crashing).
+    AlreadyThere {
+        /// Its path.
+        path: PathBuf,
+    },
+}
+
+impl Published {
+    /// The published file.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Written { path, .. } | Self::AlreadyThere { path } => path,
+        }
+    }
+}
+
+impl BatchFile {
+    /// Creates the store directory and the temporary file. `columns` is the CSV header
+    /// (the batch's sorted unique keys), ignored for JSON Lines.
+    pub fn create(
+        out: &Path,
+        store: &StoreName,
+        batch: &BatchId,
+        format: Format,
+        compression: Compression,
+        columns: BTreeSet<String>,
+        open: &SinkFactory,
+    ) -> Result<Self> {
+        let dir = paths::store_dir(out, store);
+        create_dir_durably(out, &dir)?;
+        let temp = dir.join(paths::temp_name(batch));
+        let target = dir.join(paths::batch_file_name(batch, format, compression));
+        let sink = open(&temp).map_err(Error::io("create temporary file", &temp))?;
+        let mut file = Self {
+            store: store.clone(),
+            batch: batch.clone(),
+            encoder: None,
+            temp,
+            target,
+            compression,
+            records: 0,
+        };
+        let sink = Counting {
+            inner: BufWriter::with_capacity(256 * 1024, sink),
+            bytes: 0,
+        };
+        let compressor = Compressor::new(sink, compression)
+            .map_err(Error::io("start compressor", &file.temp))?;
+        let encoder = match format {
+            Format::JsonLines => Encoder::Lines(compressor),
+            Format::Csv => {
+                let columns: Vec<String> = columns.into_iter().collect();
+                let mut writer = csv::Writer::from_writer(compressor);
+                if !columns.is_empty() {
+                    writer
+                        .write_record(&columns)
+                        .map_err(|err| file.csv_error(0, err))?;
+                }
+                Encoder::Csv { writer, columns }
+            }
+        };
+        file.encoder = Some(encoder);
+        Ok(file)
+    }
+
+    fn csv_error(&self, index: u64, err: csv::Error) -> Error {
+        match err.into_kind() {
+            csv::ErrorKind::Io(source) => Error::Io {
+                action: "write",
+                path: self.temp.clone(),
+                source,
+            },
+            other => Error::Encode {
+                store: self.store.to_string(),
+                batch: self.batch.to_string(),
+                index,
+                reason: format!("{other:?}"),
+            },
+        }
+    }
+
+    /// Appends a page of records (the JSON texts read from Redis).
+    pub fn write_page(&mut self, page: &[String]) -> Result<()> {
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Ok(());
+        };
+        match encoder {
+            Encoder::Lines(out) => {
+                for text in page {
+                    out.write_all(text.as_bytes())
+                        .and_then(|()| out.write_all(b"\n"))
+                        .map_err(Error::io("write", &self.temp))?;
+                }
+                self.records += page.len() as u64;
+            }
+            Encoder::Csv { writer, columns } => {
+                for text in page {
+                    let index = self.records;
+                    let value: Value = serde_json::from_str(text).map_err(|err| Error::Encode {
+                        store: self.store.to_string(),
+                        batch: self.batch.to_string(),
+                        index,
+                        reason: format!("not JSON: {err}"),
+                    })?;
+                    let row: Vec<String> = columns
+                        .iter()
+                        .map(|column| csv_field(value.get(column)))
+                        .collect();
+                    if let Err(err) = writer.write_record(&row) {
+                        let store = self.store.to_string();
+                        let batch = self.batch.to_string();
+                        return Err(match err.into_kind() {
+                            csv::ErrorKind::Io(source) => Error::Io {
+                                action: "write",
+                                path: self.temp.clone(),
+                                source,
+                            },
+                            other => Error::Encode {
+                                store,
+                                batch,
+                                index,
+                                reason: format!("{other:?}"),
+                            },
+                        });
+                    }
+                    self.records += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes the compression, checks that exactly `expected` records were written and
+    /// fsyncs the file. On error the temporary file is removed.
+    pub fn finish(mut self, expected: u64) -> Result<SyncedFile> {
+        let encoder = self
+            .encoder
+            .take()
+            .ok_or_else(|| Error::Config("batch file finished twice".into()))?;
+        let mut synced = SyncedFile {
+            store: self.store.clone(),
+            batch: self.batch.clone(),
+            temp: self.temp.clone(),
+            target: self.target.clone(),
+            compression: self.compression,
+            bytes: 0,
+            published: false,
+        };
+        let compressor = match encoder {
+            Encoder::Lines(compressor) => compressor,
+            Encoder::Csv { writer, .. } => writer.into_inner().map_err(|err| Error::Io {
+                action: "write",
+                path: self.temp.clone(),
+                source: io::Error::other(err.to_string()),
+            })?,
+        };
+        let sink = compressor
+            .finish()
+            .map_err(Error::io("finish compression of", &self.temp))?;
+        let bytes = sink.bytes;
+        let mut file = sink.inner.into_inner().map_err(|err| Error::Io {
+            action: "write",
+            path: self.temp.clone(),
+            source: io::Error::new(err.error().kind(), err.error().to_string()),
+        })?;
+        if self.records != expected {
+            return Err(Error::CountMismatch {
+                store: self.store.to_string(),
+                batch: self.batch.to_string(),
+                written: self.records,
+                expected,
+            });
+        }
+        failpoint("before-fsync");
+        file.sync().map_err(Error::io("fsync", &self.temp))?;
+        failpoint("after-fsync");
+        synced.bytes = bytes;
+        Ok(synced)
+    }
+
+    /// Removes the temporary file (on abandon).
+    pub fn discard(mut self) {
+        self.encoder = None;
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+/// A complete, fsynced temporary file, ready to be published. Dropping it unpublished removes
+/// the temporary file.
+pub(crate) struct SyncedFile {
+    store: StoreName,
+    batch: BatchId,
+    temp: PathBuf,
+    target: PathBuf,
+    compression: Compression,
+    bytes: u64,
+    published: bool,
+}
+
+impl SyncedFile {
+    /// Publishes the file under its target name without clobbering (`link`), removes the
+    /// temporary name and fsyncs the directory.
+    pub fn publish(mut self) -> Result<Published> {
+        let result = self.link();
+        // Whatever happened, the temporary name goes: after a successful link the data lives
+        // on under the target name; after a failure nothing partial may stay behind.
+        let _ = fs::remove_file(&self.temp);
+        self.published = true;
+        let published = result?;
+        sync_dir(self.target.parent().unwrap_or(Path::new(".")))?;
+        Ok(published)
+    }
+
+    fn link(&self) -> Result<Published> {
+        match fs::hard_link(&self.temp, &self.target) {
+            Ok(()) => {
+                failpoint("after-rename");
+                Ok(Published::Written {
+                    path: self.target.clone(),
+                    bytes: self.bytes,
+                })
+            }
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                if same_contents(&self.temp, &self.target, self.compression)? {
+                    Ok(Published::AlreadyThere {
+                        path: self.target.clone(),
+                    })
+                } else {
+                    Err(Error::Conflict {
+                        store: self.store.to_string(),
+                        batch: self.batch.to_string(),
+                        path: self.target.clone(),
+                    })
+                }
+            }
+            Err(err) => Err(Error::io("publish", &self.target)(err)),
+        }
+    }
+}
+
+impl Drop for SyncedFile {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+impl Drop for BatchFile {
+    fn drop(&mut self) {
+        // A BatchFile dropped mid-write (a cancelled task) must not leave its temp file behind.
+        if self.encoder.is_some() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// A CSV field for a JSON value: strings as they are, null or missing as empty, others as JSON.
+fn csv_field(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(text)) => text.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Removes temporary files of `batch` left in its store directory by writers that crashed or
+/// lost their lock. Called once the batch is persisted and emptied, when no one can still be
+/// writing it legitimately.
+pub(crate) fn remove_stale_temps(out: &Path, store: &StoreName, batch: &BatchId) {
+    let dir = paths::store_dir(out, store);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| paths::is_temp_of(name, batch))
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Compares the decompressed contents of two files of the same format and compression.
+fn same_contents(a: &Path, b: &Path, compression: Compression) -> Result<bool> {
+    let mut left = open_decoded_as(a, compression)?;
+    let mut right = open_decoded_as(b, compression)?;
+    let mut left_buf = vec![0u8; 64 * 1024];
+    let mut right_buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = read_full(&mut left, &mut left_buf).map_err(Error::io("read", a))?;
+        let m = read_full(&mut right, &mut right_buf).map_err(Error::io("read", b))?;
+        if n != m || left_buf[..n] != right_buf[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Opens a batch file with the decompressor its name calls for (`.gz`, `.zst` or none).
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be opened.
+pub fn open_decoded(path: &Path) -> Result<Box<dyn Read>> {
+    let name = path.to_string_lossy();
+    let compression = if name.ends_with(".gz") {
+        Compression::Gzip
+    } else if name.ends_with(".zst") {
+        Compression::Zstd
+    } else {
+        Compression::None
+    };
+    open_decoded_as(path, compression)
+}
+
+fn open_decoded_as(path: &Path, compression: Compression) -> Result<Box<dyn Read>> {
+    let file = File::open(path).map_err(Error::io("open", path))?;
+    Ok(match compression {
+        Compression::None => Box::new(BufReader::new(file)),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(file).map_err(Error::io("open", path))?)
+        }
+    })
+}
+
+/// Creates `dir` (and parents) under `out`, fsyncing each parent whose entries changed, so a
+/// published file's directory survives a crash too.
+fn create_dir_durably(out: &Path, dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut current = dir;
+    while !current.is_dir() {
+        missing.push(current.to_path_buf());
+        match current.parent() {
+            Some(parent) if current != out => current = parent,
+            _ => break,
+        }
+    }
+    fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// fsyncs a directory so the names in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    let handle = File::open(dir).map_err(Error::io("open directory", dir))?;
+    handle
+        .sync_all()
+        .map_err(Error::io("fsync directory", dir))?;
+    failpoint("after-dir-fsync");
+    Ok(())
+}

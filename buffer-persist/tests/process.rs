@@ -1,0 +1,292 @@
+//! The `buffer-persist` binary as operators run it: several processes at once, killed
+//! mid-batch, fed from stdin. Lives in this crate so cargo builds the binary under test with
+//! the same features (`failpoints` comes in through buffer-tests' dev-dependency when the
+//! whole workspace is tested).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use buffer_persist::open_decoded;
+use buffer_tests::{RedisServer, eventually, files_under};
+use serde_json::{Value, json};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
+
+/// Every record in every batch file under `out`, grouped by store directory; fails on a
+/// stray temporary file.
+fn read_output(out: &Path) -> BTreeMap<PathBuf, Vec<Value>> {
+    let mut by_dir: BTreeMap<PathBuf, Vec<Value>> = BTreeMap::new();
+    for path in files_under(out) {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with('.') {
+            assert!(
+                name == buffer_persist::MARKER_FILE,
+                "stray temp file {}",
+                path.display()
+            );
+            continue;
+        }
+        let mut text = String::new();
+        open_decoded(&path)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        let records = by_dir
+            .entry(path.parent().unwrap().to_path_buf())
+            .or_default();
+        for line in text.lines() {
+            records.push(serde_json::from_str(line).unwrap());
+        }
+    }
+    by_dir
+}
+
+fn ids(out: &Path) -> Vec<u64> {
+    read_output(out)
+        .values()
+        .flatten()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect()
+}
+
+fn buffer_keys(server: &RedisServer) -> Vec<String> {
+    server
+        .all_keys()
+        .into_iter()
+        .filter(|k| k.starts_with("buf:"))
+        .collect()
+}
+
+/// Failpoint tests need the binary built with the `failpoints` feature, which
+/// `cargo test --workspace` does; say so plainly instead of failing obscurely.
+fn require_failpoints() {
+    assert!(
+        cfg!(feature = "failpoints"),
+        "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
+    );
+}
+
+fn persist_command(server: &RedisServer, out: &Path, subcommand: &str) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .arg(subcommand)
+        .arg("--redis")
+        .arg(server.url())
+        .arg("--out")
+        .arg(out)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn spawn_runner(server: &RedisServer, out: &Path, extra: &[&str]) -> Child {
+    persist_command(server, out, "run")
+        .args([
+            "--interval",
+            "50ms",
+            "--max-age",
+            "100ms",
+            "--max-records",
+            "200",
+            "--lock-ttl",
+            "2s",
+        ])
+        .args(extra)
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, then checks the process exits 0.
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "persister exited with {status}: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_persister_processes_never_write_a_batch_twice() {
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let buffer = server.buffer().await;
+    let runners: Vec<Child> = (0..3)
+        .map(|_| spawn_runner(&server, out.path(), &[]))
+        .collect();
+    let total = 12_000u64;
+    let mut producers = Vec::new();
+    for p in 0..4u64 {
+        let buffer = buffer.clone();
+        producers.push(tokio::spawn(async move {
+            for chunk in (p * 3000..(p + 1) * 3000).collect::<Vec<_>>().chunks(20) {
+                let records: Vec<Value> = chunk.iter().map(|i| json!({"id": i})).collect();
+                buffer
+                    .push_many(format!("s{}", chunk[0] % 6), &records)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    // Let the three runners work on what is there before stopping them.
+    eventually(Duration::from_secs(10), || async {
+        buffer.stores().await.unwrap().is_empty()
+    })
+    .await;
+    for runner in runners {
+        stop(runner);
+    }
+    let status = persist_command(&server, out.path(), "drain")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut ids = ids(out.path());
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(n, ids.len(), "duplicates: {}", n - ids.len());
+    assert_eq!(ids, (0..total).collect::<Vec<_>>());
+    assert!(buffer_keys(&server).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_left_by_a_killed_persister_is_recovered_by_the_next_run() {
+    require_failpoints();
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let buffer = server.buffer().await;
+    let records: Vec<Value> = (0..500).map(|i| json!({"id": i})).collect();
+    buffer.push_many("s", &records).await.unwrap();
+    // The first persister dies (abort, like SIGKILL) right after preparing: the batch is
+    // prepared and locked by a dead process.
+    let status = persist_command(&server, out.path(), "drain")
+        .args(["--lock-ttl", "1s"])
+        .env("BUFFER_FAILPOINT", "after-prepare")
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the failpoint killed it");
+    let prepared = buffer.get_prepared().await.unwrap();
+    assert_eq!(prepared.len(), 1);
+    let lock = buffer
+        .lock_info(&prepared[0].store, Some(&prepared[0].id))
+        .await
+        .unwrap();
+    assert!(lock.is_some(), "locked by the dead one");
+    assert!(read_output(out.path()).is_empty());
+
+    let runner = spawn_runner(&server, out.path(), &[]);
+    let done = eventually(Duration::from_secs(20), || async {
+        buffer.get_prepared().await.unwrap().is_empty()
+    })
+    .await;
+    stop(runner);
+    assert!(done, "recovered once the dead holder's lock expired");
+    assert_eq!(ids(out.path()), (0..500).collect::<Vec<_>>());
+    assert!(buffer_keys(&server).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_pushes_json_lines_and_reports_bad_lines() {
+    let server = RedisServer::start();
+    let mut child = Command::new(BINARY)
+        .args([
+            "push",
+            "--redis",
+            &server.url(),
+            "--batch",
+            "2",
+            "cli store",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"a\":1}\nnot json\n\n[1,2]\n{\"a\":2}\n{\"a\":3}\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 2:") && stderr.contains("not valid JSON"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 4:") && stderr.contains("an array"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pushed 3 records"), "{stderr}");
+    let buffer = server.buffer().await;
+    let batch = buffer
+        .prepare_to_persist("cli store")
+        .await
+        .unwrap()
+        .unwrap();
+    let contents = buffer.get_contents(&batch.store, &batch.id).await.unwrap();
+    assert_eq!(
+        contents.records,
+        [json!({"a": 1}), json!({"a": 2}), json!({"a": 3})]
+    );
+
+    // `stores --json` lists the prepared batch.
+    let listed = Command::new(BINARY)
+        .args(["stores", "--json", "--redis", &server.url()])
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["prepared"][0]["store"], json!("cli store"));
+    assert_eq!(listed["prepared"][0]["records"], json!(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_redis_and_bad_flags_are_clear_errors() {
+    let port = buffer_tests::free_port();
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(BINARY)
+        .args([
+            "drain",
+            "--redis",
+            &format!("redis://:hunter2@127.0.0.1:{port}"),
+            "--out",
+        ])
+        .arg(out.path())
+        .args(["--redis-timeout", "500ms"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach Redis at redis://:***@127.0.0.1:{port}"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "password leaked: {stderr}");
+
+    let output = Command::new(BINARY)
+        .args(["run", "--out", "x", "--max-bytes", "lots"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("\"lots\" is not a size"), "{stderr}");
+}
