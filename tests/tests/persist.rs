@@ -473,7 +473,11 @@ async fn redis_going_away_mid_batch_keeps_the_batch_and_publishes_nothing() {
     let out = tempfile::tempdir().unwrap();
     // The sink stops Redis (SIGKILL) when the first bytes reach the file.
     let redis_pid = server.pid();
-    let persister = Persister::new(buffer.clone(), PersistConfig::new(out.path()))
+    // The dead attempt cannot release its lock (Redis is gone) and the AOF keeps it, so the
+    // next drain waits for its TTL: keep that short here.
+    let mut short_locks = PersistConfig::new(out.path());
+    short_locks.lock_ttl = Duration::from_millis(500);
+    let persister = Persister::new(buffer.clone(), short_locks.clone())
         .with_sink_factory(Arc::new(move |path: &Path| {
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -492,7 +496,7 @@ async fn redis_going_away_mid_batch_keeps_the_batch_and_publishes_nothing() {
     server.restart();
     let prepared = buffer.get_prepared().await.unwrap();
     assert_eq!(prepared.len(), 1, "the batch survived in Redis");
-    let report = Persister::new(buffer.clone(), PersistConfig::new(out.path()))
+    let report = Persister::new(buffer.clone(), short_locks)
         .drain()
         .await
         .unwrap();
