@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::Client;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Value};
 use serde::Serialize;
 
 use crate::batch::BatchId;
@@ -16,6 +16,7 @@ use crate::keys::{DEFAULT_GROUPS, KeyLayout};
 use crate::name::{Namespace, StoreName};
 use crate::record::{self, EncodedRecord};
 use crate::scripts;
+use crate::transaction;
 
 /// How to reach Redis and how to lay out keys there.
 ///
@@ -377,11 +378,13 @@ impl Buffer {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) if err.is_timeout() => Err(Error::Timeout {
                 op,
+                store: store.to_owned(),
                 timeout_ms: millis(config.response_timeout),
             }),
             Ok(Err(err)) => Err(Error::from_redis(op, store, err)),
             Err(_elapsed) => Err(Error::Timeout {
                 op,
+                store: store.to_owned(),
                 timeout_ms: millis(limit),
             }),
         }
@@ -484,38 +487,37 @@ impl Buffer {
         keys.dedup();
         let jsons: Vec<String> = records.into_iter().map(|r| r.json).collect();
 
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .rpush(&live.records, jsons)
-            .cmd("SET")
-            .arg(&live.first)
-            .arg(now)
-            .arg("NX")
-            .arg("GET");
-        if !keys.is_empty() {
-            pipe.sadd(&live.keys, keys).ignore();
-        }
-        pipe.scard(&live.keys)
-            .incr(&live.bytes, bytes)
-            .cmd("ZADD")
+        let mut set_first = redis::cmd("SET");
+        set_first.arg(&live.first).arg(now).arg("NX").arg("GET");
+        let mut add_to_index = redis::cmd("ZADD");
+        add_to_index
             .arg(&group.stores)
             .arg("NX")
             .arg(now)
-            .arg(store.encoded())
-            .ignore()
-            .zincr(&group.bytes, store.encoded(), bytes)
-            .ignore()
-            .zincr(&group.count, store.encoded(), count)
-            .ignore();
-        let mut conn = self.conn();
-        // The pipeline fails as a whole when any reply inside EXEC is an error (the library
-        // checks each one, `ignore()` only drops successful replies from the result), and the
-        // kept replies are parsed strictly: a reply of an unexpected type is an error too.
-        let (records, previous_first, keys, bytes): (u64, Option<u64>, u64, u64) = self
-            .run("push", store.as_str(), async move {
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
+            .arg(store.encoded());
+        let mut commands = vec![
+            redis::Cmd::rpush(&live.records, jsons),
+            set_first,
+            redis::Cmd::scard(&live.keys),
+            redis::Cmd::incr(&live.bytes, bytes),
+            add_to_index,
+            redis::Cmd::zincr(&group.bytes, store.encoded(), bytes),
+            redis::Cmd::zincr(&group.count, store.encoded(), count),
+        ];
+        if !keys.is_empty() {
+            // Before SCARD, so the count includes this push's keys.
+            commands.insert(2, redis::Cmd::sadd(&live.keys, keys));
+        }
+        let replies = transaction::exec(self, "push", store.as_str(), commands).await?;
+        let reply = |index: usize| replies.get(index).cloned().unwrap_or(Value::Nil);
+        let keys_at = if replies.len() == 8 { 3 } else { 2 };
+        let parse_error = |err: redis::ParsingError| Error::Corrupt {
+            what: format!("push to store {store:?}: unexpected reply: {err}"),
+        };
+        let records: u64 = redis::from_redis_value(reply(0)).map_err(parse_error)?;
+        let previous_first: Option<u64> = redis::from_redis_value(reply(1)).map_err(parse_error)?;
+        let keys: u64 = redis::from_redis_value(reply(keys_at)).map_err(parse_error)?;
+        let bytes: u64 = redis::from_redis_value(reply(keys_at + 1)).map_err(parse_error)?;
         Ok(PushReceipt {
             bytes,
             records,

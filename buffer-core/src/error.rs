@@ -107,18 +107,22 @@ pub enum Error {
         what: String,
     },
     /// Redis did not answer within the response timeout.
-    #[error("{op}: Redis did not answer within {timeout_ms} ms")]
+    #[error("{op}{}: Redis did not answer within {timeout_ms} ms", on_store(store))]
     Timeout {
         /// The operation that timed out.
         op: &'static str,
+        /// The store concerned (empty for operations on all stores).
+        store: String,
         /// The configured timeout.
         timeout_ms: u64,
     },
     /// Any other error from Redis or the connection to it.
-    #[error("{op}: {source}")]
+    #[error("{op}{}: {source}", on_store(store))]
     Redis {
         /// The operation that failed.
         op: &'static str,
+        /// The store concerned (empty for operations on all stores).
+        store: String,
         /// The error from the client library.
         #[source]
         source: RedisError,
@@ -199,7 +203,19 @@ impl Error {
                 detail,
             }
         } else {
-            Self::Redis { op, source: err }
+            Self::Redis {
+                op,
+                store: store.to_owned(),
+                source: err,
+            }
         }
+    }
+}
+
+fn on_store(store: &str) -> String {
+    if store.is_empty() {
+        String::new()
+    } else {
+        format!(" on store {store:?}")
     }
 }

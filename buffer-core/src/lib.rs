@@ -14,6 +14,7 @@
 //! - `lock`: [`LockGuard`], token-checked locks on stores and batches.
 //! - `keys`: the key layout (private: nothing outside this crate spells a key).
 //! - `scripts`: the Lua scripts for the steps that must be conditional and atomic.
+//! - `transaction`: MULTI/EXEC with every reply checked (EXEC does not roll back).
 //! - `name`, `batch`: [`StoreName`] and [`BatchId`], validated and injectively encoded.
 //! - `record`: records to compact JSON and their top-level keys.
 //! - `events`, `info`: persister events on pub/sub and server facts, for dashboards.
@@ -45,6 +46,7 @@ mod lock;
 mod name;
 mod record;
 mod scripts;
+mod transaction;
 
 pub use batch::BatchId;
 pub use buffer::{

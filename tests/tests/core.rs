@@ -644,11 +644,8 @@ async fn empty_and_unlock_work_when_redis_is_out_of_memory() {
             break;
         }
     }
-    assert!(
-        small_oom
-            .expect("small pushes hit maxmemory too")
-            .is_out_of_memory()
-    );
+    let small_oom = small_oom.expect("small pushes hit maxmemory too");
+    assert!(small_oom.is_out_of_memory(), "{small_oom:?}");
 
     guard.empty_batch().await.unwrap();
     buffer.empty(&other.store, &other.id).await.unwrap();
