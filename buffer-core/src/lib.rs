@@ -48,6 +48,11 @@ mod record;
 mod scripts;
 mod transaction;
 
+/// The README's Rust examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
+
 pub use batch::BatchId;
 pub use buffer::{
     BatchContents, BatchReader, Buffer, BufferConfig, PreparedBatch, PreparedSummary, PushReceipt,

@@ -260,6 +260,11 @@ mod tests {
         assert_eq!(StoreName::new(".").unwrap().encoded(), "%2E");
         assert_eq!(StoreName::new("..").unwrap().encoded(), "%2E.");
         assert_eq!(StoreName::new("é").unwrap().encoded(), "%C3%A9");
+        assert_eq!(
+            StoreName::new("orders/eu").unwrap().encoded(),
+            "orders%2Feu",
+            "as the README says"
+        );
     }
 
     #[test]
