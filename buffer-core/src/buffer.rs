@@ -41,6 +41,7 @@ pub struct BufferConfig {
     max_record_bytes: usize,
     page_size: usize,
     holder_id: String,
+    push_id_ttl: Duration,
     clock: Arc<dyn Clock>,
 }
 
@@ -57,6 +58,7 @@ impl BufferConfig {
             max_record_bytes: 8 * 1024 * 1024,
             page_size: 1000,
             holder_id: default_holder_id(),
+            push_id_ttl: Duration::from_secs(24 * 3600),
             clock: Arc::new(SystemClock),
         }
     }
@@ -120,6 +122,13 @@ impl BufferConfig {
         self
     }
 
+    /// How long [`Buffer::push_once`] remembers a push id (default 24 h): a retry later than
+    /// that is treated as a new push.
+    pub fn push_id_ttl(mut self, ttl: Duration) -> Self {
+        self.push_id_ttl = ttl;
+        self
+    }
+
     /// The clock used for first-write times, batch ids and ages (default the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -177,6 +186,15 @@ pub struct PushReceipt {
     pub keys: u64,
     /// When the first record of the current live buffer was pushed (Unix ms).
     pub first_write_ms: u64,
+}
+
+/// What [`Buffer::push_once`] returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PushOnceOutcome {
+    /// The store's state after the call.
+    pub receipt: PushReceipt,
+    /// True when a push with this id had already been applied, so nothing was added now.
+    pub duplicate: bool,
 }
 
 /// A batch made by [`Buffer::prepare_to_persist`]: frozen, never changed again, waiting to be
@@ -461,6 +479,111 @@ impl Buffer {
             .map(|(index, text)| record::parse(&store, index, text.as_ref(), max))
             .collect::<Result<Vec<_>>>()?;
         self.push_encoded(&store, encoded).await
+    }
+
+    /// Appends records at most once per `push_id`: retrying with the same id after an error
+    /// whose outcome is unknown ([`Error::is_outcome_unknown`]) never stores them twice. The
+    /// id is remembered for the configured push-id TTL (default 24 h), also after the store
+    /// is prepared or persisted. One atomic script: all records or none.
+    ///
+    /// # Errors
+    /// As [`Buffer::push_many`]; [`Error::InvalidPushId`] unless the id is 1..=128 bytes of
+    /// `[A-Za-z0-9._-]`.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(buffer: buffer_core::Buffer) -> Result<(), buffer_core::Error> {
+    /// let records = [serde_json::json!({"order": 17})];
+    /// let outcome = loop {
+    ///     match buffer.push_once("orders", "order-17", &records).await {
+    ///         Err(err) if err.is_outcome_unknown() => continue, // safe to retry
+    ///         other => break other?,
+    ///     }
+    /// };
+    /// println!("duplicate: {}", outcome.duplicate);
+    /// # Ok(()) }
+    /// ```
+    pub async fn push_once<S, T>(
+        &self,
+        store: S,
+        push_id: &str,
+        records: &[T],
+    ) -> Result<PushOnceOutcome>
+    where
+        S: TryInto<StoreName, Error = Error>,
+        T: Serialize,
+    {
+        let store = store.try_into()?;
+        let id_ok = (1..=128).contains(&push_id.len())
+            && push_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !id_ok {
+            return Err(Error::InvalidPushId {
+                id: crate::name::shorten(push_id),
+            });
+        }
+        let max = self.inner.config.max_record_bytes;
+        let records = records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| record::encode(&store, index, record, max))
+            .collect::<Result<Vec<_>>>()?;
+        if records.is_empty() {
+            return Err(Error::NoRecords {
+                store: store.to_string(),
+            });
+        }
+        let layout = self.layout();
+        let live = layout.live(&store);
+        let group = layout.group_for(&store);
+        let now = self.now_ms();
+        let bytes: usize = records.iter().map(|r| r.json.len()).sum();
+        let mut keys: Vec<String> = records
+            .iter()
+            .flat_map(|r| r.keys.iter().cloned())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut invocation = scripts::PUSH_ONCE.prepare_invoke();
+        for key in live.all() {
+            invocation.key(key);
+        }
+        invocation
+            .key(&group.stores)
+            .key(&group.bytes)
+            .key(&group.count)
+            .key(layout.push_id(&store, push_id))
+            .arg(now)
+            .arg(store.encoded())
+            .arg(bytes)
+            .arg(records.len())
+            .arg(millis(self.inner.config.push_id_ttl).max(1))
+            .arg(keys.len())
+            .arg(keys);
+        for record in records {
+            invocation.arg(record.json);
+        }
+        let mut conn = self.conn();
+        let reply: Vec<u64> = self
+            .run("push_once", store.as_str(), async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        let [duplicate, records, bytes, keys, first] = reply[..] else {
+            return Err(Error::Corrupt {
+                what: format!("push_once script replied {reply:?}"),
+            });
+        };
+        Ok(PushOnceOutcome {
+            receipt: PushReceipt {
+                bytes,
+                records,
+                keys,
+                first_write_ms: first,
+            },
+            duplicate: duplicate == 1,
+        })
     }
 
     async fn push_encoded(

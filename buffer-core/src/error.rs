@@ -57,6 +57,12 @@ pub enum Error {
         /// The configured limit.
         max: usize,
     },
+    /// A push id given to `push_once` was not 1..=128 bytes of `[A-Za-z0-9._-]`.
+    #[error("invalid push id {id:?}: use 1 to 128 letters, digits, '.', '_' or '-'")]
+    InvalidPushId {
+        /// The id (shortened when long).
+        id: String,
+    },
     /// `push_many` was called with no records.
     #[error("push to store {store:?} had no records")]
     NoRecords {
@@ -165,7 +171,25 @@ impl Error {
                 | Self::InvalidRecord { .. }
                 | Self::RecordTooLarge { .. }
                 | Self::NoRecords { .. }
+                | Self::InvalidPushId { .. }
         )
+    }
+
+    /// True when the request may or may not have been applied: it was sent (or may have
+    /// been) but its reply was lost to a timeout or a broken connection. Retrying a plain
+    /// push after such an error may store its records twice; `Buffer::push_once` with the
+    /// same push id may be retried safely.
+    pub fn is_outcome_unknown(&self) -> bool {
+        match self {
+            Self::Timeout { .. } => true,
+            Self::Redis { source, .. } => {
+                !source.is_connection_refusal()
+                    && (source.is_io_error()
+                        || source.is_timeout()
+                        || source.is_connection_dropped())
+            }
+            _ => false,
+        }
     }
 
     /// True when Redis refused a write for lack of memory.

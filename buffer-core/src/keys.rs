@@ -123,6 +123,15 @@ impl KeyLayout {
         )
     }
 
+    /// The marker of a push made with an idempotency id (see `Buffer::push_once`).
+    pub fn push_id(&self, store: &StoreName, push_id: &str) -> String {
+        format!(
+            "{}:id:{}:{push_id}",
+            self.tag(self.group_of(store)),
+            store.encoded()
+        )
+    }
+
     /// The member of a group's `prepared` ZSET that stands for one batch.
     pub fn prepared_member(store: &StoreName, batch: &BatchId) -> String {
         format!("{batch}:{}", store.encoded())

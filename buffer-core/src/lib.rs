@@ -55,8 +55,8 @@ struct ReadmeExamples;
 
 pub use batch::BatchId;
 pub use buffer::{
-    BatchContents, BatchReader, Buffer, BufferConfig, PreparedBatch, PreparedSummary, PushReceipt,
-    StoreSummary, redact_url,
+    BatchContents, BatchReader, Buffer, BufferConfig, PreparedBatch, PreparedSummary,
+    PushOnceOutcome, PushReceipt, StoreSummary, redact_url,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};

@@ -114,16 +114,11 @@ impl Buffer {
         );
         let mut conn = self.conn();
         let (k, v) = (key.clone(), value.clone());
+        let mut invocation = scripts::LOCK.key(k);
+        invocation.arg(v).arg(ttl_ms);
         let reply: Option<String> = self
             .run("lock", target.store().as_str(), async move {
-                redis::cmd("SET")
-                    .arg(k)
-                    .arg(v)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async(&mut conn)
-                    .await
+                invocation.invoke_async(&mut conn).await
             })
             .await?;
         Ok(reply.map(|_| LockGuard {

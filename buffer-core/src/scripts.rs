@@ -3,6 +3,11 @@
 //! Scripts are used where a step must be conditional *and* atomic (MULTI cannot branch):
 //! preparing a batch only when the store has records, and releasing, extending or emptying
 //! under a lock only when the caller's token still holds it.
+//!
+//! The persister's scripts (lock, prepare, extend, release, empty) carry the `allow-oom` flag:
+//! when Redis is out of memory, draining is what frees it, so the drain must not be refused.
+//! They allocate only a lock value and an index entry. `PUSH_ONCE` has no such flag: pushes are
+//! refused when Redis is out of memory.
 
 use std::sync::LazyLock;
 
@@ -19,7 +24,7 @@ use redis::Script;
 /// checked before the first write, so a WRONGTYPE error leaves the store untouched.
 pub(crate) static PREPARE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"
+        r#"#!lua flags=allow-oom
 local function kind(key) return redis.call('TYPE', key)['ok'] end
 local records_kind = kind(KEYS[1])
 if records_kind == 'none' then
@@ -41,6 +46,17 @@ end
 if redis.call('EXISTS', KEYS[5], KEYS[6], KEYS[7], KEYS[8]) > 0 then
   return {-2}
 end
+-- The writes Redis may refuse when out of memory (SET, ZADD) come first, so a refusal
+-- leaves the live store untouched; RENAME, ZREM and DEL are never refused.
+if ARGV[4] ~= '' then
+  local ttl = redis.call('PTTL', KEYS[13])
+  if ttl > 0 then
+    redis.call('SET', KEYS[14], ARGV[4], 'PX', ttl)
+  else
+    redis.call('SET', KEYS[14], ARGV[4])
+  end
+end
+redis.call('ZADD', KEYS[12], ARGV[3], ARGV[2])
 for i = 1, 4 do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('RENAME', KEYS[i], KEYS[i + 4])
@@ -49,14 +65,7 @@ end
 redis.call('ZREM', KEYS[9], ARGV[1])
 redis.call('ZREM', KEYS[10], ARGV[1])
 redis.call('ZREM', KEYS[11], ARGV[1])
-redis.call('ZADD', KEYS[12], ARGV[3], ARGV[2])
 if ARGV[4] ~= '' then
-  local ttl = redis.call('PTTL', KEYS[13])
-  if ttl > 0 then
-    redis.call('SET', KEYS[14], ARGV[4], 'PX', ttl)
-  else
-    redis.call('SET', KEYS[14], ARGV[4])
-  end
   redis.call('DEL', KEYS[13])
 end
 return {1, redis.call('LLEN', KEYS[5]), tonumber(redis.call('GET', KEYS[8]) or '0'),
@@ -65,10 +74,19 @@ return {1, redis.call('LLEN', KEYS[5]), tonumber(redis.call('GET', KEYS[8]) or '
     )
 });
 
+/// Takes a lock: `SET NX PX`. KEYS: 1 lock. ARGV: 1 value, 2 ttl ms. Returns OK or nil.
+pub(crate) static LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua flags=allow-oom
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+"#,
+    )
+});
+
 /// Deletes a key when it holds the given value. KEYS: 1 lock. ARGV: 1 value. Returns 1 or 0.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"
+        r#"#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -81,7 +99,7 @@ return 0
 /// KEYS: 1 lock. ARGV: 1 value, 2 ttl ms. Returns 1 or 0.
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"
+        r#"#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
@@ -97,7 +115,7 @@ return 0
 /// Returns 1, or 0 when the lock is not held.
 pub(crate) static EMPTY_LOCKED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"
+        r#"#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
@@ -105,6 +123,58 @@ redis.call('UNLINK', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[1])
 return 1
+"#,
+    )
+});
+
+/// Appends records unless a push with the same id was already applied.
+///
+/// KEYS: 1-4 live records/first/keys/bytes, 5 stores index, 6 bytes index, 7 count index,
+/// 8 push-id marker. ARGV: 1 now ms, 2 encoded name, 3 bytes, 4 record count, 5 marker TTL ms,
+/// 6 number of unique keys k, 7..6+k the keys, then the records.
+///
+/// Returns `{duplicate (0/1), records, bytes, keys, first}`. Types are checked and the
+/// marker (the one write Redis may refuse for memory before any other) is set before the data
+/// is touched, so a refusal leaves the store as it was.
+pub(crate) static PUSH_ONCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local function totals(duplicate)
+  return {duplicate, redis.call('LLEN', KEYS[1]), tonumber(redis.call('GET', KEYS[4]) or '0'),
+          redis.call('SCARD', KEYS[3]), tonumber(redis.call('GET', KEYS[2]) or ARGV[1])}
+end
+local expected = {'list', 'string', 'set', 'string'}
+for i = 1, 4 do
+  local k = redis.call('TYPE', KEYS[i])['ok']
+  if k ~= 'none' and k ~= expected[i] then
+    return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. k .. ', expected a ' .. expected[i])
+  end
+end
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  return totals(1)
+end
+redis.call('SET', KEYS[8], '1', 'PX', ARGV[5])
+local nkeys = tonumber(ARGV[6])
+local first_record = 7 + nkeys
+-- unpack() is limited by the Lua stack, so long argument lists go in slices.
+local function in_slices(command, key, from, to)
+  local i = from
+  while i <= to do
+    local j = math.min(i + 999, to)
+    redis.call(command, key, unpack(ARGV, i, j))
+    i = j + 1
+  end
+end
+in_slices('RPUSH', KEYS[1], first_record, #ARGV)
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+if nkeys > 0 then
+  in_slices('SADD', KEYS[3], 7, 6 + nkeys)
+end
+redis.call('INCRBY', KEYS[4], ARGV[3])
+redis.call('ZADD', KEYS[5], 'NX', ARGV[1], ARGV[2])
+redis.call('ZINCRBY', KEYS[6], ARGV[3], ARGV[2])
+redis.call('ZINCRBY', KEYS[7], ARGV[4], ARGV[2])
+return totals(0)
 "#,
     )
 });
