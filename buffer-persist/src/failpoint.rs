@@ -1,17 +1,29 @@
 //! Crash points for the fault-injection suite.
 //!
-//! With the `failpoints` feature, `failpoint("step")` aborts the process (as `kill -9` would:
-//! no destructors, no lock release) when the environment variable `BUFFER_FAILPOINT` equals
-//! `step`. Without the feature it compiles to nothing. The steps, in order: `after-lock`,
-//! `after-prepare`, `after-temp-write`, `before-fsync`, `after-fsync`, `after-rename`,
-//! `after-dir-fsync`, `after-delete`.
+//! With the `failpoints` feature, `failpoint("step")` acts when the environment variable
+//! `BUFFER_FAILPOINT` names this step: `step` aborts the process (as `kill -9` would: no
+//! destructors, no lock release), `step:stop` stops it with SIGSTOP (as a long GC pause or
+//! a frozen VM would) until someone sends SIGCONT. Without the feature it compiles to nothing.
+//! The steps, in order: `after-lock`, `after-prepare`, `after-temp-write`, `before-fsync`,
+//! `after-fsync`, `after-rename`, `after-dir-fsync`, `after-delete`.
 
-/// Aborts the process here when `BUFFER_FAILPOINT` names this step (feature `failpoints`).
+/// Acts as `BUFFER_FAILPOINT` says when it names this step (feature `failpoints`).
 #[cfg(feature = "failpoints")]
 pub(crate) fn failpoint(step: &str) {
-    if std::env::var("BUFFER_FAILPOINT").is_ok_and(|wanted| wanted == step) {
+    let Ok(wanted) = std::env::var("BUFFER_FAILPOINT") else {
+        return;
+    };
+    if wanted == step {
         eprintln!("failpoint {step}: aborting");
         std::process::abort();
+    }
+    if wanted.strip_suffix(":stop") == Some(step) {
+        eprintln!("failpoint {step}: stopping until SIGCONT");
+        // No unsafe code in this workspace: ask kill(1) to stop us.
+        let _ = std::process::Command::new("kill")
+            .arg("-STOP")
+            .arg(std::process::id().to_string())
+            .status();
     }
 }
 

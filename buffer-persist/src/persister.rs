@@ -491,7 +491,16 @@ impl Persister {
         let wait = self.config.drain_wait.unwrap_or(self.config.lock_ttl * 2);
         let deadline = Instant::now() + wait;
         let mut report = DrainReport::default();
-        let mut first_pass = true;
+        // Live stores are taken from one snapshot: records pushed while draining are left
+        // for the next run rather than chased for ever. A store locked by someone else stays
+        // in the list and is tried again until the deadline.
+        let mut live: Vec<StoreName> = self
+            .buffer
+            .stores()
+            .await?
+            .into_iter()
+            .map(|s| s.store)
+            .collect();
         loop {
             let mut work: Vec<Work> = self
                 .buffer
@@ -500,18 +509,7 @@ impl Persister {
                 .into_iter()
                 .map(|p| Work::Recover(p.store, p.id))
                 .collect();
-            if first_pass {
-                // Live stores are taken once: records pushed while draining are left for the
-                // next run rather than chased for ever.
-                work.extend(
-                    self.buffer
-                        .stores()
-                        .await?
-                        .into_iter()
-                        .map(|s| Work::Flush(s.store)),
-                );
-            }
-            first_pass = false;
+            work.extend(live.drain(..).map(Work::Flush));
             if work.is_empty() {
                 break;
             }
@@ -523,7 +521,12 @@ impl Persister {
                         report.batches += 1;
                         report.records += records;
                     }
-                    Ok(BatchOutcome::Busy) => busy = true,
+                    Ok(BatchOutcome::Busy) => {
+                        busy = true;
+                        if let Work::Flush(store) = item {
+                            live.push(store);
+                        }
+                    }
                     Ok(BatchOutcome::Nothing) => {}
                     Err(err) => report.failures.push(format!("{}: {err}", item.describe())),
                 }
@@ -534,7 +537,7 @@ impl Persister {
             if busy {
                 if Instant::now() >= deadline {
                     report.failures.push(format!(
-                        "gave up after {wait:?} waiting for batches locked by other persisters"
+                        "gave up after {wait:?} waiting for stores and batches locked by other persisters"
                     ));
                     break;
                 }

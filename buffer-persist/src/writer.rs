@@ -120,7 +120,8 @@ impl Write for Compressor {
 enum Encoder {
     Lines(Compressor),
     Csv {
-        writer: csv::Writer<Compressor>,
+        // Boxed: the CSV writer carries its own buffer and would make every Encoder large.
+        writer: Box<csv::Writer<Compressor>>,
         columns: Vec<String>,
     },
 }
@@ -198,7 +199,7 @@ impl BatchFile {
             Format::JsonLines => Encoder::Lines(compressor),
             Format::Csv => {
                 let columns: Vec<String> = columns.into_iter().collect();
-                let mut writer = csv::Writer::from_writer(compressor);
+                let mut writer = Box::new(csv::Writer::from_writer(compressor));
                 if !columns.is_empty() {
                     writer
                         .write_record(&columns)
@@ -356,6 +357,7 @@ impl SyncedFile {
         self.published = true;
         let published = result?;
         sync_dir(self.target.parent().unwrap_or(Path::new(".")))?;
+        failpoint("after-dir-fsync");
         Ok(published)
     }
 
