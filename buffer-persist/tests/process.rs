@@ -63,10 +63,12 @@ fn buffer_keys(server: &RedisServer) -> Vec<String> {
 /// Failpoint tests need the binary built with the `failpoints` feature, which
 /// `cargo test --workspace` does; say so plainly instead of failing obscurely.
 fn require_failpoints() {
-    assert!(
-        cfg!(feature = "failpoints"),
-        "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
-    );
+    let compiled_in = cfg!(feature = "failpoints");
+    if !compiled_in {
+        panic!(
+            "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
+        );
+    }
 }
 
 fn persist_command(server: &RedisServer, out: &Path, subcommand: &str) -> Command {

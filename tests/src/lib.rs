@@ -157,6 +157,17 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// Runs one command on this server (for tests outside this crate that plant or inspect
+    /// keys without a Redis client of their own) and returns its reply as text.
+    pub fn command(&self, args: &[&str]) -> String {
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        let value: redis::Value = command.query(&mut self.conn()).unwrap();
+        format!("{value:?}")
+    }
+
     /// A configuration for this server with a short response timeout.
     pub fn config(&self) -> BufferConfig {
         BufferConfig::new(self.url()).response_timeout(Duration::from_secs(3))
@@ -279,4 +290,119 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// A TCP proxy in front of a server that can cut a connection at a chosen moment.
+///
+/// Connections are forwarded byte for byte. When armed with [`FaultProxy::cut_after`], the
+/// next client→server chunk containing that command is forwarded to the server, and then the
+/// connection is closed before the server's reply reaches the client: the command ran, but the
+/// client never learns its result.
+pub struct FaultProxy {
+    port: u16,
+    armed: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `127.0.0.1:upstream_port` on a free port (threads end with the process).
+    pub fn start(upstream_port: u16) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicU64;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(std::sync::Mutex::new(None));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let (armed_in, cuts_in) = (armed.clone(), cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    continue;
+                };
+                let (armed, cuts) = (armed_in.clone(), cuts_in.clone());
+                std::thread::spawn(move || forward_pair(client, server, armed, cuts));
+            }
+        });
+        Self { port, armed, cuts }
+    }
+
+    /// The proxy's URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Arms the proxy: the next `command` (e.g. `"EXEC"`, `"EVALSHA"`) goes through, its
+    /// reply does not.
+    pub fn cut_after(&self, command: &str) {
+        let marker = format!("{command}\r\n").into_bytes();
+        *self.armed.lock().unwrap() = Some(marker);
+    }
+
+    /// How many connections were cut so far.
+    pub fn cuts(&self) -> u64 {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn forward_pair(
+    client: std::net::TcpStream,
+    server: std::net::TcpStream,
+    armed: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (mut client_read, mut server_write) =
+        (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let (mut server_read, mut client_write) = (server, client);
+    // Set when this connection is being cut: from then on, replies are dropped.
+    let cut = Arc::new(AtomicBool::new(false));
+    let replies = std::thread::spawn({
+        let cut = cut.clone();
+        move || {
+            let mut buf = [0u8; 64 * 1024];
+            while let Ok(n) = server_read.read(&mut buf) {
+                if n == 0
+                    || cut.load(Ordering::SeqCst)
+                    || client_write.write_all(&buf[..n]).is_err()
+                {
+                    break;
+                }
+            }
+            let _ = client_write.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    let mut buf = [0u8; 64 * 1024];
+    while let Ok(n) = client_read.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        let hit = {
+            let mut armed = armed.lock().unwrap();
+            let found = armed
+                .as_ref()
+                .is_some_and(|marker| chunk.windows(marker.len()).any(|w| w == marker.as_slice()));
+            if found {
+                *armed = None;
+            }
+            found
+        };
+        if hit {
+            cut.store(true, Ordering::SeqCst);
+            cuts.fetch_add(1, Ordering::SeqCst);
+            let _ = server_write.write_all(chunk);
+            // Give the server time to run the transaction (its reply is dropped), then cut.
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = client_read.shutdown(std::net::Shutdown::Both);
+            break;
+        }
+        if server_write.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = server_write.shutdown(std::net::Shutdown::Both);
+    let _ = replies.join();
 }

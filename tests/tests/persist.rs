@@ -477,8 +477,8 @@ async fn redis_going_away_mid_batch_keeps_the_batch_and_publishes_nothing() {
     // next drain waits for its TTL: keep that short here.
     let mut short_locks = PersistConfig::new(out.path());
     short_locks.lock_ttl = Duration::from_millis(500);
-    let persister = Persister::new(buffer.clone(), short_locks.clone())
-        .with_sink_factory(Arc::new(move |path: &Path| {
+    let persister = Persister::new(buffer.clone(), short_locks.clone()).with_sink_factory(
+        Arc::new(move |path: &Path| {
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -487,7 +487,8 @@ async fn redis_going_away_mid_batch_keeps_the_batch_and_publishes_nothing() {
                 file,
                 pid: Some(redis_pid),
             }) as Box<dyn FileSink>)
-        }));
+        }),
+    );
     let report = persister.drain().await.unwrap();
     assert_eq!(report.batches, 0);
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);

@@ -1,0 +1,766 @@
+//! Fault injection: nothing acknowledged is lost, nothing is written twice.
+//!
+//! Each test prints its seed (set `BUFFER_FAULT_SEED` to replay one) and the counts it
+//! checked. The check is the same everywhere: the records in the output files are exactly the
+//! acknowledged pushes, plus at most one copy of any push whose outcome was unknown (its reply
+//! was lost), with no duplicates, no buffer keys and no temporary files left behind.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use buffer_core::{Buffer, BufferConfig};
+use buffer_persist::{PersistConfig, Persister, open_decoded};
+use buffer_tests::{FaultProxy, RedisServer, eventually, files_under};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
+
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("BUFFER_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("{test}: seed {seed} (replay with BUFFER_FAULT_SEED={seed})");
+    seed
+}
+
+fn require_failpoints() {
+    let compiled_in = cfg!(feature = "failpoints");
+    if !compiled_in {
+        panic!(
+            "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
+        );
+    }
+}
+
+/// What the producers know about their pushes.
+#[derive(Default)]
+struct Ledger {
+    acknowledged: BTreeSet<u64>,
+    unknown: BTreeSet<u64>,
+}
+
+/// Reads every record id in the output, checks the exactly-once property against the ledger
+/// and that nothing is left behind; prints and returns the persisted count.
+fn check_exactly_once(test: &str, out: &Path, server: &RedisServer, ledger: &Ledger) -> usize {
+    let mut ids = Vec::new();
+    for path in files_under(out) {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with('.') {
+            assert_eq!(
+                name,
+                buffer_persist::MARKER_FILE,
+                "temporary file left: {}",
+                path.display()
+            );
+            continue;
+        }
+        let mut text = String::new();
+        open_decoded(&path)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        for line in text.lines() {
+            let record: Value = serde_json::from_str(line).unwrap();
+            ids.push(record["id"].as_u64().unwrap());
+        }
+    }
+    let persisted = ids.len();
+    let unique: BTreeSet<u64> = ids.iter().copied().collect();
+    let duplicates = persisted - unique.len();
+    let lost: Vec<&u64> = ledger.acknowledged.difference(&unique).collect();
+    let unexpected: Vec<&u64> = unique
+        .iter()
+        .filter(|id| !ledger.acknowledged.contains(id) && !ledger.unknown.contains(id))
+        .collect();
+    println!(
+        "{test}: pushed {}, acknowledged {}, outcome unknown {}, persisted {persisted}, duplicates {duplicates}",
+        ledger.acknowledged.len() + ledger.unknown.len(),
+        ledger.acknowledged.len(),
+        ledger.unknown.len()
+    );
+    assert_eq!(duplicates, 0, "duplicates in the output");
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged records lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        unexpected.is_empty(),
+        "records nobody pushed: {unexpected:?}"
+    );
+    // Only push-id markers of `push_once` may stay, and only until their TTL ends.
+    let (markers, keys): (Vec<String>, Vec<String>) = server
+        .all_keys()
+        .into_iter()
+        .filter(|k| k.starts_with("buf:"))
+        .partition(|k| k.contains(":id:"));
+    assert!(keys.is_empty(), "buffer keys left: {keys:?}");
+    for marker in markers {
+        let ttl = server.command(&["PTTL", &marker]);
+        assert!(
+            ttl.starts_with("int(") && !ttl.contains('-'),
+            "{marker} has TTL {ttl}"
+        );
+    }
+    persisted
+}
+
+fn persist_command(server_url: &str, out: &Path, subcommand: &str) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .arg(subcommand)
+        .arg("--redis")
+        .arg(server_url)
+        .arg("--out")
+        .arg(out)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+fn spawn_runner(server: &RedisServer, out: &Path) -> Child {
+    persist_command(&server.url(), out, "run")
+        .args([
+            "--interval",
+            "20ms",
+            "--max-age",
+            "50ms",
+            "--max-records",
+            "100",
+            "--lock-ttl",
+            "500ms",
+        ])
+        .args(["--redis-timeout", "1s"])
+        .spawn()
+        .unwrap()
+}
+
+fn drain(server_url: &str, out: &Path) {
+    let status = persist_command(server_url, out, "drain")
+        .args(["--lock-ttl", "500ms", "--wait", "10s"])
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap();
+    assert!(status.success(), "final drain failed");
+}
+
+/// Pushes ids `range` as single-record pushes spread over `stores` stores, recording each
+/// outcome in the ledger.
+async fn produce(
+    buffer: Buffer,
+    ids: std::ops::Range<u64>,
+    stores: u64,
+    ledger: Arc<std::sync::Mutex<Ledger>>,
+) {
+    for id in ids {
+        let result = buffer
+            .push(format!("store-{}", id % stores), &json!({"id": id}))
+            .await;
+        let mut ledger = ledger.lock().unwrap();
+        match result {
+            Ok(_) => {
+                ledger.acknowledged.insert(id);
+            }
+            // Refused before or at EXEC: not applied (invalid input, WRONGTYPE, OOM are
+            // checked elsewhere); connection trouble: may or may not have been applied.
+            Err(err) if err.is_transient() => {
+                ledger.unknown.insert(id);
+            }
+            Err(err) => panic!("push {id}: {err}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
+    let seed = seed("kill -9 persisters");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let buffer = server.buffer().await;
+    let mut runners: Vec<Child> = (0..3).map(|_| spawn_runner(&server, out.path())).collect();
+    let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
+    let total = 20_000u64;
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            tokio::spawn(produce(
+                buffer.clone(),
+                p * total / 4..(p + 1) * total / 4,
+                5,
+                ledger.clone(),
+            ))
+        })
+        .collect();
+    let mut kills = 0;
+    while !producers.iter().all(|p| p.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..500))).await;
+        let victim = rng.random_range(0..runners.len());
+        runners[victim].kill().unwrap();
+        runners[victim].wait().unwrap();
+        runners[victim] = spawn_runner(&server, out.path());
+        kills += 1;
+    }
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    // Let the survivors catch up, then stop them cleanly and drain what is left.
+    eventually(Duration::from_secs(10), || async {
+        buffer.stores().await.unwrap().is_empty()
+    })
+    .await;
+    for mut runner in runners {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(runner.id().to_string())
+            .status()
+            .unwrap();
+        assert!(runner.wait().unwrap().success());
+    }
+    drain(&server.url(), out.path());
+    println!("kill -9 persisters: {kills} kills");
+    assert!(kills > 0);
+    let persisted = check_exactly_once(
+        "kill -9 persisters",
+        out.path(),
+        &server,
+        &ledger.lock().unwrap(),
+    );
+    assert_eq!(persisted as u64, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_every_step_recovers_exactly_once() {
+    require_failpoints();
+    let steps = [
+        "after-lock",
+        "after-prepare",
+        "after-temp-write",
+        "before-fsync",
+        "after-fsync",
+        "after-rename",
+        "after-dir-fsync",
+        "after-delete",
+    ];
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let out = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::default();
+    let mut next_id = 0u64;
+    for step in steps {
+        let records: Vec<Value> = (next_id..next_id + 300)
+            .map(|id| json!({"id": id}))
+            .collect();
+        buffer.push_many("crash", &records).await.unwrap();
+        ledger.acknowledged.extend(next_id..next_id + 300);
+        next_id += 300;
+        let status = persist_command(&server.url(), out.path(), "drain")
+            .args(["--lock-ttl", "300ms"])
+            .env("BUFFER_FAILPOINT", step)
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the persister crashed at {step}");
+        // The restart: a new persister finishes the job.
+        drain(&server.url(), out.path());
+        println!("crash sweep: crashed at {step}, recovered");
+    }
+    check_exactly_once("crash sweep", out.path(), &server, &ledger);
+}
+
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_past_its_ttl_neither_publishes_nor_deletes() {
+    require_failpoints();
+    for step in ["after-temp-write", "after-fsync", "after-rename"] {
+        let server = RedisServer::start();
+        let buffer = server.buffer().await;
+        let out = tempfile::tempdir().unwrap();
+        let records: Vec<Value> = (0..1000).map(|id| json!({"id": id})).collect();
+        buffer.push_many("paused", &records).await.unwrap();
+        // A takes the batch and freezes (SIGSTOP) mid-way, holding a 500 ms lock.
+        let mut stale = persist_command(&server.url(), out.path(), "drain")
+            .args(["--lock-ttl", "500ms"])
+            .env("BUFFER_FAILPOINT", format!("{step}:stop"))
+            .spawn()
+            .unwrap();
+        let pid = stale.id();
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                process_state(pid) == Some('T')
+            })
+            .await,
+            "A stopped at {step}"
+        );
+        // Past its TTL, B takes over and finishes the batch.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        drain(&server.url(), out.path());
+        let files_after_b: Vec<_> = files_under(out.path());
+        let bytes_after_b: Vec<Vec<u8>> = files_after_b
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        // A wakes up: it must see its lock is gone and do nothing more.
+        Command::new("kill")
+            .arg("-CONT")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        let status = stale.wait().unwrap();
+        assert!(!status.success(), "A reports its lost lock as a failure");
+        assert_eq!(
+            files_under(out.path()),
+            files_after_b,
+            "A published nothing ({step})"
+        );
+        let bytes_now: Vec<Vec<u8>> = files_after_b
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        assert_eq!(bytes_now, bytes_after_b, "B's file untouched");
+        let ledger = Ledger {
+            acknowledged: (0..1000).collect(),
+            unknown: BTreeSet::new(),
+        };
+        check_exactly_once(
+            &format!("paused holder at {step}"),
+            out.path(),
+            &server,
+            &ledger,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_push_keeps_every_acknowledged_push() {
+    let seed = seed("redis kill -9");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let config = BufferConfig::new(server.url())
+        .response_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500));
+    let buffer = Buffer::connect(config).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
+    let total = 6000u64;
+    let producers: Vec<_> = (0..3)
+        .map(|p| {
+            tokio::spawn(produce(
+                buffer.clone(),
+                p * total / 3..(p + 1) * total / 3,
+                4,
+                ledger.clone(),
+            ))
+        })
+        .collect();
+    // An in-process persister runs through it all.
+    let mut persist_config = PersistConfig::new(out.path());
+    persist_config.interval = Duration::from_millis(20);
+    persist_config.max_age = Duration::from_millis(50);
+    persist_config.lock_ttl = Duration::from_millis(500);
+    let persister = Persister::new(buffer.clone(), persist_config);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (persister, shutdown) = (persister.clone(), shutdown.clone());
+        async move { persister.run(shutdown).await }
+    });
+    let mut kills = 0;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+        server.restart(); // SIGKILL, then start again on the same port and AOF
+        kills += 1;
+    }
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    drain(&server.url(), out.path());
+    println!("redis kill -9: {kills} kills");
+    check_exactly_once(
+        "redis kill -9",
+        out.path(),
+        &server,
+        &ledger.lock().unwrap(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_gives_timely_errors_and_the_persister_recovers() {
+    let server = RedisServer::start();
+    let config = server
+        .config()
+        .response_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(300));
+    let buffer = Buffer::connect(config).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut persist_config = PersistConfig::new(out.path());
+    persist_config.interval = Duration::from_millis(20);
+    persist_config.max_age = Duration::from_millis(50);
+    persist_config.lock_ttl = Duration::from_secs(1);
+    let persister = Persister::new(buffer.clone(), persist_config);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (persister, shutdown) = (persister.clone(), shutdown.clone());
+        async move { persister.run(shutdown).await }
+    });
+    let mut ledger = Ledger::default();
+    for id in 0..200 {
+        buffer.push("frozen", &json!({"id": id})).await.unwrap();
+        ledger.acknowledged.insert(id);
+    }
+    server.signal("STOP");
+    let mut slowest = Duration::ZERO;
+    for id in 200..205 {
+        let started = Instant::now();
+        let err = buffer.push("frozen", &json!({"id": id})).await.unwrap_err();
+        slowest = slowest.max(started.elapsed());
+        assert!(err.is_transient(), "{err}");
+        ledger.unknown.insert(id);
+    }
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "an error came after {slowest:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await; // frozen longer than every timeout
+    server.signal("CONT");
+    for id in 205..400 {
+        let pushed = eventually(Duration::from_secs(10), || async {
+            buffer.push("frozen", &json!({"id": id})).await.is_ok()
+        })
+        .await;
+        assert!(pushed);
+        ledger.acknowledged.insert(id);
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            buffer.stores().await.map(|s| s.is_empty()).unwrap_or(false)
+                && buffer
+                    .get_prepared()
+                    .await
+                    .map(|p| p.is_empty())
+                    .unwrap_or(false)
+        })
+        .await,
+        "the running persister caught up after Redis came back"
+    );
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    println!("frozen redis: slowest error after {slowest:?}");
+    check_exactly_once("frozen redis", out.path(), &server, &ledger);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_refuses_pushes_but_lets_the_persister_drain() {
+    let server =
+        RedisServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
+    let buffer = server.buffer().await;
+    let mut ledger = Ledger::default();
+    let mut id = 0u64;
+    let mut refusals = 0;
+    // Push until Redis refuses, and a bit beyond: every refusal is an error, never Ok.
+    while refusals < 20 {
+        let records: Vec<Value> = (id..id + 50)
+            .map(|i| json!({"id": i, "pad": "m".repeat(300)}))
+            .collect();
+        match buffer.push_many(format!("oom-{}", id % 3), &records).await {
+            Ok(_) => ledger.acknowledged.extend(id..id + 50),
+            Err(err) => {
+                assert!(err.is_out_of_memory(), "{err}");
+                refusals += 1;
+            }
+        }
+        id += 50;
+        assert!(id < 1_000_000, "maxmemory never reached");
+    }
+    // A lock taken before is still released; the persister prepares, writes and empties.
+    let out = tempfile::tempdir().unwrap();
+    let report = Persister::new(buffer.clone(), PersistConfig::new(out.path()))
+        .drain()
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    check_exactly_once("out of memory", out.path(), &server, &ledger);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_type_planted_in_a_store_is_reported_and_loses_nothing() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let mut ledger = Ledger::default();
+    for id in 0..100 {
+        buffer.push("planted", &json!({"id": id})).await.unwrap();
+        ledger.acknowledged.insert(id);
+    }
+    let bytes_key = server
+        .all_keys()
+        .into_iter()
+        .find(|k| k.ends_with(":s:planted:bytes"))
+        .unwrap();
+    server.command(&["DEL", &bytes_key]);
+    server.command(&["SADD", &bytes_key, "foreign"]);
+    // The push reports the error; its record may have been appended (EXEC has no rollback).
+    let err = buffer
+        .push("planted", &json!({"id": 100}))
+        .await
+        .unwrap_err();
+    assert!(err.is_wrong_type(), "{err}");
+    ledger.unknown.insert(100);
+    // The persister refuses the store with an error naming the key, and moves nothing.
+    let out = tempfile::tempdir().unwrap();
+    let report = Persister::new(buffer.clone(), PersistConfig::new(out.path()))
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!(report.failures.len(), 1);
+    assert!(
+        report.failures[0].contains(&bytes_key),
+        "{:?}",
+        report.failures
+    );
+    // Once an operator removes the foreign key, every acknowledged record is persisted.
+    server.command(&["DEL", &bytes_key]);
+    let report = Persister::new(buffer.clone(), PersistConfig::new(out.path()))
+        .drain()
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    check_exactly_once("partial exec", out.path(), &server, &ledger);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_lost_after_exec_is_an_unknown_outcome_and_never_a_silent_duplicate() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let config = BufferConfig::new(proxy.url()).response_timeout(Duration::from_millis(500));
+    let buffer = Buffer::connect(config).await.unwrap();
+    buffer.push("cut", &json!({"id": 0})).await.unwrap();
+    proxy.cut_after("EXEC");
+    let err = buffer.push("cut", &json!({"id": 1})).await.unwrap_err();
+    assert_eq!(proxy.cuts(), 1);
+    // What the caller sees: a transient error whose outcome is unknown.
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    // The push did run on the server: the library did not retry it behind the caller's back.
+    let direct = server.buffer().await;
+    let stores = direct.stores().await.unwrap();
+    assert_eq!(
+        stores[0].records, 2,
+        "applied exactly once, not retried silently"
+    );
+    // A retry with an idempotency id is safe: the first attempt's id makes the retry a no-op.
+    // (A first push_once loads the script, so the cut hits a call that runs.)
+    buffer
+        .push_once("cut", "warm-up", &[json!({"id": 3})])
+        .await
+        .unwrap();
+    proxy.cut_after("EVALSHA");
+    let err = buffer
+        .push_once("cut", "push-2", &[json!({"id": 2})])
+        .await
+        .unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    let receipt = eventually(Duration::from_secs(5), || async {
+        buffer
+            .push_once("cut", "push-2", &[json!({"id": 2})])
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(receipt);
+    let outcome = buffer
+        .push_once("cut", "push-2", &[json!({"id": 2})])
+        .await
+        .unwrap();
+    assert!(outcome.duplicate, "the retry was recognised");
+    assert_eq!(outcome.receipt.records, 4);
+    let out = tempfile::tempdir().unwrap();
+    Persister::new(direct, PersistConfig::new(out.path()))
+        .drain()
+        .await
+        .unwrap();
+    let ledger = Ledger {
+        acknowledged: BTreeSet::from([0, 1, 2, 3]),
+        unknown: BTreeSet::new(),
+    };
+    check_exactly_once("lost EXEC reply", out.path(), &server, &ledger);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_batch_abandons_it_cleanly_and_exits_zero() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let records: Vec<Value> = (0..200_000)
+        .map(|id| json!({"id": id, "pad": "t".repeat(100)}))
+        .collect();
+    for chunk in records.chunks(5000) {
+        buffer.push_many("big", chunk).await.unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut runner = persist_command(&server.url(), out.path(), "run")
+        .args([
+            "--max-age",
+            "1ms",
+            "--interval",
+            "10ms",
+            "--lock-ttl",
+            "30s",
+        ])
+        .spawn()
+        .unwrap();
+    // Wait until it holds the batch and is writing it, then ask it to stop.
+    let mut seen_temp = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && !seen_temp {
+        seen_temp = files_under(out.path())
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".tmp"));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let terminated = Command::new("kill")
+        .arg("-TERM")
+        .arg(runner.id().to_string())
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let status = runner.wait().unwrap();
+    assert!(status.success(), "exit 0 on SIGTERM");
+    let remaining = buffer.get_prepared().await.unwrap();
+    let published: Vec<_> = files_under(out.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".jsonl"))
+        .collect();
+    println!(
+        "sigterm: saw a temp file: {seen_temp}; prepared left: {}, published: {}",
+        remaining.len(),
+        published.len()
+    );
+    if !remaining.is_empty() {
+        // Abandoned: the batch stays prepared, its lock released, nothing partial published.
+        assert!(published.is_empty());
+        assert!(
+            buffer
+                .lock_info(&remaining[0].store, Some(&remaining[0].id))
+                .await
+                .unwrap()
+                .is_none(),
+            "lock released"
+        );
+    }
+    drain(&server.url(), out.path());
+    let ledger = Ledger {
+        acknowledged: (0..200_000).collect(),
+        unknown: BTreeSet::new(),
+    };
+    check_exactly_once("sigterm", out.path(), &server, &ledger);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_across_many_batches_keeps_exactly_once() {
+    let seed = seed("disk full");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let server = RedisServer::start();
+    let buffer = Buffer::connect(server.config().page_size(50))
+        .await
+        .unwrap();
+    let mut ledger = Ledger::default();
+    for id in 0..3000u64 {
+        ledger.acknowledged.insert(id);
+    }
+    for store in 0..6u64 {
+        let records: Vec<Value> = (0..3000u64)
+            .filter(|id| id % 6 == store)
+            .map(|id| json!({"id": id, "pad": "d".repeat(50)}))
+            .collect();
+        buffer
+            .push_many(format!("disk-{store}"), &records)
+            .await
+            .unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    // The "disk" has room for a random amount, shared by every file written.
+    let room = Arc::new(AtomicU64::new(rng.random_range(10_000..60_000)));
+    let persister = Persister::new(buffer.clone(), PersistConfig::new(out.path()))
+        .with_sink_factory(Arc::new({
+            let room = room.clone();
+            move |path: &Path| {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)?;
+                Ok(Box::new(LimitedDisk {
+                    file,
+                    room: room.clone(),
+                }) as Box<dyn buffer_persist::FileSink>)
+            }
+        }));
+    let first = persister.drain().await.unwrap();
+    assert!(!first.failures.is_empty(), "the disk filled up");
+    assert!(
+        first.failures.iter().all(|f| f.contains("No space left")),
+        "{:?}",
+        first.failures
+    );
+    println!(
+        "disk full: {} batches written before the disk filled, {} failed",
+        first.batches,
+        first.failures.len()
+    );
+    room.store(u64::MAX, Ordering::SeqCst);
+    let second = persister.drain().await.unwrap();
+    assert!(second.failures.is_empty(), "{:?}", second.failures);
+    check_exactly_once("disk full", out.path(), &server, &ledger);
+}
+
+struct LimitedDisk {
+    file: std::fs::File,
+    room: Arc<AtomicU64>,
+}
+
+impl std::io::Write for LimitedDisk {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len() as u64;
+        let granted = self
+            .room
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |room| {
+                room.checked_sub(n)
+            });
+        if granted.is_err() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "No space left on device",
+            ));
+        }
+        self.file.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl buffer_persist::FileSink for LimitedDisk {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
+}
