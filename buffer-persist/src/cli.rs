@@ -77,7 +77,7 @@ pub struct RedisArgs {
 /// Where and how batches are written.
 #[derive(Debug, Args)]
 pub struct OutputArgs {
-    /// Output directory: files go to OUT/<encoded store>/<batch id>.<ext>.
+    /// Output directory: each batch goes to OUT/STORE/BATCH_ID.EXT (STORE percent-encoded).
     #[arg(long, env = "BUFFER_OUT")]
     pub out: PathBuf,
     /// File format: jsonl or csv.
