@@ -751,3 +751,29 @@ async fn a_frozen_redis_gives_a_transient_error_within_the_timeout() {
         "recovers after Redis returns"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_url_are_used_and_never_shown() {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let port = server.port();
+    let good = BufferConfig::new(format!("redis://:s3cret@127.0.0.1:{port}/0"));
+    assert_eq!(
+        good.redacted_url(),
+        format!("redis://:***@127.0.0.1:{port}/0")
+    );
+    let buffer = Buffer::connect(good).await.unwrap();
+    buffer.push("s", &json!({"a": 1})).await.unwrap();
+    assert!(!format!("{buffer:?}").contains("s3cret"), "{buffer:?}");
+
+    let bad = BufferConfig::new(format!("redis://:wrong@127.0.0.1:{port}/0"));
+    let err = Buffer::connect(bad).await.unwrap_err();
+    let text = err.to_string().to_lowercase();
+    assert!(text.contains("auth") || text.contains("password"), "{err}");
+    assert!(
+        !err.to_string().contains("wrong"),
+        "the password is not echoed: {err}"
+    );
+    let anonymous = BufferConfig::new(server.url());
+    let err = Buffer::connect(anonymous).await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("auth"), "{err}");
+}
