@@ -777,3 +777,94 @@ async fn credentials_in_the_url_are_used_and_never_shown() {
     let err = Buffer::connect(anonymous).await.unwrap_err();
     assert!(err.to_string().to_lowercase().contains("auth"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_connect_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    std::fs::write(path("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        &path("ca.key"),
+        "-out",
+        &path("ca.crt"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &path("server.key"),
+        "-out",
+        &path("server.csr"),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("server.csr"),
+        "-CA",
+        &path("ca.crt"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &path("san.cnf"),
+        "-out",
+        &path("server.crt"),
+    ]);
+    let tls_port = buffer_tests::free_port().to_string();
+    let server = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    // The test CA is not in the system's trust store: `#insecure` skips verification.
+    let url = format!("rediss://127.0.0.1:{tls_port}/#insecure");
+    let buffer = Buffer::connect(BufferConfig::new(url)).await.unwrap();
+    let receipt = buffer.push("tls", &json!({"over": "tls"})).await.unwrap();
+    assert_eq!(receipt.records, 1);
+    let stores = server.buffer().await.stores().await.unwrap();
+    assert_eq!(
+        stores[0].store.as_str(),
+        "tls",
+        "the plain port sees what came over TLS"
+    );
+    // Verification is on by default: the untrusted test CA is refused.
+    let strict = Buffer::connect(
+        BufferConfig::new(format!("rediss://127.0.0.1:{tls_port}/"))
+            .connect_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    assert!(strict.is_err(), "an untrusted certificate must be refused");
+}
