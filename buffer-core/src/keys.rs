@@ -168,3 +168,45 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod no_keys_command {
+    /// Every source file of this crate: no command use of KEYS may appear in any of them.
+    const SOURCES: [&str; 13] = [
+        include_str!("batch.rs"),
+        include_str!("buffer.rs"),
+        include_str!("clock.rs"),
+        include_str!("error.rs"),
+        include_str!("events.rs"),
+        include_str!("info.rs"),
+        include_str!("keys.rs"),
+        include_str!("lib.rs"),
+        include_str!("lock.rs"),
+        include_str!("name.rs"),
+        include_str!("record.rs"),
+        include_str!("scripts.rs"),
+        include_str!("transaction.rs"),
+    ];
+
+    #[test]
+    fn the_keys_command_is_never_sent() {
+        let forbidden = [
+            concat!("cmd(\"", "KEYS\")"),
+            concat!("call('", "KEYS'"),
+            concat!("call(\"", "KEYS\""),
+        ];
+        for source in SOURCES {
+            for pattern in forbidden {
+                assert!(!source.contains(pattern), "found {pattern}");
+            }
+        }
+        let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            files,
+            SOURCES.len(),
+            "a new source file must be added to SOURCES"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 //! it page by page with [`Buffer::reader`], writes it out, then deletes it with
 //! [`Buffer::empty`] (or [`LockGuard::empty_batch`]). [`Buffer::get_old`],
 //! [`Buffer::get_large`] and [`Buffer::get_prepared`] find work from per-group indexes,
-//! never with `KEYS`.
+//! never by listing the keyspace.
 //!
 //! This is the only crate of the workspace that speaks Redis commands or knows the key layout.
 //!

@@ -15,7 +15,7 @@ use redis::Script;
 
 /// Moves a live store to a batch.
 ///
-/// KEYS: 1-4 live records/first/keys/bytes, 5-8 the same for the batch, 9 stores index,
+/// Keys: 1-4 live records/first/keys/bytes, 5-8 the same for the batch, 9 stores index,
 /// 10 bytes index, 11 count index, 12 prepared index, 13 store lock, 14 batch lock.
 /// ARGV: 1 encoded name, 2 prepared-index member, 3 batch ms, 4 lock value or "".
 ///
@@ -74,7 +74,7 @@ return {1, redis.call('LLEN', KEYS[5]), tonumber(redis.call('GET', KEYS[8]) or '
     )
 });
 
-/// Takes a lock: `SET NX PX`. KEYS: 1 lock. ARGV: 1 value, 2 ttl ms. Returns OK or nil.
+/// Takes a lock: `SET NX PX`. Keys: 1 lock. ARGV: 1 value, 2 ttl ms. Returns OK or nil.
 pub(crate) static LOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"#!lua flags=allow-oom
@@ -83,7 +83,7 @@ return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
     )
 });
 
-/// Deletes a key when it holds the given value. KEYS: 1 lock. ARGV: 1 value. Returns 1 or 0.
+/// Deletes a key when it holds the given value. Keys: 1 lock. ARGV: 1 value. Returns 1 or 0.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"#!lua flags=allow-oom
@@ -96,7 +96,7 @@ return 0
 });
 
 /// Sets a new TTL on a key when it holds the given value.
-/// KEYS: 1 lock. ARGV: 1 value, 2 ttl ms. Returns 1 or 0.
+/// Keys: 1 lock. ARGV: 1 value, 2 ttl ms. Returns 1 or 0.
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"#!lua flags=allow-oom
@@ -111,7 +111,7 @@ return 0
 /// Empties a batch and releases its lock, only while the lock holds the given value.
 ///
 /// Uses only UNLINK, ZREM and DEL, which Redis accepts when it is out of memory.
-/// KEYS: 1 lock, 2 prepared index, 3-6 batch data keys. ARGV: 1 value, 2 prepared member.
+/// Keys: 1 lock, 2 prepared index, 3-6 batch data keys. ARGV: 1 value, 2 prepared member.
 /// Returns 1, or 0 when the lock is not held.
 pub(crate) static EMPTY_LOCKED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -129,7 +129,7 @@ return 1
 
 /// Appends records unless a push with the same id was already applied.
 ///
-/// KEYS: 1-4 live records/first/keys/bytes, 5 stores index, 6 bytes index, 7 count index,
+/// Keys: 1-4 live records/first/keys/bytes, 5 stores index, 6 bytes index, 7 count index,
 /// 8 push-id marker. ARGV: 1 now ms, 2 encoded name, 3 bytes, 4 record count, 5 marker TTL ms,
 /// 6 number of unique keys k, 7..6+k the keys, then the records.
 ///
