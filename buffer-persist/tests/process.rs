@@ -292,3 +292,33 @@ async fn unreachable_redis_and_bad_flags_are_clear_errors() {
     assert!(!output.status.success());
     assert!(stderr.contains("\"lots\" is not a size"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_setting_can_come_from_the_environment() {
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let buffer = server.buffer().await;
+    buffer.push("env", &json!({"id": 1})).await.unwrap();
+    let status = Command::new(BINARY)
+        .arg("drain")
+        .env("BUFFER_REDIS_URL", server.url())
+        .env("BUFFER_OUT", out.path())
+        .env("BUFFER_FORMAT", "csv")
+        .env("BUFFER_COMPRESS", "gzip")
+        .env("BUFFER_LOCK_TTL", "5s")
+        .env("BUFFER_LOG_FORMAT", "json")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let files: Vec<PathBuf> = files_under(out.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".csv.gz"))
+        .collect();
+    assert_eq!(files.len(), 1, "{:?}", files_under(out.path()));
+    let mut text = String::new();
+    open_decoded(&files[0])
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(text, "id\n1\n");
+}
