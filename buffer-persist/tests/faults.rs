@@ -6,7 +6,6 @@
 //! was lost), with no duplicates, no buffer keys and no temporary files left behind.
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -14,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use buffer_core::{Buffer, BufferConfig};
-use buffer_persist::{PersistConfig, Persister, open_decoded};
-use buffer_tests::{FaultProxy, RedisServer, eventually, files_under};
+use buffer_persist::{PersistConfig, Persister};
+use buffer_tests::{FaultProxy, RedisServer, eventually, files_under, output_records};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -56,28 +55,11 @@ struct Ledger {
 /// Reads every record id in the output, checks the exactly-once property against the ledger
 /// and that nothing is left behind; prints and returns the persisted count.
 fn check_exactly_once(test: &str, out: &Path, server: &RedisServer, ledger: &Ledger) -> usize {
-    let mut ids = Vec::new();
-    for path in files_under(out) {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with('.') {
-            assert_eq!(
-                name,
-                buffer_persist::MARKER_FILE,
-                "temporary file left: {}",
-                path.display()
-            );
-            continue;
-        }
-        let mut text = String::new();
-        open_decoded(&path)
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        for line in text.lines() {
-            let record: Value = serde_json::from_str(line).unwrap();
-            ids.push(record["id"].as_u64().unwrap());
-        }
-    }
+    let ids: Vec<u64> = output_records(out)
+        .values()
+        .flatten()
+        .map(|record| record["id"].as_u64().unwrap())
+        .collect();
     let persisted = ids.len();
     let unique: BTreeSet<u64> = ids.iter().copied().collect();
     let duplicates = persisted - unique.len();

@@ -3,60 +3,22 @@
 //! the same features (`failpoints` comes in through buffer-tests' dev-dependency when the
 //! whole workspace is tested).
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use buffer_persist::open_decoded;
-use buffer_tests::{RedisServer, eventually, files_under};
+use buffer_tests::{RedisServer, eventually, files_under, output_records};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
 
-/// Every record in every batch file under `out`, grouped by store directory; fails on a
-/// stray temporary file.
-fn read_output(out: &Path) -> BTreeMap<PathBuf, Vec<Value>> {
-    let mut by_dir: BTreeMap<PathBuf, Vec<Value>> = BTreeMap::new();
-    for path in files_under(out) {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with('.') {
-            assert!(
-                name == buffer_persist::MARKER_FILE,
-                "stray temp file {}",
-                path.display()
-            );
-            continue;
-        }
-        let mut text = String::new();
-        open_decoded(&path)
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        let records = by_dir
-            .entry(path.parent().unwrap().to_path_buf())
-            .or_default();
-        for line in text.lines() {
-            records.push(serde_json::from_str(line).unwrap());
-        }
-    }
-    by_dir
-}
-
 fn ids(out: &Path) -> Vec<u64> {
-    read_output(out)
+    output_records(out)
         .values()
         .flatten()
         .map(|r| r["id"].as_u64().unwrap())
-        .collect()
-}
-
-fn buffer_keys(server: &RedisServer) -> Vec<String> {
-    server
-        .all_keys()
-        .into_iter()
-        .filter(|k| k.starts_with("buf:"))
         .collect()
 }
 
@@ -163,7 +125,7 @@ async fn three_persister_processes_never_write_a_batch_twice() {
     ids.dedup();
     assert_eq!(n, ids.len(), "duplicates: {}", n - ids.len());
     assert_eq!(ids, (0..total).collect::<Vec<_>>());
-    assert!(buffer_keys(&server).is_empty());
+    assert!(server.buffer_keys().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +151,7 @@ async fn a_batch_left_by_a_killed_persister_is_recovered_by_the_next_run() {
         .await
         .unwrap();
     assert!(lock.is_some(), "locked by the dead one");
-    assert!(read_output(out.path()).is_empty());
+    assert!(output_records(out.path()).is_empty());
 
     let runner = spawn_runner(&server, out.path(), &[]);
     let done = eventually(Duration::from_secs(20), || async {
@@ -199,7 +161,7 @@ async fn a_batch_left_by_a_killed_persister_is_recovered_by_the_next_run() {
     stop(runner);
     assert!(done, "recovered once the dead holder's lock expired");
     assert_eq!(ids(out.path()), (0..500).collect::<Vec<_>>());
-    assert!(buffer_keys(&server).is_empty());
+    assert!(server.buffer_keys().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -414,3 +414,62 @@ fn forward_pair(
     let _ = server_write.shutdown(std::net::Shutdown::Both);
     let _ = replies.join();
 }
+
+/// The records of every batch file under `out`, by the directory (store) they are in.
+/// Decodes `.gz` and `.zst` by name. Fails the test on a temporary file left behind (any
+/// other dot-file except the persister's marker).
+pub fn output_records(out: &Path) -> std::collections::BTreeMap<PathBuf, Vec<serde_json::Value>> {
+    let mut by_dir: std::collections::BTreeMap<PathBuf, Vec<serde_json::Value>> =
+        Default::default();
+    for path in files_under(out) {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with('.') {
+            assert_eq!(
+                name,
+                ".buffer-persist",
+                "temporary file left: {}",
+                path.display()
+            );
+            continue;
+        }
+        let records = by_dir
+            .entry(path.parent().unwrap().to_path_buf())
+            .or_default();
+        records.extend(file_records(&path));
+    }
+    by_dir
+}
+
+/// The records of one JSON Lines batch file (plain, `.gz` or `.zst`).
+pub fn file_records(path: &Path) -> Vec<serde_json::Value> {
+    let file = std::fs::File::open(path).unwrap();
+    let mut text = String::new();
+    let name = path.to_string_lossy();
+    if name.ends_with(".gz") {
+        flate2::read::MultiGzDecoder::new(file)
+            .read_to_string(&mut text)
+            .unwrap();
+    } else if name.ends_with(".zst") {
+        zstd::stream::read::Decoder::new(file)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+    } else {
+        std::io::BufReader::new(file)
+            .read_to_string(&mut text)
+            .unwrap();
+    }
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+impl RedisServer {
+    /// The keys of the default namespace (`buf`) left in this server.
+    pub fn buffer_keys(&self) -> Vec<String> {
+        self.all_keys()
+            .into_iter()
+            .filter(|k| k.starts_with("buf:"))
+            .collect()
+    }
+}

@@ -1,6 +1,6 @@
 //! The persister end to end: real redis-server, real files, real processes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,45 +10,9 @@ use std::time::Duration;
 
 use buffer_core::{Buffer, ManualClock, StoreName};
 use buffer_persist::{Compression, FileSink, Format, PersistConfig, Persister, open_decoded};
-use buffer_tests::{RedisServer, eventually, files_under};
+use buffer_tests::{RedisServer, eventually, files_under, output_records};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-
-/// Every record in every batch file under `out`, grouped by the directory (store) it is in.
-fn read_output(out: &Path) -> BTreeMap<PathBuf, Vec<Value>> {
-    let mut by_dir: BTreeMap<PathBuf, Vec<Value>> = BTreeMap::new();
-    for path in files_under(out) {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with('.') {
-            assert!(
-                name == buffer_persist::MARKER_FILE,
-                "stray temp file {}",
-                path.display()
-            );
-            continue;
-        }
-        let mut text = String::new();
-        open_decoded(&path)
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        let records = by_dir
-            .entry(path.parent().unwrap().to_path_buf())
-            .or_default();
-        for line in text.lines() {
-            records.push(serde_json::from_str(line).unwrap());
-        }
-    }
-    by_dir
-}
-
-fn buffer_keys(server: &RedisServer) -> Vec<String> {
-    server
-        .all_keys()
-        .into_iter()
-        .filter(|k| k.starts_with("buf:"))
-        .collect()
-}
 
 fn config(out: &Path) -> PersistConfig {
     let mut config = PersistConfig::new(out);
@@ -111,7 +75,7 @@ async fn fifty_thousand_records_over_twenty_stores_land_exactly_once() {
     let report = persister.drain().await.unwrap();
     assert!(report.failures.is_empty(), "{:?}", report.failures);
 
-    let output = read_output(out.path());
+    let output = output_records(out.path());
     let mut ids: Vec<u64> = Vec::new();
     for (dir, records) in &output {
         let store = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -131,9 +95,9 @@ async fn fifty_thousand_records_over_twenty_stores_land_exactly_once() {
     assert_eq!(ids.len(), persisted, "no duplicates");
     assert_eq!(ids, (0..total as u64).collect::<Vec<_>>(), "every record");
     assert!(
-        buffer_keys(&server).is_empty(),
+        server.buffer_keys().is_empty(),
         "no buffer keys left: {:?}",
-        buffer_keys(&server)
+        server.buffer_keys()
     );
     let stats = persister.stats();
     assert_eq!(stats.records_persisted, total as u64);
@@ -179,7 +143,7 @@ async fn a_quiet_store_is_flushed_on_age_alone() {
     );
     shutdown.cancel();
     running.await.unwrap().unwrap();
-    let output = read_output(out.path());
+    let output = output_records(out.path());
     assert_eq!(
         output.values().flatten().collect::<Vec<_>>(),
         [&json!({"a": 1})]
@@ -301,7 +265,7 @@ async fn hostile_store_names_write_only_under_out() {
     for path in &all {
         assert!(path.starts_with(&out), "{} escaped", path.display());
     }
-    let output = read_output(&out);
+    let output = output_records(&out);
     let mut seen: Vec<String> = output
         .values()
         .flatten()
@@ -372,7 +336,7 @@ async fn an_unusable_out_is_a_clear_error_and_the_batch_stays() {
         .await
         .unwrap();
     assert_eq!((report.batches, report.records), (1, 1));
-    assert_eq!(read_output(&out).values().flatten().count(), 1);
+    assert_eq!(output_records(&out).values().flatten().count(), 1);
 }
 
 /// A sink that accepts `capacity` bytes, then fails like a full disk.
@@ -439,7 +403,7 @@ async fn a_full_disk_keeps_the_batch_and_publishes_nothing() {
         report.failures
     );
     assert!(
-        read_output(out.path()).is_empty(),
+        output_records(out.path()).is_empty(),
         "no partial file published, no temp left"
     );
     assert_eq!(
@@ -451,7 +415,7 @@ async fn a_full_disk_keeps_the_batch_and_publishes_nothing() {
     space.store(u64::MAX, Ordering::SeqCst);
     let report = persister.drain().await.unwrap();
     assert_eq!((report.batches, report.records), (1, 2000));
-    let ids: Vec<u64> = read_output(out.path())
+    let ids: Vec<u64> = output_records(out.path())
         .values()
         .flatten()
         .map(|r| r["id"].as_u64().unwrap())
@@ -492,7 +456,7 @@ async fn redis_going_away_mid_batch_keeps_the_batch_and_publishes_nothing() {
     let report = persister.drain().await.unwrap();
     assert_eq!(report.batches, 0);
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
-    assert!(read_output(out.path()).is_empty(), "nothing published");
+    assert!(output_records(out.path()).is_empty(), "nothing published");
 
     server.restart();
     let prepared = buffer.get_prepared().await.unwrap();
@@ -507,7 +471,7 @@ async fn redis_going_away_mid_batch_keeps_the_batch_and_publishes_nothing() {
         "{:?}",
         report.failures
     );
-    assert_eq!(read_output(out.path()).values().flatten().count(), 1000);
+    assert_eq!(output_records(out.path()).values().flatten().count(), 1000);
 }
 
 struct KillOnWrite {

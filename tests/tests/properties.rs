@@ -1,13 +1,11 @@
 //! Property tests: arbitrary store names and JSON values either round-trip exactly through
 //! push → persister → file, or are refused with a typed error that leaves Redis untouched.
 
-use std::io::Read;
-use std::path::Path;
 use std::sync::OnceLock;
 
 use buffer_core::{Buffer, Error, StoreName};
-use buffer_persist::{PersistConfig, Persister, open_decoded, store_dir};
-use buffer_tests::{RedisServer, files_under};
+use buffer_persist::{PersistConfig, Persister, store_dir};
+use buffer_tests::{RedisServer, file_records, files_under};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -61,17 +59,6 @@ fn store_name() -> impl Strategy<Value = String> {
     ]
 }
 
-fn read_records(path: &Path) -> Vec<Value> {
-    let mut text = String::new();
-    open_decoded(path)
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
-    text.lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -94,13 +81,13 @@ proptest! {
                     prop_assert!(files.iter().all(|f| f.starts_with(&root)));
                     let mine: Vec<_> = files.iter().filter(|f| f.parent() == Some(store_dir(&root, &store).as_path())).collect();
                     if name == "bystander" {
-                        prop_assert_eq!(read_records(mine[0]), vec![json!({"me": "bystander"}), value.clone()]);
+                        prop_assert_eq!(file_records(mine[0]), vec![json!({"me": "bystander"}), value.clone()]);
                     } else {
                         prop_assert_eq!(mine.len(), 1);
-                        prop_assert_eq!(read_records(mine[0]), vec![value.clone()], "exact round trip");
+                        prop_assert_eq!(file_records(mine[0]), vec![value.clone()], "exact round trip");
                         let bystander = store_dir(&root, &StoreName::new("bystander").unwrap());
                         let theirs: Vec<_> = files.iter().filter(|f| f.parent() == Some(bystander.as_path())).collect();
-                        prop_assert_eq!(read_records(theirs[0]), vec![json!({"me": "bystander"})]);
+                        prop_assert_eq!(file_records(theirs[0]), vec![json!({"me": "bystander"})]);
                     }
                 }
                 Err(err) => {
