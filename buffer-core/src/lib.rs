@@ -17,7 +17,8 @@
 //! - `transaction`: MULTI/EXEC with every reply checked (EXEC does not roll back).
 //! - `name`, `batch`: [`StoreName`] and [`BatchId`], validated and injectively encoded.
 //! - `record`: records to compact JSON and their top-level keys.
-//! - `events`, `info`: persister events on pub/sub and server facts, for dashboards.
+//! - `events`, `info`, `persisters`: persister events on pub/sub, server facts and the
+//!   persisters' announcements (thresholds, heartbeat), for dashboards.
 //! - `clock`: [`Clock`], so time-dependent logic is tested without sleeping.
 //!
 //! # Examples
@@ -44,6 +45,7 @@ mod info;
 mod keys;
 mod lock;
 mod name;
+mod persisters;
 mod record;
 mod scripts;
 mod transaction;
@@ -65,3 +67,4 @@ pub use info::ServerInfo;
 pub use keys::DEFAULT_GROUPS;
 pub use lock::{LockGuard, LockInfo, LockTarget};
 pub use name::{MAX_NAMESPACE_BYTES, MAX_STORE_NAME_BYTES, Namespace, StoreName};
+pub use persisters::PersisterInfo;

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use buffer_core::{BatchId, Buffer, Event, EventKind, LockGuard, PreparedBatch, StoreName};
+use buffer_core::{
+    BatchId, Buffer, Event, EventKind, LockGuard, PersisterInfo, PreparedBatch, StoreName,
+};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -172,13 +174,37 @@ impl Persister {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %err, "poll failed; retrying at the next interval");
             }
+            self.announce().await;
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = tokio::time::sleep(self.config.interval) => {}
             }
         }
+        if let Err(err) = self.buffer.retire_persister(self.buffer.holder_id()).await {
+            tracing::debug!(error = %err, "could not remove the persister announcement");
+        }
         tracing::info!(stats = ?self.stats(), "persister stopped");
         Ok(())
+    }
+
+    /// Tells dashboards who this persister is, its thresholds and that it is alive. Losing an
+    /// announcement only makes a dashboard show less.
+    async fn announce(&self) {
+        let stats = self.stats();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let info = PersisterInfo {
+            holder: self.buffer.holder_id().to_owned(),
+            max_age_ms: millis(self.config.max_age),
+            max_bytes: self.config.max_bytes,
+            max_records: self.config.max_records,
+            out: self.config.out_dir.display().to_string(),
+            heartbeat_ms: self.buffer.now_ms(),
+            batches_persisted: stats.batches_persisted,
+            records_persisted: stats.records_persisted,
+        };
+        if let Err(err) = self.buffer.announce_persister(&info).await {
+            tracing::debug!(error = %err, "could not announce the persister");
+        }
     }
 
     /// One poll: recover prepared batches, then flush stores over a threshold.

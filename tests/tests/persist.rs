@@ -134,6 +134,11 @@ async fn a_quiet_store_is_flushed_on_age_alone() {
         persister.stats().oldest_store_age_ms >= 59_000,
         "lag gauge follows the oldest store"
     );
+    // It announces its thresholds, so a dashboard can count down to the age flush.
+    let announced = buffer.persisters(60_000).await.unwrap();
+    assert_eq!(announced.len(), 1);
+    assert_eq!(announced[0].max_age_ms, 60_000);
+    assert_eq!(announced[0].holder, buffer.holder_id());
     clock.advance_ms(2_000);
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -143,6 +148,10 @@ async fn a_quiet_store_is_flushed_on_age_alone() {
     );
     shutdown.cancel();
     running.await.unwrap().unwrap();
+    assert!(
+        buffer.persisters(60_000).await.unwrap().is_empty(),
+        "retired on clean exit"
+    );
     let output = output_records(out.path());
     assert_eq!(
         output.values().flatten().collect::<Vec<_>>(),

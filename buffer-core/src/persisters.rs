@@ -1,0 +1,99 @@
+//! Persisters announce themselves, so dashboards know who drains the buffer and with which
+//! thresholds (to show the time until a store's age flush).
+//!
+//! One HASH per namespace, `<ns>:persisters`, field = holder id, value = [`PersisterInfo`] as
+//! JSON. Each persister rewrites its field at every poll; readers ignore entries whose
+//! heartbeat is older than they accept, and a persister removes its own field on clean exit.
+
+use serde::{Deserialize, Serialize};
+
+use crate::buffer::Buffer;
+use crate::error::{Error, Result};
+
+/// What a running persister tells the world about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersisterInfo {
+    /// Its holder id (the one written into its locks).
+    pub holder: String,
+    /// A store is flushed once its first record is this old (ms).
+    pub max_age_ms: u64,
+    /// A store is flushed at this many bytes, if set.
+    pub max_bytes: Option<u64>,
+    /// A store is flushed at this many records, if set.
+    pub max_records: Option<u64>,
+    /// Where it writes (for people to read).
+    pub out: String,
+    /// When it last announced itself (Unix ms).
+    pub heartbeat_ms: u64,
+    /// Batches it persisted since it started.
+    pub batches_persisted: u64,
+    /// Records it persisted since it started.
+    pub records_persisted: u64,
+}
+
+impl Buffer {
+    fn persisters_key(&self) -> String {
+        format!("{}:persisters", self.layout().namespace())
+    }
+
+    /// Records (or refreshes) a persister's announcement.
+    ///
+    /// # Errors
+    /// Transient errors.
+    pub async fn announce_persister(&self, info: &PersisterInfo) -> Result<()> {
+        let json = serde_json::to_string(info).map_err(|err| Error::Corrupt {
+            what: format!("persister info could not be serialized: {err}"),
+        })?;
+        let (key, field) = (self.persisters_key(), info.holder.clone());
+        let mut conn = self.conn();
+        self.run("announce persister", "", async move {
+            redis::cmd("HSET")
+                .arg(key)
+                .arg(field)
+                .arg(json)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Removes a persister's announcement (on clean exit).
+    ///
+    /// # Errors
+    /// Transient errors.
+    pub async fn retire_persister(&self, holder: &str) -> Result<()> {
+        let (key, field) = (self.persisters_key(), holder.to_owned());
+        let mut conn = self.conn();
+        self.run("retire persister", "", async move {
+            redis::cmd("HDEL")
+                .arg(key)
+                .arg(field)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// The persisters that announced themselves within the last `max_silence_ms`, by holder.
+    /// Entries that do not parse are skipped.
+    ///
+    /// # Errors
+    /// Transient errors.
+    pub async fn persisters(&self, max_silence_ms: u64) -> Result<Vec<PersisterInfo>> {
+        let key = self.persisters_key();
+        let mut conn = self.conn();
+        let entries: Vec<(String, String)> = self
+            .run("list persisters", "", async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
+            })
+            .await?;
+        let now = self.now_ms();
+        let mut out: Vec<PersisterInfo> = entries
+            .into_iter()
+            .filter_map(|(_, json)| serde_json::from_str::<PersisterInfo>(&json).ok())
+            .filter(|info| now.saturating_sub(info.heartbeat_ms) <= max_silence_ms)
+            .collect();
+        out.sort_by(|a, b| a.holder.cmp(&b.holder));
+        Ok(out)
+    }
+}
