@@ -937,10 +937,10 @@ impl Buffer {
     }
 
     /// Every live store, with its first-write time, bytes and records, from the group indexes.
+    /// Index entries that are not encoded names (foreign writes) are skipped with a warning.
     ///
     /// # Errors
-    /// [`Error::Corrupt`] when an index holds a member that is not an encoded name; transient
-    /// errors.
+    /// Transient errors.
     pub async fn stores(&self) -> Result<Vec<StoreSummary>> {
         let layout = self.layout();
         let mut pipe = redis::pipe();
@@ -966,8 +966,11 @@ impl Buffer {
             let bytes: HashMap<&str, f64> = bytes.iter().map(|(m, s)| (m.as_str(), *s)).collect();
             let counts: HashMap<&str, f64> = counts.iter().map(|(m, s)| (m.as_str(), *s)).collect();
             for (member, first) in stores {
+                let Some(store) = index_entry(member) else {
+                    continue;
+                };
                 out.push(StoreSummary {
-                    store: StoreName::from_encoded(member)?,
+                    store,
                     first_write_ms: score(*first),
                     bytes: bytes.get(member.as_str()).copied().map_or(0, score),
                     records: counts.get(member.as_str()).copied().map_or(0, score),
@@ -1057,8 +1060,11 @@ impl Buffer {
             };
             // A store prepared between the two round trips has no first-write entry: skip it.
             let Some(first) = first else { continue };
+            let Some(store) = index_entry(member) else {
+                continue;
+            };
             out.push(StoreSummary {
-                store: StoreName::from_encoded(member)?,
+                store,
                 first_write_ms: score(*first),
                 bytes: bytes.map_or(0, score),
                 records: records.map_or(0, score),
@@ -1069,9 +1075,10 @@ impl Buffer {
     }
 
     /// Every prepared batch waiting to be persisted, oldest first, from the group indexes.
+    /// Malformed entries (foreign writes) are skipped with a warning.
     ///
     /// # Errors
-    /// [`Error::Corrupt`] when an index entry is malformed; transient errors.
+    /// Transient errors.
     pub async fn get_prepared(&self) -> Result<Vec<PreparedSummary>> {
         let layout = self.layout();
         let mut pipe = redis::pipe();
@@ -1086,14 +1093,18 @@ impl Buffer {
             .await?;
         let mut out = Vec::new();
         for member in groups.into_iter().flatten() {
-            let corrupt = || Error::Corrupt {
-                what: format!("prepared index entry {member:?}"),
-            };
-            let (id, encoded) = member.split_once(':').ok_or_else(corrupt)?;
-            out.push(PreparedSummary {
-                id: id.parse().map_err(|_| corrupt())?,
-                store: StoreName::from_encoded(encoded)?,
+            let parsed = member.split_once(':').and_then(|(id, encoded)| {
+                Some(PreparedSummary {
+                    id: id.parse().ok()?,
+                    store: index_entry(encoded)?,
+                })
             });
+            match parsed {
+                Some(summary) => out.push(summary),
+                None => {
+                    tracing::warn!(entry = %member, "skipping a malformed prepared-index entry")
+                }
+            }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
@@ -1169,6 +1180,18 @@ impl BatchReader {
     /// How many records have been returned so far.
     pub fn records_read(&self) -> u64 {
         self.next
+    }
+}
+
+/// Decodes a store name from an index. A malformed entry (only a foreign writer can make one)
+/// is skipped with a warning, so one bad entry cannot hide every other store.
+fn index_entry(encoded: &str) -> Option<StoreName> {
+    match StoreName::from_encoded(encoded) {
+        Ok(store) => Some(store),
+        Err(err) => {
+            tracing::warn!(entry = %encoded, error = %err, "skipping a malformed index entry");
+            None
+        }
     }
 }
 

@@ -377,6 +377,11 @@ async fn discovery_finds_exactly_our_stores_and_batches_among_unrelated_keys() {
     pipe.set("buf:junk", 1)
         .ignore()
         .rpush("buf:{buf:1}:s:fake:records", "{}")
+        .ignore()
+        // Malformed entries in our own indexes (a foreign writer) are skipped, not fatal.
+        .zadd("buf:{buf:1}:stores", "%zz", 1)
+        .ignore()
+        .zadd("buf:{buf:1}:prepared", "not-a-batch:x", 1)
         .ignore();
     let _: () = pipe.query(&mut conn).unwrap();
 
