@@ -787,8 +787,14 @@ impl Buffer {
     }
 
     /// A reader that streams a batch's records page by page, in push order, as the JSON texts
-    /// that were pushed. Memory use is one page, whatever the batch size.
+    /// that were pushed. Memory use is one page (at most `page_size` records and about 1 MiB),
+    /// whatever the batch size.
     pub fn reader(&self, batch: &PreparedBatch) -> BatchReader {
+        // A page holds at most `page_size` records and, by the batch's average record size,
+        // about `PAGE_BYTES`: big records make small pages, so memory stays bounded.
+        const PAGE_BYTES: u64 = 1024 * 1024;
+        let average = batch.bytes.checked_div(batch.records).unwrap_or(1).max(1);
+        let page_size = (self.inner.config.page_size as u64).min((PAGE_BYTES / average).max(1));
         BatchReader {
             buffer: self.clone(),
             key: self.layout().batch(&batch.store, &batch.id).records,
@@ -796,7 +802,7 @@ impl Buffer {
             batch: batch.id.clone(),
             next: 0,
             total: batch.records,
-            page_size: self.inner.config.page_size as u64,
+            page_size,
         }
     }
 

@@ -599,6 +599,22 @@ async fn contents_are_read_in_pages_in_push_order() {
         texts.iter().map(|t| t.len() as u64).sum::<u64>()
     );
 
+    // Big records make small pages: about 1 MiB a page, whatever `page_size` says.
+    let big: Vec<Value> = (0..12)
+        .map(|i| json!({"i": i, "blob": "b".repeat(300_000)}))
+        .collect();
+    let roomy = Buffer::connect(server.config().page_size(1000))
+        .await
+        .unwrap();
+    roomy.push_many("big", &big).await.unwrap();
+    let big_batch = roomy.prepare_to_persist("big").await.unwrap().unwrap();
+    let mut reader = roomy.reader(&big_batch);
+    let mut sizes = Vec::new();
+    while let Some(page) = reader.next_page().await.unwrap() {
+        sizes.push(page.len());
+    }
+    assert_eq!(sizes, [3, 3, 3, 3], "pages of ~1 MiB");
+
     // Emptying is idempotent, and reading an emptied batch is a clear error.
     buffer.empty(&batch.store, &batch.id).await.unwrap();
     buffer.empty(&batch.store, &batch.id).await.unwrap();
