@@ -1,0 +1,1160 @@
+//! The dashboard's state and how it changes: plain data, no Redis, no terminal.
+//!
+//! Everything that happens (a key, a tick of the clock, a poll result, a persister event)
+//! becomes an [`Action`]; [`App::update`] applies it. Time comes in with the actions
+//! ([`Action::Tick`], [`Snapshot::taken_at_ms`]), so every state change is a plain function
+//! call in tests.
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use buffer_core::{Event, EventKind, ServerInfo, StoreName};
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use crate::snapshot::{FocusDetail, Snapshot, StoreDetail};
+
+/// How many rate samples (one per second) the sparklines keep.
+pub(crate) const RATE_HISTORY: usize = 300;
+/// How many persister events the log keeps.
+pub(crate) const EVENT_HISTORY: usize = 200;
+
+/// Something that changes the dashboard's state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// The clock moved (Unix ms): ages and lock TTLs count on.
+    Tick {
+        /// The time now.
+        now_ms: u64,
+    },
+    /// The terminal has a new size.
+    Resize {
+        /// Columns.
+        width: u16,
+        /// Rows.
+        height: u16,
+    },
+    /// A poll of Redis succeeded.
+    Snapshot(Box<Snapshot>),
+    /// A poll of Redis failed; the poller keeps trying.
+    PollFailed {
+        /// What went wrong.
+        error: String,
+        /// When (Unix ms).
+        at_ms: u64,
+    },
+    /// The subscription to persister events is up.
+    EventsLive,
+    /// The subscription to persister events was lost; it is retried.
+    EventsLost {
+        /// Why.
+        error: String,
+    },
+    /// A persister event arrived.
+    Event(Event),
+    /// Counters of the demo's load generator and persister.
+    Demo(DemoStats),
+    /// Select the previous row.
+    Up,
+    /// Select the next row.
+    Down,
+    /// One page up.
+    PageUp,
+    /// One page down.
+    PageDown,
+    /// The first row.
+    Top,
+    /// The last row.
+    Bottom,
+    /// Open the selected store in full, or close it.
+    Enter,
+    /// Back: close the store view, the help, or clear the filter.
+    Back,
+    /// Start typing a filter.
+    FilterStart,
+    /// A character typed into the filter.
+    FilterInput(char),
+    /// Delete the filter's last character.
+    FilterBackspace,
+    /// Keep the filter and leave the input.
+    FilterAccept,
+    /// Drop the filter and leave the input.
+    FilterCancel,
+    /// Sort by the next column.
+    SortNext,
+    /// Reverse the sort order.
+    SortReverse,
+    /// Show or hide the help.
+    Help,
+    /// Leave the dashboard.
+    Quit,
+}
+
+/// The demo's counters, shown in the header.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DemoStats {
+    /// Records pushed by the load generator.
+    pub pushed: u64,
+    /// Records persisted by the in-process persister.
+    pub persisted: u64,
+    /// Files written.
+    pub files: u64,
+}
+
+/// How the dashboard starts.
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    /// The Redis URL with the password redacted.
+    pub address: String,
+    /// The key namespace.
+    pub namespace: String,
+    /// The persister's `--max-age`, when known: the table then shows when each store is flushed.
+    pub max_age: Option<Duration>,
+    /// Where the demo writes, when this is the demo.
+    pub demo_out: Option<String>,
+    /// The time at start (Unix ms).
+    pub now_ms: u64,
+}
+
+/// The state of the connection to Redis, as the last poll left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// No poll has finished yet.
+    Connecting,
+    /// The last poll succeeded.
+    Connected,
+    /// Polls fail; the data shown is from the last good one.
+    Lost {
+        /// The last error.
+        error: String,
+        /// When the first failing poll ended (Unix ms).
+        since_ms: u64,
+        /// Failed polls in a row.
+        failures: u32,
+    },
+}
+
+/// The state of the persister-event subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventFeed {
+    /// Not subscribed yet.
+    Connecting,
+    /// Subscribed.
+    Live,
+    /// Lost; being retried.
+    Lost(String),
+}
+
+/// What keys do now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Navigation.
+    Normal,
+    /// Typing a filter after `/`.
+    Filter,
+    /// The help is shown.
+    Help,
+}
+
+/// What fills the screen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Screen {
+    /// The stores table with the selected store, rates and events below.
+    Table,
+    /// The selected store in full (after Enter).
+    Store,
+}
+
+/// A column of the stores table; each one sorts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    /// Store name.
+    Name,
+    /// Live records.
+    Records,
+    /// Live bytes.
+    Bytes,
+    /// Unique keys (known for visible rows only).
+    Keys,
+    /// Age of the first write.
+    Age,
+    /// Time until the age flush.
+    Flush,
+    /// Lock holder and remaining TTL (known for visible rows only).
+    Lock,
+    /// Prepared batches.
+    Batches,
+}
+
+impl Column {
+    /// Every column, in table order.
+    pub const ALL: [Column; 8] = [
+        Column::Name,
+        Column::Records,
+        Column::Bytes,
+        Column::Keys,
+        Column::Age,
+        Column::Flush,
+        Column::Lock,
+        Column::Batches,
+    ];
+
+    /// The header text.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Name => "Store",
+            Self::Records => "Records",
+            Self::Bytes => "Bytes",
+            Self::Keys => "Keys",
+            Self::Age => "Age",
+            Self::Flush => "Flush",
+            Self::Lock => "Lock (holder, TTL)",
+            Self::Batches => "Batches",
+        }
+    }
+
+    fn next(self) -> Self {
+        let at = Self::ALL.iter().position(|c| *c == self).unwrap_or(0);
+        Self::ALL[(at + 1) % Self::ALL.len()]
+    }
+
+    /// The order a column sorts in when chosen: the interesting end first (biggest, oldest,
+    /// soonest to flush, soonest to expire).
+    fn default_direction(self) -> Direction {
+        match self {
+            Self::Name | Self::Flush | Self::Lock => Direction::Ascending,
+            Self::Records | Self::Bytes | Self::Keys | Self::Age | Self::Batches => {
+                Direction::Descending
+            }
+        }
+    }
+}
+
+/// A sort direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Smallest first.
+    Ascending,
+    /// Largest first.
+    Descending,
+}
+
+/// How the table is sorted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sort {
+    /// The column.
+    pub column: Column,
+    /// The direction.
+    pub direction: Direction,
+}
+
+/// Whether the dashboard keeps running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Running {
+    /// Yes.
+    Yes,
+    /// `q` was pressed.
+    Quit,
+}
+
+/// One store as the table shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreRow {
+    /// The store.
+    pub name: StoreName,
+    /// Its live buffer, `None` when only prepared batches are left.
+    pub live: Option<LiveCounts>,
+    /// Its prepared batches.
+    pub prepared: usize,
+    /// Details, known for the rows that were visible at the last poll.
+    pub detail: Option<StoreDetail>,
+}
+
+/// A live store's counts from the indexes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveCounts {
+    /// When its first live record was pushed (Unix ms).
+    pub first_write_ms: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Records.
+    pub records: u64,
+}
+
+/// Push and persist rates, one sample per second or more.
+///
+/// Pushes are not counted by Redis, so the push rate is inferred: the growth of the live
+/// records plus the records that left them in prepared batches (announced by `prepared`
+/// events). The persist rate is the records of `persisted` events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rates {
+    /// Start of the current window: (Unix ms, live records then).
+    window: Option<(u64, u64)>,
+    /// Records prepared since the window started.
+    prepared: u64,
+    /// Records persisted since the window started.
+    persisted: u64,
+    /// Push records/s, oldest first.
+    pub push: VecDeque<u64>,
+    /// Persist records/s, oldest first.
+    pub persist: VecDeque<u64>,
+}
+
+impl Rates {
+    /// Counts a persister event into the current window.
+    pub fn on_event(&mut self, event: &Event) {
+        match event.kind {
+            EventKind::Prepared => self.prepared += event.records,
+            EventKind::Persisted => self.persisted += event.records,
+            EventKind::Failed | EventKind::Recovered => {}
+        }
+    }
+
+    /// Takes the live record total of a poll; closes the window and adds a sample when at
+    /// least a second has passed since it opened.
+    pub fn on_poll(&mut self, at_ms: u64, live_records: u64) {
+        let Some((start_ms, start_records)) = self.window else {
+            self.window = Some((at_ms, live_records));
+            self.prepared = 0;
+            self.persisted = 0;
+            return;
+        };
+        let elapsed = at_ms.saturating_sub(start_ms);
+        if elapsed < 1000 {
+            return;
+        }
+        let pushed = (live_records + self.prepared).saturating_sub(start_records);
+        push_capped(&mut self.push, pushed * 1000 / elapsed);
+        push_capped(&mut self.persist, self.persisted * 1000 / elapsed);
+        self.window = Some((at_ms, live_records));
+        self.prepared = 0;
+        self.persisted = 0;
+    }
+
+    /// Forgets the window (after an outage the first poll starts a new one).
+    pub fn restart(&mut self) {
+        self.window = None;
+    }
+
+    /// The latest push rate.
+    pub fn push_now(&self) -> Option<u64> {
+        self.push.back().copied()
+    }
+
+    /// The latest persist rate.
+    pub fn persist_now(&self) -> Option<u64> {
+        self.persist.back().copied()
+    }
+}
+
+fn push_capped(samples: &mut VecDeque<u64>, value: u64) {
+    if samples.len() == RATE_HISTORY {
+        samples.pop_front();
+    }
+    samples.push_back(value);
+}
+
+/// Which stores the poller should fetch details for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewRequest {
+    /// The rows on screen, top to bottom.
+    pub visible: Vec<StoreName>,
+    /// The selected store.
+    pub selected: Option<StoreName>,
+}
+
+/// The whole dashboard state.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub(crate) address: String,
+    pub(crate) namespace: String,
+    pub(crate) max_age_ms: Option<u64>,
+    pub(crate) demo_out: Option<String>,
+    pub(crate) demo: Option<DemoStats>,
+    /// The time now (Unix ms), moved by [`Action::Tick`].
+    pub(crate) now_ms: u64,
+    pub(crate) size: (u16, u16),
+    pub(crate) running: Running,
+    pub(crate) connection: Connection,
+    pub(crate) feed: EventFeed,
+    pub(crate) server: Option<ServerInfo>,
+    /// When the data shown was read (Unix ms).
+    pub(crate) snapshot_at_ms: u64,
+    /// Every store, in name order.
+    pub(crate) rows: Vec<StoreRow>,
+    /// Indexes into `rows` after filtering and sorting: what the table lists.
+    pub(crate) view: Vec<usize>,
+    pub(crate) sort: Sort,
+    pub(crate) filter: String,
+    pub(crate) mode: Mode,
+    pub(crate) screen: Screen,
+    /// The selected position in `view`.
+    pub(crate) cursor: usize,
+    /// The first position of `view` on screen.
+    pub(crate) offset: usize,
+    /// The selected store; kept by name so it stays selected when rows move.
+    pub(crate) selected: Option<StoreName>,
+    pub(crate) focus: Option<FocusDetail>,
+    pub(crate) rates: Rates,
+    /// Persister events, newest first.
+    pub(crate) events: VecDeque<Event>,
+    pub(crate) prepared_total: usize,
+}
+
+impl App {
+    /// A dashboard with no data yet.
+    pub fn new(config: AppConfig) -> Self {
+        Self {
+            address: config.address,
+            namespace: config.namespace,
+            max_age_ms: config
+                .max_age
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            demo: config.demo_out.as_ref().map(|_| DemoStats::default()),
+            demo_out: config.demo_out,
+            now_ms: config.now_ms,
+            size: (120, 40),
+            running: Running::Yes,
+            connection: Connection::Connecting,
+            feed: EventFeed::Connecting,
+            server: None,
+            snapshot_at_ms: 0,
+            rows: Vec::new(),
+            view: Vec::new(),
+            sort: Sort {
+                column: Column::Name,
+                direction: Direction::Ascending,
+            },
+            filter: String::new(),
+            mode: Mode::Normal,
+            screen: Screen::Table,
+            cursor: 0,
+            offset: 0,
+            selected: None,
+            focus: None,
+            rates: Rates::default(),
+            events: VecDeque::new(),
+            prepared_total: 0,
+        }
+    }
+
+    /// Whether the dashboard keeps running.
+    pub fn running(&self) -> Running {
+        self.running
+    }
+
+    /// The rows on screen and the selected store, for the poller.
+    pub fn view_request(&self) -> ViewRequest {
+        let end = (self.offset + self.page()).min(self.view.len());
+        ViewRequest {
+            visible: self.view[self.offset.min(end)..end]
+                .iter()
+                .map(|&i| self.rows[i].name.clone())
+                .collect(),
+            selected: self.selected.clone(),
+        }
+    }
+
+    /// The rows the table shows, in order.
+    pub fn visible_rows(&self) -> impl Iterator<Item = &StoreRow> {
+        let end = (self.offset + self.page()).min(self.view.len());
+        self.view[self.offset.min(end)..end]
+            .iter()
+            .map(|&i| &self.rows[i])
+    }
+
+    /// The selected row.
+    pub fn selected_row(&self) -> Option<&StoreRow> {
+        self.view.get(self.cursor).map(|&i| &self.rows[i])
+    }
+
+    /// The names the table lists, in order (for tests and the poller).
+    pub fn listed(&self) -> Vec<&str> {
+        self.view
+            .iter()
+            .map(|&i| self.rows[i].name.as_str())
+            .collect()
+    }
+
+    /// How many table rows fit on screen.
+    pub(crate) fn page(&self) -> usize {
+        crate::ui::table_capacity(self)
+    }
+
+    /// Maps a key press to an action, given the current mode.
+    pub fn action_for_key(&self, key: KeyEvent) -> Option<Action> {
+        if key.kind != KeyEventKind::Press {
+            return None;
+        }
+        if key.modifiers.contains(KeyModifiers::CONTROL)
+            && matches!(key.code, KeyCode::Char('c') | KeyCode::Char('d'))
+        {
+            return Some(Action::Quit);
+        }
+        match self.mode {
+            Mode::Filter => match key.code {
+                KeyCode::Enter => Some(Action::FilterAccept),
+                KeyCode::Esc => Some(Action::FilterCancel),
+                KeyCode::Backspace => Some(Action::FilterBackspace),
+                KeyCode::Up => Some(Action::Up),
+                KeyCode::Down => Some(Action::Down),
+                KeyCode::Char(c) => Some(Action::FilterInput(c)),
+                _ => None,
+            },
+            Mode::Help => match key.code {
+                KeyCode::Char('q') => Some(Action::Quit),
+                _ => Some(Action::Help),
+            },
+            Mode::Normal => match key.code {
+                KeyCode::Char('q') => Some(Action::Quit),
+                KeyCode::Up | KeyCode::Char('k') => Some(Action::Up),
+                KeyCode::Down | KeyCode::Char('j') => Some(Action::Down),
+                KeyCode::PageUp => Some(Action::PageUp),
+                KeyCode::PageDown | KeyCode::Char(' ') => Some(Action::PageDown),
+                KeyCode::Home | KeyCode::Char('g') => Some(Action::Top),
+                KeyCode::End | KeyCode::Char('G') => Some(Action::Bottom),
+                KeyCode::Enter => Some(Action::Enter),
+                KeyCode::Esc => Some(Action::Back),
+                KeyCode::Char('/') => Some(Action::FilterStart),
+                KeyCode::Char('s') => Some(Action::SortNext),
+                KeyCode::Char('S') => Some(Action::SortReverse),
+                KeyCode::Char('?') | KeyCode::F(1) => Some(Action::Help),
+                _ => None,
+            },
+        }
+    }
+
+    /// Applies one action.
+    pub fn update(&mut self, action: Action) {
+        match action {
+            Action::Tick { now_ms } => self.now_ms = now_ms,
+            Action::Resize { width, height } => {
+                self.size = (width, height);
+                self.scroll_to_cursor();
+            }
+            Action::Snapshot(snapshot) => self.apply_snapshot(*snapshot),
+            Action::PollFailed { error, at_ms } => {
+                self.connection =
+                    match std::mem::replace(&mut self.connection, Connection::Connecting) {
+                        Connection::Lost {
+                            since_ms, failures, ..
+                        } => Connection::Lost {
+                            error,
+                            since_ms,
+                            failures: failures.saturating_add(1),
+                        },
+                        Connection::Connecting | Connection::Connected => Connection::Lost {
+                            error,
+                            since_ms: at_ms,
+                            failures: 1,
+                        },
+                    };
+                self.rates.restart();
+                self.scroll_to_cursor();
+            }
+            Action::EventsLive => self.feed = EventFeed::Live,
+            Action::EventsLost { error } => self.feed = EventFeed::Lost(error),
+            Action::Event(event) => {
+                self.rates.on_event(&event);
+                if self.events.len() == EVENT_HISTORY {
+                    self.events.pop_back();
+                }
+                self.events.push_front(event);
+            }
+            Action::Demo(stats) => self.demo = Some(stats),
+            Action::Up => self.move_cursor(-1),
+            Action::Down => self.move_cursor(1),
+            Action::PageUp => self.move_cursor(-(self.page().max(1) as isize)),
+            Action::PageDown => self.move_cursor(self.page().max(1) as isize),
+            Action::Top => self.move_cursor(isize::MIN / 2),
+            Action::Bottom => self.move_cursor(isize::MAX / 2),
+            Action::Enter => {
+                self.screen = match self.screen {
+                    Screen::Table if self.selected.is_some() => Screen::Store,
+                    Screen::Table | Screen::Store => Screen::Table,
+                };
+            }
+            Action::Back => match (self.mode, self.screen) {
+                (Mode::Help, _) => self.mode = Mode::Normal,
+                (_, Screen::Store) => self.screen = Screen::Table,
+                (_, Screen::Table) if !self.filter.is_empty() => {
+                    self.filter.clear();
+                    self.rebuild_view();
+                }
+                _ => {}
+            },
+            Action::FilterStart => self.mode = Mode::Filter,
+            Action::FilterInput(c) => {
+                if !c.is_control() {
+                    self.filter.push(c);
+                    self.cursor = 0;
+                    self.rebuild_view();
+                }
+            }
+            Action::FilterBackspace => {
+                self.filter.pop();
+                self.rebuild_view();
+            }
+            Action::FilterAccept => {
+                self.mode = Mode::Normal;
+                self.scroll_to_cursor();
+            }
+            Action::FilterCancel => {
+                self.mode = Mode::Normal;
+                self.filter.clear();
+                self.rebuild_view();
+            }
+            Action::SortNext => {
+                let column = self.sort.column.next();
+                self.sort = Sort {
+                    column,
+                    direction: column.default_direction(),
+                };
+                self.rebuild_view();
+            }
+            Action::SortReverse => {
+                self.sort.direction = match self.sort.direction {
+                    Direction::Ascending => Direction::Descending,
+                    Direction::Descending => Direction::Ascending,
+                };
+                self.rebuild_view();
+            }
+            Action::Help => {
+                self.mode = match self.mode {
+                    Mode::Help => Mode::Normal,
+                    Mode::Normal | Mode::Filter => Mode::Help,
+                };
+            }
+            Action::Quit => self.running = Running::Quit,
+        }
+    }
+
+    fn apply_snapshot(&mut self, snapshot: Snapshot) {
+        let Snapshot {
+            taken_at_ms,
+            server,
+            stores,
+            prepared,
+            mut details,
+            focus,
+        } = snapshot;
+        self.connection = Connection::Connected;
+        self.server = Some(server);
+        self.snapshot_at_ms = taken_at_ms;
+        self.now_ms = self.now_ms.max(taken_at_ms);
+        self.prepared_total = prepared.len();
+
+        let live_total: u64 = stores.iter().map(|s| s.records).sum();
+        self.rates.on_poll(taken_at_ms, live_total);
+
+        let mut batches: HashMap<StoreName, usize> = HashMap::new();
+        for batch in prepared {
+            *batches.entry(batch.store).or_default() += 1;
+        }
+        let mut rows: Vec<StoreRow> = Vec::with_capacity(stores.len() + batches.len());
+        for store in stores {
+            rows.push(StoreRow {
+                prepared: batches.remove(&store.store).unwrap_or(0),
+                detail: details.remove(&store.store),
+                live: Some(LiveCounts {
+                    first_write_ms: store.first_write_ms,
+                    bytes: store.bytes,
+                    records: store.records,
+                }),
+                name: store.store,
+            });
+        }
+        // Stores with prepared batches but nothing live are listed too: that is where a
+        // persister is at work.
+        for (name, prepared) in batches {
+            rows.push(StoreRow {
+                detail: details.remove(&name),
+                name,
+                live: None,
+                prepared,
+            });
+        }
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        self.rows = rows;
+        self.focus = focus.filter(|f| Some(&f.store) == self.selected.as_ref());
+        self.rebuild_view();
+    }
+
+    /// Filters and sorts `rows` into `view`, keeping the selected store selected.
+    fn rebuild_view(&mut self) {
+        let needle = self.filter.to_lowercase();
+        let mut view: Vec<usize> = (0..self.rows.len())
+            .filter(|&i| {
+                needle.is_empty() || self.rows[i].name.as_str().to_lowercase().contains(&needle)
+            })
+            .collect();
+        let sort = self.sort;
+        let at = self.snapshot_at_ms;
+        view.sort_by(|&a, &b| compare_rows(&self.rows[a], &self.rows[b], sort, at));
+        self.view = view;
+
+        let position = self
+            .selected
+            .as_ref()
+            .and_then(|name| self.view.iter().position(|&i| &self.rows[i].name == name));
+        match position {
+            Some(position) => self.cursor = position,
+            None => {
+                self.cursor = self.cursor.min(self.view.len().saturating_sub(1));
+                self.select_cursor();
+            }
+        }
+        self.scroll_to_cursor();
+    }
+
+    fn move_cursor(&mut self, by: isize) {
+        if self.view.is_empty() {
+            return;
+        }
+        let last = self.view.len() - 1;
+        self.cursor = self.cursor.saturating_add_signed(by).min(last);
+        self.select_cursor();
+        self.scroll_to_cursor();
+    }
+
+    fn select_cursor(&mut self) {
+        let name = self
+            .view
+            .get(self.cursor)
+            .map(|&i| self.rows[i].name.clone());
+        if name != self.selected {
+            self.focus = None;
+        }
+        self.selected = name;
+        if self.selected.is_none() {
+            self.screen = Screen::Table;
+        }
+    }
+
+    /// Moves `offset` so the cursor is on screen and no space is wasted below the last row.
+    fn scroll_to_cursor(&mut self) {
+        let page = self.page().max(1);
+        if self.cursor < self.offset {
+            self.offset = self.cursor;
+        } else if self.cursor >= self.offset + page {
+            self.offset = self.cursor + 1 - page;
+        }
+        self.offset = self.offset.min(self.view.len().saturating_sub(page));
+    }
+
+    /// Remaining TTL of a lock read by the last poll, counted down to now.
+    pub(crate) fn remaining_ttl(&self, ttl_ms: u64) -> u64 {
+        crate::snapshot::remaining_ttl_ms(ttl_ms, self.snapshot_at_ms, self.now_ms)
+    }
+
+    /// Age of a live store now.
+    pub(crate) fn age_ms(&self, live: &LiveCounts) -> u64 {
+        self.now_ms.saturating_sub(live.first_write_ms)
+    }
+
+    /// Time until the persister's age flush: `Some(0)` when due, `None` when `--max-age` is
+    /// unknown.
+    pub(crate) fn flush_in_ms(&self, live: &LiveCounts) -> Option<u64> {
+        self.max_age_ms
+            .map(|max| (live.first_write_ms.saturating_add(max)).saturating_sub(self.now_ms))
+    }
+}
+
+/// The table order: by the sort column, unknown values last in either direction, then by name.
+fn compare_rows(a: &StoreRow, b: &StoreRow, sort: Sort, at_ms: u64) -> Ordering {
+    let by_name = a.name.cmp(&b.name);
+    let ordered = |ord: Ordering| match sort.direction {
+        Direction::Ascending => ord,
+        Direction::Descending => ord.reverse(),
+    };
+    if sort.column == Column::Name {
+        return ordered(by_name);
+    }
+    let key = |row: &StoreRow| -> Option<u64> {
+        match sort.column {
+            Column::Name => None,
+            Column::Records => Some(row.live.map_or(0, |l| l.records)),
+            Column::Bytes => Some(row.live.map_or(0, |l| l.bytes)),
+            Column::Keys => row.detail.as_ref().map(|d| d.unique_keys.value()),
+            Column::Age => row.live.map(|l| at_ms.saturating_sub(l.first_write_ms)),
+            Column::Flush => row.live.map(|l| l.first_write_ms),
+            Column::Lock => row
+                .detail
+                .as_ref()
+                .and_then(|d| d.lock.as_ref())
+                .map(|lock| lock.ttl_ms.unwrap_or(u64::MAX)),
+            Column::Batches => Some(row.prepared as u64),
+        }
+    };
+    match (key(a), key(b)) {
+        (Some(x), Some(y)) => ordered(x.cmp(&y)).then(by_name),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => by_name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{HeldLock, KeyCount};
+    use buffer_core::StoreSummary;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn app() -> App {
+        let mut app = App::new(AppConfig {
+            address: "redis://127.0.0.1:6379/0".into(),
+            namespace: "buf".into(),
+            max_age: Some(Duration::from_secs(60)),
+            demo_out: None,
+            now_ms: T0,
+        });
+        app.update(Action::Resize {
+            width: 120,
+            height: 40,
+        });
+        app
+    }
+
+    fn summary(name: &str, records: u64, bytes: u64, age_ms: u64) -> StoreSummary {
+        StoreSummary {
+            store: StoreName::new(name).unwrap(),
+            first_write_ms: T0 - age_ms,
+            bytes,
+            records,
+        }
+    }
+
+    fn snapshot(stores: Vec<StoreSummary>) -> Snapshot {
+        Snapshot {
+            taken_at_ms: T0,
+            stores,
+            ..Snapshot::default()
+        }
+    }
+
+    fn loaded() -> App {
+        let mut app = app();
+        app.update(Action::Snapshot(Box::new(snapshot(vec![
+            summary("orders", 300, 30_000, 5_000),
+            summary("clicks", 1_000, 50_000, 1_000),
+            summary("audit", 10, 9_000, 50_000),
+        ]))));
+        app
+    }
+
+    #[test]
+    fn a_snapshot_lists_stores_by_name_and_selects_the_first() {
+        let app = loaded();
+        assert_eq!(app.listed(), ["audit", "clicks", "orders"]);
+        assert_eq!(app.selected.as_ref().unwrap().as_str(), "audit");
+        assert_eq!(app.connection, Connection::Connected);
+    }
+
+    #[test]
+    fn s_cycles_the_sort_column_and_big_s_reverses_it() {
+        let mut app = loaded();
+        app.update(Action::SortNext);
+        assert_eq!(app.sort.column, Column::Records);
+        assert_eq!(app.listed(), ["clicks", "orders", "audit"], "biggest first");
+        app.update(Action::SortNext);
+        assert_eq!(app.sort.column, Column::Bytes);
+        assert_eq!(app.listed(), ["clicks", "orders", "audit"]);
+        app.update(Action::SortReverse);
+        assert_eq!(app.listed(), ["audit", "orders", "clicks"]);
+        app.update(Action::SortNext); // keys: unknown for all, by name
+        assert_eq!(app.listed(), ["audit", "clicks", "orders"]);
+        app.update(Action::SortNext);
+        assert_eq!(app.sort.column, Column::Age);
+        assert_eq!(app.listed(), ["audit", "orders", "clicks"], "oldest first");
+        app.update(Action::SortNext);
+        assert_eq!(app.sort.column, Column::Flush);
+        assert_eq!(
+            app.listed(),
+            ["audit", "orders", "clicks"],
+            "soonest flush first"
+        );
+        for _ in 0..3 {
+            app.update(Action::SortNext);
+        }
+        assert_eq!(app.sort.column, Column::Name);
+    }
+
+    #[test]
+    fn sorting_by_keys_or_lock_puts_known_values_first() {
+        let mut app = app();
+        let mut snap = snapshot(vec![
+            summary("a", 1, 1, 0),
+            summary("b", 1, 1, 0),
+            summary("c", 1, 1, 0),
+        ]);
+        let detail = |keys, ttl: Option<u64>| StoreDetail {
+            unique_keys: KeyCount::Exact(keys),
+            lock: ttl.map(|ttl| HeldLock {
+                holder: "p".into(),
+                ttl_ms: Some(ttl),
+                batch: None,
+            }),
+        };
+        snap.details
+            .insert(StoreName::new("b").unwrap(), detail(3, Some(9_000)));
+        snap.details
+            .insert(StoreName::new("c").unwrap(), detail(7, Some(2_000)));
+        app.update(Action::Snapshot(Box::new(snap)));
+        for _ in 0..3 {
+            app.update(Action::SortNext);
+        }
+        assert_eq!(app.sort.column, Column::Keys);
+        assert_eq!(app.listed(), ["c", "b", "a"]);
+        app.update(Action::SortReverse);
+        assert_eq!(app.listed(), ["b", "c", "a"], "unknown stays last");
+        for _ in 0..3 {
+            app.update(Action::SortNext);
+        }
+        assert_eq!(app.sort.column, Column::Lock);
+        assert_eq!(app.listed(), ["c", "b", "a"], "soonest to expire first");
+    }
+
+    #[test]
+    fn the_filter_narrows_the_list_case_insensitively_and_esc_clears_it() {
+        let mut app = loaded();
+        app.update(Action::FilterStart);
+        assert_eq!(app.mode, Mode::Filter);
+        for c in "OR".chars() {
+            app.update(Action::FilterInput(c));
+        }
+        assert_eq!(app.listed(), ["orders"]);
+        assert_eq!(app.selected.as_ref().unwrap().as_str(), "orders");
+        app.update(Action::FilterBackspace);
+        assert_eq!(app.listed(), ["orders"], "'o' matches orders only");
+        app.update(Action::FilterAccept);
+        assert_eq!(app.mode, Mode::Normal);
+        assert_eq!(app.filter, "O");
+        app.update(Action::Back);
+        assert_eq!(app.listed().len(), 3);
+        assert_eq!(
+            app.selected.as_ref().unwrap().as_str(),
+            "orders",
+            "selection kept"
+        );
+
+        app.update(Action::FilterStart);
+        app.update(Action::FilterInput('z'));
+        assert!(app.listed().is_empty());
+        assert_eq!(app.selected, None);
+        app.update(Action::FilterCancel);
+        assert_eq!(app.listed().len(), 3);
+    }
+
+    #[test]
+    fn selection_follows_the_store_when_rows_move() {
+        let mut app = loaded();
+        app.update(Action::Down);
+        assert_eq!(app.selected.as_ref().unwrap().as_str(), "clicks");
+        app.update(Action::SortNext); // records: clicks first
+        assert_eq!(app.cursor, 0);
+        assert_eq!(app.selected.as_ref().unwrap().as_str(), "clicks");
+        // A store that disappears leaves the cursor where it was.
+        app.update(Action::Snapshot(Box::new(snapshot(vec![
+            summary("orders", 300, 30_000, 5_000),
+            summary("audit", 10, 9_000, 50_000),
+        ]))));
+        assert_eq!(app.selected.as_ref().unwrap().as_str(), "orders");
+    }
+
+    #[test]
+    fn moving_stops_at_the_ends_and_scrolls_a_long_list() {
+        let mut app = app();
+        app.update(Action::Resize {
+            width: 80,
+            height: 24,
+        });
+        let stores = (0..10_000)
+            .map(|i| summary(&format!("store-{i:05}"), i, i, 0))
+            .collect();
+        app.update(Action::Snapshot(Box::new(snapshot(stores))));
+        let page = app.page();
+        assert!(page >= 3, "a few rows fit at 80x24: {page}");
+        app.update(Action::Up);
+        assert_eq!(app.cursor, 0);
+        for _ in 0..page {
+            app.update(Action::Down);
+        }
+        assert_eq!(app.cursor, page);
+        assert_eq!(app.offset, 1, "scrolled by one");
+        let request = app.view_request();
+        assert_eq!(
+            request.visible.len(),
+            page,
+            "only visible rows are asked for"
+        );
+        assert_eq!(request.visible[0].as_str(), "store-00001");
+        app.update(Action::Bottom);
+        assert_eq!(app.cursor, 9_999);
+        assert_eq!(app.offset, 10_000 - page);
+        app.update(Action::Down);
+        assert_eq!(app.cursor, 9_999);
+        app.update(Action::PageUp);
+        assert_eq!(app.cursor, 9_999 - page);
+        app.update(Action::Top);
+        assert_eq!((app.cursor, app.offset), (0, 0));
+    }
+
+    #[test]
+    fn enter_opens_the_selected_store_and_esc_goes_back() {
+        let mut app = loaded();
+        app.update(Action::Enter);
+        assert_eq!(app.screen, Screen::Store);
+        app.update(Action::Back);
+        assert_eq!(app.screen, Screen::Table);
+        app.update(Action::Enter);
+        app.update(Action::Enter);
+        assert_eq!(app.screen, Screen::Table);
+        let mut empty = super::tests::app();
+        empty.update(Action::Enter);
+        assert_eq!(empty.screen, Screen::Table, "nothing to open");
+    }
+
+    #[test]
+    fn lock_ttls_count_down_between_polls_and_ages_grow() {
+        let mut app = loaded();
+        assert_eq!(app.remaining_ttl(10_000), 10_000);
+        app.update(Action::Tick { now_ms: T0 + 2_500 });
+        assert_eq!(app.remaining_ttl(10_000), 7_500);
+        app.update(Action::Tick {
+            now_ms: T0 + 20_000,
+        });
+        assert_eq!(app.remaining_ttl(10_000), 0, "stops at zero");
+        let audit = app
+            .rows
+            .iter()
+            .find(|r| r.name.as_str() == "audit")
+            .unwrap();
+        let live = audit.live.unwrap();
+        assert_eq!(app.age_ms(&live), 70_000);
+        assert_eq!(app.flush_in_ms(&live), Some(0), "due");
+        let orders = app
+            .rows
+            .iter()
+            .find(|r| r.name.as_str() == "orders")
+            .unwrap();
+        assert_eq!(app.flush_in_ms(&orders.live.unwrap()), Some(35_000));
+    }
+
+    fn event(kind: EventKind, records: u64) -> Event {
+        Event {
+            kind,
+            store: "orders".into(),
+            batch: "0000000000001-0000000000000001".into(),
+            records,
+            bytes: records * 10,
+            at_ms: T0,
+            holder: "p".into(),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn rates_count_live_growth_plus_prepared_records_per_second() {
+        let mut rates = Rates::default();
+        rates.on_poll(T0, 100);
+        rates.on_poll(T0 + 500, 150);
+        assert!(rates.push.is_empty(), "a window lasts at least a second");
+        // In two seconds 400 records arrived while 300 left in a prepared batch that was
+        // persisted: live grew by 100.
+        rates.on_event(&event(EventKind::Prepared, 300));
+        rates.on_event(&event(EventKind::Persisted, 300));
+        rates.on_event(&event(EventKind::Recovered, 999));
+        rates.on_poll(T0 + 2_000, 200);
+        assert_eq!(rates.push_now(), Some(200));
+        assert_eq!(rates.persist_now(), Some(150));
+        rates.on_poll(T0 + 3_000, 100);
+        assert_eq!(rates.push_now(), Some(0), "never negative");
+        for i in 0..RATE_HISTORY as u64 + 10 {
+            rates.on_poll(T0 + 4_000 + i * 1_000, 100);
+        }
+        assert_eq!(rates.push.len(), RATE_HISTORY);
+    }
+
+    #[test]
+    fn events_are_logged_newest_first_and_counted_into_rates() {
+        let mut app = loaded();
+        app.update(Action::Event(event(EventKind::Prepared, 5)));
+        app.update(Action::Event(event(EventKind::Persisted, 5)));
+        assert_eq!(app.events[0].kind, EventKind::Persisted);
+        for _ in 0..EVENT_HISTORY {
+            app.update(Action::Event(event(EventKind::Failed, 0)));
+        }
+        assert_eq!(app.events.len(), EVENT_HISTORY);
+    }
+
+    #[test]
+    fn failed_polls_mark_the_connection_lost_until_a_snapshot_arrives() {
+        let mut app = loaded();
+        app.update(Action::PollFailed {
+            error: "connection refused".into(),
+            at_ms: T0 + 1_000,
+        });
+        app.update(Action::PollFailed {
+            error: "timed out".into(),
+            at_ms: T0 + 2_000,
+        });
+        assert_eq!(
+            app.connection,
+            Connection::Lost {
+                error: "timed out".into(),
+                since_ms: T0 + 1_000,
+                failures: 2
+            }
+        );
+        assert_eq!(app.listed().len(), 3, "the last data stays on screen");
+        app.update(Action::Snapshot(Box::new(snapshot(vec![]))));
+        assert_eq!(app.connection, Connection::Connected);
+        assert!(app.listed().is_empty());
+    }
+
+    #[test]
+    fn stores_with_only_prepared_batches_are_listed() {
+        let mut app = app();
+        let mut snap = snapshot(vec![summary("live", 1, 1, 0)]);
+        snap.prepared.push(buffer_core::PreparedSummary {
+            store: StoreName::new("flushing").unwrap(),
+            id: "0000000000001-0000000000000001".parse().unwrap(),
+        });
+        app.update(Action::Snapshot(Box::new(snap)));
+        assert_eq!(app.listed(), ["flushing", "live"]);
+        assert_eq!(app.rows[0].prepared, 1);
+        assert_eq!(app.rows[0].live, None);
+    }
+
+    #[test]
+    fn keys_map_to_actions_by_mode() {
+        let mut app = loaded();
+        let key = |c| KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE);
+        assert_eq!(app.action_for_key(key('j')), Some(Action::Down));
+        assert_eq!(app.action_for_key(key('k')), Some(Action::Up));
+        assert_eq!(app.action_for_key(key('q')), Some(Action::Quit));
+        assert_eq!(app.action_for_key(key('/')), Some(Action::FilterStart));
+        assert_eq!(app.action_for_key(key('?')), Some(Action::Help));
+        assert_eq!(
+            app.action_for_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            Some(Action::Quit)
+        );
+        app.update(Action::FilterStart);
+        assert_eq!(app.action_for_key(key('q')), Some(Action::FilterInput('q')));
+        assert_eq!(
+            app.action_for_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)),
+            Some(Action::FilterAccept)
+        );
+        app.update(Action::FilterCancel);
+        app.update(Action::Help);
+        assert_eq!(
+            app.action_for_key(key('x')),
+            Some(Action::Help),
+            "any key closes help"
+        );
+        app.update(Action::Quit);
+        assert_eq!(app.running(), Running::Quit);
+    }
+}

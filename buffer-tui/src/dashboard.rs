@@ -1,0 +1,164 @@
+//! The running dashboard: the terminal, the background tasks, and the loop that turns keys,
+//! ticks and poll results into [`Action`]s for the [`App`] and draws it after each batch.
+
+use std::time::Duration;
+
+use buffer_core::Buffer;
+use crossterm::event::{Event as TermEvent, EventStream};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{Action, App, Running};
+use crate::error::{Error, Result};
+use crate::poller::{follow_events, poll_loop};
+use crate::terminal::TerminalGuard;
+
+/// How often the clock ticks: TTLs and ages count on between polls.
+const TICK: Duration = Duration::from_millis(250);
+/// Actions applied between two draws at most, so a flood of events cannot starve drawing.
+const ACTIONS_PER_DRAW: usize = 256;
+
+/// A dashboard ready to run.
+pub struct Dashboard {
+    buffer: Buffer,
+    app: App,
+    interval: Duration,
+    /// Actions from the background tasks (and the demo's counters). Senders are cloned into
+    /// the poller, the event follower and [`Dashboard::sender`]; the loop receives until it
+    /// ends, and the senders' sends fail quietly after that.
+    actions: (
+        mpsc::UnboundedSender<Action>,
+        mpsc::UnboundedReceiver<Action>,
+    ),
+}
+
+impl Dashboard {
+    /// A dashboard over `buffer`, polling every `interval`.
+    pub fn new(buffer: Buffer, app: App, interval: Duration) -> Self {
+        Self {
+            buffer,
+            app,
+            interval,
+            actions: mpsc::unbounded_channel(),
+        }
+    }
+
+    /// A sender for extra actions (the demo sends its counters).
+    pub fn sender(&self) -> mpsc::UnboundedSender<Action> {
+        self.actions.0.clone()
+    }
+
+    /// Takes over the terminal and runs until `q` or `shutdown`; the terminal is restored on
+    /// every way out. Returns the final state.
+    ///
+    /// # Errors
+    /// [`Error::Terminal`] when the terminal cannot be used. Redis errors are not errors here:
+    /// the dashboard shows them and keeps polling.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<App> {
+        let Self {
+            buffer,
+            mut app,
+            interval,
+            actions: (sender, mut receiver),
+        } = self;
+        let mut guard = TerminalGuard::enter().map_err(Error::Terminal)?;
+        if let Ok(size) = guard.terminal().size() {
+            app.update(Action::Resize {
+                width: size.width,
+                height: size.height,
+            });
+        }
+        app.update(Action::Tick {
+            now_ms: buffer.now_ms(),
+        });
+
+        // The background tasks stop when `tasks` is cancelled, at the end of this function.
+        let tasks = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let (view_sender, view) = watch::channel(app.view_request());
+        tracker.spawn(poll_loop(
+            buffer.clone(),
+            interval,
+            view,
+            sender.clone(),
+            tasks.clone(),
+        ));
+        tracker.spawn(follow_events(buffer.clone(), sender, tasks.clone()));
+        tracker.close();
+
+        let result = event_loop(
+            &mut guard,
+            &mut app,
+            &buffer,
+            &mut receiver,
+            &view_sender,
+            &shutdown,
+        )
+        .await;
+
+        tasks.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+        drop(guard);
+        result.map(|()| app)
+    }
+}
+
+async fn event_loop(
+    guard: &mut TerminalGuard,
+    app: &mut App,
+    buffer: &Buffer,
+    receiver: &mut mpsc::UnboundedReceiver<Action>,
+    view_sender: &watch::Sender<crate::app::ViewRequest>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let mut keys = EventStream::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        guard
+            .terminal()
+            .draw(|frame| crate::ui::render(app, frame))
+            .map_err(Error::Terminal)?;
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => app.update(Action::Tick { now_ms: buffer.now_ms() }),
+            action = receiver.recv() => {
+                let Some(action) = action else { return Ok(()) };
+                app.update(action);
+                for _ in 0..ACTIONS_PER_DRAW {
+                    match receiver.try_recv() {
+                        Ok(action) => app.update(action),
+                        Err(_) => break,
+                    }
+                }
+            }
+            event = keys.next() => match event {
+                Some(Ok(TermEvent::Key(key))) => {
+                    if let Some(action) = app.action_for_key(key) {
+                        app.update(action);
+                    }
+                }
+                Some(Ok(TermEvent::Resize(width, height))) => {
+                    app.update(Action::Resize { width, height });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(Error::Terminal(err)),
+                None => return Ok(()),
+            },
+        }
+        if app.running() == Running::Quit {
+            return Ok(());
+        }
+        let request = app.view_request();
+        view_sender.send_if_modified(|current| {
+            if *current == request {
+                false
+            } else {
+                *current = request;
+                true
+            }
+        });
+    }
+}

@@ -1,0 +1,568 @@
+//! `buffer-tui --demo`: a private `redis-server`, a load generator, an in-process persister
+//! and the dashboard, all stopped on quit.
+
+use std::fmt;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use buffer_core::{Buffer, BufferConfig};
+use buffer_persist::{PersistConfig, Persister};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{Action, App, AppConfig, DemoStats};
+use crate::dashboard::Dashboard;
+use crate::error::{Error, Result};
+
+/// How the demo runs.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Where the persister writes.
+    pub out: PathBuf,
+    /// How often the dashboard polls.
+    pub interval: Duration,
+}
+
+/// The demo's persister thresholds: short, so files appear within seconds.
+const DEMO_MAX_AGE: Duration = Duration::from_secs(10);
+const DEMO_MAX_RECORDS: u64 = 3_000;
+const DEMO_MAX_BYTES: u64 = 1024 * 1024;
+
+/// A private `redis-server` on a free port in a temporary directory, without persistence.
+/// Killed when dropped.
+pub struct RedisProcess {
+    /// `None` once stopped.
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisProcess {
+    /// Starts `redis-server` (from `BUFFER_REDIS_SERVER` or `PATH`) and waits until it
+    /// answers.
+    ///
+    /// # Errors
+    /// [`Error::RedisServerNotFound`] when the binary is missing; [`Error::RedisServerStart`]
+    /// when it exits or does not answer within 10 s.
+    pub async fn start() -> Result<Self> {
+        let binary = std::env::var_os("BUFFER_REDIS_SERVER")
+            .map_or_else(|| PathBuf::from("redis-server"), PathBuf::from);
+        Self::start_with_binary(binary).await
+    }
+
+    /// [`RedisProcess::start`] with an explicit binary.
+    pub(crate) async fn start_with_binary(binary: PathBuf) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("buffer-demo-redis-")
+            .tempdir()
+            .map_err(|source| Error::Io {
+                action: "creating a temporary directory in",
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let log = dir.path().join("redis.log");
+        let mut last_reason = String::new();
+        // A port found free can be taken before the server binds it: try a few.
+        for _attempt in 0..5 {
+            let port = free_port().map_err(|source| Error::Io {
+                action: "finding a free port on",
+                path: PathBuf::from("127.0.0.1"),
+                source,
+            })?;
+            let spawned = Command::new(&binary)
+                .arg("--port")
+                .arg(port.to_string())
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--daemonize", "no", "--dir"])
+                .arg(dir.path())
+                .arg("--logfile")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let mut child = match spawned {
+                Ok(child) => child,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::RedisServerNotFound {
+                        binary: binary.display().to_string(),
+                    });
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        action: "starting",
+                        path: binary,
+                        source,
+                    });
+                }
+            };
+            match wait_ready(&mut child, port).await {
+                Ok(()) => {
+                    return Ok(Self {
+                        child: Some(child),
+                        port,
+                        dir,
+                    });
+                }
+                Err(reason) => {
+                    last_reason = reason;
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        Err(Error::RedisServerStart {
+            reason: last_reason,
+            log: log_tail(&log),
+        })
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The server's process id (0 once stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The temporary directory it runs in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the server and waits for it to exit. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until the server on `port` answers PING, or exits, or 10 s pass.
+async fn wait_ready(child: &mut Child, port: u16) -> std::result::Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let config = BufferConfig::new(format!("redis://127.0.0.1:{port}/0"))
+        .connect_timeout(Duration::from_millis(300))
+        .response_timeout(Duration::from_millis(300));
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("it exited at start ({status})"));
+        }
+        if Buffer::connect(config.clone()).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err("it did not answer PING within 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn log_tail(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// One store of the load generator.
+#[derive(Clone, Copy, Debug)]
+struct StoreLoad {
+    name: &'static str,
+    per_second: u64,
+    shape: Shape,
+}
+
+/// The kinds of records the generator makes: different sizes and key sets.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    Order,
+    Click,
+    Metric,
+    Audit,
+    Signup,
+}
+
+/// The demo's stores: a busy one that hits the record threshold, a steady one, quiet ones
+/// that are flushed on age, and names that need encoding.
+const STORES: [StoreLoad; 6] = [
+    StoreLoad {
+        name: "clicks",
+        per_second: 400,
+        shape: Shape::Click,
+    },
+    StoreLoad {
+        name: "orders",
+        per_second: 60,
+        shape: Shape::Order,
+    },
+    StoreLoad {
+        name: "metrics/cpu",
+        per_second: 25,
+        shape: Shape::Metric,
+    },
+    StoreLoad {
+        name: "metrics/mem",
+        per_second: 25,
+        shape: Shape::Metric,
+    },
+    StoreLoad {
+        name: "audit log",
+        per_second: 4,
+        shape: Shape::Audit,
+    },
+    StoreLoad {
+        name: "signups",
+        per_second: 1,
+        shape: Shape::Signup,
+    },
+];
+
+fn pick<'a>(items: &[&'a str]) -> &'a str {
+    items[rand::random_range(0..items.len())]
+}
+
+fn record(shape: Shape, seq: u64, now_ms: u64) -> Value {
+    match shape {
+        Shape::Order => {
+            let items: Vec<Value> = (0..rand::random_range(1..4u32))
+                .map(|_| json!({"sku": format!("SKU-{:04}", rand::random_range(0..500u32)), "qty": rand::random_range(1..5u32)}))
+                .collect();
+            json!({
+                "id": seq,
+                "customer": format!("c-{}", rand::random_range(1000..9999u32)),
+                "total": (rand::random_range(100..50_000u32) as f64) / 100.0,
+                "currency": pick(&["EUR", "USD", "GBP"]),
+                "items": items,
+                "at": now_ms,
+            })
+        }
+        Shape::Click => {
+            let mut click = json!({
+                "page": pick(&["/", "/pricing", "/docs", "/blog/redis-buffers", "/signup"]),
+                "user": rand::random_range(1..5000u32),
+                "ms": rand::random_range(5..900u32),
+                "at": now_ms,
+            });
+            // Optional keys make the store's key set grow over time.
+            if rand::random_bool(0.2) {
+                click["referrer"] = json!(pick(&["news.ycombinator.com", "google", "t.co"]));
+            }
+            if rand::random_bool(0.05) {
+                click[format!("exp_{}", rand::random_range(0..8u32))] = json!(true);
+            }
+            click
+        }
+        Shape::Metric => json!({
+            "host": pick(&["web-1", "web-2", "db-1"]),
+            "value": (rand::random_range(0..10_000u32) as f64) / 100.0,
+            "load": [rand::random_range(0..400u32), rand::random_range(0..400u32), rand::random_range(0..400u32)],
+            "at": now_ms,
+        }),
+        Shape::Audit => json!({
+            "actor": pick(&["alice", "bob", "deploy-bot"]),
+            "action": pick(&["login", "update", "delete", "grant"]),
+            "target": format!("resource/{}", rand::random_range(1..200u32)),
+            "reason": "routine change with a fairly long free-text explanation attached to it",
+            "at": now_ms,
+        }),
+        Shape::Signup => json!({
+            "email": format!("user{seq}@example.com"),
+            "plan": pick(&["free", "pro", "team"]),
+            "utm_source": pick(&["newsletter", "ads", "friend"]),
+            "at": now_ms,
+        }),
+    }
+}
+
+/// Pushes records to one store at its rate until `shutdown`, in small batches every 100 ms.
+async fn generate(
+    buffer: Buffer,
+    load: StoreLoad,
+    pushed: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    // Tenths of a record owed, so slow stores still push at their rate.
+    let mut owed = 0u64;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        owed += load.per_second;
+        // Jitter: bursts and lulls around the average rate.
+        let due = owed / 10;
+        if due == 0 {
+            continue;
+        }
+        let n = if due > 2 {
+            rand::random_range(due / 2..=due * 3 / 2)
+        } else {
+            due
+        };
+        owed = owed.saturating_sub(n * 10);
+        let now = buffer.now_ms();
+        let records: Vec<Value> = (0..n)
+            .map(|_| {
+                seq += 1;
+                record(load.shape, seq, now)
+            })
+            .collect();
+        if buffer.push_many(load.name, &records).await.is_ok() {
+            pushed.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the demo did, printed after it ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DemoSummary {
+    /// Records the load generator pushed (acknowledged pushes).
+    pub pushed: u64,
+    /// Records the persister wrote, including the final drain.
+    pub persisted: u64,
+    /// Files written.
+    pub files: u64,
+    /// Records still in Redis when it was stopped (0 after a complete final drain).
+    pub left_in_redis: u64,
+    /// Where the files are.
+    pub out: PathBuf,
+    /// The Redis that was stopped: pid and port.
+    pub redis: (u32, u16),
+    /// Errors the persister counted.
+    pub persist_errors: u64,
+}
+
+impl fmt::Display for DemoSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "buffer demo summary")?;
+        writeln!(f, "  records pushed     {}", self.pushed)?;
+        writeln!(
+            f,
+            "  records persisted  {} (including a final drain on quit)",
+            self.persisted
+        )?;
+        writeln!(
+            f,
+            "  files written      {} under {}",
+            self.files,
+            self.out.display()
+        )?;
+        writeln!(f, "  left in Redis      {} records", self.left_in_redis)?;
+        if self.persist_errors > 0 {
+            writeln!(f, "  persister errors   {}", self.persist_errors)?;
+        }
+        write!(
+            f,
+            "  redis-server (pid {}, port {}) stopped and its temporary directory removed",
+            self.redis.0, self.redis.1
+        )
+    }
+}
+
+/// Runs the whole demo until `q` (or `shutdown`), then stops everything and returns what it did.
+///
+/// # Errors
+/// [`Error::RedisServerNotFound`] and [`Error::RedisServerStart`] before anything is shown;
+/// [`Error::Io`] when the output directory cannot be created; [`Error::Persist`] when the
+/// persister cannot use it; [`Error::Terminal`].
+pub async fn run_demo(options: DemoOptions, shutdown: CancellationToken) -> Result<DemoSummary> {
+    std::fs::create_dir_all(&options.out).map_err(|source| Error::Io {
+        action: "creating the output directory",
+        path: options.out.clone(),
+        source,
+    })?;
+    let mut redis = RedisProcess::start().await?;
+    let redis_id = (redis.pid(), redis.port());
+    let url = redis.url();
+    let result = run_with_redis(&url, &options, shutdown).await;
+    redis.stop();
+    let mut summary = result?;
+    summary.redis = redis_id;
+    Ok(summary)
+}
+
+async fn run_with_redis(
+    url: &str,
+    options: &DemoOptions,
+    shutdown: CancellationToken,
+) -> Result<DemoSummary> {
+    let config = BufferConfig::new(url).response_timeout(Duration::from_secs(2));
+    let load_buffer = Buffer::connect(config.clone().holder_id("demo-load")).await?;
+    let persist_buffer = Buffer::connect(config.clone().holder_id("demo-persister")).await?;
+    let view_buffer = Buffer::connect_lazy(config.holder_id("dashboard"))?;
+
+    let mut persist = PersistConfig::new(&options.out);
+    persist.interval = Duration::from_millis(500);
+    persist.max_age = DEMO_MAX_AGE;
+    persist.max_records = Some(DEMO_MAX_RECORDS);
+    persist.max_bytes = Some(DEMO_MAX_BYTES);
+    persist.lock_ttl = Duration::from_secs(10);
+    persist.drain_wait = Some(Duration::from_secs(5));
+    let persister = Persister::new(persist_buffer, persist);
+
+    // Every background task of the demo stops when `work` is cancelled, after the dashboard.
+    let work = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let pushed = Arc::new(AtomicU64::new(0));
+    for load in STORES {
+        tracker.spawn(generate(
+            load_buffer.clone(),
+            load,
+            pushed.clone(),
+            work.clone(),
+        ));
+    }
+    // The persister ends the dashboard if it fails (say, the output directory is unusable).
+    let dashboard_stop = shutdown.child_token();
+    let persister_run = {
+        let (persister, work, stop) = (persister.clone(), work.clone(), dashboard_stop.clone());
+        tracker.spawn(async move {
+            let result = persister.run(work).await;
+            if result.is_err() {
+                stop.cancel();
+            }
+            result
+        })
+    };
+
+    let app = App::new(AppConfig {
+        address: buffer_core::redact_url(url),
+        namespace: view_buffer.config().namespace_name().as_str().to_owned(),
+        max_age: Some(DEMO_MAX_AGE),
+        demo_out: Some(options.out.display().to_string()),
+        now_ms: view_buffer.now_ms(),
+    });
+    let dashboard = Dashboard::new(view_buffer.clone(), app, options.interval);
+    tracker.spawn(report_stats(
+        dashboard.sender(),
+        persister.clone(),
+        pushed.clone(),
+        work.clone(),
+    ));
+    tracker.close();
+
+    let shown = dashboard.run(dashboard_stop).await;
+
+    work.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), tracker.wait()).await;
+    let persister_result = match persister_run.await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    };
+    shown?;
+    persister_result?;
+
+    // Write out what is left so the counts add up; bounded, so quitting stays quick.
+    let _ = tokio::time::timeout(Duration::from_secs(15), persister.drain()).await;
+    let stats = persister.stats();
+    let left_in_redis = match view_buffer.stores().await {
+        Ok(stores) => stores.iter().map(|s| s.records).sum(),
+        Err(_) => 0,
+    };
+    Ok(DemoSummary {
+        pushed: pushed.load(Ordering::Relaxed),
+        persisted: stats.records_persisted,
+        files: stats.files_written,
+        left_in_redis,
+        out: options.out.clone(),
+        redis: (0, 0),
+        persist_errors: stats.errors,
+    })
+}
+
+/// Sends the demo's counters to the dashboard twice a second.
+async fn report_stats(
+    actions: mpsc::UnboundedSender<Action>,
+    persister: Persister,
+    pushed: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let stats = persister.stats();
+        let demo = DemoStats {
+            pushed: pushed.load(Ordering::Relaxed),
+            persisted: stats.records_persisted,
+            files: stats.files_written,
+        };
+        if actions.send(Action::Demo(demo)).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shape_makes_a_json_object() {
+        for load in STORES {
+            let value = record(load.shape, 1, 1_700_000_000_000);
+            assert!(value.is_object(), "{load:?}");
+            assert!(value.get("at").is_some(), "{load:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_private_redis_starts_answers_and_is_gone_after_stop() {
+        let mut redis = RedisProcess::start().await.unwrap();
+        let pid = redis.pid();
+        assert!(pid > 0);
+        let buffer = Buffer::connect(BufferConfig::new(redis.url()))
+            .await
+            .unwrap();
+        buffer.push("s", &json!({"a": 1})).await.unwrap();
+        let dir = redis.dir().to_path_buf();
+        redis.stop();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .map(|s| s.contains("State:\tZ"))
+                    .unwrap_or(true),
+            "redis-server {pid} is still running"
+        );
+        drop(redis);
+        assert!(!dir.exists(), "temporary directory removed");
+    }
+
+    #[tokio::test]
+    async fn a_missing_redis_server_is_a_clear_error_with_an_install_hint() {
+        let missing = "/nonexistent/redis-server-for-test";
+        let found = RedisProcess::start_with_binary(PathBuf::from(missing)).await;
+        let err = found.err().unwrap();
+        assert!(matches!(err, Error::RedisServerNotFound { .. }), "{err}");
+        assert!(err.to_string().contains("apt-get install redis-server"));
+    }
+}

@@ -1,0 +1,45 @@
+//! `buffer-tui`: the live dashboard of buffer, and its one-command demo.
+//!
+//! The dashboard follows the Elm architecture: [`App`] is plain state with no Redis and no
+//! terminal in it, [`App::update`] applies an [`Action`], and [`ui::render`] draws an `&App`.
+//! Background tasks poll Redis through `buffer-core` and send `Action::Snapshot`s over a
+//! channel; the dashboard never writes to Redis.
+//!
+//! # Layout
+//! - `app`: [`App`], [`Action`] and `update`: selection, sorting, filtering, TTL countdown,
+//!   rates. Tested as plain function calls.
+//! - `snapshot`: [`Snapshot`], what one poll saw.
+//! - [`ui`]: `render(&App, frame)`; tested with `TestBackend` and `insta` snapshots.
+//! - `poller`: the polling task (index data for every store, details only for the rows on
+//!   screen) and the persister-event follower.
+//! - `dashboard`: [`Dashboard`], the terminal loop tying keys, ticks and polls together.
+//! - `terminal`: raw mode and the alternate screen, restored on exit and on panic.
+//! - `demo`: [`RedisProcess`] (a private redis-server), the load generator, [`run_demo`].
+//! - [`cli`]: the command line; `main.rs` only parses it and calls [`cli::execute`].
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod app;
+pub mod cli;
+mod dashboard;
+mod demo;
+mod error;
+mod format;
+mod poller;
+mod snapshot;
+mod terminal;
+pub mod ui;
+
+pub use app::{
+    Action, App, AppConfig, Column, Connection, DemoStats, Direction, EventFeed, LiveCounts, Mode,
+    Rates, Running, Screen, Sort, StoreRow, ViewRequest,
+};
+pub use dashboard::Dashboard;
+pub use demo::{DemoOptions, DemoSummary, RedisProcess, run_demo};
+pub use error::{Error, Result};
+pub use poller::{follow_events, poll_loop, poll_once};
+pub use snapshot::{
+    BatchDetail, BatchSize, FocusDetail, HeldLock, KeyCount, Snapshot, StoreDetail,
+    remaining_ttl_ms,
+};
+pub use terminal::{TerminalGuard, restore};

@@ -1,0 +1,116 @@
+//! What one poll of Redis saw: plain data, sent from the poller to the app.
+
+use std::collections::HashMap;
+
+use buffer_core::{BatchId, LockInfo, PreparedSummary, ServerInfo, StoreName, StoreSummary};
+
+/// One poll: the server, every store and prepared batch from the indexes, and the details of
+/// just the stores the dashboard shows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// When the poll started (Unix ms); lock TTLs count down from here.
+    pub taken_at_ms: u64,
+    /// Facts from `INFO`.
+    pub server: ServerInfo,
+    /// Every live store (from the group indexes, so cheap for 10 000 stores).
+    pub stores: Vec<StoreSummary>,
+    /// Every prepared batch waiting to be persisted.
+    pub prepared: Vec<PreparedSummary>,
+    /// Details of the rows that were visible when the poll started.
+    pub details: HashMap<StoreName, StoreDetail>,
+    /// Everything shown about the selected store.
+    pub focus: Option<FocusDetail>,
+}
+
+/// What the table shows for a visible row beyond the index data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreDetail {
+    /// The number of unique top-level keys of the live store.
+    pub unique_keys: KeyCount,
+    /// The store's lock, or else the lock of one of its prepared batches (a persister hands
+    /// the store lock over to the batch it prepares).
+    pub lock: Option<HeldLock>,
+}
+
+/// A count that was read up to a limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyCount {
+    /// The exact number.
+    Exact(u64),
+    /// At least this many (the scan stopped at the limit).
+    AtLeast(u64),
+}
+
+impl KeyCount {
+    /// The number, for sorting.
+    pub fn value(self) -> u64 {
+        match self {
+            Self::Exact(n) | Self::AtLeast(n) => n,
+        }
+    }
+}
+
+/// A lock seen by a poll.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldLock {
+    /// Who holds it.
+    pub holder: String,
+    /// Its TTL when the poll read it, `None` when it never expires.
+    pub ttl_ms: Option<u64>,
+    /// The batch it protects, `None` for the store lock itself.
+    pub batch: Option<BatchId>,
+}
+
+impl HeldLock {
+    /// The lock of a store or batch, from what `lock_infos` returned.
+    pub fn new(info: LockInfo, batch: Option<BatchId>) -> Self {
+        Self {
+            holder: info.holder,
+            ttl_ms: info.ttl_ms,
+            batch,
+        }
+    }
+}
+
+/// The remaining TTL of a lock read at `read_at_ms`, as of `now_ms`: counts down between
+/// polls, and stops at zero.
+pub fn remaining_ttl_ms(ttl_ms: u64, read_at_ms: u64, now_ms: u64) -> u64 {
+    ttl_ms.saturating_sub(now_ms.saturating_sub(read_at_ms))
+}
+
+/// The selected store in full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FocusDetail {
+    /// The store.
+    pub store: StoreName,
+    /// Its unique keys, sorted, up to a limit.
+    pub keys: Vec<String>,
+    /// The number of keys, exact or at least.
+    pub key_count: KeyCount,
+    /// Its latest records as JSON texts, oldest first.
+    pub latest: Vec<String>,
+    /// Its prepared batches, oldest first.
+    pub batches: Vec<BatchDetail>,
+}
+
+/// A prepared batch of the selected store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchDetail {
+    /// Its id (which carries its creation time).
+    pub id: BatchId,
+    /// Records, bytes and keys, `None` when it was emptied while the poll ran.
+    pub size: Option<BatchSize>,
+    /// Who is writing it out, if anyone.
+    pub lock: Option<LockInfo>,
+}
+
+/// The size of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSize {
+    /// Number of records.
+    pub records: u64,
+    /// Bytes of compact JSON.
+    pub bytes: u64,
+    /// Unique top-level keys.
+    pub keys: u64,
+}

@@ -1,0 +1,358 @@
+//! Rendering snapshots at 120x40 and 80x24. Time is injected (`T0`), so they are stable.
+
+use std::time::Duration;
+
+use buffer_core::{
+    Event, EventKind, LockInfo, PreparedSummary, ServerInfo, StoreName, StoreSummary,
+};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+use crate::app::{Action, App, AppConfig};
+use crate::snapshot::{
+    BatchDetail, BatchSize, FocusDetail, HeldLock, KeyCount, Snapshot, StoreDetail,
+};
+
+const T0: u64 = 1_700_000_000_000;
+const SIZES: [(u16, u16); 2] = [(120, 40), (80, 24)];
+
+fn name(text: &str) -> StoreName {
+    StoreName::new(text).unwrap()
+}
+
+fn batch_id(ms: u64, nonce: u64) -> buffer_core::BatchId {
+    format!("{ms:013}-{nonce:016x}").parse().unwrap()
+}
+
+fn new_app(width: u16, height: u16) -> App {
+    let mut app = App::new(AppConfig {
+        address: "redis://default:***@127.0.0.1:6379/0".into(),
+        namespace: "buf".into(),
+        max_age: Some(Duration::from_secs(60)),
+        demo_out: None,
+        now_ms: T0,
+    });
+    app.update(Action::Resize { width, height });
+    app
+}
+
+fn server() -> ServerInfo {
+    ServerInfo {
+        version: "7.2.4".into(),
+        mode: "standalone".into(),
+        used_memory: 3 * 1024 * 1024 + 300 * 1024,
+        maxmemory: 0,
+        ops_per_sec: 1234,
+        clients: 5,
+    }
+}
+
+fn store(text: &str, records: u64, bytes: u64, age_ms: u64) -> StoreSummary {
+    StoreSummary {
+        store: name(text),
+        first_write_ms: T0 - age_ms,
+        bytes,
+        records,
+    }
+}
+
+/// Several stores: one locked by a persister, one with prepared batches, one only prepared.
+fn populated(width: u16, height: u16) -> App {
+    let mut app = new_app(width, height);
+    let stores = vec![
+        store("audit log", 12, 4_800, 58_200),
+        store("clicks", 48_210, 9_400_000, 12_000),
+        store("metrics/cpu", 730, 88_000, 31_000),
+        store("orders", 1_520, 402_000, 75_000),
+        store("signups", 3, 410, 2_000),
+    ];
+    let orders_batch = batch_id(T0 - 4_000, 0xab12);
+    let flushing_batch = batch_id(T0 - 1_500, 0xcd34);
+    let prepared = vec![
+        PreparedSummary {
+            store: name("orders"),
+            id: orders_batch.clone(),
+        },
+        PreparedSummary {
+            store: name("orders"),
+            id: batch_id(T0 - 2_000, 0xef56),
+        },
+        PreparedSummary {
+            store: name("clicks-archive"),
+            id: flushing_batch.clone(),
+        },
+    ];
+    let mut snapshot = Snapshot {
+        taken_at_ms: T0,
+        server: server(),
+        stores,
+        prepared,
+        ..Snapshot::default()
+    };
+    let detail = |keys, lock: Option<HeldLock>| StoreDetail {
+        unique_keys: KeyCount::Exact(keys),
+        lock,
+    };
+    for (store, keys) in [("audit log", 5), ("metrics/cpu", 4), ("signups", 4)] {
+        snapshot.details.insert(name(store), detail(keys, None));
+    }
+    snapshot.details.insert(
+        name("clicks"),
+        StoreDetail {
+            unique_keys: KeyCount::AtLeast(1000),
+            lock: None,
+        },
+    );
+    snapshot.details.insert(
+        name("orders"),
+        detail(
+            6,
+            Some(HeldLock {
+                holder: "persist-1/4242".into(),
+                ttl_ms: Some(27_400),
+                batch: Some(orders_batch.clone()),
+            }),
+        ),
+    );
+    snapshot.details.insert(
+        name("clicks-archive"),
+        detail(
+            0,
+            Some(HeldLock {
+                holder: "persist-2/977".into(),
+                ttl_ms: Some(9_000),
+                batch: Some(flushing_batch),
+            }),
+        ),
+    );
+    app.update(Action::Snapshot(Box::new(snapshot.clone())));
+    // Select "orders" and give it its details.
+    while app.selected.as_ref().map(StoreName::as_str) != Some("orders") {
+        app.update(Action::Down);
+    }
+    snapshot.taken_at_ms = T0 + 1_000;
+    snapshot.stores[1].records += 900;
+    snapshot.focus = Some(FocusDetail {
+        store: name("orders"),
+        keys: ["at", "currency", "customer", "id", "items", "total"]
+            .map(String::from)
+            .to_vec(),
+        key_count: KeyCount::Exact(6),
+        latest: vec![
+            r#"{"id":1519,"customer":"c-4411","total":42.5,"currency":"EUR","items":[{"sku":"SKU-0042","qty":2}],"at":1699999999000}"#.into(),
+            r#"{"id":1520,"customer":"c-1002","total":7.25,"currency":"USD","items":[{"sku":"SKU-0007","qty":1}],"at":1700000000000}"#.into(),
+        ],
+        batches: vec![
+            BatchDetail {
+                id: orders_batch,
+                size: Some(BatchSize {
+                    records: 3_000,
+                    bytes: 812_000,
+                    keys: 6,
+                }),
+                lock: Some(LockInfo {
+                    holder: "persist-1/4242".into(),
+                    ttl_ms: Some(27_400),
+                }),
+            },
+            BatchDetail {
+                id: batch_id(T0 - 2_000, 0xef56),
+                size: Some(BatchSize {
+                    records: 120,
+                    bytes: 31_000,
+                    keys: 6,
+                }),
+                lock: None,
+            },
+        ],
+    });
+    app.update(Action::Snapshot(Box::new(snapshot)));
+    app.update(Action::EventsLive);
+    let event = |kind, store: &str, records, ago_ms, detail: Option<&str>| Event {
+        kind,
+        store: store.into(),
+        batch: format!("{:013}-{:016x}", T0 - ago_ms, 1),
+        records,
+        bytes: records * 250,
+        at_ms: T0 + 1_000 - ago_ms,
+        holder: "persist-1/4242".into(),
+        detail: detail.map(String::from),
+    };
+    for e in [
+        event(EventKind::Prepared, "clicks", 3_000, 9_000, None),
+        event(
+            EventKind::Persisted,
+            "clicks",
+            3_000,
+            8_000,
+            Some("demo-out/clicks/1699999991000-0000000000000001.jsonl"),
+        ),
+        event(
+            EventKind::Failed,
+            "audit log",
+            0,
+            5_000,
+            Some("write demo-out/audit%20log: No space left on device (os error 28)"),
+        ),
+        event(EventKind::Recovered, "orders", 120, 3_000, None),
+        event(EventKind::Prepared, "orders", 3_000, 2_000, None),
+    ] {
+        app.update(Action::Event(e));
+    }
+    // Rates: ten seconds of samples.
+    for i in 0..10u64 {
+        app.rates.push.push_back(300 + (i * 37) % 200);
+        app.rates
+            .persist
+            .push_back(if i % 3 == 0 { 3_000 } else { 0 });
+    }
+    app.update(Action::Tick { now_ms: T0 + 1_500 });
+    app
+}
+
+fn draw(app: &App) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(app.size.0, app.size.1)).unwrap();
+    terminal.draw(|frame| super::render(app, frame)).unwrap();
+    terminal.backend().to_string()
+}
+
+fn check(name: &str, make: impl Fn(u16, u16) -> App) {
+    for (width, height) in SIZES {
+        let app = make(width, height);
+        insta::assert_snapshot!(format!("{name}_{width}x{height}"), draw(&app));
+    }
+}
+
+#[test]
+fn connecting() {
+    check("connecting", new_app);
+}
+
+#[test]
+fn empty_namespace() {
+    check("empty", |w, h| {
+        let mut app = new_app(w, h);
+        app.update(Action::Snapshot(Box::new(Snapshot {
+            taken_at_ms: T0,
+            server: server(),
+            ..Snapshot::default()
+        })));
+        app
+    });
+}
+
+#[test]
+fn stores_with_a_locked_store_and_prepared_batches() {
+    check("populated", populated);
+}
+
+#[test]
+fn disconnected_banner() {
+    check("disconnected", |w, h| {
+        let mut app = populated(w, h);
+        app.update(Action::PollFailed {
+            error: "Connection refused (os error 111)".into(),
+            at_ms: T0 + 2_000,
+        });
+        app.update(Action::EventsLost {
+            error: "closed".into(),
+        });
+        app.update(Action::Tick {
+            now_ms: T0 + 14_000,
+        });
+        app
+    });
+}
+
+#[test]
+fn filtering() {
+    check("filter", |w, h| {
+        let mut app = populated(w, h);
+        app.update(Action::FilterStart);
+        for c in "CLI".chars() {
+            app.update(Action::FilterInput(c));
+        }
+        app
+    });
+    check("filter_no_match", |w, h| {
+        let mut app = populated(w, h);
+        app.update(Action::FilterStart);
+        app.update(Action::FilterInput('z'));
+        app.update(Action::FilterAccept);
+        app
+    });
+}
+
+#[test]
+fn sorted_by_records() {
+    check("sorted_records", |w, h| {
+        let mut app = populated(w, h);
+        app.update(Action::SortNext);
+        app
+    });
+}
+
+#[test]
+fn store_screen() {
+    check("store", |w, h| {
+        let mut app = populated(w, h);
+        app.update(Action::Enter);
+        app
+    });
+}
+
+#[test]
+fn help() {
+    check("help", |w, h| {
+        let mut app = populated(w, h);
+        app.update(Action::Help);
+        app
+    });
+}
+
+#[test]
+fn many_stores_scroll() {
+    check("many", |w, h| {
+        let mut app = new_app(w, h);
+        let stores = (0..10_000)
+            .map(|i| {
+                store(
+                    &format!("tenant-{i:05}"),
+                    i % 997,
+                    (i % 997) * 180,
+                    1_000 + i,
+                )
+            })
+            .collect();
+        app.update(Action::Snapshot(Box::new(Snapshot {
+            taken_at_ms: T0,
+            server: server(),
+            stores,
+            ..Snapshot::default()
+        })));
+        for _ in 0..25 {
+            app.update(Action::Down);
+        }
+        app
+    });
+}
+
+#[test]
+fn a_tiny_terminal_says_so() {
+    let app = new_app(30, 8);
+    insta::assert_snapshot!("tiny_30x8", draw(&app));
+}
+
+#[test]
+fn hostile_names_cannot_reach_the_terminal() {
+    let mut app = new_app(80, 24);
+    app.update(Action::Snapshot(Box::new(Snapshot {
+        taken_at_ms: T0,
+        server: server(),
+        stores: vec![store("evil\u{1b}[2J\nname", 1, 10, 0)],
+        ..Snapshot::default()
+    })));
+    let screen = draw(&app);
+    assert!(!screen.contains('\u{1b}'));
+    assert!(screen.contains("evil\u{fffd}[2J\u{fffd}name"), "{screen}");
+}
