@@ -75,6 +75,10 @@ pub enum Error {
         /// The batch id.
         batch: String,
     },
+    /// A background task of the persister panicked or was cancelled (a bug, not an
+    /// operating condition); the batch stays prepared.
+    #[error("internal task failed: {0}")]
+    Task(String),
     /// An argument or setting was invalid.
     #[error("invalid setting: {0}")]
     Config(String),

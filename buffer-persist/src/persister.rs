@@ -477,7 +477,7 @@ impl Persister {
         while let Some(fetch) = next.take() {
             let (mut reader, page) = fetch
                 .await
-                .map_err(|err| Error::Config(format!("page reader failed: {err}")))?;
+                .map_err(|err| Error::Task(format!("page reader: {err}")))?;
             let Some(page) = page? else { break };
             if shutdown.is_cancelled() {
                 file.discard();
@@ -630,5 +630,5 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|err| Error::Config(format!("file task failed: {err}")))?
+        .map_err(|err| Error::Task(format!("file writer: {err}")))?
 }

@@ -285,7 +285,7 @@ impl BatchFile {
         let encoder = self
             .encoder
             .take()
-            .ok_or_else(|| Error::Config("batch file finished twice".into()))?;
+            .ok_or_else(|| Error::Task("batch file finished twice".into()))?;
         let mut synced = SyncedFile {
             store: self.store.clone(),
             batch: self.batch.clone(),
