@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use buffer_core::{Event, EventKind, ServerInfo, StoreName};
+use buffer_core::{Event, EventKind, PersisterInfo, ServerInfo, StoreName};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::snapshot::{FocusDetail, Snapshot, StoreDetail};
@@ -208,7 +208,7 @@ impl Column {
             Self::Keys => "Keys",
             Self::Age => "Age",
             Self::Flush => "Flush",
-            Self::Lock => "Lock (holder, TTL)",
+            Self::Lock => "Lock holder, TTL",
             Self::Batches => "Batches",
         }
     }
@@ -368,7 +368,10 @@ pub struct ViewRequest {
 pub struct App {
     pub(crate) address: String,
     pub(crate) namespace: String,
-    pub(crate) max_age_ms: Option<u64>,
+    /// `--max-age` as given on the command line; wins over what persisters announce.
+    pub(crate) configured_max_age_ms: Option<u64>,
+    /// The persisters that announced themselves at the last poll.
+    pub(crate) persisters: Vec<PersisterInfo>,
     pub(crate) demo_out: Option<String>,
     pub(crate) demo: Option<DemoStats>,
     /// The time now (Unix ms), moved by [`Action::Tick`].
@@ -407,7 +410,8 @@ impl App {
         Self {
             address: config.address,
             namespace: config.namespace,
-            max_age_ms: config
+            persisters: Vec::new(),
+            configured_max_age_ms: config
                 .max_age
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             demo: config.demo_out.as_ref().map(|_| DemoStats::default()),
@@ -637,7 +641,9 @@ impl App {
             prepared,
             mut details,
             focus,
+            persisters,
         } = snapshot;
+        self.persisters = persisters;
         self.connection = Connection::Connected;
         self.server = Some(server);
         self.snapshot_at_ms = taken_at_ms;
@@ -752,11 +758,31 @@ impl App {
         self.now_ms.saturating_sub(live.first_write_ms)
     }
 
-    /// Time until the persister's age flush: `Some(0)` when due, `None` when `--max-age` is
-    /// unknown.
+    /// The age at which stores are flushed: `--max-age` when given, else the smallest one the
+    /// running persisters announce (the first of them to act), else unknown.
+    pub(crate) fn max_age_ms(&self) -> Option<u64> {
+        self.configured_max_age_ms
+            .or_else(|| self.persisters.iter().map(|p| p.max_age_ms).min())
+    }
+
+    /// Time until the persister's flush: `Some(0)` when due (by age, or because the store is
+    /// over an announced size threshold), `None` when the max age is unknown.
     pub(crate) fn flush_in_ms(&self, live: &LiveCounts) -> Option<u64> {
-        self.max_age_ms
-            .map(|max| (live.first_write_ms.saturating_add(max)).saturating_sub(self.now_ms))
+        let max_age = self.max_age_ms()?;
+        let over = |threshold: fn(&PersisterInfo) -> Option<u64>, value: u64| {
+            self.persisters
+                .iter()
+                .filter_map(threshold)
+                .any(|limit| value >= limit)
+        };
+        if over(|p| p.max_records, live.records) || over(|p| p.max_bytes, live.bytes) {
+            return Some(0);
+        }
+        Some(
+            live.first_write_ms
+                .saturating_add(max_age)
+                .saturating_sub(self.now_ms),
+        )
     }
 }
 
@@ -1040,6 +1066,51 @@ mod tests {
             .find(|r| r.name.as_str() == "orders")
             .unwrap();
         assert_eq!(app.flush_in_ms(&orders.live.unwrap()), Some(35_000));
+    }
+
+    #[test]
+    fn the_max_age_comes_from_the_flag_or_else_from_announcing_persisters() {
+        let mut app = App::new(AppConfig {
+            address: String::new(),
+            namespace: "buf".into(),
+            max_age: None,
+            demo_out: None,
+            now_ms: T0,
+        });
+        let persister = |holder: &str, max_age_ms, max_records| PersisterInfo {
+            holder: holder.into(),
+            max_age_ms,
+            max_bytes: None,
+            max_records,
+            out: "out".into(),
+            heartbeat_ms: T0,
+            batches_persisted: 0,
+            records_persisted: 0,
+        };
+        let live = LiveCounts {
+            first_write_ms: T0 - 4_000,
+            bytes: 10,
+            records: 50,
+        };
+        assert_eq!(
+            app.flush_in_ms(&live),
+            None,
+            "unknown without flag or persister"
+        );
+        let mut snap = snapshot(vec![]);
+        snap.persisters = vec![persister("a", 30_000, None), persister("b", 10_000, None)];
+        app.update(Action::Snapshot(Box::new(snap.clone())));
+        assert_eq!(app.max_age_ms(), Some(10_000), "the first persister to act");
+        assert_eq!(app.flush_in_ms(&live), Some(6_000));
+        snap.persisters[0].max_records = Some(50);
+        app.update(Action::Snapshot(Box::new(snap)));
+        assert_eq!(
+            app.flush_in_ms(&live),
+            Some(0),
+            "over the record threshold: due"
+        );
+        app.configured_max_age_ms = Some(60_000);
+        assert_eq!(app.max_age_ms(), Some(60_000), "the flag wins");
     }
 
     fn event(kind: EventKind, records: u64) -> Event {

@@ -28,6 +28,9 @@ const LATEST_RECORDS: usize = 8;
 const BATCH_LOCKS_PER_STORE: usize = 4;
 /// Batches of the selected store that are detailed.
 const FOCUS_BATCHES: usize = 20;
+/// A persister silent for longer than this is not counted (it announces at every poll, and a
+/// poll can take a while when batches are big).
+const PERSISTER_SILENCE_MS: u64 = 60_000;
 /// The shortest time between two polls, when the rows on screen change quickly.
 const MIN_GAP: Duration = Duration::from_millis(150);
 
@@ -79,8 +82,12 @@ pub async fn poll_once(
     request: &ViewRequest,
 ) -> Result<Snapshot, buffer_core::Error> {
     let taken_at_ms = buffer.now_ms();
-    let (server, stores, prepared) =
-        futures::try_join!(buffer.server_info(), buffer.stores(), buffer.get_prepared())?;
+    let (server, stores, prepared, persisters) = futures::try_join!(
+        buffer.server_info(),
+        buffer.stores(),
+        buffer.get_prepared(),
+        buffer.persisters(PERSISTER_SILENCE_MS),
+    )?;
     let mut batches_of: HashMap<&StoreName, Vec<&PreparedSummary>> = HashMap::new();
     for batch in &prepared {
         batches_of.entry(&batch.store).or_default().push(batch);
@@ -142,6 +149,7 @@ pub async fn poll_once(
         prepared,
         details,
         focus,
+        persisters,
     })
 }
 

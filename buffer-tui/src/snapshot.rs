@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use buffer_core::{BatchId, LockInfo, PreparedSummary, ServerInfo, StoreName, StoreSummary};
+use buffer_core::{
+    BatchId, LockInfo, PersisterInfo, PreparedSummary, ServerInfo, StoreName, StoreSummary,
+};
 
 /// One poll: the server, every store and prepared batch from the indexes, and the details of
 /// just the stores the dashboard shows.
@@ -20,6 +22,9 @@ pub struct Snapshot {
     pub details: HashMap<StoreName, StoreDetail>,
     /// Everything shown about the selected store.
     pub focus: Option<FocusDetail>,
+    /// The persisters that announced themselves recently (their thresholds give the time
+    /// until a store's flush).
+    pub persisters: Vec<PersisterInfo>,
 }
 
 /// What the table shows for a visible row beyond the index data.

@@ -78,8 +78,9 @@ fn has_banner(app: &App) -> bool {
 
 fn layout(app: &App, area: Rect) -> Areas {
     let banner_height = u16::from(has_banner(app));
+    let header_height = if app.demo.is_some() { 3 } else { 2 };
     let [header, banner, main, footer] = Layout::vertical([
-        Constraint::Length(2),
+        Constraint::Length(header_height),
         Constraint::Length(banner_height),
         Constraint::Min(0),
         Constraint::Length(1),
@@ -158,23 +159,29 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
             Span::raw(count(app.prepared_total as u64)),
         ]);
     }
-    if let Some(max_age) = app.max_age_ms {
+    if app.server.is_some() {
+        second.push(Span::styled("  persisters ", dim()));
+        second.push(Span::raw(app.persisters.len().to_string()));
+    }
+    if let Some(max_age) = app.max_age_ms() {
         second.push(Span::styled("  max-age ", dim()));
         second.push(Span::raw(duration_ms(max_age)));
     }
+    let mut lines = vec![Line::from(first), Line::from(second)];
     if let (Some(demo), Some(out)) = (&app.demo, &app.demo_out) {
-        second.extend([
-            Span::styled("  demo ", Style::new().fg(Color::Magenta).bold()),
+        lines.push(Line::from(vec![
+            Span::styled(" demo ", Style::new().fg(Color::Magenta).bold()),
             Span::raw(format!(
-                "pushed {} persisted {} files {} → {}",
+                "pushed {}  persisted {}  files {}",
                 count(demo.pushed),
                 count(demo.persisted),
                 count(demo.files),
-                clean(out)
             )),
-        ]);
+            Span::styled("  → ", dim()),
+            Span::raw(clean(out).into_owned()),
+        ]));
     }
-    Paragraph::new(vec![Line::from(first), Line::from(second)]).render(area, buf);
+    Paragraph::new(lines).render(area, buf);
 }
 
 fn connection_span(app: &App) -> Span<'static> {
@@ -212,7 +219,7 @@ fn render_banner(app: &App, area: Rect, buf: &mut Buffer) {
 fn columns_for(app: &App, width: u16) -> Vec<(Column, u16)> {
     let mut columns: Vec<(Column, u16)> = Column::ALL
         .iter()
-        .filter(|c| **c != Column::Flush || app.max_age_ms.is_some())
+        .filter(|c| **c != Column::Flush || app.max_age_ms().is_some())
         .map(|c| (*c, column_width(*c)))
         .collect();
     // Highlight symbol (2) and spacing between columns (1 each).
@@ -241,13 +248,13 @@ fn columns_for(app: &App, width: u16) -> Vec<(Column, u16)> {
 fn column_width(column: Column) -> u16 {
     match column {
         Column::Name => 14,
-        Column::Records => 7,
+        Column::Records => 8,
         Column::Bytes => 9,
         Column::Keys => 6,
         Column::Age => 6,
         Column::Flush => 6,
-        Column::Lock => 18,
-        Column::Batches => 7,
+        Column::Lock => 17,
+        Column::Batches => 8,
     }
 }
 
@@ -364,7 +371,7 @@ fn render_empty(app: &App, area: Rect, buf: &mut Buffer) {
         ],
         (Connection::Connected, true) => vec![
             Line::from(format!(
-                "No stores in namespace \"{}\" yet.",
+                "No live stores in namespace \"{}\": nothing pushed yet, or all persisted.",
                 clean(&app.namespace)
             )),
             Line::styled(
@@ -753,7 +760,7 @@ fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
     );
 
     // Right: prepared batches, then the latest records, pretty.
-    let batch_rows = focus.batches.len().min(8) as u16;
+    let batch_rows = focus.batches.len().clamp(1, 8) as u16;
     let [batches_area, records_area] =
         Layout::vertical([Constraint::Length(batch_rows + 2), Constraint::Min(0)]).areas(rest);
     let header = Row::new(
@@ -763,7 +770,7 @@ fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
             "Bytes",
             "Keys",
             "Age",
-            "Lock (holder, TTL)",
+            "Lock holder, TTL",
         ]
         .map(|title| {
             if is_right_aligned(title) {
@@ -803,6 +810,15 @@ fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
         ])
     });
     let title = format!(" Prepared batches ({}) ", focus.batches.len());
+    if focus.batches.is_empty() {
+        Paragraph::new(Line::styled("none waiting", dim()))
+            .block(
+                Block::new()
+                    .borders(Borders::TOP)
+                    .title(title.clone().bold()),
+            )
+            .render(batches_area, buf);
+    }
     let batches = Table::new(
         rows,
         [
@@ -816,7 +832,9 @@ fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
     )
     .header(header)
     .block(Block::new().borders(Borders::TOP).title(title.bold()));
-    Widget::render(batches, batches_area, buf);
+    if !focus.batches.is_empty() {
+        Widget::render(batches, batches_area, buf);
+    }
 
     let mut text = Text::default();
     for record in focus.latest.iter().rev() {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use buffer_core::{
-    Event, EventKind, LockInfo, PreparedSummary, ServerInfo, StoreName, StoreSummary,
+    Event, EventKind, LockInfo, PersisterInfo, PreparedSummary, ServerInfo, StoreName, StoreSummary,
 };
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -87,6 +87,16 @@ fn populated(width: u16, height: u16) -> App {
         server: server(),
         stores,
         prepared,
+        persisters: vec![PersisterInfo {
+            holder: "persist-1/4242".into(),
+            max_age_ms: 60_000,
+            max_bytes: None,
+            max_records: Some(50_000),
+            out: "/var/lib/buffer".into(),
+            heartbeat_ms: T0,
+            batches_persisted: 10,
+            records_persisted: 30_000,
+        }],
         ..Snapshot::default()
     };
     let detail = |keys, lock: Option<HeldLock>| StoreDetail {
@@ -333,6 +343,35 @@ fn many_stores_scroll() {
         for _ in 0..25 {
             app.update(Action::Down);
         }
+        app
+    });
+}
+
+#[test]
+fn demo_header() {
+    check("demo", |w, h| {
+        let mut app = App::new(AppConfig {
+            address: "redis://127.0.0.1:41234/0".into(),
+            namespace: "buf".into(),
+            max_age: Some(Duration::from_secs(10)),
+            demo_out: Some("demo-out".into()),
+            now_ms: T0,
+        });
+        app.update(Action::Resize {
+            width: w,
+            height: h,
+        });
+        app.update(Action::Snapshot(Box::new(Snapshot {
+            taken_at_ms: T0,
+            server: server(),
+            stores: vec![store("clicks", 2_400, 150_000, 4_000)],
+            ..Snapshot::default()
+        })));
+        app.update(Action::Demo(crate::app::DemoStats {
+            pushed: 15_400,
+            persisted: 12_000,
+            files: 14,
+        }));
         app
     });
 }
