@@ -459,6 +459,12 @@ impl App {
         }
     }
 
+    /// Whether rows on screen (or the selected store) have no details yet.
+    pub fn needs_details(&self) -> bool {
+        self.visible_rows().any(|row| row.detail.is_none())
+            || (self.selected.is_some() && self.focus.is_none())
+    }
+
     /// The rows the table shows, in order.
     pub fn visible_rows(&self) -> impl Iterator<Item = &StoreRow> {
         let end = (self.offset + self.page()).min(self.view.len());
@@ -876,6 +882,10 @@ mod tests {
         assert_eq!(app.listed(), ["audit", "clicks", "orders"]);
         assert_eq!(app.selected.as_ref().unwrap().as_str(), "audit");
         assert_eq!(app.connection, Connection::Connected);
+        assert!(
+            app.needs_details(),
+            "the poller is asked for the new rows' details"
+        );
     }
 
     #[test]

@@ -121,6 +121,8 @@ async fn event_loop(
             .terminal()
             .draw(|frame| crate::ui::render(app, frame))
             .map_err(Error::Terminal)?;
+        // Whether the person moved: then the poller fetches the new rows' details at once.
+        let mut moved = false;
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => app.update(Action::Tick { now_ms: buffer.now_ms() }),
@@ -138,10 +140,12 @@ async fn event_loop(
                 Some(Ok(TermEvent::Key(key))) => {
                     if let Some(action) = app.action_for_key(key) {
                         app.update(action);
+                        moved = true;
                     }
                 }
                 Some(Ok(TermEvent::Resize(width, height))) => {
                     app.update(Action::Resize { width, height });
+                    moved = true;
                 }
                 Some(Ok(_)) => {}
                 Some(Err(err)) => return Err(Error::Terminal(err)),
@@ -151,13 +155,17 @@ async fn event_loop(
         if app.running() == Running::Quit {
             return Ok(());
         }
+        // The poller always reads the latest request; it is woken early only when the person
+        // moved or rows on screen have no details yet, so stores that come and go under a
+        // busy load do not make it poll faster than its interval.
         let request = app.view_request();
+        let urgent = moved || app.needs_details();
         view_sender.send_if_modified(|current| {
             if *current == request {
                 false
             } else {
                 *current = request;
-                true
+                urgent
             }
         });
     }

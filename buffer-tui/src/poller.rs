@@ -268,3 +268,144 @@ pub async fn follow_events(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use buffer_core::{Event, EventKind};
+    use buffer_tests::RedisServer;
+    use serde_json::json;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_thousand_stores_are_listed_and_only_visible_rows_are_detailed() {
+        let redis = RedisServer::start();
+        let buffer = redis.buffer().await;
+        let names: Vec<String> = (0..10_000).map(|i| format!("tenant-{i:05}")).collect();
+        let record = json!({"a": 1, "b": 2});
+        for chunk in names.chunks(500) {
+            try_join_all(chunk.iter().map(|name| buffer.push(name.as_str(), &record)))
+                .await
+                .unwrap();
+        }
+        let mut guard = buffer
+            .lock("tenant-00003", None, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        let batch = guard.prepare().await.unwrap().unwrap();
+
+        let visible: Vec<StoreName> = names[..30]
+            .iter()
+            .map(|n| StoreName::new(n.as_str()).unwrap())
+            .collect();
+        let request = ViewRequest {
+            visible: visible.clone(),
+            selected: Some(visible[3].clone()),
+        };
+        let started = Instant::now();
+        let snapshot = poll_once(&buffer, &request).await.unwrap();
+        eprintln!("one poll of 10 000 stores: {:?}", started.elapsed());
+
+        assert_eq!(
+            snapshot.stores.len(),
+            9_999,
+            "tenant-00003 is prepared, not live"
+        );
+        assert_eq!(snapshot.prepared.len(), 1);
+        assert_eq!(
+            snapshot.details.len(),
+            30,
+            "details for the visible rows only"
+        );
+        assert_eq!(
+            snapshot.details[&visible[0]].unique_keys,
+            KeyCount::Exact(2)
+        );
+        let lock = snapshot.details[&visible[3]].lock.as_ref().unwrap();
+        assert_eq!(
+            lock.batch.as_ref(),
+            Some(&batch.id),
+            "the lock moved to the batch"
+        );
+        assert_eq!(lock.holder, buffer.holder_id());
+        let focus = snapshot.focus.unwrap();
+        assert_eq!(focus.batches.len(), 1);
+        assert_eq!(focus.batches[0].size.unwrap().records, 1);
+        assert!(focus.batches[0].lock.is_some());
+        guard.release().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn persister_events_arrive_as_actions() {
+        let redis = RedisServer::start();
+        let buffer = redis.buffer().await;
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(follow_events(buffer.clone(), sender, shutdown.clone()));
+        let first = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await;
+        assert_eq!(first.unwrap(), Some(Action::EventsLive));
+        let event = Event {
+            kind: EventKind::Persisted,
+            store: "orders".into(),
+            batch: "0000000000001-0000000000000001".into(),
+            records: 3,
+            bytes: 30,
+            at_ms: 1,
+            holder: "p".into(),
+            detail: Some("out/orders/x.jsonl".into()),
+        };
+        assert_eq!(buffer.publish_event(&event).await.unwrap(), 1);
+        let next = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await;
+        assert_eq!(next.unwrap(), Some(Action::Event(event)));
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_redis_that_goes_away_is_reported_and_polling_resumes_when_it_returns() {
+        let mut redis = RedisServer::start();
+        let config = redis
+            .config()
+            .response_timeout(Duration::from_millis(500))
+            .connect_timeout(Duration::from_millis(500));
+        let buffer = Buffer::connect(config).await.unwrap();
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let (_view_sender, view) = watch::channel(ViewRequest::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(poll_loop(
+            buffer.clone(),
+            Duration::from_millis(100),
+            view,
+            sender,
+            shutdown.clone(),
+        ));
+        assert!(matches!(receiver.recv().await, Some(Action::Snapshot(_))));
+        redis.kill();
+        let failed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match receiver.recv().await {
+                    Some(Action::PollFailed { .. }) => break,
+                    Some(Action::Snapshot(_)) => continue,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        });
+        failed.await.expect("a failed poll is reported");
+        redis.restart();
+        let resumed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match receiver.recv().await {
+                    Some(Action::Snapshot(_)) => break,
+                    Some(Action::PollFailed { .. }) => continue,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        });
+        resumed.await.expect("polling resumes once Redis is back");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+}
