@@ -1,0 +1,113 @@
+//! The benchmark harness behind the `bench` binary: DESIGN.md's performance table, each figure
+//! next to a baseline measured in the same run on the same machine.
+//!
+//! # Layout
+//! - `figures`: the six figures (push, push_many, drain, rss, memory, dashboard), their
+//!   sizes, targets and what limits them.
+//! - `tools`: the benchmark records, `redis-benchmark` and `dd` runs, Redis counters, and the
+//!   peak RSS of a child process.
+//! - `report`: the table on stdout and BENCHMARKS.md.
+
+mod figures;
+mod report;
+mod tools;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub struct Options {
+    /// Smaller workloads.
+    pub quick: bool,
+    /// Runs per figure.
+    pub runs: usize,
+    /// Figure ids to run (all when empty).
+    pub only: Vec<String>,
+    /// Where to write BENCHMARKS.md, if anywhere.
+    pub report: Option<PathBuf>,
+    /// The arguments given, to record the exact command.
+    pub args: Vec<String>,
+}
+
+/// BENCHMARKS.md at the workspace root.
+pub fn default_report_path() -> PathBuf {
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().unwrap_or(tests).join("BENCHMARKS.md")
+}
+
+const IDS: [&str; 6] = ["push", "push_many", "drain", "rss", "memory", "dashboard"];
+
+/// Measures the selected figures, prints the table and writes the report.
+///
+/// # Errors
+/// Whatever stopped a figure: a tool missing, a server that would not start, a drain that
+/// did not persist every record.
+pub async fn run(options: Options) -> Result<()> {
+    if let Some(unknown) = options.only.iter().find(|id| !IDS.contains(&id.as_str())) {
+        bail!(
+            "unknown figure {unknown:?}; the figures are {}",
+            IDS.join(", ")
+        );
+    }
+    let wanted = |id: &str| options.only.is_empty() || options.only.iter().any(|o| o == id);
+    let sizes = figures::Sizes::new(options.quick);
+    let runs = options.runs;
+    // Built before anything is measured, so the compile does not compete with a figure.
+    let persist = if wanted("rss") {
+        Some(tools::persist_binary()?)
+    } else {
+        None
+    };
+    let machine = report::Machine::detect();
+    eprintln!(
+        "{} cores, {}, {}; {} runs per figure{}",
+        machine.cores,
+        machine.cpu,
+        machine.redis,
+        runs,
+        if options.quick { " (quick)" } else { "" }
+    );
+
+    let mut measured = Vec::new();
+    if wanted("push") {
+        measured.push(figures::push(&sizes, runs).await?);
+    }
+    if wanted("push_many") {
+        measured.push(figures::push_many(&sizes, runs).await?);
+    }
+    if wanted("drain") {
+        measured.push(figures::drain(&sizes, runs).await?);
+    }
+    if let Some(persist) = &persist {
+        measured.push(figures::rss(&sizes, runs, persist).await?);
+    }
+    if wanted("memory") {
+        measured.push(figures::memory(&sizes, runs).await?);
+    }
+    if wanted("dashboard") {
+        measured.extend(figures::dashboard(&sizes, runs).await?);
+    }
+
+    println!("\n{}", report::table(&measured));
+    if let Some(path) = &options.report {
+        let mut command = "cargo run --release -p buffer-tests --bin bench".to_owned();
+        if !options.args.is_empty() {
+            command.push_str(" -- ");
+            command.push_str(&options.args.join(" "));
+        }
+        let text = report::Report {
+            machine: &machine,
+            command,
+            quick: options.quick,
+            runs,
+            figures: &measured,
+        }
+        .markdown();
+        std::fs::write(path, text)
+            .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

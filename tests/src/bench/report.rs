@@ -1,0 +1,237 @@
+//! The results table on stdout and the BENCHMARKS.md report.
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use super::figures::Figure;
+
+/// The machine and software the figures were measured on.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory: String,
+    pub kernel: String,
+    pub redis: String,
+    pub commit: String,
+    pub date: String,
+}
+
+impl Machine {
+    /// Reads `/proc`, `redis-server --version` and `git`.
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+            .map_or("unknown".to_owned(), |(_, model)| model.trim().to_owned());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory = meminfo
+            .lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))
+            .and_then(|kb| kb.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or("unknown".to_owned(), |kb| {
+                format!("{:.1} GiB", kb / f64::from(1 << 20))
+            });
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or("unknown".to_owned(), |text| text.trim().to_owned());
+        let redis = output_of(Command::new(buffer_tests::redis_server_binary()).arg("--version"));
+        let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let commit = output_of(
+            Command::new("git")
+                .args(["rev-parse", "--short", "HEAD"])
+                .current_dir(workspace),
+        );
+        let dirty = !output_of(
+            Command::new("git")
+                .args(["status", "--porcelain", "--untracked-files=no"])
+                .current_dir(workspace),
+        )
+        .is_empty();
+        Self {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            memory,
+            kernel,
+            redis,
+            commit: if dirty {
+                format!("{commit} (with uncommitted changes)")
+            } else {
+                commit
+            },
+            date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        }
+    }
+}
+
+fn output_of(command: &mut Command) -> String {
+    command
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map_or(String::new(), |output| {
+            String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        })
+}
+
+/// One row of the table: figure, ours, baseline, ratio, target, result.
+fn row(figure: &Figure) -> [String; 6] {
+    [
+        figure.title.to_owned(),
+        figure.unit.show(figure.ours()),
+        figure
+            .baseline()
+            .map_or("—".to_owned(), |b| figure.unit.show(b)),
+        figure
+            .ratio()
+            .map_or("—".to_owned(), |r| format!("{r:.2}×")),
+        figure.target_text(),
+        if figure.passed() { "pass" } else { "FAIL" }.to_owned(),
+    ]
+}
+
+const HEADER: [&str; 6] = ["figure", "ours", "baseline", "ratio", "target", "result"];
+
+/// The table, aligned for a terminal.
+pub fn table(figures: &[Figure]) -> String {
+    let rows: Vec<[String; 6]> = figures.iter().map(row).collect();
+    let mut widths = HEADER.map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", line(&HEADER.map(str::to_owned)));
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    let _ = writeln!(out, "{}", line(&rule));
+    for row in &rows {
+        let _ = writeln!(out, "{}", line(row));
+    }
+    out
+}
+
+/// What BENCHMARKS.md says about one run of the harness.
+pub struct Report<'a> {
+    pub machine: &'a Machine,
+    pub command: String,
+    pub quick: bool,
+    pub runs: usize,
+    pub figures: &'a [Figure],
+}
+
+impl Report<'_> {
+    /// The whole BENCHMARKS.md.
+    pub fn markdown(&self) -> String {
+        let m = self.machine;
+        let mut out = String::new();
+        let _ = writeln!(out, "# Benchmarks\n");
+        let _ = writeln!(
+            out,
+            "DESIGN.md's performance table, measured by `tests/src/bin/bench.rs` against baselines \
+             taken in the same run on private `redis-server` processes it starts itself. Written \
+             by the harness: rerun it rather than editing this file.\n"
+        );
+        let _ = writeln!(out, "- Date: {}", m.date);
+        let _ = writeln!(out, "- Command: `{}`", self.command);
+        let mode = if self.quick {
+            "quick (smaller workloads than DESIGN.md names; see each method below)"
+        } else {
+            "full (DESIGN.md's sizes)"
+        };
+        let _ = writeln!(
+            out,
+            "- Mode: {mode}; {} runs per figure, median reported",
+            self.runs
+        );
+        let _ = writeln!(out, "- Commit: {}", m.commit);
+        let _ = writeln!(
+            out,
+            "- Machine: {} cores (nproc), {}, {} RAM, Linux {}",
+            m.cores, m.cpu, m.memory, m.kernel
+        );
+        let _ = writeln!(out, "- Redis: {}\n", m.redis);
+
+        let _ = writeln!(out, "## Results\n");
+        let _ = writeln!(out, "| {} |", HEADER.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(HEADER.len()));
+        for figure in self.figures {
+            let _ = writeln!(out, "| {} |", row(figure).join(" | "));
+        }
+        let _ = writeln!(
+            out,
+            "\nRatio = median of ours ÷ median of the baseline. Baselines: {}.\n",
+            self.figures
+                .iter()
+                .filter(|f| f.baseline_label != "—")
+                .map(|f| format!("{} — {}", f.title, f.baseline_label))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+
+        let _ = writeln!(out, "## What is weak\n");
+        let missed: Vec<&Figure> = self.figures.iter().filter(|f| !f.passed()).collect();
+        if missed.is_empty() {
+            let _ = writeln!(out, "Every target was met in this run.\n");
+        }
+        for figure in missed {
+            let _ = writeln!(
+                out,
+                "- **{}** missed its target ({} against {}). {}\n",
+                figure.title,
+                figure
+                    .ratio()
+                    .map_or(figure.unit.show(figure.ours()), |r| format!("{r:.2}×")),
+                figure.target_text(),
+                figure.weak
+            );
+        }
+        let _ = writeln!(out, "{NOISE}\n");
+
+        let _ = writeln!(out, "## How each figure is measured\n");
+        for figure in self.figures {
+            let _ = writeln!(
+                out,
+                "- **{}** (`--only {}`): {}",
+                figure.title, figure.id, figure.method
+            );
+        }
+
+        let _ = writeln!(out, "\n## Raw numbers per run\n");
+        for figure in self.figures {
+            let _ = writeln!(out, "### {}\n", figure.title);
+            let _ = writeln!(out, "| run | ours | baseline | ratio | detail |");
+            let _ = writeln!(out, "|---|---|---|---|---|");
+            for (i, run) in figure.runs.iter().enumerate() {
+                let baseline = run.baseline.map_or("—".to_owned(), |b| figure.unit.show(b));
+                let ratio = run
+                    .baseline
+                    .filter(|b| *b > 0.0)
+                    .map_or("—".to_owned(), |b| format!("{:.2}×", run.ours / b));
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {baseline} | {ratio} | {} |",
+                    i + 1,
+                    figure.unit.show(run.ours),
+                    run.detail.replace('|', "\\|")
+                );
+            }
+            let _ = writeln!(out);
+        }
+        out
+    }
+}
+
+const NOISE: &str = "Caveat for every figure: the machine has few cores, and the harness, \
+    redis-server and redis-benchmark share them (other builds may also run on it). The \
+    baselines run under the same conditions in the same run, in alternating order, so the \
+    ratios are fairer than the absolute numbers; still, treat a ratio within about 10 % of its \
+    target as a tie and rerun before drawing conclusions.";

@@ -1,0 +1,398 @@
+//! What the figures are built from: the benchmark records, the external tools that give the
+//! baselines (`redis-benchmark`, `dd`), Redis' own counters, and the peak RSS of a child.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use buffer_core::Buffer;
+use buffer_tests::RedisServer;
+use serde_json::{Value, json};
+
+/// The size of every benchmark record, as the compact JSON that is buffered.
+pub const RECORD_BYTES: usize = 200;
+
+/// The `i`-th benchmark record: an event-like JSON object with eight top-level keys whose
+/// compact text is exactly [`RECORD_BYTES`] long (a `note` field pads it).
+pub fn record(i: usize) -> Value {
+    const EVENTS: [&str; 4] = ["page_view", "add_to_cart", "checkout", "search"];
+    let mut value = json!({
+        "id": format!("evt-{i:010}"),
+        "ts": 1_700_000_000_000u64 + i as u64,
+        "user": format!("user-{:06}", i % 100_000),
+        "event": EVENTS[i % EVENTS.len()],
+        "path": format!("/catalog/item/{:06}", i % 1_000_000),
+        "amount": (i % 10_000) as f64 / 100.0,
+        "ok": !i.is_multiple_of(7),
+        "note": "",
+    });
+    let pad = RECORD_BYTES.saturating_sub(value.to_string().len());
+    let letters = "abcdefghijklmnopqrstuvwxyz";
+    let note: String = letters.chars().cycle().skip(i % 26).take(pad).collect();
+    value["note"] = Value::String(note);
+    value
+}
+
+/// `count` consecutive records starting at `from`.
+pub fn records(from: usize, count: usize) -> Vec<Value> {
+    (from..from + count).map(record).collect()
+}
+
+/// Calls `push` (one-record batches) or `push_many` on `store` `calls` times from `tasks`
+/// concurrent tasks sharing one `Buffer`, cycling over `batches`. Returns records/s.
+pub async fn push_rate(
+    buffer: &Buffer,
+    store: &str,
+    batches: Arc<Vec<Vec<Value>>>,
+    calls: usize,
+    tasks: usize,
+) -> Result<f64> {
+    ensure!(!batches.is_empty(), "no batches to push");
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let (buffer, store, batches, next) = (
+            buffer.clone(),
+            store.to_owned(),
+            batches.clone(),
+            next.clone(),
+        );
+        set.spawn(async move {
+            let mut records = 0usize;
+            loop {
+                let call = next.fetch_add(1, Ordering::Relaxed);
+                if call >= calls {
+                    return Ok::<usize, buffer_core::Error>(records);
+                }
+                let batch = &batches[call % batches.len()];
+                if let [single] = batch.as_slice() {
+                    buffer.push(store.as_str(), single).await?;
+                } else {
+                    buffer.push_many(store.as_str(), batch).await?;
+                }
+                records += batch.len();
+            }
+        });
+    }
+    let mut records = 0;
+    while let Some(joined) = set.join_next().await {
+        records += joined.context("a pusher task panicked")??;
+    }
+    Ok(records as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Loads `total` records (rounded up to whole calls of 1000) into `store`, untimed.
+/// Returns how many were pushed.
+pub async fn load(buffer: &Buffer, store: &str, total: usize) -> Result<usize> {
+    const PER_CALL: usize = 1000;
+    let batch = Arc::new(vec![records(0, PER_CALL)]);
+    let calls = total.div_ceil(PER_CALL);
+    push_rate(buffer, store, batch, calls, 4).await?;
+    Ok(calls * PER_CALL)
+}
+
+/// One line of `redis-benchmark --csv`: the test's title and its requests per second.
+#[derive(Debug)]
+pub struct BenchmarkLine {
+    pub title: String,
+    pub requests_per_sec: f64,
+}
+
+/// Runs `redis-benchmark -p <port> --csv <args>` and returns its result lines.
+pub fn redis_benchmark(port: u16, args: &[String]) -> Result<Vec<BenchmarkLine>> {
+    let output = Command::new("redis-benchmark")
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("--csv")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run redis-benchmark (it ships with redis-server: install redis-tools)")?;
+    ensure!(
+        output.status.success(),
+        "redis-benchmark failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<BenchmarkLine> = stdout
+        .lines()
+        .filter(|line| line.starts_with('"') && !line.starts_with("\"test\""))
+        .filter_map(parse_csv_line)
+        .collect();
+    ensure!(
+        !lines.is_empty(),
+        "redis-benchmark printed no result: {stdout}"
+    );
+    Ok(lines)
+}
+
+/// `"title","rps","avg",...,"max"`. The title of a custom command is the command itself and
+/// is not escaped (a JSON argument brings its own quotes and commas), so the seven numeric
+/// fields are taken from the right.
+fn parse_csv_line(line: &str) -> Option<BenchmarkLine> {
+    let inner = line.strip_prefix('"')?.strip_suffix('"')?;
+    let mut fields = inner.rsplitn(8, "\",\"");
+    let numbers: Vec<&str> = fields.by_ref().take(7).collect();
+    let title = fields.next()?;
+    let requests_per_sec = numbers.last()?.parse().ok()?;
+    Some(BenchmarkLine {
+        title: title.to_owned(),
+        requests_per_sec,
+    })
+}
+
+/// The disk's sequential write speed in bytes/s: `dd if=/dev/zero of=<dir>/dd.bin bs=1M
+/// count=<mib> conv=fdatasync`, as dd itself reports it.
+pub fn disk_write_rate(dir: &Path, mib: u32) -> Result<f64> {
+    let target = dir.join("dd.bin");
+    let output = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", target.display()))
+        .args(["bs=1M", &format!("count={mib}"), "conv=fdatasync"])
+        .env("LC_ALL", "C")
+        .output()
+        .context("cannot run dd")?;
+    let _ = std::fs::remove_file(&target);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.success(), "dd failed: {stderr}");
+    // "536870912 bytes (537 MB, 512 MiB) copied, 0.43 s, 1.2 GB/s"
+    let line = stderr
+        .lines()
+        .find(|line| line.contains(" copied, "))
+        .with_context(|| format!("unexpected dd output: {stderr}"))?;
+    let bytes: f64 = line
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("unexpected dd output: {line}"))?;
+    let seconds: f64 = line
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" s")?.parse().ok())
+        .with_context(|| format!("unexpected dd output: {line}"))?;
+    ensure!(seconds > 0.0, "dd took no time: {line}");
+    Ok(bytes / seconds)
+}
+
+/// One field of `INFO <section>`.
+pub fn info_field(server: &RedisServer, section: &str, field: &str) -> Result<String> {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query(&mut server.conn())
+        .context("INFO")?;
+    let prefix = format!("{field}:");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.trim().to_owned())
+        .with_context(|| format!("INFO {section} has no {field}"))
+}
+
+/// Redis' `used_memory`, in bytes.
+pub fn used_memory(server: &RedisServer) -> Result<u64> {
+    Ok(info_field(server, "memory", "used_memory")?.parse()?)
+}
+
+/// Empties the server (synchronously, so the memory is back before the next measurement).
+pub fn flush_all(server: &RedisServer) -> Result<()> {
+    redis::cmd("FLUSHALL")
+        .arg("SYNC")
+        .query::<()>(&mut server.conn())
+        .context("FLUSHALL")
+}
+
+/// Total size of the regular files under `dir`.
+pub fn bytes_under(dir: &Path) -> u64 {
+    buffer_tests::files_under(dir)
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+/// The `buffer-persist` binary next to this executable (same target directory and profile),
+/// built first with `cargo build --release -p buffer-persist` when cargo is at hand, so it is
+/// never stale.
+pub fn persist_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the bench executable")?;
+    let dir = exe
+        .parent()
+        .context("the bench executable has no directory")?;
+    let binary = dir.join("buffer-persist");
+    let profile_is_release = dir.file_name().is_some_and(|name| name == "release");
+    if let (Some(target), true) = (dir.parent(), profile_is_release) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        eprintln!("building buffer-persist (release) for the RSS figure…");
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--quiet", "-p", "buffer-persist"])
+            .arg("--target-dir")
+            .arg(target)
+            .current_dir(workspace)
+            .status();
+        if !matches!(status, Ok(status) if status.success()) {
+            eprintln!("warning: could not build buffer-persist; using what is there");
+        }
+    }
+    ensure!(
+        binary.is_file(),
+        "{} not found: build it with `cargo build --release -p buffer-persist` \
+         (with the same CARGO_TARGET_DIR as this harness)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+/// How much memory a child process used at most.
+#[derive(Debug, Clone, Copy)]
+pub struct PeakRss {
+    /// `ru_maxrss` of the child as its parent's wait4 saw it (GNU time's `%M`), in bytes:
+    /// exact, when `/usr/bin/time` exists.
+    pub exact: Option<u64>,
+    /// The largest `VmHWM` (the kernel's own high-water mark of resident memory) read from
+    /// `/proc/<pid>/status` while polling every 2 ms: it can only miss growth in the last
+    /// poll interval before the process exits.
+    pub polled: u64,
+    /// Wall time of the child.
+    pub elapsed: Duration,
+}
+
+impl PeakRss {
+    /// The exact figure when there is one, else the polled one.
+    pub fn best(&self) -> u64 {
+        self.exact.unwrap_or(self.polled).max(self.polled)
+    }
+}
+
+/// Runs `program args…` to completion, measuring its peak RSS, and returns it with the
+/// child's stderr. Fails when the child fails.
+pub fn run_measuring_rss(program: &Path, args: &[String]) -> Result<(PeakRss, String)> {
+    let time = Path::new("/usr/bin/time");
+    let wrapped = time.is_file();
+    let mut command = if wrapped {
+        let mut command = Command::new(time);
+        command.args(["-f", "bench-maxrss-kb=%M"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    };
+    let stderr_file = tempfile::NamedTempFile::new()?;
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr_file.reopen()?);
+    let started = Instant::now();
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot run {}", program.display()))?;
+    let mut measured_pid = (!wrapped).then_some(child.id());
+    let mut polled_kb = 0u64;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if measured_pid.is_none() {
+            measured_pid = child_of(child.id());
+        }
+        if let Some(kb) = measured_pid.and_then(vm_hwm_kb) {
+            polled_kb = polled_kb.max(kb);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let elapsed = started.elapsed();
+    let stderr = std::fs::read_to_string(stderr_file.path())?;
+    if !status.success() {
+        bail!("{} failed ({status}): {stderr}", program.display());
+    }
+    let exact = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("bench-maxrss-kb="))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024);
+    Ok((
+        PeakRss {
+            exact,
+            polled: polled_kb * 1024,
+            elapsed,
+        },
+        stderr,
+    ))
+}
+
+/// The first child of `pid` (the program GNU time runs), from
+/// `/proc/<pid>/task/<pid>/children`, or by scanning `/proc` for a process whose parent it is.
+fn child_of(pid: u32) -> Option<u32> {
+    let listed = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok());
+    listed.or_else(|| {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let candidate: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+                let parent: u32 = status_field(&status, "PPid:")?;
+                (parent == pid).then_some(candidate)
+            })
+    })
+}
+
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field(&status, "VmHWM:")
+}
+
+fn status_field<T: std::str::FromStr>(status: &str, field: &str) -> Option<T> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The median (the mean of the two middle values for an even count); 0 for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_exactly_200_bytes_with_eight_keys() {
+        for i in [0, 1, 9, 12_345, 99_999_999] {
+            let value = record(i);
+            assert_eq!(value.to_string().len(), RECORD_BYTES, "{value}");
+            assert_eq!(value.as_object().unwrap().len(), 8);
+        }
+    }
+
+    #[test]
+    fn csv_lines_with_quotes_and_commas_in_the_title_parse() {
+        let line = r#""RPUSH k {"a":1,"b":"x"}","79051.38","0.339","0.080","0.319","0.503","0.815","2.039""#;
+        let parsed = parse_csv_line(line).unwrap();
+        assert_eq!(parsed.title, r#"RPUSH k {"a":1,"b":"x"}"#);
+        assert_eq!(parsed.requests_per_sec, 79051.38);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
