@@ -626,12 +626,12 @@ pub async fn dashboard(sizes: &Sizes, runs: usize) -> Result<Vec<Figure>> {
         for _ in 0..refreshes {
             refresh(&buffer, stores).await?;
         }
-        let (micros, command, logged) = slowest_logged(&mut conn)?;
+        let (micros, detail) = slowest_logged(&mut conn)?;
         progress(slowest.id, run, runs, slowest.unit, micros, None);
         slowest.runs.push(Run {
             ours: micros,
             baseline: None,
-            detail: format!("{command} ({logged} commands logged)"),
+            detail,
         });
     }
     Ok(vec![time, slowest])
@@ -674,9 +674,9 @@ async fn refresh(buffer: &Buffer, stores: usize) -> Result<Duration> {
     Ok(elapsed)
 }
 
-/// The longest command in the slow log (SLOWLOG and CONFIG excluded): its duration in µs,
-/// its name and first argument, and how many commands were logged.
-fn slowest_logged(conn: &mut redis::Connection) -> Result<(f64, String, usize)> {
+/// The slow log of the refreshes (SLOWLOG and CONFIG excluded): the longest duration in µs
+/// and a description with that command, the p99 and how many commands took over 1 ms.
+fn slowest_logged(conn: &mut redis::Connection) -> Result<(f64, String)> {
     let log: redis::Value = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(10_000_000)
@@ -684,8 +684,8 @@ fn slowest_logged(conn: &mut redis::Connection) -> Result<(f64, String, usize)> 
     let redis::Value::Array(entries) = log else {
         anyhow::bail!("SLOWLOG GET replied {log:?}");
     };
-    let mut worst = (0.0, String::from("none"));
-    let mut logged = 0;
+    let mut worst = (0, String::from("none"));
+    let mut durations = Vec::with_capacity(entries.len());
     for entry in &entries {
         let redis::Value::Array(fields) = entry else {
             continue;
@@ -710,12 +710,25 @@ fn slowest_logged(conn: &mut redis::Connection) -> Result<(f64, String, usize)> 
         if name == "SLOWLOG" || name == "CONFIG" {
             continue;
         }
-        logged += 1;
-        if *micros as f64 > worst.0 {
-            worst = (*micros as f64, words.join(" "));
+        durations.push(*micros);
+        if *micros > worst.0 {
+            worst = (*micros, words.join(" "));
         }
     }
-    Ok((worst.0, worst.1, logged))
+    durations.sort_unstable();
+    let p99 = durations
+        .get(durations.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or(0);
+    let over = durations.iter().filter(|&&d| d > 1000).count();
+    Ok((
+        worst.0 as f64,
+        format!(
+            "slowest: {}; p99 {p99} µs; {over} of {} commands over 1 ms",
+            worst.1,
+            durations.len()
+        ),
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -777,6 +790,9 @@ const WEAK_DASHBOARD: &str = "Not profiled (the target was met when this was wri
     stores the time is likely mostly decoding 30 000 (member, score) pairs in the client and the \
     sort, on a machine shared with redis-server.";
 
-const WEAK_SLOWEST: &str = "The slowest command is usually one group's ZRANGE of about 40 \
-    members, microseconds of work; a slow outlier is a scheduling hiccup of redis-server on the \
-    shared 2 cores (the slow log measures wall time of the command).";
+const WEAK_SLOWEST: &str = "The slowest command is one group's ZRANGE WITHSCORES of about 40 \
+    members, microseconds of work: the p99 of the same commands (raw numbers below) is tens of \
+    µs, and only a handful of some 30 000 go over 1 ms. The slow log measures the wall time \
+    of a command, so these outliers are most likely redis-server being preempted on the 2 \
+    cores it shares with the harness (and other builds) rather than work the project asks \
+    for; the quick mode's runs saw maxima around 200 µs. Still a miss as measured.";

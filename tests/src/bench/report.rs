@@ -59,9 +59,37 @@ impl Machine {
             } else {
                 commit
             },
-            date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+            date: utc_now(),
         }
     }
+}
+
+/// The current UTC time as `YYYY-MM-DD HH:MM UTC` (days to a civil date by Howard Hinnant's
+/// `civil_from_days`, so a timestamp needs no date crate).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 fn output_of(command: &mut Command) -> String {
@@ -235,3 +263,15 @@ const NOISE: &str = "Caveat for every figure: the machine has few cores, and the
     baselines run under the same conditions in the same run, in alternating order, so the \
     ratios are fairer than the absolute numbers; still, treat a ratio within about 10 % of its \
     target as a tie and rerun before drawing conclusions.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_become_civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
+    }
+}
