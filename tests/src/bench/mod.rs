@@ -13,6 +13,7 @@ mod report;
 mod tools;
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 
@@ -55,11 +56,13 @@ pub async fn run(options: Options) -> Result<()> {
     let sizes = figures::Sizes::new(options.quick);
     let runs = options.runs;
     // Built before anything is measured, so the compile does not compete with a figure.
+    let started = Instant::now();
     let persist = if wanted("rss") {
         Some(tools::persist_binary()?)
     } else {
         None
     };
+    took("building buffer-persist", started);
     let machine = report::Machine::detect();
     eprintln!(
         "{} cores, {}, {}; {} runs per figure{}",
@@ -72,22 +75,34 @@ pub async fn run(options: Options) -> Result<()> {
 
     let mut measured = Vec::new();
     if wanted("push") {
+        let started = Instant::now();
         measured.push(figures::push(&sizes, runs).await?);
+        took("push", started);
     }
     if wanted("push_many") {
+        let started = Instant::now();
         measured.push(figures::push_many(&sizes, runs).await?);
+        took("push_many", started);
     }
     if wanted("drain") {
+        let started = Instant::now();
         measured.push(figures::drain(&sizes, runs).await?);
+        took("drain", started);
     }
     if let Some(persist) = &persist {
+        let started = Instant::now();
         measured.push(figures::rss(&sizes, runs, persist).await?);
+        took("rss", started);
     }
     if wanted("memory") {
+        let started = Instant::now();
         measured.push(figures::memory(&sizes, runs).await?);
+        took("memory", started);
     }
     if wanted("dashboard") {
+        let started = Instant::now();
         measured.extend(figures::dashboard(&sizes, runs).await?);
+        took("dashboard", started);
     }
 
     println!("\n{}", report::table(&measured));
@@ -110,4 +125,8 @@ pub async fn run(options: Options) -> Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn took(what: &str, started: Instant) {
+    eprintln!("[{what}] took {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -226,7 +226,18 @@ pub fn persist_binary() -> Result<PathBuf> {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         eprintln!("building buffer-persist (release) for the RSS figure…");
-        let status = Command::new(cargo)
+        let mut command = Command::new(cargo);
+        // `cargo run` gives this process the package's CARGO_* variables; build scripts that
+        // watch the environment would see them as a change and rebuild half the tree (and
+        // again at the next plain `cargo build`). Hand the inner cargo a clean environment.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let keep = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&name.as_ref());
+            if (name.starts_with("CARGO_") && !keep) || name == "OUT_DIR" {
+                command.env_remove(name.as_ref());
+            }
+        }
+        let status = command
             .args(["build", "--release", "--quiet", "-p", "buffer-persist"])
             .arg("--target-dir")
             .arg(target)
