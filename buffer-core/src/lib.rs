@@ -67,4 +67,4 @@ pub use info::ServerInfo;
 pub use keys::DEFAULT_GROUPS;
 pub use lock::{LockGuard, LockInfo, LockTarget};
 pub use name::{MAX_NAMESPACE_BYTES, MAX_STORE_NAME_BYTES, Namespace, StoreName};
-pub use persisters::PersisterInfo;
+pub use persisters::{FORGET_SILENT_PERSISTERS_AFTER, PersisterInfo};

@@ -4,11 +4,20 @@
 //! One HASH per namespace, `<ns>:persisters`, field = holder id, value = [`PersisterInfo`] as
 //! JSON. Each persister rewrites its field at every poll; readers ignore entries whose
 //! heartbeat is older than they accept, and a persister removes its own field on clean exit.
+//! A persister killed without that chance is forgotten by the next announcement made more
+//! than [`FORGET_SILENT_PERSISTERS_AFTER`] after its last heartbeat.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
+use crate::scripts;
+
+/// How long the announcement of a persister that stopped announcing (killed, frozen, cut off)
+/// is kept. Far longer than any sensible poll interval, so a live persister is never forgotten.
+pub const FORGET_SILENT_PERSISTERS_AFTER: Duration = Duration::from_secs(3600);
 
 /// What a running persister tells the world about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +45,8 @@ impl Buffer {
         format!("{}:persisters", self.layout().namespace())
     }
 
-    /// Records (or refreshes) a persister's announcement.
+    /// Records (or refreshes) a persister's announcement, and forgets announcements silent for
+    /// longer than [`FORGET_SILENT_PERSISTERS_AFTER`].
     ///
     /// # Errors
     /// Transient errors.
@@ -44,17 +54,17 @@ impl Buffer {
         let json = serde_json::to_string(info).map_err(|err| Error::Corrupt {
             what: format!("persister info could not be serialized: {err}"),
         })?;
-        let (key, field) = (self.persisters_key(), info.holder.clone());
+        let forget_after = u64::try_from(FORGET_SILENT_PERSISTERS_AFTER.as_millis())
+            .expect("an hour in ms fits u64");
+        let cutoff = self.now_ms().saturating_sub(forget_after);
+        let mut invocation = scripts::ANNOUNCE.key(self.persisters_key());
+        invocation.arg(&info.holder).arg(json).arg(cutoff);
         let mut conn = self.conn();
         self.run("announce persister", "", async move {
-            redis::cmd("HSET")
-                .arg(key)
-                .arg(field)
-                .arg(json)
-                .query_async::<()>(&mut conn)
-                .await
+            invocation.invoke_async::<i64>(&mut conn).await
         })
         .await
+        .map(|_forgotten| ())
     }
 
     /// Removes a persister's announcement (on clean exit).

@@ -178,3 +178,28 @@ return totals(0)
 "#,
     )
 });
+
+/// Records a persister's announcement and forgets the ones silent since before a cutoff
+/// (persisters killed without a chance to retire), so the hash does not grow with every crash.
+///
+/// Keys: 1 persisters hash. ARGV: 1 holder, 2 announcement JSON, 3 cutoff (Unix ms).
+/// Returns the number of announcements forgotten. Entries that do not decode are forgotten too.
+pub(crate) static ANNOUNCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local cutoff = tonumber(ARGV[3])
+local entries = redis.call('HGETALL', KEYS[1])
+local forgotten = 0
+for i = 1, #entries, 2 do
+  local ok, info = pcall(cjson.decode, entries[i + 1])
+  if not ok or type(info) ~= 'table' or type(info.heartbeat_ms) ~= 'number'
+     or info.heartbeat_ms < cutoff then
+    redis.call('HDEL', KEYS[1], entries[i])
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+"#,
+    )
+});

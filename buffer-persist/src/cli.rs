@@ -218,6 +218,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
     let mut config = args.output.config();
     config.max_age = args.max_age;
     config.max_bytes = args.max_bytes;
@@ -230,8 +232,6 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .response_timeout(args.redis.redis_timeout);
     let buffer = Buffer::connect_lazy(buffer_config)?;
     let persister = Persister::new(buffer, config);
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
     if let Some(addr) = args.metrics_addr {
         let (bound, _task) =
             crate::serve_metrics(addr, persister.clone(), shutdown.clone()).await?;
@@ -242,22 +242,30 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
+///
+/// The handlers are registered before this returns, not inside the spawned task: a SIGTERM
+/// that arrives right after start-up must still be a clean shutdown, not the default action
+/// that kills the process mid-batch.
 pub fn spawn_signal_handler(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(|err| tracing::warn!(error = %err, "cannot listen for SIGINT"))
+        .ok();
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|err| tracing::warn!(error = %err, "cannot listen for SIGTERM"))
+        .ok();
     tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
                     signal.recv().await;
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
-                }
+                None => std::future::pending::<()>().await,
             }
-        };
+        }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = terminate => {}
+            () = next(&mut interrupt) => {}
+            () = next(&mut terminate) => {}
         }
         tracing::info!("shutdown requested: finishing up");
         shutdown.cancel();

@@ -5,7 +5,10 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use buffer_core::{Buffer, BufferConfig, Error, ManualClock, StoreName};
+use buffer_core::{
+    Buffer, BufferConfig, Error, FORGET_SILENT_PERSISTERS_AFTER, ManualClock, PersisterInfo,
+    StoreName,
+};
 use buffer_tests::{RedisServer, eventually};
 use serde_json::{Value, json};
 
@@ -888,4 +891,52 @@ async fn rediss_urls_connect_over_tls() {
     )
     .await;
     assert!(strict.is_err(), "an untrusted certificate must be refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persister_announcements_are_listed_retired_and_forgotten_after_silence() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(10_000_000_000);
+    let buffer = Buffer::connect(server.config().clock(Arc::new(clock.clone())))
+        .await
+        .unwrap();
+    let announcement = |holder: &str, heartbeat_ms| PersisterInfo {
+        holder: holder.to_owned(),
+        max_age_ms: 60_000,
+        max_bytes: None,
+        max_records: Some(100),
+        out: "/out".to_owned(),
+        heartbeat_ms,
+        batches_persisted: 0,
+        records_persisted: 0,
+    };
+    let forget_ms = FORGET_SILENT_PERSISTERS_AFTER.as_millis() as u64;
+    let now = 10_000_000_000;
+    // "killed" last spoke just before the cutoff, "quiet" just after it.
+    let killed = announcement("host/1", now - forget_ms - 1);
+    let quiet = announcement("host/2", now - forget_ms + 1);
+    let live = announcement("host/3", now);
+    for info in [&killed, &quiet] {
+        buffer.announce_persister(info).await.unwrap();
+    }
+    // A hand-written entry that is not an announcement at all.
+    server.command(&["HSET", "buf:persisters", "junk", "not json"]);
+    buffer.announce_persister(&live).await.unwrap();
+
+    let holders =
+        |list: Vec<PersisterInfo>| -> Vec<String> { list.into_iter().map(|p| p.holder).collect() };
+    // The killed one and the junk are gone from Redis, not only filtered out.
+    assert_eq!(
+        holders(buffer.persisters(u64::MAX).await.unwrap()),
+        ["host/2", "host/3"]
+    );
+    assert_eq!(server.command(&["HLEN", "buf:persisters"]), "int(2)");
+    // Readers choose how much silence they accept.
+    assert_eq!(holders(buffer.persisters(1_000).await.unwrap()), ["host/3"]);
+    assert_eq!(buffer.persisters(1_000).await.unwrap()[0], live);
+    buffer.retire_persister("host/3").await.unwrap();
+    assert_eq!(
+        holders(buffer.persisters(u64::MAX).await.unwrap()),
+        ["host/2"]
+    );
 }
