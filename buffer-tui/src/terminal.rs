@@ -2,6 +2,7 @@
 
 use std::io::{self, Stdout};
 use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossterm::ExecutableCommand;
 use crossterm::cursor::Show;
@@ -25,6 +26,7 @@ impl TerminalGuard {
     pub fn enter() -> io::Result<Self> {
         install_panic_hook();
         enable_raw_mode()?;
+        TAKEN.store(true, Ordering::SeqCst);
         let mut stdout = io::stdout();
         if let Err(err) = stdout.execute(EnterAlternateScreen) {
             restore();
@@ -55,8 +57,17 @@ impl Drop for TerminalGuard {
     }
 }
 
-/// Leaves the alternate screen and raw mode and shows the cursor. Safe to call twice.
+/// Whether the terminal is in raw mode on the alternate screen because of us.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Leaves the alternate screen and raw mode and shows the cursor, once: a panic restores in
+/// its hook and then again when the guard drops during unwinding, and leaving the alternate
+/// screen a second time moves the cursor back to where it was when we entered, so the shell
+/// would overwrite the panic message.
 pub fn restore() {
+    if !TAKEN.swap(false, Ordering::SeqCst) {
+        return;
+    }
     let _ = disable_raw_mode();
     let mut stdout = io::stdout();
     let _ = stdout.execute(LeaveAlternateScreen);

@@ -180,3 +180,175 @@ async fn the_dashboard_shows_pushed_stores_filters_and_quits_cleanly() {
         "the dashboard was cleared away:\n{screen}"
     );
 }
+
+/// The number after `label` in the demo's summary, e.g. `records pushed     17828`.
+fn summary_number(screen: &str, label: &str) -> u64 {
+    let line = screen
+        .lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .unwrap_or_else(|| panic!("no {label:?} in the summary:\n{screen}"));
+    line.trim_start()[label.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number in {line:?}"))
+}
+
+#[test]
+fn the_demo_persists_what_it_pushed_and_quits_without_leaving_redis_behind() {
+    let out = tempfile::tempdir().unwrap();
+    let binary = env!("CARGO_BIN_EXE_buffer-tui");
+    let command = format!(
+        "{binary} --demo --out {} --interval 300ms; echo EXIT=$?; sleep 600",
+        out.path().display()
+    );
+    let tmux = Tmux::start(120, 40, &command);
+
+    // The demo's persister flushes on a 10 s age: wait until files have been written.
+    let screen = tmux.wait_for(
+        "the demo to push and persist",
+        Duration::from_secs(60),
+        |s| s.contains("connected") && s.contains("persisted") && !s.contains("files 0 "),
+    );
+    assert!(screen.contains("clicks"), "{screen}");
+
+    // The private redis-server is a child of the dashboard, which is a child of the pane.
+    let pane = tmux.display("#{pane_pid}");
+    let children = |parent: &str| -> Vec<String> {
+        let out = Command::new("pgrep").args(["-P", parent]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let dashboard = children(&pane);
+    assert_eq!(dashboard.len(), 1, "one dashboard process under the pane");
+    let redis: Vec<String> = children(&dashboard[0])
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "redis-server")
+        })
+        .collect();
+    assert_eq!(redis.len(), 1, "the demo runs one redis-server");
+
+    tmux.send(&["q"]);
+    let screen = tmux.wait_for("the demo summary", Duration::from_secs(30), |s| {
+        s.contains("EXIT=")
+    });
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    let pushed = summary_number(&screen, "records pushed");
+    let persisted = summary_number(&screen, "records persisted");
+    let files = summary_number(&screen, "files written");
+    assert!(pushed > 0, "{screen}");
+    assert_eq!(persisted, pushed, "the final drain persists the rest");
+    assert_eq!(summary_number(&screen, "left in Redis"), 0);
+
+    let on_disk: Vec<_> = buffer_tests::files_under(out.path())
+        .into_iter()
+        .filter(|p| p.file_name() != Some(std::ffi::OsStr::new(".buffer-persist")))
+        .collect();
+    assert_eq!(on_disk.len() as u64, files, "{on_disk:?}");
+    let records: usize = buffer_tests::output_records(out.path())
+        .values()
+        .map(Vec::len)
+        .sum();
+    assert_eq!(records as u64, pushed, "every pushed record is in a file");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", redis[0])).exists(),
+        "the demo's redis-server (pid {}) is gone after q",
+        redis[0]
+    );
+}
+
+/// Shell code that prints the exit status and the terminal's canonical-mode and echo flags
+/// (`TTY:icanon`, `TTY:echo` when restored), then keeps the pane open.
+const AFTER_EXIT: &str = "echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | sed 's/^/TTY:/'; sleep 600";
+
+fn assert_terminal_restored(tmux: &Tmux, screen: &str) {
+    assert!(screen.contains("TTY:icanon"), "canonical mode:\n{screen}");
+    assert!(screen.contains("TTY:echo"), "echo:\n{screen}");
+    assert!(
+        !screen.contains("TTY:-"),
+        "no raw-mode flag left:\n{screen}"
+    );
+    assert_eq!(
+        tmux.display("#{alternate_on}"),
+        "0",
+        "back on the main screen"
+    );
+    assert_eq!(tmux.display("#{cursor_flag}"), "1", "cursor shown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_the_terminal_back_and_exits_zero() {
+    let redis = RedisServer::start();
+    redis
+        .buffer()
+        .await
+        .push("alpha", &json!({"i": 1}))
+        .await
+        .unwrap();
+    let binary = env!("CARGO_BIN_EXE_buffer-tui");
+    let command = format!(
+        "{binary} --redis {} --interval 200ms; {AFTER_EXIT}",
+        redis.url()
+    );
+    let tmux = Tmux::start(100, 30, &command);
+    tmux.wait_for("the table", Duration::from_secs(20), |s| {
+        table_count(s, "alpha").as_deref() == Some("1")
+    });
+    let pane = tmux.display("#{pane_pid}");
+    let dashboard = Command::new("pgrep").args(["-P", &pane]).output().unwrap();
+    let dashboard = String::from_utf8_lossy(&dashboard.stdout).trim().to_owned();
+    assert!(!dashboard.is_empty(), "the dashboard runs under the pane");
+    let killed = Command::new("kill")
+        .args(["-TERM", &dashboard])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let screen = tmux.wait_for("the dashboard to exit", Duration::from_secs(10), |s| {
+        s.contains("EXIT=") && s.contains("TTY:")
+    });
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    assert_terminal_restored(&tmux, &screen);
+}
+
+/// Not a test on its own: `a_panic_gives_the_terminal_back_and_the_message_stays_readable`
+/// runs it in tmux. It takes over the terminal the way the dashboard does, draws a frame, and
+/// panics.
+#[test]
+#[ignore = "run inside tmux by a_panic_gives_the_terminal_back_and_the_message_stays_readable"]
+fn panic_with_the_terminal_taken_over() {
+    use ratatui::widgets::Paragraph;
+    let mut guard = buffer_tui::TerminalGuard::enter().expect("a terminal");
+    guard
+        .terminal()
+        .draw(|frame| frame.render_widget(Paragraph::new("drawn, about to panic"), frame.area()))
+        .expect("draw");
+    std::thread::sleep(Duration::from_millis(300));
+    panic!("deliberate panic with the terminal taken over");
+}
+
+#[test]
+fn a_panic_gives_the_terminal_back_and_the_message_stays_readable() {
+    // This test binary runs its own ignored helper above as the program that panics.
+    let test_binary = std::env::current_exe().unwrap();
+    let command = format!(
+        "RUST_BACKTRACE=0 {} --exact panic_with_the_terminal_taken_over --ignored --nocapture --test-threads 1; {AFTER_EXIT}",
+        test_binary.display()
+    );
+    let tmux = Tmux::start(100, 30, &command);
+    let screen = tmux.wait_for("the helper to panic", Duration::from_secs(20), |s| {
+        s.contains("EXIT=") && s.contains("TTY:")
+    });
+    assert!(
+        screen.contains("EXIT=101"),
+        "a failed test exits 101:\n{screen}"
+    );
+    assert!(
+        screen.contains("deliberate panic with the terminal taken over"),
+        "the panic message is on the main screen:\n{screen}"
+    );
+    assert_terminal_restored(&tmux, &screen);
+}
