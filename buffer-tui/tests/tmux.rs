@@ -181,6 +181,24 @@ async fn the_dashboard_shows_pushed_stores_filters_and_quits_cleanly() {
     );
 }
 
+/// The pids of the processes whose parent is `parent`, from `/proc` (no procps needed).
+fn children(parent: &str) -> Vec<String> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some((_, after_comm)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if after_comm.split_whitespace().nth(1) == Some(parent) {
+            pids.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    pids
+}
+
 /// The number after `label` in the demo's summary, e.g. `records pushed     17828`.
 fn summary_number(screen: &str, label: &str) -> u64 {
     let line = screen
@@ -214,13 +232,6 @@ fn the_demo_persists_what_it_pushed_and_quits_without_leaving_redis_behind() {
 
     // The private redis-server is a child of the dashboard, which is a child of the pane.
     let pane = tmux.display("#{pane_pid}");
-    let children = |parent: &str| -> Vec<String> {
-        let out = Command::new("pgrep").args(["-P", parent]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect()
-    };
     let dashboard = children(&pane);
     assert_eq!(dashboard.len(), 1, "one dashboard process under the pane");
     let redis: Vec<String> = children(&dashboard[0])
@@ -299,11 +310,10 @@ async fn sigterm_gives_the_terminal_back_and_exits_zero() {
         table_count(s, "alpha").as_deref() == Some("1")
     });
     let pane = tmux.display("#{pane_pid}");
-    let dashboard = Command::new("pgrep").args(["-P", &pane]).output().unwrap();
-    let dashboard = String::from_utf8_lossy(&dashboard.stdout).trim().to_owned();
-    assert!(!dashboard.is_empty(), "the dashboard runs under the pane");
+    let dashboard = children(&pane);
+    assert_eq!(dashboard.len(), 1, "the dashboard runs under the pane");
     let killed = Command::new("kill")
-        .args(["-TERM", &dashboard])
+        .args(["-TERM", &dashboard[0]])
         .status()
         .unwrap();
     assert!(killed.success());
