@@ -602,12 +602,15 @@ impl Buffer {
         let now = self.now_ms();
         let bytes: usize = records.iter().map(|r| r.json.len()).sum();
         let count = records.len();
-        let mut keys: Vec<String> = records
+        // The SADD is built from borrowed keys (its arguments are copied into the command), so
+        // no key is cloned, and the record texts then move into the RPUSH without a copy.
+        let unique_keys: std::collections::HashSet<&str> = records
             .iter()
-            .flat_map(|r| r.keys.iter().cloned())
+            .flat_map(|r| r.keys.iter().map(String::as_str))
             .collect();
-        keys.sort_unstable();
-        keys.dedup();
+        let add_keys =
+            (!unique_keys.is_empty()).then(|| redis::Cmd::sadd(&live.keys, &unique_keys));
+        drop(unique_keys);
         let jsons: Vec<String> = records.into_iter().map(|r| r.json).collect();
 
         let mut set_first = redis::cmd("SET");
@@ -627,9 +630,9 @@ impl Buffer {
             redis::Cmd::zincr(&group.bytes, store.encoded(), bytes),
             redis::Cmd::zincr(&group.count, store.encoded(), count),
         ];
-        if !keys.is_empty() {
+        if let Some(add_keys) = add_keys {
             // Before SCARD, so the count includes this push's keys.
-            commands.insert(2, redis::Cmd::sadd(&live.keys, keys));
+            commands.insert(2, add_keys);
         }
         let replies = transaction::exec(self, "push", store.as_str(), commands).await?;
         let reply = |index: usize| replies.get(index).cloned().unwrap_or(Value::Nil);

@@ -1,5 +1,8 @@
 //! Turning records into the JSON text that is buffered, and finding their top-level keys.
 
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -14,18 +17,40 @@ pub(crate) struct EncodedRecord {
 }
 
 /// Serializes `record`, which must encode to a JSON object of at most `max_bytes`.
+///
+/// Serializes straight to text (no intermediate `Value` tree, the cost that dominated bulk
+/// pushes), then reads the text's top-level keys back without building its values.
 pub(crate) fn encode<T: Serialize + ?Sized>(
     store: &StoreName,
     index: usize,
     record: &T,
     max_bytes: usize,
 ) -> Result<EncodedRecord> {
-    let value = serde_json::to_value(record).map_err(|err| Error::InvalidRecord {
+    let json = serde_json::to_string(record).map_err(|err| Error::InvalidRecord {
         store: store.to_string(),
         index,
         reason: format!("it could not be serialized to JSON: {err}"),
     })?;
-    from_value(store, index, &value, max_bytes)
+    // Compact serializer output starts with the value's first character.
+    if !json.starts_with('{') {
+        return Err(Error::InvalidRecord {
+            store: store.to_string(),
+            index,
+            reason: format!(
+                "a record must be a JSON object, this is {}",
+                kind_of_text(&json)
+            ),
+        });
+    }
+    check_size(store, index, &json, max_bytes)?;
+    let keys = serde_json::from_str::<TopLevelKeys>(&json)
+        .map_err(|err| Error::InvalidRecord {
+            store: store.to_string(),
+            index,
+            reason: format!("its JSON could not be read back: {err}"),
+        })?
+        .0;
+    Ok(EncodedRecord { json, keys })
 }
 
 /// Parses one JSON text (a line of JSON Lines, say) as a record.
@@ -58,6 +83,14 @@ fn from_value(
     };
     // `Value`'s Display writes compact JSON on one line, which is what JSON Lines needs.
     let json = value.to_string();
+    check_size(store, index, &json, max_bytes)?;
+    Ok(EncodedRecord {
+        json,
+        keys: object.keys().cloned().collect(),
+    })
+}
+
+fn check_size(store: &StoreName, index: usize, json: &str, max_bytes: usize) -> Result<()> {
     if json.len() > max_bytes {
         return Err(Error::RecordTooLarge {
             store: store.to_string(),
@@ -66,10 +99,45 @@ fn from_value(
             max: max_bytes,
         });
     }
-    Ok(EncodedRecord {
-        json,
-        keys: object.keys().cloned().collect(),
-    })
+    Ok(())
+}
+
+/// The top-level keys of a JSON object, in order; the values are skipped, not built.
+struct TopLevelKeys(Vec<String>);
+
+impl<'de> Deserialize<'de> for TopLevelKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct KeysVisitor;
+        impl<'de> Visitor<'de> for KeysVisitor {
+            type Value = TopLevelKeys;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<TopLevelKeys, A::Error> {
+                let mut keys = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    keys.push(key);
+                }
+                Ok(TopLevelKeys(keys))
+            }
+        }
+        deserializer.deserialize_map(KeysVisitor)
+    }
+}
+
+/// What a compact JSON text that is not an object is, from its first character.
+fn kind_of_text(json: &str) -> &'static str {
+    match json.as_bytes().first() {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -103,6 +171,47 @@ mod tests {
         let text =
             r#"{"n":123456789012345678901234567890,"f":0.1000000000000000055511151231257827}"#;
         assert_eq!(parse(&store(), 0, text, 1000).unwrap().json, text);
+    }
+
+    #[test]
+    fn serialized_records_match_the_parsed_path() {
+        #[derive(Serialize)]
+        struct Order {
+            id: u64,
+            #[serde(rename = "tötal \"x\"")]
+            total: f64,
+            tags: Vec<&'static str>,
+            nested: std::collections::BTreeMap<&'static str, i32>,
+        }
+        let order = Order {
+            id: u64::MAX,
+            total: 42.5,
+            tags: vec!["a", "b"],
+            nested: [("k", 1)].into_iter().collect(),
+        };
+        let encoded = encode(&store(), 0, &order, 1000).unwrap();
+        let parsed = parse(&store(), 0, &encoded.json, 1000).unwrap();
+        assert_eq!(encoded.json, parsed.json);
+        assert_eq!(encoded.keys, ["id", "tötal \"x\"", "tags", "nested"]);
+        assert_eq!(encoded.keys, parsed.keys);
+    }
+
+    #[test]
+    fn every_kind_of_non_object_is_named() {
+        let cases: [(Value, &str); 5] = [
+            (serde_json::json!([1]), "an array"),
+            (serde_json::json!("s"), "a string"),
+            (serde_json::json!(true), "a boolean"),
+            (Value::Null, "null"),
+            (serde_json::json!(-1.5), "a number"),
+        ];
+        for (value, kind) in cases {
+            let err = encode(&store(), 2, &value, 100).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidRecord { index: 2, ref reason, .. } if reason.ends_with(kind)),
+                "{value}: {err}"
+            );
+        }
     }
 
     #[test]
