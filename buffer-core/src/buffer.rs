@@ -539,12 +539,7 @@ impl Buffer {
         let group = layout.group_for(&store);
         let now = self.now_ms();
         let bytes: usize = records.iter().map(|r| r.json.len()).sum();
-        let mut keys: Vec<String> = records
-            .iter()
-            .flat_map(|r| r.keys.iter().cloned())
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
+        let keys = record::unique_keys(&records)?;
         let mut invocation = scripts::PUSH_ONCE.prepare_invoke();
         for key in live.all() {
             invocation.key(key);
@@ -560,7 +555,8 @@ impl Buffer {
             .arg(records.len())
             .arg(millis(self.inner.config.push_id_ttl).max(1))
             .arg(keys.len())
-            .arg(keys);
+            .arg(&keys);
+        drop(keys);
         for record in records {
             invocation.arg(record.json);
         }
@@ -604,10 +600,7 @@ impl Buffer {
         let count = records.len();
         // The SADD is built from borrowed keys (its arguments are copied into the command), so
         // no key is cloned, and the record texts then move into the RPUSH without a copy.
-        let unique_keys: std::collections::HashSet<&str> = records
-            .iter()
-            .flat_map(|r| r.keys.iter().map(String::as_str))
-            .collect();
+        let unique_keys = record::unique_keys(&records)?;
         let add_keys =
             (!unique_keys.is_empty()).then(|| redis::Cmd::sadd(&live.keys, &unique_keys));
         drop(unique_keys);
