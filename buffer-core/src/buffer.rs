@@ -841,6 +841,27 @@ impl Buffer {
         self.scan_set(store, key, usize::MAX).await
     }
 
+    /// How many unique top-level keys each live store has (exact: one SCARD each, in one
+    /// pipelined round trip), in the order given; 0 for a store with no live records.
+    ///
+    /// # Errors
+    /// Transient errors; a Redis error (`is_wrong_type()`) when a key was tampered with.
+    pub async fn store_key_counts(&self, stores: &[StoreName]) -> Result<Vec<u64>> {
+        if stores.is_empty() {
+            return Ok(Vec::new());
+        }
+        let layout = self.layout();
+        let mut pipe = redis::pipe();
+        for store in stores {
+            pipe.scard(layout.live(store).keys);
+        }
+        let mut conn = self.conn();
+        self.run("count keys", "", async move {
+            pipe.query_async(&mut conn).await
+        })
+        .await
+    }
+
     /// Up to `limit` of the unique top-level keys of a live store, sorted.
     ///
     /// # Errors

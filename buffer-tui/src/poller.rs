@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use buffer_core::{Buffer, LockTarget, PreparedSummary, StoreName};
 use futures::StreamExt;
-use futures::future::{join_all, try_join_all};
+use futures::future::try_join_all;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -17,9 +17,6 @@ use crate::app::{Action, ViewRequest};
 use crate::snapshot::{
     BatchDetail, BatchSize, FocusDetail, HeldLock, KeyCount, Snapshot, StoreDetail,
 };
-
-/// Key counts are read with SSCAN up to this many; more shows as "1000+".
-const KEY_COUNT_LIMIT: usize = 1000;
 /// Keys listed for the selected store.
 const FOCUS_KEYS: usize = 200;
 /// Latest records shown for the selected store.
@@ -106,19 +103,11 @@ pub async fn poll_once(
             targets.push(LockTarget::Batch(store.clone(), batch.id.clone()));
         }
     }
-    let key_counts = join_all(
-        request
-            .visible
-            .iter()
-            .map(|store| buffer.store_keys(store, KEY_COUNT_LIMIT)),
-    );
-    let (locks, key_counts, focus) = futures::join!(
+    let (locks, key_counts, focus) = futures::try_join!(
         buffer.lock_infos(&targets),
-        key_counts,
+        buffer.store_key_counts(&request.visible),
         focus_detail(buffer, request.selected.as_ref(), &batches_of)
-    );
-    let locks = locks?;
-    let focus = focus?;
+    )?;
 
     // A store's lock, or else the first held lock of one of its batches.
     let mut held: HashMap<&StoreName, HeldLock> = HashMap::new();
@@ -133,11 +122,10 @@ pub async fn poll_once(
     }
     let mut details = HashMap::new();
     for (store, keys) in request.visible.iter().zip(key_counts) {
-        let keys = keys?;
         details.insert(
             store.clone(),
             StoreDetail {
-                unique_keys: key_count(keys.len(), KEY_COUNT_LIMIT),
+                unique_keys: KeyCount::Exact(keys),
                 lock: held.remove(store),
             },
         );
@@ -151,14 +139,6 @@ pub async fn poll_once(
         focus,
         persisters,
     })
-}
-
-fn key_count(found: usize, limit: usize) -> KeyCount {
-    if found >= limit {
-        KeyCount::AtLeast(found as u64)
-    } else {
-        KeyCount::Exact(found as u64)
-    }
 }
 
 async fn focus_detail(
@@ -180,21 +160,14 @@ async fn focus_detail(
         .iter()
         .map(|b| LockTarget::Batch(store.clone(), b.id.clone()))
         .collect();
-    let (keys, latest, infos, locks) = futures::try_join!(
+    let (keys, key_count, latest, infos, locks) = futures::try_join!(
         buffer.store_keys(store, FOCUS_KEYS),
+        buffer.store_key_counts(std::slice::from_ref(store)),
         buffer.latest_records(store, LATEST_RECORDS),
         try_join_all(batches.iter().map(|b| buffer.batch_info(store, &b.id))),
         buffer.lock_infos(&targets),
     )?;
-    // The count is exact below the listing limit; above it, count on to the counting limit.
-    let key_count = if keys.len() >= FOCUS_KEYS {
-        key_count(
-            buffer.store_keys(store, KEY_COUNT_LIMIT).await?.len(),
-            KEY_COUNT_LIMIT,
-        )
-    } else {
-        KeyCount::Exact(keys.len() as u64)
-    };
+    let key_count = KeyCount::Exact(key_count.first().copied().unwrap_or(0));
     let batches = batches
         .iter()
         .zip(infos)

@@ -37,7 +37,8 @@ pub struct StoreDetail {
     pub lock: Option<HeldLock>,
 }
 
-/// A count that was read up to a limit.
+/// A count of unique keys. The poller reads exact counts (SCARD); `AtLeast` is for a count
+/// that a reader had to stop early (the display shows it as `n+`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyCount {
     /// The exact number.

@@ -940,3 +940,22 @@ async fn persister_announcements_are_listed_retired_and_forgotten_after_silence(
         ["host/2"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_counts_are_exact_per_live_store_in_one_call() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    buffer.push("x", &json!({"a": 1, "b": 2})).await.unwrap();
+    let receipt = buffer.push("x", &json!({"b": 3, "c": 4})).await.unwrap();
+    buffer.push("z", &json!({"only": true})).await.unwrap();
+    let stores: Vec<StoreName> = ["x", "never-pushed", "z"]
+        .into_iter()
+        .map(|s| StoreName::new(s).unwrap())
+        .collect();
+    assert_eq!(buffer.store_key_counts(&stores).await.unwrap(), [3, 0, 1]);
+    assert_eq!(receipt.keys, 3);
+    assert!(buffer.store_key_counts(&[]).await.unwrap().is_empty());
+    // A prepared store's keys left with its batch.
+    buffer.prepare_to_persist("x").await.unwrap().unwrap();
+    assert_eq!(buffer.store_key_counts(&stores[..1]).await.unwrap(), [0]);
+}

@@ -763,15 +763,15 @@ const WEAK_PUSH: &str = "A push is MULTI + 8 commands + EXEC (10 commands for Re
     `Display`) and clones its keys. With 2 cores, the client's CPU is taken from redis-server. \
     The ratio moves by about ±0.15 between runs here, so a miss near 0.8× is within noise.";
 
-const WEAK_PUSH_MANY: &str = "The client, not Redis, is the bottleneck: under `perf`, the \
-    pushing process used about 1.6 of the 2 cores while redis-server got about 0.3 \
-    (redis-benchmark sends a pre-built buffer and costs nothing). About 45 % of the client's CPU \
-    is `buffer_core::record::encode` (`serde_json::to_value` deep-copies every record, numbers \
-    round-trip through strings with `arbitrary_precision`, then `Value::to_string` formats it \
-    through `fmt::Write`, then every key is cloned), and about 25 % is `push_encoded` (all \
-    8 keys of all 100 records cloned again, sorted and deduplicated, the command built). \
-    Serializing once with `serde_json::to_vec` and collecting the keys as borrowed `&str` in a \
-    set would remove most of it; on a machine with spare cores the ratio would be much higher.";
+const WEAK_PUSH_MANY: &str = "The client, not Redis, is the bottleneck: redis-benchmark sends \
+    a pre-built buffer and costs nothing, while our pushing process shares the 2 cores with \
+    redis-server. Records are now serialized once, straight to text, and a push's distinct keys \
+    are read back from the texts as borrowed strings into one set (this took the figure from \
+    about 300 000 to about 800 000 records/s). What remains under `perf` is essential work \
+    spread thin: serde_json serializing each record (`serialize_str` the top symbol at about \
+    6 %), re-reading the texts for their keys (about 10 %), hashing keys into the set (about \
+    5 %), allocation, and redis-rs copying every argument into the command buffer. Further \
+    levers: skip key extraction when a caller states the keys, or a cheaper hasher.";
 
 const WEAK_DRAIN: &str = "The persister reads one store through one multiplexed connection, \
     one LRANGE page (1000 records, about 200 KB) at a time with one page prefetched, and that \
@@ -780,8 +780,11 @@ const WEAK_DRAIN: &str = "The persister reads one store through one multiplexed 
     core goes to redis-rs's `combine`-based RESP parser (about 45 % of samples), then UTF-8 \
     validation of each record into a `String` (about 7 %) and buffer copies; writing the file \
     is a few percent. Not the disk, not Redis. Raising the page size to 5000 (about 1 MiB) \
-    gained only 10-30 %. Parallel page reads over two connections, or reading pages as bytes \
-    instead of `String`, are the likely levers.";
+    gained only 10-30 %. Reading each page as one newline-joined bulk reply from a Lua script \
+    (`table.concat` of the LRANGE) was tried and was 2-3 times slower: building the Lua table \
+    costs Redis more than the parse saves. Parallel page reads over two connections are the \
+    next lever. The baseline is the smaller of LRANGE and `dd` rates, and `dd`'s rate varies \
+    two-fold between runs on this machine, so this ratio does too.";
 
 const WEAK_RSS: &str = "Unexpected: the persister streams page by page (about 1 MiB per page, \
     one prefetched) through a 256 KiB file buffer; a large RSS means a page or a reply buffer \
