@@ -758,10 +758,10 @@ fn side_order(run: usize) -> [Side; 2] {
 // target is missed in that run.
 
 const WEAK_PUSH: &str = "A push is MULTI + 8 commands + EXEC (10 commands for Redis to parse, \
-    queue and dispatch, against one EVALSHA), and the client's own work per record is not free: \
-    `record::encode` serializes each record twice (`serde_json::to_value`, then `Value` \
-    `Display`) and clones its keys. With 2 cores, the client's CPU is taken from redis-server. \
-    The ratio moves by about ±0.15 between runs here, so a miss near 0.8× is within noise.";
+    queue and dispatch, against one EVALSHA), and the client's own work per record is not free \
+    (serializing it, reading its keys back, building 10 commands). With 2 cores, the client's \
+    CPU is taken from redis-server. The ratio moves by about ±0.15 between runs here (0.85×, \
+    0.88× and 0.78× in three full runs of the same code), so a miss near 0.8× is within noise.";
 
 const WEAK_PUSH_MANY: &str = "The client, not Redis, is the bottleneck: redis-benchmark sends \
     a pre-built buffer and costs nothing, while our pushing process shares the 2 cores with \
