@@ -760,8 +760,8 @@ fn side_order(run: usize) -> [Side; 2] {
 const WEAK_PUSH: &str = "A push is MULTI + 8 commands + EXEC (10 commands for Redis to parse, \
     queue and dispatch, against one EVALSHA), and the client's own work per record is not free \
     (serializing it, reading its keys back, building 10 commands). With 2 cores, the client's \
-    CPU is taken from redis-server. The ratio moves by about ±0.15 between runs here (0.85×, \
-    0.88× and 0.78× in three full runs of the same code), so a miss near 0.8× is within noise.";
+    CPU is taken from redis-server. The ratio moves by about ±0.15 between runs here (0.88× and \
+    0.78× in two full runs of the same push code), so a miss near 0.8× is within noise.";
 
 const WEAK_PUSH_MANY: &str = "The client, not Redis, is the bottleneck: redis-benchmark sends \
     a pre-built buffer and costs nothing, while our pushing process shares the 2 cores with \
