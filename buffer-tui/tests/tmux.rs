@@ -121,7 +121,7 @@ async fn the_dashboard_shows_pushed_stores_filters_and_quits_cleanly() {
     // After the dashboard exits, the shell prints its status and the terminal mode, and
     // stays so the pane can be read.
     let command = format!(
-        "{binary} --redis {} --interval 200ms; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | sed 's/^/TTY:/'; sleep 600",
+        "{binary} --redis {} --interval 200ms; {AFTER_EXIT}",
         redis.url()
     );
     let tmux = Tmux::start(120, 40, &command);
@@ -161,20 +161,7 @@ async fn the_dashboard_shows_pushed_stores_filters_and_quits_cleanly() {
         s.contains("EXIT=") && s.contains("TTY:")
     });
     assert!(screen.contains("EXIT=0"), "{screen}");
-    assert!(
-        screen.contains("TTY:icanon"),
-        "canonical mode restored:\n{screen}"
-    );
-    assert!(screen.contains("TTY:echo"), "echo restored:\n{screen}");
-    assert!(
-        !screen.contains("TTY:-"),
-        "no raw-mode flag left:\n{screen}"
-    );
-    assert_eq!(
-        tmux.display("#{alternate_on}"),
-        "0",
-        "back on the main screen"
-    );
+    assert_terminal_restored(&tmux, &screen);
     assert!(
         !screen.contains("Stores"),
         "the dashboard was cleared away:\n{screen}"
