@@ -56,7 +56,7 @@ impl BufferConfig {
             response_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_record_bytes: 8 * 1024 * 1024,
-            page_size: 1000,
+            page_size: 5000,
             holder_id: default_holder_id(),
             push_id_ttl: Duration::from_secs(24 * 3600),
             clock: Arc::new(SystemClock),
@@ -110,7 +110,8 @@ impl BufferConfig {
         self
     }
 
-    /// How many records a page of a batch holds when it is read (default 1000).
+    /// How many records a page of a batch holds when it is read (default 5000). Pages are
+    /// also cut to about 1 MiB by the batch's average record size.
     pub fn page_size(mut self, records: usize) -> Self {
         self.page_size = records.max(1);
         self

@@ -774,17 +774,18 @@ const WEAK_PUSH_MANY: &str = "The client, not Redis, is the bottleneck: redis-be
     levers: skip key extraction when a caller states the keys, or a cheaper hasher.";
 
 const WEAK_DRAIN: &str = "The persister reads one store through one multiplexed connection, \
-    one LRANGE page (1000 records, about 200 KB) at a time with one page prefetched, and that \
-    connection's reply parsing is single-threaded: under `perf`, the `buffer-persist drain` \
-    process was at about 95 % of one core while redis-server was about 20 % busy. Most of that \
-    core goes to redis-rs's `combine`-based RESP parser (about 45 % of samples), then UTF-8 \
-    validation of each record into a `String` (about 7 %) and buffer copies; writing the file \
-    is a few percent. Not the disk, not Redis. Raising the page size to 5000 (about 1 MiB) \
-    gained only 10-30 %. Reading each page as one newline-joined bulk reply from a Lua script \
-    (`table.concat` of the LRANGE) was tried and was 2-3 times slower: building the Lua table \
-    costs Redis more than the parse saves. Parallel page reads over two connections are the \
-    next lever. The baseline is the smaller of LRANGE and `dd` rates, and `dd`'s rate varies \
-    two-fold between runs on this machine, so this ratio does too.";
+    one LRANGE page (5000 records or about 1 MiB, whichever is smaller) at a time with one page \
+    prefetched, and that connection's reply parsing is single-threaded: under `perf` (with \
+    1000-record pages), the `buffer-persist drain` process was at about 95 % of one core while \
+    redis-server was about 20 % busy, most of it in redis-rs's `combine`-based RESP parser \
+    (about 45 % of samples), then UTF-8 validation of each record into a `String` (about 7 %) \
+    and buffer copies; writing the file is a few percent. Going from 1000- to 5000-record pages \
+    took ours from about 1.1 to 1.4-1.5 million records/s. Reading each page as one \
+    newline-joined bulk reply from a Lua script (`table.concat` of the LRANGE) was tried and was \
+    2-3 times slower: building the Lua table costs Redis more than the parse saves. Parallel \
+    page reads over two connections are the next lever. The baseline is the smaller of LRANGE \
+    and `dd` rates, and it moved between 1.9 and 6.1 million records/s between runs on this \
+    machine, so this ratio moves as much.";
 
 const WEAK_RSS: &str = "Unexpected: the persister streams page by page (about 1 MiB per page, \
     one prefetched) through a 256 KiB file buffer; a large RSS means a page or a reply buffer \
