@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::buffer::Buffer;
+use crate::buffer::{Buffer, millis};
 use crate::error::{Error, Result};
 use crate::scripts;
 
@@ -54,9 +54,9 @@ impl Buffer {
         let json = serde_json::to_string(info).map_err(|err| Error::Corrupt {
             what: format!("persister info could not be serialized: {err}"),
         })?;
-        let forget_after = u64::try_from(FORGET_SILENT_PERSISTERS_AFTER.as_millis())
-            .expect("an hour in ms fits u64");
-        let cutoff = self.now_ms().saturating_sub(forget_after);
+        let cutoff = self
+            .now_ms()
+            .saturating_sub(millis(FORGET_SILENT_PERSISTERS_AFTER));
         let mut invocation = scripts::ANNOUNCE.key(self.persisters_key());
         invocation.arg(&info.holder).arg(json).arg(cutoff);
         let mut conn = self.conn();

@@ -27,16 +27,10 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     record: &T,
     max_bytes: usize,
 ) -> Result<EncodedRecord> {
-    let mut text = Vec::with_capacity(256);
-    serde_json::to_writer(&mut text, record).map_err(|err| Error::InvalidRecord {
+    let json = serde_json::to_string(record).map_err(|err| Error::InvalidRecord {
         store: store.to_string(),
         index,
         reason: format!("it could not be serialized to JSON: {err}"),
-    })?;
-    let json = String::from_utf8(text).map_err(|err| Error::InvalidRecord {
-        store: store.to_string(),
-        index,
-        reason: format!("its JSON is not UTF-8: {err}"),
     })?;
     // Compact serializer output starts with the value's first character.
     if !json.starts_with('{') {

@@ -807,7 +807,7 @@ fn compare_rows(a: &StoreRow, b: &StoreRow, sort: Sort, at_ms: u64) -> Ordering 
             Column::Name => None,
             Column::Records => Some(row.live.map_or(0, |l| l.records)),
             Column::Bytes => Some(row.live.map_or(0, |l| l.bytes)),
-            Column::Keys => row.detail.as_ref().map(|d| d.unique_keys.value()),
+            Column::Keys => row.detail.as_ref().map(|d| d.unique_keys),
             Column::Age => row.live.map(|l| at_ms.saturating_sub(l.first_write_ms)),
             Column::Flush => row.live.map(|l| l.first_write_ms),
             Column::Lock => row
@@ -829,7 +829,7 @@ fn compare_rows(a: &StoreRow, b: &StoreRow, sort: Sort, at_ms: u64) -> Ordering 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{HeldLock, KeyCount};
+    use crate::snapshot::HeldLock;
     use buffer_core::StoreSummary;
 
     const T0: u64 = 1_700_000_000_000;
@@ -926,7 +926,7 @@ mod tests {
             summary("c", 1, 1, 0),
         ]);
         let detail = |keys, ttl: Option<u64>| StoreDetail {
-            unique_keys: KeyCount::Exact(keys),
+            unique_keys: keys,
             lock: ttl.map(|ttl| HeldLock {
                 holder: "p".into(),
                 ttl_ms: Some(ttl),

@@ -39,7 +39,6 @@ pub use demo::{DemoOptions, DemoSummary, RedisProcess, run_demo};
 pub use error::{Error, Result};
 pub use poller::{follow_events, poll_loop, poll_once};
 pub use snapshot::{
-    BatchDetail, BatchSize, FocusDetail, HeldLock, KeyCount, Snapshot, StoreDetail,
-    remaining_ttl_ms,
+    BatchDetail, BatchSize, FocusDetail, HeldLock, Snapshot, StoreDetail, remaining_ttl_ms,
 };
 pub use terminal::{TerminalGuard, restore};

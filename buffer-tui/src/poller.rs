@@ -14,9 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Action, ViewRequest};
-use crate::snapshot::{
-    BatchDetail, BatchSize, FocusDetail, HeldLock, KeyCount, Snapshot, StoreDetail,
-};
+use crate::snapshot::{BatchDetail, BatchSize, FocusDetail, HeldLock, Snapshot, StoreDetail};
 /// Keys listed for the selected store.
 const FOCUS_KEYS: usize = 200;
 /// Latest records shown for the selected store.
@@ -103,11 +101,23 @@ pub async fn poll_once(
             targets.push(LockTarget::Batch(store.clone(), batch.id.clone()));
         }
     }
+    // Key counts of the visible rows and of the selected store, in one SCARD pipeline.
+    let mut counted = request.visible.clone();
+    if let Some(selected) = &request.selected
+        && !counted.contains(selected)
+    {
+        counted.push(selected.clone());
+    }
     let (locks, key_counts, focus) = futures::try_join!(
         buffer.lock_infos(&targets),
-        buffer.store_key_counts(&request.visible),
+        buffer.store_key_counts(&counted),
         focus_detail(buffer, request.selected.as_ref(), &batches_of)
     )?;
+    let key_count_of: HashMap<&StoreName, u64> = counted.iter().zip(key_counts).collect();
+    let focus = focus.map(|mut focus| {
+        focus.key_count = key_count_of.get(&focus.store).copied().unwrap_or(0);
+        focus
+    });
 
     // A store's lock, or else the first held lock of one of its batches.
     let mut held: HashMap<&StoreName, HeldLock> = HashMap::new();
@@ -121,11 +131,11 @@ pub async fn poll_once(
             .or_insert_with(|| HeldLock::new(lock, batch));
     }
     let mut details = HashMap::new();
-    for (store, keys) in request.visible.iter().zip(key_counts) {
+    for store in &request.visible {
         details.insert(
             store.clone(),
             StoreDetail {
-                unique_keys: KeyCount::Exact(keys),
+                unique_keys: key_count_of.get(store).copied().unwrap_or(0),
                 lock: held.remove(store),
             },
         );
@@ -160,14 +170,12 @@ async fn focus_detail(
         .iter()
         .map(|b| LockTarget::Batch(store.clone(), b.id.clone()))
         .collect();
-    let (keys, key_count, latest, infos, locks) = futures::try_join!(
+    let (keys, latest, infos, locks) = futures::try_join!(
         buffer.store_keys(store, FOCUS_KEYS),
-        buffer.store_key_counts(std::slice::from_ref(store)),
         buffer.latest_records(store, LATEST_RECORDS),
         try_join_all(batches.iter().map(|b| buffer.batch_info(store, &b.id))),
         buffer.lock_infos(&targets),
     )?;
-    let key_count = KeyCount::Exact(key_count.first().copied().unwrap_or(0));
     let batches = batches
         .iter()
         .zip(infos)
@@ -185,7 +193,8 @@ async fn focus_detail(
     Ok(Some(FocusDetail {
         store: store.clone(),
         keys: keys.into_iter().collect(),
-        key_count,
+        // Counted by `poll_once` in the same SCARD pipeline as the visible rows.
+        key_count: 0,
         latest,
         batches,
     }))
@@ -293,10 +302,7 @@ mod tests {
             30,
             "details for the visible rows only"
         );
-        assert_eq!(
-            snapshot.details[&visible[0]].unique_keys,
-            KeyCount::Exact(2)
-        );
+        assert_eq!(snapshot.details[&visible[0]].unique_keys, 2);
         let lock = snapshot.details[&visible[3]].lock.as_ref().unwrap();
         assert_eq!(
             lock.batch.as_ref(),
@@ -308,6 +314,21 @@ mod tests {
         assert_eq!(focus.batches.len(), 1);
         assert_eq!(focus.batches[0].size.unwrap().records, 1);
         assert!(focus.batches[0].lock.is_some());
+        assert_eq!(focus.key_count, 0, "a prepared store has no live keys");
+
+        // A selected store scrolled out of view is counted in the same pipeline, and gets no
+        // row details.
+        let hidden = StoreName::new("tenant-05000").unwrap();
+        let request = ViewRequest {
+            visible: visible.clone(),
+            selected: Some(hidden.clone()),
+        };
+        let snapshot = poll_once(&buffer, &request).await.unwrap();
+        let focus = snapshot.focus.unwrap();
+        assert_eq!(focus.store, hidden);
+        assert_eq!(focus.key_count, 2);
+        assert_eq!(focus.keys, ["a", "b"]);
+        assert!(!snapshot.details.contains_key(&hidden));
         guard.release().await.unwrap();
     }
 

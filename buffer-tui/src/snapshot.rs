@@ -30,30 +30,11 @@ pub struct Snapshot {
 /// What the table shows for a visible row beyond the index data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreDetail {
-    /// The number of unique top-level keys of the live store.
-    pub unique_keys: KeyCount,
+    /// The number of unique top-level keys of the live store (exact, from SCARD).
+    pub unique_keys: u64,
     /// The store's lock, or else the lock of one of its prepared batches (a persister hands
     /// the store lock over to the batch it prepares).
     pub lock: Option<HeldLock>,
-}
-
-/// A count of unique keys. The poller reads exact counts (SCARD); `AtLeast` is for a count
-/// that a reader had to stop early (the display shows it as `n+`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyCount {
-    /// The exact number.
-    Exact(u64),
-    /// At least this many (the scan stopped at the limit).
-    AtLeast(u64),
-}
-
-impl KeyCount {
-    /// The number, for sorting.
-    pub fn value(self) -> u64 {
-        match self {
-            Self::Exact(n) | Self::AtLeast(n) => n,
-        }
-    }
 }
 
 /// A lock seen by a poll.
@@ -91,8 +72,8 @@ pub struct FocusDetail {
     pub store: StoreName,
     /// Its unique keys, sorted, up to a limit.
     pub keys: Vec<String>,
-    /// The number of keys, exact or at least.
-    pub key_count: KeyCount,
+    /// The number of unique keys (exact, from SCARD; `keys` may list fewer).
+    pub key_count: u64,
     /// Its latest records as JSON texts, oldest first.
     pub latest: Vec<String>,
     /// Its prepared batches, oldest first.

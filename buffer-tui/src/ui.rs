@@ -18,7 +18,6 @@ use buffer_core::EventKind;
 
 use crate::app::{App, Column, Connection, Direction, EventFeed, Mode, Screen, StoreRow};
 use crate::format::{age_ms, bytes, clean, count, duration_ms, fit};
-use crate::snapshot::KeyCount;
 
 /// Smaller than this, the dashboard only says so.
 const MIN_WIDTH: u16 = 40;
@@ -402,9 +401,8 @@ fn cell(app: &App, row: &StoreRow, column: Column, width: usize) -> Cell<'static
         Column::Name => Cell::from(fit(row.name.as_str(), width)),
         Column::Records => right(row.live.map_or("-".into(), |l| count(l.records))),
         Column::Bytes => right(row.live.map_or("-".into(), |l| bytes(l.bytes))),
-        Column::Keys => match row.detail.as_ref().map(|d| d.unique_keys) {
-            Some(KeyCount::Exact(n)) => right(count(n)),
-            Some(KeyCount::AtLeast(n)) => right(format!("{}+", count(n))),
+        Column::Keys => match row.detail.as_ref() {
+            Some(detail) => right(count(detail.unique_keys)),
             None => unknown(),
         },
         Column::Age => right(row.live.map_or("-".into(), |l| age_ms(app.age_ms(&l)))),
@@ -490,10 +488,7 @@ fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
         return;
     };
     let mut lines: Vec<Line<'static>> = Vec::new();
-    let key_count = match focus.key_count {
-        KeyCount::Exact(n) => count(n),
-        KeyCount::AtLeast(n) => format!("{}+", count(n)),
-    };
+    let key_count = count(focus.key_count);
     let keys = focus
         .keys
         .iter()
@@ -740,10 +735,7 @@ fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
     } else {
         lines.push(Line::styled("nothing live", dim()));
     }
-    let key_count = match focus.key_count {
-        KeyCount::Exact(n) => count(n),
-        KeyCount::AtLeast(n) => format!("{}+", count(n)),
-    };
+    let key_count = count(focus.key_count);
     lines.push(Line::from(""));
     lines.push(Line::styled(
         format!("keys ({key_count})"),

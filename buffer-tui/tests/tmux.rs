@@ -117,14 +117,7 @@ async fn the_dashboard_shows_pushed_stores_filters_and_quits_cleanly() {
         }
     }
 
-    let binary = env!("CARGO_BIN_EXE_buffer-tui");
-    // After the dashboard exits, the shell prints its status and the terminal mode, and
-    // stays so the pane can be read.
-    let command = format!(
-        "{binary} --redis {} --interval 200ms; {AFTER_EXIT}",
-        redis.url()
-    );
-    let tmux = Tmux::start(120, 40, &command);
+    let tmux = dashboard_in_tmux(&redis, 120, 40);
 
     let screen = tmux.wait_for(
         "the three stores with their counts",
@@ -263,6 +256,17 @@ fn the_demo_persists_what_it_pushed_and_quits_without_leaving_redis_behind() {
 /// (`TTY:icanon`, `TTY:echo` when restored), then keeps the pane open.
 const AFTER_EXIT: &str = "echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | sed 's/^/TTY:/'; sleep 600";
 
+/// The dashboard on `redis` in a `width`x`height` pane. After it exits, the shell prints its
+/// status and the terminal mode ([`AFTER_EXIT`]) and stays, so the pane can be read.
+fn dashboard_in_tmux(redis: &RedisServer, width: u16, height: u16) -> Tmux {
+    let binary = env!("CARGO_BIN_EXE_buffer-tui");
+    let command = format!(
+        "{binary} --redis {} --interval 200ms; {AFTER_EXIT}",
+        redis.url()
+    );
+    Tmux::start(width, height, &command)
+}
+
 fn assert_terminal_restored(tmux: &Tmux, screen: &str) {
     assert!(screen.contains("TTY:icanon"), "canonical mode:\n{screen}");
     assert!(screen.contains("TTY:echo"), "echo:\n{screen}");
@@ -287,12 +291,7 @@ async fn sigterm_gives_the_terminal_back_and_exits_zero() {
         .push("alpha", &json!({"i": 1}))
         .await
         .unwrap();
-    let binary = env!("CARGO_BIN_EXE_buffer-tui");
-    let command = format!(
-        "{binary} --redis {} --interval 200ms; {AFTER_EXIT}",
-        redis.url()
-    );
-    let tmux = Tmux::start(100, 30, &command);
+    let tmux = dashboard_in_tmux(&redis, 100, 30);
     tmux.wait_for("the table", Duration::from_secs(20), |s| {
         table_count(s, "alpha").as_deref() == Some("1")
     });

@@ -958,4 +958,15 @@ async fn key_counts_are_exact_per_live_store_in_one_call() {
     // A prepared store's keys left with its batch.
     buffer.prepare_to_persist("x").await.unwrap().unwrap();
     assert_eq!(buffer.store_key_counts(&stores[..1]).await.unwrap(), [0]);
+
+    // A key set replaced by a foreign writer is a typed error, not a wrong count.
+    let z_keys = server
+        .buffer_keys()
+        .into_iter()
+        .find(|k| k.ends_with(":s:z:keys"))
+        .unwrap();
+    server.command(&["DEL", &z_keys]);
+    server.command(&["SET", &z_keys, "not a set"]);
+    let err = buffer.store_key_counts(&stores).await.unwrap_err();
+    assert!(err.is_wrong_type(), "{err:?}");
 }

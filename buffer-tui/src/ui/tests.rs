@@ -9,9 +9,7 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
 use crate::app::{Action, App, AppConfig};
-use crate::snapshot::{
-    BatchDetail, BatchSize, FocusDetail, HeldLock, KeyCount, Snapshot, StoreDetail,
-};
+use crate::snapshot::{BatchDetail, BatchSize, FocusDetail, HeldLock, Snapshot, StoreDetail};
 
 const T0: u64 = 1_700_000_000_000;
 const SIZES: [(u16, u16); 2] = [(120, 40), (80, 24)];
@@ -100,7 +98,7 @@ fn populated(width: u16, height: u16) -> App {
         ..Snapshot::default()
     };
     let detail = |keys, lock: Option<HeldLock>| StoreDetail {
-        unique_keys: KeyCount::Exact(keys),
+        unique_keys: keys,
         lock,
     };
     for (store, keys) in [("audit log", 5), ("metrics/cpu", 4), ("signups", 4)] {
@@ -109,7 +107,7 @@ fn populated(width: u16, height: u16) -> App {
     snapshot.details.insert(
         name("clicks"),
         StoreDetail {
-            unique_keys: KeyCount::AtLeast(1000),
+            unique_keys: 1000,
             lock: None,
         },
     );
@@ -147,7 +145,7 @@ fn populated(width: u16, height: u16) -> App {
         keys: ["at", "currency", "customer", "id", "items", "total"]
             .map(String::from)
             .to_vec(),
-        key_count: KeyCount::Exact(6),
+        key_count: 6,
         latest: vec![
             r#"{"id":1519,"customer":"c-4411","total":42.5,"currency":"EUR","items":[{"sku":"SKU-0042","qty":2}],"at":1699999999000}"#.into(),
             r#"{"id":1520,"customer":"c-1002","total":7.25,"currency":"USD","items":[{"sku":"SKU-0007","qty":1}],"at":1700000000000}"#.into(),
