@@ -1,5 +1,5 @@
-//! The six figures of DESIGN.md's performance table, each measured `runs` times next to its
-//! baseline on the same private server, in alternating order so that a slow spell of the
+//! The figures of ARCHITECTURE.md's performance targets, each measured `runs` times next to
+//! its baseline on the same private server, in alternating order so that a slow spell of the
 //! machine does not always fall on the same side.
 
 use std::sync::Arc;
@@ -38,7 +38,7 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    /// The sizes DESIGN.md names, or smaller ones that finish in about two minutes.
+    /// The sizes ARCHITECTURE.md names, or smaller ones that finish in about two minutes.
     pub fn new(quick: bool) -> Self {
         if quick {
             Self {

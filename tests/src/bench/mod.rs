@@ -1,5 +1,5 @@
-//! The benchmark harness behind the `bench` binary: DESIGN.md's performance table, each figure
-//! next to a baseline measured in the same run on the same machine.
+//! The benchmark harness behind the `bench` binary: ARCHITECTURE.md's performance targets, each
+//! figure next to a baseline measured in the same run on the same machine.
 //!
 //! # Layout
 //! - `figures`: the six figures (push, push_many, drain, rss, memory, dashboard), their

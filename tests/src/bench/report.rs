@@ -164,16 +164,16 @@ impl Report<'_> {
         let _ = writeln!(out, "# Benchmarks\n");
         let _ = writeln!(
             out,
-            "DESIGN.md's performance table, measured by `tests/src/bin/bench.rs` against baselines \
+            "The performance targets of ARCHITECTURE.md, measured by `tests/src/bin/bench.rs` against baselines \
              taken in the same run on private `redis-server` processes it starts itself. Written \
              by the harness: rerun it rather than editing this file.\n"
         );
         let _ = writeln!(out, "- Date: {}", m.date);
         let _ = writeln!(out, "- Command: `{}`", self.command);
         let mode = if self.quick {
-            "quick (smaller workloads than DESIGN.md names; see each method below)"
+            "quick (smaller workloads than ARCHITECTURE.md names; see each method below)"
         } else {
-            "full (DESIGN.md's sizes)"
+            "full (the sizes ARCHITECTURE.md names)"
         };
         let _ = writeln!(
             out,

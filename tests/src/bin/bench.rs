@@ -1,5 +1,5 @@
-//! `bench`: measures DESIGN.md's performance table against baselines taken in the same run,
-//! prints it and writes BENCHMARKS.md.
+//! `bench`: measures ARCHITECTURE.md's performance targets against baselines taken in the same
+//! run, prints them and writes BENCHMARKS.md.
 //!
 //! ```text
 //! cargo run --release -p buffer-tests --bin bench -- [--quick] [--runs N] [--only push,drain]
@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Measures the performance table of DESIGN.md and writes BENCHMARKS.md.
+/// Measures the performance targets of ARCHITECTURE.md and writes BENCHMARKS.md.
 #[derive(Debug, Parser)]
 #[command(name = "bench", about, long_about = None)]
 struct Cli {
