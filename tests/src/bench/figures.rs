@@ -270,7 +270,7 @@ pub async fn push(sizes: &Sizes, runs: usize) -> Result<Figure> {
              (RPUSH, SET NX GET, SADD of the 8 keys, SCARD, INCRBY, ZADD NX, ZINCRBY, ZINCRBY) \
              on keys in one hash tag. FLUSHALL before each side."
         ),
-        target: Target::RatioAtLeast(0.8),
+        target: Target::RatioAtLeast(0.9),
         aggregate: Aggregate::Median,
         runs: Vec::new(),
         weak: WEAK_PUSH,
@@ -377,7 +377,7 @@ pub async fn drain(sizes: &Sizes, runs: usize) -> Result<Figure> {
                 ""
             }
         ),
-        target: Target::RatioAtLeast(0.5),
+        target: Target::RatioAtLeast(0.8),
         aggregate: Aggregate::Median,
         runs: Vec::new(),
         weak: WEAK_DRAIN,
