@@ -761,7 +761,7 @@ const WEAK_PUSH: &str = "A push is MULTI + 8 commands + EXEC (10 commands for Re
     queue and dispatch, against one EVALSHA), and the client's own work per record is not free \
     (serializing it, reading its keys back, building 10 commands). With 2 cores, the client's \
     CPU is taken from redis-server. The ratio moves by about ±0.15 between runs here (0.88× and \
-    0.78× in two full runs of the same push code), so a miss near 0.8× is within noise.";
+    0.78× in two full runs of the same push code), so a result within about 0.15 of the target is within noise.";
 
 const WEAK_PUSH_MANY: &str = "The client, not Redis, is the bottleneck: redis-benchmark sends \
     a pre-built buffer and costs nothing, while our pushing process shares the 2 cores with \
