@@ -259,6 +259,15 @@ pub struct BatchContents {
     pub keys: BTreeSet<String>,
 }
 
+/// The first keys of a batch, from [`Buffer::batch_first_keys`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FirstKeys {
+    /// The smallest of the batch's unique top-level keys, sorted.
+    pub keys: BTreeSet<String>,
+    /// True when the batch has keys beyond these.
+    pub more: bool,
+}
+
 /// A shared handle to the buffer. Cheap to clone; clones share one multiplexed connection
 /// that reconnects on its own.
 ///
@@ -840,6 +849,77 @@ impl Buffer {
     pub async fn batch_keys(&self, store: &StoreName, batch: &BatchId) -> Result<BTreeSet<String>> {
         let key = self.layout().batch(store, batch).keys;
         self.scan_set(store, key, usize::MAX).await
+    }
+
+    /// The `limit` smallest of a batch's unique top-level keys, sorted, and whether it has
+    /// more. Reads the set with SSCAN and keeps at most `limit` keys in memory, so a batch with
+    /// millions of distinct keys costs no more than `limit` of them. A prepared batch never
+    /// changes, so the answer is the same every time.
+    ///
+    /// # Errors
+    /// Transient errors; [`Error::WrongType`].
+    pub async fn batch_first_keys(
+        &self,
+        store: &StoreName,
+        batch: &BatchId,
+        limit: usize,
+    ) -> Result<FirstKeys> {
+        let key = self.layout().batch(store, batch).keys;
+        let mut first = FirstKeys::default();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut conn = self.conn();
+            let key = key.clone();
+            let (next, page): (u64, Vec<String>) = self
+                .run("scan keys", store.as_str(), async move {
+                    redis::cmd("SSCAN")
+                        .arg(key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            for member in page {
+                // SSCAN may return a member twice: only a key outside the kept set is "more".
+                if first.keys.contains(&member) {
+                    continue;
+                }
+                first.keys.insert(member);
+                if first.keys.len() > limit {
+                    first.keys.pop_last();
+                    first.more = true;
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(first);
+            }
+        }
+    }
+
+    /// Whether `key` is one of a batch's unique top-level keys (one SISMEMBER).
+    ///
+    /// # Errors
+    /// Transient errors; [`Error::WrongType`].
+    pub async fn batch_has_key(
+        &self,
+        store: &StoreName,
+        batch: &BatchId,
+        key: &str,
+    ) -> Result<bool> {
+        let set = self.layout().batch(store, batch).keys;
+        let member = key.to_owned();
+        let mut conn = self.conn();
+        self.run("check key", store.as_str(), async move {
+            redis::cmd("SISMEMBER")
+                .arg(set)
+                .arg(member)
+                .query_async(&mut conn)
+                .await
+        })
+        .await
     }
 
     /// How many unique top-level keys each live store has (exact: one SCARD each, in one

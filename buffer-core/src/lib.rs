@@ -57,7 +57,7 @@ struct ReadmeExamples;
 
 pub use batch::BatchId;
 pub use buffer::{
-    BatchContents, BatchReader, Buffer, BufferConfig, PreparedBatch, PreparedSummary,
+    BatchContents, BatchReader, Buffer, BufferConfig, FirstKeys, PreparedBatch, PreparedSummary,
     PushOnceOutcome, PushReceipt, StoreSummary, redact_url,
 };
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -78,6 +78,7 @@ pub struct RedisArgs {
 #[derive(Debug, Args)]
 pub struct OutputArgs {
     /// Output directory: each batch goes to OUT/STORE/BATCH_ID.EXT (STORE percent-encoded).
+    /// A local or mounted directory; a URL such as `s3://bucket/x` is refused.
     #[arg(long, env = "BUFFER_OUT")]
     pub out: PathBuf,
     /// File format: jsonl or csv.
@@ -92,6 +93,10 @@ pub struct OutputArgs {
     /// TTL of the locks, extended while a batch is written, e.g. `30s`.
     #[arg(long, env = "BUFFER_LOCK_TTL", default_value = "30s", value_parser = duration)]
     pub lock_ttl: Duration,
+    /// CSV only: at most this many named columns (the batch's first sorted keys); a record's
+    /// other keys go into one trailing column as a JSON object.
+    #[arg(long, env = "BUFFER_CSV_MAX_COLUMNS", default_value_t = crate::DEFAULT_CSV_MAX_COLUMNS)]
+    pub csv_max_columns: usize,
 }
 
 /// `run`'s arguments.
@@ -187,6 +192,7 @@ impl OutputArgs {
         config.compression = self.compress;
         config.concurrency = self.concurrency;
         config.lock_ttl = self.lock_ttl;
+        config.csv_max_columns = self.csv_max_columns;
         config
     }
 }
@@ -275,6 +281,9 @@ pub fn spawn_signal_handler(shutdown: CancellationToken) {
 async fn drain(args: DrainArgs) -> anyhow::Result<i32> {
     let mut config = args.output.config();
     config.drain_wait = args.wait;
+    // Before connecting: a bad setting (an `--out` URL, say) is the error to report, not
+    // whether Redis happens to be reachable.
+    config.validate()?;
     let buffer = args.redis.connect().await?;
     let persister = Persister::new(buffer, config);
     let report = persister.drain().await?;

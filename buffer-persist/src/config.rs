@@ -13,8 +13,10 @@ pub enum Format {
     /// One compact JSON object per line (`.jsonl`).
     #[default]
     JsonLines,
-    /// CSV with a header of the batch's sorted unique keys (`.csv`). Strings are written as
-    /// they are, `null` and missing keys as empty fields, other values as JSON.
+    /// CSV (`.csv`) with a header of the batch's sorted unique keys, at most
+    /// [`PersistConfig::csv_max_columns`] of them; the keys beyond go into one trailing column
+    /// holding a JSON object. Strings are written as they are, `null` and missing keys as empty
+    /// fields, other values as their JSON text exactly as pushed.
     Csv,
 }
 
@@ -117,7 +119,15 @@ pub struct PersistConfig {
     pub lock_ttl: Duration,
     /// How long `drain` waits for batches locked by other persisters (default 2 × `lock_ttl`).
     pub drain_wait: Option<Duration>,
+    /// At most this many named columns in a CSV file (default [`DEFAULT_CSV_MAX_COLUMNS`]):
+    /// the first ones of the batch's sorted unique keys. A record's other keys go into one
+    /// trailing column as a JSON object, so a file stays proportional to its records however
+    /// many distinct keys they have.
+    pub csv_max_columns: usize,
 }
+
+/// The default of [`PersistConfig::csv_max_columns`].
+pub const DEFAULT_CSV_MAX_COLUMNS: usize = 1024;
 
 impl PersistConfig {
     /// A configuration writing to `out_dir`, with every other setting at its default.
@@ -133,14 +143,23 @@ impl PersistConfig {
             concurrency: 4,
             lock_ttl: Duration::from_secs(30),
             drain_wait: None,
+            csv_max_columns: DEFAULT_CSV_MAX_COLUMNS,
         }
     }
 
     /// Checks the settings.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the setting that is out of range.
+    /// [`Error::Config`] naming the setting that is out of range, or an output directory that
+    /// is a URL (`s3://bucket/x`): only local or mounted directories are written.
     pub fn validate(&self) -> Result<(), Error> {
+        if let Some(scheme) = url_scheme(&self.out_dir) {
+            return Err(Error::Config(format!(
+                "--out {} is a {scheme}:// URL, but buffer-persist writes only to a directory (local or a mounted shared file system); write ./{} if you really mean a directory of that name",
+                self.out_dir.display(),
+                self.out_dir.display()
+            )));
+        }
         if self.concurrency == 0 {
             return Err(Error::Config("--concurrency must be at least 1".into()));
         }
@@ -157,6 +176,19 @@ impl PersistConfig {
         }
         Ok(())
     }
+}
+
+/// The scheme of an output path that looks like a URL (`scheme://...`): a scheme is a letter
+/// followed by letters, digits, `+`, `-` or `.` (RFC 3986). Such a path would otherwise become
+/// a local directory named `scheme:`, silently.
+fn url_scheme(path: &std::path::Path) -> Option<&str> {
+    let text = path.to_str()?;
+    let (scheme, _) = text.split_once("://")?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(scheme)
 }
 
 /// Parses a size such as `8MiB`, `512k`, `1.5GB` or `1000` (bytes).
@@ -238,5 +270,19 @@ mod tests {
         assert!(
             matches!(config.validate(), Err(Error::Config(msg)) if msg.contains("concurrency"))
         );
+    }
+
+    #[test]
+    fn an_out_that_is_a_url_is_refused() {
+        for url in ["s3://bucket/x", "gs://b", "file:///tmp/x", "s3+https://h/b"] {
+            let config = PersistConfig::new(url);
+            assert!(
+                matches!(config.validate(), Err(Error::Config(msg)) if msg.contains(url)),
+                "{url}"
+            );
+        }
+        for dir in ["/tmp/x", "out", "./s3://bucket", "a b://c", "/s3://x"] {
+            assert!(PersistConfig::new(dir).validate().is_ok(), "{dir}");
+        }
     }
 }

@@ -24,7 +24,9 @@ mod paths;
 mod persister;
 mod writer;
 
-pub use config::{Compression, Format, PersistConfig, parse_duration, parse_size};
+pub use config::{
+    Compression, DEFAULT_CSV_MAX_COLUMNS, Format, PersistConfig, parse_duration, parse_size,
+};
 pub use error::{Error, Result};
 pub use marker::MARKER_FILE;
 pub use metrics::serve_metrics;

@@ -1,51 +1,329 @@
 //! The output directory's marker file, `OUT/.buffer-persist`.
 //!
-//! A batch's file name depends on the format and compression, so persisters sharing one
-//! output directory must agree on them, or the same batch could be written under two names.
-//! The first persister writes its settings to the marker; the others refuse to start when
-//! theirs differ.
+//! A batch's file name depends on the format and compression, and a CSV file's bytes on
+//! `--csv-max-columns`, so persisters sharing one output directory must agree on them, or the
+//! same batch could be written under two names (or as two different files). The first
+//! persister records its settings in the marker; the others refuse to start when theirs differ.
+//!
+//! The marker is published atomically: it is written to a uniquely named temporary file in
+//! `OUT`, fsynced, linked to `.buffer-persist` without clobbering, and the directory is fsynced.
+//! So a reader sees no marker or a complete one, never a partial one, and of several
+//! persisters starting at once exactly one link wins; the others read the winner's marker.
+//!
+//! A *half-made* marker (empty, or cut short: what versions that created the file and then
+//! wrote it leave behind when killed in between, or what such a version shows while it is
+//! writing) is "being written", never a mismatch: it is re-read until it is complete, for up
+//! to [`HALF_MADE_GRACE`]. One that stays half-made that long was left by a crashed start: it is
+//! removed and replaced, under an exclusive `flock` of that very file and only if the path still
+//! names it, so of several persisters that find it only one replaces it and the others read the
+//! replacement (two persisters with different settings never both start).
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::PersistConfig;
+use crate::config::{Format, PersistConfig};
 use crate::error::{Error, Result};
 
 /// The marker's file name inside the output directory.
 pub const MARKER_FILE: &str = ".buffer-persist";
 
-/// Creates the output directory and its marker, or checks the marker that is there.
+/// How long a half-made marker is given to become complete before it is taken as left by a
+/// crashed start and replaced. Writers of half-made markers write a few dozen bytes right
+/// after creating the file, so this is generous.
+pub(crate) const HALF_MADE_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a half-made marker is re-read while it is given time.
+const HALF_MADE_POLL: Duration = Duration::from_millis(20);
+
+/// Marker temporary files older than this were left by a start that crashed; they are
+/// removed. A live start holds its temporary file for the time of one small write and fsync;
+/// if a slow disk ever made it older, its link fails and that start simply tries again.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
+
+/// Creates the output directory and publishes its marker, or checks the marker that is there.
+///
+/// # Errors
+/// [`Error::OutputMismatch`] when the directory was set up with other settings (or holds a
+/// marker this program did not write); [`Error::Io`] when the directory cannot be used.
 pub(crate) fn check_or_write(config: &PersistConfig) -> Result<()> {
     let out = &config.out_dir;
     fs::create_dir_all(out).map_err(Error::io("create output directory", out))?;
+    remove_stale_temps(out);
     let path = out.join(MARKER_FILE);
-    let wanted = format!(
+    let wanted = marker_text(config);
+    let mut half_made_since: Option<Instant> = None;
+    loop {
+        match read_marker(&path)? {
+            None => {
+                if publish(out, &path, &wanted)? {
+                    return Ok(());
+                }
+                // Another persister linked its marker first: read and compare it.
+            }
+            Some(found) => match classify(&found) {
+                Marker::Complete if found == wanted => return Ok(()),
+                Marker::Complete => return Err(mismatch(path, &found, &wanted)),
+                Marker::Foreign => {
+                    return Err(Error::OutputMismatch {
+                        reason: format!(
+                            "this file is not a marker buffer-persist writes ({:?}); remove it if this directory is meant for buffer-persist",
+                            shorten(&found)
+                        ),
+                        path,
+                    });
+                }
+                Marker::HalfMade => {
+                    let since = *half_made_since.get_or_insert_with(|| {
+                        tracing::info!(
+                            marker = %path.display(),
+                            content = ?found,
+                            "the output marker is half-made; waiting for it to be completed"
+                        );
+                        Instant::now()
+                    });
+                    if since.elapsed() < HALF_MADE_GRACE {
+                        std::thread::sleep(HALF_MADE_POLL);
+                    } else {
+                        tracing::warn!(
+                            marker = %path.display(),
+                            content = ?found,
+                            "the output marker stayed half-made (left by a crashed start); replacing it"
+                        );
+                        remove_half_made(&path)?;
+                        half_made_since = None;
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The marker's text for `config`. Only CSV files depend on `--csv-max-columns`, so only a
+/// CSV marker records it (a JSON Lines marker keeps the two lines it always had).
+fn marker_text(config: &PersistConfig) -> String {
+    let mut text = format!(
         "format={}\ncompression={}\n",
         config.format, config.compression
     );
-    match OpenOptions::new().write(true).create_new(true).open(&path) {
-        Ok(mut file) => {
-            file.write_all(wanted.as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(Error::io("write", &path))?;
+    if config.format == Format::Csv {
+        text.push_str(&format!("csv-max-columns={}\n", config.csv_max_columns));
+    }
+    text
+}
+
+/// What a marker's text is.
+#[derive(Debug, PartialEq, Eq)]
+enum Marker {
+    /// Ends with a newline and names a format and a compression: written in full.
+    Complete,
+    /// Empty, or a beginning of a complete marker: still being written, or left by a crash.
+    HalfMade,
+    /// Something else: not written by this program.
+    Foreign,
+}
+
+fn classify(text: &str) -> Marker {
+    const KEYS: [&str; 3] = ["format", "compression", "csv-max-columns"];
+    let is_setting = |line: &str| {
+        line.split_once('=')
+            .is_some_and(|(key, value)| KEYS.contains(&key) && !value.is_empty())
+    };
+    let (full_lines, last) = match text.rsplit_once('\n') {
+        Some((full, last)) => (full.split('\n').collect::<Vec<_>>(), last),
+        None => (Vec::new(), text),
+    };
+    if !full_lines.iter().all(|line| is_setting(line)) {
+        return Marker::Foreign;
+    }
+    // The unfinished last line must be the beginning of a setting line.
+    let could_continue = last.is_empty()
+        || match last.split_once('=') {
+            Some((key, _)) => KEYS.contains(&key),
+            None => KEYS.iter().any(|key| key.starts_with(last)),
+        };
+    let names = |key: &str| {
+        full_lines
+            .iter()
+            .any(|line| line.split_once('=').is_some_and(|(k, _)| k == key))
+    };
+    if last.is_empty() && names("format") && names("compression") {
+        Marker::Complete
+    } else if could_continue {
+        Marker::HalfMade
+    } else {
+        Marker::Foreign
+    }
+}
+
+/// The marker's text, or `None` when there is none.
+fn read_marker(path: &Path) -> Result<Option<String>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(Error::io("read", path)(err)),
+    }
+}
+
+/// Publishes `text` as the marker: unique temporary file, fsync, no-clobber link, fsync of the
+/// directory. False when a marker appeared in the meantime (it is then read and compared).
+fn publish(out: &Path, path: &Path, text: &str) -> Result<bool> {
+    let temp = out.join(format!("{MARKER_FILE}.{:016x}.tmp", rand::random::<u64>()));
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .and_then(|mut file| {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        });
+    if let Err(err) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(Error::io("write", &temp)(err));
+    }
+    let linked = fs::hard_link(&temp, path);
+    // The temporary name goes whatever happened: after a link the marker lives on under its
+    // own name, and after a failure there is nothing to keep.
+    let _ = fs::remove_file(&temp);
+    match linked {
+        Ok(()) => {
             crate::writer::sync_dir(out)?;
-            Ok(())
+            Ok(true)
         }
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-            let found = fs::read_to_string(&path).map_err(Error::io("read", &path))?;
-            if found == wanted {
-                Ok(())
-            } else {
-                Err(Error::OutputMismatch {
-                    path,
-                    reason: format!(
-                        "this output directory is written as {:?}, not {:?}; persisters sharing a directory must use the same --format and --compression",
-                        found.trim().replace('\n', ", "),
-                        wanted.trim().replace('\n', ", ")
-                    ),
-                })
-            }
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        // A start that cleaned up stray temporary files took ours for a crashed one (only
+        // when this one was very slow): try again.
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(Error::io("publish", path)(err)),
+    }
+}
+
+/// Removes a marker that stayed half-made, under an exclusive lock of that very file and only
+/// if the path still names it and it is still half-made: a persister that waited for the lock
+/// finds the path gone or naming a complete marker, and reads that instead of removing it.
+fn remove_half_made(path: &Path) -> Result<()> {
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(Error::io("open", path)(err)),
+    };
+    // The lock is released when `file` is closed, also when this process dies.
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|err| {
+        Error::OutputMismatch {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the marker stayed half-made and cannot be locked to replace it ({err}); remove it by hand"
+            ),
         }
-        Err(err) => Err(Error::io("create", &path)(err)),
+    })?;
+    if !still_names(path, &file)? {
+        return Ok(());
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(Error::io("read", path))?;
+    if classify(&text) != Marker::HalfMade {
+        return Ok(());
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(Error::io("remove half-made marker", path)(err)),
+    }
+}
+
+/// True when `path` still names the file `file` has open.
+fn still_names(path: &Path, file: &File) -> Result<bool> {
+    let open = file.metadata().map_err(Error::io("stat", path))?;
+    match fs::metadata(path) {
+        Ok(named) => Ok(named.dev() == open.dev() && named.ino() == open.ino()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(Error::io("stat", path)(err)),
+    }
+}
+
+/// Removes marker temporary files left by starts that crashed between creating and linking.
+fn remove_stale_temps(out: &Path) {
+    let Ok(entries) = fs::read_dir(out) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !is_marker_temp(name) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .is_ok_and(|modified| {
+                now.duration_since(modified)
+                    .is_ok_and(|age| age >= STALE_TEMP_AGE)
+            });
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// True for the names `publish` gives its temporary files.
+pub(crate) fn is_marker_temp(name: &str) -> bool {
+    name.strip_prefix(MARKER_FILE)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.strip_suffix(".tmp"))
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn mismatch(path: PathBuf, found: &str, wanted: &str) -> Error {
+    Error::OutputMismatch {
+        path,
+        reason: format!(
+            "this output directory is written as {:?}, not {:?}; persisters sharing a directory must use the same --format, --compress and --csv-max-columns",
+            found.trim().replace('\n', ", "),
+            wanted.trim().replace('\n', ", ")
+        ),
+    }
+}
+
+fn shorten(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_are_complete_half_made_or_foreign() {
+        assert_eq!(classify("format=csv\ncompression=none\n"), Marker::Complete);
+        assert_eq!(
+            classify("format=csv\ncompression=none\ncsv-max-columns=8\n"),
+            Marker::Complete
+        );
+        for half in [
+            "",
+            "f",
+            "format=",
+            "format=cs",
+            "format=csv\n",
+            "format=csv\ncompr",
+            "format=csv\ncompression=none",
+        ] {
+            assert_eq!(classify(half), Marker::HalfMade, "{half:?}");
+        }
+        for foreign in ["hello\n", "hello", "format=csv\nhello\n", "\n"] {
+            assert_eq!(classify(foreign), Marker::Foreign, "{foreign:?}");
+        }
+    }
+
+    #[test]
+    fn marker_temp_names_are_recognised() {
+        assert!(is_marker_temp(".buffer-persist.0123456789abcdef.tmp"));
+        assert!(!is_marker_temp(".buffer-persist"));
+        assert!(!is_marker_temp(".buffer-persist.x.tmp"));
+        assert!(!is_marker_temp(".1700000000000-0123456789abcdef.tmp"));
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::PersistConfig;
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
-use crate::writer::{self, BatchFile, Published, SinkFactory};
+use crate::writer::{self, BatchFile, CsvLayout, Published, SinkFactory};
 
 /// Counters of what a persister did since it started.
 #[derive(Debug, Default)]
@@ -451,7 +451,9 @@ impl Persister {
     ) -> Result<Published> {
         let config = &self.config;
         let columns = match config.format {
-            crate::Format::Csv => self.buffer.batch_keys(&batch.store, &batch.id).await?,
+            crate::Format::Csv => {
+                CsvLayout::of_batch(&self.buffer, batch, config.csv_max_columns).await?
+            }
             crate::Format::JsonLines => Default::default(),
         };
         let (out, store, id, open) = (

@@ -556,3 +556,182 @@ async fn persisters_with_another_format_refuse_a_shared_out() {
     let err = Persister::new(buffer, config).drain().await.unwrap_err();
     assert!(err.to_string().contains("--compression"), "{err}");
 }
+
+/// Drains the default namespace of `buffer` into a fresh directory with `configure`d settings
+/// and returns the decompressed bytes of the one file written.
+async fn drain_one_csv(buffer: &Buffer, configure: impl FnOnce(&mut PersistConfig)) -> Vec<u8> {
+    let out = tempfile::tempdir().unwrap();
+    let mut config = PersistConfig::new(out.path());
+    config.format = Format::Csv;
+    configure(&mut config);
+    let report = Persister::new(buffer.clone(), config)
+        .drain()
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.batches, 1);
+    let files: Vec<PathBuf> = files_under(out.path())
+        .into_iter()
+        .filter(|p| !p.ends_with(buffer_persist::MARKER_FILE))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut bytes = Vec::new();
+    open_decoded(&files[0])
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes
+}
+
+/// A CSV file's rows put back together as records: named columns that are not empty, plus
+/// the keys of the trailing `_rest` column's JSON object.
+fn reassemble(csv_bytes: &[u8], rest: &str) -> Vec<serde_json::Map<String, Value>> {
+    let mut reader = csv::Reader::from_reader(csv_bytes);
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    reader
+        .records()
+        .map(|row| {
+            let row = row.unwrap();
+            let mut record = serde_json::Map::new();
+            for (name, field) in header.iter().zip(row.iter()) {
+                if field.is_empty() {
+                    continue;
+                }
+                if name == rest {
+                    let Value::Object(others) = serde_json::from_str(field).unwrap() else {
+                        panic!("{field}")
+                    };
+                    record.extend(others);
+                } else {
+                    record.insert(name.clone(), Value::String(field.to_owned()));
+                }
+            }
+            record
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_of_many_distinct_keys_stays_proportional_and_keeps_every_key() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    // 20 000 records with one distinct key each, and one whose key is the trailing column's
+    // usual name, so that column must take another.
+    let mut records: Vec<Value> = (0..20_000)
+        .map(|i| json!({ format!("k{i:05}"): format!("v{i}") }))
+        .collect();
+    records.push(json!({"_rest": "mine"}));
+    for chunk in records.chunks(1000) {
+        buffer.push_many("wide", chunk).await.unwrap();
+    }
+    let input: usize = records.iter().map(|r| r.to_string().len() + 1).sum();
+    // A file is at most its records plus one separator per named column per row: with 16
+    // columns and records of ~20 bytes that is under 3× (without the bound: 20 001 columns
+    // in every row, about 400 MB).
+    let bytes = drain_one_csv(&buffer, |config| config.csv_max_columns = 16).await;
+    assert!(
+        bytes.len() < 3 * input,
+        "{} bytes of CSV for {input} bytes of records",
+        bytes.len()
+    );
+    let mut reader = csv::Reader::from_reader(bytes.as_slice());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let mut expected_header = vec!["_rest".to_owned()];
+    expected_header.extend((0..15).map(|i| format!("k{i:05}")));
+    expected_header.push("_rest_".to_owned());
+    assert_eq!(
+        header, expected_header,
+        "the first 16 sorted keys, then the rest"
+    );
+    let back = reassemble(&bytes, "_rest_");
+    let expected: Vec<serde_json::Map<String, Value>> = records
+        .iter()
+        .map(|r| r.as_object().unwrap().clone())
+        .collect();
+    assert_eq!(back.len(), expected.len());
+    assert!(back == expected, "every record's keys and values come back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_csv_file_reads_back_as_exactly_the_batch_records_even_without_keys() {
+    let server = RedisServer::start();
+    let batches: [(&str, Vec<Value>, usize); 4] = [
+        ("empty", vec![json!({}), json!({}), json!({})], 1024),
+        ("mixed", vec![json!({}), json!({"a": 1}), json!({})], 1024),
+        ("one", vec![json!({})], 1024),
+        ("nocolumns", vec![json!({}), json!({"a": 1}), json!({})], 0),
+    ];
+    for (ns, records, max_columns) in batches {
+        let buffer = Buffer::connect(server.config().namespace(ns).unwrap())
+            .await
+            .unwrap();
+        buffer.push_many("s", &records).await.unwrap();
+        let bytes = drain_one_csv(&buffer, |config| config.csv_max_columns = max_columns).await;
+        let mut reader = csv::Reader::from_reader(bytes.as_slice());
+        assert_eq!(
+            reader.records().count(),
+            records.len(),
+            "{ns}: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let back = reassemble(&bytes, "_rest");
+        let expected: Vec<serde_json::Map<String, Value>> = records
+            .iter()
+            .map(|r| {
+                let mut map = serde_json::Map::new();
+                for (key, value) in r.as_object().unwrap() {
+                    // Named columns come back as text, the trailing column as JSON.
+                    let value = if max_columns == 0 {
+                        value.clone()
+                    } else {
+                        Value::String(value.to_string())
+                    };
+                    map.insert(key.clone(), value);
+                }
+                map
+            })
+            .collect();
+        assert_eq!(back, expected, "{ns}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_writes_values_exactly_as_pushed_whatever_their_keys() {
+    use serde_json::value::RawValue;
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    // Pushed as raw text, so the records reach Redis exactly as written here.
+    let texts = [
+        r#"{"a":{"$serde_json::private::Number":"42"}}"#,
+        r#"{"$serde_json::private::Number":"1"}"#,
+        r#"{"$serde_json::private::Number":"not a number"}"#,
+        r#"{"n":123456789012345678901234567890.5}"#,
+    ];
+    let records: Vec<std::collections::BTreeMap<String, Box<RawValue>>> = texts
+        .iter()
+        .map(|text| serde_json::from_str(text).unwrap())
+        .collect();
+    buffer.push_many("magic", &records).await.unwrap();
+    let bytes = drain_one_csv(&buffer, |_| {}).await;
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        concat!(
+            "$serde_json::private::Number,a,n\n",
+            ",\"{\"\"$serde_json::private::Number\"\":\"\"42\"\"}\",\n",
+            "1,,\n",
+            "not a number,,\n",
+            ",,123456789012345678901234567890.5\n",
+        )
+    );
+    assert!(server.buffer_keys().is_empty(), "the batch persisted");
+}

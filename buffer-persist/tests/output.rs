@@ -1,0 +1,220 @@
+//! The output directory as the `buffer-persist` binary sets it up: the marker that makes
+//! persisters sharing `OUT` agree on their settings, and `--out` values it refuses.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, SystemTime};
+
+use buffer_persist::MARKER_FILE;
+use buffer_tests::RedisServer;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
+
+/// A `drain` of `server` into `out` with `extra` flags, not yet started.
+fn drain(server: &RedisServer, out: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .arg("drain")
+        .arg("--redis")
+        .arg(server.url())
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn marker(out: &Path) -> String {
+    fs::read_to_string(out.join(MARKER_FILE)).unwrap()
+}
+
+#[test]
+fn two_persisters_starting_together_on_a_fresh_out_both_start_fifty_times_in_a_row() {
+    let server = RedisServer::start();
+    for round in 0..50 {
+        let out = tempfile::tempdir().unwrap();
+        let first = drain(&server, out.path(), &[]).spawn().unwrap();
+        let second = drain(&server, out.path(), &[]).spawn().unwrap();
+        for child in [first, second] {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "round {round}: {}",
+                stderr(&output)
+            );
+        }
+        assert_eq!(marker(out.path()), "format=jsonl\ncompression=none\n");
+        let names: Vec<String> = fs::read_dir(out.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [MARKER_FILE],
+            "round {round}: no temporary file left"
+        );
+    }
+}
+
+#[test]
+fn persisters_with_different_settings_starting_together_never_both_start() {
+    let server = RedisServer::start();
+    for round in 0..20 {
+        let out = tempfile::tempdir().unwrap();
+        let jsonl = drain(&server, out.path(), &[]).spawn().unwrap();
+        let csv = drain(&server, out.path(), &["--format", "csv"])
+            .spawn()
+            .unwrap();
+        let outputs = [jsonl, csv].map(|child| child.wait_with_output().unwrap());
+        let started: Vec<bool> = outputs.iter().map(|o| o.status.success()).collect();
+        assert_eq!(
+            started.iter().filter(|s| **s).count(),
+            1,
+            "round {round}: exactly one starts: {:?}",
+            outputs.iter().map(stderr).collect::<Vec<_>>()
+        );
+        let refused = &outputs[usize::from(started[0])];
+        assert!(
+            stderr(refused).contains("persisters sharing a directory must use the same"),
+            "round {round}: {}",
+            stderr(refused)
+        );
+        let expected = if started[0] {
+            "format=jsonl\ncompression=none\n"
+        } else {
+            "format=csv\ncompression=none\ncsv-max-columns=1024\n"
+        };
+        assert_eq!(marker(out.path()), expected, "round {round}");
+    }
+}
+
+#[test]
+fn a_half_made_marker_is_not_a_mismatch() {
+    let server = RedisServer::start();
+    // Empty, as a persister of an older version killed between creating and writing it leaves
+    // it: after a short grace it is taken as left by a crashed start and replaced.
+    let out = tempfile::tempdir().unwrap();
+    fs::write(out.path().join(MARKER_FILE), "").unwrap();
+    let output = drain(&server, out.path(), &[]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(marker(out.path()), "format=jsonl\ncompression=none\n");
+
+    // Cut short the same way, with other settings: replaced too, never compared.
+    let out = tempfile::tempdir().unwrap();
+    fs::write(out.path().join(MARKER_FILE), "format=csv\ncompr").unwrap();
+    let output = drain(&server, out.path(), &[]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(marker(out.path()), "format=jsonl\ncompression=none\n");
+}
+
+#[test]
+fn a_half_made_marker_that_gets_completed_is_read_once_complete() {
+    let server = RedisServer::start();
+    for (written, starts) in [
+        ("format=jsonl\ncompression=none\n", true),
+        ("format=csv\ncompression=gzip\n", false),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let path = out.path().join(MARKER_FILE);
+        fs::write(&path, "").unwrap();
+        let mut child = drain(&server, out.path(), &[])
+            .env("RUST_LOG", "info")
+            .spawn()
+            .unwrap();
+        // Once the persister says it is waiting for the half-made marker, its slow writer
+        // finishes it (in place, as that writer would): the persister compares what was
+        // written, not the empty file it first saw.
+        let mut log = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                log.read_line(&mut line).unwrap() > 0,
+                "exited early: {seen}"
+            );
+            seen.push_str(&line);
+            if line.contains("half-made") {
+                break;
+            }
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all(written.as_bytes())
+            .unwrap();
+        log.read_to_string(&mut seen).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.success(), starts, "{seen}");
+        if !starts {
+            assert!(seen.contains("format=csv, compression=gzip"), "{seen}");
+        }
+        assert_eq!(marker(out.path()), written, "the marker is never replaced");
+    }
+}
+
+#[test]
+fn stray_marker_temporary_files_from_crashed_starts_are_removed() {
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let stray = out
+        .path()
+        .join(format!("{MARKER_FILE}.0123456789abcdef.tmp"));
+    fs::write(&stray, "format=csv\n").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&stray)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    let output = drain(&server, out.path(), &[]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stray.exists(), "the stray temporary file is gone");
+    assert_eq!(marker(out.path()), "format=jsonl\ncompression=none\n");
+}
+
+#[test]
+fn an_out_that_is_a_url_is_refused_by_name() {
+    // Nothing listens on this port: the setting must be refused before Redis is tried.
+    let redis = format!("redis://127.0.0.1:{}", buffer_tests::free_port());
+    let cwd = tempfile::tempdir().unwrap();
+    for subcommand in ["drain", "run"] {
+        let output = Command::new(BINARY)
+            .current_dir(cwd.path())
+            .args([subcommand, "--redis", &redis, "--out", "s3://bucket/x"])
+            .output()
+            .unwrap();
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{subcommand}: {text}");
+        assert!(
+            text.contains("--out s3://bucket/x is a s3:// URL"),
+            "{subcommand}: {text}"
+        );
+    }
+    let output = Command::new(BINARY)
+        .current_dir(cwd.path())
+        .args(["drain", "--redis", &redis])
+        .env("BUFFER_OUT", "gs://bucket")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("gs://bucket"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "no directory named after the scheme"
+    );
+}
