@@ -266,7 +266,8 @@ pub struct PreparedSummary {
 /// All the records and keys of a batch, loaded at once by [`Buffer::get_contents`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchContents {
-    /// The records, in push order.
+    /// The records, in push order, as `Value`s (exact for numbers that fit an `i64`, `u64` or
+    /// `f64`; [`Buffer::reader`] gives the exact texts).
     pub records: Vec<serde_json::Value>,
     /// The distinct top-level keys, sorted.
     pub keys: BTreeSet<String>,
@@ -336,8 +337,7 @@ impl Buffer {
                 redis::cmd("PING").query_async::<String>(&mut conn).await
             })
             .await?;
-        if buffer.inner.config.clock.corrected_by_redis_time() && buffer.inner.offset.try_begin()
-        {
+        if buffer.inner.config.clock.corrected_by_redis_time() && buffer.inner.offset.try_begin() {
             buffer.measure_offset().await?;
         }
         Ok(buffer)
@@ -446,7 +446,9 @@ impl Buffer {
         let before = clock.now_ms();
         let reply = self
             .run("clock offset", "", async move {
-                redis::cmd("TIME").query_async::<(u64, u64)>(&mut conn).await
+                redis::cmd("TIME")
+                    .query_async::<(u64, u64)>(&mut conn)
+                    .await
             })
             .await;
         let after = clock.now_ms();

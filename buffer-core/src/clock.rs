@@ -156,7 +156,8 @@ impl RedisOffset {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if claimed {
-            self.attempted_at.store(self.elapsed_ms(), Ordering::Release);
+            self.attempted_at
+                .store(self.elapsed_ms(), Ordering::Release);
         }
         claimed
     }

@@ -224,7 +224,10 @@ impl Error {
         match self {
             Self::Redis { source, .. } => {
                 source.code() == Some("NOPERM")
-                    || source.to_string().to_lowercase().contains("unknown command")
+                    || source
+                        .to_string()
+                        .to_lowercase()
+                        .contains("unknown command")
             }
             _ => false,
         }

@@ -94,7 +94,8 @@ pub(crate) fn parse(
             kind_of_text(value)
         )));
     }
-    let json = compact(value).map_err(|reason| invalid(format!("it is not valid JSON: {reason}")))?;
+    let json =
+        compact(value).map_err(|reason| invalid(format!("it is not valid JSON: {reason}")))?;
     check_size(store, index, &json, max_bytes)?;
     Ok(EncodedRecord { json })
 }
@@ -321,7 +322,11 @@ mod tests {
             ("{\"a\":1,\"a\":2}", "{\"a\":1,\"a\":2}"),
         ];
         for (text, compact) in cases {
-            assert_eq!(parse(&store(), 0, text, 1000).unwrap().json, compact, "{text}");
+            assert_eq!(
+                parse(&store(), 0, text, 1000).unwrap().json,
+                compact,
+                "{text}"
+            );
         }
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use buffer_core::{
-    Buffer, BufferConfig, Clock, Error, FORGET_SILENT_PERSISTERS_AFTER, ManualClock,
-    PersisterInfo, StoreName, SystemClock,
+    Buffer, BufferConfig, Clock, Error, FORGET_SILENT_PERSISTERS_AFTER, ManualClock, PersisterInfo,
+    StoreName, SystemClock,
 };
 use buffer_tests::{RedisServer, eventually};
 use serde_json::{Value, json};
@@ -1020,17 +1020,20 @@ async fn records_round_trip_byte_exact_including_the_magic_key_and_huge_numbers(
     let mut all = expected.clone();
     all.extend(values.iter().map(|v| v.to_string()));
     assert_eq!(batch_records(&buffer, &batch).await, all, "byte-exact");
-    assert!(buffer.batch_keys(&batch.store, &batch.id).await.unwrap().contains(MAGIC_KEY));
+    assert!(
+        buffer
+            .batch_keys(&batch.store, &batch.id)
+            .await
+            .unwrap()
+            .contains(MAGIC_KEY)
+    );
 
     // get_contents gives Values, which cannot hold 1e400: a typed error, pointing to the reader.
     let err = buffer
         .get_contents(&batch.store, &batch.id)
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, Error::NotAValue { index: 3, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::NotAValue { index: 3, .. }), "{err:?}");
     buffer.empty(&batch.store, &batch.id).await.unwrap();
     // Without such a number, the magic key comes back as the plain key it is.
     buffer.push_json("plain", &sent[..3]).await.unwrap();
@@ -1081,7 +1084,10 @@ async fn a_producer_clock_an_hour_ahead_neither_delays_the_age_flush_nor_skews_s
         .await
         .unwrap();
     let offset = producer.clock_offset_ms().unwrap();
-    assert!((offset + HOUR_MS).abs() < 2_000, "measured at connect: {offset}");
+    assert!(
+        (offset + HOUR_MS).abs() < 2_000,
+        "measured at connect: {offset}"
+    );
     let receipt = producer.push("skewed", &json!({"a": 1})).await.unwrap();
     let redis_now = redis_time_ms(&server);
     assert!(
@@ -1105,11 +1111,19 @@ async fn a_producer_clock_an_hour_ahead_neither_delays_the_age_flush_nor_skews_s
         .await,
         "the store was never old enough"
     );
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Batch ids, the persister-side stamps, are on Redis time too, from either clock.
     producer.push("skewed", &json!({"a": 2})).await.unwrap();
-    let batch = producer.prepare_to_persist("skewed").await.unwrap().unwrap();
+    let batch = producer
+        .prepare_to_persist("skewed")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(batch.id.created_ms().abs_diff(redis_time_ms(&server)) < 2_000);
     assert!(producer.now_ms().abs_diff(persister.now_ms()) < 2_000);
 }
@@ -1125,7 +1139,11 @@ async fn a_lazy_producer_corrects_its_first_push_and_follows_a_stepped_clock() {
             .clock_sync_interval(Duration::from_millis(100)),
     )
     .unwrap();
-    assert_eq!(producer.clock_offset_ms(), None, "nothing measured before first use");
+    assert_eq!(
+        producer.clock_offset_ms(),
+        None,
+        "nothing measured before first use"
+    );
     let receipt = producer.push("late", &json!({"a": 1})).await.unwrap();
     assert!(receipt.first_write_ms.abs_diff(redis_time_ms(&server)) < 2_000);
     producer.prepare_to_persist("late").await.unwrap().unwrap();
@@ -1152,7 +1170,14 @@ async fn a_manual_clock_is_used_exactly_and_never_measured() {
         .await
         .unwrap();
     assert_eq!(buffer.clock_offset_ms(), None);
-    assert_eq!(buffer.push("m", &json!({"a": 1})).await.unwrap().first_write_ms, 5_000);
+    assert_eq!(
+        buffer
+            .push("m", &json!({"a": 1}))
+            .await
+            .unwrap()
+            .first_write_ms,
+        5_000
+    );
     clock.advance_ms(7);
     assert_eq!(buffer.now_ms(), 5_007);
 }
