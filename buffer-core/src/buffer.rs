@@ -10,7 +10,7 @@ use redis::{Client, Value};
 use serde::Serialize;
 
 use crate::batch::BatchId;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{self, Clock, RedisOffset, SystemClock};
 use crate::error::{Error, Result};
 use crate::keys::{DEFAULT_GROUPS, KeyLayout};
 use crate::name::{Namespace, StoreName};
@@ -43,6 +43,7 @@ pub struct BufferConfig {
     holder_id: String,
     push_id_ttl: Duration,
     clock: Arc<dyn Clock>,
+    clock_sync_interval: Duration,
 }
 
 impl BufferConfig {
@@ -60,6 +61,7 @@ impl BufferConfig {
             holder_id: default_holder_id(),
             push_id_ttl: Duration::from_secs(24 * 3600),
             clock: Arc::new(SystemClock),
+            clock_sync_interval: Duration::from_secs(60),
         }
     }
 
@@ -131,8 +133,19 @@ impl BufferConfig {
     }
 
     /// The clock used for first-write times, batch ids and ages (default the system clock).
+    /// Unless it opts out ([`Clock::corrected_by_redis_time`]), its readings are corrected by
+    /// their measured offset to Redis `TIME`, so a skewed clock neither delays nor hastens an
+    /// age flush; see [`Buffer::now_ms`].
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// How old the measured offset of the clock to Redis `TIME` may grow before it is measured
+    /// again, in the background (default 60 s). A clock that is stepped (NTP, a VM resumed) is
+    /// followed again within about this long.
+    pub fn clock_sync_interval(mut self, interval: Duration) -> Self {
+        self.clock_sync_interval = interval;
         self
     }
 
@@ -253,7 +266,8 @@ pub struct PreparedSummary {
 /// All the records and keys of a batch, loaded at once by [`Buffer::get_contents`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchContents {
-    /// The records, in push order.
+    /// The records, in push order, as `Value`s (exact for numbers that fit an `i64`, `u64` or
+    /// `f64`; [`Buffer::reader`] gives the exact texts).
     pub records: Vec<serde_json::Value>,
     /// The distinct top-level keys, sorted.
     pub keys: BTreeSet<String>,
@@ -304,6 +318,9 @@ struct Inner {
     conn: ConnectionManager,
     layout: KeyLayout,
     config: BufferConfig,
+    /// The clock's offset to Redis time: measured by `connect` or the first stamp, refreshed
+    /// by a short task `now_ms` spawns when it is stale; read by every clone.
+    offset: RedisOffset,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -329,6 +346,9 @@ impl Buffer {
                 redis::cmd("PING").query_async::<String>(&mut conn).await
             })
             .await?;
+        if buffer.inner.config.clock.corrected_by_redis_time() && buffer.inner.offset.try_begin() {
+            buffer.measure_offset().await?;
+        }
         Ok(buffer)
     }
 
@@ -353,12 +373,14 @@ impl Buffer {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|err| Error::Config(format!("{}: {err}", config.redacted_url())))?;
         let layout = KeyLayout::new(config.namespace.clone(), config.groups);
+        let offset = RedisOffset::new(config.clock_sync_interval);
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
                 conn,
                 layout,
                 config,
+                offset,
             }),
         })
     }
@@ -373,9 +395,88 @@ impl Buffer {
         &self.inner.config.holder_id
     }
 
-    /// The current time by this buffer's clock (Unix ms).
+    /// The current time on Redis's timeline (Unix ms): the configured clock plus its measured
+    /// offset to Redis `TIME`, or the clock itself for a clock that opts out of correction
+    /// ([`crate::ManualClock`]). Every time this buffer writes or compares in Redis is this.
+    ///
+    /// Never waits: when the offset is stale (or not measured yet, after
+    /// [`Buffer::connect_lazy`]) it starts a measurement in the background, if called inside a
+    /// Tokio runtime, and answers with the offset it has (none before the first measurement).
     pub fn now_ms(&self) -> u64 {
-        self.inner.config.clock.now_ms()
+        let clock = &self.inner.config.clock;
+        if !clock.corrected_by_redis_time() {
+            return clock.now_ms();
+        }
+        if self.inner.offset.is_due()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && self.inner.offset.try_begin()
+        {
+            // Bounded by the response timeout; holding a clone only keeps the connection open
+            // until then. A failure is retried by a later call after a short rest.
+            let buffer = self.clone();
+            runtime.spawn(async move {
+                if let Err(err) = buffer.measure_offset().await {
+                    tracing::debug!(error = %err, "could not measure the clock offset to Redis");
+                }
+            });
+        }
+        self.inner.offset.apply(clock.now_ms())
+    }
+
+    /// The measured offset of this buffer's clock to Redis `TIME` (Redis − clock, ms), or
+    /// `None` when it is not measured (yet, or ever: a clock that opts out of correction).
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        self.inner.offset.offset_ms()
+    }
+
+    /// [`Buffer::now_ms`] for a time about to be written to or compared in Redis: the first
+    /// such call after [`Buffer::connect_lazy`] measures the offset first (one extra round
+    /// trip, once), so not even the first push of a lazily connected producer is stamped by
+    /// a skewed clock.
+    pub(crate) async fn stamp_ms(&self) -> Result<u64> {
+        if self.inner.config.clock.corrected_by_redis_time()
+            && self.inner.offset.offset_ms().is_none()
+            && self.inner.offset.try_begin()
+        {
+            self.measure_offset().await?;
+        }
+        Ok(self.now_ms())
+    }
+
+    /// Measures the clock's offset to Redis `TIME`; the caller holds the measurement claimed
+    /// with `RedisOffset::try_begin`, which this releases on every way out.
+    ///
+    /// A refusal of `TIME` itself (an ACL without it, a renamed command) is not fatal: it is
+    /// logged and the clock is used uncorrected (offset 0) until the next interval. Every
+    /// other error is returned, and the next stamp tries again.
+    async fn measure_offset(&self) -> Result<()> {
+        let clock = self.inner.config.clock.clone();
+        let mut conn = self.conn();
+        let before = clock.now_ms();
+        let reply = self
+            .run("clock offset", "", async move {
+                redis::cmd("TIME")
+                    .query_async::<(u64, u64)>(&mut conn)
+                    .await
+            })
+            .await;
+        let after = clock.now_ms();
+        match reply {
+            Ok((secs, micros)) => {
+                let offset = clock::offset_from_round_trip(before, after, secs, micros);
+                self.inner.offset.end(Some(offset));
+                Ok(())
+            }
+            Err(err) if err.is_command_refused() => {
+                tracing::warn!(error = %err, "Redis refused TIME: using this process's clock uncorrected");
+                self.inner.offset.end(Some(0));
+                Ok(())
+            }
+            Err(err) => {
+                self.inner.offset.end(None);
+                Err(err)
+            }
+        }
     }
 
     pub(crate) fn layout(&self) -> &KeyLayout {
@@ -547,7 +648,7 @@ impl Buffer {
         let layout = self.layout();
         let live = layout.live(&store);
         let group = layout.group_for(&store);
-        let now = self.now_ms();
+        let now = self.stamp_ms().await?;
         let bytes: usize = records.iter().map(|r| r.json.len()).sum();
         let keys = record::unique_keys(&records)?;
         let mut invocation = scripts::PUSH_ONCE.prepare_invoke();
@@ -605,7 +706,7 @@ impl Buffer {
         let layout = self.layout();
         let live = layout.live(store);
         let group = layout.group_for(store);
-        let now = self.now_ms();
+        let now = self.stamp_ms().await?;
         let bytes: usize = records.iter().map(|r| r.json.len()).sum();
         let count = records.len();
         // The SADD is built from borrowed keys (its arguments are copied into the command), so
@@ -698,7 +799,7 @@ impl Buffer {
         let live = layout.live(store);
         let group = layout.group_for(store);
         for _attempt in 0..16 {
-            let id = BatchId::new(self.now_ms());
+            let id = BatchId::new(self.stamp_ms().await?);
             let batch = layout.batch(store, &id);
             let mut invocation = scripts::PREPARE.prepare_invoke();
             for key in live.all().into_iter().chain(batch.all()) {
@@ -812,12 +913,20 @@ impl Buffer {
         }
     }
 
-    /// Loads a whole batch: its records parsed as JSON and its sorted unique keys.
-    /// Use [`Buffer::reader`] for batches that may not fit in memory.
+    /// Loads a whole batch: its records as `serde_json::Value`s and its sorted unique keys.
+    /// Use [`Buffer::reader`] for batches that may not fit in memory, and for the records'
+    /// exact texts.
+    ///
+    /// A `Value` holds a number as an `i64`, a `u64` or an `f64`, so this form is exact for
+    /// every number that fits one of those; a longer integer or a decimal with more digits
+    /// than an `f64` holds becomes the nearest `f64`. The texts in Redis (and so in the
+    /// persister's files and from [`Buffer::reader`]) keep every number exactly as pushed.
     ///
     /// # Errors
-    /// [`Error::BatchNotFound`] when the batch does not exist; [`Error::Corrupt`] when a record
-    /// is not JSON; transient errors.
+    /// [`Error::BatchNotFound`] when the batch does not exist; [`Error::NotAValue`] when a
+    /// record is valid JSON that no `Value` can hold (a number beyond `f64`'s range such as
+    /// `1e400`, or nesting deeper than 128); [`Error::Corrupt`] when a record is not JSON;
+    /// transient errors.
     pub async fn get_contents(&self, store: &StoreName, batch: &BatchId) -> Result<BatchContents> {
         let info = self
             .batch_info(store, batch)
@@ -830,10 +939,19 @@ impl Buffer {
         let mut records = Vec::with_capacity(usize::try_from(info.records).unwrap_or(0));
         while let Some(page) = reader.next_page().await? {
             for text in page {
-                records.push(serde_json::from_str(&text).map_err(|err| Error::Corrupt {
-                    what: format!(
-                        "a record of batch {batch} of store {store:?} is not JSON: {err}"
-                    ),
+                let index = records.len() as u64;
+                records.push(record::to_value(&text).map_err(|failure| match failure {
+                    record::ValueFailure::NotJson(err) => Error::Corrupt {
+                        what: format!(
+                            "record {index} of batch {batch} of store {store:?} is not JSON: {err}"
+                        ),
+                    },
+                    record::ValueFailure::NotRepresentable(err) => Error::NotAValue {
+                        store: store.to_string(),
+                        batch: batch.to_string(),
+                        index,
+                        reason: err.to_string(),
+                    },
                 })?);
             }
         }
@@ -1090,7 +1208,7 @@ impl Buffer {
     /// # Errors
     /// As [`Buffer::stores`].
     pub async fn get_old(&self, older_than: Duration) -> Result<Vec<StoreSummary>> {
-        let cutoff = self.now_ms().saturating_sub(millis(older_than));
+        let cutoff = self.stamp_ms().await?.saturating_sub(millis(older_than));
         self.select_by_score(Selector::FirstWriteAtMost(cutoff))
             .await
     }

@@ -106,6 +106,22 @@ pub enum Error {
         /// The batch id.
         batch: String,
     },
+    /// A record cannot be given as a `serde_json::Value` (a number beyond `f64`'s range, such as
+    /// `1e400`, or nesting deeper than 128 levels), though it is valid JSON: read its exact
+    /// text with [`crate::Buffer::reader`].
+    #[error(
+        "record {index} of batch {batch} of store {store:?} cannot be a serde_json::Value ({reason}); read its exact text with Buffer::reader"
+    )]
+    NotAValue {
+        /// The store concerned.
+        store: String,
+        /// The batch id.
+        batch: String,
+        /// The record's position in the batch.
+        index: u64,
+        /// What serde_json could not represent.
+        reason: String,
+    },
     /// Data read from Redis did not have the expected shape.
     #[error("unexpected data in Redis: {what}")]
     Corrupt {
@@ -200,6 +216,21 @@ impl Error {
     /// True when a key held a value of the wrong type.
     pub fn is_wrong_type(&self) -> bool {
         matches!(self, Self::WrongType { .. })
+    }
+
+    /// True when the server refused the command itself: not allowed by the user's ACL
+    /// (`NOPERM`), or unknown (renamed or disabled).
+    pub(crate) fn is_command_refused(&self) -> bool {
+        match self {
+            Self::Redis { source, .. } => {
+                source.code() == Some("NOPERM")
+                    || source
+                        .to_string()
+                        .to_lowercase()
+                        .contains("unknown command")
+            }
+            _ => false,
+        }
     }
 
     /// Turns an error of the client library into ours, recognising the server errors that

@@ -55,7 +55,8 @@ impl Buffer {
             what: format!("persister info could not be serialized: {err}"),
         })?;
         let cutoff = self
-            .now_ms()
+            .stamp_ms()
+            .await?
             .saturating_sub(millis(FORGET_SILENT_PERSISTERS_AFTER));
         let mut invocation = scripts::ANNOUNCE.key(self.persisters_key());
         invocation.arg(&info.holder).arg(json).arg(cutoff);
@@ -97,7 +98,7 @@ impl Buffer {
                 redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
             })
             .await?;
-        let now = self.now_ms();
+        let now = self.stamp_ms().await?;
         let mut out: Vec<PersisterInfo> = entries
             .into_iter()
             .filter_map(|(_, json)| serde_json::from_str::<PersisterInfo>(&json).ok())

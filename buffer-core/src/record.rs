@@ -6,7 +6,6 @@ use std::fmt;
 
 use serde::Serialize;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::name::StoreName;
@@ -66,38 +65,123 @@ pub(crate) fn unique_keys(records: &[EncodedRecord]) -> Result<HashSet<Cow<'_, s
     Ok(keys)
 }
 
-/// Parses one JSON text (a line of JSON Lines, say) as a record.
+/// Checks one JSON text (a line of JSON Lines, say) as a record and compacts it.
+///
+/// Records are JSON text end to end: the text is validated by a streaming pass that builds
+/// nothing (no `Value`, so no number is converted and no key is special), checked to be an
+/// object, and compacted by dropping the whitespace between tokens. Every token keeps its exact
+/// text: `1e400`, `123456789012345678901234567890.123456789`, `-0.0`, escapes in strings and
+/// duplicate keys all reach Redis as they were written.
 pub(crate) fn parse(
     store: &StoreName,
     index: usize,
     text: &str,
     max_bytes: usize,
 ) -> Result<EncodedRecord> {
-    let value: Value = serde_json::from_str(text).map_err(|err| Error::InvalidRecord {
+    let invalid = |reason: String| Error::InvalidRecord {
         store: store.to_string(),
         index,
-        reason: format!("it is not valid JSON: {err}"),
-    })?;
-    from_value(store, index, &value, max_bytes)
-}
-
-fn from_value(
-    store: &StoreName,
-    index: usize,
-    value: &Value,
-    max_bytes: usize,
-) -> Result<EncodedRecord> {
-    let Value::Object(_) = value else {
-        return Err(Error::InvalidRecord {
-            store: store.to_string(),
-            index,
-            reason: format!("a record must be a JSON object, this is {}", kind(value)),
-        });
+        reason,
     };
-    // `Value`'s Display writes compact JSON on one line, which is what JSON Lines needs.
-    let json = value.to_string();
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    IgnoredAny::deserialize(&mut deserializer)
+        .and_then(|IgnoredAny| deserializer.end())
+        .map_err(|err| invalid(format!("it is not valid JSON: {err}")))?;
+    let value = text.trim_start_matches(is_json_whitespace);
+    if !value.starts_with('{') {
+        return Err(invalid(format!(
+            "a record must be a JSON object, this is {}",
+            kind_of_text(value)
+        )));
+    }
+    let json =
+        compact(value).map_err(|reason| invalid(format!("it is not valid JSON: {reason}")))?;
     check_size(store, index, &json, max_bytes)?;
     Ok(EncodedRecord { json })
+}
+
+/// JSON's four whitespace characters (RFC 8259), the only ones allowed between tokens.
+fn is_json_whitespace(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
+
+/// Drops the whitespace between the tokens of a valid JSON text, copying every token's bytes
+/// unchanged, and refuses an unpaired UTF-16 surrogate escape (`"\ud800"`), which the syntax
+/// pass lets through but no JSON parser that builds strings (serde_json's included) accepts:
+/// a record that every reader can parse is part of what push promises.
+fn compact(text: &str) -> std::result::Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    // Bytes `run_start..i` are copied in one go when whitespace (or the end) is reached.
+    let mut run_start = 0;
+    let mut in_string = false;
+    // Set after a high-surrogate escape: the next thing must be a low-surrogate escape.
+    let mut awaiting_low_surrogate = false;
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        if in_string {
+            if awaiting_low_surrogate && byte != b'\\' {
+                return Err(format!("unpaired surrogate escape before byte {i}"));
+            }
+            match byte {
+                b'"' => in_string = false,
+                b'\\' if bytes.get(i + 1) == Some(&b'u') => {
+                    let unit = bytes
+                        .get(i + 2..i + 6)
+                        .and_then(|hex| std::str::from_utf8(hex).ok())
+                        .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+                        .ok_or_else(|| format!("a bad \\u escape at byte {i}"))?;
+                    let low = (0xDC00..=0xDFFF).contains(&unit);
+                    if awaiting_low_surrogate != low {
+                        return Err(format!("unpaired surrogate escape at byte {i}"));
+                    }
+                    awaiting_low_surrogate = (0xD800..=0xDBFF).contains(&unit);
+                    i += 6;
+                    continue;
+                }
+                b'\\' if awaiting_low_surrogate => {
+                    return Err(format!("unpaired surrogate escape before byte {i}"));
+                }
+                // Any other escape is two bytes; skipping the second keeps `\"` in the string.
+                b'\\' => i += 1,
+                _ => {}
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        } else if matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            // ASCII positions are character boundaries, so these slices never split a char.
+            out.push_str(text.get(run_start..i).unwrap_or_default());
+            run_start = i + 1;
+        }
+        i += 1;
+    }
+    out.push_str(text.get(run_start..).unwrap_or_default());
+    Ok(out)
+}
+
+/// Why a stored record text could not be turned into a `Value`.
+pub(crate) enum ValueFailure {
+    /// It is not JSON at all (only a foreign writer can put such a text in a batch).
+    NotJson(serde_json::Error),
+    /// It is valid JSON that a `Value` cannot hold (a number beyond `f64`, deep nesting).
+    NotRepresentable(serde_json::Error),
+}
+
+/// Parses a stored record text into a `Value`, telling apart texts that are not JSON from
+/// valid JSON that a `Value` cannot hold (the syntax pass converts no number and has no depth
+/// limit, so it decides which).
+pub(crate) fn to_value(text: &str) -> std::result::Result<serde_json::Value, ValueFailure> {
+    serde_json::from_str(text).map_err(|err| {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let valid = IgnoredAny::deserialize(&mut deserializer)
+            .and_then(|IgnoredAny| deserializer.end())
+            .is_ok();
+        if valid {
+            ValueFailure::NotRepresentable(err)
+        } else {
+            ValueFailure::NotJson(err)
+        }
+    })
 }
 
 fn check_size(store: &StoreName, index: usize, json: &str, max_bytes: usize) -> Result<()> {
@@ -168,20 +252,10 @@ fn kind_of_text(json: &str) -> &'static str {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn store() -> StoreName {
         StoreName::new("s").unwrap()
@@ -224,6 +298,56 @@ mod tests {
         let text =
             r#"{"n":123456789012345678901234567890,"f":0.1000000000000000055511151231257827}"#;
         assert_eq!(parse(&store(), 0, text, 1000).unwrap().json, text);
+    }
+
+    #[test]
+    fn every_token_keeps_its_text_and_only_whitespace_between_tokens_goes() {
+        let cases = [
+            (
+                "{\"$serde_json::private::Number\":\"42\"}",
+                "{\"$serde_json::private::Number\":\"42\"}",
+            ),
+            (
+                " {\"a\" : {\"$serde_json::private::Number\" :\"42\"}}\n",
+                "{\"a\":{\"$serde_json::private::Number\":\"42\"}}",
+            ),
+            (
+                "{\"n\": 123456789012345678901234567890.123456789, \"e\": 1e400, \"z\": -0.0, \"E\": 1E-400}",
+                "{\"n\":123456789012345678901234567890.123456789,\"e\":1e400,\"z\":-0.0,\"E\":1E-400}",
+            ),
+            (
+                "{\t\"s\" : \" a \\\" b \\\\\" , \"u\": \"\\ud83d\\ude00 \\u0041\"\r\n}",
+                "{\"s\":\" a \\\" b \\\\\",\"u\":\"\\ud83d\\ude00 \\u0041\"}",
+            ),
+            ("{\"a\":1,\"a\":2}", "{\"a\":1,\"a\":2}"),
+        ];
+        for (text, compact) in cases {
+            assert_eq!(
+                parse(&store(), 0, text, 1000).unwrap().json,
+                compact,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn unpaired_surrogate_escapes_and_trailing_text_are_refused() {
+        for text in [
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":"\ud800x"}"#,
+            r#"{"a":"\ud800\n"}"#,
+            r#"{"a":"\ud800\u0041"}"#,
+            r#"{"a":"\udc00"}"#,
+            r#"{"\ud800":1}"#,
+            r#"{"a":1} {"b":2}"#,
+            r#"{"a":1"#,
+        ] {
+            let err = parse(&store(), 4, text, 1000).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidRecord { index: 4, ref reason, .. } if reason.contains("not valid JSON")),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

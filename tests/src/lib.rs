@@ -442,6 +442,15 @@ pub fn output_records(out: &Path) -> std::collections::BTreeMap<PathBuf, Vec<ser
 
 /// The records of one JSON Lines batch file (plain, `.gz` or `.zst`).
 pub fn file_records(path: &Path) -> Vec<serde_json::Value> {
+    file_lines(path)
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// The lines of one JSON Lines batch file (plain, `.gz` or `.zst`), as written: for checks
+/// that a record's text came through byte for byte.
+pub fn file_lines(path: &Path) -> Vec<String> {
     let file = std::fs::File::open(path).unwrap();
     let mut text = String::new();
     let name = path.to_string_lossy();
@@ -459,9 +468,7 @@ pub fn file_records(path: &Path) -> Vec<serde_json::Value> {
             .read_to_string(&mut text)
             .unwrap();
     }
-    text.lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    text.lines().map(str::to_owned).collect()
 }
 
 impl RedisServer {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use buffer_core::{
-    Buffer, BufferConfig, Error, FORGET_SILENT_PERSISTERS_AFTER, ManualClock, PersisterInfo,
-    StoreName,
+    Buffer, BufferConfig, Clock, Error, FORGET_SILENT_PERSISTERS_AFTER, ManualClock, PersisterInfo,
+    StoreName, SystemClock,
 };
 use buffer_tests::{RedisServer, eventually};
 use serde_json::{Value, json};
@@ -969,4 +969,215 @@ async fn key_counts_are_exact_per_live_store_in_one_call() {
     server.command(&["SET", &z_keys, "not a set"]);
     let err = buffer.store_key_counts(&stores).await.unwrap_err();
     assert!(err.is_wrong_type(), "{err:?}");
+}
+
+/// The key that serde_json's `arbitrary_precision` feature treats as a number in disguise.
+const MAGIC_KEY: &str = "$serde_json::private::Number";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_round_trip_byte_exact_including_the_magic_key_and_huge_numbers() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    // (as pushed, as stored): push_json keeps every token's text and drops only the
+    // whitespace between tokens.
+    let texts = [
+        (format!(r#"{{"{MAGIC_KEY}":"42"}}"#), None),
+        (format!(r#"{{"a":{{"{MAGIC_KEY}":"42"}}}}"#), None),
+        (format!(r#"{{"{MAGIC_KEY}":42,"b":[{{"{MAGIC_KEY}":"x"}}]}}"#), None),
+        (
+            "{ \"n\" : 123456789012345678901234567890.123456789,\n \"e\": 1e400, \"z\": -0.0 }"
+                .to_owned(),
+            Some("{\"n\":123456789012345678901234567890.123456789,\"e\":1e400,\"z\":-0.0}"),
+        ),
+        (
+            r#"{"u":18446744073709551616,"i":-9223372036854775809,"f":0.1000000000000000055511151231257827}"#
+                .to_owned(),
+            None,
+        ),
+        (r#"{"dup":1,"dup":2}"#.to_owned(), None),
+    ];
+    let sent: Vec<&str> = texts.iter().map(|(text, _)| text.as_str()).collect();
+    let expected: Vec<String> = texts
+        .iter()
+        .map(|(text, stored)| stored.map_or_else(|| text.clone(), str::to_owned))
+        .collect();
+    let receipt = buffer.push_json("exact", &sent).await.unwrap();
+    assert_eq!(receipt.records, texts.len() as u64);
+    assert_eq!(
+        buffer.latest_records("exact", texts.len()).await.unwrap(),
+        expected
+    );
+    // push of a Value carrying the key, flat and nested, is stored as that Value's JSON.
+    let values = [
+        json!({ MAGIC_KEY: "42" }),
+        json!({"a": { MAGIC_KEY: "42" }}),
+        json!({ MAGIC_KEY: {"a": 1} }),
+    ];
+    for value in &values {
+        buffer.push("exact", value).await.unwrap();
+    }
+    let batch = buffer.prepare_to_persist("exact").await.unwrap().unwrap();
+    let mut all = expected.clone();
+    all.extend(values.iter().map(|v| v.to_string()));
+    assert_eq!(batch_records(&buffer, &batch).await, all, "byte-exact");
+    assert!(
+        buffer
+            .batch_keys(&batch.store, &batch.id)
+            .await
+            .unwrap()
+            .contains(MAGIC_KEY)
+    );
+
+    // get_contents gives Values, which cannot hold 1e400: a typed error, pointing to the reader.
+    let err = buffer
+        .get_contents(&batch.store, &batch.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotAValue { index: 3, .. }), "{err:?}");
+    buffer.empty(&batch.store, &batch.id).await.unwrap();
+    // Without such a number, the magic key comes back as the plain key it is.
+    buffer.push_json("plain", &sent[..3]).await.unwrap();
+    buffer.push_many("plain", &values).await.unwrap();
+    let batch = buffer.prepare_to_persist("plain").await.unwrap().unwrap();
+    let contents = buffer.get_contents(&batch.store, &batch.id).await.unwrap();
+    assert_eq!(contents.records[0], json!({ MAGIC_KEY: "42" }));
+    assert_eq!(contents.records[1], json!({"a": { MAGIC_KEY: "42" }}));
+    assert_eq!(contents.records[3..], values);
+}
+
+/// A clock that runs a settable number of milliseconds ahead of (or behind) the system clock.
+#[derive(Debug, Clone, Default)]
+struct SkewedClock(Arc<std::sync::atomic::AtomicI64>);
+
+impl SkewedClock {
+    fn new(skew_ms: i64) -> Self {
+        let clock = Self::default();
+        clock.set(skew_ms);
+        clock
+    }
+
+    fn set(&self, skew_ms: i64) {
+        self.0.store(skew_ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for SkewedClock {
+    fn now_ms(&self) -> u64 {
+        let skew = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        SystemClock.now_ms().saturating_add_signed(skew)
+    }
+}
+
+/// Redis's own clock, in Unix ms.
+fn redis_time_ms(server: &RedisServer) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut server.conn()).unwrap();
+    secs * 1000 + micros / 1000
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_clock_an_hour_ahead_neither_delays_the_age_flush_nor_skews_stamps() {
+    let server = RedisServer::start();
+    let ahead = SkewedClock::new(HOUR_MS);
+    let producer = Buffer::connect(server.config().clock(Arc::new(ahead)))
+        .await
+        .unwrap();
+    let offset = producer.clock_offset_ms().unwrap();
+    assert!(
+        (offset + HOUR_MS).abs() < 2_000,
+        "measured at connect: {offset}"
+    );
+    let receipt = producer.push("skewed", &json!({"a": 1})).await.unwrap();
+    let redis_now = redis_time_ms(&server);
+    assert!(
+        receipt.first_write_ms.abs_diff(redis_now) < 2_000,
+        "first write {} vs Redis {redis_now}",
+        receipt.first_write_ms
+    );
+    let indexed = producer.stores().await.unwrap()[0].first_write_ms;
+    assert_eq!(indexed, receipt.first_write_ms, "the index score too");
+
+    // A persister with a correct clock sees the store age in real time: not selected while
+    // young, selected once it is really older than max_age (not an hour later).
+    let persister = server.buffer().await;
+    let max_age = Duration::from_secs(2);
+    assert!(persister.get_old(max_age).await.unwrap().is_empty());
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !persister.get_old(max_age).await.unwrap().is_empty()
+        })
+        .await,
+        "the store was never old enough"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Batch ids, the persister-side stamps, are on Redis time too, from either clock.
+    producer.push("skewed", &json!({"a": 2})).await.unwrap();
+    let batch = producer
+        .prepare_to_persist("skewed")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(batch.id.created_ms().abs_diff(redis_time_ms(&server)) < 2_000);
+    assert!(producer.now_ms().abs_diff(persister.now_ms()) < 2_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_producer_corrects_its_first_push_and_follows_a_stepped_clock() {
+    let server = RedisServer::start();
+    let clock = SkewedClock::new(-HOUR_MS);
+    let producer = Buffer::connect_lazy(
+        server
+            .config()
+            .clock(Arc::new(clock.clone()))
+            .clock_sync_interval(Duration::from_millis(100)),
+    )
+    .unwrap();
+    assert_eq!(
+        producer.clock_offset_ms(),
+        None,
+        "nothing measured before first use"
+    );
+    let receipt = producer.push("late", &json!({"a": 1})).await.unwrap();
+    assert!(receipt.first_write_ms.abs_diff(redis_time_ms(&server)) < 2_000);
+    producer.prepare_to_persist("late").await.unwrap().unwrap();
+
+    // The clock steps two hours forward: the offset is measured again in the background, and
+    // stamps follow Redis time again, with no push waiting for it.
+    clock.set(HOUR_MS);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            producer.now_ms().abs_diff(redis_time_ms(&server)) < 2_000
+        })
+        .await,
+        "the offset was never measured again"
+    );
+    let receipt = producer.push("late", &json!({"a": 2})).await.unwrap();
+    assert!(receipt.first_write_ms.abs_diff(redis_time_ms(&server)) < 2_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_clock_is_used_exactly_and_never_measured() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(5_000);
+    let buffer = Buffer::connect(server.config().clock(Arc::new(clock.clone())))
+        .await
+        .unwrap();
+    assert_eq!(buffer.clock_offset_ms(), None);
+    assert_eq!(
+        buffer
+            .push("m", &json!({"a": 1}))
+            .await
+            .unwrap()
+            .first_write_ms,
+        5_000
+    );
+    clock.advance_ms(7);
+    assert_eq!(buffer.now_ms(), 5_007);
 }

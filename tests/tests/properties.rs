@@ -1,12 +1,24 @@
-//! Property tests: arbitrary store names and JSON values either round-trip exactly through
-//! push → persister → file, or are refused with a typed error that leaves Redis untouched.
+//! Property tests: arbitrary store names and JSON records either round-trip byte for byte
+//! through push → persister → file, or are refused with a typed error that leaves Redis
+//! untouched. Records are pushed both as `Value`s (`push`) and as JSON texts whose numbers
+//! no `Value` can hold (`push_json`), with keys that serde_json once treated as special.
 
 use buffer_core::{Buffer, Error, StoreName};
 use buffer_persist::{PersistConfig, Persister, store_dir};
-use buffer_tests::{RedisServer, file_records, files_under};
+use buffer_tests::{RedisServer, file_lines, files_under};
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
 use serde_json::{Map, Value, json};
+
+/// Object keys: anything, plus the keys serde_json's `arbitrary_precision` and `raw_value`
+/// features treat as a number or raw text in disguise.
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => any::<String>(),
+        1 => Just("$serde_json::private::Number".to_owned()),
+        1 => Just("$serde_json::private::RawValue".to_owned()),
+    ]
+}
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -23,11 +35,98 @@ fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((any::<String>(), inner), 0..6).prop_map(
-                |entries| Value::Object(entries.into_iter().collect::<Map<String, Value>>())
-            ),
+            prop::collection::vec((key(), inner), 0..6).prop_map(|entries| Value::Object(
+                entries.into_iter().collect::<Map<String, Value>>()
+            )),
         ]
     })
+}
+
+/// A JSON text as a tree whose numbers are kept as text, so it can hold numbers beyond any
+/// `i64`, `u64` or `f64` (and duplicate keys), which a `Value` cannot.
+#[derive(Clone, Debug)]
+enum JsonText {
+    Null,
+    Bool(bool),
+    Number(String),
+    Str(String),
+    Array(Vec<JsonText>),
+    Object(Vec<(String, JsonText)>),
+}
+
+impl JsonText {
+    /// The text, with `gap` (JSON whitespace) between every two tokens.
+    fn render(&self, gap: &str) -> String {
+        let mut out = String::new();
+        self.render_into(gap, &mut out);
+        out
+    }
+
+    fn render_into(&self, gap: &str, out: &mut String) {
+        let string = |s: &str| serde_json::to_string(s).unwrap();
+        match self {
+            Self::Null => out.push_str("null"),
+            Self::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Self::Number(n) => out.push_str(n),
+            Self::Str(s) => out.push_str(&string(s)),
+            Self::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    out.push_str(if i == 0 { gap } else { "," });
+                    out.push_str(gap);
+                    item.render_into(gap, out);
+                }
+                out.push_str(gap);
+                out.push(']');
+            }
+            Self::Object(entries) => {
+                out.push('{');
+                for (i, (key, value)) in entries.iter().enumerate() {
+                    out.push_str(if i == 0 { gap } else { "," });
+                    out.push_str(gap);
+                    out.push_str(&string(key));
+                    out.push_str(gap);
+                    out.push(':');
+                    out.push_str(gap);
+                    value.render_into(gap, out);
+                }
+                out.push_str(gap);
+                out.push('}');
+            }
+        }
+    }
+}
+
+/// Numbers as written: machine-sized ones, and huge or precise ones (`1e400`, 40 digits).
+fn number_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f).to_string()),
+        "-?(0|[1-9][0-9]{0,40})(\\.[0-9]{1,40})?([eE][+-]?[0-9]{1,4})?",
+    ]
+}
+
+fn json_text() -> impl Strategy<Value = JsonText> {
+    let leaf = prop_oneof![
+        Just(JsonText::Null),
+        any::<bool>().prop_map(JsonText::Bool),
+        number_text().prop_map(JsonText::Number),
+        any::<String>().prop_map(JsonText::Str),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(JsonText::Array),
+            prop::collection::vec((key(), inner), 0..6).prop_map(JsonText::Object),
+        ]
+    })
+}
+
+/// The whitespace put between tokens of a pushed text (push_json must drop it all).
+fn gap() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just(""), Just(" "), Just("\n\t "), Just("\r\n")]
 }
 
 fn store_name() -> impl Strategy<Value = String> {
@@ -39,6 +138,35 @@ fn store_name() -> impl Strategy<Value = String> {
         Just(String::new()),
         Just("a\0b".to_owned()),
     ]
+}
+
+/// One record to push, and the line it must become in the file.
+#[derive(Debug)]
+enum Input {
+    /// Pushed with `push`: the file holds `value.to_string()`.
+    Value(Value),
+    /// Pushed with `push_json`: the file holds `compact`, the same tokens without whitespace.
+    Text {
+        sent: String,
+        compact: String,
+        is_object: bool,
+    },
+}
+
+impl Input {
+    fn expected_line(&self) -> String {
+        match self {
+            Self::Value(value) => value.to_string(),
+            Self::Text { compact, .. } => compact.clone(),
+        }
+    }
+
+    fn is_object(&self) -> bool {
+        match self {
+            Self::Value(value) => value.is_object(),
+            Self::Text { is_object, .. } => *is_object,
+        }
+    }
 }
 
 /// One server and runtime for every case (starting a server per case would dominate), owned
@@ -59,8 +187,15 @@ fn names_and_values_round_trip_or_are_refused() {
         cases: 48,
         ..ProptestConfig::default()
     });
-    let outcome = runner.run(&(store_name(), json_value()), |(name, value)| {
-        check_case(&server, &runtime, &buffer, name, value)
+    let strategy = (store_name(), json_value(), json_text(), gap());
+    let outcome = runner.run(&strategy, |(name, value, text, gap)| {
+        check_case(&server, &runtime, &buffer, &name, &Input::Value(value))?;
+        let text = Input::Text {
+            sent: text.render(gap),
+            compact: text.render(""),
+            is_object: matches!(text, JsonText::Object(_)),
+        };
+        check_case(&server, &runtime, &buffer, &name, &text)
     });
     if let Err(failure) = outcome {
         panic!("{failure}");
@@ -71,22 +206,27 @@ fn check_case(
     server: &RedisServer,
     runtime: &tokio::runtime::Runtime,
     buffer: &Buffer,
-    name: String,
-    value: Value,
+    name: &str,
+    input: &Input,
 ) -> Result<(), TestCaseError> {
     let out = tempfile::tempdir().unwrap();
     let root = out.path().join("out");
+    let bystander_line = r#"{"me":"bystander"}"#.to_owned();
     runtime.block_on(async {
         // A bystander store: whatever the name, it must come out untouched.
         buffer
             .push("bystander", &json!({"me": "bystander"}))
             .await
             .unwrap();
-        match buffer.push(name.as_str(), &value).await {
+        let pushed = match input {
+            Input::Value(value) => buffer.push(name, value).await,
+            Input::Text { sent, .. } => buffer.push_json(name, &[sent]).await,
+        };
+        match pushed {
             Ok(receipt) => {
-                prop_assert!(value.is_object(), "a non-object was accepted");
+                prop_assert!(input.is_object(), "a non-object was accepted");
                 prop_assert_eq!(receipt.records, 1);
-                let store = StoreName::new(name.clone()).unwrap();
+                let store = StoreName::new(name).unwrap();
                 let report = Persister::new(buffer.clone(), PersistConfig::new(&root))
                     .drain()
                     .await
@@ -103,22 +243,22 @@ fn check_case(
                     .collect();
                 if name == "bystander" {
                     prop_assert_eq!(
-                        file_records(mine[0]),
-                        vec![json!({"me": "bystander"}), value.clone()]
+                        file_lines(mine[0]),
+                        vec![bystander_line.clone(), input.expected_line()]
                     );
                 } else {
                     prop_assert_eq!(mine.len(), 1);
                     prop_assert_eq!(
-                        file_records(mine[0]),
-                        vec![value.clone()],
-                        "exact round trip"
+                        file_lines(mine[0]),
+                        vec![input.expected_line()],
+                        "byte-exact round trip"
                     );
                     let bystander = store_dir(&root, &StoreName::new("bystander").unwrap());
                     let theirs: Vec<_> = files
                         .iter()
                         .filter(|f| f.parent() == Some(bystander.as_path()))
                         .collect();
-                    prop_assert_eq!(file_records(theirs[0]), vec![json!({"me": "bystander"})]);
+                    prop_assert_eq!(file_lines(theirs[0]), vec![bystander_line.clone()]);
                 }
             }
             Err(err) => {
@@ -131,9 +271,9 @@ fn check_case(
                     ),
                     "untyped refusal: {err:?}"
                 );
-                let name_ok = StoreName::new(name.clone()).is_ok();
+                let name_ok = StoreName::new(name).is_ok();
                 prop_assert!(
-                    !name_ok || !value.is_object() || matches!(err, Error::RecordTooLarge { .. }),
+                    !name_ok || !input.is_object() || matches!(err, Error::RecordTooLarge { .. }),
                     "{err}"
                 );
                 // Nothing of the refused push reached Redis: only the bystander is there.
