@@ -13,6 +13,7 @@ use crate::batch::BatchId;
 use crate::clock::{self, Clock, RedisOffset, SystemClock};
 use crate::error::{Error, Result};
 use crate::keys::{DEFAULT_GROUPS, KeyLayout};
+use crate::lock::{LockTarget, LockedBatch};
 use crate::name::{Namespace, StoreName};
 use crate::record::{self, EncodedRecord};
 use crate::scripts;
@@ -211,8 +212,8 @@ pub struct PushOnceOutcome {
     pub duplicate: bool,
 }
 
-/// A batch made by [`Buffer::prepare_to_persist`]: frozen, never changed again, waiting to be
-/// written out and emptied.
+/// A batch made by [`Buffer::prepare_to_persist`] or [`crate::LockGuard::prepare`]: frozen,
+/// never changed again, waiting to be written out and emptied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PreparedBatch {
     /// The store it came from.
@@ -295,14 +296,15 @@ pub struct FirstKeys {
 /// let receipt = buffer.push("orders", &json!({"id": 1, "total": 9.5})).await?;
 /// println!("{} records, {} bytes", receipt.records, receipt.bytes);
 ///
-/// if let Some(batch) = buffer.prepare_to_persist("orders").await? {
+/// let ttl = std::time::Duration::from_secs(30);
+/// if let Some(batch) = buffer.prepare_to_persist("orders", ttl).await? {
 ///     let mut reader = buffer.reader(&batch);
 ///     while let Some(page) = reader.next_page().await? {
 ///         for line in page {
 ///             println!("{line}");
 ///         }
 ///     }
-///     buffer.empty(&batch.store, &batch.id).await?;
+///     buffer.empty(batch).await?;
 /// }
 /// # Ok(()) }
 /// ```
@@ -756,35 +758,69 @@ impl Buffer {
         })
     }
 
-    /// Freezes a store's records into a new batch, atomically: pushes that follow land in a
-    /// fresh live buffer, and the batch never changes again.
+    /// Freezes a store's records into a new batch, atomically, and returns it locked to the
+    /// caller: pushes that follow land in a fresh live buffer, and the batch never changes
+    /// again.
     ///
-    /// Returns `Ok(None)` when the store has no records.
+    /// The batch is created under a lock with time to live `ttl` (taken on the store, handed to
+    /// the batch in the same script that creates it), and a heartbeat extends it every `ttl`/3
+    /// while the returned [`LockedBatch`] lives. So a persister's recovery pass, which takes
+    /// only batches whose lock is free, never writes or deletes a batch you hold. Read it with
+    /// [`Buffer::reader`], then delete it with [`Buffer::empty`] (or hand it back to the
+    /// persisters with [`LockedBatch::release`]). If your process dies, the lock expires after
+    /// `ttl` and a persister writes the batch.
+    ///
+    /// Returns `Ok(None)` when there is nothing to prepare for you now: the store has no
+    /// records, or another process holds the store's lock because it is preparing the store
+    /// this very moment (its batch then takes the records).
     ///
     /// # Errors
-    /// [`Error::InvalidStoreName`]; [`Error::WrongType`] when a key of the store holds the
-    /// wrong type (nothing is moved then); transient errors.
+    /// [`Error::InvalidStoreName`]; [`Error::Config`] for a zero TTL; [`Error::WrongType`]
+    /// when a key of the store holds the wrong type (nothing is moved then); transient errors.
     ///
     /// # Examples
     /// ```no_run
     /// # async fn demo(buffer: buffer_core::Buffer) -> Result<(), buffer_core::Error> {
-    /// match buffer.prepare_to_persist("orders").await? {
-    ///     Some(batch) => println!("batch {} holds {} records", batch.id, batch.records),
+    /// use std::time::Duration;
+    /// match buffer.prepare_to_persist("orders", Duration::from_secs(30)).await? {
+    ///     Some(batch) => {
+    ///         println!("batch {} holds {} records", batch.id, batch.records);
+    ///         buffer.empty(batch).await?;
+    ///     }
     ///     None => println!("nothing to persist"),
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn prepare_to_persist<S>(&self, store: S) -> Result<Option<PreparedBatch>>
+    pub async fn prepare_to_persist<S>(
+        &self,
+        store: S,
+        ttl: Duration,
+    ) -> Result<Option<LockedBatch>>
     where
         S: TryInto<StoreName, Error = Error>,
     {
         let store = store.try_into()?;
-        match self.prepare(&store, None).await? {
-            PrepareOutcome::Prepared(batch) => Ok(Some(batch)),
-            PrepareOutcome::Empty => Ok(None),
-            PrepareOutcome::LockLost => Err(Error::Corrupt {
-                what: "prepare without a lock reported a lost lock".into(),
-            }),
+        let Some(mut guard) = self.lock_target(LockTarget::Store(store), ttl).await? else {
+            return Ok(None);
+        };
+        // The heartbeat starts on the store lock and moves with it to the batch's lock, so
+        // the batch is never unlocked, not even between its creation and this return.
+        let prepared = match guard.keep_alive() {
+            Ok(()) => guard.prepare().await,
+            Err(err) => Err(err),
+        };
+        match prepared {
+            Ok(Some(batch)) => Ok(Some(LockedBatch::new(batch, guard))),
+            Ok(None) => {
+                guard.release().await?;
+                Ok(None)
+            }
+            Err(err) => {
+                // Nothing was prepared; free the store lock for the next preparer (if this
+                // fails too, it expires after `ttl`).
+                let _ = guard.release().await;
+                Err(err)
+            }
         }
     }
 
@@ -1134,28 +1170,17 @@ impl Buffer {
         .await
     }
 
-    /// Deletes a batch and its index entry. Idempotent: emptying a batch that is already gone
-    /// succeeds. Sends no MULTI and only UNLINK/ZREM, so it works when Redis is out of memory.
-    ///
-    /// This does not check any lock; a persister uses [`crate::LockGuard::empty_batch`].
+    /// Deletes a batch you hold (from [`Buffer::prepare_to_persist`]) with its index entry and
+    /// its lock, only if the lock is still yours: a caller whose lock expired or was taken
+    /// deletes nothing. One script of GET, UNLINK, ZREM and DEL (no MULTI), so it works when
+    /// Redis is out of memory.
     ///
     /// # Errors
-    /// Transient errors.
-    pub async fn empty(&self, store: &StoreName, batch: &BatchId) -> Result<()> {
-        let keys = self.layout().batch(store, batch);
-        let group = self.layout().group_for(store);
-        let mut pipe = redis::pipe();
-        // Data first, index entry last: a crash in between leaves an index entry without data,
-        // which recovery treats as "already emptied" and removes.
-        pipe.unlink(&keys.all())
-            .ignore()
-            .zrem(&group.prepared, KeyLayout::prepared_member(store, batch))
-            .ignore();
-        let mut conn = self.conn();
-        self.run("empty", store.as_str(), async move {
-            pipe.query_async::<()>(&mut conn).await
-        })
-        .await
+    /// [`Error::LockLost`] when the lock is no longer yours (nothing was deleted; whoever holds
+    /// the batch now writes it); transient errors (the batch stays, and is recovered by a
+    /// persister once the lock expires).
+    pub async fn empty(&self, batch: LockedBatch) -> Result<()> {
+        batch.empty().await
     }
 
     /// Every live store, with its first-write time, bytes and records, from the group indexes.

@@ -1,9 +1,12 @@
 //! `buffer-core`: a multi-store write buffer on Redis.
 //!
-//! Producers [`Buffer::push`] JSON records into named stores. A persister freezes a store into
-//! a batch with [`Buffer::prepare_to_persist`] (or [`LockGuard::prepare`] under a lock), reads
-//! it page by page with [`Buffer::reader`], writes it out, then deletes it with
-//! [`Buffer::empty`] (or [`LockGuard::empty_batch`]). [`Buffer::get_old`],
+//! Producers [`Buffer::push`] JSON records into named stores. A consumer freezes a store into
+//! a batch with [`Buffer::prepare_to_persist`], which returns it as a [`LockedBatch`]: locked
+//! to the caller and kept alive by a heartbeat while held, so no persister takes it meanwhile.
+//! It reads the batch page by page with [`Buffer::reader`], writes it out, then deletes it
+//! under its lock with [`Buffer::empty`]. The persister does the same with a [`LockGuard`]
+//! ([`Buffer::lock`], [`LockGuard::keep_alive`], [`LockGuard::prepare`],
+//! [`LockGuard::empty_batch`]). Every batch is created locked. [`Buffer::get_old`],
 //! [`Buffer::get_large`] and [`Buffer::get_prepared`] find work from per-group indexes,
 //! never by listing the keyspace.
 //!
@@ -11,7 +14,8 @@
 //!
 //! # Layout
 //! - [`buffer`](Buffer): the handle, its configuration and the data operations.
-//! - `lock`: [`LockGuard`], token-checked locks on stores and batches.
+//! - `lock`: [`LockGuard`], token-checked locks on stores and batches with an optional
+//!   heartbeat, and [`LockedBatch`], a prepared batch held by its caller.
 //! - `keys`: the key layout (private: nothing outside this crate spells a key).
 //! - `scripts`: the Lua scripts for the steps that must be conditional and atomic.
 //! - `transaction`: MULTI/EXEC with every reply checked (EXEC does not roll back).
@@ -65,6 +69,6 @@ pub use error::{Error, Result};
 pub use events::{Event, EventKind};
 pub use info::ServerInfo;
 pub use keys::DEFAULT_GROUPS;
-pub use lock::{LockGuard, LockInfo, LockTarget};
+pub use lock::{LockGuard, LockInfo, LockTarget, LockedBatch};
 pub use name::{MAX_NAMESPACE_BYTES, MAX_STORE_NAME_BYTES, Namespace, StoreName};
 pub use persisters::{FORGET_SILENT_PERSISTERS_AFTER, PersisterInfo};

@@ -1,7 +1,14 @@
 //! Locks on stores and batches: `SET NX PX` with a unique token, released and extended only by
 //! a compare-and-set script, so a holder can never release or extend a lock it lost.
+//!
+//! A [`LockGuard`] can keep its lock alive with a heartbeat ([`LockGuard::keep_alive`]): a
+//! background task that extends the lock every TTL/3 for as long as the guard lives, so slow
+//! work (a long fsync, a publish that compares a large file) never outlives the lock, while a
+//! holder that dies or freezes still loses it after one TTL.
 
-use std::time::Duration;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -46,8 +53,9 @@ impl LockTarget {
 }
 
 /// A held lock. Dropping the guard does not release the lock (that needs a round trip): call
-/// [`LockGuard::release`], or let the TTL expire it.
+/// [`LockGuard::release`], or let the TTL expire it. Dropping it does stop its heartbeat.
 #[derive(Debug)]
+#[must_use = "a lock stays taken until it is released or its TTL runs out"]
 pub struct LockGuard {
     buffer: Buffer,
     target: LockTarget,
@@ -55,6 +63,40 @@ pub struct LockGuard {
     /// `<holder-id>:<random token>`: the holder part is for people, the token makes the
     /// value unique to this acquisition so only this guard can release or extend it.
     value: String,
+    /// The TTL the lock was taken with; every extension (explicit or by the heartbeat) sets it
+    /// again from now.
+    ttl: Duration,
+    /// Until when the lock is known to be ours, or that it is lost. Written by this guard
+    /// (acquisition, [`LockGuard::extend`], a failed prepare) and by the heartbeat task; read by
+    /// [`LockGuard::check_held`]. Shared with the heartbeat, so it outlives a restarted task.
+    liveness: Arc<Mutex<Liveness>>,
+    /// The heartbeat, when [`LockGuard::keep_alive`] started one. Dropping it stops the task,
+    /// so the heartbeat ends with the guard (release, empty, or a plain drop).
+    heartbeat: Option<Heartbeat>,
+}
+
+/// What a guard knows about its lock without asking Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Liveness {
+    /// Ours at least until this instant: one TTL after the last successful set or extension
+    /// was *sent* (Redis counts the TTL from when it ran the command, which is later).
+    HeldUntil(Instant),
+    /// An extension found another value (or none) at the key: the lock expired or was taken.
+    Lost,
+}
+
+/// The background task that extends a lock every TTL/3. Aborted on drop.
+#[derive(Debug)]
+struct Heartbeat {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        // An EXTEND already sent may still run on the server; it is token-checked, so at worst
+        // it refreshes a lock that is still ours or finds the key gone and changes nothing.
+        self.task.abort();
+    }
 }
 
 impl Buffer {
@@ -116,6 +158,7 @@ impl Buffer {
         let (k, v) = (key.clone(), value.clone());
         let mut invocation = scripts::LOCK.key(k);
         invocation.arg(v).arg(ttl_ms);
+        let sent = Instant::now();
         let reply: Option<String> = self
             .run("lock", target.store().as_str(), async move {
                 invocation.invoke_async(&mut conn).await
@@ -126,6 +169,9 @@ impl Buffer {
             target,
             key,
             value,
+            ttl,
+            liveness: Arc::new(Mutex::new(Liveness::HeldUntil(sent + ttl))),
+            heartbeat: None,
         }))
     }
 
@@ -194,24 +240,72 @@ impl LockGuard {
         &self.target
     }
 
-    /// Sets the lock's TTL to `ttl` from now, if this guard still holds it.
+    /// The TTL the lock was taken with.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Sets the lock's TTL to `ttl` from now, if this guard still holds it. This is the
+    /// explicit check a holder makes right before an irreversible step (publishing a file).
     ///
     /// # Errors
     /// [`Error::LockLost`] when the lock expired or another holder has it; transient errors.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
-        let mut invocation = scripts::EXTEND.key(&self.key);
-        invocation.arg(&self.value).arg(millis(ttl).max(1));
-        let mut conn = self.buffer.conn();
-        let extended: i64 = self
-            .buffer
-            .run("extend lock", self.target.store().as_str(), async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
-        if extended == 1 {
+        let sent = Instant::now();
+        if extend_lock(&self.buffer, &self.target, &self.key, &self.value, ttl).await? {
+            set_liveness(&self.liveness, Liveness::HeldUntil(sent + ttl));
             Ok(())
         } else {
+            set_liveness(&self.liveness, Liveness::Lost);
             Err(self.lost())
+        }
+    }
+
+    /// Starts the heartbeat: a background task that extends the lock to its full TTL every
+    /// TTL/3 (token-checked, so it never extends a lock taken over by someone else) until the
+    /// guard is released, emptied or dropped. A lock kept alive this way outlives any slow step
+    /// of its holder, and still expires one TTL after the holder dies or freezes.
+    ///
+    /// The heartbeat records what it finds: [`LockGuard::check_held`] reports a lock it found
+    /// gone, or could not extend (Redis unreachable) before the TTL ran out. Calling this twice
+    /// keeps the one heartbeat running.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when called outside a Tokio runtime (nothing could run the task).
+    pub fn keep_alive(&mut self) -> Result<()> {
+        if self.heartbeat.is_some() {
+            return Ok(());
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|err| {
+            Error::Config(format!("a lock heartbeat needs a Tokio runtime: {err}"))
+        })?;
+        let beat = heartbeat(
+            self.buffer.clone(),
+            self.target.clone(),
+            self.key.clone(),
+            self.value.clone(),
+            self.ttl,
+            self.liveness.clone(),
+        );
+        self.heartbeat = Some(Heartbeat {
+            task: runtime.spawn(beat),
+        });
+        Ok(())
+    }
+
+    /// Whether the lock is still this guard's as far as it knows without asking Redis: `Ok`
+    /// while the last extension (by [`LockGuard::extend`] or the heartbeat) is less than one
+    /// TTL old and none found the lock gone. Cheap: call it between steps of long work and
+    /// stop as soon as it fails. Before an irreversible step, ask Redis with
+    /// [`LockGuard::extend`].
+    ///
+    /// # Errors
+    /// [`Error::LockLost`] when an extension found the lock gone or taken, or when its TTL ran
+    /// out without a successful extension (it may have expired).
+    pub fn check_held(&self) -> Result<()> {
+        match liveness(&self.liveness) {
+            Liveness::HeldUntil(until) if Instant::now() < until => Ok(()),
+            Liveness::HeldUntil(_) | Liveness::Lost => Err(self.lost()),
         }
     }
 
@@ -228,7 +322,8 @@ impl LockGuard {
     ///
     /// # Errors
     /// Transient errors.
-    pub async fn release(self) -> Result<bool> {
+    pub async fn release(mut self) -> Result<bool> {
+        self.heartbeat = None;
         let mut invocation = scripts::RELEASE.key(&self.key);
         invocation.arg(&self.value);
         let mut conn = self.buffer.conn();
@@ -258,15 +353,28 @@ impl LockGuard {
             ));
         };
         let store = store.clone();
-        match self.buffer.prepare(&store, Some(&self.value)).await? {
-            PrepareOutcome::Empty => Ok(None),
-            PrepareOutcome::LockLost => Err(self.lost()),
-            PrepareOutcome::Prepared(batch) => {
+        // The heartbeat extends one key; stop it while the lock moves to another key, and
+        // start it again on whichever key the guard holds afterwards. The batch lock keeps
+        // the store lock's remaining TTL, so the liveness recorded so far stays true.
+        let kept_alive = self.heartbeat.take().is_some();
+        let outcome = self.buffer.prepare(&store, Some(&self.value)).await;
+        let result = match outcome {
+            Ok(PrepareOutcome::Empty) => Ok(None),
+            Ok(PrepareOutcome::LockLost) => {
+                set_liveness(&self.liveness, Liveness::Lost);
+                return Err(self.lost());
+            }
+            Ok(PrepareOutcome::Prepared(batch)) => {
                 self.target = LockTarget::Batch(store, batch.id.clone());
                 self.key = self.target.key(self.buffer.layout());
                 Ok(Some(batch))
             }
+            Err(err) => Err(err),
+        };
+        if kept_alive {
+            self.keep_alive()?;
         }
+        result
     }
 
     /// Empties the locked batch and releases the lock, only if this guard still holds it:
@@ -275,12 +383,14 @@ impl LockGuard {
     ///
     /// # Errors
     /// [`Error::LockLost`] (nothing deleted); [`Error::Config`] on a store lock; transient errors.
-    pub async fn empty_batch(self) -> Result<()> {
+    pub async fn empty_batch(mut self) -> Result<()> {
         let LockTarget::Batch(store, batch) = &self.target else {
             return Err(Error::Config(
                 "empty_batch needs a batch lock, not a store lock".into(),
             ));
         };
+        // The script deletes the lock: a heartbeat still running would only find it gone.
+        self.heartbeat = None;
         let layout = self.buffer.layout();
         let data = layout.batch(store, batch);
         let mut invocation = scripts::EMPTY_LOCKED.key(&self.key);
@@ -309,6 +419,136 @@ impl LockGuard {
         Error::LockLost {
             key: self.key.clone(),
         }
+    }
+}
+
+/// A prepared batch locked to the caller, as [`Buffer::prepare_to_persist`] returns it.
+///
+/// While this value lives, a heartbeat keeps the batch's lock alive, so no persister's recovery
+/// pass takes the batch, however long the caller takes to read it. [`Buffer::empty`] deletes
+/// the batch under the lock; [`LockedBatch::release`] hands it back, still prepared, for a
+/// persister to write. Dropping it stops the heartbeat: the lock then expires after its TTL
+/// and a persister recovers the batch, so nothing is lost.
+///
+/// It dereferences to the [`PreparedBatch`] it holds, so `batch.id` and
+/// `buffer.reader(&batch)` work on it directly.
+#[derive(Debug)]
+#[must_use = "the batch stays locked until it is emptied, released or its lock expires"]
+pub struct LockedBatch {
+    batch: PreparedBatch,
+    guard: LockGuard,
+}
+
+impl LockedBatch {
+    pub(crate) fn new(batch: PreparedBatch, guard: LockGuard) -> Self {
+        Self { batch, guard }
+    }
+
+    /// The batch.
+    pub fn batch(&self) -> &PreparedBatch {
+        &self.batch
+    }
+
+    /// The guard of the batch's lock (its key, target and TTL).
+    pub fn guard(&self) -> &LockGuard {
+        &self.guard
+    }
+
+    /// Whether the batch is still locked to this caller, as far as its heartbeat knows
+    /// (see [`LockGuard::check_held`]).
+    ///
+    /// # Errors
+    /// [`Error::LockLost`] when the lock was found gone or could not be extended in time.
+    pub fn check_held(&self) -> Result<()> {
+        self.guard.check_held()
+    }
+
+    /// Gives the batch back without emptying it: the lock is released (if still ours) and the
+    /// batch stays prepared, for a persister's recovery pass to write. Returns whether the lock
+    /// was still ours.
+    ///
+    /// # Errors
+    /// Transient errors (the lock then expires after its TTL).
+    pub async fn release(self) -> Result<bool> {
+        self.guard.release().await
+    }
+
+    /// Deletes the batch under its lock (see [`Buffer::empty`]).
+    pub(crate) async fn empty(self) -> Result<()> {
+        self.guard.empty_batch().await
+    }
+}
+
+impl Deref for LockedBatch {
+    type Target = PreparedBatch;
+
+    fn deref(&self) -> &PreparedBatch {
+        &self.batch
+    }
+}
+
+/// Runs the token-checked EXTEND script: true when the lock held `value` and now has `ttl`.
+async fn extend_lock(
+    buffer: &Buffer,
+    target: &LockTarget,
+    key: &str,
+    value: &str,
+    ttl: Duration,
+) -> Result<bool> {
+    let mut invocation = scripts::EXTEND.key(key);
+    invocation.arg(value).arg(millis(ttl).max(1));
+    let mut conn = buffer.conn();
+    let extended: i64 = buffer
+        .run("extend lock", target.store().as_str(), async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await?;
+    Ok(extended == 1)
+}
+
+/// The heartbeat task: every TTL/3, extends the lock to its full TTL and records the result.
+/// It ends when the lock is found lost; the guard aborts it otherwise.
+async fn heartbeat(
+    buffer: Buffer,
+    target: LockTarget,
+    key: String,
+    value: String,
+    ttl: Duration,
+    liveness: Arc<Mutex<Liveness>>,
+) {
+    // Three beats per TTL: a lock survives two failed extensions in a row (a Redis hiccup)
+    // before it can expire under its holder.
+    let period = (ttl / 3).max(Duration::from_millis(1));
+    loop {
+        tokio::time::sleep(period).await;
+        let sent = Instant::now();
+        match extend_lock(&buffer, &target, &key, &value, ttl).await {
+            Ok(true) => set_liveness(&liveness, Liveness::HeldUntil(sent + ttl)),
+            Ok(false) => {
+                tracing::warn!(lock = %key, "lock lost: its heartbeat found it expired or taken");
+                set_liveness(&liveness, Liveness::Lost);
+                return;
+            }
+            Err(err) => {
+                // The lock may still be ours: try again at the next beat. If none succeeds
+                // before the TTL runs out, `check_held` reports the lock as lost.
+                tracing::warn!(lock = %key, error = %err, "lock heartbeat could not extend the lock");
+            }
+        }
+    }
+}
+
+fn liveness(shared: &Mutex<Liveness>) -> Liveness {
+    // The value is a plain `Copy` state written whole, so a poisoned mutex still holds a
+    // consistent one.
+    *shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn set_liveness(shared: &Mutex<Liveness>, new: Liveness) {
+    let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);
+    // A lost lock stays lost: its token is unique, so no later extension can succeed.
+    if *state != Liveness::Lost {
+        *state = new;
     }
 }
 

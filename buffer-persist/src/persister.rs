@@ -332,6 +332,12 @@ impl Persister {
         let Some(mut guard) = self.buffer.lock(store, None, self.config.lock_ttl).await? else {
             return Ok(BatchOutcome::Busy);
         };
+        // The heartbeat keeps the lock alive from here to the empty (it moves with the lock
+        // from the store to the batch), however slow writing and publishing are.
+        if let Err(err) = guard.keep_alive() {
+            let _ = guard.release().await;
+            return Err(err.into());
+        }
         failpoint("after-lock");
         let batch = match guard.prepare().await {
             Ok(Some(batch)) => batch,
@@ -365,18 +371,22 @@ impl Persister {
         batch: &BatchId,
         shutdown: &CancellationToken,
     ) -> Result<BatchOutcome> {
-        let Some(guard) = self
+        let Some(mut guard) = self
             .buffer
             .lock(store, Some(batch), self.config.lock_ttl)
             .await?
         else {
+            // Another persister, or a library user holding it from `prepare_to_persist`.
             return Ok(BatchOutcome::Busy);
         };
+        if let Err(err) = guard.keep_alive() {
+            let _ = guard.release().await;
+            return Err(err.into());
+        }
         let Some(info) = self.buffer.batch_info(store, batch).await? else {
             // Emptied already (a crash between deleting the data and its index entry):
-            // finish the cleanup.
-            self.buffer.empty(store, batch).await?;
-            guard.release().await?;
+            // finish the cleanup, under the lock like every delete.
+            guard.empty_batch().await?;
             return Ok(BatchOutcome::Nothing);
         };
         tracing::info!(store = %store, batch = %batch, records = info.records, "recovering prepared batch");
@@ -396,9 +406,10 @@ impl Persister {
         Ok(outcome)
     }
 
-    /// Writes a batch whose lock `guard` holds, then empties it. The lock is extended while the
-    /// batch is written and checked before the file is published and before the batch is
-    /// deleted: a persister that lost its lock does neither.
+    /// Writes a batch whose lock `guard` holds (kept alive by its heartbeat), then empties it.
+    /// The heartbeat's view is checked between pages; the lock itself is checked in Redis
+    /// right before the file is published and again by the delete: a persister that lost its
+    /// lock does neither.
     async fn persist_locked(
         &self,
         guard: LockGuard,
@@ -468,8 +479,6 @@ impl Persister {
         })
         .await?;
         let mut reader = self.buffer.reader(batch);
-        let extend_every = config.lock_ttl / 3;
-        let mut last_extend = Instant::now();
         // Pages are fetched one ahead: while a page is encoded on a blocking thread, the next
         // LRANGE is already on its way.
         let mut next = Some(tokio::spawn(async move {
@@ -493,16 +502,16 @@ impl Persister {
                 (reader, page)
             }));
             file = blocking(move || file.write_page(&page).map(|()| file)).await?;
-            if last_extend.elapsed() >= extend_every {
-                guard.extend(config.lock_ttl).await?;
-                last_extend = Instant::now();
-            }
+            // The heartbeat keeps the lock alive; stop writing as soon as it says the lock is
+            // gone (the temp file is removed when `file` drops).
+            guard.check_held()?;
         }
         failpoint("after-temp-write");
         let expected = batch.records;
         let synced = blocking(move || file.finish(expected)).await?;
-        // The check before publishing: extend (which fails when the lock is lost) so the lock
-        // also has a full TTL left for the publish and delete that follow.
+        // The check before publishing, in Redis rather than from the heartbeat's last word:
+        // extend (which fails when the lock is lost). The heartbeat keeps the lock alive
+        // through the publish and delete that follow, however long they take.
         guard.extend(config.lock_ttl).await?;
         blocking(move || synced.publish()).await
     }

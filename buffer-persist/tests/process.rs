@@ -200,7 +200,7 @@ async fn the_cli_pushes_json_lines_and_reports_bad_lines() {
     assert!(stderr.contains("pushed 3 records"), "{stderr}");
     let buffer = server.buffer().await;
     let batch = buffer
-        .prepare_to_persist("cli store")
+        .prepare_to_persist("cli store", Duration::from_secs(30))
         .await
         .unwrap()
         .unwrap();

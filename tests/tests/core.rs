@@ -12,6 +12,9 @@ use buffer_core::{
 use buffer_tests::{RedisServer, eventually};
 use serde_json::{Value, json};
 
+/// The lock TTL of batches these tests prepare and hold.
+const HOLD: Duration = Duration::from_secs(30);
+
 fn record(i: usize) -> Value {
     json!({"id": i, "payload": "x".repeat(i % 17)})
 }
@@ -93,13 +96,13 @@ async fn pushes_during_prepare_land_in_exactly_one_place() {
     };
     let mut batches = Vec::new();
     while !producer.is_finished() {
-        if let Some(batch) = buffer.prepare_to_persist("s").await.unwrap() {
+        if let Some(batch) = buffer.prepare_to_persist("s", HOLD).await.unwrap() {
             batches.push(batch);
         }
         tokio::task::yield_now().await;
     }
     producer.await.unwrap();
-    if let Some(batch) = buffer.prepare_to_persist("s").await.unwrap() {
+    if let Some(batch) = buffer.prepare_to_persist("s", HOLD).await.unwrap() {
         batches.push(batch);
     }
     assert!(batches.len() > 1, "prepares interleaved with pushes");
@@ -137,9 +140,9 @@ async fn two_prepares_in_the_same_millisecond_make_two_batches() {
         .await
         .unwrap();
     buffer.push("s", &json!({"a": 1})).await.unwrap();
-    let first = buffer.prepare_to_persist("s").await.unwrap().unwrap();
+    let first = buffer.prepare_to_persist("s", HOLD).await.unwrap().unwrap();
     buffer.push("s", &json!({"a": 2})).await.unwrap();
-    let second = buffer.prepare_to_persist("s").await.unwrap().unwrap();
+    let second = buffer.prepare_to_persist("s", HOLD).await.unwrap().unwrap();
     assert_eq!(
         first.id.created_ms(),
         second.id.created_ms(),
@@ -161,7 +164,7 @@ async fn preparing_an_empty_store_returns_none() {
     let buffer = server.buffer().await;
     assert!(
         buffer
-            .prepare_to_persist("nothing")
+            .prepare_to_persist("nothing", HOLD)
             .await
             .unwrap()
             .is_none()
@@ -198,7 +201,7 @@ async fn a_wrongtype_key_inside_exec_is_an_error_not_a_receipt() {
     assert!(err.is_wrong_type(), "{err:?}");
     assert!(err.to_string().contains("victim"), "{err}");
     // Preparing refuses too, naming the key, and moves nothing.
-    let err = buffer.prepare_to_persist("victim").await.unwrap_err();
+    let err = buffer.prepare_to_persist("victim", HOLD).await.unwrap_err();
     assert!(err.is_wrong_type(), "{err:?}");
     assert!(err.to_string().contains(&records_key), "{err}");
     let value: String = redis::cmd("GET")
@@ -364,6 +367,149 @@ async fn a_store_lock_is_handed_to_the_batch_and_a_lost_lock_never_deletes() {
     assert_eq!(a.stores().await.unwrap()[0].records, 1);
 }
 
+/// Regression (issue 8, item 8): a lock was extended only between pages. A guard's heartbeat
+/// keeps it alive for as long as the guard lives, reports when it is lost, and stops on drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_lock_outlives_its_ttl_until_dropped_and_reports_when_lost() {
+    let server = RedisServer::start();
+    let a = Buffer::connect(server.config().holder_id("A"))
+        .await
+        .unwrap();
+    let b = Buffer::connect(server.config().holder_id("B"))
+        .await
+        .unwrap();
+    let store = StoreName::new("s").unwrap();
+    let ttl = Duration::from_millis(300);
+    let mut guard = a.lock("s", None, ttl).await.unwrap().unwrap();
+    guard.keep_alive().unwrap();
+    guard.keep_alive().unwrap(); // idempotent: still one heartbeat
+
+    // For four TTLs, B never gets the lock and it always has a TTL.
+    let started = Instant::now();
+    while started.elapsed() < ttl * 4 {
+        assert!(
+            b.lock("s", None, ttl).await.unwrap().is_none(),
+            "B took A's kept-alive lock after {:?}",
+            started.elapsed()
+        );
+        let info = a.lock_info(&store, None).await.unwrap().unwrap();
+        assert_eq!(info.holder, "A");
+        assert!(info.ttl_ms.unwrap() > 0);
+        guard.check_held().unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // The lock is removed behind A's back and B takes it: A's heartbeat notices, and neither
+    // extends nor shortens B's lock.
+    let mut conn = server.conn();
+    let _: () = redis::cmd("DEL").arg(guard.key()).query(&mut conn).unwrap();
+    let guard_b = b
+        .lock("s", None, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            guard.check_held().is_err()
+        })
+        .await,
+        "the heartbeat reports the lost lock"
+    );
+    assert!(guard.check_held().unwrap_err().is_lock_lost());
+    assert!(guard.extend(ttl).await.unwrap_err().is_lock_lost());
+    let info = b.lock_info(&store, None).await.unwrap().unwrap();
+    assert_eq!(info.holder, "B");
+    assert!(info.ttl_ms.unwrap() > 25_000);
+    drop(guard);
+    assert!(guard_b.release().await.unwrap());
+
+    // Dropping a kept-alive guard stops its heartbeat: the lock then expires by its TTL.
+    let mut guard = a.lock("s", None, ttl).await.unwrap().unwrap();
+    guard.keep_alive().unwrap();
+    drop(guard);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.lock_info(&store, None).await.unwrap().is_none()
+        })
+        .await,
+        "a dropped guard's lock expires"
+    );
+
+    // Without a heartbeat, the guard knows its TTL ran out.
+    let guard = a.lock("s", None, ttl).await.unwrap().unwrap();
+    guard.check_held().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            guard.check_held().is_err()
+        })
+        .await
+    );
+}
+
+/// Regression (issue 8, item 9): `empty` deleted a batch without any lock. A batch from
+/// `prepare_to_persist` is locked to its caller and kept alive while held, and `empty`
+/// deletes only under that lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_with_a_lost_lock_deletes_nothing_and_says_so() {
+    let server = RedisServer::start();
+    let a = Buffer::connect(server.config().holder_id("A"))
+        .await
+        .unwrap();
+    let b = Buffer::connect(server.config().holder_id("B"))
+        .await
+        .unwrap();
+    a.push_many("s", &[json!({"x": 1}), json!({"x": 2})])
+        .await
+        .unwrap();
+    let ttl = Duration::from_millis(300);
+    let held = a.prepare_to_persist("s", ttl).await.unwrap().unwrap();
+    let store = StoreName::new("s").unwrap();
+    assert!(
+        a.lock_info(&store, None).await.unwrap().is_none(),
+        "the store lock moved to the batch"
+    );
+    // Held past its TTL, the batch stays A's.
+    let started = Instant::now();
+    while started.elapsed() < ttl * 3 {
+        let lock = a.lock_info(&store, Some(&held.id)).await.unwrap().unwrap();
+        assert_eq!(lock.holder, "A");
+        assert!(
+            b.lock("s", Some(&held.id), ttl).await.unwrap().is_none(),
+            "B took a held batch"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    held.check_held().unwrap();
+
+    // A's lock disappears (as it would after a long freeze) and B takes the batch.
+    let mut conn = server.conn();
+    let _: () = redis::cmd("DEL")
+        .arg(held.guard().key())
+        .query(&mut conn)
+        .unwrap();
+    let guard_b = b
+        .lock("s", Some(&held.id), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let id = held.id.clone();
+    let err = a.empty(held).await.unwrap_err();
+    assert!(matches!(err, Error::LockLost { .. }), "{err:?}");
+    assert!(err.is_lock_lost());
+    assert_eq!(a.batch_info(&store, &id).await.unwrap().unwrap().records, 2);
+    assert_eq!(a.get_prepared().await.unwrap().len(), 1);
+    assert_eq!(
+        a.lock_info(&store, Some(&id))
+            .await
+            .unwrap()
+            .unwrap()
+            .holder,
+        "B"
+    );
+    guard_b.empty_batch().await.unwrap();
+    assert!(server.all_keys().is_empty(), "{:?}", server.all_keys());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_finds_exactly_our_stores_and_batches_among_unrelated_keys() {
     let server = RedisServer::start();
@@ -397,7 +543,7 @@ async fn discovery_finds_exactly_our_stores_and_batches_among_unrelated_keys() {
         .unwrap();
     buffer.push("prepared", &json!({"a": 1})).await.unwrap();
     let batch = buffer
-        .prepare_to_persist("prepared")
+        .prepare_to_persist("prepared", HOLD)
         .await
         .unwrap()
         .unwrap();
@@ -488,7 +634,7 @@ async fn hostile_names_stay_confined_to_their_own_keys() {
     assert_eq!(data_keys.len(), names.len() * 4);
     for name in &names {
         let batch = buffer
-            .prepare_to_persist(name.as_str())
+            .prepare_to_persist(name.as_str(), HOLD)
             .await
             .unwrap()
             .unwrap();
@@ -503,7 +649,7 @@ async fn hostile_names_stay_confined_to_their_own_keys() {
             contents.keys,
             BTreeSet::from(["i".to_owned(), "owner".to_owned()])
         );
-        buffer.empty(&batch.store, &batch.id).await.unwrap();
+        buffer.empty(batch).await.unwrap();
     }
     assert!(
         server.all_keys().is_empty(),
@@ -580,7 +726,11 @@ async fn contents_are_read_in_pages_in_push_order() {
     let records: Vec<Value> = (0..100).map(record).collect();
     let receipt = buffer.push_many("paged", &records).await.unwrap();
     assert_eq!(receipt.records, 100);
-    let batch = buffer.prepare_to_persist("paged").await.unwrap().unwrap();
+    let batch = buffer
+        .prepare_to_persist("paged", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
     let mut reader = buffer.reader(&batch);
     let mut pages = 0;
     let mut texts = Vec::new();
@@ -610,7 +760,11 @@ async fn contents_are_read_in_pages_in_push_order() {
         .await
         .unwrap();
     roomy.push_many("big", &big).await.unwrap();
-    let big_batch = roomy.prepare_to_persist("big").await.unwrap().unwrap();
+    let big_batch = roomy
+        .prepare_to_persist("big", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
     let mut reader = roomy.reader(&big_batch);
     let mut sizes = Vec::new();
     while let Some(page) = reader.next_page().await.unwrap() {
@@ -618,13 +772,10 @@ async fn contents_are_read_in_pages_in_push_order() {
     }
     assert_eq!(sizes, [3, 3, 3, 3], "pages of ~1 MiB");
 
-    // Emptying is idempotent, and reading an emptied batch is a clear error.
-    buffer.empty(&batch.store, &batch.id).await.unwrap();
-    buffer.empty(&batch.store, &batch.id).await.unwrap();
-    let err = buffer
-        .get_contents(&batch.store, &batch.id)
-        .await
-        .unwrap_err();
+    // Reading an emptied batch is a clear error.
+    let (store, id) = (batch.store.clone(), batch.id.clone());
+    buffer.empty(batch).await.unwrap();
+    let err = buffer.get_contents(&store, &id).await.unwrap_err();
     assert!(matches!(err, Error::BatchNotFound { .. }), "{err:?}");
 }
 
@@ -642,7 +793,7 @@ async fn empty_and_unlock_work_when_redis_is_out_of_memory() {
     let batch = guard.prepare().await.unwrap().unwrap();
     let other = {
         buffer.push("t", &json!({"a": 1})).await.unwrap();
-        buffer.prepare_to_persist("t").await.unwrap().unwrap()
+        buffer.prepare_to_persist("t", HOLD).await.unwrap().unwrap()
     };
     let filler: Vec<Value> = (0..100)
         .map(|i| json!({"fill": "y".repeat(1000), "i": i}))
@@ -672,7 +823,8 @@ async fn empty_and_unlock_work_when_redis_is_out_of_memory() {
     assert!(small_oom.is_out_of_memory(), "{small_oom:?}");
 
     guard.empty_batch().await.unwrap();
-    buffer.empty(&other.store, &other.id).await.unwrap();
+    let (other_store, other_id) = (other.store.clone(), other.id.clone());
+    buffer.empty(other).await.unwrap();
     assert!(
         buffer
             .batch_info(&batch.store, &batch.id)
@@ -682,7 +834,7 @@ async fn empty_and_unlock_work_when_redis_is_out_of_memory() {
     );
     assert!(
         buffer
-            .batch_info(&other.store, &other.id)
+            .batch_info(&other_store, &other_id)
             .await
             .unwrap()
             .is_none()
@@ -703,7 +855,11 @@ async fn all_keys_of_a_store_share_one_cluster_slot() {
     let names = ["orders", "{tagged}", "a:b", "ünï", "x"];
     for name in names {
         buffer.push(name, &json!({"k": 1})).await.unwrap();
-        buffer.prepare_to_persist(name).await.unwrap().unwrap();
+        let _held = buffer
+            .prepare_to_persist(name, HOLD)
+            .await
+            .unwrap()
+            .unwrap();
         buffer.push(name, &json!({"k": 2})).await.unwrap();
         let mut guard = buffer
             .lock(name, None, Duration::from_secs(60))
@@ -956,7 +1112,7 @@ async fn key_counts_are_exact_per_live_store_in_one_call() {
     assert_eq!(receipt.keys, 3);
     assert!(buffer.store_key_counts(&[]).await.unwrap().is_empty());
     // A prepared store's keys left with its batch.
-    buffer.prepare_to_persist("x").await.unwrap().unwrap();
+    let _held = buffer.prepare_to_persist("x", HOLD).await.unwrap().unwrap();
     assert_eq!(buffer.store_key_counts(&stores[..1]).await.unwrap(), [0]);
 
     // A key set replaced by a foreign writer is a typed error, not a wrong count.

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use buffer_core::{Buffer, ManualClock, StoreName};
-use buffer_persist::{Compression, FileSink, Format, PersistConfig, Persister, open_decoded};
+use buffer_persist::{
+    BatchOutcome, Compression, FileSink, Format, PersistConfig, Persister, open_decoded,
+};
 use buffer_tests::{RedisServer, eventually, files_under, output_records};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -734,4 +736,206 @@ async fn csv_writes_values_exactly_as_pushed_whatever_their_keys() {
         )
     );
     assert!(server.buffer_keys().is_empty(), "the batch persisted");
+
+/// A file whose fsync blocks until the test lets it finish: a slow disk, under the test's
+/// control. Only the first file opened gets the gate.
+struct GatedSync {
+    file: std::fs::File,
+    /// Tells the test the fsync started, then waits for its go.
+    gate: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
+}
+
+impl Write for GatedSync {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl FileSink for GatedSync {
+    fn sync(&mut self) -> io::Result<()> {
+        if let Some((entered, go)) = self.gate.take() {
+            let _ = entered.send(());
+            let _ = go.recv();
+        }
+        self.file.sync_all()
+    }
+}
+
+/// Regression (issue 8, item 8): the lock was only extended between pages, so an fsync or a
+/// publish longer than the lock TTL let the lock expire under a live persister.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_slower_than_the_lock_ttl_persists_once_and_no_one_else_takes_the_batch() {
+    let server = RedisServer::start();
+    let buffer = Buffer::connect(server.config().holder_id("slow"))
+        .await
+        .unwrap();
+    let rival_buffer = Buffer::connect(server.config().holder_id("rival"))
+        .await
+        .unwrap();
+    let records: Vec<Value> = (0..500).map(|i| json!({"id": i})).collect();
+    buffer.push_many("slow", &records).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_millis(300);
+    let mut config = PersistConfig::new(out.path());
+    config.lock_ttl = ttl;
+
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let gate = Arc::new(std::sync::Mutex::new(Some((entered_tx, go_rx))));
+    let slow = Persister::new(buffer.clone(), config.clone()).with_sink_factory(Arc::new(
+        move |path: &Path| {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)?;
+            Ok(Box::new(GatedSync {
+                file,
+                gate: gate.lock().unwrap().take(),
+            }) as Box<dyn FileSink>)
+        },
+    ));
+    let store = StoreName::new("slow").unwrap();
+    let writing = tokio::spawn({
+        let (slow, store) = (slow.clone(), store.clone());
+        async move { slow.flush_store(&store, &CancellationToken::new()).await }
+    });
+    tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the slow persister reached its fsync");
+    let prepared = buffer.get_prepared().await.unwrap();
+    assert_eq!(prepared.len(), 1);
+    let batch = prepared[0].id.clone();
+
+    // The fsync lasts five lock TTLs. All along, a rival persister finds the batch locked by
+    // the slow one, and the lock never runs out.
+    let rival = Persister::new(rival_buffer.clone(), config.clone());
+    let started = std::time::Instant::now();
+    let mut attempts = 0;
+    while started.elapsed() < ttl * 5 {
+        let outcome = rival
+            .recover_batch(&store, &batch, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            BatchOutcome::Busy,
+            "the rival took the batch {:?} into a slow fsync",
+            started.elapsed()
+        );
+        let lock = rival_buffer
+            .lock_info(&store, Some(&batch))
+            .await
+            .unwrap()
+            .expect("the batch stays locked");
+        assert_eq!(lock.holder, "slow");
+        assert!(lock.ttl_ms.unwrap() > 0);
+        attempts += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(attempts >= 5, "{attempts} attempts");
+
+    go_tx.send(()).unwrap();
+    let outcome = writing.await.unwrap().unwrap();
+    assert!(
+        matches!(outcome, BatchOutcome::Persisted { records: 500, .. }),
+        "{outcome:?}"
+    );
+    let files: Vec<PathBuf> = files_under(out.path())
+        .into_iter()
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(files.len(), 1, "exactly one file: {files:?}");
+    let ids: Vec<u64> = output_records(out.path())
+        .values()
+        .flatten()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (0..500).collect::<Vec<_>>());
+    assert_eq!(slow.stats().files_written, 1);
+    assert_eq!(rival.stats().batches_persisted, 0);
+    assert!(
+        server.buffer_keys().is_empty(),
+        "batch and lock are gone: {:?}",
+        server.buffer_keys()
+    );
+}
+
+/// Regression (issue 8, item 9): `prepare_to_persist` made a batch with no lock, so a
+/// persister's recovery pass wrote (and deleted) a batch the library user was still reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_held_by_a_library_user_is_never_taken_by_a_persister() {
+    let server = RedisServer::start();
+    let user = Buffer::connect(server.config().holder_id("user").page_size(10))
+        .await
+        .unwrap();
+    let records: Vec<Value> = (0..100).map(|i| json!({"id": i})).collect();
+    user.push_many("held", &records).await.unwrap();
+    let ttl = Duration::from_millis(300);
+    let batch = user.prepare_to_persist("held", ttl).await.unwrap().unwrap();
+
+    // A persister polls every 20 ms; nothing is old or big, so all it can do is recover.
+    let out = tempfile::tempdir().unwrap();
+    let mut config = PersistConfig::new(out.path());
+    config.interval = Duration::from_millis(20);
+    config.max_age = Duration::from_secs(3600);
+    config.lock_ttl = ttl;
+    let persister = Persister::new(server.buffer().await, config);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (persister, shutdown) = (persister.clone(), shutdown.clone());
+        async move { persister.run(shutdown).await }
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            persister.stats().prepared_waiting == 1
+        })
+        .await,
+        "the persister sees the prepared batch"
+    );
+
+    // The user reads slowly: ten pages over about four lock TTLs.
+    let started = std::time::Instant::now();
+    let mut copy = Vec::new();
+    let mut reader = user.reader(&batch);
+    while let Some(page) = reader.next_page().await.unwrap() {
+        copy.extend(
+            page.iter()
+                .map(|t| serde_json::from_str::<Value>(t).unwrap()),
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        batch.check_held().unwrap();
+        let lock = user
+            .lock_info(&batch.store, Some(&batch.id))
+            .await
+            .unwrap()
+            .expect("the batch stays locked");
+        assert_eq!(lock.holder, "user");
+        assert!(
+            output_records(out.path()).is_empty(),
+            "the persister wrote a batch the user holds"
+        );
+        assert_eq!(persister.stats().batches_persisted, 0);
+    }
+    assert!(started.elapsed() > ttl * 3, "held past the lock TTL");
+    assert_eq!(copy, records, "the user read the whole batch");
+
+    user.empty(batch).await.unwrap();
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let stats = persister.stats();
+    assert_eq!((stats.batches_persisted, stats.batches_recovered), (0, 0));
+    assert!(
+        output_records(out.path()).is_empty(),
+        "the user's copy is the only one"
+    );
+    assert!(user.get_prepared().await.unwrap().is_empty());
+    assert!(
+        server.buffer_keys().is_empty(),
+        "nothing left: {:?}",
+        server.buffer_keys()
+    );
 }
