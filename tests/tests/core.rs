@@ -1172,7 +1172,11 @@ async fn records_round_trip_byte_exact_including_the_magic_key_and_huge_numbers(
     for value in &values {
         buffer.push("exact", value).await.unwrap();
     }
-    let batch = buffer.prepare_to_persist("exact").await.unwrap().unwrap();
+    let batch = buffer
+        .prepare_to_persist("exact", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
     let mut all = expected.clone();
     all.extend(values.iter().map(|v| v.to_string()));
     assert_eq!(batch_records(&buffer, &batch).await, all, "byte-exact");
@@ -1190,11 +1194,15 @@ async fn records_round_trip_byte_exact_including_the_magic_key_and_huge_numbers(
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotAValue { index: 3, .. }), "{err:?}");
-    buffer.empty(&batch.store, &batch.id).await.unwrap();
+    buffer.empty(batch).await.unwrap();
     // Without such a number, the magic key comes back as the plain key it is.
     buffer.push_json("plain", &sent[..3]).await.unwrap();
     buffer.push_many("plain", &values).await.unwrap();
-    let batch = buffer.prepare_to_persist("plain").await.unwrap().unwrap();
+    let batch = buffer
+        .prepare_to_persist("plain", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
     let contents = buffer.get_contents(&batch.store, &batch.id).await.unwrap();
     assert_eq!(contents.records[0], json!({ MAGIC_KEY: "42" }));
     assert_eq!(contents.records[1], json!({"a": { MAGIC_KEY: "42" }}));
@@ -1276,7 +1284,7 @@ async fn a_producer_clock_an_hour_ahead_neither_delays_the_age_flush_nor_skews_s
     // Batch ids, the persister-side stamps, are on Redis time too, from either clock.
     producer.push("skewed", &json!({"a": 2})).await.unwrap();
     let batch = producer
-        .prepare_to_persist("skewed")
+        .prepare_to_persist("skewed", Duration::from_secs(30))
         .await
         .unwrap()
         .unwrap();
@@ -1302,7 +1310,11 @@ async fn a_lazy_producer_corrects_its_first_push_and_follows_a_stepped_clock() {
     );
     let receipt = producer.push("late", &json!({"a": 1})).await.unwrap();
     assert!(receipt.first_write_ms.abs_diff(redis_time_ms(&server)) < 2_000);
-    producer.prepare_to_persist("late").await.unwrap().unwrap();
+    let _batch = producer
+        .prepare_to_persist("late", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
 
     // The clock steps two hours forward: the offset is measured again in the background, and
     // stamps follow Redis time again, with no push waiting for it.

@@ -736,6 +736,7 @@ async fn csv_writes_values_exactly_as_pushed_whatever_their_keys() {
         )
     );
     assert!(server.buffer_keys().is_empty(), "the batch persisted");
+}
 
 /// A file whose fsync blocks until the test lets it finish: a slow disk, under the test's
 /// control. Only the first file opened gets the gate.
