@@ -556,7 +556,7 @@ async fn persisters_with_another_format_refuse_a_shared_out() {
     let mut config = PersistConfig::new(out.path());
     config.compression = Compression::Zstd;
     let err = Persister::new(buffer, config).drain().await.unwrap_err();
-    assert!(err.to_string().contains("--compression"), "{err}");
+    assert!(err.to_string().contains("--compress"), "{err}");
 }
 
 /// Drains the default namespace of `buffer` into a fresh directory with `configure`d settings
