@@ -6,6 +6,7 @@
 //! <ns>:{<ns>:<g>}:stores                                ZSET enc -> first-write ms
 //! <ns>:{<ns>:<g>}:bytes / :count                        ZSET enc -> live bytes / records
 //! <ns>:{<ns>:<g>}:prepared                              ZSET "<T>:<enc>" -> T's ms
+//! <ns>:{<ns>:<g>}:failures                              HASH "<T>:<enc>" | "<enc>" -> failure JSON
 //! <ns>:{<ns>:<g>}:lock:<enc> / :lock:<T>:<enc>          locks, value "<holder>:<token>"
 //! <ns>:events                                           pub/sub channel
 //! <ns>:persisters                                       HASH holder -> announcement JSON
@@ -53,6 +54,8 @@ pub(crate) struct GroupKeys {
     pub bytes: String,
     pub count: String,
     pub prepared: String,
+    /// Failure records of the group's batches and stores (see `crate::failures`).
+    pub failures: String,
 }
 
 /// Spells every key of a namespace.
@@ -91,6 +94,7 @@ impl KeyLayout {
             bytes: format!("{tag}:bytes"),
             count: format!("{tag}:count"),
             prepared: format!("{tag}:prepared"),
+            failures: format!("{tag}:failures"),
         }
     }
 
@@ -159,7 +163,13 @@ mod tests {
         keys.push(layout.store_lock(&store));
         keys.push(layout.batch_lock(&store, &batch));
         let group = layout.group_for(&store);
-        keys.extend([group.stores, group.bytes, group.count, group.prepared]);
+        keys.extend([
+            group.stores,
+            group.bytes,
+            group.count,
+            group.prepared,
+            group.failures,
+        ]);
         for key in keys {
             assert!(key.starts_with(&format!("buf:{tag}:")), "{key}");
         }
@@ -173,12 +183,13 @@ mod tests {
 #[cfg(test)]
 mod no_keys_command {
     /// Every source file of this crate: no command use of KEYS may appear in any of them.
-    const SOURCES: [&str; 14] = [
+    const SOURCES: [&str; 15] = [
         include_str!("batch.rs"),
         include_str!("buffer.rs"),
         include_str!("clock.rs"),
         include_str!("error.rs"),
         include_str!("events.rs"),
+        include_str!("failures.rs"),
         include_str!("info.rs"),
         include_str!("keys.rs"),
         include_str!("lib.rs"),

@@ -21,6 +21,8 @@
 //! - `transaction`: MULTI/EXEC with every reply checked (EXEC does not roll back).
 //! - `name`, `batch`: [`StoreName`] and [`BatchId`], validated and injectively encoded.
 //! - `record`: records to compact JSON and their top-level keys.
+//! - `failures`: [`FailureRecord`]s of batches that failed to persist (attempts, last error,
+//!   next retry), so persisters back off across processes and operators see them.
 //! - `events`, `info`, `persisters`: persister events on pub/sub, server facts and the
 //!   persisters' announcements (thresholds, heartbeat), for dashboards.
 //! - `clock`: [`Clock`], so time-dependent logic is tested without sleeping.
@@ -45,6 +47,7 @@ mod buffer;
 mod clock;
 mod error;
 mod events;
+mod failures;
 mod info;
 mod keys;
 mod lock;
@@ -67,6 +70,7 @@ pub use buffer::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use events::{Event, EventKind};
+pub use failures::{Backoff, FailingWork, FailureRecord, MAX_FAILURE_ERROR_BYTES};
 pub use info::ServerInfo;
 pub use keys::DEFAULT_GROUPS;
 pub use lock::{LockGuard, LockInfo, LockTarget, LockedBatch};

@@ -203,3 +203,36 @@ return forgotten
 "#,
     )
 });
+
+/// Writes a failure record, only while the batch (or live store) it is about still exists, so
+/// a persister that failed after another one emptied the batch leaves nothing behind.
+///
+/// Keys: 1 failures hash, 2 the batch's (or store's) records list. ARGV: 1 field, 2 record
+/// JSON. Returns 1 when written, 0 when the records list is gone.
+pub(crate) static RECORD_FAILURE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// Removes a failure record whose batch (or live store) no longer exists.
+///
+/// Uses only EXISTS and HDEL, so it works when Redis is out of memory.
+/// Keys: 1 failures hash, 2 the batch's (or store's) records list. ARGV: 1 field.
+/// Returns 1 when removed, else 0.
+pub(crate) static FORGET_STALE_FAILURE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua flags=allow-oom
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"#,
+    )
+});

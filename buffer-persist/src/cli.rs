@@ -3,13 +3,16 @@
 //! Every flag can also come from an environment variable (`BUFFER_REDIS_URL`, `BUFFER_OUT`…),
 //! which is how a systemd unit or a container usually configures it.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use buffer_core::{Buffer, BufferConfig, Error as CoreError, LockTarget};
+use buffer_core::{
+    BatchId, Buffer, BufferConfig, Error as CoreError, FailureRecord, LockTarget, StoreName,
+};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
@@ -297,9 +300,16 @@ async fn drain(args: DrainArgs) -> anyhow::Result<i32> {
         for failure in &report.failures {
             eprintln!("error: {failure}");
         }
+        // One failure line per store or batch: the count is of those, nothing else.
+        let n = report.failures.len();
         bail!(
-            "{} batches could not be persisted; they stay in Redis",
-            report.failures.len()
+            "{n} {} of the drain could not be persisted; {} in Redis",
+            if n == 1 {
+                "store or batch"
+            } else {
+                "stores and batches"
+            },
+            if n == 1 { "it stays" } else { "they stay" }
         )
     }
 }
@@ -394,18 +404,39 @@ async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
     for p in &prepared {
         batches.push(buffer.batch_info(&p.store, &p.id).await?);
     }
+    // Failure records, joined to the stores and batches listed (a record whose batch was
+    // emptied meanwhile matches nothing and is not shown).
+    let failures: HashMap<(StoreName, Option<BatchId>), FailureRecord> = buffer
+        .failures()
+        .await?
+        .into_iter()
+        .map(|f| ((f.store, f.batch), f.record))
+        .collect();
+    let failure_of =
+        |store: &StoreName, batch: Option<&BatchId>| failures.get(&(store.clone(), batch.cloned()));
     let now = buffer.now_ms();
+    let failure_json = |record: Option<&FailureRecord>| {
+        record.map(|r| {
+            serde_json::json!({
+                "attempts": r.attempts, "last_error": r.last_error, "last_ms": r.last_ms,
+                "next_retry_ms": r.next_retry_ms,
+                "retry_in_ms": r.next_retry_ms.saturating_sub(now), "holder": r.holder,
+            })
+        })
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         let json = serde_json::json!({
             "stores": stores.iter().zip(store_locks).map(|(s, lock)| serde_json::json!({
                 "store": s.store.as_str(), "records": s.records, "bytes": s.bytes,
                 "first_write_ms": s.first_write_ms, "age_ms": now.saturating_sub(s.first_write_ms), "lock": lock,
+                "failure": failure_json(failure_of(&s.store, None)),
             })).collect::<Vec<_>>(),
             "prepared": prepared.iter().zip(batch_locks).zip(&batches).map(|((p, lock), info)| serde_json::json!({
                 "store": p.store.as_str(), "batch": p.id.to_string(),
                 "records": info.as_ref().map(|i| i.records), "bytes": info.as_ref().map(|i| i.bytes),
                 "age_ms": now.saturating_sub(p.id.created_ms()), "lock": lock,
+                "failure": failure_json(failure_of(&p.store, Some(&p.id))),
             })).collect::<Vec<_>>(),
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
@@ -426,6 +457,9 @@ async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
             age(now.saturating_sub(s.first_write_ms)),
             lock_text(lock.as_ref())
         )?;
+        if let Some(record) = failure_of(&s.store, None) {
+            writeln!(out, "{}", failure_text(record, now))?;
+        }
     }
     if stores.is_empty() {
         writeln!(out, "(no live stores)")?;
@@ -447,11 +481,31 @@ async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
             age(now.saturating_sub(p.id.created_ms())),
             lock_text(lock.as_ref())
         )?;
+        if let Some(record) = failure_of(&p.store, Some(&p.id)) {
+            writeln!(out, "{}", failure_text(record, now))?;
+        }
     }
     if prepared.is_empty() {
         writeln!(out, "(no prepared batches)")?;
     }
     Ok(0)
+}
+
+/// The line under a failing store or batch: attempts, when it is retried, the last error.
+fn failure_text(record: &FailureRecord, now: u64) -> String {
+    let retry = match record.next_retry_ms.saturating_sub(now) {
+        0 => "retry due".to_owned(),
+        ms => format!("next retry in {}", age(ms)),
+    };
+    let attempts = match record.attempts {
+        1 => "1 attempt".to_owned(),
+        n => format!("{n} attempts"),
+    };
+    format!(
+        "  ↳ FAILING: {attempts}, {retry}, last {} ago: {}",
+        age(now.saturating_sub(record.last_ms)),
+        shorten(&record.last_error, 160)
+    )
 }
 
 fn lock_text(lock: Option<&buffer_core::LockInfo>) -> String {

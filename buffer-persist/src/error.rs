@@ -82,12 +82,36 @@ pub enum Error {
     /// An argument or setting was invalid.
     #[error("invalid setting: {0}")]
     Config(String),
+    /// Persisting a batch prepared by this attempt failed; the batch stays prepared. Says which
+    /// batch, so its failure is recorded against it (the attempt started from a live store).
+    #[error("{error}")]
+    InBatch {
+        /// The store.
+        store: buffer_core::StoreName,
+        /// The batch that was prepared.
+        batch: buffer_core::BatchId,
+        /// What went wrong (its message is this error's message).
+        error: Box<Error>,
+    },
 }
 
 impl Error {
     /// True when this persister lost its lock (another one took the batch over).
     pub fn is_lock_lost(&self) -> bool {
-        matches!(self, Self::Buffer(err) if err.is_lock_lost())
+        match self {
+            Self::Buffer(err) => err.is_lock_lost(),
+            Self::InBatch { error, .. } => error.is_lock_lost(),
+            _ => false,
+        }
+    }
+
+    /// True when the batch was abandoned for shutdown (not a failure of the batch).
+    pub fn is_abandoned(&self) -> bool {
+        match self {
+            Self::Abandoned { .. } => true,
+            Self::InBatch { error, .. } => error.is_abandoned(),
+            _ => false,
+        }
     }
 
     /// True when retrying later may succeed (Redis away, disk full, lost lock).
@@ -95,6 +119,7 @@ impl Error {
         match self {
             Self::Buffer(err) => err.is_transient() || err.is_lock_lost(),
             Self::Io { .. } | Self::Abandoned { .. } => true,
+            Self::InBatch { error, .. } => error.is_transient(),
             _ => false,
         }
     }

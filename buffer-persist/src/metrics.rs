@@ -57,7 +57,7 @@ pub async fn serve_metrics(
 
 /// The counters in the Prometheus text format.
 pub(crate) fn render(stats: &StatsSnapshot) -> String {
-    let metrics: [(&str, &str, &str, f64); 8] = [
+    let metrics: [(&str, &str, &str, f64); 11] = [
         (
             "buffer_persist_batches_total",
             "counter",
@@ -91,8 +91,26 @@ pub(crate) fn render(stats: &StatsSnapshot) -> String {
         (
             "buffer_persist_errors_total",
             "counter",
-            "Failed batch attempts and polls.",
+            "Failed batch attempts, failed polls and lost locks.",
             stats.errors as f64,
+        ),
+        (
+            "buffer_persist_batch_failures_total",
+            "counter",
+            "Failed attempts at batches (or at preparing stores), recorded for backoff.",
+            stats.batch_failures as f64,
+        ),
+        (
+            "buffer_persist_polls_total",
+            "counter",
+            "Polls made by the run loop.",
+            stats.polls as f64,
+        ),
+        (
+            "buffer_persist_batches_in_backoff",
+            "gauge",
+            "Failing batches and stores waiting for their retry at the last poll.",
+            stats.in_backoff as f64,
         ),
         (
             "buffer_persist_oldest_store_age_seconds",
@@ -127,6 +145,8 @@ mod tests {
             batches_persisted: 3,
             records_persisted: 30,
             oldest_store_age_ms: 1500,
+            batch_failures: 4,
+            in_backoff: 2,
             ..Default::default()
         };
         let text = render(&stats);
@@ -135,5 +155,11 @@ mod tests {
         ));
         assert!(text.contains("buffer_persist_records_total 30\n"));
         assert!(text.contains("buffer_persist_oldest_store_age_seconds 1.5\n"));
+        assert!(text.contains(
+            "# TYPE buffer_persist_batch_failures_total counter\nbuffer_persist_batch_failures_total 4\n"
+        ));
+        assert!(text.contains(
+            "# TYPE buffer_persist_batches_in_backoff gauge\nbuffer_persist_batches_in_backoff 2\n"
+        ));
     }
 }

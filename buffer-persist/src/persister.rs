@@ -1,13 +1,14 @@
 //! The persister: finds stores to flush and batches to recover, and writes each batch to its
 //! file exactly once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use buffer_core::{
-    BatchId, Buffer, Event, EventKind, LockGuard, PersisterInfo, PreparedBatch, StoreName,
+    Backoff, BatchId, Buffer, Event, EventKind, FailingWork, LockGuard, PersisterInfo,
+    PreparedBatch, StoreName,
 };
 use futures::StreamExt;
 use serde::Serialize;
@@ -18,6 +19,10 @@ use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::writer::{self, BatchFile, CsvLayout, Published, SinkFactory};
 
+/// The longest a failing batch waits between two attempts. Its first retry waits one poll
+/// interval, and each failure after that doubles the wait up to this.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
+
 /// Counters of what a persister did since it started.
 #[derive(Debug, Default)]
 struct Counters {
@@ -27,6 +32,12 @@ struct Counters {
     files_written: AtomicU64,
     batches_recovered: AtomicU64,
     errors: AtomicU64,
+    /// Failed attempts at batches (or at preparing stores) that were recorded for backoff.
+    batch_failures: AtomicU64,
+    /// Polls made by `run`.
+    polls: AtomicU64,
+    /// Batches and stores whose retry was not due at the last poll.
+    in_backoff: AtomicU64,
     /// Age in ms of the oldest live store at the last poll (the persister's lag).
     oldest_store_age_ms: AtomicU64,
     /// Prepared batches waiting at the last poll.
@@ -46,8 +57,15 @@ pub struct StatsSnapshot {
     pub files_written: u64,
     /// Batches left prepared by an earlier run and picked up by this one.
     pub batches_recovered: u64,
-    /// Batches that failed (they stay prepared and are retried).
+    /// Failed batch attempts, failed polls and lost locks.
     pub errors: u64,
+    /// Failed attempts at batches (or at preparing stores), each recorded in Redis for backoff
+    /// (a lost lock or a shutdown is not one).
+    pub batch_failures: u64,
+    /// Polls made by `run`.
+    pub polls: u64,
+    /// Batches and stores waiting for their retry (backing off after failures) at the last poll.
+    pub in_backoff: u64,
     /// Age of the oldest live store at the last poll, in ms.
     pub oldest_store_age_ms: u64,
     /// Prepared batches waiting at the last poll.
@@ -77,7 +95,8 @@ pub struct DrainReport {
     pub batches: u64,
     /// Records persisted.
     pub records: u64,
-    /// Failures, as messages (each batch concerned stays prepared).
+    /// One message per store or batch of the drain's snapshot that was not persisted (each
+    /// stays in Redis): it failed, or was still locked by another persister at the deadline.
     pub failures: Vec<String>,
 }
 
@@ -141,6 +160,9 @@ impl Persister {
             files_written: c.files_written.load(Ordering::Relaxed),
             batches_recovered: c.batches_recovered.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            batch_failures: c.batch_failures.load(Ordering::Relaxed),
+            polls: c.polls.load(Ordering::Relaxed),
+            in_backoff: c.in_backoff.load(Ordering::Relaxed),
             oldest_store_age_ms: c.oldest_store_age_ms.load(Ordering::Relaxed),
             prepared_waiting: c.prepared_waiting.load(Ordering::Relaxed),
         }
@@ -207,22 +229,59 @@ impl Persister {
         }
     }
 
-    /// One poll: recover prepared batches, then flush stores over a threshold.
+    /// One poll: recover prepared batches, then flush stores over a threshold. Batches and
+    /// stores whose recorded failures say to wait are left for a later poll.
     async fn poll(&self, shutdown: &CancellationToken) -> Result<()> {
+        self.counters.polls.fetch_add(1, Ordering::Relaxed);
+        let failing = self.failing_work().await;
+        let now = self.buffer.now_ms();
+        let due = |work: &Work| !failing.get(&work.key()).is_some_and(|f| f.backing_off(now));
+        self.counters.in_backoff.store(
+            failing.values().filter(|f| f.backing_off(now)).count() as u64,
+            Ordering::Relaxed,
+        );
+
         let prepared = self.buffer.get_prepared().await?;
         self.counters
             .prepared_waiting
             .store(prepared.len() as u64, Ordering::Relaxed);
-        let recoveries = prepared.into_iter().map(|p| Work::Recover(p.store, p.id));
-        self.process(recoveries.collect(), shutdown).await;
+        let recoveries = prepared
+            .into_iter()
+            .map(|p| Work::Recover(p.store, p.id))
+            .filter(|work| due(work));
+        self.process(recoveries.collect(), &failing, shutdown).await;
         if shutdown.is_cancelled() {
             return Ok(());
         }
 
         let stores = self.select().await?;
-        self.process(stores.into_iter().map(Work::Flush).collect(), shutdown)
-            .await;
+        let flushes = stores.into_iter().map(Work::Flush).filter(|work| due(work));
+        self.process(flushes.collect(), &failing, shutdown).await;
         Ok(())
+    }
+
+    /// The failure records of batches and stores that still exist, by work key; records of
+    /// batches emptied meanwhile are removed. Best effort: when they cannot be read, the poll
+    /// goes on without backoff rather than not at all.
+    async fn failing_work(&self) -> HashMap<String, FailingWork> {
+        let entries = match self.buffer.failures().await {
+            Ok(entries) => entries,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read failure records; retrying every failing batch now");
+                return HashMap::new();
+            }
+        };
+        let entries = match self.buffer.forget_stale_failures(entries.clone()).await {
+            Ok(kept) => kept,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot forget stale failure records");
+                entries
+            }
+        };
+        entries
+            .into_iter()
+            .map(|f| (work_key(&f.store, f.batch.as_ref()), f))
+            .collect()
     }
 
     /// The stores over a threshold now, and the lag gauge.
@@ -255,17 +314,29 @@ impl Persister {
         Ok(selected)
     }
 
-    /// Runs the work items, `concurrency` at a time.
+    /// Runs the work items, `concurrency` at a time. A failure is recorded (for backoff, and
+    /// for `stores` and dashboards to show); a success removes the record `failing` knew of.
     async fn process(
         &self,
         work: Vec<Work>,
+        failing: &HashMap<String, FailingWork>,
         shutdown: &CancellationToken,
     ) -> Vec<(Work, Result<BatchOutcome>)> {
         futures::stream::iter(work)
             .map(|item| async move {
                 let result = self.do_work(&item, shutdown).await;
-                if let Err(err) = &result {
-                    self.report_failure(&item, err).await;
+                match &result {
+                    Err(err) => self.report_failure(&item, err).await,
+                    Ok(BatchOutcome::Busy) => {}
+                    Ok(BatchOutcome::Persisted { .. } | BatchOutcome::Nothing) => {
+                        if failing.contains_key(&item.key()) {
+                            let (store, batch) = item.subject();
+                            if let Err(err) = self.buffer.clear_failure(store, batch).await {
+                                // The next poll's sweep removes it once the batch is gone.
+                                tracing::debug!(error = %err, "cannot clear a failure record");
+                            }
+                        }
+                    }
                 }
                 (item, result)
             })
@@ -297,25 +368,61 @@ impl Persister {
         result
     }
 
+    /// Logs a failed attempt, records it in Redis (attempts, error, next retry) and publishes
+    /// a `failed` event. A shutdown is not a failure; a lost lock is not the batch's failure
+    /// (another persister has the batch) and is not recorded.
     async fn report_failure(&self, work: &Work, err: &Error) {
-        if matches!(err, Error::Abandoned { .. }) {
+        if err.is_abandoned() {
             tracing::info!(%err, "abandoned for shutdown");
             return;
         }
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        // A flush that prepared a batch and then failed concerns that batch, not the store.
+        let (store, batch) = match err {
+            Error::InBatch { store, batch, .. } => (store, Some(batch)),
+            _ => work.subject(),
+        };
+        let batch_text = batch.map(ToString::to_string).unwrap_or_default();
         if err.is_lock_lost() {
             tracing::warn!(%err, "lost the lock; another persister has the batch");
         } else {
-            tracing::error!(error = %err, "batch failed; it stays prepared and will be retried");
+            self.counters.batch_failures.fetch_add(1, Ordering::Relaxed);
+            let backoff = Backoff {
+                base: self.config.interval,
+                cap: MAX_RETRY_BACKOFF,
+            };
+            let message = err.to_string();
+            match self
+                .buffer
+                .record_failure(store, batch, &message, backoff)
+                .await
+            {
+                Ok(Some(record)) => {
+                    let retry_in =
+                        Duration::from_millis(record.next_retry_ms.saturating_sub(record.last_ms));
+                    tracing::error!(
+                        error = %err,
+                        attempts = record.attempts,
+                        ?retry_in,
+                        "batch failed; it stays prepared and is retried after a backoff"
+                    );
+                }
+                Ok(None) => {
+                    tracing::info!(error = %err, "batch failed, and another persister has finished it since");
+                }
+                Err(record_err) => {
+                    tracing::error!(
+                        error = %err,
+                        record_error = %record_err,
+                        "batch failed; it stays prepared (the failure could not be recorded, so it is retried at the next poll)"
+                    );
+                }
+            }
         }
-        let (store, batch) = match work {
-            Work::Recover(store, batch) => (store.to_string(), batch.to_string()),
-            Work::Flush(store) => (store.to_string(), String::new()),
-        };
         self.publish(
             EventKind::Failed,
-            &store,
-            &batch,
+            store.as_str(),
+            &batch_text,
             0,
             0,
             Some(err.to_string()),
@@ -361,7 +468,14 @@ impl Persister {
             None,
         )
         .await;
-        self.persist_locked(guard, &batch, shutdown).await
+        // The batch's id goes with any error, so the failure is recorded against the batch.
+        self.persist_locked(guard, &batch, shutdown)
+            .await
+            .map_err(|error| Error::InBatch {
+                store: store.clone(),
+                batch: batch.id.clone(),
+                error: Box::new(error),
+            })
     }
 
     /// Locks a prepared batch left by an earlier run and persists it.
@@ -516,11 +630,15 @@ impl Persister {
         blocking(move || synced.publish()).await
     }
 
-    /// Persists every prepared batch and every live store now, whatever their age or size,
-    /// then returns. Batches locked by other persisters are waited for (up to `drain_wait`).
+    /// Persists every prepared batch and every live store there is when it starts, whatever
+    /// their age or size and whatever their backoff, then returns. Work that other persisters
+    /// hold is waited for (up to `drain_wait`): a batch they finish meanwhile is done, and so
+    /// is a store they prepare and persist. Records pushed after the start are left for the
+    /// next run rather than chased for ever.
     ///
     /// # Errors
-    /// As [`Persister::run`]; failures of single batches are listed in the report instead.
+    /// As [`Persister::run`]; failures of single batches are listed in the report instead,
+    /// one line per store or batch, as is work still locked by others at the deadline.
     pub async fn drain(&self) -> Result<DrainReport> {
         self.config.validate()?;
         crate::marker::check_or_write(&self.config)?;
@@ -528,58 +646,81 @@ impl Persister {
         let wait = self.config.drain_wait.unwrap_or(self.config.lock_ttl * 2);
         let deadline = Instant::now() + wait;
         let mut report = DrainReport::default();
-        // Live stores are taken from one snapshot: records pushed while draining are left
-        // for the next run rather than chased for ever. A store locked by someone else stays
-        // in the list and is tried again until the deadline.
-        let mut live: Vec<StoreName> = self
-            .buffer
-            .stores()
-            .await?
-            .into_iter()
-            .map(|s| s.store)
-            .collect();
-        loop {
-            let mut work: Vec<Work> = self
-                .buffer
-                .get_prepared()
-                .await?
-                .into_iter()
-                .map(|p| Work::Recover(p.store, p.id))
-                .collect();
-            work.extend(live.drain(..).map(Work::Flush));
-            if work.is_empty() {
-                break;
-            }
-            let results = self.process(work, &never).await;
-            let mut busy = false;
+        let failing = self.failing_work().await;
+        // The snapshot: live stores first, then prepared batches, so a store prepared by
+        // another persister between the two reads is found as its batch.
+        let live = self.buffer.stores().await?;
+        let prepared = self.buffer.get_prepared().await?;
+        let mut known: HashSet<String> = HashSet::new();
+        let mut pending: Vec<Work> = Vec::new();
+        for batch in prepared {
+            let work = Work::Recover(batch.store, batch.id);
+            known.insert(work.key());
+            pending.push(work);
+        }
+        pending.extend(live.into_iter().map(|s| Work::Flush(s.store)));
+        while !pending.is_empty() {
+            let results = self
+                .process(std::mem::take(&mut pending), &failing, &never)
+                .await;
+            let mut settled: HashSet<StoreName> = HashSet::new();
             for (item, result) in results {
                 match result {
                     Ok(BatchOutcome::Persisted { records, .. }) => {
                         report.batches += 1;
                         report.records += records;
-                    }
-                    Ok(BatchOutcome::Busy) => {
-                        busy = true;
                         if let Work::Flush(store) = item {
-                            live.push(store);
+                            settled.insert(store);
                         }
                     }
-                    Ok(BatchOutcome::Nothing) => {}
-                    Err(err) => report.failures.push(format!("{}: {err}", item.describe())),
+                    Ok(BatchOutcome::Nothing) => {
+                        if let Work::Flush(store) = item {
+                            settled.insert(store);
+                        }
+                    }
+                    // Held by another persister (or taken over by one after our lock expired):
+                    // theirs to finish; look again until it is done or the deadline passes.
+                    Ok(BatchOutcome::Busy) => pending.push(item),
+                    Err(err) if err.is_lock_lost() => pending.push(item),
+                    Err(err) => {
+                        let what = match &err {
+                            Error::InBatch { store, batch, .. } => {
+                                Work::Recover(store.clone(), batch.clone()).describe()
+                            }
+                            _ => item.describe(),
+                        };
+                        report.failures.push(format!("{what}: {err}"));
+                    }
                 }
             }
-            if !report.failures.is_empty() {
+            // A store's records at the start may have been prepared by another persister
+            // before this one took the store's lock: those batches are in the index now, and
+            // are part of the drain (batches prepared later hold only newer records, but
+            // cannot be told apart; they are few, and being persisted anyway).
+            if !settled.is_empty() {
+                for batch in self.buffer.get_prepared().await? {
+                    if !settled.contains(&batch.store) {
+                        continue;
+                    }
+                    let work = Work::Recover(batch.store, batch.id);
+                    if known.insert(work.key()) {
+                        pending.push(work);
+                    }
+                }
+            }
+            if pending.is_empty() {
                 break;
             }
-            if busy {
-                if Instant::now() >= deadline {
+            if Instant::now() >= deadline {
+                for item in pending {
                     report.failures.push(format!(
-                        "gave up after {wait:?} waiting for stores and batches locked by other persisters"
+                        "{}: still locked by another persister after waiting {wait:?}",
+                        item.describe()
                     ));
-                    break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(report)
     }
@@ -620,10 +761,17 @@ enum Work {
 }
 
 impl Work {
+    /// Names the work in `in_flight` and in the map of failure records.
     fn key(&self) -> String {
+        let (store, batch) = self.subject();
+        work_key(store, batch)
+    }
+
+    /// The store, and the batch for a recovery.
+    fn subject(&self) -> (&StoreName, Option<&BatchId>) {
         match self {
-            Self::Recover(store, batch) => format!("b:{batch}:{}", store.encoded()),
-            Self::Flush(store) => format!("s:{}", store.encoded()),
+            Self::Recover(store, batch) => (store, Some(batch)),
+            Self::Flush(store) => (store, None),
         }
     }
 
@@ -632,6 +780,14 @@ impl Work {
             Self::Recover(store, batch) => format!("batch {batch} of store {store:?}"),
             Self::Flush(store) => format!("store {store:?}"),
         }
+    }
+}
+
+/// The key of the work on a batch (`Some`) or live store.
+fn work_key(store: &StoreName, batch: Option<&BatchId>) -> String {
+    match batch {
+        Some(batch) => format!("b:{batch}:{}", store.encoded()),
+        None => format!("s:{}", store.encoded()),
     }
 }
 

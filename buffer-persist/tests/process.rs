@@ -286,3 +286,208 @@ async fn every_setting_can_come_from_the_environment() {
     // No named column: the record's keys are all in the trailing JSON column.
     assert_eq!(text, "_rest\n\"{\"\"id\"\":1}\"\n");
 }
+
+/// Issue 8 item 6: `drain` next to a busy `run` persister and producers that never stop. It
+/// persists what there was when it started (whoever writes each batch), exits 0, and chases
+/// nothing prepared later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_beside_a_running_persister_under_load_exits_zero_and_loses_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let buffer = server.buffer().await;
+    let runner = spawn_runner(&server, out.path(), &[]);
+    // Four producers push without pause into 24 stores; each acknowledged id is counted.
+    const PRODUCERS: u64 = 4;
+    let stop_pushing = Arc::new(AtomicBool::new(false));
+    let acked: Vec<Arc<AtomicU64>> = (0..PRODUCERS).map(|_| Arc::default()).collect();
+    let mut producers = Vec::new();
+    for (p, acked) in acked.iter().enumerate() {
+        let (buffer, stop_pushing, acked) = (buffer.clone(), stop_pushing.clone(), acked.clone());
+        producers.push(tokio::spawn(async move {
+            // Producer p pushes ids p, p + 4, p + 8, … in chunks of 20, in order; `acked`
+            // is how many of its ids are acknowledged.
+            let mut count = 0u64;
+            while !stop_pushing.load(Ordering::SeqCst) {
+                let records: Vec<Value> = (count..count + 20)
+                    .map(|i| json!({"id": p as u64 + PRODUCERS * i, "pad": "x".repeat(200)}))
+                    .collect();
+                buffer
+                    .push_many(format!("load-{}", (count / 20 + p as u64) % 24), &records)
+                    .await
+                    .unwrap();
+                count += 20;
+                acked.store(count, Ordering::SeqCst);
+            }
+        }));
+    }
+    // Let the runner get going, with batches in flight.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !files_under(out.path()).is_empty()
+        })
+        .await,
+        "the runner writes"
+    );
+    // Everything acknowledged by now is in the drain's snapshot (or persisted already).
+    let before: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    let drain = tokio::task::spawn_blocking({
+        let mut command = persist_command(&server, out.path(), "drain");
+        command.args(["--lock-ttl", "2s"]);
+        move || command.output().unwrap()
+    });
+    let drained = drain.await.unwrap();
+    let stderr = String::from_utf8_lossy(&drained.stderr);
+    assert!(drained.status.success(), "drain failed: {stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    // Drain said it is all written: check before anything else runs.
+    let mut written = ids(out.path());
+    written.sort_unstable();
+    for (p, count) in before.iter().enumerate() {
+        for i in 0..*count {
+            let id = p as u64 + PRODUCERS * i;
+            assert!(
+                written.binary_search(&id).is_ok(),
+                "id {id}, acknowledged before the drain started, is not in a file after it exited 0"
+            );
+        }
+    }
+
+    stop_pushing.store(true, Ordering::SeqCst);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    stop(runner);
+    let status = persist_command(&server, out.path(), "drain")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let total: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    let mut expected: Vec<u64> = (0..PRODUCERS)
+        .flat_map(|p| (0..total[p as usize]).map(move |i| p + PRODUCERS * i))
+        .collect();
+    expected.sort_unstable();
+    let mut all = ids(out.path());
+    all.sort_unstable();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(n, all.len(), "duplicates: {}", n - all.len());
+    assert_eq!(all, expected, "every acknowledged record, once");
+    assert!(
+        server.buffer_keys().is_empty(),
+        "{:?}",
+        server.buffer_keys()
+    );
+}
+
+/// Issue 8 item 11: a batch that fails every time (its target path is a directory) is retried
+/// with a growing wait instead of at every poll, shows as failing in `stores --json`, and is
+/// persisted once the cause is gone, its failure record removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_batch_backs_off_shows_in_stores_and_is_persisted_once_fixed() {
+    use buffer_persist::{Compression, Format, PersistConfig, Persister, batch_path};
+    use tokio_util::sync::CancellationToken;
+
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let buffer = server.buffer().await;
+    let records: Vec<Value> = (0..3).map(|i| json!({"id": i})).collect();
+    buffer.push_many("poisoned", &records).await.unwrap();
+    // Prepare the batch to learn its id, and put a directory where its file must go.
+    let mut guard = buffer
+        .lock("poisoned", None, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let batch = guard.prepare().await.unwrap().unwrap();
+    guard.release().await.unwrap();
+    let target = batch_path(
+        out.path(),
+        &batch.store,
+        &batch.id,
+        Format::JsonLines,
+        Compression::None,
+    );
+    std::fs::create_dir_all(&target).unwrap();
+
+    let mut config = PersistConfig::new(out.path());
+    config.interval = Duration::from_millis(50);
+    config.max_age = Duration::from_millis(100);
+    let persister = Persister::new(buffer.clone(), config);
+    let shutdown = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let running = tokio::spawn({
+        let (persister, shutdown) = (persister.clone(), shutdown.clone());
+        async move { persister.run(shutdown).await }
+    });
+    // Retrying at every poll would be 40 attempts in 40 polls. Backing off from 50 ms and
+    // doubling, attempt n + 1 comes at least 50 ms × (2^n - 1) after the first: in t ms, at
+    // most 1 + log2(t / 50 + 1) attempts (6 in the 2 s that 40 polls take at best).
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            persister.stats().polls >= 40
+        })
+        .await
+    );
+    let stats = persister.stats();
+    let elapsed_ms = started.elapsed().as_millis() as f64;
+    let most = 1 + (elapsed_ms / 50.0 + 1.0).log2().floor() as u64;
+    assert!(
+        (2..=most).contains(&stats.batch_failures),
+        "attempts at the poisoned batch in {} polls and {elapsed_ms} ms: {} (at most {most})",
+        stats.polls,
+        stats.batch_failures
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            persister.stats().in_backoff == 1
+        })
+        .await,
+        "the backoff gauge counts it: {:?}",
+        persister.stats()
+    );
+
+    // `stores` (another process) shows it failing: attempts, last error, next retry.
+    let listed = Command::new(BINARY)
+        .args(["stores", "--json", "--redis", &server.url()])
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let failure = &listed["prepared"][0]["failure"];
+    assert_eq!(listed["prepared"][0]["batch"], json!(batch.id.to_string()));
+    let attempts = failure["attempts"].as_u64().unwrap();
+    assert!((1..=stats.batch_failures).contains(&attempts), "{failure}");
+    let error = failure["last_error"].as_str().unwrap();
+    assert!(error.contains(&target.display().to_string()), "{error}");
+    assert!(
+        failure["next_retry_ms"].as_u64().unwrap() > failure["last_ms"].as_u64().unwrap(),
+        "{failure}"
+    );
+    let human = Command::new(BINARY)
+        .args(["stores", "--redis", &server.url()])
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("FAILING: "), "{human}");
+    assert!(human.contains(&target.display().to_string()), "{human}");
+
+    // Once the directory is gone, the next retry writes the batch and the record goes.
+    std::fs::remove_dir(&target).unwrap();
+    let persisted = eventually(Duration::from_secs(30), || async {
+        buffer.get_prepared().await.unwrap().is_empty()
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert!(persisted, "persisted after the cause was removed");
+    assert_eq!(ids(out.path()), [0, 1, 2]);
+    assert!(buffer.failures().await.unwrap().is_empty());
+    assert!(
+        server.buffer_keys().is_empty(),
+        "{:?}",
+        server.buffer_keys()
+    );
+}

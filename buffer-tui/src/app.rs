@@ -6,7 +6,7 @@
 //! call in tests.
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use buffer_core::{Event, EventKind, PersisterInfo, ServerInfo, StoreName};
@@ -266,6 +266,9 @@ pub struct StoreRow {
     pub live: Option<LiveCounts>,
     /// Its prepared batches.
     pub prepared: usize,
+    /// How many of its batches (and its live store, when it cannot be prepared) failed to
+    /// persist and wait for a retry.
+    pub failing: usize,
     /// Details, known for the rows that were visible at the last poll.
     pub detail: Option<StoreDetail>,
 }
@@ -402,6 +405,8 @@ pub struct App {
     /// Persister events, newest first.
     pub(crate) events: VecDeque<Event>,
     pub(crate) prepared_total: usize,
+    /// Batches and stores failing to persist, over every store.
+    pub(crate) failing_total: usize,
 }
 
 impl App {
@@ -439,6 +444,7 @@ impl App {
             rates: Rates::default(),
             events: VecDeque::new(),
             prepared_total: 0,
+            failing_total: 0,
         }
     }
 
@@ -645,6 +651,7 @@ impl App {
             server,
             stores,
             prepared,
+            failures,
             mut details,
             focus,
             persisters,
@@ -659,6 +666,23 @@ impl App {
         let live_total: u64 = stores.iter().map(|s| s.records).sum();
         self.rates.on_poll(taken_at_ms, live_total);
 
+        // Failure records count only while their batch is prepared (or their store live): a
+        // record can outlive its batch until a persister sweeps it.
+        let mut failing: HashMap<StoreName, usize> = HashMap::new();
+        {
+            let prepared_ids: HashSet<_> = prepared.iter().map(|p| (&p.store, &p.id)).collect();
+            let live: HashSet<_> = stores.iter().map(|s| &s.store).collect();
+            for failure in &failures {
+                let exists = match &failure.batch {
+                    Some(batch) => prepared_ids.contains(&(&failure.store, batch)),
+                    None => live.contains(&failure.store),
+                };
+                if exists {
+                    *failing.entry(failure.store.clone()).or_default() += 1;
+                }
+            }
+        }
+        self.failing_total = failing.values().sum();
         let mut batches: HashMap<StoreName, usize> = HashMap::new();
         for batch in prepared {
             *batches.entry(batch.store).or_default() += 1;
@@ -667,6 +691,7 @@ impl App {
         for store in stores {
             rows.push(StoreRow {
                 prepared: batches.remove(&store.store).unwrap_or(0),
+                failing: failing.get(&store.store).copied().unwrap_or(0),
                 detail: details.remove(&store.store),
                 live: Some(LiveCounts {
                     first_write_ms: store.first_write_ms,
@@ -681,6 +706,7 @@ impl App {
         for (name, prepared) in batches {
             rows.push(StoreRow {
                 detail: details.remove(&name),
+                failing: failing.get(&name).copied().unwrap_or(0),
                 name,
                 live: None,
                 prepared,

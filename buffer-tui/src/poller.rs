@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use buffer_core::{Buffer, LockTarget, PreparedSummary, StoreName};
+use buffer_core::{
+    BatchId, Buffer, FailingWork, FailureRecord, LockTarget, PreparedSummary, StoreName,
+};
 use futures::StreamExt;
 use futures::future::try_join_all;
 use tokio::sync::{mpsc, watch};
@@ -77,11 +79,12 @@ pub async fn poll_once(
     request: &ViewRequest,
 ) -> Result<Snapshot, buffer_core::Error> {
     let taken_at_ms = buffer.now_ms();
-    let (server, stores, prepared, persisters) = futures::try_join!(
+    let (server, stores, prepared, persisters, failures) = futures::try_join!(
         buffer.server_info(),
         buffer.stores(),
         buffer.get_prepared(),
         buffer.persisters(PERSISTER_SILENCE_MS),
+        buffer.failures(),
     )?;
     let mut batches_of: HashMap<&StoreName, Vec<&PreparedSummary>> = HashMap::new();
     for batch in &prepared {
@@ -111,7 +114,7 @@ pub async fn poll_once(
     let (locks, key_counts, focus) = futures::try_join!(
         buffer.lock_infos(&targets),
         buffer.store_key_counts(&counted),
-        focus_detail(buffer, request.selected.as_ref(), &batches_of)
+        focus_detail(buffer, request.selected.as_ref(), &batches_of, &failures)
     )?;
     let key_count_of: HashMap<&StoreName, u64> = counted.iter().zip(key_counts).collect();
     let focus = focus.map(|mut focus| {
@@ -145,6 +148,7 @@ pub async fn poll_once(
         server,
         stores,
         prepared,
+        failures,
         details,
         focus,
         persisters,
@@ -155,9 +159,16 @@ async fn focus_detail(
     buffer: &Buffer,
     store: Option<&StoreName>,
     batches_of: &HashMap<&StoreName, Vec<&PreparedSummary>>,
+    failures: &[FailingWork],
 ) -> Result<Option<FocusDetail>, buffer_core::Error> {
     let Some(store) = store else {
         return Ok(None);
+    };
+    let failure_of = |batch: Option<&BatchId>| -> Option<FailureRecord> {
+        failures
+            .iter()
+            .find(|f| &f.store == store && f.batch.as_ref() == batch)
+            .map(|f| f.record.clone())
     };
     let batches: Vec<&PreparedSummary> = batches_of
         .get(store)
@@ -188,6 +199,7 @@ async fn focus_detail(
                 keys: b.keys,
             }),
             lock,
+            failure: failure_of(Some(&summary.id)),
         })
         .collect();
     Ok(Some(FocusDetail {
@@ -197,6 +209,7 @@ async fn focus_detail(
         key_count: 0,
         latest,
         batches,
+        failure: failure_of(None),
     }))
 }
 

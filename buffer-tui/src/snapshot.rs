@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use buffer_core::{
-    BatchId, LockInfo, PersisterInfo, PreparedSummary, ServerInfo, StoreName, StoreSummary,
+    BatchId, FailingWork, FailureRecord, LockInfo, PersisterInfo, PreparedSummary, ServerInfo,
+    StoreName, StoreSummary,
 };
 
 /// One poll: the server, every store and prepared batch from the indexes, and the details of
@@ -18,6 +19,9 @@ pub struct Snapshot {
     pub stores: Vec<StoreSummary>,
     /// Every prepared batch waiting to be persisted.
     pub prepared: Vec<PreparedSummary>,
+    /// Every failure record: batches (and live stores) that failed to persist, with their
+    /// attempts and next retry. A record whose batch is gone is ignored.
+    pub failures: Vec<FailingWork>,
     /// Details of the rows that were visible when the poll started.
     pub details: HashMap<StoreName, StoreDetail>,
     /// Everything shown about the selected store.
@@ -78,6 +82,8 @@ pub struct FocusDetail {
     pub latest: Vec<String>,
     /// Its prepared batches, oldest first.
     pub batches: Vec<BatchDetail>,
+    /// The failure record of the live store, when persisters could not prepare it.
+    pub failure: Option<FailureRecord>,
 }
 
 /// A prepared batch of the selected store.
@@ -89,6 +95,8 @@ pub struct BatchDetail {
     pub size: Option<BatchSize>,
     /// Who is writing it out, if anyone.
     pub lock: Option<LockInfo>,
+    /// Its failure record, when attempts to persist it failed.
+    pub failure: Option<FailureRecord>,
 }
 
 /// The size of a batch.

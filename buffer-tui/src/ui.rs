@@ -157,6 +157,12 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
             Span::styled("  batches ", dim()),
             Span::raw(count(app.prepared_total as u64)),
         ]);
+        if app.failing_total > 0 {
+            second.push(Span::styled(
+                format!("  failing {}", count(app.failing_total as u64)),
+                failing_style(),
+            ));
+        }
     }
     if app.server.is_some() {
         second.push(Span::styled("  persisters ", dim()));
@@ -426,12 +432,26 @@ fn cell(app: &App, row: &StoreRow, column: Column, width: usize) -> Cell<'static
             None => Cell::from("·").style(dim()),
         },
         Column::Batches => {
-            if row.prepared > 0 {
+            if row.failing > 0 {
+                right(format!("{} ✗{}", row.prepared, row.failing)).style(failing_style())
+            } else if row.prepared > 0 {
                 right(row.prepared.to_string()).style(Style::new().fg(Color::Magenta).bold())
             } else {
                 right("0".into()).style(dim())
             }
         }
+    }
+}
+
+fn failing_style() -> Style {
+    Style::new().fg(Color::Red).bold()
+}
+
+/// A failure in few columns: `✗<attempts>` and when it is retried.
+fn failure_brief(app: &App, record: &buffer_core::FailureRecord) -> String {
+    match record.next_retry_ms.saturating_sub(app.now_ms) {
+        0 => format!("✗{} retry due", record.attempts),
+        ms => format!("✗{} retry {}", record.attempts, age_ms(ms + 999)),
     }
 }
 
@@ -557,6 +577,12 @@ fn batch_line(app: &App, batch: &crate::snapshot::BatchDetail, width: usize) -> 
             age
         ))),
         None => spans.push(Span::styled("emptied ", dim())),
+    }
+    if let Some(failure) = &batch.failure {
+        spans.push(Span::styled(
+            format!("{} ", failure_brief(app, failure)),
+            failing_style(),
+        ));
     }
     match &batch.lock {
         Some(lock) => {
@@ -732,6 +758,12 @@ fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
                 format!("flush in {}", age_ms(flush + 999))
             }));
         }
+        if let Some(failure) = &focus.failure {
+            lines.push(Line::styled(
+                format!("prepare failing {}", failure_brief(app, failure)),
+                failing_style(),
+            ));
+        }
     } else {
         lines.push(Line::styled("nothing live", dim()));
     }
@@ -753,8 +785,27 @@ fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
 
     // Right: prepared batches, then the latest records, pretty.
     let batch_rows = focus.batches.len().clamp(1, 8) as u16;
-    let [batches_area, records_area] =
-        Layout::vertical([Constraint::Length(batch_rows + 2), Constraint::Min(0)]).areas(rest);
+    // Under the table, one line per failing batch with its last error, at full width.
+    let failure_lines: Vec<Line<'static>> = focus
+        .batches
+        .iter()
+        .filter_map(|batch| {
+            let failure = batch.failure.as_ref()?;
+            let head = format!("{} {}: ", short_id(&batch.id), failure_brief(app, failure));
+            let room = usize::from(rest.width).saturating_sub(crate::format::width(&head));
+            Some(Line::from(vec![
+                Span::styled(head, failing_style()),
+                Span::raw(fit(&failure.last_error, room)),
+            ]))
+        })
+        .take(4)
+        .collect();
+    let [batches_area, failures_area, records_area] = Layout::vertical([
+        Constraint::Length(batch_rows + 2),
+        Constraint::Length(failure_lines.len() as u16),
+        Constraint::Min(0),
+    ])
+    .areas(rest);
     let header = Row::new(
         [
             "Batch",
@@ -788,12 +839,16 @@ fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
             .style(Style::new().fg(Color::Yellow)),
             None => Cell::from("unlocked").style(dim()),
         };
+        let id = Cell::from(if wide {
+            batch.id.to_string()
+        } else {
+            short_id(&batch.id)
+        });
         Row::new(vec![
-            Cell::from(if wide {
-                batch.id.to_string()
-            } else {
-                short_id(&batch.id)
-            }),
+            match batch.failure {
+                Some(_) => id.style(failing_style()),
+                None => id,
+            },
             right(records),
             right(size),
             right(keys),
@@ -827,6 +882,7 @@ fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
     if !focus.batches.is_empty() {
         Widget::render(batches, batches_area, buf);
     }
+    Paragraph::new(failure_lines).render(failures_area, buf);
 
     let mut text = Text::default();
     for record in focus.latest.iter().rev() {
@@ -922,6 +978,7 @@ fn render_help(area: Rect, buf: &mut Buffer) {
             "time until the persister's --max-age flushes the store",
         ),
         ("Batches", "prepared batches waiting to be written"),
+        ("✗n", "n failing: retried later, waiting longer each time"),
     ];
     let width = 74.min(area.width);
     let height = (rows.len() as u16 + 2).min(area.height);

@@ -940,3 +940,214 @@ async fn a_batch_held_by_a_library_user_is_never_taken_by_a_persister() {
         server.buffer_keys()
     );
 }
+
+/// A disk whose fsync takes `delay_ms`: a persister on it always has batches in flight.
+struct SlowSync {
+    file: std::fs::File,
+    delay_ms: u64,
+}
+
+impl Write for SlowSync {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl FileSink for SlowSync {
+    fn sync(&mut self) -> io::Result<()> {
+        // A slow device, not a wait for an event: the batch stays locked meanwhile.
+        std::thread::sleep(Duration::from_millis(self.delay_ms));
+        self.file.sync_all()
+    }
+}
+
+/// Issue 8 item 6: `drain` beside a `run` persister that keeps preparing new batches (slow
+/// disk, producers that never stop) persists what there was when it started, waits for the
+/// batches the other persister holds, chases nothing prepared later, and reports no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_beside_a_busy_run_persister_persists_its_snapshot_and_reports_no_failure() {
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let buffer = server.buffer().await;
+    // One batch at a time, each held for a second by the fsync, and the next poll at once:
+    // the runner nearly always holds a batch it prepared.
+    let mut run_config = config(out.path());
+    run_config.interval = Duration::from_millis(1);
+    run_config.max_age = Duration::from_millis(100);
+    run_config.max_records = None;
+    run_config.concurrency = 1;
+    let runner =
+        Persister::new(buffer.clone(), run_config).with_sink_factory(Arc::new(|path: &Path| {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)?;
+            Ok(Box::new(SlowSync {
+                file,
+                delay_ms: 1000,
+            }) as Box<dyn FileSink>)
+        }));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (runner, shutdown) = (runner.clone(), shutdown.clone());
+        async move { runner.run(shutdown).await }
+    });
+    // One producer, ids in order, into eight stores; `acked` counts acknowledged ids.
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop_pushing = CancellationToken::new();
+    let producer = tokio::spawn({
+        let (buffer, acked, stop_pushing) = (buffer.clone(), acked.clone(), stop_pushing.clone());
+        async move {
+            let mut next = 0u64;
+            while !stop_pushing.is_cancelled() {
+                let records: Vec<Value> = (next..next + 10).map(|id| json!({"id": id})).collect();
+                buffer
+                    .push_many(format!("busy-{}", next / 10 % 8), &records)
+                    .await
+                    .unwrap();
+                next += 10;
+                acked.store(next, Ordering::SeqCst);
+            }
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            runner.stats().batches_persisted >= 1
+        })
+        .await,
+        "the runner is at work"
+    );
+
+    let before = acked.load(Ordering::SeqCst);
+    let mut drain_config = PersistConfig::new(out.path());
+    drain_config.drain_wait = Some(Duration::from_secs(4));
+    let drainer = Persister::new(server.buffer().await, drain_config);
+    let report = drainer.drain().await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    // The published files (the runner may be writing a temporary file right now).
+    let written: std::collections::HashSet<u64> = files_under(out.path())
+        .iter()
+        .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .flat_map(|path| buffer_tests::file_records(path))
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    let missing: Vec<u64> = (0..before).filter(|id| !written.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged before the drain, not in a file after it: {missing:?}"
+    );
+
+    stop_pushing.cancel();
+    producer.await.unwrap();
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let report = Persister::new(buffer.clone(), PersistConfig::new(out.path()))
+        .drain()
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let mut ids: Vec<u64> = output_records(out.path())
+        .values()
+        .flatten()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(n, ids.len(), "no duplicates");
+    assert_eq!(ids, (0..acked.load(Ordering::SeqCst)).collect::<Vec<_>>());
+    assert!(
+        server.buffer_keys().is_empty(),
+        "{:?}",
+        server.buffer_keys()
+    );
+}
+
+/// Issue 8 item 6: work another persister holds past the deadline is one failure line per
+/// store or batch, naming it (not a line of its own that counts as one more batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_locked_past_the_drain_deadline_is_one_failure_naming_it() {
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let buffer = server.buffer().await;
+    buffer.push("held", &json!({"a": 1})).await.unwrap();
+    let mut guard = buffer
+        .lock("held", None, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let batch = guard.prepare().await.unwrap().unwrap();
+    let mut config = PersistConfig::new(out.path());
+    config.drain_wait = Some(Duration::from_millis(300));
+    let report = Persister::new(buffer.clone(), config)
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!(report.batches, 0);
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert!(
+        report.failures[0].contains(&batch.id.to_string())
+            && report.failures[0].contains("still locked"),
+        "{:?}",
+        report.failures
+    );
+    guard.release().await.unwrap();
+}
+
+/// A failure record exists only while its batch does: recording a failure of a batch that is
+/// gone writes nothing, and a record left behind by a batch emptied without clearing it is
+/// swept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_records_exist_only_while_their_batch_does() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    buffer.push("f", &json!({"a": 1})).await.unwrap();
+    let mut guard = buffer
+        .lock("f", None, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let batch = guard.prepare().await.unwrap().unwrap();
+    let backoff = buffer_core::Backoff {
+        base: Duration::from_secs(1),
+        cap: Duration::from_secs(4),
+    };
+    let mut last = None;
+    for attempts in 1..=4 {
+        let record = buffer
+            .record_failure(&batch.store, Some(&batch.id), "disk on fire", backoff)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.attempts, attempts);
+        assert_eq!(
+            record.next_retry_ms - record.last_ms,
+            [1000, 2000, 4000, 4000][attempts as usize - 1]
+        );
+        last = Some(record);
+    }
+    let listed = buffer.failures().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].batch.as_ref(), Some(&batch.id));
+    assert_eq!(Some(&listed[0].record), last.as_ref());
+
+    // Emptied by a path that does not clear the record: the sweep removes it.
+    guard.empty_batch().await.unwrap();
+    let kept = buffer.forget_stale_failures(listed).await.unwrap();
+    assert!(kept.is_empty());
+    assert!(buffer.failures().await.unwrap().is_empty());
+    // And a failure recorded after the batch is gone is not written.
+    let record = buffer
+        .record_failure(&batch.store, Some(&batch.id), "late", backoff)
+        .await
+        .unwrap();
+    assert_eq!(record, None);
+    assert!(
+        server.buffer_keys().is_empty(),
+        "{:?}",
+        server.buffer_keys()
+    );
+}

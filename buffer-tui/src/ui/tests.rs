@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use buffer_core::{
-    Event, EventKind, LockInfo, PersisterInfo, PreparedSummary, ServerInfo, StoreName, StoreSummary,
+    Event, EventKind, FailingWork, FailureRecord, LockInfo, PersisterInfo, PreparedSummary,
+    ServerInfo, StoreName, StoreSummary,
 };
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -54,7 +55,19 @@ fn store(text: &str, records: u64, bytes: u64, age_ms: u64) -> StoreSummary {
     }
 }
 
-/// Several stores: one locked by a persister, one with prepared batches, one only prepared.
+/// The record of a batch whose file cannot be written: three attempts, retried in 3.5 s.
+fn failing_record() -> FailureRecord {
+    FailureRecord {
+        attempts: 3,
+        last_error: "create file out/orders/1699999998000-000000000000ef56.jsonl: Is a directory (os error 21)".into(),
+        last_ms: T0 - 500,
+        next_retry_ms: T0 + 5_000,
+        holder: "persist-1/4242".into(),
+    }
+}
+
+/// Several stores: one locked by a persister, one with prepared batches (one of them
+/// failing), one only prepared.
 fn populated(width: u16, height: u16) -> App {
     let mut app = new_app(width, height);
     let stores = vec![
@@ -95,6 +108,19 @@ fn populated(width: u16, height: u16) -> App {
             batches_persisted: 10,
             records_persisted: 30_000,
         }],
+        failures: vec![
+            FailingWork {
+                store: name("orders"),
+                batch: Some(batch_id(T0 - 2_000, 0xef56)),
+                record: failing_record(),
+            },
+            // A record that outlived its batch: not counted.
+            FailingWork {
+                store: name("signups"),
+                batch: Some(batch_id(T0 - 90_000, 0x9999)),
+                record: failing_record(),
+            },
+        ],
         ..Snapshot::default()
     };
     let detail = |keys, lock: Option<HeldLock>| StoreDetail {
@@ -162,6 +188,7 @@ fn populated(width: u16, height: u16) -> App {
                     holder: "persist-1/4242".into(),
                     ttl_ms: Some(27_400),
                 }),
+                failure: None,
             },
             BatchDetail {
                 id: batch_id(T0 - 2_000, 0xef56),
@@ -171,8 +198,10 @@ fn populated(width: u16, height: u16) -> App {
                     keys: 6,
                 }),
                 lock: None,
+                failure: Some(failing_record()),
             },
         ],
+        failure: None,
     });
     app.update(Action::Snapshot(Box::new(snapshot)));
     app.update(Action::EventsLive);
