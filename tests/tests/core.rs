@@ -970,3 +970,48 @@ async fn key_counts_are_exact_per_live_store_in_one_call() {
     let err = buffer.store_key_counts(&stores).await.unwrap_err();
     assert!(err.is_wrong_type(), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_first_write_is_read_with_one_command_per_group() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(1_000_000);
+    let buffer = Buffer::connect(server.config().clock(Arc::new(clock.clone())))
+        .await
+        .unwrap();
+    assert_eq!(buffer.oldest_first_write_ms().await.unwrap(), None);
+    for i in 0..2000u64 {
+        clock.set_ms(2_000_000 - i);
+        buffer
+            .push(format!("store-{i}").as_str(), &json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    let expected = buffer
+        .stores()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.first_write_ms)
+        .min();
+    let mut conn = server.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    let oldest = buffer.oldest_first_write_ms().await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    assert!(expected.is_some());
+    assert_eq!(oldest, expected);
+    let calls: Vec<(String, u64)> = stats
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
+        })
+        .filter(|(name, _)| name != "info" && name != "config|resetstat")
+        .collect();
+    assert_eq!(calls, [("zrange".to_owned(), 256)], "{stats}");
+}
