@@ -55,6 +55,8 @@ pub struct LockGuard {
     /// `<holder-id>:<random token>`: the holder part is for people, the token makes the
     /// value unique to this acquisition so only this guard can release or extend it.
     value: String,
+    /// The TTL the lock was taken with; `prepare` gives the batch lock this TTL afresh.
+    ttl: Duration,
 }
 
 impl Buffer {
@@ -126,6 +128,7 @@ impl Buffer {
             target,
             key,
             value,
+            ttl,
         }))
     }
 
@@ -242,8 +245,8 @@ impl LockGuard {
     }
 
     /// Prepares the locked store and hands this lock over to the new batch, atomically: on
-    /// success the guard holds the batch's lock (with the TTL the store lock had left) and the
-    /// store lock is free for the next round.
+    /// success the guard holds the batch's lock (with the full TTL the guard was taken with,
+    /// so the batch lock always expires) and the store lock is free for the next round.
     ///
     /// Returns `Ok(None)` when the store has no records (the guard keeps the store lock).
     ///
@@ -258,7 +261,11 @@ impl LockGuard {
             ));
         };
         let store = store.clone();
-        match self.buffer.prepare(&store, Some(&self.value)).await? {
+        match self
+            .buffer
+            .prepare(&store, Some(&self.value), self.ttl)
+            .await?
+        {
             PrepareOutcome::Empty => Ok(None),
             PrepareOutcome::LockLost => Err(self.lost()),
             PrepareOutcome::Prepared(batch) => {
