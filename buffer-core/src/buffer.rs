@@ -1,6 +1,6 @@
 //! [`Buffer`]: the handle every producer, persister and dashboard uses.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,7 @@ pub struct BufferConfig {
     connect_timeout: Duration,
     max_record_bytes: usize,
     page_size: usize,
+    page_bytes: usize,
     holder_id: String,
     push_id_ttl: Duration,
     clock: Arc<dyn Clock>,
@@ -59,6 +60,7 @@ impl BufferConfig {
             connect_timeout: Duration::from_secs(5),
             max_record_bytes: 8 * 1024 * 1024,
             page_size: 5000,
+            page_bytes: 2 * 1024 * 1024,
             holder_id: default_holder_id(),
             push_id_ttl: Duration::from_secs(24 * 3600),
             clock: Arc::new(SystemClock),
@@ -113,10 +115,19 @@ impl BufferConfig {
         self
     }
 
-    /// How many records a page of a batch holds when it is read (default 5000). Pages are
-    /// also cut to about 1 MiB by the batch's average record size.
+    /// How many records a page of a batch holds at most when it is read (default 5000).
+    /// Pages are also cut by bytes: see [`BufferConfig::page_bytes`].
     pub fn page_size(mut self, records: usize) -> Self {
         self.page_size = records.max(1);
+        self
+    }
+
+    /// How many bytes of records a page of a batch holds at most when it is read (default
+    /// 2 MiB); a page always holds at least one record, so a page is at most
+    /// `max(page_bytes, max_record_bytes)`. The reader knows each record's size bound before
+    /// it reads the page (from the batch's run list), so this holds for every page.
+    pub fn page_bytes(mut self, bytes: usize) -> Self {
+        self.page_bytes = bytes.max(1);
         self
     }
 
@@ -711,6 +722,7 @@ impl Buffer {
         let now = self.stamp_ms().await?;
         let bytes: usize = records.iter().map(|r| r.json.len()).sum();
         let count = records.len();
+        let run = run_entry(&records);
         // The SADD is built from borrowed keys (its arguments are copied into the command), so
         // no key is cloned, and the record texts then move into the RPUSH without a copy.
         let unique_keys = record::unique_keys(&records)?;
@@ -735,14 +747,18 @@ impl Buffer {
             add_to_index,
             redis::Cmd::zincr(&group.bytes, store.encoded(), bytes),
             redis::Cmd::zincr(&group.count, store.encoded(), count),
+            // Last, so the replies read below keep their places: this push's entry in the run
+            // list that lets readers size pages by bytes (see `BatchReader`).
+            redis::Cmd::rpush(&live.runs, run),
         ];
+        let adds_keys = add_keys.is_some();
         if let Some(add_keys) = add_keys {
             // Before SCARD, so the count includes this push's keys.
             commands.insert(2, add_keys);
         }
         let replies = transaction::exec(self, "push", store.as_str(), commands).await?;
         let reply = |index: usize| replies.get(index).cloned().unwrap_or(Value::Nil);
-        let keys_at = if replies.len() == 8 { 3 } else { 2 };
+        let keys_at = if adds_keys { 3 } else { 2 };
         let parse_error = |err: redis::ParsingError| Error::Corrupt {
             what: format!("push to store {store:?}: unexpected reply: {err}"),
         };
@@ -825,11 +841,13 @@ impl Buffer {
     }
 
     /// Runs the prepare script, retrying with a new id when the id is already taken (two
-    /// prepares of one store in the same millisecond never merge).
+    /// prepares of one store in the same millisecond never merge). With `lock_value`, the
+    /// store lock must hold it, and the batch lock is set to it for `lock_ttl`.
     pub(crate) async fn prepare(
         &self,
         store: &StoreName,
         lock_value: Option<&str>,
+        lock_ttl: Duration,
     ) -> Result<PrepareOutcome> {
         let layout = self.layout();
         let live = layout.live(store);
@@ -851,7 +869,8 @@ impl Buffer {
                 .arg(store.encoded())
                 .arg(KeyLayout::prepared_member(store, &id))
                 .arg(id.created_ms())
-                .arg(lock_value.unwrap_or(""));
+                .arg(lock_value.unwrap_or(""))
+                .arg(millis(lock_ttl));
             let mut conn = self.conn();
             let reply: Vec<i64> = self
                 .run("prepare_to_persist", store.as_str(), async move {
@@ -930,22 +949,28 @@ impl Buffer {
     }
 
     /// A reader that streams a batch's records page by page, in push order, as the JSON texts
-    /// that were pushed. Memory use is one page (at most `page_size` records and about 1 MiB),
-    /// whatever the batch size.
+    /// that were pushed. A page holds at most `page_size` records and at most `page_bytes`
+    /// bytes of them (or one record, when that record alone is larger), whatever the batch's
+    /// mix of record sizes: the reader plans each page from the batch's run list before it
+    /// reads it.
     pub fn reader(&self, batch: &PreparedBatch) -> BatchReader {
-        // A page holds at most `page_size` records and, by the batch's average record size,
-        // about `PAGE_BYTES`: big records make small pages, so memory stays bounded.
-        const PAGE_BYTES: u64 = 1024 * 1024;
-        let average = batch.bytes.checked_div(batch.records).unwrap_or(1).max(1);
-        let page_size = (self.inner.config.page_size as u64).min((PAGE_BYTES / average).max(1));
+        let config = &self.inner.config;
+        let keys = self.layout().batch(&batch.store, &batch.id);
         BatchReader {
             buffer: self.clone(),
-            key: self.layout().batch(&batch.store, &batch.id).records,
+            key: keys.records,
+            runs_key: keys.runs,
             store: batch.store.clone(),
             batch: batch.id.clone(),
             next: 0,
             total: batch.records,
-            page_size,
+            page_size: config.page_size as u64,
+            page_bytes: config.page_bytes as u64,
+            sizing: PageSizing::Runs {
+                ahead: VecDeque::new(),
+                next_entry: 0,
+                exhausted: false,
+            },
         }
     }
 
@@ -1238,6 +1263,31 @@ impl Buffer {
             .await
     }
 
+    /// When the oldest live store's first record was pushed (Unix ms), or `None` when no store
+    /// has live records. One `ZRANGE <stores> 0 0 WITHSCORES` per group in one pipeline, so
+    /// it costs the same with ten stores or ten thousand (the persister's lag gauge).
+    ///
+    /// # Errors
+    /// Transient errors.
+    pub async fn oldest_first_write_ms(&self) -> Result<Option<u64>> {
+        let layout = self.layout();
+        let mut pipe = redis::pipe();
+        for g in 0..layout.groups() {
+            pipe.zrange_withscores(layout.group(g).stores, 0, 0);
+        }
+        let mut conn = self.conn();
+        let oldest: Vec<Vec<(String, f64)>> = self
+            .run("oldest store", "", async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        Ok(oldest
+            .into_iter()
+            .flatten()
+            .map(|(_member, first)| score(first))
+            .min())
+    }
+
     /// The live stores holding at least `min_bytes` bytes or at least `min_records` records.
     ///
     /// # Errors
@@ -1376,16 +1426,132 @@ pub(crate) enum PrepareOutcome {
     LockLost,
 }
 
-/// Streams one batch's records page by page (LRANGE in pages, so no command reads much).
+/// Streams one batch's records page by page (LRANGE in pages, so no command reads much and
+/// no page holds much).
+///
+/// Pages are bounded by bytes as well as by records. Every push also appended one entry
+/// `<count>:<bytes>:<max record bytes>` to the store's run list in the same transaction, and
+/// prepare renamed that list with the batch, so the runs describe the batch's records exactly.
+/// The reader reads runs ahead (small entries, 1024 at a time) and plans each page
+/// so that the bound on its bytes, `min(k × max, run bytes left)` summed over its runs, stays
+/// within `page_bytes` (at least one record), then LRANGEs exactly that range.
+///
+/// A batch without a run list (written by an older version), or whose runs turn out not to
+/// match its records, is read with pages sized by the bytes actually seen: the next page
+/// shrinks at once to what the largest record seen would allow, and grows at most twofold.
 #[derive(Debug)]
 pub struct BatchReader {
     buffer: Buffer,
     key: String,
+    runs_key: String,
     store: StoreName,
     batch: BatchId,
     next: u64,
     total: u64,
     page_size: u64,
+    page_bytes: u64,
+    sizing: PageSizing,
+}
+
+/// How many run entries one read of the run list fetches (about 20 bytes each).
+const RUNS_PER_READ: u64 = 1024;
+
+/// How the next page's length is chosen.
+#[derive(Debug)]
+enum PageSizing {
+    /// From the batch's run list: `ahead` starts with the run holding record `next` (counts
+    /// and bytes of that run already read are subtracted); `next_entry` is the index of the
+    /// first run-list entry not fetched yet.
+    Runs {
+        ahead: VecDeque<Run>,
+        next_entry: u64,
+        exhausted: bool,
+    },
+    /// No usable run list: the length of the next page, adapted to the bytes seen.
+    Adaptive { next_len: u64 },
+}
+
+/// One push's records, as its run entry describes them (what is left of them to read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    count: u64,
+    bytes: u64,
+    max: u64,
+}
+
+impl Run {
+    fn parse(entry: &str) -> Option<Self> {
+        let mut parts = entry.split(':').map(str::parse::<u64>);
+        let run = Self {
+            count: parts.next()?.ok()?,
+            bytes: parts.next()?.ok()?,
+            max: parts.next()?.ok()?,
+        };
+        (parts.next().is_none() && run.count > 0).then_some(run)
+    }
+}
+
+/// The entry of one push in its store's run list: `<count>:<bytes>:<max record bytes>`.
+fn run_entry(records: &[EncodedRecord]) -> String {
+    let bytes: usize = records.iter().map(|r| r.json.len()).sum();
+    let max = records.iter().map(|r| r.json.len()).max().unwrap_or(0);
+    format!("{}:{bytes}:{max}", records.len())
+}
+
+/// The first page a batch without a run list is read with: small, since nothing is known of
+/// its records yet.
+const ADAPTIVE_FIRST_PAGE: u64 = 16;
+
+/// Plans the next page from the runs ahead: how many records it takes so that the bound on its
+/// bytes stays within `budget` (at least one record) and its length within `cap`. Returns that
+/// count, and whether more runs must be read first to decide (every run ahead fits and `more`
+/// says the run list goes on).
+fn plan_from_runs(ahead: &VecDeque<Run>, cap: u64, budget: u64, more: bool) -> (u64, bool) {
+    let mut planned = 0u64;
+    let mut bytes = 0u64;
+    for run in ahead {
+        let room = cap - planned;
+        if run.count <= room && bytes.saturating_add(run.bytes) <= budget {
+            planned += run.count;
+            bytes += run.bytes;
+            if planned == cap {
+                return (planned, false);
+            }
+            continue;
+        }
+        // Only part of this run fits: as many records as its largest one allows.
+        let left = budget.saturating_sub(bytes);
+        let by_bytes = if run.bytes <= left {
+            run.count
+        } else {
+            left / run.max.max(1)
+        };
+        let take = room.min(run.count).min(by_bytes);
+        // A record larger than the whole budget still makes a page, of its own.
+        let take = if planned == 0 { take.max(1) } else { take };
+        return (planned + take, false);
+    }
+    (planned, more)
+}
+
+/// Takes a page just read off the runs ahead. False when the runs did not tell the truth about
+/// it (a record larger than its run's max, a run's bytes exceeded, or no run left).
+fn consume_runs(ahead: &mut VecDeque<Run>, page: &[String]) -> bool {
+    for record in page {
+        let len = record.len() as u64;
+        let Some(run) = ahead.front_mut() else {
+            return false;
+        };
+        if len > run.max || len > run.bytes {
+            return false;
+        }
+        run.count -= 1;
+        run.bytes -= len;
+        if run.count == 0 {
+            ahead.pop_front();
+        }
+    }
+    true
 }
 
 impl BatchReader {
@@ -1398,7 +1564,8 @@ impl BatchReader {
         if self.next >= self.total {
             return Ok(None);
         }
-        let want = self.page_size.min(self.total - self.next);
+        let cap = self.page_size.min(self.total - self.next);
+        let want = self.plan(cap).await?;
         let start = self.next;
         let stop = start + want - 1;
         let key = self.key.clone();
@@ -1421,12 +1588,104 @@ impl BatchReader {
             });
         }
         self.next += want;
+        self.account(&page);
         Ok(Some(page))
     }
 
     /// How many records have been returned so far.
     pub fn records_read(&self) -> u64 {
         self.next
+    }
+
+    /// How many records the next page reads (1..=cap), reading more runs when needed.
+    async fn plan(&mut self, cap: u64) -> Result<u64> {
+        loop {
+            let (next_entry, exhausted) = match &self.sizing {
+                PageSizing::Adaptive { next_len } => return Ok((*next_len).clamp(1, cap)),
+                PageSizing::Runs {
+                    ahead,
+                    next_entry,
+                    exhausted,
+                } => {
+                    let (planned, needs_more) =
+                        plan_from_runs(ahead, cap, self.page_bytes, !*exhausted);
+                    if planned > 0 && !needs_more {
+                        return Ok(planned);
+                    }
+                    (*next_entry, *exhausted)
+                }
+            };
+            if exhausted {
+                // The runs describe fewer records than the batch holds: there are none (a
+                // batch written by an older version) or they are not this batch's.
+                if next_entry > 0 {
+                    tracing::warn!(store = %self.store, batch = %self.batch,
+                        "the batch's run list ends before its records; sizing pages by bytes seen");
+                }
+                self.sizing = PageSizing::Adaptive {
+                    next_len: ADAPTIVE_FIRST_PAGE,
+                };
+                continue;
+            }
+            let key = self.runs_key.clone();
+            let mut conn = self.buffer.conn();
+            let entries: Vec<String> = self
+                .buffer
+                .run("read batch runs", self.store.as_str(), async move {
+                    redis::cmd("LRANGE")
+                        .arg(key)
+                        .arg(next_entry)
+                        .arg(next_entry + RUNS_PER_READ - 1)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            let runs: Option<Vec<Run>> = entries.iter().map(|e| Run::parse(e)).collect();
+            match (&mut self.sizing, runs) {
+                (
+                    PageSizing::Runs {
+                        ahead,
+                        next_entry,
+                        exhausted,
+                    },
+                    Some(runs),
+                ) => {
+                    *next_entry += entries.len() as u64;
+                    *exhausted = (entries.len() as u64) < RUNS_PER_READ;
+                    ahead.extend(runs);
+                }
+                _ => {
+                    tracing::warn!(store = %self.store, batch = %self.batch,
+                        "malformed entry in the batch's run list; sizing pages by bytes seen");
+                    self.sizing = PageSizing::Adaptive {
+                        next_len: ADAPTIVE_FIRST_PAGE,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Accounts for a page just read: takes it off the runs ahead (falling back to sizing by
+    /// bytes seen when they did not describe it), or sets the next adaptive page length.
+    fn account(&mut self, page: &[String]) {
+        let largest = page.iter().map(String::len).max().unwrap_or(0) as u64;
+        // How many records as large as the largest one seen fit the budget (at least one).
+        let fit = (self.page_bytes / largest.max(1)).max(1);
+        match &mut self.sizing {
+            PageSizing::Runs { ahead, .. } => {
+                if !consume_runs(ahead, page) {
+                    tracing::warn!(store = %self.store, batch = %self.batch,
+                        "the batch's run list does not match its records; sizing pages by bytes seen");
+                    self.sizing = PageSizing::Adaptive {
+                        next_len: fit.min(ADAPTIVE_FIRST_PAGE),
+                    };
+                }
+            }
+            PageSizing::Adaptive { next_len } => {
+                // Shrink at once to what the largest record seen allows; grow at most twofold.
+                *next_len = fit.min((page.len() as u64).saturating_mul(2)).max(1);
+            }
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! The Redis key layout. This module is the only place that knows how keys are spelled.
 //!
 //! ```text
-//! <ns>:{<ns>:<g>}:s:<enc>:records|first|keys|bytes      live store (LIST, STRING ms, SET, STRING)
-//! <ns>:{<ns>:<g>}:p:<T>:<enc>:records|first|keys|bytes  prepared batch T of the store
+//! <ns>:{<ns>:<g>}:s:<enc>:records|first|keys|bytes|runs  live store (LIST, STRING ms, SET,
+//!                                                         STRING, LIST "<count>:<bytes>:<max>")
+//! <ns>:{<ns>:<g>}:p:<T>:<enc>:records|...|runs            prepared batch T of the store
 //! <ns>:{<ns>:<g>}:stores                                ZSET enc -> first-write ms
 //! <ns>:{<ns>:<g>}:bytes / :count                        ZSET enc -> live bytes / records
 //! <ns>:{<ns>:<g>}:prepared                              ZSET "<T>:<enc>" -> T's ms
@@ -23,13 +24,17 @@ use crate::name::{Namespace, StoreName};
 /// Number of slot groups used unless configured otherwise.
 pub const DEFAULT_GROUPS: u16 = 256;
 
-/// The four keys that hold one store's (or one batch's) data.
+/// The five keys that hold one store's (or one batch's) data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct DataKeys {
     pub records: String,
     pub first: String,
     pub keys: String,
     pub bytes: String,
+    /// One entry `<count>:<bytes>:<max record bytes>` per push, in push order, so the run list
+    /// describes the records list exactly and a reader can size its pages by bytes before
+    /// reading them (see `BatchReader`).
+    pub runs: String,
 }
 
 impl DataKeys {
@@ -39,11 +44,19 @@ impl DataKeys {
             first: format!("{prefix}:first"),
             keys: format!("{prefix}:keys"),
             bytes: format!("{prefix}:bytes"),
+            runs: format!("{prefix}:runs"),
         }
     }
 
-    pub fn all(&self) -> [&str; 4] {
-        [&self.records, &self.first, &self.keys, &self.bytes]
+    /// Every data key, in the order the scripts take them (records, first, keys, bytes, runs).
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.records,
+            &self.first,
+            &self.keys,
+            &self.bytes,
+            &self.runs,
+        ]
     }
 }
 

@@ -337,8 +337,8 @@ impl LockGuard {
     }
 
     /// Prepares the locked store and hands this lock over to the new batch, atomically: on
-    /// success the guard holds the batch's lock (with the TTL the store lock had left) and the
-    /// store lock is free for the next round.
+    /// success the guard holds the batch's lock (with the full TTL the guard was taken with,
+    /// so the batch lock always expires) and the store lock is free for the next round.
     ///
     /// Returns `Ok(None)` when the store has no records (the guard keeps the store lock).
     ///
@@ -354,10 +354,14 @@ impl LockGuard {
         };
         let store = store.clone();
         // The heartbeat extends one key; stop it while the lock moves to another key, and
-        // start it again on whichever key the guard holds afterwards. The batch lock keeps
-        // the store lock's remaining TTL, so the liveness recorded so far stays true.
+        // start it again on whichever key the guard holds afterwards. The batch lock gets the
+        // full TTL afresh, so the liveness recorded so far (counted from the store lock) stays
+        // a safe underestimate.
         let kept_alive = self.heartbeat.take().is_some();
-        let outcome = self.buffer.prepare(&store, Some(&self.value)).await;
+        let outcome = self
+            .buffer
+            .prepare(&store, Some(&self.value), self.ttl)
+            .await;
         let result = match outcome {
             Ok(PrepareOutcome::Empty) => Ok(None),
             Ok(PrepareOutcome::LockLost) => {

@@ -15,61 +15,65 @@ use redis::Script;
 
 /// Moves a live store to a batch.
 ///
-/// Keys: 1-4 live records/first/keys/bytes, 5-8 the same for the batch, 9 stores index,
-/// 10 bytes index, 11 count index, 12 prepared index, 13 store lock, 14 batch lock.
-/// ARGV: 1 encoded name, 2 prepared-index member, 3 batch ms, 4 lock value or "".
+/// Keys: 1-5 live records/first/keys/bytes/runs, 6-10 the same for the batch, 11 stores
+/// index, 12 bytes index, 13 count index, 14 prepared index, 15 store lock, 16 batch lock.
+/// ARGV: 1 encoded name, 2 prepared-index member, 3 batch ms, 4 lock value or "", 5 the batch
+/// lock's TTL in ms (used when ARGV 4 is a lock value).
 ///
 /// Returns `{0}` when the store has no records, `{-1}` when the lock value does not match,
 /// `{-2}` when the batch id is taken, else `{1, records, bytes, keys, first}`. Every type is
 /// checked before the first write, so a WRONGTYPE error leaves the store untouched.
+///
+/// The batch lock gets the caller's full TTL, never a copy of the store lock's `PTTL`: that is
+/// 0 or -1 for a key in its last millisecond or one without expiry, and a lock written without
+/// `PX` would never expire, leaving the batch stuck for good if its holder died.
 pub(crate) static PREPARE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"#!lua flags=allow-oom
 local function kind(key) return redis.call('TYPE', key)['ok'] end
 local records_kind = kind(KEYS[1])
 if records_kind == 'none' then
-  redis.call('ZREM', KEYS[9], ARGV[1])
-  redis.call('ZREM', KEYS[10], ARGV[1])
   redis.call('ZREM', KEYS[11], ARGV[1])
+  redis.call('ZREM', KEYS[12], ARGV[1])
+  redis.call('ZREM', KEYS[13], ARGV[1])
   return {0}
 end
-local expected = {'list', 'string', 'set', 'string'}
-for i = 1, 4 do
+local expected = {'list', 'string', 'set', 'string', 'list'}
+for i = 1, 5 do
   local k = kind(KEYS[i])
   if k ~= 'none' and k ~= expected[i] then
     return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. k .. ', expected a ' .. expected[i])
   end
 end
-if ARGV[4] ~= '' and redis.call('GET', KEYS[13]) ~= ARGV[4] then
+local lock_ttl = tonumber(ARGV[5])
+if ARGV[4] ~= '' and (lock_ttl == nil or lock_ttl < 1) then
+  return redis.error_reply('ERR the batch lock TTL must be at least 1 ms, got ' .. tostring(ARGV[5]))
+end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[15]) ~= ARGV[4] then
   return {-1}
 end
-if redis.call('EXISTS', KEYS[5], KEYS[6], KEYS[7], KEYS[8]) > 0 then
+if redis.call('EXISTS', KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]) > 0 then
   return {-2}
 end
 -- The writes Redis may refuse when out of memory (SET, ZADD) come first, so a refusal
 -- leaves the live store untouched; RENAME, ZREM and DEL are never refused.
 if ARGV[4] ~= '' then
-  local ttl = redis.call('PTTL', KEYS[13])
-  if ttl > 0 then
-    redis.call('SET', KEYS[14], ARGV[4], 'PX', ttl)
-  else
-    redis.call('SET', KEYS[14], ARGV[4])
-  end
+  redis.call('SET', KEYS[16], ARGV[4], 'PX', lock_ttl)
 end
-redis.call('ZADD', KEYS[12], ARGV[3], ARGV[2])
-for i = 1, 4 do
+redis.call('ZADD', KEYS[14], ARGV[3], ARGV[2])
+for i = 1, 5 do
   if redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('RENAME', KEYS[i], KEYS[i + 4])
+    redis.call('RENAME', KEYS[i], KEYS[i + 5])
   end
 end
-redis.call('ZREM', KEYS[9], ARGV[1])
-redis.call('ZREM', KEYS[10], ARGV[1])
 redis.call('ZREM', KEYS[11], ARGV[1])
+redis.call('ZREM', KEYS[12], ARGV[1])
+redis.call('ZREM', KEYS[13], ARGV[1])
 if ARGV[4] ~= '' then
-  redis.call('DEL', KEYS[13])
+  redis.call('DEL', KEYS[15])
 end
-return {1, redis.call('LLEN', KEYS[5]), tonumber(redis.call('GET', KEYS[8]) or '0'),
-        redis.call('SCARD', KEYS[7]), tonumber(redis.call('GET', KEYS[6]) or '0')}
+return {1, redis.call('LLEN', KEYS[6]), tonumber(redis.call('GET', KEYS[9]) or '0'),
+        redis.call('SCARD', KEYS[8]), tonumber(redis.call('GET', KEYS[7]) or '0')}
 "#,
     )
 });
@@ -111,15 +115,15 @@ return 0
 /// Empties a batch and releases its lock, only while the lock holds the given value.
 ///
 /// Uses only UNLINK, ZREM and DEL, which Redis accepts when it is out of memory.
-/// Keys: 1 lock, 2 prepared index, 3-6 batch data keys. ARGV: 1 value, 2 prepared member.
-/// Returns 1, or 0 when the lock is not held.
+/// Keys: 1 lock, 2 prepared index, 3.. every batch data key (however many the layout has).
+/// ARGV: 1 value, 2 prepared member. Returns 1, or 0 when the lock is not held.
 pub(crate) static EMPTY_LOCKED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
-redis.call('UNLINK', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('UNLINK', unpack(KEYS, 3, #KEYS))
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[1])
 return 1
@@ -129,8 +133,8 @@ return 1
 
 /// Appends records unless a push with the same id was already applied.
 ///
-/// Keys: 1-4 live records/first/keys/bytes, 5 stores index, 6 bytes index, 7 count index,
-/// 8 push-id marker. ARGV: 1 now ms, 2 encoded name, 3 bytes, 4 record count, 5 marker TTL ms,
+/// Keys: 1-5 live records/first/keys/bytes/runs, 6 stores index, 7 bytes index, 8 count index,
+/// 9 push-id marker. ARGV: 1 now ms, 2 encoded name, 3 bytes, 4 record count, 5 marker TTL ms,
 /// 6 number of unique keys k, 7..6+k the keys, then the records.
 ///
 /// Returns `{duplicate (0/1), records, bytes, keys, first}`. Types are checked and the
@@ -143,17 +147,17 @@ local function totals(duplicate)
   return {duplicate, redis.call('LLEN', KEYS[1]), tonumber(redis.call('GET', KEYS[4]) or '0'),
           redis.call('SCARD', KEYS[3]), tonumber(redis.call('GET', KEYS[2]) or ARGV[1])}
 end
-local expected = {'list', 'string', 'set', 'string'}
-for i = 1, 4 do
+local expected = {'list', 'string', 'set', 'string', 'list'}
+for i = 1, 5 do
   local k = redis.call('TYPE', KEYS[i])['ok']
   if k ~= 'none' and k ~= expected[i] then
     return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. k .. ', expected a ' .. expected[i])
   end
 end
-if redis.call('EXISTS', KEYS[8]) == 1 then
+if redis.call('EXISTS', KEYS[9]) == 1 then
   return totals(1)
 end
-redis.call('SET', KEYS[8], '1', 'PX', ARGV[5])
+redis.call('SET', KEYS[9], '1', 'PX', ARGV[5])
 local nkeys = tonumber(ARGV[6])
 local first_record = 7 + nkeys
 -- unpack() is limited by the Lua stack, so long argument lists go in slices.
@@ -166,14 +170,20 @@ local function in_slices(command, key, from, to)
   end
 end
 in_slices('RPUSH', KEYS[1], first_record, #ARGV)
+-- The run entry describing these records, as push_encoded writes it (see DataKeys::runs).
+local largest = 0
+for i = first_record, #ARGV do
+  if #ARGV[i] > largest then largest = #ARGV[i] end
+end
+redis.call('RPUSH', KEYS[5], ARGV[4] .. ':' .. ARGV[3] .. ':' .. largest)
 redis.call('SET', KEYS[2], ARGV[1], 'NX')
 if nkeys > 0 then
   in_slices('SADD', KEYS[3], 7, 6 + nkeys)
 end
 redis.call('INCRBY', KEYS[4], ARGV[3])
-redis.call('ZADD', KEYS[5], 'NX', ARGV[1], ARGV[2])
-redis.call('ZINCRBY', KEYS[6], ARGV[3], ARGV[2])
-redis.call('ZINCRBY', KEYS[7], ARGV[4], ARGV[2])
+redis.call('ZADD', KEYS[6], 'NX', ARGV[1], ARGV[2])
+redis.call('ZINCRBY', KEYS[7], ARGV[3], ARGV[2])
+redis.call('ZINCRBY', KEYS[8], ARGV[4], ARGV[2])
 return totals(0)
 "#,
     )

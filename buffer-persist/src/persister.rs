@@ -302,12 +302,11 @@ impl Persister {
         }
         selected.sort();
         selected.dedup();
-        // The lag: age of the oldest live store (selected or not).
-        let oldest = self.buffer.get_old(Duration::ZERO).await?;
+        // The lag: age of the oldest live store (selected or not), read with one command per
+        // group whatever the number of stores.
+        let oldest = self.buffer.oldest_first_write_ms().await?;
         let now = self.buffer.now_ms();
-        let lag = oldest
-            .first()
-            .map_or(0, |s| now.saturating_sub(s.first_write_ms));
+        let lag = oldest.map_or(0, |first| now.saturating_sub(first));
         self.counters
             .oldest_store_age_ms
             .store(lag, Ordering::Relaxed);

@@ -491,3 +491,93 @@ async fn a_poisoned_batch_backs_off_shows_in_stores_and_is_persisted_once_fixed(
         server.buffer_keys()
     );
 }
+
+/// The peak resident set (`VmHWM`, KiB) of a running process, or `None` once it has exited.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_size_batch_drains_in_bounded_memory_with_no_slow_command() {
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let buffer = server.buffer().await;
+    // 200 000 tiny records, then 40 records of 4 MiB right after them in the same store: the
+    // batch's average record is under 1 KiB, so a page sized by the average would hold all
+    // 40 big records at once.
+    let tiny = 200_000u64;
+    for chunk in (0..tiny).collect::<Vec<_>>().chunks(1000) {
+        let records: Vec<Value> = chunk.iter().map(|i| json!({"id": i})).collect();
+        buffer.push_many("mixed", &records).await.unwrap();
+    }
+    let blob = "b".repeat(4 * 1024 * 1024);
+    for i in tiny..tiny + 40 {
+        buffer
+            .push("mixed", &json!({"id": i, "blob": blob}))
+            .await
+            .unwrap();
+    }
+    drop(blob);
+    server.command(&["CONFIG", "SET", "slowlog-log-slower-than", "20000"]);
+    server.command(&["SLOWLOG", "RESET"]);
+
+    let mut child = persist_command(&server, out.path(), "drain")
+        .spawn()
+        .unwrap();
+    // VmHWM only grows while the process lives, so its last reading before exit is the peak
+    // (up to the last millisecond).
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(child.id()) {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "drain failed: {stderr}");
+    assert!(peak_kib > 0, "the drain's memory was never read");
+    assert!(
+        peak_kib <= 64 * 1024,
+        "drain peaked at {} MiB",
+        peak_kib / 1024
+    );
+    eprintln!("drain peak RSS: {peak_kib} KiB");
+    // `SLOWLOG LEN` answers an integer; the test crate reads replies as text.
+    let slow = server.command(&["SLOWLOG", "LEN"]);
+    let slow: String = slow.chars().filter(char::is_ascii_digit).collect();
+    assert_eq!(
+        slow,
+        "0",
+        "commands over 20 ms during the drain: {}",
+        server.command(&["SLOWLOG", "GET", "128"])
+    );
+
+    // Every record, in push order, read line by line (the file is 160 MiB).
+    let files: Vec<PathBuf> = files_under(out.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert_eq!(files.len(), 1, "{:?}", files_under(out.path()));
+    let mut lines = 0u64;
+    let reader = std::io::BufReader::new(open_decoded(&files[0]).unwrap());
+    for line in std::io::BufRead::lines(reader) {
+        let record: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        assert_eq!(record["id"], json!(lines));
+        lines += 1;
+    }
+    assert_eq!(lines, tiny + 40);
+    assert!(server.buffer_keys().is_empty());
+}

@@ -631,7 +631,8 @@ async fn hostile_names_stay_confined_to_their_own_keys() {
         );
     }
     let data_keys: Vec<&String> = all_keys.iter().filter(|k| k.contains(":s:")).collect();
-    assert_eq!(data_keys.len(), names.len() * 4);
+    // records, first, keys, bytes and runs of each store.
+    assert_eq!(data_keys.len(), names.len() * 5);
     for name in &names {
         let batch = buffer
             .prepare_to_persist(name.as_str(), HOLD)
@@ -752,11 +753,11 @@ async fn contents_are_read_in_pages_in_push_order() {
         texts.iter().map(|t| t.len() as u64).sum::<u64>()
     );
 
-    // Big records make small pages: about 1 MiB a page, whatever `page_size` says.
+    // Big records make small pages: at most `page_bytes` a page, whatever `page_size` says.
     let big: Vec<Value> = (0..12)
         .map(|i| json!({"i": i, "blob": "b".repeat(300_000)}))
         .collect();
-    let roomy = Buffer::connect(server.config().page_size(1000))
+    let roomy = Buffer::connect(server.config().page_size(1000).page_bytes(1_000_000))
         .await
         .unwrap();
     roomy.push_many("big", &big).await.unwrap();
@@ -770,7 +771,7 @@ async fn contents_are_read_in_pages_in_push_order() {
     while let Some(page) = reader.next_page().await.unwrap() {
         sizes.push(page.len());
     }
-    assert_eq!(sizes, [3, 3, 3, 3], "pages of ~1 MiB");
+    assert_eq!(sizes, [3, 3, 3, 3], "pages of at most 1 MB");
 
     // Reading an emptied batch is a clear error.
     let (store, id) = (batch.store.clone(), batch.id.clone());
@@ -1348,4 +1349,343 @@ async fn a_manual_clock_is_used_exactly_and_never_measured() {
     );
     clock.advance_ms(7);
     assert_eq!(buffer.now_ms(), 5_007);
+}
+
+/// Reads a batch page by page, returning the pages' record counts and byte sizes.
+async fn page_shapes(
+    buffer: &Buffer,
+    batch: &buffer_core::PreparedBatch,
+) -> (Vec<String>, Vec<(usize, usize)>) {
+    let mut reader = buffer.reader(batch);
+    let mut texts = Vec::new();
+    let mut shapes = Vec::new();
+    while let Some(page) = reader.next_page().await.unwrap() {
+        shapes.push((page.len(), page.iter().map(String::len).sum()));
+        texts.extend(page);
+    }
+    (texts, shapes)
+}
+
+/// Tiny records, then big ones right after them, then tiny ones again, in pushes of various
+/// sizes: the batch's average record size says nothing about any one page.
+async fn push_mixed_sizes(buffer: &Buffer, store: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut id = 0;
+    let mut push = |records: Vec<Value>| {
+        all.extend(records.iter().cloned());
+        records
+    };
+    for _ in 0..20 {
+        let records = push(
+            (0..100)
+                .map(|_| {
+                    id += 1;
+                    json!({"id": id})
+                })
+                .collect(),
+        );
+        buffer.push_many(store, &records).await.unwrap();
+    }
+    // One push mixing tiny and big records, then big ones one by one.
+    let records = push(
+        (0..6)
+            .map(|i| {
+                id += 1;
+                json!({"id": id, "blob": "m".repeat(if i % 2 == 0 { 10 } else { 300_000 })})
+            })
+            .collect(),
+    );
+    buffer.push_many(store, &records).await.unwrap();
+    for _ in 0..8 {
+        id += 1;
+        let record = push(vec![json!({"id": id, "blob": "b".repeat(400_000)})]);
+        buffer.push_many(store, &record).await.unwrap();
+    }
+    let records = push(
+        (0..3000)
+            .map(|_| {
+                id += 1;
+                json!({"id": id})
+            })
+            .collect(),
+    );
+    buffer.push_many(store, &records).await.unwrap();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_stay_within_their_byte_budget_whatever_the_mix_of_record_sizes() {
+    let server = RedisServer::start();
+    let budget = 1_000_000;
+    let buffer = Buffer::connect(server.config().page_size(5000).page_bytes(budget))
+        .await
+        .unwrap();
+    let records = push_mixed_sizes(&buffer, "mixed").await;
+    let batch = buffer
+        .prepare_to_persist("mixed", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        server
+            .all_keys()
+            .iter()
+            .any(|k| k.contains(":p:") && k.ends_with(":runs")),
+        "the run list moved with the batch: {:?}",
+        server.all_keys()
+    );
+    let (texts, shapes) = page_shapes(&buffer, &batch).await;
+    for (len, bytes) in &shapes {
+        assert!(
+            *bytes <= budget || *len == 1,
+            "a page of {len} records and {bytes} bytes: {shapes:?}"
+        );
+    }
+    // The big records do not make the tiny ones crawl: tiny records still come in big pages.
+    assert!(shapes.iter().any(|(len, _)| *len >= 2000), "{shapes:?}");
+    let parsed: Vec<Value> = texts
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect();
+    assert_eq!(parsed, records);
+
+    // A record larger than the whole budget is a page of its own, never refused.
+    let small_budget = Buffer::connect(server.config().page_bytes(100_000))
+        .await
+        .unwrap();
+    let (_, shapes) = page_shapes(&small_budget, &batch).await;
+    for (len, bytes) in &shapes {
+        assert!(*bytes <= 100_000 || *len == 1, "{shapes:?}");
+    }
+    assert_eq!(
+        shapes.iter().map(|(len, _)| len).sum::<usize>(),
+        records.len()
+    );
+
+    // Emptying deletes the run list with the rest of the batch.
+    buffer.empty(batch).await.unwrap();
+    assert!(server.all_keys().is_empty(), "{:?}", server.all_keys());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_without_a_run_list_is_read_whole_with_pages_sized_by_bytes_seen() {
+    let server = RedisServer::start();
+    let budget = 1_000_000;
+    let buffer = Buffer::connect(server.config().page_size(5000).page_bytes(budget))
+        .await
+        .unwrap();
+    let records = push_mixed_sizes(&buffer, "old").await;
+    let batch = buffer
+        .prepare_to_persist("old", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    // As an older version left it: no run list.
+    let runs: Vec<String> = server
+        .all_keys()
+        .into_iter()
+        .filter(|k| k.ends_with(":runs"))
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    server.command(&["DEL", &runs[0]]);
+    let (texts, shapes) = page_shapes(&buffer, &batch).await;
+    let parsed: Vec<Value> = texts
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect();
+    assert_eq!(parsed, records);
+    // Pages start small, shrink at once after a big record and grow at most twofold.
+    assert!(shapes[0].0 <= 16, "{shapes:?}");
+    for pair in shapes.windows(2) {
+        let ((len, bytes), (next_len, _)) = (pair[0], pair[1]);
+        assert!(next_len <= len * 2, "{shapes:?}");
+        let largest = bytes / len; // a lower bound of the largest record's size
+        if largest > budget / 4 {
+            assert!(
+                next_len <= 4,
+                "did not shrink after big records: {shapes:?}"
+            );
+        }
+    }
+
+    // A run list that lies about its records (a foreign write) is noticed, and reading goes on.
+    buffer.push_many("liar", &records).await.unwrap();
+    let liar = buffer
+        .prepare_to_persist("liar", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let runs: Vec<String> = server
+        .all_keys()
+        .into_iter()
+        .filter(|k| k.ends_with(":liar:runs"))
+        .collect();
+    server.command(&["DEL", &runs[0]]);
+    server.command(&["RPUSH", &runs[0], "5:50:10"]);
+    let (texts, _) = page_shapes(&buffer, &liar).await;
+    assert_eq!(texts.len(), records.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_lock_always_expires_even_when_the_store_lock_had_no_ttl_left() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let store = StoreName::new("s").unwrap();
+    let pttl = |key: &str| -> i64 {
+        redis::cmd("PTTL")
+            .arg(key)
+            .query(&mut server.conn())
+            .unwrap()
+    };
+
+    // The store lock's key has no expiry left (PTTL -1): the batch lock still gets the TTL.
+    buffer.push("s", &json!({"x": 1})).await.unwrap();
+    let mut guard = buffer
+        .lock("s", None, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    server.command(&["PERSIST", guard.key()]);
+    assert_eq!(pttl(guard.key()), -1);
+    let batch = guard.prepare().await.unwrap().unwrap();
+    let ttl = pttl(guard.key());
+    assert!(ttl > 0 && ttl <= 30_000, "batch lock PTTL {ttl}");
+    let info = buffer
+        .lock_info(&store, Some(&batch.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(info.ttl_ms.is_some_and(|ms| ms > 0), "{info:?}");
+    guard.empty_batch().await.unwrap();
+
+    // The store lock is about to expire: the batch lock gets the full TTL, not the remnant.
+    buffer.push("s", &json!({"x": 2})).await.unwrap();
+    let mut guard = buffer
+        .lock("s", None, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    server.command(&["PEXPIRE", guard.key(), "500"]);
+    guard.prepare().await.unwrap().unwrap();
+    let ttl = pttl(guard.key());
+    assert!(
+        ttl > 10_000,
+        "batch lock PTTL {ttl}: the store lock's remnant was copied"
+    );
+    guard.empty_batch().await.unwrap();
+    assert!(server.all_keys().is_empty(), "{:?}", server.all_keys());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_first_write_is_read_with_one_command_per_group() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(1_000_000);
+    let buffer = Buffer::connect(server.config().clock(Arc::new(clock.clone())))
+        .await
+        .unwrap();
+    assert_eq!(buffer.oldest_first_write_ms().await.unwrap(), None);
+    for i in 0..2000u64 {
+        clock.set_ms(2_000_000 - i);
+        buffer
+            .push(format!("store-{i}").as_str(), &json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    let expected = buffer
+        .stores()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.first_write_ms)
+        .min();
+    let mut conn = server.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    let oldest = buffer.oldest_first_write_ms().await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    assert!(expected.is_some());
+    assert_eq!(oldest, expected);
+    let calls: Vec<(String, u64)> = stats
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
+        })
+        .filter(|(name, _)| name != "info" && name != "config|resetstat")
+        .collect();
+    assert_eq!(calls, [("zrange".to_owned(), 256)], "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_push_appends_one_exact_run_entry_in_the_same_step() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let texts =
+        |records: &[Value]| -> Vec<usize> { records.iter().map(|r| r.to_string().len()).collect() };
+    let entry = |sizes: Vec<usize>| {
+        format!(
+            "{}:{}:{}",
+            sizes.len(),
+            sizes.iter().sum::<usize>(),
+            sizes.iter().max().unwrap()
+        )
+    };
+    let one = [json!({"a": 1})];
+    let many = [json!({"b": "xx"}), json!({"b": "x".repeat(50)}), json!({})];
+    let once = [json!({"c": [1, 2, 3]}), json!({"c": null})];
+    buffer.push("s", &one[0]).await.unwrap();
+    buffer.push_many("s", &many).await.unwrap();
+    assert!(
+        !buffer
+            .push_once("s", "id-1", &once)
+            .await
+            .unwrap()
+            .duplicate
+    );
+    // A duplicate adds neither records nor a run entry.
+    assert!(
+        buffer
+            .push_once("s", "id-1", &once)
+            .await
+            .unwrap()
+            .duplicate
+    );
+    let runs: Vec<String> = server
+        .all_keys()
+        .into_iter()
+        .filter(|k| k.ends_with(":runs"))
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let entries: Vec<String> = redis::cmd("LRANGE")
+        .arg(&runs[0])
+        .arg(0)
+        .arg(-1)
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(
+        entries,
+        [entry(texts(&one)), entry(texts(&many)), entry(texts(&once))]
+    );
+    let batch = buffer
+        .prepare_to_persist("s", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.records, 6);
+    let keys = server.all_keys();
+    assert!(
+        keys.iter().all(|k| !k.contains(":s:s:")),
+        "the run list moved with the batch: {keys:?}"
+    );
+    buffer.empty(batch).await.unwrap();
+    assert!(
+        server.all_keys().iter().all(|k| k.contains(":id:")),
+        "{:?}",
+        server.all_keys()
+    );
 }

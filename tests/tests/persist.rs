@@ -1151,3 +1151,68 @@ async fn failure_records_exist_only_while_their_batch_does() {
         server.buffer_keys()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_gauge_costs_one_command_per_group_not_per_store() {
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let buffer = Buffer::connect(server.config().clock(Arc::new(clock.clone())))
+        .await
+        .unwrap();
+    let stores = 2000;
+    for i in 0..stores {
+        buffer
+            .push(format!("store-{i}").as_str(), &json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    let first = buffer
+        .stores()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.first_write_ms)
+        .min()
+        .unwrap();
+    clock.set_ms(first + 60_000);
+    // Nothing is over a threshold: the polls only read indexes and set the gauge.
+    let mut config = config(out.path());
+    config.max_age = Duration::from_secs(3600);
+    config.max_records = None;
+    let persister = Persister::new(buffer.clone(), config);
+    let mut conn = server.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let persister = persister.clone();
+        let shutdown = shutdown.clone();
+        async move { persister.run(shutdown).await }
+    });
+    let gauged = eventually(Duration::from_secs(10), || async {
+        persister.stats().oldest_store_age_ms == 60_000
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert!(gauged, "lag gauge: {:?}", persister.stats());
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    let calls = |command: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+    };
+    // Reading every store's scores (three per store) would be 6000 ZSCOREs per poll.
+    assert_eq!(calls("zscore"), 0, "{stats}");
+    // Each poll reads the group indexes: prepared, old stores and the gauge, 256 ZRANGEs each.
+    let zranges = calls("zrange");
+    assert!(zranges > 0 && zranges % 256 == 0, "{stats}");
+    assert_eq!(persister.stats().batches_persisted, 0);
+}
