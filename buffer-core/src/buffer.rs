@@ -1724,6 +1724,49 @@ fn install_tls_provider() {
 mod tests {
     use super::*;
 
+    fn runs(list: &[(u64, u64, u64)]) -> VecDeque<Run> {
+        list.iter()
+            .map(|&(count, bytes, max)| Run { count, bytes, max })
+            .collect()
+    }
+
+    #[test]
+    fn pages_are_planned_within_the_byte_budget() {
+        // Whole runs while they fit, then as many records of the next run as its max allows.
+        let ahead = runs(&[(1000, 20_000, 20), (40, 160 << 20, 4 << 20)]);
+        assert_eq!(plan_from_runs(&ahead, 5000, 2 << 20, false), (1000, false));
+        // A record larger than the budget is a page of its own.
+        let ahead = runs(&[(40, 160 << 20, 4 << 20)]);
+        assert_eq!(plan_from_runs(&ahead, 5000, 2 << 20, false), (1, false));
+        // A run whose bytes fit is taken whole even if its max times its count would not.
+        let ahead = runs(&[(10, 1000, 900), (5, 50, 10)]);
+        assert_eq!(plan_from_runs(&ahead, 5000, 1000, true), (10, false));
+        // The record cap wins over bytes; every run ahead fitting asks for more runs.
+        assert_eq!(
+            plan_from_runs(&runs(&[(10, 100, 10)]), 4, 1000, true),
+            (4, false)
+        );
+        assert_eq!(
+            plan_from_runs(&runs(&[(10, 100, 10)]), 50, 1000, true),
+            (10, true)
+        );
+        assert_eq!(
+            plan_from_runs(&VecDeque::new(), 50, 1000, false),
+            (0, false)
+        );
+        assert_eq!(
+            Run::parse("3:30:12"),
+            Some(Run {
+                count: 3,
+                bytes: 30,
+                max: 12
+            })
+        );
+        assert_eq!(Run::parse("0:0:0"), None);
+        assert_eq!(Run::parse("3:30"), None);
+        assert_eq!(Run::parse("3:30:12:1"), None);
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
