@@ -1047,19 +1047,7 @@ impl Buffer {
         let mut first = FirstKeys::default();
         let mut cursor: u64 = 0;
         loop {
-            let mut conn = self.conn();
-            let key = key.clone();
-            let (next, page): (u64, Vec<String>) = self
-                .run("scan keys", store.as_str(), async move {
-                    redis::cmd("SSCAN")
-                        .arg(key)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?;
+            let (next, page) = self.sscan_page(store, &key, cursor).await?;
             for member in page {
                 // SSCAN may return a member twice: only a key outside the kept set is "more".
                 if first.keys.contains(&member) {
@@ -1135,6 +1123,28 @@ impl Buffer {
         self.scan_set(&store, key, limit).await
     }
 
+    /// One SSCAN step over a key set: the next cursor (0 when done) and a page of members, which
+    /// may repeat members of earlier pages. COUNT 500 keeps every step short on the server.
+    async fn sscan_page(
+        &self,
+        store: &StoreName,
+        key: &str,
+        cursor: u64,
+    ) -> Result<(u64, Vec<String>)> {
+        let mut conn = self.conn();
+        let key = key.to_owned();
+        self.run("scan keys", store.as_str(), async move {
+            redis::cmd("SSCAN")
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+        })
+        .await
+    }
+
     async fn scan_set(
         &self,
         store: &StoreName,
@@ -1144,19 +1154,7 @@ impl Buffer {
         let mut members = BTreeSet::new();
         let mut cursor: u64 = 0;
         loop {
-            let mut conn = self.conn();
-            let key = key.clone();
-            let (next, page): (u64, Vec<String>) = self
-                .run("scan keys", store.as_str(), async move {
-                    redis::cmd("SSCAN")
-                        .arg(key)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?;
+            let (next, page) = self.sscan_page(store, &key, cursor).await?;
             members.extend(page);
             cursor = next;
             if cursor == 0 || members.len() >= limit {
