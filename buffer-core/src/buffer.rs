@@ -883,13 +883,21 @@ impl Buffer {
                 [-1] => return Ok(PrepareOutcome::LockLost),
                 [-2] => {}
                 [1, records, bytes, keys, first] => {
+                    // A store without a first-write stamp (the script replies 0) takes the
+                    // batch's own time, as `batch_info` does: a batch's first write must read
+                    // the same when it is prepared and when it is recovered (file paths are
+                    // made from it).
+                    let first_write_ms = match count(first) {
+                        0 => id.created_ms(),
+                        stamp => stamp,
+                    };
                     return Ok(PrepareOutcome::Prepared(PreparedBatch {
                         store: store.clone(),
                         id,
                         records: count(records),
                         bytes: count(bytes),
                         keys: count(keys),
-                        first_write_ms: count(first),
+                        first_write_ms,
                     }));
                 }
                 other => {

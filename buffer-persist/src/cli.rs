@@ -80,10 +80,16 @@ pub struct RedisArgs {
 /// Where and how batches are written.
 #[derive(Debug, Args)]
 pub struct OutputArgs {
-    /// Output directory: each batch goes to OUT/STORE/BATCH_ID.EXT (STORE percent-encoded).
-    /// A local or mounted directory; a URL such as `s3://bucket/x` is refused.
+    /// Output directory: each batch goes to OUT/PATH_TEMPLATE. A local or mounted directory;
+    /// a URL such as `s3://bucket/x` is refused.
     #[arg(long, env = "BUFFER_OUT")]
     pub out: PathBuf,
+    /// Where a batch's file goes under OUT. Placeholders: {store} (percent-encoded), {batch},
+    /// {ext}, and the UTC {date} (YYYY-MM-DD), {year}, {month}, {day}, {hour} of the batch's
+    /// first write; e.g. `store={store}/dt={date}/hour={hour}/{batch}.{ext}` for Hive-style
+    /// partitions. Persisters sharing OUT must use the same template.
+    #[arg(long, env = "BUFFER_PATH_TEMPLATE", default_value = crate::DEFAULT_PATH_TEMPLATE)]
+    pub path_template: String,
     /// File format: jsonl or csv.
     #[arg(long, env = "BUFFER_FORMAT", default_value = "jsonl", value_parser = format)]
     pub format: Format,
@@ -196,6 +202,7 @@ impl OutputArgs {
         config.concurrency = self.concurrency;
         config.lock_ttl = self.lock_ttl;
         config.csv_max_columns = self.csv_max_columns;
+        config.path_template = self.path_template.clone();
         config
     }
 }

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::paths::{DEFAULT_PATH_TEMPLATE, PathTemplate};
 
 /// The file format of persisted batches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,8 +100,12 @@ impl fmt::Display for Compression {
 /// How a persister runs.
 #[derive(Clone, Debug)]
 pub struct PersistConfig {
-    /// The output directory; batches go to `<out_dir>/<encoded store>/<batch id>.<ext>`.
+    /// The output directory; batches go to `<out_dir>/<path_template>`.
     pub out_dir: PathBuf,
+    /// Where a batch's file goes under `out_dir` (default [`DEFAULT_PATH_TEMPLATE`],
+    /// `<encoded store>/<batch id>.<ext>`); see [`PathTemplate`] for the placeholders and
+    /// rules. Checked by [`PersistConfig::validate`].
+    pub path_template: String,
     /// Time between polls (default 1 s).
     pub interval: Duration,
     /// A store is flushed once its first record is this old (default 60 s).
@@ -134,6 +139,7 @@ impl PersistConfig {
     pub fn new(out_dir: impl Into<PathBuf>) -> Self {
         Self {
             out_dir: out_dir.into(),
+            path_template: DEFAULT_PATH_TEMPLATE.to_owned(),
             interval: Duration::from_secs(1),
             max_age: Duration::from_secs(60),
             max_bytes: None,
@@ -147,11 +153,20 @@ impl PersistConfig {
         }
     }
 
+    /// The parsed [`PersistConfig::path_template`].
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming what is wrong with the template (see [`PathTemplate::parse`]).
+    pub fn path_template(&self) -> Result<PathTemplate, Error> {
+        PathTemplate::parse(&self.path_template)
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the setting that is out of range, or an output directory that
-    /// is a URL (`s3://bucket/x`): only local or mounted directories are written.
+    /// [`Error::Config`] naming the setting that is out of range, a path template that could
+    /// misplace a file, or an output directory that is a URL (`s3://bucket/x`): only local or
+    /// mounted directories are written.
     pub fn validate(&self) -> Result<(), Error> {
         if let Some(scheme) = url_scheme(&self.out_dir) {
             return Err(Error::Config(format!(
@@ -160,6 +175,7 @@ impl PersistConfig {
                 self.out_dir.display()
             )));
         }
+        self.path_template()?;
         if self.concurrency == 0 {
             return Err(Error::Config("--concurrency must be at least 1".into()));
         }

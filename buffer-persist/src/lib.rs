@@ -5,8 +5,9 @@
 //! - [`Persister`]: the loop (`run`), the one-shot `drain`, and the per-batch protocol
 //!   lock → prepare → write → fsync → publish → empty → release.
 //! - `writer`: one batch to one file, durably, without clobbering; formats and compression.
-//! - `paths`: the pure function (store, batch) → file path, confined to the output directory.
-//! - `marker`: the output directory's record of format and compression.
+//! - `paths`: [`PathTemplate`], the pure function (store, batch) → file path, confined to the
+//!   output directory.
+//! - `marker`: the output directory's record of format, compression and path template.
 //! - `config`: [`PersistConfig`], [`Format`], [`Compression`], size and duration parsing.
 //! - `metrics`: the Prometheus text endpoint.
 //! - `cli`: the `buffer-persist` command line (`run`, `drain`, `push`, `stores`).
@@ -30,6 +31,8 @@ pub use config::{
 pub use error::{Error, Result};
 pub use marker::MARKER_FILE;
 pub use metrics::serve_metrics;
-pub use paths::{batch_file_name, batch_path, store_dir};
+pub use paths::{
+    DEFAULT_PATH_TEMPLATE, PathTemplate, batch_file_name, batch_path, extension, store_dir,
+};
 pub use persister::{BatchOutcome, DrainReport, Persister, StatsSnapshot};
 pub use writer::{FileSink, SinkFactory, open_decoded, open_file_sink};

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Format, PersistConfig};
 use crate::error::{Error, Result};
+use crate::paths::DEFAULT_PATH_TEMPLATE;
 
 /// The marker's file name inside the output directory.
 pub const MARKER_FILE: &str = ".buffer-persist";
@@ -102,7 +103,11 @@ pub(crate) fn check_or_write(config: &PersistConfig) -> Result<()> {
 }
 
 /// The marker's text for `config`. Only CSV files depend on `--csv-max-columns`, so only a
-/// CSV marker records it (a JSON Lines marker keeps the two lines it always had).
+/// CSV marker records it (a JSON Lines marker keeps the two lines it always had). A path
+/// template other than the default is recorded too: two persisters with different templates
+/// would write one batch under two names. The default template adds no line, so directories
+/// set up before templates existed keep their marker byte for byte (the template is checked
+/// to have no control character, so it is one line).
 fn marker_text(config: &PersistConfig) -> String {
     let mut text = format!(
         "format={}\ncompression={}\n",
@@ -110,6 +115,9 @@ fn marker_text(config: &PersistConfig) -> String {
     );
     if config.format == Format::Csv {
         text.push_str(&format!("csv-max-columns={}\n", config.csv_max_columns));
+    }
+    if config.path_template != DEFAULT_PATH_TEMPLATE {
+        text.push_str(&format!("path-template={}\n", config.path_template));
     }
     text
 }
@@ -126,7 +134,7 @@ enum Marker {
 }
 
 fn classify(text: &str) -> Marker {
-    const KEYS: [&str; 3] = ["format", "compression", "csv-max-columns"];
+    const KEYS: [&str; 4] = ["format", "compression", "csv-max-columns", "path-template"];
     let is_setting = |line: &str| {
         line.split_once('=')
             .is_some_and(|(key, value)| KEYS.contains(&key) && !value.is_empty())
@@ -281,7 +289,7 @@ fn mismatch(path: PathBuf, found: &str, wanted: &str) -> Error {
     Error::OutputMismatch {
         path,
         reason: format!(
-            "this output directory is written as {:?}, not {:?}; persisters sharing a directory must use the same --format, --compress and --csv-max-columns",
+            "this output directory is written as {:?}, not {:?}; persisters sharing a directory must use the same --format, --compress, --csv-max-columns and --path-template",
             found.trim().replace('\n', ", "),
             wanted.trim().replace('\n', ", ")
         ),
@@ -303,6 +311,10 @@ mod tests {
             classify("format=csv\ncompression=none\ncsv-max-columns=8\n"),
             Marker::Complete
         );
+        assert_eq!(
+            classify("format=jsonl\ncompression=none\npath-template=a={store}/{batch}\n"),
+            Marker::Complete
+        );
         for half in [
             "",
             "f",
@@ -311,6 +323,8 @@ mod tests {
             "format=csv\n",
             "format=csv\ncompr",
             "format=csv\ncompression=none",
+            "format=csv\ncompression=none\npath-temp",
+            "format=csv\ncompression=none\npath-template=a={store}/{ba",
         ] {
             assert_eq!(classify(half), Marker::HalfMade, "{half:?}");
         }

@@ -189,6 +189,7 @@ impl Persister {
             max_records = ?self.config.max_records,
             format = %self.config.format,
             compression = %self.config.compression,
+            path_template = %self.config.path_template,
             "persister started"
         );
         while !shutdown.is_cancelled() {
@@ -541,7 +542,9 @@ impl Persister {
         };
         guard.empty_batch().await?;
         failpoint("after-delete");
-        writer::remove_stale_temps(&self.config.out_dir, &batch.store, &batch.id);
+        if let Some(dir) = published.path().parent() {
+            writer::remove_stale_temps(dir, &batch.id);
+        }
         let c = &self.counters;
         c.batches_persisted.fetch_add(1, Ordering::Relaxed);
         c.records_persisted
@@ -580,15 +583,30 @@ impl Persister {
             }
             crate::Format::JsonLines => Default::default(),
         };
-        let (out, store, id, open) = (
+        // The path is a pure function of the batch (its store, id and frozen first write), so
+        // every attempt, by any persister, before or after a crash, writes the same file.
+        let target = config.path_template()?.batch_path(
+            &config.out_dir,
+            batch,
+            config.format,
+            config.compression,
+        );
+        let (out, prepared, open) = (
             config.out_dir.clone(),
-            batch.store.clone(),
-            batch.id.clone(),
+            batch.clone(),
             self.open_sink.clone(),
         );
         let (format, compression) = (config.format, config.compression);
         let mut file = blocking(move || {
-            BatchFile::create(&out, &store, &id, format, compression, columns, &*open)
+            BatchFile::create(
+                &out,
+                target,
+                &prepared,
+                format,
+                compression,
+                columns,
+                &*open,
+            )
         })
         .await?;
         let mut reader = self.buffer.reader(batch);

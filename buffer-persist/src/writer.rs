@@ -299,25 +299,26 @@ impl Published {
 }
 
 impl BatchFile {
-    /// Creates the store directory and the temporary file. `csv` is the CSV file's columns
-    /// ([`CsvLayout::of_batch`]), ignored for JSON Lines.
+    /// Creates the target's directory (every missing level, each made durable) and the
+    /// temporary file beside the target. `target` is the batch's path under `out` (from the
+    /// path template); `csv` is the CSV file's columns ([`CsvLayout::of_batch`]), ignored for
+    /// JSON Lines.
     pub fn create(
         out: &Path,
-        store: &StoreName,
-        batch: &BatchId,
+        target: PathBuf,
+        batch: &PreparedBatch,
         format: Format,
         compression: Compression,
         csv: CsvLayout,
         open: &SinkFactory,
     ) -> Result<Self> {
-        let dir = paths::store_dir(out, store);
+        let dir = target.parent().unwrap_or(out).to_path_buf();
         create_dir_durably(out, &dir)?;
-        let temp = dir.join(paths::temp_name(batch));
-        let target = dir.join(paths::batch_file_name(batch, format, compression));
+        let temp = dir.join(paths::temp_name(&batch.id));
         let sink = open(&temp).map_err(Error::io("create temporary file", &temp))?;
         let mut file = Self {
-            store: store.clone(),
-            batch: batch.clone(),
+            store: batch.store.clone(),
+            batch: batch.id.clone(),
             encoder: None,
             temp,
             target,
@@ -595,12 +596,12 @@ fn rest_object<'a>(mut rest: Vec<(Cow<'a, str>, &'a RawValue)>) -> Result<Cow<'a
     Ok(Cow::Owned(object))
 }
 
-/// Removes temporary files of `batch` left in its store directory by writers that crashed or
-/// lost their lock. Called once the batch is persisted and emptied, when no one can still be
-/// writing it legitimately.
-pub(crate) fn remove_stale_temps(out: &Path, store: &StoreName, batch: &BatchId) {
-    let dir = paths::store_dir(out, store);
-    let Ok(entries) = fs::read_dir(&dir) else {
+/// Removes temporary files of `batch` left in `dir`, the directory of its file, by writers
+/// that crashed or lost their lock (they write beside the target, whose path the template
+/// makes the same for every attempt). Called once the batch is persisted and emptied, when no
+/// one can still be writing it legitimately.
+pub(crate) fn remove_stale_temps(dir: &Path, batch: &BatchId) {
+    let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {

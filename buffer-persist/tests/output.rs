@@ -218,3 +218,80 @@ fn an_out_that_is_a_url_is_refused_by_name() {
         "no directory named after the scheme"
     );
 }
+
+#[test]
+fn a_path_template_that_could_misplace_a_file_is_refused_by_name_before_anything_is_written() {
+    // Nothing listens on this port: the template must be refused before Redis is tried.
+    let redis = format!("redis://127.0.0.1:{}", buffer_tests::free_port());
+    let cwd = tempfile::tempdir().unwrap();
+    for (subcommand, template, problem) in [
+        (
+            "drain",
+            "../{store}/{batch}.{ext}",
+            "could leave the output directory",
+        ),
+        (
+            "run",
+            "{store}/{bacth}.{ext}",
+            "{bacth} is not a placeholder",
+        ),
+        ("drain", "{batch}.{ext}", "has no {store}"),
+    ] {
+        let output = Command::new(BINARY)
+            .current_dir(cwd.path())
+            .args([subcommand, "--redis", &redis, "--out", "out"])
+            .env("BUFFER_PATH_TEMPLATE", template)
+            .output()
+            .unwrap();
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{template}: {text}");
+        assert!(text.contains("--path-template"), "{template}: {text}");
+        assert!(text.contains(problem), "{template}: {text}");
+    }
+    assert_eq!(
+        fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "no output directory was created"
+    );
+}
+
+#[test]
+fn the_path_template_flag_puts_files_in_hive_partitions() {
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let first_write_ms = runtime.block_on(async {
+        let buffer = server.buffer().await;
+        buffer
+            .push("orders", &serde_json::json!({"n": 1}))
+            .await
+            .unwrap()
+            .first_write_ms
+    });
+    let template = "store={store}/dt={date}/hour={hour}/{batch}.{ext}";
+    let output = drain(
+        &server,
+        out.path(),
+        &["--path-template", template, "--compress", "gzip"],
+    )
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    // The partition of the first write, by `date -u`.
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("-d")
+        .arg(format!("@{}", first_write_ms / 1000))
+        .arg("+dt=%F/hour=%H")
+        .output()
+        .unwrap();
+    let partition = String::from_utf8(date.stdout).unwrap();
+    let dir = out.path().join("store=orders").join(partition.trim());
+    let files: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?} in {dir:?}");
+    assert!(files[0].ends_with(".jsonl.gz"), "{files:?}");
+    assert!(marker(out.path()).contains(&format!("path-template={template}\n")));
+}

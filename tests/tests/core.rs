@@ -1689,3 +1689,53 @@ async fn every_push_appends_one_exact_run_entry_in_the_same_step() {
         server.all_keys()
     );
 }
+
+/// File paths are made from a batch's first write, so a recovering persister (which reads it
+/// with `batch_info`) must see the value the preparing one got, also for a store whose
+/// first-write stamp is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_first_write_reads_the_same_at_prepare_and_at_recovery() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let receipt = buffer.push("stamped", &json!({"a": 1})).await.unwrap();
+    buffer.push("stampless", &json!({"a": 1})).await.unwrap();
+    let first_key = server
+        .all_keys()
+        .into_iter()
+        .find(|k| k.ends_with(":s:stampless:first"))
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&first_key)
+        .query(&mut server.conn())
+        .unwrap();
+
+    let stamped = buffer
+        .prepare_to_persist("stamped", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stamped.batch().first_write_ms, receipt.first_write_ms);
+    let stampless = buffer
+        .prepare_to_persist("stampless", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stampless.batch().first_write_ms,
+        stampless.batch().id.created_ms(),
+        "no stamp: the batch's own time"
+    );
+    for locked in [&stamped, &stampless] {
+        let prepared = locked.batch();
+        let recovered = buffer
+            .batch_info(&prepared.store, &prepared.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            recovered.first_write_ms, prepared.first_write_ms,
+            "{}",
+            prepared.store
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! The persister end to end: real redis-server, real files, real processes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1215,4 +1215,212 @@ async fn the_lag_gauge_costs_one_command_per_group_not_per_store() {
     let zranges = calls("zrange");
     assert!(zranges > 0 && zranges % 256 == 0, "{stats}");
     assert_eq!(persister.stats().batches_persisted, 0);
+}
+
+const HIVE: &str = "store={store}/dt={date}/hour={hour}/{batch}.{ext}";
+
+fn hive_config(out: &Path) -> PersistConfig {
+    let mut config = PersistConfig::new(out);
+    config.path_template = HIVE.to_owned();
+    config
+}
+
+/// The UTC date and hour of `ms` by `date -u`: an oracle independent of the persister's own
+/// calendar arithmetic.
+fn utc_date_and_hour(ms: u64) -> (String, String) {
+    let output = Command::new("date")
+        .arg("-u")
+        .arg("-d")
+        .arg(format!("@{}", ms / 1000))
+        .arg("+%F %H")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (date, hour) = text.trim().split_once(' ').unwrap();
+    (date.to_owned(), hour.to_owned())
+}
+
+/// The batch files under `out` (the marker aside).
+fn batch_files(out: &Path) -> Vec<PathBuf> {
+    files_under(out)
+        .into_iter()
+        .filter(|p| p.file_name().unwrap() != buffer_persist::MARKER_FILE)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hive_template_drains_each_store_into_the_partition_of_its_first_write() {
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    // 2024-02-28T23:59:59.500Z: the stores' first writes fall on both sides of midnight and
+    // of a leap day.
+    let clock = ManualClock::new(1_709_164_799_500);
+    let buffer = Buffer::connect(server.config().clock(Arc::new(clock.clone())))
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for (store, later_ms) in [
+        ("orders", 1_000),
+        ("clicks/eu", 86_400_000),
+        ("é ü", 3_600_000),
+    ] {
+        let records: Vec<Value> = (0..3).map(|n| json!({"store": store, "n": n})).collect();
+        let receipt = buffer.push_many(store, &records).await.unwrap();
+        // A later push does not move the store's partition: its first write does.
+        clock.advance_ms(later_ms);
+        let late = json!({"store": store, "n": 3});
+        buffer.push(store, &late).await.unwrap();
+        let mut all = records;
+        all.push(late);
+        expected.push((store, receipt.first_write_ms, all));
+    }
+
+    let report = Persister::new(buffer.clone(), hive_config(out.path()))
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!(report.batches, 3, "{report:?}");
+    assert!(report.failures.is_empty(), "{report:?}");
+
+    let files = batch_files(out.path());
+    assert_eq!(files.len(), 3, "{files:?}");
+    let mut partitions = HashSet::new();
+    for (store, first_write_ms, records) in expected {
+        let (date, hour) = utc_date_and_hour(first_write_ms);
+        partitions.insert((date.clone(), hour.clone()));
+        let dir = out.path().join(format!(
+            "store={}/dt={date}/hour={hour}",
+            StoreName::new(store).unwrap().encoded()
+        ));
+        let in_dir: Vec<&PathBuf> = files.iter().filter(|f| f.parent() == Some(&dir)).collect();
+        assert_eq!(in_dir.len(), 1, "{store}: {dir:?} in {files:?}");
+        let name = in_dir[0].file_name().unwrap().to_str().unwrap();
+        assert!(name.ends_with(".jsonl"), "{name}");
+        assert_eq!(buffer_tests::file_records(in_dir[0]), records, "{store}");
+    }
+    assert_eq!(
+        partitions,
+        HashSet::from([
+            ("2024-02-28".to_owned(), "23".to_owned()),
+            ("2024-02-29".to_owned(), "00".to_owned()),
+            ("2024-03-01".to_owned(), "00".to_owned()),
+        ]),
+        "the three first writes fall in three partitions"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_batch_under_a_hive_template_lands_in_the_file_of_its_first_attempt() {
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let buffer = server.buffer().await;
+    let template: buffer_persist::PathTemplate = HIVE.parse().unwrap();
+    let mut targets = Vec::new();
+    for store in ["published", "abandoned"] {
+        let records: Vec<Value> = (0..5).map(|n| json!({"store": store, "n": n})).collect();
+        buffer.push_many(store, &records).await.unwrap();
+        // A first persister prepares the batch (and dies: its lock is given back below).
+        let locked = buffer
+            .prepare_to_persist(store, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        let batch = locked.batch().clone();
+        let target = template.batch_path(out.path(), &batch, Format::JsonLines, Compression::None);
+        let (date, hour) = utc_date_and_hour(batch.first_write_ms);
+        assert_eq!(
+            target,
+            out.path()
+                .join(format!("store={store}/dt={date}/hour={hour}"))
+                .join(format!("{}.jsonl", batch.id))
+        );
+        let dir = target.parent().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        // A temporary file of an attempt that crashed mid-write, beside the target.
+        std::fs::write(
+            dir.join(format!(".{}.0123456789abcdef.tmp", batch.id)),
+            "{\"n\"",
+        )
+        .unwrap();
+        if store == "published" {
+            // This attempt got as far as publishing, then crashed before emptying the batch.
+            let mut lines = String::new();
+            let mut reader = buffer.reader(&batch);
+            while let Some(page) = reader.next_page().await.unwrap() {
+                for text in page {
+                    lines.push_str(&text);
+                    lines.push('\n');
+                }
+            }
+            std::fs::write(&target, lines).unwrap();
+        }
+        assert!(locked.release().await.unwrap());
+        targets.push((target, records));
+    }
+
+    let second = Persister::new(buffer.clone(), hive_config(out.path()));
+    let report = second.drain().await.unwrap();
+    assert_eq!(report.batches, 2, "{report:?}");
+    assert!(report.failures.is_empty(), "{report:?}");
+    let stats = second.stats();
+    assert_eq!(stats.batches_recovered, 2);
+    assert_eq!(
+        stats.files_written, 1,
+        "the published batch is found written, not written again"
+    );
+    // Exactly the two targets, and no temporary file left in their directories.
+    let mut wanted: Vec<PathBuf> = targets.iter().map(|(t, _)| t.clone()).collect();
+    wanted.sort();
+    assert_eq!(batch_files(out.path()), wanted);
+    for (target, records) in targets {
+        assert_eq!(buffer_tests::file_records(&target), records);
+    }
+    assert!(buffer.get_prepared().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisters_with_another_path_template_refuse_a_shared_out() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let marker =
+        |out: &Path| std::fs::read_to_string(out.join(buffer_persist::MARKER_FILE)).unwrap();
+
+    // The default template leaves the marker exactly as versions before templates wrote it.
+    let plain = tempfile::tempdir().unwrap();
+    Persister::new(buffer.clone(), PersistConfig::new(plain.path()))
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!(marker(plain.path()), "format=jsonl\ncompression=none\n");
+    let err = Persister::new(buffer.clone(), hive_config(plain.path()))
+        .drain()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("--path-template"), "{err}");
+
+    let hive = tempfile::tempdir().unwrap();
+    Persister::new(buffer.clone(), hive_config(hive.path()))
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!(
+        marker(hive.path()),
+        format!("format=jsonl\ncompression=none\npath-template={HIVE}\n")
+    );
+    for other in [
+        buffer_persist::DEFAULT_PATH_TEMPLATE,
+        "{store}/{date}/{batch}.{ext}",
+    ] {
+        let mut config = PersistConfig::new(hive.path());
+        config.path_template = other.to_owned();
+        let err = Persister::new(buffer.clone(), config)
+            .drain()
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("--path-template"),
+            "{other}: {err}"
+        );
+    }
 }
