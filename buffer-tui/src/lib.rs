@@ -14,7 +14,8 @@
 //!   screen) and the persister-event follower.
 //! - `dashboard`: [`Dashboard`], the terminal loop tying keys, ticks and polls together.
 //! - `terminal`: raw mode and the alternate screen, restored on exit and on panic.
-//! - `demo`: [`RedisProcess`] (a private redis-server), the load generator, [`run_demo`].
+//! - `demo`: the load generator and [`run_demo`], on a private redis-server started by
+//!   buffer-core's `local_server::LocalRedis` (the launcher the tests use too).
 //! - [`cli`]: the command line; `main.rs` only parses it and calls [`cli::execute`].
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -35,7 +36,7 @@ pub use app::{
     Rates, Running, Screen, Sort, StoreRow, ViewRequest,
 };
 pub use dashboard::Dashboard;
-pub use demo::{DemoOptions, DemoSummary, RedisProcess, run_demo};
+pub use demo::{DemoOptions, DemoSummary, run_demo};
 pub use error::{Error, Result};
 pub use poller::{follow_events, poll_loop, poll_once};
 pub use snapshot::{
