@@ -9,7 +9,12 @@
 //! - `app`: [`App`], [`Action`] and `update`: selection, sorting, filtering, TTL countdown,
 //!   rates. Tested as plain function calls.
 //! - `snapshot`: [`Snapshot`], what one poll saw.
-//! - [`ui`]: `render(&App, frame)`; tested with `TestBackend` and `insta` snapshots.
+//! - `keys`: the one key-binding table: key presses to [`Action`]s, the footer hints and the
+//!   help screen. The only module that knows crossterm's key events.
+//! - `layout`: where each part goes on a terminal of a given size, and how many table rows
+//!   that leaves (sent to [`App`] as [`Action::Viewport`] by the dashboard loop).
+//! - [`ui`]: `render(&App, frame)`, one module per panel under `ui/` and `ui/theme.rs` with
+//!   every colour and style; tested with `TestBackend` and `insta` snapshots.
 //! - `poller`: the polling task (index data for every store, details only for the rows on
 //!   screen) and the persister-event follower.
 //! - `dashboard`: [`Dashboard`], the terminal loop tying keys, ticks and polls together.
@@ -26,6 +31,8 @@ mod dashboard;
 mod demo;
 mod error;
 mod format;
+mod keys;
+mod layout;
 mod poller;
 mod snapshot;
 mod terminal;
