@@ -121,12 +121,6 @@ use KeyCode::{Char, Down, End, Enter, Esc, Home, PageDown, PageUp, Up};
 
 /// Every key binding, in the order the footer and the help list them.
 pub(crate) static BINDINGS: &[Binding] = &[
-    bind(
-        Scope::Always,
-        &[Key::Ctrl('c'), Key::Ctrl('d')],
-        Action::Quit,
-    )
-    .help("quit"),
     bind(NORMAL, &[Key::Code(Char('q'))], Action::Quit)
         .footer("q", Some("quit"), Some("quit"))
         .help("quit"),
@@ -180,6 +174,13 @@ pub(crate) static BINDINGS: &[Binding] = &[
     )
     .footer("?", Some("help"), Some("help"))
     .help("this help"),
+    // Checked before the bindings of any mode (see `action_for`), listed after them.
+    bind(
+        Scope::Always,
+        &[Key::Ctrl('c'), Key::Ctrl('d')],
+        Action::Quit,
+    )
+    .help("quit"),
     // In the filter input the footer shows these two whatever the screen.
     bind(FILTER, &[Key::Code(Enter)], Action::FilterAccept).footer(
         "Enter",
