@@ -26,6 +26,8 @@
 //! - `events`, `info`, `persisters`: persister events on pub/sub, server facts and the
 //!   persisters' announcements (thresholds, heartbeat), for dashboards.
 //! - `clock`: [`Clock`], so time-dependent logic is tested without sleeping.
+//! - `local_server` (feature `local-server`, off by default): `local_server::LocalRedis`, a
+//!   private `redis-server` on a free port, killed on drop; the demo and the tests use it.
 //!
 //! # Examples
 //! ```no_run
@@ -50,6 +52,8 @@ mod events;
 mod failures;
 mod info;
 mod keys;
+#[cfg(feature = "local-server")]
+pub mod local_server;
 mod lock;
 mod name;
 mod persisters;

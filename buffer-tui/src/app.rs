@@ -10,7 +10,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use buffer_core::{Event, EventKind, PersisterInfo, ServerInfo, StoreName};
-use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::snapshot::{FocusDetail, Snapshot, StoreDetail};
 
@@ -27,12 +26,11 @@ pub enum Action {
         /// The time now.
         now_ms: u64,
     },
-    /// The terminal has a new size.
-    Resize {
-        /// Columns.
-        width: u16,
-        /// Rows.
-        height: u16,
+    /// How many store rows the table shows now (the layout's business: the dashboard works it
+    /// out from the terminal size after every change and sends it when it differs).
+    Viewport {
+        /// Rows of the stores table on screen.
+        table_rows: usize,
     },
     /// A poll of Redis succeeded.
     Snapshot(Box<Snapshot>),
@@ -379,7 +377,8 @@ pub struct App {
     pub(crate) demo: Option<DemoStats>,
     /// The time now (Unix ms), moved by [`Action::Tick`].
     pub(crate) now_ms: u64,
-    pub(crate) size: (u16, u16),
+    /// How many table rows are on screen, as the last [`Action::Viewport`] said.
+    pub(crate) table_rows: usize,
     pub(crate) running: Running,
     pub(crate) connection: Connection,
     pub(crate) feed: EventFeed,
@@ -422,7 +421,7 @@ impl App {
             demo: config.demo_out.as_ref().map(|_| DemoStats::default()),
             demo_out: config.demo_out,
             now_ms: config.now_ms,
-            size: (120, 40),
+            table_rows: 0,
             running: Running::Yes,
             connection: Connection::Connecting,
             feed: EventFeed::Connecting,
@@ -492,60 +491,27 @@ impl App {
             .collect()
     }
 
-    /// How many table rows fit on screen.
+    /// How many table rows are on screen: one page.
     pub(crate) fn page(&self) -> usize {
-        crate::ui::table_capacity(self)
+        self.table_rows
     }
 
-    /// Maps a key press to an action, given the current mode.
-    pub fn action_for_key(&self, key: KeyEvent) -> Option<Action> {
-        if key.kind != KeyEventKind::Press {
-            return None;
-        }
-        if key.modifiers.contains(KeyModifiers::CONTROL)
-            && matches!(key.code, KeyCode::Char('c') | KeyCode::Char('d'))
-        {
-            return Some(Action::Quit);
-        }
-        match self.mode {
-            Mode::Filter => match key.code {
-                KeyCode::Enter => Some(Action::FilterAccept),
-                KeyCode::Esc => Some(Action::FilterCancel),
-                KeyCode::Backspace => Some(Action::FilterBackspace),
-                KeyCode::Up => Some(Action::Up),
-                KeyCode::Down => Some(Action::Down),
-                KeyCode::Char(c) => Some(Action::FilterInput(c)),
-                _ => None,
-            },
-            Mode::Help => match key.code {
-                KeyCode::Char('q') => Some(Action::Quit),
-                _ => Some(Action::Help),
-            },
-            Mode::Normal => match key.code {
-                KeyCode::Char('q') => Some(Action::Quit),
-                KeyCode::Up | KeyCode::Char('k') => Some(Action::Up),
-                KeyCode::Down | KeyCode::Char('j') => Some(Action::Down),
-                KeyCode::PageUp => Some(Action::PageUp),
-                KeyCode::PageDown | KeyCode::Char(' ') => Some(Action::PageDown),
-                KeyCode::Home | KeyCode::Char('g') => Some(Action::Top),
-                KeyCode::End | KeyCode::Char('G') => Some(Action::Bottom),
-                KeyCode::Enter => Some(Action::Enter),
-                KeyCode::Esc => Some(Action::Back),
-                KeyCode::Char('/') => Some(Action::FilterStart),
-                KeyCode::Char('s') => Some(Action::SortNext),
-                KeyCode::Char('S') => Some(Action::SortReverse),
-                KeyCode::Char('?') | KeyCode::F(1) => Some(Action::Help),
-                _ => None,
-            },
-        }
+    /// What keys do now.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// What fills the screen.
+    pub fn screen(&self) -> Screen {
+        self.screen
     }
 
     /// Applies one action.
     pub fn update(&mut self, action: Action) {
         match action {
             Action::Tick { now_ms } => self.now_ms = now_ms,
-            Action::Resize { width, height } => {
-                self.size = (width, height);
+            Action::Viewport { table_rows } => {
+                self.table_rows = table_rows;
                 self.scroll_to_cursor();
             }
             Action::Snapshot(snapshot) => self.apply_snapshot(*snapshot),
@@ -868,10 +834,7 @@ mod tests {
             demo_out: None,
             now_ms: T0,
         });
-        app.update(Action::Resize {
-            width: 120,
-            height: 40,
-        });
+        app.update(Action::Viewport { table_rows: 30 });
         app
     }
 
@@ -1028,16 +991,13 @@ mod tests {
     #[test]
     fn moving_stops_at_the_ends_and_scrolls_a_long_list() {
         let mut app = app();
-        app.update(Action::Resize {
-            width: 80,
-            height: 24,
-        });
+        app.update(Action::Viewport { table_rows: 5 });
         let stores = (0..10_000)
             .map(|i| summary(&format!("store-{i:05}"), i, i, 0))
             .collect();
         app.update(Action::Snapshot(Box::new(snapshot(stores))));
         let page = app.page();
-        assert!(page >= 3, "a few rows fit at 80x24: {page}");
+        assert_eq!(page, 5, "one page is the viewport");
         app.update(Action::Up);
         assert_eq!(app.cursor, 0);
         for _ in 0..page {
@@ -1233,35 +1193,5 @@ mod tests {
         assert_eq!(app.listed(), ["flushing", "live"]);
         assert_eq!(app.rows[0].prepared, 1);
         assert_eq!(app.rows[0].live, None);
-    }
-
-    #[test]
-    fn keys_map_to_actions_by_mode() {
-        let mut app = loaded();
-        let key = |c| KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE);
-        assert_eq!(app.action_for_key(key('j')), Some(Action::Down));
-        assert_eq!(app.action_for_key(key('k')), Some(Action::Up));
-        assert_eq!(app.action_for_key(key('q')), Some(Action::Quit));
-        assert_eq!(app.action_for_key(key('/')), Some(Action::FilterStart));
-        assert_eq!(app.action_for_key(key('?')), Some(Action::Help));
-        assert_eq!(
-            app.action_for_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
-            Some(Action::Quit)
-        );
-        app.update(Action::FilterStart);
-        assert_eq!(app.action_for_key(key('q')), Some(Action::FilterInput('q')));
-        assert_eq!(
-            app.action_for_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)),
-            Some(Action::FilterAccept)
-        );
-        app.update(Action::FilterCancel);
-        app.update(Action::Help);
-        assert_eq!(
-            app.action_for_key(key('x')),
-            Some(Action::Help),
-            "any key closes help"
-        );
-        app.update(Action::Quit);
-        assert_eq!(app.running(), Running::Quit);
     }
 }

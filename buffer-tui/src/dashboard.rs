@@ -64,12 +64,11 @@ impl Dashboard {
             actions: (sender, mut receiver),
         } = self;
         let mut guard = TerminalGuard::enter().map_err(Error::Terminal)?;
-        if let Ok(size) = guard.terminal().size() {
-            app.update(Action::Resize {
-                width: size.width,
-                height: size.height,
-            });
-        }
+        let size = guard
+            .terminal()
+            .size()
+            .map_or((80, 24), |size| (size.width, size.height));
+        sync_viewport(&mut app, size);
         app.update(Action::Tick {
             now_ms: buffer.now_ms(),
         });
@@ -91,6 +90,7 @@ impl Dashboard {
         let result = event_loop(
             &mut guard,
             &mut app,
+            size,
             &buffer,
             &mut receiver,
             &view_sender,
@@ -105,9 +105,19 @@ impl Dashboard {
     }
 }
 
+/// Tells `app` how many table rows the layout gives it on a terminal of `size`, when that
+/// changed: after a resize, and after any action that changes the chrome (the demo header, the
+/// disconnected banner).
+fn sync_viewport(app: &mut App, (width, height): (u16, u16)) {
+    if let Some(action) = crate::layout::viewport(app, width, height) {
+        app.update(action);
+    }
+}
+
 async fn event_loop(
     guard: &mut TerminalGuard,
     app: &mut App,
+    mut size: (u16, u16),
     buffer: &Buffer,
     receiver: &mut mpsc::UnboundedReceiver<Action>,
     view_sender: &watch::Sender<crate::app::ViewRequest>,
@@ -138,13 +148,13 @@ async fn event_loop(
             }
             event = keys.next() => match event {
                 Some(Ok(TermEvent::Key(key))) => {
-                    if let Some(action) = app.action_for_key(key) {
+                    if let Some(action) = crate::keys::action_for(app.mode(), &key) {
                         app.update(action);
                         moved = true;
                     }
                 }
                 Some(Ok(TermEvent::Resize(width, height))) => {
-                    app.update(Action::Resize { width, height });
+                    size = (width, height);
                     moved = true;
                 }
                 Some(Ok(_)) => {}
@@ -155,6 +165,8 @@ async fn event_loop(
         if app.running() == Running::Quit {
             return Ok(());
         }
+        // Before the poller reads the rows on screen and before the next draw.
+        sync_viewport(app, size);
         // The poller always reads the latest request; it is woken early only when the person
         // moved or rows on screen have no details yet, so stores that come and go under a
         // busy load do not make it poll faster than its interval.

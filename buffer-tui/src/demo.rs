@@ -2,13 +2,12 @@
 //! and the dashboard, all stopped on quit.
 
 use std::fmt;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use buffer_core::local_server::{LocalRedis, redis_server_binary};
 use buffer_core::{Buffer, BufferConfig};
 use buffer_persist::{PersistConfig, Persister};
 use serde_json::{Value, json};
@@ -34,158 +33,22 @@ const DEMO_MAX_AGE: Duration = Duration::from_secs(10);
 const DEMO_MAX_RECORDS: u64 = 3_000;
 const DEMO_MAX_BYTES: u64 = 1024 * 1024;
 
-/// A private `redis-server` on a free port in a temporary directory, without persistence.
-/// Killed when dropped.
-pub struct RedisProcess {
-    /// `None` once stopped.
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisProcess {
-    /// Starts `redis-server` (from `BUFFER_REDIS_SERVER` or `PATH`) and waits until it
-    /// answers.
-    ///
-    /// # Errors
-    /// [`Error::RedisServerNotFound`] when the binary is missing; [`Error::RedisServerStart`]
-    /// when it exits or does not answer within 10 s.
-    pub async fn start() -> Result<Self> {
-        let binary = std::env::var_os("BUFFER_REDIS_SERVER")
-            .map_or_else(|| PathBuf::from("redis-server"), PathBuf::from);
-        Self::start_with_binary(binary).await
-    }
-
-    /// [`RedisProcess::start`] with an explicit binary.
-    pub(crate) async fn start_with_binary(binary: PathBuf) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("buffer-demo-redis-")
-            .tempdir()
-            .map_err(|source| Error::Io {
-                action: "creating a temporary directory in",
-                path: std::env::temp_dir(),
-                source,
-            })?;
-        let log = dir.path().join("redis.log");
-        let mut last_reason = String::new();
-        // A port found free can be taken before the server binds it: try a few.
-        for _attempt in 0..5 {
-            let port = free_port().map_err(|source| Error::Io {
-                action: "finding a free port on",
-                path: PathBuf::from("127.0.0.1"),
-                source,
-            })?;
-            let spawned = Command::new(&binary)
-                .arg("--port")
-                .arg(port.to_string())
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--daemonize", "no", "--dir"])
-                .arg(dir.path())
-                .arg("--logfile")
-                .arg(&log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let mut child = match spawned {
-                Ok(child) => child,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Error::RedisServerNotFound {
-                        binary: binary.display().to_string(),
-                    });
-                }
-                Err(source) => {
-                    return Err(Error::Io {
-                        action: "starting",
-                        path: binary,
-                        source,
-                    });
-                }
-            };
-            match wait_ready(&mut child, port).await {
-                Ok(()) => {
-                    return Ok(Self {
-                        child: Some(child),
-                        port,
-                        dir,
-                    });
-                }
-                Err(reason) => {
-                    last_reason = reason;
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-            }
-        }
-        Err(Error::RedisServerStart {
-            reason: last_reason,
-            log: log_tail(&log),
-        })
-    }
-
-    /// `redis://127.0.0.1:<port>/0`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// The server's process id (0 once stopped).
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// The server's port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The temporary directory it runs in.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Kills the server and waits for it to exit. Idempotent.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Waits until the server on `port` answers PING, or exits, or 10 s pass.
-async fn wait_ready(child: &mut Child, port: u16) -> std::result::Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let config = BufferConfig::new(format!("redis://127.0.0.1:{port}/0"))
-        .connect_timeout(Duration::from_millis(300))
-        .response_timeout(Duration::from_millis(300));
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("it exited at start ({status})"));
-        }
-        if Buffer::connect(config.clone()).await.is_ok() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err("it did not answer PING within 10 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn log_tail(path: &Path) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
+/// Starts the demo's private `redis-server` (buffer-core's one launcher, on a blocking thread:
+/// it waits for PING with std sockets). Without an append-only file: the demo keeps nothing.
+///
+/// # Errors
+/// [`Error::RedisServerNotFound`] when the binary is missing; [`Error::RedisServerStart`] when
+/// it exits or does not answer within 10 s; [`Error::Io`] for the temporary directory or port.
+async fn start_redis(binary: PathBuf) -> Result<LocalRedis> {
+    tokio::task::spawn_blocking(move || {
+        LocalRedis::start_with_binary(binary, &["--appendonly", "no"])
+    })
+    .await
+    .map_err(|join| Error::RedisServerStart {
+        reason: format!("the task starting it failed: {join}"),
+        log: String::new(),
+    })?
+    .map_err(Error::from)
 }
 
 /// One store of the load generator.
@@ -398,7 +261,7 @@ pub async fn run_demo(options: DemoOptions, shutdown: CancellationToken) -> Resu
         path: options.out.clone(),
         source,
     })?;
-    let mut redis = RedisProcess::start().await?;
+    let mut redis = start_redis(redis_server_binary()).await?;
     let redis_id = (redis.pid(), redis.port());
     let url = redis.url();
     let result = run_with_redis(&url, &options, shutdown).await;
@@ -525,6 +388,7 @@ async fn report_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn every_shape_makes_a_json_object() {
@@ -537,7 +401,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_private_redis_starts_answers_and_is_gone_after_stop() {
-        let mut redis = RedisProcess::start().await.unwrap();
+        let mut redis = start_redis(redis_server_binary()).await.unwrap();
         let pid = redis.pid();
         assert!(pid > 0);
         let buffer = Buffer::connect(BufferConfig::new(redis.url()))
@@ -560,7 +424,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_redis_server_is_a_clear_error_with_an_install_hint() {
         let missing = "/nonexistent/redis-server-for-test";
-        let found = RedisProcess::start_with_binary(PathBuf::from(missing)).await;
+        let found = start_redis(PathBuf::from(missing)).await;
         let err = found.err().unwrap();
         assert!(matches!(err, Error::RedisServerNotFound { .. }), "{err}");
         assert!(err.to_string().contains("apt-get install redis-server"));

@@ -46,5 +46,31 @@ pub enum Error {
     },
 }
 
+impl From<buffer_core::local_server::LocalServerError> for Error {
+    fn from(err: buffer_core::local_server::LocalServerError) -> Self {
+        use buffer_core::local_server::LocalServerError as E;
+        match err {
+            E::NotFound { binary } => Self::RedisServerNotFound {
+                binary: binary.display().to_string(),
+            },
+            E::DidNotStart { reason, log } => Self::RedisServerStart { reason, log },
+            E::Io {
+                action,
+                path,
+                source,
+            } => Self::Io {
+                action,
+                path,
+                source,
+            },
+            // The enum is non-exhaustive: a future failure still reaches the person whole.
+            other => Self::RedisServerStart {
+                reason: other.to_string(),
+                log: String::new(),
+            },
+        }
+    }
+}
+
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

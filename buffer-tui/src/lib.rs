@@ -9,12 +9,18 @@
 //! - `app`: [`App`], [`Action`] and `update`: selection, sorting, filtering, TTL countdown,
 //!   rates. Tested as plain function calls.
 //! - `snapshot`: [`Snapshot`], what one poll saw.
-//! - [`ui`]: `render(&App, frame)`; tested with `TestBackend` and `insta` snapshots.
+//! - `keys`: the one key-binding table: key presses to [`Action`]s, the footer hints and the
+//!   help screen. The only module that knows crossterm's key events.
+//! - `layout`: where each part goes on a terminal of a given size, and how many table rows
+//!   that leaves (sent to [`App`] as [`Action::Viewport`] by the dashboard loop).
+//! - [`ui`]: `render(&App, frame)`, one module per panel under `ui/` and `ui/theme.rs` with
+//!   every colour and style; tested with `TestBackend` and `insta` snapshots.
 //! - `poller`: the polling task (index data for every store, details only for the rows on
 //!   screen) and the persister-event follower.
 //! - `dashboard`: [`Dashboard`], the terminal loop tying keys, ticks and polls together.
 //! - `terminal`: raw mode and the alternate screen, restored on exit and on panic.
-//! - `demo`: [`RedisProcess`] (a private redis-server), the load generator, [`run_demo`].
+//! - `demo`: the load generator and [`run_demo`], on a private redis-server started by
+//!   buffer-core's `local_server::LocalRedis` (the launcher the tests use too).
 //! - [`cli`]: the command line; `main.rs` only parses it and calls [`cli::execute`].
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -25,6 +31,8 @@ mod dashboard;
 mod demo;
 mod error;
 mod format;
+mod keys;
+mod layout;
 mod poller;
 mod snapshot;
 mod terminal;
@@ -35,7 +43,7 @@ pub use app::{
     Rates, Running, Screen, Sort, StoreRow, ViewRequest,
 };
 pub use dashboard::Dashboard;
-pub use demo::{DemoOptions, DemoSummary, RedisProcess, run_demo};
+pub use demo::{DemoOptions, DemoSummary, run_demo};
 pub use error::{Error, Result};
 pub use poller::{follow_events, poll_loop, poll_once};
 pub use snapshot::{

@@ -8,33 +8,27 @@
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use buffer_core::local_server::LocalRedis;
 use buffer_core::{Buffer, BufferConfig};
 
 /// The redis-server binary to run.
 pub fn redis_server_binary() -> PathBuf {
-    std::env::var_os("BUFFER_REDIS_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("redis-server"))
+    buffer_core::local_server::redis_server_binary()
 }
 
 /// A free TCP port on 127.0.0.1 (free when this returns; callers retry on a lost race).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    buffer_core::local_server::free_port().unwrap()
 }
 
-/// A private redis-server, killed on drop.
+/// A private redis-server, killed on drop: buffer-core's [`LocalRedis`] (the one launcher of
+/// the workspace, shared with the demo) plus what tests need around it: panics instead of
+/// errors, the log printed when a test fails, blocking connections and signals.
 pub struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    extra_args: Vec<String>,
+    server: LocalRedis,
 }
 
 impl RedisServer {
@@ -46,115 +40,35 @@ impl RedisServer {
     /// Starts a server with extra `--option value` arguments, e.g.
     /// `&["--maxmemory", "2mb"]` or `&["--appendonly", "yes"]`.
     pub fn start_with(extra_args: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("buffer-redis-")
-            .tempdir()
-            .unwrap();
-        let mut server = Self {
-            child: None,
-            port: 0,
-            dir,
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-        };
-        for _attempt in 0..5 {
-            server.port = free_port();
-            if server.spawn() {
-                return server;
-            }
-        }
-        panic!("redis-server did not start; log:\n{}", server.log());
-    }
-
-    /// Starts the process on `self.port` and waits for PING. False when it exited (port taken).
-    fn spawn(&mut self) -> bool {
-        let binary = redis_server_binary();
-        let mut command = Command::new(&binary);
-        command
-            .arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(self.log_path())
-            .args(&self.extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(err) => panic!(
-                "cannot run {}: {err}. Install Redis (Debian/Ubuntu: apt-get install -y redis-server) \
-                 or set BUFFER_REDIS_SERVER to the redis-server binary.",
-                binary.display()
-            ),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_status)) = child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = child.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr);
-                }
-                eprintln!("redis-server exited at start: {stderr}");
-                return false;
-            }
-            if self.ping() {
-                self.child = Some(child);
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-
-    /// True once the server answers PING (a NOAUTH error from a server with a password
-    /// counts: it is answering).
-    fn ping(&self) -> bool {
-        use std::io::Write;
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        if stream.write_all(b"PING\r\n").is_err() {
-            return false;
-        }
-        let mut reply = [0u8; 64];
-        match stream.read(&mut reply) {
-            Ok(n) => reply[..n].starts_with(b"+PONG") || reply[..n].starts_with(b"-NOAUTH"),
-            Err(_) => false,
+        match LocalRedis::start(extra_args) {
+            Ok(server) => Self { server },
+            Err(err) => panic!("{err}"),
         }
     }
 
     /// The server's port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// `redis://127.0.0.1:<port>/0`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.server.url()
     }
 
     /// The server's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
+        self.server.pid()
     }
 
     /// The server's working directory (where an AOF would be written).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("redis.log")
+        self.server.dir()
     }
 
     /// The server's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        self.server.log()
     }
 
     /// A blocking connection for setting up and inspecting test state.
@@ -198,23 +112,13 @@ impl RedisServer {
 
     /// Kills the server with SIGKILL and waits for it to exit.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.stop();
     }
 
     /// Starts the server again on the same port and directory (after [`RedisServer::kill`]).
     pub fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.spawn() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not restart:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        if let Err(err) = self.server.restart() {
+            panic!("redis-server did not restart: {err}");
         }
     }
 
@@ -239,25 +143,14 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail = self.server.log_tail(30);
             eprintln!(
-                "--- redis-server :{} log (last {} lines) ---",
-                self.port,
-                tail.len()
+                "--- redis-server :{} log (last {} lines) ---\n{tail}",
+                self.port(),
+                tail.lines().count()
             );
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
         }
-        if let Some(child) = &self.child {
-            // A stopped server ignores SIGKILL until continued on some systems: continue it.
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(child.id().to_string())
-                .status();
-        }
-        self.kill();
+        // Dropping `server` continues a stopped process and kills it.
     }
 }
 

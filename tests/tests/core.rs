@@ -1739,3 +1739,45 @@ async fn a_batch_first_write_reads_the_same_at_prepare_and_at_recovery() {
         );
     }
 }
+
+/// The one launcher (buffer-core's `LocalRedis`, behind `RedisServer` and the demo) turns a
+/// server that exits at start into a typed error that says why, and a missing binary into
+/// `NotFound`; a server it started is gone, with its directory, once dropped.
+#[test]
+fn the_private_server_launcher_reports_why_a_server_did_not_start_and_cleans_up() {
+    use buffer_core::local_server::{LocalRedis, LocalServerError};
+
+    let err = LocalRedis::start(&["--no-such-option", "1"]).unwrap_err();
+    match &err {
+        LocalServerError::DidNotStart { reason, .. } => {
+            assert!(reason.contains("no-such-option"), "{reason}");
+        }
+        other => panic!("expected DidNotStart, got {other:?}"),
+    }
+
+    let missing = std::path::PathBuf::from("/nonexistent/redis-server-for-test");
+    let err = LocalRedis::start_with_binary(missing, &[]).unwrap_err();
+    assert!(matches!(err, LocalServerError::NotFound { .. }), "{err:?}");
+
+    let server = LocalRedis::start(&[]).unwrap();
+    let (pid, dir) = (server.pid(), server.dir().to_path_buf());
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let pong: String = redis::cmd("PING").query(&mut conn).unwrap();
+    assert_eq!(pong, "PONG");
+    let save: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("save")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(save, ["save", ""], "no RDB snapshots");
+    drop(server);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(
+        status.is_empty() || status.contains("State:\tZ"),
+        "redis-server {pid} still runs: {status}"
+    );
+    assert!(!dir.exists(), "its temporary directory is removed");
+}

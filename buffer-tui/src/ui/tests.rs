@@ -31,8 +31,15 @@ fn new_app(width: u16, height: u16) -> App {
         demo_out: None,
         now_ms: T0,
     });
-    app.update(Action::Resize { width, height });
+    fit(&mut app, width, height);
     app
+}
+
+/// What the dashboard loop does after every batch of actions: tell the app its table's size.
+fn fit(app: &mut App, width: u16, height: u16) {
+    if let Some(viewport) = crate::layout::viewport(app, width, height) {
+        app.update(viewport);
+    }
 }
 
 fn server() -> ServerInfo {
@@ -247,16 +254,20 @@ fn populated(width: u16, height: u16) -> App {
     app
 }
 
-fn draw(app: &App) -> String {
-    let mut terminal = Terminal::new(TestBackend::new(app.size.0, app.size.1)).unwrap();
+fn draw(app: &mut App, width: u16, height: u16) -> String {
+    fit(app, width, height);
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
     terminal.draw(|frame| super::render(app, frame)).unwrap();
     terminal.backend().to_string()
 }
 
 fn check(name: &str, make: impl Fn(u16, u16) -> App) {
     for (width, height) in SIZES {
-        let app = make(width, height);
-        insta::assert_snapshot!(format!("{name}_{width}x{height}"), draw(&app));
+        let mut app = make(width, height);
+        insta::assert_snapshot!(
+            format!("{name}_{width}x{height}"),
+            draw(&mut app, width, height)
+        );
     }
 }
 
@@ -384,10 +395,7 @@ fn demo_header() {
             demo_out: Some("demo-out".into()),
             now_ms: T0,
         });
-        app.update(Action::Resize {
-            width: w,
-            height: h,
-        });
+        fit(&mut app, w, h);
         app.update(Action::Snapshot(Box::new(Snapshot {
             taken_at_ms: T0,
             server: server(),
@@ -405,8 +413,8 @@ fn demo_header() {
 
 #[test]
 fn a_tiny_terminal_says_so() {
-    let app = new_app(30, 8);
-    insta::assert_snapshot!("tiny_30x8", draw(&app));
+    let mut app = new_app(30, 8);
+    insta::assert_snapshot!("tiny_30x8", draw(&mut app, 30, 8));
 }
 
 #[test]
@@ -418,7 +426,7 @@ fn hostile_names_cannot_reach_the_terminal() {
         stores: vec![store("evil\u{1b}[2J\nname", 1, 10, 0)],
         ..Snapshot::default()
     })));
-    let screen = draw(&app);
+    let screen = draw(&mut app, 80, 24);
     assert!(!screen.contains('\u{1b}'));
     assert!(screen.contains("evil\u{fffd}[2J\u{fffd}name"), "{screen}");
 }

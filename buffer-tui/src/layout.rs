@@ -1,0 +1,157 @@
+//! Where each part of the dashboard goes on a terminal of a given size.
+//!
+//! A pure function of the terminal size and the few facts about the state that change the
+//! chrome (a demo header line, the disconnected banner). The renderer draws into these areas,
+//! and the dashboard loop tells [`App`] how many table rows fit
+//! ([`Action::Viewport`]): so paging and the rows the poller reads always match what is drawn,
+//! and `App` itself never computes a layout.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+
+use crate::app::{Action, App, Connection};
+
+/// Smaller than this, the dashboard only says so.
+pub(crate) const MIN_WIDTH: u16 = 40;
+/// Smaller than this, the dashboard only says so.
+pub(crate) const MIN_HEIGHT: u16 = 10;
+
+/// The facts about the state that change the layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Chrome {
+    /// The demo adds a third header line with its counters.
+    pub(crate) demo: bool,
+    /// A lost connection adds a one-line banner under the header.
+    pub(crate) banner: bool,
+}
+
+impl Chrome {
+    /// The chrome `app` is drawn with.
+    pub(crate) fn of(app: &App) -> Self {
+        Self {
+            demo: app.demo.is_some(),
+            banner: matches!(app.connection, Connection::Lost { .. }),
+        }
+    }
+}
+
+/// Where each part goes.
+pub(crate) struct Areas {
+    pub(crate) header: Rect,
+    pub(crate) banner: Option<Rect>,
+    /// Everything between the header (and banner) and the footer.
+    pub(crate) main: Rect,
+    pub(crate) table: Rect,
+    pub(crate) bottom: Option<Rect>,
+    pub(crate) footer: Rect,
+}
+
+/// Splits `area` for `chrome`.
+pub(crate) fn areas(chrome: Chrome, area: Rect) -> Areas {
+    let banner_height = u16::from(chrome.banner);
+    let header_height = if chrome.demo { 3 } else { 2 };
+    let [header, banner, main, footer] = Layout::vertical([
+        Constraint::Length(header_height),
+        Constraint::Length(banner_height),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    // The bottom panels take about two fifths, when there is room for them at all.
+    let bottom_height = if main.height >= 16 {
+        (main.height * 2 / 5).clamp(8, 18)
+    } else {
+        0
+    };
+    let [table, bottom] =
+        Layout::vertical([Constraint::Min(0), Constraint::Length(bottom_height)]).areas(main);
+    Areas {
+        header,
+        banner: (banner_height > 0).then_some(banner),
+        main,
+        table,
+        bottom: (bottom_height > 0).then_some(bottom),
+        footer,
+    }
+}
+
+/// How many store rows the table shows for `chrome` on a `width` x `height` terminal.
+pub(crate) fn table_rows(chrome: Chrome, width: u16, height: u16) -> usize {
+    let areas = areas(chrome, Rect::new(0, 0, width, height));
+    // Borders and the header row.
+    usize::from(areas.table.height.saturating_sub(3))
+}
+
+/// The [`Action::Viewport`] that tells `app` its table's size on a `width` x `height`
+/// terminal, or `None` when it already knows. The dashboard applies it after every batch of
+/// actions (any of them may change the chrome) and before drawing.
+pub(crate) fn viewport(app: &App, width: u16, height: u16) -> Option<Action> {
+    let table_rows = table_rows(Chrome::of(app), width, height);
+    (table_rows != app.page()).then_some(Action::Viewport { table_rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_loses_a_row_to_the_banner_and_to_the_demo_header() {
+        let plain = Chrome {
+            demo: false,
+            banner: false,
+        };
+        let rows = table_rows(plain, 120, 40);
+        assert!(rows > 0);
+        assert_eq!(
+            table_rows(
+                Chrome {
+                    banner: true,
+                    ..plain
+                },
+                120,
+                40
+            ),
+            rows - 1
+        );
+        assert_eq!(
+            table_rows(
+                Chrome {
+                    demo: true,
+                    ..plain
+                },
+                120,
+                40
+            ),
+            rows - 1
+        );
+        assert_eq!(table_rows(plain, 30, 3), 0);
+    }
+
+    #[test]
+    fn the_viewport_follows_the_chrome_so_paging_matches_what_is_drawn() {
+        let mut app = App::new(crate::app::AppConfig {
+            address: "redis://127.0.0.1:1/0".into(),
+            namespace: "buf".into(),
+            max_age: None,
+            demo_out: None,
+            now_ms: 0,
+        });
+        let rows = table_rows(Chrome::of(&app), 80, 24);
+        assert_eq!(
+            viewport(&app, 80, 24),
+            Some(Action::Viewport { table_rows: rows })
+        );
+        app.update(Action::Viewport { table_rows: rows });
+        assert_eq!(viewport(&app, 80, 24), None, "nothing to tell twice");
+        // The banner takes a row from the table: the app must hear of it.
+        app.update(Action::PollFailed {
+            error: "refused".into(),
+            at_ms: 1,
+        });
+        assert_eq!(
+            viewport(&app, 80, 24),
+            Some(Action::Viewport {
+                table_rows: rows - 1
+            })
+        );
+    }
+}

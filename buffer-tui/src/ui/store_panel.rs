@@ -1,0 +1,117 @@
+//! The selected store, compact, under the table: keys, batches, latest records.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph, Widget};
+
+use super::shared::{failure_brief, short_id, store_title, ttl_text};
+use super::theme;
+use crate::app::App;
+use crate::format::{age_ms, bytes, clean, count, fit};
+
+/// The selected store, compact: keys, prepared batches, latest records one per line.
+pub(super) fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
+    let block = Block::bordered().title(store_title(app));
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let Some(row) = app.selected_row() else {
+        return;
+    };
+    let width = usize::from(inner.width);
+    let Some(focus) = &app.focus else {
+        Paragraph::new(Line::styled("loading…", theme::DIM)).render(inner, buf);
+        return;
+    };
+    let mut lines: Vec<Line<'static>> = Vec::new();
+    let key_count = count(focus.key_count);
+    let keys = focus
+        .keys
+        .iter()
+        .map(|k| clean(k).into_owned())
+        .collect::<Vec<_>>()
+        .join(", ");
+    lines.push(Line::from(vec![
+        Span::styled(format!("keys ({key_count}) "), theme::STRONG),
+        Span::raw(fit(&keys, width.saturating_sub(8 + key_count.len()))),
+    ]));
+    lines.push(Line::from(vec![
+        Span::styled(format!("batches ({}) ", row.prepared), theme::STRONG),
+        Span::styled(
+            if focus.batches.is_empty() {
+                "none waiting"
+            } else {
+                ""
+            },
+            theme::DIM,
+        ),
+    ]));
+    let batch_lines = (inner.height as usize)
+        .saturating_sub(4)
+        .min(focus.batches.len())
+        .min(3);
+    for batch in focus.batches.iter().take(batch_lines) {
+        lines.push(batch_line(app, batch, width));
+    }
+    if focus.batches.len() > batch_lines {
+        lines.push(Line::styled(
+            format!(
+                "  … {} more (Enter shows all)",
+                focus.batches.len() - batch_lines
+            ),
+            theme::DIM,
+        ));
+    }
+    lines.push(Line::styled("latest records", theme::STRONG));
+    let room = (inner.height as usize).saturating_sub(lines.len());
+    if focus.latest.is_empty() {
+        lines.push(Line::styled("  none live", theme::DIM));
+    }
+    for record in focus.latest.iter().rev().take(room) {
+        lines.push(Line::from(format!(
+            "  {}",
+            fit(record, width.saturating_sub(2))
+        )));
+    }
+    Paragraph::new(lines).render(inner, buf);
+}
+
+pub(super) fn batch_line(
+    app: &App,
+    batch: &crate::snapshot::BatchDetail,
+    width: usize,
+) -> Line<'static> {
+    let mut spans = vec![Span::raw(format!("  {} ", short_id(&batch.id)))];
+    let age = age_ms(app.now_ms.saturating_sub(batch.id.created_ms()));
+    match batch.size {
+        // Bytes only when there is room for them and a lock holder.
+        Some(size) if width >= 56 => spans.push(Span::raw(format!(
+            "{:>6} rec {:>9} {:>5} ",
+            count(size.records),
+            bytes(size.bytes),
+            age
+        ))),
+        Some(size) => spans.push(Span::raw(format!(
+            "{:>6} rec {:>5} ",
+            count(size.records),
+            age
+        ))),
+        None => spans.push(Span::styled("emptied ", theme::DIM)),
+    }
+    if let Some(failure) = &batch.failure {
+        spans.push(Span::styled(
+            format!("{} ", failure_brief(app, failure)),
+            theme::FAILING,
+        ));
+    }
+    match &batch.lock {
+        Some(lock) => {
+            let ttl = ttl_text(app, lock.ttl_ms);
+            let used: usize = spans.iter().map(Span::width).sum();
+            let holder = fit(&lock.holder, width.saturating_sub(used + ttl.len() + 1));
+            spans.push(Span::styled(format!("{holder} {ttl}"), theme::ATTENTION));
+        }
+        None => spans.push(Span::styled("unlocked", theme::DIM)),
+    }
+    Line::from(spans)
+}

@@ -1,0 +1,191 @@
+//! The selected store in full (after Enter).
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::text::{Line, Span, Text};
+use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, Widget};
+
+use super::shared::{failure_brief, right, short_id, store_title, ttl_text};
+use super::theme;
+use crate::app::App;
+use crate::format::{age_ms, bytes, clean, count, fit};
+
+/// The selected store in full (after Enter).
+pub(super) fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
+    let block = Block::bordered()
+        .title(store_title(app))
+        .title_bottom(Line::styled(" Esc/Enter back · ↑↓ next store ", theme::DIM));
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let (Some(row), Some(focus)) = (app.selected_row(), &app.focus) else {
+        Paragraph::new(Line::styled("loading…", theme::DIM)).render(inner, buf);
+        return;
+    };
+    let keys_width = (inner.width / 4).clamp(12, 32);
+    let [keys_area, rest] =
+        Layout::horizontal([Constraint::Length(keys_width), Constraint::Min(0)]).areas(inner);
+
+    // Left: the live counts and the keys.
+    let mut lines: Vec<Line<'static>> = Vec::new();
+    if let Some(live) = row.live {
+        lines.push(Line::from(format!("{} records", count(live.records))));
+        lines.push(Line::from(bytes(live.bytes)));
+        lines.push(Line::from(format!("age {}", age_ms(app.age_ms(&live)))));
+        if let Some(flush) = app.flush_in_ms(&live) {
+            lines.push(Line::from(if flush == 0 {
+                "flush due".to_owned()
+            } else {
+                format!("flush in {}", age_ms(flush + 999))
+            }));
+        }
+        if let Some(failure) = &focus.failure {
+            lines.push(Line::styled(
+                format!("prepare failing {}", failure_brief(app, failure)),
+                theme::FAILING,
+            ));
+        }
+    } else {
+        lines.push(Line::styled("nothing live", theme::DIM));
+    }
+    let key_count = count(focus.key_count);
+    lines.push(Line::from(""));
+    lines.push(Line::styled(format!("keys ({key_count})"), theme::STRONG));
+    let kw = usize::from(keys_width.saturating_sub(2));
+    lines.extend(focus.keys.iter().map(|k| Line::from(fit(k, kw))));
+    Paragraph::new(lines).render(
+        Rect {
+            width: keys_area.width.saturating_sub(1),
+            ..keys_area
+        },
+        buf,
+    );
+
+    // Right: prepared batches, then the latest records, pretty.
+    let batch_rows = focus.batches.len().clamp(1, 8) as u16;
+    // Under the table, one line per failing batch with its last error, at full width.
+    let failure_lines: Vec<Line<'static>> = focus
+        .batches
+        .iter()
+        .filter_map(|batch| {
+            let failure = batch.failure.as_ref()?;
+            let head = format!("{} {}: ", short_id(&batch.id), failure_brief(app, failure));
+            let room = usize::from(rest.width).saturating_sub(crate::format::width(&head));
+            Some(Line::from(vec![
+                Span::styled(head, theme::FAILING),
+                Span::raw(fit(&failure.last_error, room)),
+            ]))
+        })
+        .take(4)
+        .collect();
+    let [batches_area, failures_area, records_area] = Layout::vertical([
+        Constraint::Length(batch_rows + 2),
+        Constraint::Length(failure_lines.len() as u16),
+        Constraint::Min(0),
+    ])
+    .areas(rest);
+    let header = Row::new(
+        [
+            "Batch",
+            "Records",
+            "Bytes",
+            "Keys",
+            "Age",
+            "Lock holder, TTL",
+        ]
+        .map(|title| {
+            if is_right_aligned(title) {
+                Cell::from(Line::from(title).alignment(Alignment::Right))
+            } else {
+                Cell::from(title)
+            }
+        }),
+    )
+    .style(theme::STRONG);
+    let wide = rest.width >= 100;
+    let rows = focus.batches.iter().map(|batch| {
+        let (records, size, keys) = match batch.size {
+            Some(s) => (count(s.records), bytes(s.bytes), count(s.keys)),
+            None => ("-".into(), "emptied".into(), "-".into()),
+        };
+        let lock = match &batch.lock {
+            Some(lock) => Cell::from(format!(
+                "{} {}",
+                clean(&lock.holder),
+                ttl_text(app, lock.ttl_ms)
+            ))
+            .style(theme::ATTENTION),
+            None => Cell::from("unlocked").style(theme::DIM),
+        };
+        let id = Cell::from(if wide {
+            batch.id.to_string()
+        } else {
+            short_id(&batch.id)
+        });
+        Row::new(vec![
+            match batch.failure {
+                Some(_) => id.style(theme::FAILING),
+                None => id,
+            },
+            right(records),
+            right(size),
+            right(keys),
+            right(age_ms(app.now_ms.saturating_sub(batch.id.created_ms()))),
+            lock,
+        ])
+    });
+    let title = format!(" Prepared batches ({}) ", focus.batches.len());
+    if focus.batches.is_empty() {
+        Paragraph::new(Line::styled("none waiting", theme::DIM))
+            .block(
+                Block::new()
+                    .borders(Borders::TOP)
+                    .title(Span::styled(title.clone(), theme::STRONG)),
+            )
+            .render(batches_area, buf);
+    }
+    let batches = Table::new(
+        rows,
+        [
+            Constraint::Length(if wide { 30 } else { 9 }),
+            Constraint::Length(7),
+            Constraint::Length(9),
+            Constraint::Length(5),
+            Constraint::Length(6),
+            Constraint::Min(10),
+        ],
+    )
+    .header(header)
+    .block(
+        Block::new()
+            .borders(Borders::TOP)
+            .title(Span::styled(title, theme::STRONG)),
+    );
+    if !focus.batches.is_empty() {
+        Widget::render(batches, batches_area, buf);
+    }
+    Paragraph::new(failure_lines).render(failures_area, buf);
+
+    let mut text = Text::default();
+    for record in focus.latest.iter().rev() {
+        let pretty = serde_json::from_str::<serde_json::Value>(record)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or_else(|_| record.clone());
+        let width = usize::from(records_area.width);
+        for line in pretty.lines() {
+            text.push_line(Line::from(fit(line, width)));
+        }
+    }
+    if focus.latest.is_empty() {
+        text.push_line(Line::styled("none live", theme::DIM));
+    }
+    Paragraph::new(text)
+        .block(Block::new().borders(Borders::TOP).title(Span::styled(
+            format!(" Latest {} records, newest first ", focus.latest.len()),
+            theme::STRONG,
+        )))
+        .render(records_area, buf);
+}
+
+pub(super) fn is_right_aligned(title: &str) -> bool {
+    matches!(title, "Records" | "Bytes" | "Keys" | "Age")
+}
