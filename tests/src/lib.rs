@@ -333,6 +333,17 @@ pub fn output_records(out: &Path) -> std::collections::BTreeMap<PathBuf, Vec<ser
     by_dir
 }
 
+/// The records of every published batch file under `out`, while persisters may still be
+/// writing: their temporary files (dot-files) are skipped, not treated as left behind. A
+/// published file is complete (it is linked into place only after its fsync).
+pub fn published_records(out: &Path) -> Vec<serde_json::Value> {
+    files_under(out)
+        .into_iter()
+        .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .flat_map(|path| file_records(&path))
+        .collect()
+}
+
 /// The records of one JSON Lines batch file (plain, `.gz` or `.zst`).
 pub fn file_records(path: &Path) -> Vec<serde_json::Value> {
     file_lines(path)
