@@ -55,6 +55,7 @@ impl Buffer {
 /// [`Buffer::push_many`] or [`Buffer::push_json`]), so it is atomic and has its own result;
 /// pushes of one pipeline are not atomic together. Dropping a pipeline without executing it
 /// sends nothing.
+#[must_use = "a pipeline sends nothing until it is executed"]
 pub struct PushPipeline {
     /// A clone of the buffer it was made from: its connection, layout and clock.
     buffer: Buffer,
@@ -178,7 +179,8 @@ impl PushPipeline {
     /// gives each [`PushHandle`] its result. An empty pipeline sends nothing.
     ///
     /// All pushes are stamped with one first-write time, [`Buffer::now_ms`] (on Redis's
-    /// clock), as a single push is.
+    /// clock), as a single push is. The whole round trip is bounded by one response timeout,
+    /// as one push is: split a pipeline of more data than Redis takes in that time.
     ///
     /// # Errors
     /// Only a failure of the round trip itself, which every push of the pipeline then holds
