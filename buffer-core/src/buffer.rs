@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Value};
+use redis::{Client, Cmd, Value};
 use serde::Serialize;
 
 use crate::batch::BatchId;
@@ -221,6 +221,48 @@ pub struct PushOnceOutcome {
     pub receipt: PushReceipt,
     /// True when a push with this id had already been applied, so nothing was added now.
     pub duplicate: bool,
+}
+
+/// `records`, unless there are none ([`Error::NoRecords`]: a push adds at least one).
+fn not_empty(store: &StoreName, records: Vec<EncodedRecord>) -> Result<Vec<EncodedRecord>> {
+    if records.is_empty() {
+        return Err(Error::NoRecords {
+            store: store.to_string(),
+        });
+    }
+    Ok(records)
+}
+
+/// Where a push's totals are among the results of its MULTI/EXEC (which depends on whether
+/// it added keys), and the stamp it wrote as first-write time if the store had none.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PushReplies {
+    adds_keys: bool,
+    now: u64,
+}
+
+impl PushReplies {
+    /// The receipt in `results`, the replies inside EXEC of the push's transaction.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when a result does not have the expected type.
+    pub(crate) fn read(self, store: &StoreName, results: &[Value]) -> Result<PushReceipt> {
+        let reply = |index: usize| results.get(index).cloned().unwrap_or(Value::Nil);
+        let keys_at = if self.adds_keys { 3 } else { 2 };
+        let parse_error = |err: redis::ParsingError| Error::Corrupt {
+            what: format!("push to store {store:?}: unexpected reply: {err}"),
+        };
+        let records: u64 = redis::from_redis_value(reply(0)).map_err(parse_error)?;
+        let previous_first: Option<u64> = redis::from_redis_value(reply(1)).map_err(parse_error)?;
+        let keys: u64 = redis::from_redis_value(reply(keys_at)).map_err(parse_error)?;
+        let bytes: u64 = redis::from_redis_value(reply(keys_at + 1)).map_err(parse_error)?;
+        Ok(PushReceipt {
+            bytes,
+            records,
+            keys,
+            first_write_ms: previous_first.unwrap_or(self.now),
+        })
+    }
 }
 
 /// A batch made by [`Buffer::prepare_to_persist`] or [`crate::LockGuard::prepare`]: frozen,
@@ -561,8 +603,8 @@ impl Buffer {
         T: Serialize + ?Sized,
     {
         let store = store.try_into()?;
-        let encoded = record::encode(&store, 0, record, self.inner.config.max_record_bytes)?;
-        self.push_encoded(&store, vec![encoded]).await
+        let encoded = self.encode_record(&store, record)?;
+        self.push_encoded(&store, encoded).await
     }
 
     /// Appends several records to a store in one transaction: all of them or none.
@@ -576,12 +618,7 @@ impl Buffer {
         T: Serialize,
     {
         let store = store.try_into()?;
-        let max = self.inner.config.max_record_bytes;
-        let encoded = records
-            .iter()
-            .enumerate()
-            .map(|(index, record)| record::encode(&store, index, record, max))
-            .collect::<Result<Vec<_>>>()?;
+        let encoded = self.encode_records(&store, records)?;
         self.push_encoded(&store, encoded).await
     }
 
@@ -596,12 +633,7 @@ impl Buffer {
         J: AsRef<str>,
     {
         let store = store.try_into()?;
-        let max = self.inner.config.max_record_bytes;
-        let encoded = texts
-            .iter()
-            .enumerate()
-            .map(|(index, text)| record::parse(&store, index, text.as_ref(), max))
-            .collect::<Result<Vec<_>>>()?;
+        let encoded = self.parse_records(&store, texts)?;
         self.push_encoded(&store, encoded).await
     }
 
@@ -711,15 +743,67 @@ impl Buffer {
         store: &StoreName,
         records: Vec<EncodedRecord>,
     ) -> Result<PushReceipt> {
-        if records.is_empty() {
-            return Err(Error::NoRecords {
-                store: store.to_string(),
-            });
-        }
+        let now = self.stamp_ms().await?;
+        let (commands, receipt) = self.push_transaction(store, records, now)?;
+        let replies = transaction::exec(self, "push", store.as_str(), commands).await?;
+        receipt.read(store, &replies)
+    }
+
+    /// The encoded record of a `push`, checked before anything is sent.
+    pub(crate) fn encode_record<T: Serialize + ?Sized>(
+        &self,
+        store: &StoreName,
+        record: &T,
+    ) -> Result<Vec<EncodedRecord>> {
+        let max = self.inner.config.max_record_bytes;
+        Ok(vec![record::encode(store, 0, record, max)?])
+    }
+
+    /// The encoded records of a `push_many`, every one checked before anything is sent.
+    pub(crate) fn encode_records<T: Serialize>(
+        &self,
+        store: &StoreName,
+        records: &[T],
+    ) -> Result<Vec<EncodedRecord>> {
+        let max = self.inner.config.max_record_bytes;
+        let encoded = records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| record::encode(store, index, record, max))
+            .collect::<Result<Vec<_>>>()?;
+        not_empty(store, encoded)
+    }
+
+    /// The encoded records of a `push_json`, every text checked before anything is sent.
+    pub(crate) fn parse_records<J: AsRef<str>>(
+        &self,
+        store: &StoreName,
+        texts: &[J],
+    ) -> Result<Vec<EncodedRecord>> {
+        let max = self.inner.config.max_record_bytes;
+        let encoded = texts
+            .iter()
+            .enumerate()
+            .map(|(index, text)| record::parse(store, index, text.as_ref(), max))
+            .collect::<Result<Vec<_>>>()?;
+        not_empty(store, encoded)
+    }
+
+    /// The commands of one push's MULTI/EXEC, stamped `now`, and how to read its receipt
+    /// from their results. The one place a push is spelled: [`Buffer::push`] and
+    /// [`crate::PushPipeline`] both send exactly this, so their receipts agree.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if a record is not a JSON object, which encoding rules out.
+    pub(crate) fn push_transaction(
+        &self,
+        store: &StoreName,
+        records: Vec<EncodedRecord>,
+        now: u64,
+    ) -> Result<(Vec<Cmd>, PushReplies)> {
         let layout = self.layout();
         let live = layout.live(store);
         let group = layout.group_for(store);
-        let now = self.stamp_ms().await?;
         let bytes: usize = records.iter().map(|r| r.json.len()).sum();
         let count = records.len();
         let run = run_entry(&records);
@@ -756,22 +840,7 @@ impl Buffer {
             // Before SCARD, so the count includes this push's keys.
             commands.insert(2, add_keys);
         }
-        let replies = transaction::exec(self, "push", store.as_str(), commands).await?;
-        let reply = |index: usize| replies.get(index).cloned().unwrap_or(Value::Nil);
-        let keys_at = if adds_keys { 3 } else { 2 };
-        let parse_error = |err: redis::ParsingError| Error::Corrupt {
-            what: format!("push to store {store:?}: unexpected reply: {err}"),
-        };
-        let records: u64 = redis::from_redis_value(reply(0)).map_err(parse_error)?;
-        let previous_first: Option<u64> = redis::from_redis_value(reply(1)).map_err(parse_error)?;
-        let keys: u64 = redis::from_redis_value(reply(keys_at)).map_err(parse_error)?;
-        let bytes: u64 = redis::from_redis_value(reply(keys_at + 1)).map_err(parse_error)?;
-        Ok(PushReceipt {
-            bytes,
-            records,
-            keys,
-            first_write_ms: previous_first.unwrap_or(now),
-        })
+        Ok((commands, PushReplies { adds_keys, now }))
     }
 
     /// Freezes a store's records into a new batch, atomically, and returns it locked to the

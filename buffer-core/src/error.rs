@@ -10,7 +10,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Expected outcomes are not errors: a lock held by someone else is `Ok(None)` from
 /// [`crate::Buffer::lock`], an empty store is `Ok(None)` from
 /// [`crate::Buffer::prepare_to_persist`].
-#[derive(Debug, thiserror::Error)]
+///
+/// It is `Clone` so that one failure shared by several operations (a pipeline whose round
+/// trip failed) can be handed to each of them.
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A store name was refused before anything was sent to Redis.
@@ -66,6 +69,13 @@ pub enum Error {
     /// `push_many` was called with no records.
     #[error("push to store {store:?} had no records")]
     NoRecords {
+        /// The store it was pushed to.
+        store: String,
+    },
+    /// A push of a [`crate::PushPipeline`] was read before the pipeline ran: it was not
+    /// executed yet, or was dropped without being executed (then nothing of it was sent).
+    #[error("push to store {store:?} has no result yet: its pipeline has not been executed")]
+    PipelineNotExecuted {
         /// The store it was pushed to.
         store: String,
     },
@@ -172,6 +182,11 @@ impl Error {
         }
     }
 
+    /// True when a [`crate::PushHandle`] was read before its pipeline was executed.
+    pub fn is_not_executed(&self) -> bool {
+        matches!(self, Self::PipelineNotExecuted { .. })
+    }
+
     /// True when a lock guard found its lock taken over or expired.
     pub fn is_lock_lost(&self) -> bool {
         matches!(self, Self::LockLost { .. })
@@ -231,6 +246,19 @@ impl Error {
             }
             _ => false,
         }
+    }
+
+    /// The same error about `name`: a failure of a round trip shared by several stores (a
+    /// pipeline's), given to each store's push.
+    pub(crate) fn for_store(mut self, name: &str) -> Self {
+        match &mut self {
+            Self::Timeout { store, .. }
+            | Self::Redis { store, .. }
+            | Self::WrongType { store, .. }
+            | Self::OutOfMemory { store, .. } => *store = name.to_owned(),
+            _ => {}
+        }
+        self
     }
 
     /// Turns an error of the client library into ours, recognising the server errors that

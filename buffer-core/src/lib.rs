@@ -19,6 +19,8 @@
 //! - `keys`: the key layout (private: nothing outside this crate spells a key).
 //! - `scripts`: the Lua scripts for the steps that must be conditional and atomic.
 //! - `transaction`: MULTI/EXEC with every reply checked (EXEC does not roll back).
+//! - `pipeline`: [`PushPipeline`], many pushes (each its own MULTI/EXEC) in one round trip,
+//!   each with its own result in a [`PushHandle`].
 //! - `name`, `batch`: [`StoreName`] and [`BatchId`], validated and injectively encoded.
 //! - `record`: records to compact JSON and their top-level keys.
 //! - `failures`: [`FailureRecord`]s of batches that failed to persist (attempts, last error,
@@ -57,6 +59,7 @@ pub mod local_server;
 mod lock;
 mod name;
 mod persisters;
+mod pipeline;
 mod record;
 mod scripts;
 mod transaction;
@@ -80,3 +83,4 @@ pub use keys::DEFAULT_GROUPS;
 pub use lock::{LockGuard, LockInfo, LockTarget, LockedBatch};
 pub use name::{MAX_NAMESPACE_BYTES, MAX_STORE_NAME_BYTES, Namespace, StoreName};
 pub use persisters::{FORGET_SILENT_PERSISTERS_AFTER, PersisterInfo};
+pub use pipeline::{PushHandle, PushPipeline};

@@ -5,7 +5,7 @@
 //! (OOM, EXECABORT). A transaction is a success only when MULTI answered OK, every command
 //! was QUEUED, and EXEC returned an array without a single error in it.
 
-use redis::{Cmd, RedisError, Value};
+use redis::{Cmd, Pipeline, RedisError, Value};
 
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
@@ -21,22 +21,60 @@ pub(crate) async fn exec(
     store: &str,
     commands: Vec<Cmd>,
 ) -> Result<Vec<Value>> {
-    let count = commands.len();
     let mut pipe = redis::pipe();
+    let block = queue(&mut pipe, commands);
+    let mut conn = buffer.conn();
+    let replies: Vec<Value> = buffer
+        .run(op, store, async move { pipe.query_async(&mut conn).await })
+        .await?;
+    block.check(op, store, replies)
+}
+
+/// Appends `commands` to `pipe` as one MULTI/EXEC block and returns what it takes to check
+/// that block's replies. A pipeline may hold several blocks (`crate::PushPipeline`): each is
+/// its own transaction, and each block's replies are checked alone by [`Block::check`].
+///
+/// The pipeline is set to return error replies as values, to be checked here: the
+/// multiplexed connection writes a whole pipeline at once, so no other request of this
+/// connection can come between a MULTI and its EXEC.
+pub(crate) fn queue(pipe: &mut Pipeline, commands: Vec<Cmd>) -> Block {
+    let count = commands.len();
     pipe.cmd("MULTI");
     for command in commands {
         pipe.add_command(command);
     }
     pipe.cmd("EXEC");
-    // The replies are all returned as values, errors included, and checked below: the
-    // multiplexed connection writes the whole pipeline at once, so no other request of this
-    // connection can come between MULTI and EXEC.
     pipe.ignore_errors();
-    let mut conn = buffer.conn();
-    let replies: Vec<Value> = buffer
-        .run(op, store, async move { pipe.query_async(&mut conn).await })
-        .await?;
-    check(op, store, count, replies)
+    Block { count }
+}
+
+/// One MULTI/EXEC block queued by [`queue`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Block {
+    /// The number of commands between MULTI and EXEC.
+    count: usize,
+}
+
+impl Block {
+    /// How many replies the block takes in its pipeline's reply list: MULTI's, one per
+    /// queued command, and EXEC's.
+    pub(crate) fn replies(self) -> usize {
+        self.count + 2
+    }
+
+    /// Checks the block's replies (exactly [`Block::replies`] of them) and returns the
+    /// results inside EXEC, in order.
+    ///
+    /// # Errors
+    /// As [`exec`].
+    pub(crate) fn check(
+        self,
+        op: &'static str,
+        store: &str,
+        replies: Vec<Value>,
+    ) -> Result<Vec<Value>> {
+        check(op, store, self.count, replies)
+    }
 }
 
 fn check(

@@ -1781,3 +1781,282 @@ fn the_private_server_launcher_reports_why_a_server_did_not_start_and_cleans_up(
     );
     assert!(!dir.exists(), "its temporary directory is removed");
 }
+
+/// A record of the pipeline tests: its size depends on `i`, its keys on `tag`.
+fn tagged(tag: &str, i: usize) -> Value {
+    json!({"i": i, tag: "y".repeat(i % 11)})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_of_pushes_to_twenty_stores_returns_the_receipts_of_twenty_single_pushes() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    // Every store already has records, so receipts carry earlier totals and first writes.
+    for i in 0..20 {
+        for prefix in ["piped", "single"] {
+            buffer
+                .push(format!("{prefix}-{i}").as_str(), &tagged("old", i))
+                .await
+                .unwrap();
+        }
+    }
+    let texts = |i: usize| {
+        vec![
+            tagged("json", i).to_string(),
+            tagged("more", i + 1).to_string(),
+        ]
+    };
+    let many = |i: usize| {
+        (0..=i % 4)
+            .map(|j| tagged("many", i + j))
+            .collect::<Vec<_>>()
+    };
+
+    let mut pipeline = buffer.pipeline();
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let store = format!("piped-{i}");
+            match i % 3 {
+                0 => pipeline.push(store.as_str(), &tagged("one", i)),
+                1 => pipeline.push_many(store.as_str(), &many(i)),
+                _ => pipeline.push_json(store.as_str(), &texts(i)),
+            }
+        })
+        .collect();
+    assert_eq!(pipeline.len(), 20);
+    pipeline.execute().await.unwrap();
+
+    for (i, handle) in handles.iter().enumerate() {
+        let store = format!("single-{i}");
+        let single = match i % 3 {
+            0 => buffer.push(store.as_str(), &tagged("one", i)).await,
+            1 => buffer.push_many(store.as_str(), &many(i)).await,
+            _ => buffer.push_json(store.as_str(), &texts(i)).await,
+        }
+        .unwrap();
+        let piped = handle.receipt().unwrap();
+        assert_eq!(
+            (piped.bytes, piped.records, piped.keys),
+            (single.bytes, single.records, single.keys),
+            "store {i}"
+        );
+        assert!(piped.records >= 2, "store {i}: {piped:?}");
+        assert!(
+            piped.first_write_ms.abs_diff(single.first_write_ms) < 5_000,
+            "store {i}: {piped:?} vs {single:?}"
+        );
+    }
+    // What landed is the same too: the indexes and the records.
+    let stores = buffer.stores().await.unwrap();
+    for i in 0..20 {
+        let find = |name: String| {
+            let s = stores.iter().find(|s| s.store.as_str() == name).unwrap();
+            (s.bytes, s.records)
+        };
+        assert_eq!(find(format!("piped-{i}")), find(format!("single-{i}")));
+        assert_eq!(
+            buffer
+                .latest_records(format!("piped-{i}").as_str(), 10)
+                .await
+                .unwrap(),
+            buffer
+                .latest_records(format!("single-{i}").as_str(), 10)
+                .await
+                .unwrap()
+        );
+    }
+    // Each pushed store can be prepared and read page by page (its run list is right).
+    let batch = buffer
+        .prepare_to_persist("piped-1", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        batch_records(&buffer, &batch).await.len() as u64,
+        batch.records
+    );
+    buffer.empty(batch).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrongtype_push_in_a_pipeline_fails_alone_and_the_others_land() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    buffer.push("victim", &json!({"a": 1})).await.unwrap();
+    let records_key = server
+        .all_keys()
+        .into_iter()
+        .find(|k| k.ends_with(":s:victim:records"))
+        .unwrap();
+    let mut conn = server.conn();
+    let _: () = redis::cmd("SET")
+        .arg(&records_key)
+        .arg("not a list")
+        .query(&mut conn)
+        .unwrap();
+
+    let mut pipeline = buffer.pipeline();
+    let before: Vec<_> = (0..5)
+        .map(|i| pipeline.push(format!("a-{i}").as_str(), &json!({"i": i})))
+        .collect();
+    let victim = pipeline.push("victim", &json!({"a": 2}));
+    let bad_name = pipeline.push("", &json!({"a": 3}));
+    let bad_record = pipeline.push_json("refused", &["[1, 2]"]);
+    let no_records = pipeline.push_many::<_, Value>("refused", &[]);
+    let after: Vec<_> = (0..5)
+        .map(|i| {
+            pipeline.push_many(
+                format!("b-{i}").as_str(),
+                &[json!({"i": i}), json!({"j": i})],
+            )
+        })
+        .collect();
+    assert_eq!(pipeline.len(), 11, "refused input is not queued");
+    pipeline.execute().await.unwrap();
+
+    let err = victim.receipt().unwrap_err();
+    assert!(err.is_wrong_type(), "{err:?}");
+    assert!(err.to_string().contains("victim"), "{err}");
+    for handle in [&bad_name, &bad_record, &no_records] {
+        let err = handle.receipt().unwrap_err();
+        assert!(err.is_invalid_input(), "{err:?}");
+    }
+    for handle in &before {
+        assert_eq!(handle.receipt().unwrap().records, 1);
+    }
+    for handle in &after {
+        let receipt = handle.receipt().unwrap();
+        assert_eq!((receipt.records, receipt.keys), (2, 2));
+    }
+    let stores: BTreeSet<String> = buffer
+        .stores()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.store.to_string())
+        .collect();
+    for i in 0..5 {
+        assert!(stores.contains(&format!("a-{i}")), "{stores:?}");
+        assert!(stores.contains(&format!("b-{i}")), "{stores:?}");
+    }
+    assert!(
+        !server.all_keys().iter().any(|k| k.contains("refused")),
+        "nothing of refused input was sent"
+    );
+    let value: String = redis::cmd("GET")
+        .arg(&records_key)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(value, "not a list", "the foreign value is untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_tasks_with_their_own_pipelines_never_get_each_others_results() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let rounds = 5;
+    let mut tasks = Vec::new();
+    for task in 0..50usize {
+        let buffer = buffer.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..rounds {
+                let mut pipeline = buffer.pipeline();
+                // Store j of this task takes a count of records no other store takes, and
+                // records with a key naming the task: a receipt of someone else's push
+                // would show another count or another key count.
+                let mut expected = Vec::new();
+                for j in 0..4 {
+                    let n = task * 4 + j + 1;
+                    let records: Vec<Value> = (0..n)
+                        .map(|i| json!({"i": i, format!("t{task}"): round}))
+                        .collect();
+                    let bytes: u64 = records.iter().map(|r| r.to_string().len() as u64).sum();
+                    let handle = pipeline.push_many(format!("t{task}-s{j}").as_str(), &records);
+                    expected.push((handle, n as u64, bytes));
+                }
+                pipeline.execute().await.unwrap();
+                for (handle, n, bytes) in expected {
+                    let receipt = handle.receipt().unwrap();
+                    assert_eq!(receipt.records, n * (round + 1), "task {task}");
+                    assert_eq!(receipt.bytes, bytes * (round + 1), "task {task}");
+                    assert_eq!(receipt.keys, 2, "task {task}");
+                }
+            }
+            task
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stores = buffer.stores().await.unwrap();
+    assert_eq!(stores.len(), 200);
+    for summary in stores {
+        let (task, j) = summary.store.as_str()[1..].split_once("-s").unwrap();
+        let n = task.parse::<u64>().unwrap() * 4 + j.parse::<u64>().unwrap() + 1;
+        assert_eq!(summary.records, n * rounds, "{}", summary.store);
+    }
+}
+
+/// What a reusable function does with a caller's pipeline: adds its own push, keeps its
+/// handle, and reads its own result once the caller ran the pipeline.
+fn add_audit(pipeline: &mut buffer_core::PushPipeline, order: u64) -> buffer_core::PushHandle {
+    pipeline.push("audit", &json!({"order": order}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_handle_read_before_execute_is_a_typed_error() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    buffer.pipeline().execute().await.unwrap();
+
+    let mut pipeline = buffer.pipeline();
+    let order = pipeline.push("orders", &json!({"id": 1}));
+    let audit = add_audit(&mut pipeline, 1);
+    for handle in [&order, &audit] {
+        let err = handle.receipt().unwrap_err();
+        assert!(err.is_not_executed(), "{err:?}");
+        assert!(!handle.is_ready());
+    }
+    assert!(
+        server.all_keys().is_empty(),
+        "nothing is sent before execute"
+    );
+    pipeline.execute().await.unwrap();
+    // The pipeline is gone; the handles hold their own results.
+    assert_eq!(order.receipt().unwrap().records, 1);
+    assert_eq!(audit.receipt().unwrap().records, 1);
+    assert!(audit.clone().is_ready());
+
+    // A pipeline dropped without executing sends nothing, and its handles say so.
+    let mut dropped = buffer.pipeline();
+    let lost = dropped.push("never", &json!({"a": 1}));
+    drop(dropped);
+    assert!(lost.receipt().unwrap_err().is_not_executed());
+    assert!(!server.all_keys().iter().any(|k| k.contains("never")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_fails_every_push_of_a_pipeline_with_an_unknown_outcome() {
+    let server = RedisServer::start();
+    let config = server
+        .config()
+        .response_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(300));
+    let buffer = Buffer::connect(config).await.unwrap();
+    let mut pipeline = buffer.pipeline();
+    let handles: Vec<_> = (0..3)
+        .map(|i| pipeline.push(format!("s{i}").as_str(), &json!({"i": i})))
+        .collect();
+    server.signal("STOP");
+    let started = Instant::now();
+    let err = pipeline.execute().await.unwrap_err();
+    let waited = started.elapsed();
+    server.signal("CONT");
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    assert!(waited < Duration::from_secs(2), "returned after {waited:?}");
+    for (i, handle) in handles.iter().enumerate() {
+        let err = handle.receipt().unwrap_err();
+        assert!(err.is_outcome_unknown(), "{err:?}");
+        assert!(err.to_string().contains(&format!("\"s{i}\"")), "{err}");
+    }
+}

@@ -2,7 +2,7 @@
 //! figure next to a baseline measured in the same run on the same machine.
 //!
 //! # Layout
-//! - `figures`: the six figures (push, push_many, drain, rss, memory, dashboard), their
+//! - `figures`: the figures (push, push_many, pipeline, drain, rss, memory, dashboard), their
 //!   sizes, targets and what limits them.
 //! - `tools`: the benchmark records, `redis-benchmark` and `dd` runs, Redis counters, and the
 //!   peak RSS of a child process.
@@ -38,7 +38,15 @@ pub fn default_report_path() -> PathBuf {
     tests.parent().unwrap_or(tests).join("BENCHMARKS.md")
 }
 
-const IDS: [&str; 6] = ["push", "push_many", "drain", "rss", "memory", "dashboard"];
+const IDS: [&str; 7] = [
+    "push",
+    "push_many",
+    "pipeline",
+    "drain",
+    "rss",
+    "memory",
+    "dashboard",
+];
 
 /// Measures the selected figures, prints the table and writes the report.
 ///
@@ -83,6 +91,11 @@ pub async fn run(options: Options) -> Result<()> {
         let started = Instant::now();
         measured.push(figures::push_many(&sizes, runs).await?);
         took("push_many", started);
+    }
+    if wanted("pipeline") {
+        let started = Instant::now();
+        measured.extend(figures::pipeline(&sizes, runs).await?);
+        took("pipeline", started);
     }
     if wanted("drain") {
         let started = Instant::now();

@@ -85,6 +85,45 @@ pub async fn push_rate(
     Ok(records as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Calls, from one task, `calls` times: one record into each of `stores`, either as one
+/// `PushPipeline` (one round trip) or as one `push` after the other (one round trip each),
+/// cycling over `samples`. Every push must succeed. Returns records/s.
+pub async fn fan_out_rate(
+    buffer: &Buffer,
+    stores: &[String],
+    samples: &[Value],
+    calls: usize,
+    pipelined: bool,
+) -> Result<f64> {
+    ensure!(!samples.is_empty(), "no records to push");
+    let started = Instant::now();
+    let mut next = 0usize;
+    for _ in 0..calls {
+        if pipelined {
+            let mut pipeline = buffer.pipeline();
+            let handles: Vec<_> = stores
+                .iter()
+                .map(|store| {
+                    next += 1;
+                    pipeline.push(store.as_str(), &samples[next % samples.len()])
+                })
+                .collect();
+            pipeline.execute().await?;
+            for handle in handles {
+                handle.receipt()?;
+            }
+        } else {
+            for store in stores {
+                next += 1;
+                buffer
+                    .push(store.as_str(), &samples[next % samples.len()])
+                    .await?;
+            }
+        }
+    }
+    Ok((calls * stores.len()) as f64 / started.elapsed().as_secs_f64())
+}
+
 /// Loads `total` records (rounded up to whole calls of 1000) into `store`, untimed.
 /// Returns how many were pushed.
 pub async fn load(buffer: &Buffer, store: &str, total: usize) -> Result<usize> {

@@ -26,8 +26,8 @@ struct Cli {
     /// Runs per figure; each figure reports the median (default 3, or 5 without --quick).
     #[arg(long)]
     runs: Option<usize>,
-    /// Only these figures (comma-separated ids: push, push_many, drain, rss, memory,
-    /// dashboard). A partial run writes no report unless --out is given.
+    /// Only these figures (comma-separated ids: push, push_many, pipeline, drain, rss,
+    /// memory, dashboard). A partial run writes no report unless --out is given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report (default: BENCHMARKS.md at the workspace root).
