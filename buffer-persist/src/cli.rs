@@ -209,7 +209,13 @@ pub fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // Each line carries the fields of the span it was logged in (a batch's store, id,
+        // records and outcome), so a batch's lines can be selected with a JSON filter.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
     }
 }
 

@@ -13,10 +13,13 @@ use buffer_core::{
 use futures::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing::field::{Empty, display};
 
 use crate::config::PersistConfig;
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
+use crate::metrics::BatchHistograms;
 use crate::writer::{self, BatchFile, CsvLayout, Published, SinkFactory};
 
 /// The longest a failing batch waits between two attempts. Its first retry waits one poll
@@ -82,10 +85,25 @@ pub enum BatchOutcome {
         /// The file.
         path: std::path::PathBuf,
     },
-    /// Someone else holds the lock; left to them.
+    /// Someone else holds the lock (another persister, a library user, or another task of
+    /// this persister still working on it); left to them.
     Busy,
     /// Nothing to do (an empty store, or a batch already emptied).
     Nothing,
+    /// Not started: the persister is shutting down.
+    Shutdown,
+}
+
+impl BatchOutcome {
+    /// A word for logs: `persisted`, `busy`, `nothing` or `shutdown`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Persisted { .. } => "persisted",
+            Self::Busy => "busy",
+            Self::Nothing => "nothing",
+            Self::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// What a `drain` did.
@@ -106,6 +124,8 @@ pub struct Persister {
     buffer: Buffer,
     config: Arc<PersistConfig>,
     counters: Arc<Counters>,
+    /// The histograms of persisted batches, shared with the metrics endpoint.
+    histograms: BatchHistograms,
     /// Opens temporary files; replaced in tests to simulate a full disk.
     open_sink: Arc<SinkFactory>,
     /// Stores and batches this process is working on, so one poll does not start a store
@@ -129,6 +149,7 @@ impl Persister {
             buffer,
             config: Arc::new(config),
             counters: Arc::default(),
+            histograms: BatchHistograms::default(),
             open_sink: Arc::new(writer::open_file_sink),
             in_flight: Arc::default(),
         }
@@ -148,6 +169,11 @@ impl Persister {
     /// The buffer it drains.
     pub fn buffer(&self) -> &Buffer {
         &self.buffer
+    }
+
+    /// The histograms of persisted batches (clones share their buckets).
+    pub(crate) fn histograms(&self) -> &BatchHistograms {
+        &self.histograms
     }
 
     /// The counters now.
@@ -322,31 +348,69 @@ impl Persister {
         shutdown: &CancellationToken,
     ) -> Vec<(Work, Result<BatchOutcome>)> {
         futures::stream::iter(work)
-            .map(|item| async move {
-                let result = self.do_work(&item, shutdown).await;
-                match &result {
-                    Err(err) => self.report_failure(&item, err).await,
-                    Ok(BatchOutcome::Busy) => {}
-                    Ok(BatchOutcome::Persisted { .. } | BatchOutcome::Nothing) => {
-                        if failing.contains_key(&item.key()) {
-                            let (store, batch) = item.subject();
-                            if let Err(err) = self.buffer.clear_failure(store, batch).await {
-                                // The next poll's sweep removes it once the batch is gone.
-                                tracing::debug!(error = %err, "cannot clear a failure record");
-                            }
-                        }
-                    }
+            .map(|item| {
+                // One span per attempt, so every line of it (JSON logs included) carries the
+                // store and batch; a flush learns its batch and records at the prepare.
+                let (store, batch) = item.subject();
+                let span = tracing::info_span!(
+                    "batch",
+                    store = %store,
+                    batch = Empty,
+                    records = Empty,
+                    outcome = Empty,
+                );
+                if let Some(batch) = batch {
+                    span.record("batch", display(batch));
                 }
-                (item, result)
+                self.attempt(item, failing, shutdown).instrument(span)
             })
             .buffer_unordered(self.config.concurrency)
             .collect()
             .await
     }
 
+    /// One attempt at a work item, in its batch span: does it, records a failure or clears
+    /// the old one, and records the outcome on the span.
+    async fn attempt(
+        &self,
+        item: Work,
+        failing: &HashMap<String, FailingWork>,
+        shutdown: &CancellationToken,
+    ) -> (Work, Result<BatchOutcome>) {
+        let result = self.do_work(&item, shutdown).await;
+        let outcome = match &result {
+            Ok(outcome) => outcome.label(),
+            Err(err) if err.is_abandoned() => "abandoned",
+            Err(err) if err.is_lock_lost() => "lock-lost",
+            Err(_) => "failed",
+        };
+        tracing::Span::current().record("outcome", outcome);
+        match &result {
+            Err(err) => self.report_failure(&item, err).await,
+            Ok(BatchOutcome::Busy | BatchOutcome::Shutdown) => {
+                tracing::debug!("batch attempt ended");
+            }
+            Ok(done @ (BatchOutcome::Persisted { .. } | BatchOutcome::Nothing)) => {
+                if matches!(done, BatchOutcome::Persisted { .. }) {
+                    tracing::info!("batch attempt ended");
+                } else {
+                    tracing::debug!("batch attempt ended");
+                }
+                if failing.contains_key(&item.key()) {
+                    let (store, batch) = item.subject();
+                    if let Err(err) = self.buffer.clear_failure(store, batch).await {
+                        // The next poll's sweep removes it once the batch is gone.
+                        tracing::debug!(error = %err, "cannot clear a failure record");
+                    }
+                }
+            }
+        }
+        (item, result)
+    }
+
     async fn do_work(&self, work: &Work, shutdown: &CancellationToken) -> Result<BatchOutcome> {
         if shutdown.is_cancelled() {
-            return Ok(BatchOutcome::Busy);
+            return Ok(BatchOutcome::Shutdown);
         }
         let key = work.key();
         let inserted = self
@@ -438,6 +502,7 @@ impl Persister {
         let Some(mut guard) = self.buffer.lock(store, None, self.config.lock_ttl).await? else {
             return Ok(BatchOutcome::Busy);
         };
+        let locked_at = Instant::now();
         // The heartbeat keeps the lock alive from here to the empty (it moves with the lock
         // from the store to the batch), however slow writing and publishing are.
         if let Err(err) = guard.keep_alive() {
@@ -457,7 +522,10 @@ impl Persister {
             }
         };
         failpoint("after-prepare");
-        tracing::debug!(store = %store, batch = %batch.id, records = batch.records, "prepared");
+        tracing::Span::current()
+            .record("batch", display(&batch.id))
+            .record("records", batch.records);
+        tracing::debug!("prepared");
         self.publish(
             EventKind::Prepared,
             store.as_str(),
@@ -468,7 +536,7 @@ impl Persister {
         )
         .await;
         // The batch's id goes with any error, so the failure is recorded against the batch.
-        self.persist_locked(guard, &batch, shutdown)
+        self.persist_locked(guard, &batch, locked_at, shutdown)
             .await
             .map_err(|error| Error::InBatch {
                 store: store.clone(),
@@ -492,6 +560,7 @@ impl Persister {
             // Another persister, or a library user holding it from `prepare_to_persist`.
             return Ok(BatchOutcome::Busy);
         };
+        let locked_at = Instant::now();
         if let Err(err) = guard.keep_alive() {
             let _ = guard.release().await;
             return Err(err.into());
@@ -502,7 +571,8 @@ impl Persister {
             guard.empty_batch().await?;
             return Ok(BatchOutcome::Nothing);
         };
-        tracing::info!(store = %store, batch = %batch, records = info.records, "recovering prepared batch");
+        tracing::Span::current().record("records", info.records);
+        tracing::info!("recovering prepared batch");
         self.publish(
             EventKind::Recovered,
             store.as_str(),
@@ -512,7 +582,9 @@ impl Persister {
             None,
         )
         .await;
-        let outcome = self.persist_locked(guard, &info, shutdown).await?;
+        let outcome = self
+            .persist_locked(guard, &info, locked_at, shutdown)
+            .await?;
         self.counters
             .batches_recovered
             .fetch_add(1, Ordering::Relaxed);
@@ -527,6 +599,7 @@ impl Persister {
         &self,
         guard: LockGuard,
         batch: &PreparedBatch,
+        locked_at: Instant,
         shutdown: &CancellationToken,
     ) -> Result<BatchOutcome> {
         let result = self.write_batch(&guard, batch, shutdown).await;
@@ -550,8 +623,15 @@ impl Persister {
         if matches!(published, Published::Written { .. }) {
             c.files_written.fetch_add(1, Ordering::Relaxed);
         }
+        let since_prepare = self.buffer.now_ms().saturating_sub(batch.id.created_ms());
+        self.histograms.observe(
+            locked_at.elapsed(),
+            batch.records,
+            batch.bytes,
+            Duration::from_millis(since_prepare),
+        );
         let path = published.path().to_path_buf();
-        tracing::info!(store = %batch.store, batch = %batch.id, records = batch.records, file = %path.display(), "persisted");
+        tracing::info!(file = %path.display(), "persisted");
         self.publish(
             EventKind::Persisted,
             batch.store.as_str(),
@@ -680,6 +760,10 @@ impl Persister {
                     // Held by another persister (or taken over by one after our lock expired):
                     // theirs to finish; look again until it is done or the deadline passes.
                     Ok(BatchOutcome::Busy) => pending.push(item),
+                    // The drain's own token is never cancelled; should it be, the work stays.
+                    Ok(BatchOutcome::Shutdown) => report
+                        .failures
+                        .push(format!("{}: not started (shutting down)", item.describe())),
                     Err(err) if err.is_lock_lost() => pending.push(item),
                     Err(err) => {
                         let what = match &err {
