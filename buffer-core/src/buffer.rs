@@ -627,6 +627,7 @@ impl Buffer {
     /// println!("duplicate: {}", outcome.duplicate);
     /// # Ok(()) }
     /// ```
+    #[tracing::instrument(level = "debug", skip_all, fields(push_id = push_id, records = records.len()))]
     pub async fn push_once<S, T>(
         &self,
         store: S,
@@ -706,6 +707,12 @@ impl Buffer {
         })
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        name = "push",
+        skip_all,
+        fields(store = %store, records = records.len())
+    )]
     async fn push_encoded(
         &self,
         store: &StoreName,
@@ -843,6 +850,7 @@ impl Buffer {
     /// Runs the prepare script, retrying with a new id when the id is already taken (two
     /// prepares of one store in the same millisecond never merge). With `lock_value`, the
     /// store lock must hold it, and the batch lock is set to it for `lock_ttl`.
+    #[tracing::instrument(level = "debug", skip_all, fields(store = %store))]
     pub(crate) async fn prepare(
         &self,
         store: &StoreName,
@@ -1560,6 +1568,12 @@ impl BatchReader {
     /// # Errors
     /// [`Error::BatchNotFound`] when the batch disappeared (or shrank) while being read;
     /// transient errors.
+    #[tracing::instrument(
+        level = "debug",
+        name = "read_page",
+        skip_all,
+        fields(store = %self.store, batch = %self.batch, from = self.next)
+    )]
     pub async fn next_page(&mut self) -> Result<Option<Vec<String>>> {
         if self.next >= self.total {
             return Ok(None);
