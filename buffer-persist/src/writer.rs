@@ -498,7 +498,7 @@ impl SyncedFile {
     fn link(&self) -> Result<Published> {
         match fs::hard_link(&self.temp, &self.target) {
             Ok(()) => {
-                failpoint("after-rename");
+                failpoint("after-link");
                 Ok(Published::Written {
                     path: self.target.clone(),
                     bytes: self.bytes,
@@ -691,6 +691,7 @@ fn create_dir_durably(out: &Path, dir: &Path) -> Result<()> {
             sync_dir(parent)?;
         }
     }
+    failpoint("after-dir-create");
     Ok(())
 }
 
@@ -700,6 +701,5 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     handle
         .sync_all()
         .map_err(Error::io("fsync directory", dir))?;
-    failpoint("after-dir-fsync");
     Ok(())
 }
