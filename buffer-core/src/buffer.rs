@@ -131,7 +131,8 @@ impl BufferConfig {
         self
     }
 
-    /// The holder id written into locks this buffer takes (default `<hostname>:<pid>`).
+    /// The holder id written into locks this buffer takes (default `<hostname>/<pid>`); a
+    /// lock's value is `<holder id>:<random token>`.
     pub fn holder_id(mut self, holder: impl Into<String>) -> Self {
         self.holder_id = holder.into();
         self
@@ -1415,7 +1416,7 @@ impl Buffer {
         Ok(out)
     }
 
-    /// The raw client, for the crates of this workspace that need a dedicated connection.
+    /// The pub/sub channel events are published on, `<namespace>:events`.
     pub(crate) fn events_channel(&self) -> String {
         self.layout().events_channel()
     }
@@ -1715,9 +1716,7 @@ fn index_entry(encoded: &str) -> Option<StoreName> {
     }
 }
 
-pub(crate) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
+pub(crate) use crate::clock::millis;
 
 fn score(value: f64) -> u64 {
     // Scores are integers we wrote (ms, byte and record counts), exact below 2^53.
@@ -1737,6 +1736,14 @@ fn install_tls_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_holder_id_is_host_slash_pid() {
+        let holder = default_holder_id();
+        let (host, pid) = holder.rsplit_once('/').unwrap();
+        assert!(!host.is_empty(), "{holder}");
+        assert_eq!(pid, std::process::id().to_string());
+    }
 
     #[test]
     fn passwords_are_redacted() {

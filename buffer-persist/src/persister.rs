@@ -239,10 +239,9 @@ impl Persister {
     /// announcement only makes a dashboard show less.
     async fn announce(&self) {
         let stats = self.stats();
-        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let info = PersisterInfo {
             holder: self.buffer.holder_id().to_owned(),
-            max_age_ms: millis(self.config.max_age),
+            max_age_ms: buffer_core::millis(self.config.max_age),
             max_bytes: self.config.max_bytes,
             max_records: self.config.max_records,
             out: self.config.out_dir.display().to_string(),
