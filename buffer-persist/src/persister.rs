@@ -881,3 +881,33 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|err| Error::Task(format!("file writer: {err}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use buffer_tests::RedisServer;
+
+    /// Issue 13: work not started because the persister is shutting down is reported as
+    /// `Shutdown`, not as `Busy` (nobody else holds it), and is left untouched.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_not_started_for_shutdown_is_shutdown_not_busy() {
+        let server = RedisServer::start();
+        let out = tempfile::tempdir().unwrap();
+        let buffer = server.buffer().await;
+        buffer
+            .push("s", &serde_json::json!({"a": 1}))
+            .await
+            .unwrap();
+        let persister = Persister::new(buffer.clone(), PersistConfig::new(out.path()));
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let store = StoreName::new("s").unwrap();
+        let results = persister
+            .process(vec![Work::Flush(store)], &HashMap::new(), &shutdown)
+            .await;
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].1.as_ref().unwrap(), &BatchOutcome::Shutdown);
+        assert_eq!(buffer.stores().await.unwrap()[0].records, 1);
+        assert!(buffer.get_prepared().await.unwrap().is_empty());
+    }
+}
