@@ -95,10 +95,12 @@ pub enum BatchOutcome {
 }
 
 impl BatchOutcome {
+    const PERSISTED: &'static str = "persisted";
+
     /// A word for logs: `persisted`, `busy`, `nothing` or `shutdown`.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::Persisted { .. } => "persisted",
+            Self::Persisted { .. } => Self::PERSISTED,
             Self::Busy => "busy",
             Self::Nothing => "nothing",
             Self::Shutdown => "shutdown",
@@ -383,18 +385,13 @@ impl Persister {
             Err(err) if err.is_lock_lost() => "lock-lost",
             Err(_) => "failed",
         };
+        // Recorded before the failure is logged, so the failure's lines carry it too.
         tracing::Span::current().record("outcome", outcome);
+        tracing::debug!("batch attempt ended");
         match &result {
             Err(err) => self.report_failure(&item, err).await,
-            Ok(BatchOutcome::Busy | BatchOutcome::Shutdown) => {
-                tracing::debug!("batch attempt ended");
-            }
-            Ok(done @ (BatchOutcome::Persisted { .. } | BatchOutcome::Nothing)) => {
-                if matches!(done, BatchOutcome::Persisted { .. }) {
-                    tracing::info!("batch attempt ended");
-                } else {
-                    tracing::debug!("batch attempt ended");
-                }
+            Ok(BatchOutcome::Busy | BatchOutcome::Shutdown) => {}
+            Ok(BatchOutcome::Persisted { .. } | BatchOutcome::Nothing) => {
                 if failing.contains_key(&item.key()) {
                     let (store, batch) = item.subject();
                     if let Err(err) = self.buffer.clear_failure(store, batch).await {
@@ -630,6 +627,8 @@ impl Persister {
             Duration::from_millis(since_prepare),
         );
         let path = published.path().to_path_buf();
+        // The batch's last info line: it carries the outcome.
+        tracing::Span::current().record("outcome", BatchOutcome::PERSISTED);
         tracing::info!(file = %path.display(), "persisted");
         self.publish(
             EventKind::Persisted,

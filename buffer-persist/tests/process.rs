@@ -599,7 +599,7 @@ async fn json_logs_carry_the_batch_span_on_each_line_of_a_batch() {
         .unwrap();
     let output = persist_command(&server, out.path(), "drain")
         .env("BUFFER_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,buffer_persist=debug")
         .output()
         .unwrap();
     let stderr = String::from_utf8(output.stderr).unwrap();
@@ -619,6 +619,7 @@ async fn json_logs_carry_the_batch_span_on_each_line_of_a_batch() {
     let span = &persisted["span"];
     assert_eq!(span["store"], "logged", "{persisted}");
     assert_eq!(span["records"], 3, "{persisted}");
+    assert_eq!(span["outcome"], "persisted", "{persisted}");
     let batch = span["batch"].as_str().unwrap();
     let (ms, random) = batch.split_once('-').unwrap();
     assert!(ms.parse::<u64>().is_ok() && random.len() == 16, "{batch}");
@@ -629,13 +630,22 @@ async fn json_logs_carry_the_batch_span_on_each_line_of_a_batch() {
         "{file} not in {:?}",
         files_under(out.path())
     );
-    // The outcome is recorded at the end, and is on the batch's last line.
+    // Every line of the attempt carries the same store and batch id: the debug `prepared`
+    // line (logged before the id was known to anyone else), `persisted`, and the end line.
+    let messages: Vec<&str> = in_batch
+        .iter()
+        .map(|line| line["fields"]["message"].as_str().unwrap())
+        .collect();
+    for wanted in ["prepared", "persisted", "batch attempt ended"] {
+        assert!(messages.contains(&wanted), "{wanted} not in {messages:?}");
+    }
+    for line in &in_batch {
+        assert_eq!(line["span"]["batch"], batch, "{line}");
+        assert_eq!(line["span"]["store"], "logged", "{line}");
+    }
     let ended = in_batch
         .iter()
-        .find(|line| {
-            line["span"]["batch"] == batch && line["fields"]["message"] == "batch attempt ended"
-        })
-        .unwrap_or_else(|| panic!("no end line for batch {batch}:\n{stderr}"));
+        .find(|line| line["fields"]["message"] == "batch attempt ended")
+        .unwrap();
     assert_eq!(ended["span"]["outcome"], "persisted", "{ended}");
-    assert_eq!(ended["span"]["store"], "logged", "{ended}");
 }
