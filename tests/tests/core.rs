@@ -1791,6 +1791,10 @@ async fn library_operations_open_tracing_spans_with_their_store() {
         .finish();
     // This thread only (the runtime is current-thread, so every poll of these futures).
     let _default = tracing::subscriber::set_default(subscriber);
+    // Tests of this binary run beside this one with no subscriber: a callsite they register
+    // while this subscriber is being added may have cached "never" without asking it.
+    // Recompute every callsite's interest now that it is there.
+    tracing::callsite::rebuild_interest_cache();
     buffer
         .push_many("traced", &[json!({"a": 1}), json!({"a": 2})])
         .await
