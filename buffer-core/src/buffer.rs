@@ -131,7 +131,8 @@ impl BufferConfig {
         self
     }
 
-    /// The holder id written into locks this buffer takes (default `<hostname>:<pid>`).
+    /// The holder id written into locks this buffer takes (default `<hostname>/<pid>`); a
+    /// lock's value is `<holder id>:<random token>`.
     pub fn holder_id(mut self, holder: impl Into<String>) -> Self {
         self.holder_id = holder.into();
         self
@@ -659,6 +660,7 @@ impl Buffer {
     /// println!("duplicate: {}", outcome.duplicate);
     /// # Ok(()) }
     /// ```
+    #[tracing::instrument(level = "debug", skip_all, fields(push_id = push_id, records = records.len()))]
     pub async fn push_once<S, T>(
         &self,
         store: S,
@@ -738,6 +740,12 @@ impl Buffer {
         })
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        name = "push",
+        skip_all,
+        fields(store = %store, records = records.len())
+    )]
     async fn push_encoded(
         &self,
         store: &StoreName,
@@ -912,6 +920,7 @@ impl Buffer {
     /// Runs the prepare script, retrying with a new id when the id is already taken (two
     /// prepares of one store in the same millisecond never merge). With `lock_value`, the
     /// store lock must hold it, and the batch lock is set to it for `lock_ttl`.
+    #[tracing::instrument(level = "debug", skip_all, fields(store = %store))]
     pub(crate) async fn prepare(
         &self,
         store: &StoreName,
@@ -1482,7 +1491,7 @@ impl Buffer {
         Ok(out)
     }
 
-    /// The raw client, for the crates of this workspace that need a dedicated connection.
+    /// The pub/sub channel events are published on, `<namespace>:events`.
     pub(crate) fn events_channel(&self) -> String {
         self.layout().events_channel()
     }
@@ -1635,6 +1644,12 @@ impl BatchReader {
     /// # Errors
     /// [`Error::BatchNotFound`] when the batch disappeared (or shrank) while being read;
     /// transient errors.
+    #[tracing::instrument(
+        level = "debug",
+        name = "read_page",
+        skip_all,
+        fields(store = %self.store, batch = %self.batch, from = self.next)
+    )]
     pub async fn next_page(&mut self) -> Result<Option<Vec<String>>> {
         if self.next >= self.total {
             return Ok(None);
@@ -1776,9 +1791,7 @@ fn index_entry(encoded: &str) -> Option<StoreName> {
     }
 }
 
-pub(crate) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
+pub(crate) use crate::clock::millis;
 
 fn score(value: f64) -> u64 {
     // Scores are integers we wrote (ms, byte and record counts), exact below 2^53.
@@ -1840,6 +1853,14 @@ mod tests {
         assert_eq!(Run::parse("0:0:0"), None);
         assert_eq!(Run::parse("3:30"), None);
         assert_eq!(Run::parse("3:30:12:1"), None);
+    }
+
+    #[test]
+    fn the_default_holder_id_is_host_slash_pid() {
+        let holder = default_holder_id();
+        let (host, pid) = holder.rsplit_once('/').unwrap();
+        assert!(!host.is_empty(), "{holder}");
+        assert_eq!(pid, std::process::id().to_string());
     }
 
     #[test]

@@ -181,7 +181,16 @@ pub(crate) fn offset_from_round_trip(before_ms: u64, after_ms: u64, secs: u64, m
     i64::try_from(redis_ms - midpoint).unwrap_or(0)
 }
 
-fn millis(duration: Duration) -> u64 {
+/// Whole milliseconds in `duration`, saturating at `u64::MAX`: the unit of every time and TTL
+/// buffer-core writes to Redis, and of the `*_ms` fields it returns.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(buffer_core::millis(Duration::from_micros(2_500)), 2);
+/// assert_eq!(buffer_core::millis(Duration::MAX), u64::MAX);
+/// ```
+pub fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -82,6 +82,19 @@ pub enum Error {
     /// The configuration was invalid (a bad URL, zero groups…).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A lock guard was used for an operation that needs the other kind of lock: `prepare`
+    /// needs a store lock, `empty_batch` a batch lock.
+    #[error("{op} on store {store:?} needs a {needs} lock, not a {held} lock")]
+    WrongLockKind {
+        /// The operation that was refused.
+        op: &'static str,
+        /// The store of the guard's lock.
+        store: String,
+        /// The kind of lock the operation needs (`store` or `batch`).
+        needs: &'static str,
+        /// The kind the guard holds.
+        held: &'static str,
+    },
     /// A key of the store held the wrong type of value (someone else wrote to it).
     #[error("{op} on store {store:?}: a key holds the wrong type of value: {detail}")]
     WrongType {

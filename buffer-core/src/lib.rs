@@ -74,7 +74,7 @@ pub use buffer::{
     BatchContents, BatchReader, Buffer, BufferConfig, FirstKeys, PreparedBatch, PreparedSummary,
     PushOnceOutcome, PushReceipt, StoreSummary, redact_url,
 };
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, millis};
 pub use error::{Error, Result};
 pub use events::{Event, EventKind};
 pub use failures::{Backoff, FailingWork, FailureRecord, MAX_FAILURE_ERROR_BYTES};

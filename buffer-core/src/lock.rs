@@ -138,6 +138,7 @@ impl Buffer {
     ///
     /// # Errors
     /// [`Error::Config`] for a zero TTL; transient errors.
+    #[tracing::instrument(level = "debug", name = "lock", skip_all, fields(store = %target.store()))]
     pub async fn lock_target(
         &self,
         target: LockTarget,
@@ -344,13 +345,16 @@ impl LockGuard {
     ///
     /// # Errors
     /// [`Error::LockLost`] when the store lock is no longer ours (nothing is prepared then);
-    /// [`Error::Config`] when the guard locks a batch rather than a store; as
+    /// [`Error::WrongLockKind`] when the guard locks a batch rather than a store; as
     /// [`Buffer::prepare_to_persist`] otherwise.
     pub async fn prepare(&mut self) -> Result<Option<PreparedBatch>> {
         let LockTarget::Store(store) = &self.target else {
-            return Err(Error::Config(
-                "prepare needs a store lock, not a batch lock".into(),
-            ));
+            return Err(Error::WrongLockKind {
+                op: "prepare",
+                store: self.target.store().to_string(),
+                needs: "store",
+                held: "batch",
+            });
         };
         let store = store.clone();
         // The heartbeat extends one key; stop it while the lock moves to another key, and
@@ -386,12 +390,17 @@ impl LockGuard {
     /// works when Redis is out of memory.
     ///
     /// # Errors
-    /// [`Error::LockLost`] (nothing deleted); [`Error::Config`] on a store lock; transient errors.
+    /// [`Error::LockLost`] (nothing deleted); [`Error::WrongLockKind`] on a store lock;
+    /// transient errors.
+    #[tracing::instrument(level = "debug", skip_all, fields(store = %self.target.store()))]
     pub async fn empty_batch(mut self) -> Result<()> {
         let LockTarget::Batch(store, batch) = &self.target else {
-            return Err(Error::Config(
-                "empty_batch needs a batch lock, not a store lock".into(),
-            ));
+            return Err(Error::WrongLockKind {
+                op: "empty_batch",
+                store: self.target.store().to_string(),
+                needs: "batch",
+                held: "store",
+            });
         };
         // The script deletes the lock: a heartbeat still running would only find it gone.
         self.heartbeat = None;

@@ -216,7 +216,13 @@ pub fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // Each line carries the fields of the span it was logged in (a batch's store, id,
+        // records and outcome), so a batch's lines can be selected with a JSON filter.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
     }
 }
 
@@ -461,7 +467,7 @@ async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
             shorten(s.store.as_str(), 32),
             s.records,
             s.bytes,
-            age(now.saturating_sub(s.first_write_ms)),
+            short_duration(now.saturating_sub(s.first_write_ms)),
             lock_text(lock.as_ref())
         )?;
         if let Some(record) = failure_of(&s.store, None) {
@@ -485,7 +491,7 @@ async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
             p.id.to_string(),
             info.as_ref().map_or("-".into(), |i| i.records.to_string()),
             info.as_ref().map_or("-".into(), |i| i.bytes.to_string()),
-            age(now.saturating_sub(p.id.created_ms())),
+            short_duration(now.saturating_sub(p.id.created_ms())),
             lock_text(lock.as_ref())
         )?;
         if let Some(record) = failure_of(&p.store, Some(&p.id)) {
@@ -502,7 +508,7 @@ async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
 fn failure_text(record: &FailureRecord, now: u64) -> String {
     let retry = match record.next_retry_ms.saturating_sub(now) {
         0 => "retry due".to_owned(),
-        ms => format!("next retry in {}", age(ms)),
+        ms => format!("next retry in {}", short_duration(ms)),
     };
     let attempts = match record.attempts {
         1 => "1 attempt".to_owned(),
@@ -510,7 +516,7 @@ fn failure_text(record: &FailureRecord, now: u64) -> String {
     };
     format!(
         "  ↳ FAILING: {attempts}, {retry}, last {} ago: {}",
-        age(now.saturating_sub(record.last_ms)),
+        short_duration(now.saturating_sub(record.last_ms)),
         shorten(&record.last_error, 160)
     )
 }
@@ -519,17 +525,22 @@ fn lock_text(lock: Option<&buffer_core::LockInfo>) -> String {
     match lock {
         None => "-".into(),
         Some(lock) => match lock.ttl_ms {
-            Some(ttl) => format!("{} ({})", lock.holder, age(ttl)),
+            Some(ttl) => format!("{} ({})", lock.holder, short_duration(ttl)),
             None => format!("{} (no expiry)", lock.holder),
         },
     }
 }
 
-fn age(ms: u64) -> String {
+/// A duration in ms, short: `0.4s`, `4.2s`, `42s`, `3m05s`, `2h03m`, `3d04h`. The one
+/// spelling of ages and TTLs for operators: `stores` prints it and the dashboard uses it.
+pub fn short_duration(ms: u64) -> String {
+    let secs = ms / 1000;
     match ms {
-        0..=9_999 => format!("{:.1}s", ms as f64 / 1000.0),
-        10_000..=5_999_999 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
-        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+        0..=9_999 => format!("{}.{}s", ms / 1000, (ms % 1000) / 100),
+        10_000..=59_999 => format!("{secs}s"),
+        60_000..=3_599_999 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3_600_000..=86_399_999 => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d{:02}h", secs / 86_400, (secs % 86_400) / 3600),
     }
 }
 
@@ -553,9 +564,11 @@ mod tests {
 
     #[test]
     fn ages_read_well() {
-        assert_eq!(age(1500), "1.5s");
-        assert_eq!(age(75_000), "1m15s");
-        assert_eq!(age(7_260_000), "2h01m");
+        assert_eq!(short_duration(1500), "1.5s");
+        assert_eq!(short_duration(42_000), "42s");
+        assert_eq!(short_duration(75_000), "1m15s");
+        assert_eq!(short_duration(7_260_000), "2h01m");
+        assert_eq!(short_duration(3 * 86_400_000 + 4 * 3_600_000), "3d04h");
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //! `BUFFER_FAILPOINT` names this step: `step` aborts the process (as `kill -9` would: no
 //! destructors, no lock release), `step:stop` stops it with SIGSTOP (as a long GC pause or
 //! a frozen VM would) until someone sends SIGCONT. Without the feature it compiles to nothing.
-//! The steps, in order: `after-lock`, `after-prepare`, `after-temp-write`, `before-fsync`,
-//! `after-fsync`, `after-rename`, `after-dir-fsync`, `after-delete`.
+//! The steps of a batch, in order: `after-lock`, `after-prepare`, `after-dir-create` (its
+//! store's directory exists and is durable), `after-temp-write`, `before-fsync`,
+//! `after-fsync`, `after-link` (published under its name), `after-dir-fsync` (that name is
+//! durable), `after-delete`. Once per output directory, before any batch: `after-marker` (the
+//! `.buffer-persist` marker is published and durable).
 
 /// Acts as `BUFFER_FAILPOINT` says when it names this step (feature `failpoints`).
 #[cfg(feature = "failpoints")]

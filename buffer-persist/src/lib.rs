@@ -9,7 +9,7 @@
 //!   output directory.
 //! - `marker`: the output directory's record of format, compression and path template.
 //! - `config`: [`PersistConfig`], [`Format`], [`Compression`], size and duration parsing.
-//! - `metrics`: the Prometheus text endpoint.
+//! - `metrics`: the `/metrics` endpoint (prometheus-client on hyper) and the batch histograms.
 //! - `cli`: the `buffer-persist` command line (`run`, `drain`, `push`, `stores`).
 //! - `failpoint`: crash points for the fault-injection suite (feature `failpoints`).
 #![deny(missing_docs)]

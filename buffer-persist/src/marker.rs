@@ -198,6 +198,7 @@ fn publish(out: &Path, path: &Path, text: &str) -> Result<bool> {
     match linked {
         Ok(()) => {
             crate::writer::sync_dir(out)?;
+            crate::failpoint::failpoint("after-marker");
             Ok(true)
         }
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(false),

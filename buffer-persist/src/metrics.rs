@@ -1,20 +1,213 @@
-//! A Prometheus text endpoint: `GET /metrics` (any path answers) on `--metrics-addr`.
+//! The metrics endpoint: `GET /metrics` on `--metrics-addr`, in the OpenMetrics text format.
 //!
-//! A few lines of HTTP/1.1 by hand: the endpoint serves one small text document, and a full
-//! HTTP stack would be most of the binary's size.
+//! The official `prometheus-client` crate encodes the metrics and `hyper` (HTTP/1 only) serves
+//! them. The persister's counters stay plain atomics (its `stats()` and the drain report read
+//! them too) and are read by a [`Collector`] at each scrape; the histograms are
+//! `prometheus-client` histograms the persister observes into as it finishes batches.
 
-use std::fmt::Write as _;
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
-use crate::persister::{Persister, StatsSnapshot};
+use crate::persister::Persister;
 
-/// Binds `addr` and serves the persister's counters until `shutdown`. Returns the bound
-/// address (useful with port 0) and the serving task.
+/// Every metric name starts with this.
+const PREFIX: &str = "buffer_persist";
+
+/// The content type of the OpenMetrics text format that `prometheus-client` writes.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The histograms of persisted batches. Cheap to clone: clones share their buckets, so the
+/// persister observes into the same histograms the endpoint encodes.
+#[derive(Clone, Debug)]
+pub(crate) struct BatchHistograms {
+    /// Seconds from taking a batch in hand (lock) to its delete from Redis.
+    flush_seconds: Histogram,
+    /// Records per persisted batch.
+    records: Histogram,
+    /// Bytes of record JSON per persisted batch.
+    bytes: Histogram,
+    /// Seconds from a batch's prepare (the time in its id) to its delete from Redis.
+    prepare_to_persisted_seconds: Histogram,
+}
+
+impl Default for BatchHistograms {
+    fn default() -> Self {
+        Self {
+            // 5 ms .. ~80 s.
+            flush_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 15)),
+            // 1 .. ~1M records.
+            records: Histogram::new(exponential_buckets(1.0, 4.0, 11)),
+            // 1 KiB .. 1 GiB.
+            bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 11)),
+            // 10 ms .. ~90 min: a recovered batch may have waited a long time.
+            prepare_to_persisted_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 20)),
+        }
+    }
+}
+
+impl BatchHistograms {
+    /// Records one persisted batch: how long it took from the lock, its size, and how long it
+    /// waited since it was prepared.
+    pub(crate) fn observe(
+        &self,
+        flush: Duration,
+        records: u64,
+        bytes: u64,
+        since_prepare: Duration,
+    ) {
+        self.flush_seconds.observe(flush.as_secs_f64());
+        self.records.observe(records as f64);
+        self.bytes.observe(bytes as f64);
+        self.prepare_to_persisted_seconds
+            .observe(since_prepare.as_secs_f64());
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register_with_unit(
+            "flush_duration",
+            "Time from locking a batch to deleting it from Redis, per persisted batch.",
+            Unit::Seconds,
+            self.flush_seconds.clone(),
+        );
+        registry.register(
+            "batch_records",
+            "Records per persisted batch.",
+            self.records.clone(),
+        );
+        registry.register_with_unit(
+            "batch",
+            "Bytes of record JSON per persisted batch.",
+            Unit::Bytes,
+            self.bytes.clone(),
+        );
+        registry.register_with_unit(
+            "prepare_to_persisted",
+            "Time from a batch's prepare to its delete from Redis.",
+            Unit::Seconds,
+            self.prepare_to_persisted_seconds.clone(),
+        );
+    }
+}
+
+/// Reads the persister's counters at each scrape.
+#[derive(Debug)]
+struct StatsCollector(Persister);
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let stats = self.0.stats();
+        // Counter names without `_total`: the encoder appends it.
+        let counters = [
+            (
+                "batches",
+                "Batches written and emptied.",
+                stats.batches_persisted,
+            ),
+            (
+                "records",
+                "Records in persisted batches.",
+                stats.records_persisted,
+            ),
+            (
+                "bytes",
+                "Bytes of record JSON in persisted batches.",
+                stats.bytes_persisted,
+            ),
+            (
+                "files_written",
+                "Files published by this persister.",
+                stats.files_written,
+            ),
+            (
+                "batches_recovered",
+                "Batches left prepared by an earlier run and recovered.",
+                stats.batches_recovered,
+            ),
+            (
+                "errors",
+                "Failed batch attempts, failed polls and lost locks.",
+                stats.errors,
+            ),
+            (
+                "batch_failures",
+                "Failed attempts at batches (or at preparing stores), recorded for backoff.",
+                stats.batch_failures,
+            ),
+            ("polls", "Polls made by the run loop.", stats.polls),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let gauges = [
+            (
+                "batches_in_backoff",
+                "Failing batches and stores waiting for their retry at the last poll.",
+                stats.in_backoff as f64,
+            ),
+            (
+                "oldest_store_age_seconds",
+                "Age of the oldest live store at the last poll (lag).",
+                stats.oldest_store_age_ms as f64 / 1000.0,
+            ),
+            (
+                "prepared_batches",
+                "Prepared batches waiting at the last poll.",
+                stats.prepared_waiting as f64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The registry of everything the endpoint serves for `persister`.
+fn registry(persister: &Persister) -> Registry {
+    let mut registry = Registry::with_prefix(PREFIX);
+    registry.register_collector(Box::new(StatsCollector(persister.clone())));
+    persister.histograms().register(&mut registry);
+    registry
+}
+
+/// The metrics of `persister` in the OpenMetrics text format.
+pub(crate) fn render(persister: &Persister) -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail; an error here could only come from a metric's own
+    // encoder, and an empty scrape is better than none.
+    if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &registry(persister)) {
+        tracing::warn!(error = %err, "cannot encode metrics");
+    }
+    text
+}
+
+/// Binds `addr` and serves `GET /metrics` (the persister's counters and histograms) until
+/// `shutdown`; every other path is a 404. Returns the bound address (useful with port 0) and
+/// the serving task, which ends once its open connections have.
 ///
 /// # Errors
 /// [`Error::Io`] when the address cannot be bound.
@@ -30,136 +223,72 @@ pub async fn serve_metrics(
         .local_addr()
         .map_err(Error::io("bind metrics address", addr.to_string()))?;
     let task = tokio::spawn(async move {
+        // One task per connection, awaited before the serving task ends.
+        let connections = TaskTracker::new();
         loop {
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = listener.accept() => accepted,
             };
-            let Ok((mut socket, _peer)) = accepted else {
-                continue;
+            let socket = match accepted {
+                Ok((socket, _peer)) => socket,
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot accept a metrics connection");
+                    continue;
+                }
             };
-            let body = render(&persister.stats());
-            tokio::spawn(async move {
-                // Read (and ignore) the request head; answer every path the same.
-                let mut request = [0u8; 1024];
-                let _ = socket.read(&mut request).await;
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.shutdown().await;
+            let persister = persister.clone();
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let response = respond(&persister, &request);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(socket), service);
+                tokio::pin!(connection);
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = shutdown.cancelled() => {
+                        // Finish the request in hand, then close.
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "metrics connection ended with an error");
+                }
             });
         }
+        connections.close();
+        connections.wait().await;
     });
     Ok((bound, task))
 }
 
-/// The counters in the Prometheus text format.
-pub(crate) fn render(stats: &StatsSnapshot) -> String {
-    let metrics: [(&str, &str, &str, f64); 11] = [
+/// The answer to one request: the metrics for `GET /metrics`, 404 for other paths, 405 for
+/// other methods on it.
+fn respond(persister: &Persister, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = if request.uri().path() != "/metrics" {
         (
-            "buffer_persist_batches_total",
-            "counter",
-            "Batches written and emptied.",
-            stats.batches_persisted as f64,
-        ),
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: the metrics are at /metrics\n".to_owned(),
+        )
+    } else if request.method() != Method::GET && request.method() != Method::HEAD {
         (
-            "buffer_persist_records_total",
-            "counter",
-            "Records in persisted batches.",
-            stats.records_persisted as f64,
-        ),
-        (
-            "buffer_persist_bytes_total",
-            "counter",
-            "Bytes of record JSON in persisted batches.",
-            stats.bytes_persisted as f64,
-        ),
-        (
-            "buffer_persist_files_written_total",
-            "counter",
-            "Files published by this persister.",
-            stats.files_written as f64,
-        ),
-        (
-            "buffer_persist_batches_recovered_total",
-            "counter",
-            "Batches left prepared by an earlier run and recovered.",
-            stats.batches_recovered as f64,
-        ),
-        (
-            "buffer_persist_errors_total",
-            "counter",
-            "Failed batch attempts, failed polls and lost locks.",
-            stats.errors as f64,
-        ),
-        (
-            "buffer_persist_batch_failures_total",
-            "counter",
-            "Failed attempts at batches (or at preparing stores), recorded for backoff.",
-            stats.batch_failures as f64,
-        ),
-        (
-            "buffer_persist_polls_total",
-            "counter",
-            "Polls made by the run loop.",
-            stats.polls as f64,
-        ),
-        (
-            "buffer_persist_batches_in_backoff",
-            "gauge",
-            "Failing batches and stores waiting for their retry at the last poll.",
-            stats.in_backoff as f64,
-        ),
-        (
-            "buffer_persist_oldest_store_age_seconds",
-            "gauge",
-            "Age of the oldest live store at the last poll (lag).",
-            stats.oldest_store_age_ms as f64 / 1000.0,
-        ),
-        (
-            "buffer_persist_prepared_batches",
-            "gauge",
-            "Prepared batches waiting at the last poll.",
-            stats.prepared_waiting as f64,
-        ),
-    ];
-    let mut out = String::new();
-    for (name, kind, help, value) in metrics {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_render_as_prometheus_text() {
-        let stats = StatsSnapshot {
-            batches_persisted: 3,
-            records_persisted: 30,
-            oldest_store_age_ms: 1500,
-            batch_failures: 4,
-            in_backoff: 2,
-            ..Default::default()
-        };
-        let text = render(&stats);
-        assert!(text.contains(
-            "# TYPE buffer_persist_batches_total counter\nbuffer_persist_batches_total 3\n"
-        ));
-        assert!(text.contains("buffer_persist_records_total 30\n"));
-        assert!(text.contains("buffer_persist_oldest_store_age_seconds 1.5\n"));
-        assert!(text.contains(
-            "# TYPE buffer_persist_batch_failures_total counter\nbuffer_persist_batch_failures_total 4\n"
-        ));
-        assert!(text.contains(
-            "# TYPE buffer_persist_batches_in_backoff gauge\nbuffer_persist_batches_in_backoff 2\n"
-        ));
-    }
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET is served\n".to_owned(),
+        )
+    } else {
+        (StatusCode::OK, CONTENT_TYPE, render(persister))
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
 }

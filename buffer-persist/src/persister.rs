@@ -13,10 +13,13 @@ use buffer_core::{
 use futures::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing::field::{Empty, display};
 
 use crate::config::PersistConfig;
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
+use crate::metrics::BatchHistograms;
 use crate::writer::{self, BatchFile, CsvLayout, Published, SinkFactory};
 
 /// The longest a failing batch waits between two attempts. Its first retry waits one poll
@@ -82,10 +85,27 @@ pub enum BatchOutcome {
         /// The file.
         path: std::path::PathBuf,
     },
-    /// Someone else holds the lock; left to them.
+    /// Someone else holds the lock (another persister, a library user, or another task of
+    /// this persister still working on it); left to them.
     Busy,
     /// Nothing to do (an empty store, or a batch already emptied).
     Nothing,
+    /// Not started: the persister is shutting down.
+    Shutdown,
+}
+
+impl BatchOutcome {
+    const PERSISTED: &'static str = "persisted";
+
+    /// A word for logs: `persisted`, `busy`, `nothing` or `shutdown`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Persisted { .. } => Self::PERSISTED,
+            Self::Busy => "busy",
+            Self::Nothing => "nothing",
+            Self::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// What a `drain` did.
@@ -106,6 +126,8 @@ pub struct Persister {
     buffer: Buffer,
     config: Arc<PersistConfig>,
     counters: Arc<Counters>,
+    /// The histograms of persisted batches, shared with the metrics endpoint.
+    histograms: BatchHistograms,
     /// Opens temporary files; replaced in tests to simulate a full disk.
     open_sink: Arc<SinkFactory>,
     /// Stores and batches this process is working on, so one poll does not start a store
@@ -129,6 +151,7 @@ impl Persister {
             buffer,
             config: Arc::new(config),
             counters: Arc::default(),
+            histograms: BatchHistograms::default(),
             open_sink: Arc::new(writer::open_file_sink),
             in_flight: Arc::default(),
         }
@@ -148,6 +171,11 @@ impl Persister {
     /// The buffer it drains.
     pub fn buffer(&self) -> &Buffer {
         &self.buffer
+    }
+
+    /// The histograms of persisted batches (clones share their buckets).
+    pub(crate) fn histograms(&self) -> &BatchHistograms {
+        &self.histograms
     }
 
     /// The counters now.
@@ -214,10 +242,9 @@ impl Persister {
     /// announcement only makes a dashboard show less.
     async fn announce(&self) {
         let stats = self.stats();
-        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let info = PersisterInfo {
             holder: self.buffer.holder_id().to_owned(),
-            max_age_ms: millis(self.config.max_age),
+            max_age_ms: buffer_core::millis(self.config.max_age),
             max_bytes: self.config.max_bytes,
             max_records: self.config.max_records,
             out: self.config.out_dir.display().to_string(),
@@ -323,31 +350,64 @@ impl Persister {
         shutdown: &CancellationToken,
     ) -> Vec<(Work, Result<BatchOutcome>)> {
         futures::stream::iter(work)
-            .map(|item| async move {
-                let result = self.do_work(&item, shutdown).await;
-                match &result {
-                    Err(err) => self.report_failure(&item, err).await,
-                    Ok(BatchOutcome::Busy) => {}
-                    Ok(BatchOutcome::Persisted { .. } | BatchOutcome::Nothing) => {
-                        if failing.contains_key(&item.key()) {
-                            let (store, batch) = item.subject();
-                            if let Err(err) = self.buffer.clear_failure(store, batch).await {
-                                // The next poll's sweep removes it once the batch is gone.
-                                tracing::debug!(error = %err, "cannot clear a failure record");
-                            }
-                        }
-                    }
+            .map(|item| {
+                // One span per attempt, so every line of it (JSON logs included) carries the
+                // store and batch; a flush learns its batch and records at the prepare.
+                let (store, batch) = item.subject();
+                let span = tracing::info_span!(
+                    "batch",
+                    store = %store,
+                    batch = Empty,
+                    records = Empty,
+                    outcome = Empty,
+                );
+                if let Some(batch) = batch {
+                    span.record("batch", display(batch));
                 }
-                (item, result)
+                self.attempt(item, failing, shutdown).instrument(span)
             })
             .buffer_unordered(self.config.concurrency)
             .collect()
             .await
     }
 
+    /// One attempt at a work item, in its batch span: does it, records a failure or clears
+    /// the old one, and records the outcome on the span.
+    async fn attempt(
+        &self,
+        item: Work,
+        failing: &HashMap<String, FailingWork>,
+        shutdown: &CancellationToken,
+    ) -> (Work, Result<BatchOutcome>) {
+        let result = self.do_work(&item, shutdown).await;
+        let outcome = match &result {
+            Ok(outcome) => outcome.label(),
+            Err(err) if err.is_abandoned() => "abandoned",
+            Err(err) if err.is_lock_lost() => "lock-lost",
+            Err(_) => "failed",
+        };
+        // Recorded before the failure is logged, so the failure's lines carry it too.
+        tracing::Span::current().record("outcome", outcome);
+        tracing::debug!("batch attempt ended");
+        match &result {
+            Err(err) => self.report_failure(&item, err).await,
+            Ok(BatchOutcome::Busy | BatchOutcome::Shutdown) => {}
+            Ok(BatchOutcome::Persisted { .. } | BatchOutcome::Nothing) => {
+                if failing.contains_key(&item.key()) {
+                    let (store, batch) = item.subject();
+                    if let Err(err) = self.buffer.clear_failure(store, batch).await {
+                        // The next poll's sweep removes it once the batch is gone.
+                        tracing::debug!(error = %err, "cannot clear a failure record");
+                    }
+                }
+            }
+        }
+        (item, result)
+    }
+
     async fn do_work(&self, work: &Work, shutdown: &CancellationToken) -> Result<BatchOutcome> {
         if shutdown.is_cancelled() {
-            return Ok(BatchOutcome::Busy);
+            return Ok(BatchOutcome::Shutdown);
         }
         let key = work.key();
         let inserted = self
@@ -439,6 +499,7 @@ impl Persister {
         let Some(mut guard) = self.buffer.lock(store, None, self.config.lock_ttl).await? else {
             return Ok(BatchOutcome::Busy);
         };
+        let locked_at = Instant::now();
         // The heartbeat keeps the lock alive from here to the empty (it moves with the lock
         // from the store to the batch), however slow writing and publishing are.
         if let Err(err) = guard.keep_alive() {
@@ -458,7 +519,10 @@ impl Persister {
             }
         };
         failpoint("after-prepare");
-        tracing::debug!(store = %store, batch = %batch.id, records = batch.records, "prepared");
+        tracing::Span::current()
+            .record("batch", display(&batch.id))
+            .record("records", batch.records);
+        tracing::debug!("prepared");
         self.publish(
             EventKind::Prepared,
             store.as_str(),
@@ -469,7 +533,7 @@ impl Persister {
         )
         .await;
         // The batch's id goes with any error, so the failure is recorded against the batch.
-        self.persist_locked(guard, &batch, shutdown)
+        self.persist_locked(guard, &batch, locked_at, shutdown)
             .await
             .map_err(|error| Error::InBatch {
                 store: store.clone(),
@@ -493,6 +557,7 @@ impl Persister {
             // Another persister, or a library user holding it from `prepare_to_persist`.
             return Ok(BatchOutcome::Busy);
         };
+        let locked_at = Instant::now();
         if let Err(err) = guard.keep_alive() {
             let _ = guard.release().await;
             return Err(err.into());
@@ -503,7 +568,8 @@ impl Persister {
             guard.empty_batch().await?;
             return Ok(BatchOutcome::Nothing);
         };
-        tracing::info!(store = %store, batch = %batch, records = info.records, "recovering prepared batch");
+        tracing::Span::current().record("records", info.records);
+        tracing::info!("recovering prepared batch");
         self.publish(
             EventKind::Recovered,
             store.as_str(),
@@ -513,7 +579,9 @@ impl Persister {
             None,
         )
         .await;
-        let outcome = self.persist_locked(guard, &info, shutdown).await?;
+        let outcome = self
+            .persist_locked(guard, &info, locked_at, shutdown)
+            .await?;
         self.counters
             .batches_recovered
             .fetch_add(1, Ordering::Relaxed);
@@ -528,6 +596,7 @@ impl Persister {
         &self,
         guard: LockGuard,
         batch: &PreparedBatch,
+        locked_at: Instant,
         shutdown: &CancellationToken,
     ) -> Result<BatchOutcome> {
         let result = self.write_batch(&guard, batch, shutdown).await;
@@ -553,8 +622,17 @@ impl Persister {
         if matches!(published, Published::Written { .. }) {
             c.files_written.fetch_add(1, Ordering::Relaxed);
         }
+        let since_prepare = self.buffer.now_ms().saturating_sub(batch.id.created_ms());
+        self.histograms.observe(
+            locked_at.elapsed(),
+            batch.records,
+            batch.bytes,
+            Duration::from_millis(since_prepare),
+        );
         let path = published.path().to_path_buf();
-        tracing::info!(store = %batch.store, batch = %batch.id, records = batch.records, file = %path.display(), "persisted");
+        // The batch's last info line: it carries the outcome.
+        tracing::Span::current().record("outcome", BatchOutcome::PERSISTED);
+        tracing::info!(file = %path.display(), "persisted");
         self.publish(
             EventKind::Persisted,
             batch.store.as_str(),
@@ -698,6 +776,10 @@ impl Persister {
                     // Held by another persister (or taken over by one after our lock expired):
                     // theirs to finish; look again until it is done or the deadline passes.
                     Ok(BatchOutcome::Busy) => pending.push(item),
+                    // The drain's own token is never cancelled; should it be, the work stays.
+                    Ok(BatchOutcome::Shutdown) => report
+                        .failures
+                        .push(format!("{}: not started (shutting down)", item.describe())),
                     Err(err) if err.is_lock_lost() => pending.push(item),
                     Err(err) => {
                         let what = match &err {
@@ -815,4 +897,34 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|err| Error::Task(format!("file writer: {err}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use buffer_tests::RedisServer;
+
+    /// Issue 13: work not started because the persister is shutting down is reported as
+    /// `Shutdown`, not as `Busy` (nobody else holds it), and is left untouched.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_not_started_for_shutdown_is_shutdown_not_busy() {
+        let server = RedisServer::start();
+        let out = tempfile::tempdir().unwrap();
+        let buffer = server.buffer().await;
+        buffer
+            .push("s", &serde_json::json!({"a": 1}))
+            .await
+            .unwrap();
+        let persister = Persister::new(buffer.clone(), PersistConfig::new(out.path()));
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let store = StoreName::new("s").unwrap();
+        let results = persister
+            .process(vec![Work::Flush(store)], &HashMap::new(), &shutdown)
+            .await;
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].1.as_ref().unwrap(), &BatchOutcome::Shutdown);
+        assert_eq!(buffer.stores().await.unwrap()[0].records, 1);
+        assert!(buffer.get_prepared().await.unwrap().is_empty());
+    }
 }

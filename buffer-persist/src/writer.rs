@@ -261,12 +261,13 @@ impl<'de> Deserialize<'de> for KeyText<'de> {
     }
 }
 
-/// A batch file being written to its temporary name.
+/// A batch file being written to its temporary name. Dropping it (a failed write, a cancelled
+/// task, an abandon) removes the temporary file; `finish` hands it to a [`SyncedFile`].
 pub(crate) struct BatchFile {
     store: StoreName,
     batch: BatchId,
-    encoder: Option<Encoder>,
-    temp: PathBuf,
+    encoder: Encoder,
+    temp: TempName,
     target: PathBuf,
     compression: Compression,
     records: u64,
@@ -316,21 +317,14 @@ impl BatchFile {
         create_dir_durably(out, &dir)?;
         let temp = dir.join(paths::temp_name(&batch.id));
         let sink = open(&temp).map_err(Error::io("create temporary file", &temp))?;
-        let mut file = Self {
-            store: batch.store.clone(),
-            batch: batch.id.clone(),
-            encoder: None,
-            temp,
-            target,
-            compression,
-            records: 0,
-        };
+        // From here on the temporary file exists: any error below removes it.
+        let temp = TempName(temp);
         let sink = Counting {
             inner: BufWriter::with_capacity(256 * 1024, sink),
             bytes: 0,
         };
-        let compressor = Compressor::new(sink, compression)
-            .map_err(Error::io("start compressor", &file.temp))?;
+        let compressor =
+            Compressor::new(sink, compression).map_err(Error::io("start compressor", &temp.0))?;
         let encoder = match format {
             Format::JsonLines => Encoder::Lines(compressor),
             Format::Csv => {
@@ -339,44 +333,32 @@ impl BatchFile {
                 // the first line as one, so every later line is one record.
                 writer
                     .write_record(csv.header())
-                    .map_err(|err| file.csv_error(0, err))?;
+                    .map_err(|err| csv_error(&temp.0, &batch.store, &batch.id, 0, err))?;
                 Encoder::Csv {
                     writer,
                     layout: csv,
                 }
             }
         };
-        file.encoder = Some(encoder);
-        Ok(file)
-    }
-
-    fn csv_error(&self, index: u64, err: csv::Error) -> Error {
-        match err.into_kind() {
-            csv::ErrorKind::Io(source) => Error::Io {
-                action: "write",
-                path: self.temp.clone(),
-                source,
-            },
-            other => Error::Encode {
-                store: self.store.to_string(),
-                batch: self.batch.to_string(),
-                index,
-                reason: format!("{other:?}"),
-            },
-        }
+        Ok(Self {
+            store: batch.store.clone(),
+            batch: batch.id.clone(),
+            encoder,
+            temp,
+            target,
+            compression,
+            records: 0,
+        })
     }
 
     /// Appends a page of records (the JSON texts read from Redis).
     pub fn write_page(&mut self, page: &[String]) -> Result<()> {
-        let Some(encoder) = self.encoder.as_mut() else {
-            return Ok(());
-        };
-        match encoder {
+        match &mut self.encoder {
             Encoder::Lines(out) => {
                 for text in page {
                     out.write_all(text.as_bytes())
                         .and_then(|()| out.write_all(b"\n"))
-                        .map_err(Error::io("write", &self.temp))?;
+                        .map_err(Error::io("write", &self.temp.0))?;
                 }
                 self.records += page.len() as u64;
             }
@@ -389,24 +371,11 @@ impl BatchFile {
                         index,
                         reason,
                     })?;
-                    if let Err(err) = writer.write_record(row.iter().map(|field| field.as_bytes()))
-                    {
-                        let store = self.store.to_string();
-                        let batch = self.batch.to_string();
-                        return Err(match err.into_kind() {
-                            csv::ErrorKind::Io(source) => Error::Io {
-                                action: "write",
-                                path: self.temp.clone(),
-                                source,
-                            },
-                            other => Error::Encode {
-                                store,
-                                batch,
-                                index,
-                                reason: format!("{other:?}"),
-                            },
-                        });
-                    }
+                    writer
+                        .write_record(row.iter().map(|field| field.as_bytes()))
+                        .map_err(|err| {
+                            csv_error(&self.temp.0, &self.store, &self.batch, index, err)
+                        })?;
                     self.records += 1;
                 }
             }
@@ -416,17 +385,23 @@ impl BatchFile {
 
     /// Finishes the compression, checks that exactly `expected` records were written and
     /// fsyncs the file. On error the temporary file is removed.
-    pub fn finish(mut self, expected: u64) -> Result<SyncedFile> {
-        let encoder = self
-            .encoder
-            .take()
-            .ok_or_else(|| Error::Task("batch file finished twice".into()))?;
+    pub fn finish(self, expected: u64) -> Result<SyncedFile> {
+        let Self {
+            store,
+            batch,
+            encoder,
+            temp,
+            target,
+            compression,
+            records,
+        } = self;
+        // The synced file takes over the temporary name (and its removal on error).
         let mut synced = SyncedFile {
-            store: self.store.clone(),
-            batch: self.batch.clone(),
-            temp: self.temp.clone(),
-            target: self.target.clone(),
-            compression: self.compression,
+            store,
+            batch,
+            temp: temp.handed_over(),
+            target,
+            compression,
             bytes: 0,
             published: false,
         };
@@ -434,38 +409,79 @@ impl BatchFile {
             Encoder::Lines(compressor) => compressor,
             Encoder::Csv { writer, .. } => writer.into_inner().map_err(|err| Error::Io {
                 action: "write",
-                path: self.temp.clone(),
+                path: synced.temp.clone(),
                 source: io::Error::other(err.to_string()),
             })?,
         };
         let sink = compressor
             .finish()
-            .map_err(Error::io("finish compression of", &self.temp))?;
+            .map_err(Error::io("finish compression of", &synced.temp))?;
         let bytes = sink.bytes;
         let mut file = sink.inner.into_inner().map_err(|err| Error::Io {
             action: "write",
-            path: self.temp.clone(),
+            path: synced.temp.clone(),
             source: io::Error::new(err.error().kind(), err.error().to_string()),
         })?;
-        if self.records != expected {
+        if records != expected {
             return Err(Error::CountMismatch {
-                store: self.store.to_string(),
-                batch: self.batch.to_string(),
-                written: self.records,
+                store: synced.store.to_string(),
+                batch: synced.batch.to_string(),
+                written: records,
                 expected,
             });
         }
         failpoint("before-fsync");
-        file.sync().map_err(Error::io("fsync", &self.temp))?;
+        file.sync().map_err(Error::io("fsync", &synced.temp))?;
         failpoint("after-fsync");
         synced.bytes = bytes;
         Ok(synced)
     }
 
     /// Removes the temporary file (on abandon).
-    pub fn discard(mut self) {
-        self.encoder = None;
-        let _ = fs::remove_file(&self.temp);
+    pub fn discard(self) {
+        drop(self);
+    }
+}
+
+/// The temporary name of a batch file being written: removed on drop unless handed over to
+/// the [`SyncedFile`] that publishes it.
+struct TempName(PathBuf);
+
+impl TempName {
+    /// The path, no longer removed on drop: its new owner removes it.
+    fn handed_over(self) -> PathBuf {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        std::mem::take(&mut this.0)
+    }
+}
+
+impl Drop for TempName {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A CSV writer's error as ours: an I/O error of the temporary file, or record `index` of the
+/// batch that could not be encoded.
+fn csv_error(
+    temp: &Path,
+    store: &StoreName,
+    batch: &BatchId,
+    index: u64,
+    err: csv::Error,
+) -> Error {
+    match err.into_kind() {
+        csv::ErrorKind::Io(source) => Error::Io {
+            action: "write",
+            path: temp.to_path_buf(),
+            source,
+        },
+        other => Error::Encode {
+            store: store.to_string(),
+            batch: batch.to_string(),
+            index,
+            reason: format!("{other:?}"),
+        },
     }
 }
 
@@ -499,7 +515,7 @@ impl SyncedFile {
     fn link(&self) -> Result<Published> {
         match fs::hard_link(&self.temp, &self.target) {
             Ok(()) => {
-                failpoint("after-rename");
+                failpoint("after-link");
                 Ok(Published::Written {
                     path: self.target.clone(),
                     bytes: self.bytes,
@@ -526,15 +542,6 @@ impl SyncedFile {
 impl Drop for SyncedFile {
     fn drop(&mut self) {
         if !self.published {
-            let _ = fs::remove_file(&self.temp);
-        }
-    }
-}
-
-impl Drop for BatchFile {
-    fn drop(&mut self) {
-        // A BatchFile dropped mid-write (a cancelled task) must not leave its temp file behind.
-        if self.encoder.is_some() {
             let _ = fs::remove_file(&self.temp);
         }
     }
@@ -692,6 +699,7 @@ fn create_dir_durably(out: &Path, dir: &Path) -> Result<()> {
             sync_dir(parent)?;
         }
     }
+    failpoint("after-dir-create");
     Ok(())
 }
 
@@ -701,6 +709,5 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     handle
         .sync_all()
         .map_err(Error::io("fsync directory", dir))?;
-    failpoint("after-dir-fsync");
     Ok(())
 }

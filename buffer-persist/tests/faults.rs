@@ -255,7 +255,7 @@ async fn a_crash_at_every_step_recovers_exactly_once() {
         "after-temp-write",
         "before-fsync",
         "after-fsync",
-        "after-rename",
+        "after-link",
         "after-dir-fsync",
         "after-delete",
     ];
@@ -284,6 +284,63 @@ async fn a_crash_at_every_step_recovers_exactly_once() {
     check_exactly_once("crash sweep", out.path(), &server, &ledger);
 }
 
+/// Issue 13: each failpoint fires only where its name says. `after-dir-fsync` is the fsync of
+/// the directory a batch file was published in (not the marker's, nor a new store
+/// directory's), so a crash there into a fresh OUT leaves the batch's file published and the
+/// batch still prepared; `after-dir-create` fires once a new store directory is durable,
+/// before the batch's file; `after-marker` once the marker is durable, before any batch. Each
+/// recovers exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failpoint_fires_only_at_the_step_it_names() {
+    require_failpoints();
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    for (round, step) in ["after-dir-fsync", "after-dir-create", "after-marker"]
+        .into_iter()
+        .enumerate()
+    {
+        let out = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::default();
+        let first = round as u64 * 100;
+        let records: Vec<Value> = (first..first + 100).map(|id| json!({"id": id})).collect();
+        buffer.push_many("named", &records).await.unwrap();
+        ledger.acknowledged.extend(first..first + 100);
+        let status = persist_command(&server.url(), out.path(), "drain")
+            .args(["--lock-ttl", "300ms"])
+            .env("BUFFER_FAILPOINT", step)
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the persister crashed at {step}");
+        assert!(out.path().join(".buffer-persist").is_file(), "{step}");
+        let files = files_under(out.path());
+        let batch_files = files
+            .iter()
+            .filter(|p| p.starts_with(out.path().join("named")))
+            .count();
+        let prepared = buffer.get_prepared().await.unwrap();
+        match step {
+            "after-dir-fsync" => {
+                assert_eq!(batch_files, 1, "published before the crash: {files:?}");
+                assert_eq!(prepared.len(), 1, "not emptied before the crash");
+            }
+            "after-dir-create" => {
+                assert!(out.path().join("named").is_dir(), "{files:?}");
+                assert_eq!(batch_files, 0, "no file before the crash: {files:?}");
+                assert_eq!(prepared.len(), 1, "prepared before the crash");
+            }
+            _ => {
+                assert_eq!(
+                    batch_files, 0,
+                    "no batch started before the crash: {files:?}"
+                );
+                assert!(prepared.is_empty(), "no batch prepared before the crash");
+            }
+        }
+        drain(&server.url(), out.path());
+        check_exactly_once(step, out.path(), &server, &ledger);
+    }
+}
+
 fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(") ")
@@ -293,7 +350,7 @@ fn process_state(pid: u32) -> Option<char> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_holder_past_its_ttl_neither_publishes_nor_deletes() {
     require_failpoints();
-    for step in ["after-temp-write", "after-fsync", "after-rename"] {
+    for step in ["after-temp-write", "after-fsync", "after-link"] {
         let server = RedisServer::start();
         let buffer = server.buffer().await;
         let out = tempfile::tempdir().unwrap();

@@ -585,3 +585,71 @@ async fn a_mixed_size_batch_drains_in_bounded_memory_with_no_slow_command() {
     assert_eq!(lines, tiny + 40);
     assert!(server.buffer_keys().is_empty());
 }
+
+/// Issue 13: each batch the persister handles is a span (store, batch, records, outcome), and
+/// the JSON log puts those fields on every line logged inside it, so one batch's lines can be
+/// picked out of the log by its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_batch_span_on_each_line_of_a_batch() {
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    let buffer = server.buffer().await;
+    buffer
+        .push_many(
+            "logged",
+            &[json!({"id": 1}), json!({"id": 2}), json!({"id": 3})],
+        )
+        .await
+        .unwrap();
+    let output = persist_command(&server, out.path(), "drain")
+        .env("BUFFER_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info,buffer_persist=debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(output.status.success(), "{stderr}");
+    let lines: Vec<Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let in_batch: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["span"]["name"] == "batch")
+        .collect();
+    let persisted = in_batch
+        .iter()
+        .find(|line| line["fields"]["message"] == "persisted")
+        .unwrap_or_else(|| panic!("no `persisted` line in a batch span:\n{stderr}"));
+    let span = &persisted["span"];
+    assert_eq!(span["store"], "logged", "{persisted}");
+    assert_eq!(span["records"], 3, "{persisted}");
+    assert_eq!(span["outcome"], "persisted", "{persisted}");
+    let batch = span["batch"].as_str().unwrap();
+    let (ms, random) = batch.split_once('-').unwrap();
+    assert!(ms.parse::<u64>().is_ok() && random.len() == 16, "{batch}");
+    // The file it names is the one written.
+    let file = persisted["fields"]["file"].as_str().unwrap();
+    assert!(
+        files_under(out.path()).contains(&PathBuf::from(file)),
+        "{file} not in {:?}",
+        files_under(out.path())
+    );
+    // Every line of the attempt carries the same store and batch id: the debug `prepared`
+    // line (logged before the id was known to anyone else), `persisted`, and the end line.
+    let messages: Vec<&str> = in_batch
+        .iter()
+        .map(|line| line["fields"]["message"].as_str().unwrap())
+        .collect();
+    for wanted in ["prepared", "persisted", "batch attempt ended"] {
+        assert!(messages.contains(&wanted), "{wanted} not in {messages:?}");
+    }
+    for line in &in_batch {
+        assert_eq!(line["span"]["batch"], batch, "{line}");
+        assert_eq!(line["span"]["store"], "logged", "{line}");
+    }
+    let ended = in_batch
+        .iter()
+        .find(|line| line["fields"]["message"] == "batch attempt ended")
+        .unwrap();
+    assert_eq!(ended["span"]["outcome"], "persisted", "{ended}");
+}

@@ -33,17 +33,9 @@ pub(crate) fn count(n: u64) -> String {
     }
 }
 
-/// A duration in ms, short: `0.4s`, `4.2s`, `42s`, `3m05s`, `2h03m`, `3d04h`.
-pub(crate) fn duration_ms(ms: u64) -> String {
-    let secs = ms / 1000;
-    match ms {
-        0..=9_999 => format!("{}.{}s", ms / 1000, (ms % 1000) / 100),
-        10_000..=59_999 => format!("{secs}s"),
-        60_000..=3_599_999 => format!("{}m{:02}s", secs / 60, secs % 60),
-        3_600_000..=86_399_999 => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
-        _ => format!("{}d{:02}h", secs / 86_400, (secs % 86_400) / 3600),
-    }
-}
+/// A duration in ms, short: `0.4s`, `4.2s`, `42s`, `3m05s`, `2h03m`, `3d04h` — the same
+/// spelling as `buffer-persist stores`.
+pub(crate) use buffer_persist::cli::short_duration as duration_ms;
 
 /// An age, to the second: `0s`, `42s`, `3m05s`…
 pub(crate) fn age_ms(ms: u64) -> String {

@@ -522,8 +522,38 @@ impl FileSink for KillOnWrite {
     }
 }
 
+/// GETs `path` from `addr` with hyper's HTTP/1 client: the status, content type and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+/// Issue 13: the endpoint is served by hyper and encoded by prometheus-client; every metric
+/// README lists keeps its name, the batch histograms count each persisted batch in the right
+/// bucket, and paths other than `/metrics` are 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_are_served_as_prometheus_text() {
+async fn metrics_are_served_over_http_with_counters_and_batch_histograms() {
     let server = RedisServer::start();
     let out = tempfile::tempdir().unwrap();
     let buffer = server.buffer().await;
@@ -534,25 +564,88 @@ async fn metrics_are_served_as_prometheus_text() {
     let persister = Persister::new(buffer, PersistConfig::new(out.path()));
     persister.drain().await.unwrap();
     let shutdown = CancellationToken::new();
-    let (addr, _task) =
+    let (addr, task) =
         buffer_persist::serve_metrics("127.0.0.1:0".parse().unwrap(), persister, shutdown.clone())
             .await
             .unwrap();
-    let body = tokio::task::spawn_blocking(move || {
-        let mut socket = std::net::TcpStream::connect(addr).unwrap();
-        socket
-            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        socket.read_to_string(&mut body).unwrap();
-        body
-    })
-    .await
-    .unwrap();
+
+    let (status, content_type, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    for name in [
+        "buffer_persist_batches_total",
+        "buffer_persist_records_total",
+        "buffer_persist_bytes_total",
+        "buffer_persist_files_written_total",
+        "buffer_persist_batches_recovered_total",
+        "buffer_persist_errors_total",
+        "buffer_persist_batch_failures_total",
+        "buffer_persist_polls_total",
+        "buffer_persist_batches_in_backoff",
+        "buffer_persist_oldest_store_age_seconds",
+        "buffer_persist_prepared_batches",
+        "buffer_persist_flush_duration_seconds_count",
+        "buffer_persist_batch_bytes_count",
+        "buffer_persist_prepare_to_persisted_seconds_count",
+    ] {
+        assert!(
+            body.lines()
+                .any(|line| line.starts_with(&format!("{name} "))),
+            "{name} missing:\n{body}"
+        );
+    }
+    assert!(
+        body.contains("\nbuffer_persist_records_total 2\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nbuffer_persist_batches_total 1\n"),
+        "{body}"
+    );
+    // One batch of 2 records: counted once, summing to 2, in every bucket from `le=4` up and
+    // in none below 2.
+    assert!(
+        body.contains("# TYPE buffer_persist_batch_records histogram\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nbuffer_persist_batch_records_count 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nbuffer_persist_batch_records_sum 2.0\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nbuffer_persist_batch_records_bucket{le=\"1.0\"} 0\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nbuffer_persist_batch_records_bucket{le=\"4.0\"} 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nbuffer_persist_batch_records_bucket{le=\"+Inf\"} 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nbuffer_persist_flush_duration_seconds_count 1\n"),
+        "{body}"
+    );
+
+    let (status, _, _) = http_get(addr, "/").await;
+    assert_eq!(status, 404);
+    let (status, _, _) = http_get(addr, "/metrics/extra").await;
+    assert_eq!(status, 404);
+
     shutdown.cancel();
-    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    assert!(body.contains("buffer_persist_records_total 2\n"), "{body}");
-    assert!(body.contains("buffer_persist_batches_total 1\n"), "{body}");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
