@@ -5,9 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{self, Stream, TryStreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Cmd, Value};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::batch::BatchId;
 use crate::clock::{self, Clock, RedisOffset, SystemClock};
@@ -1680,6 +1682,84 @@ impl BatchReader {
         self.next += want;
         self.account(&page);
         Ok(Some(page))
+    }
+
+    /// The next page of records, each decoded from its JSON text into a `T`, or `None` after
+    /// the last page. The page is planned and read as by [`BatchReader::next_page`].
+    ///
+    /// # Errors
+    /// [`Error::RecordNotDecoded`], naming the record's index in the batch, when a record of
+    /// the page does not decode into a `T` (the reader has then moved past that page; the
+    /// batch itself is untouched in Redis, and a new [`Buffer::reader`] reads it again from
+    /// the start); otherwise as [`BatchReader::next_page`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(buffer: buffer_core::Buffer) -> Result<(), buffer_core::Error> {
+    /// use std::time::Duration;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Order { id: u64, total: f64 }
+    ///
+    /// if let Some(batch) = buffer.prepare_to_persist("orders", Duration::from_secs(30)).await? {
+    ///     let mut reader = buffer.reader(&batch);
+    ///     while let Some(orders) = reader.next_page_as::<Order>().await? {
+    ///         for order in orders {
+    ///             println!("order {} of {}", order.id, order.total);
+    ///         }
+    ///     }
+    ///     buffer.empty(batch).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn next_page_as<T: DeserializeOwned>(&mut self) -> Result<Option<Vec<T>>> {
+        let Some(page) = self.next_page().await? else {
+            return Ok(None);
+        };
+        let first = self.next - page.len() as u64;
+        page.iter()
+            .zip(first..)
+            .map(|(text, index)| {
+                serde_json::from_str(text).map_err(|err| Error::RecordNotDecoded {
+                    store: self.store.to_string(),
+                    batch: self.batch.to_string(),
+                    index,
+                    type_name: std::any::type_name::<T>(),
+                    reason: err.to_string(),
+                })
+            })
+            .collect::<Result<Vec<T>>>()
+            .map(Some)
+    }
+
+    /// The batch's records, one by one in push order, as the JSON texts that were pushed: a
+    /// [`Stream`] over [`BatchReader::next_page`], reading one page at a time as it is
+    /// consumed, so it holds at most one page in memory.
+    ///
+    /// The stream ends after the last record, or after yielding the first error (a transient
+    /// error, or [`Error::BatchNotFound`] when the batch disappeared while being read).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(buffer: buffer_core::Buffer) -> Result<(), buffer_core::Error> {
+    /// use std::time::Duration;
+    /// use futures::TryStreamExt;
+    ///
+    /// if let Some(batch) = buffer.prepare_to_persist("orders", Duration::from_secs(30)).await? {
+    ///     let mut records = std::pin::pin!(buffer.reader(&batch).into_stream());
+    ///     while let Some(record) = records.try_next().await? {
+    ///         println!("{record}");
+    ///     }
+    ///     buffer.empty(batch).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn into_stream(self) -> impl Stream<Item = Result<String>> + Send + 'static {
+        stream::try_unfold(self, |mut reader| async move {
+            let page = reader.next_page().await?;
+            Ok(page.map(|page| (stream::iter(page.into_iter().map(Ok)), reader)))
+        })
+        .try_flatten()
     }
 
     /// How many records have been returned so far.

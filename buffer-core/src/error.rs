@@ -145,6 +145,23 @@ pub enum Error {
         /// What serde_json could not represent.
         reason: String,
     },
+    /// A record of a batch did not decode into the type asked of
+    /// [`crate::BatchReader::next_page_as`]. The batch is untouched in Redis.
+    #[error(
+        "record {index} of batch {batch} of store {store:?} does not decode as {type_name}: {reason}"
+    )]
+    RecordNotDecoded {
+        /// The store concerned.
+        store: String,
+        /// The batch id.
+        batch: String,
+        /// The record's position in the batch.
+        index: u64,
+        /// The Rust type it was decoded into.
+        type_name: &'static str,
+        /// What serde_json reported.
+        reason: String,
+    },
     /// Data read from Redis did not have the expected shape.
     #[error("unexpected data in Redis: {what}")]
     Corrupt {

@@ -2202,3 +2202,131 @@ async fn library_operations_open_tracing_spans_with_their_store() {
     assert_eq!(span("read_page")["batch"], id.as_str());
     assert_eq!(span("empty_batch")["store"], "traced");
 }
+
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct TypedOrder {
+    id: u64,
+    total: f64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_pages_decode_every_record_and_name_the_index_of_one_that_does_not() {
+    let server = RedisServer::start();
+    let buffer = Buffer::connect(server.config().page_size(7)).await.unwrap();
+    let orders: Vec<Value> = (0..20u64)
+        .map(|i| json!({"id": i, "total": i as f64 + 0.5}))
+        .collect();
+    buffer.push_many("typed", &orders).await.unwrap();
+    let batch = buffer
+        .prepare_to_persist("typed", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut reader = buffer.reader(&batch);
+    let mut decoded = Vec::new();
+    while let Some(page) = reader.next_page_as::<TypedOrder>().await.unwrap() {
+        assert!(page.len() <= 7, "a typed page keeps the page size");
+        decoded.extend(page);
+    }
+    let expected: Vec<TypedOrder> = (0..20u64)
+        .map(|i| TypedOrder {
+            id: i,
+            total: i as f64 + 0.5,
+        })
+        .collect();
+    assert_eq!(decoded, expected);
+    buffer.empty(batch).await.unwrap();
+
+    // Record 10 (on the second page of 7) has a string id: that page is an error naming it.
+    let mut mixed = orders.clone();
+    mixed[10] = json!({"id": "ten", "total": 10.5});
+    buffer.push_many("typed", &mixed).await.unwrap();
+    let batch = buffer
+        .prepare_to_persist("typed", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut reader = buffer.reader(&batch);
+    let first = reader.next_page_as::<TypedOrder>().await.unwrap().unwrap();
+    assert_eq!(first, expected[..7]);
+    match reader.next_page_as::<TypedOrder>().await {
+        Err(Error::RecordNotDecoded {
+            store,
+            batch: id,
+            index,
+            type_name,
+            reason,
+        }) => {
+            assert_eq!(store, "typed");
+            assert_eq!(id, batch.id.to_string());
+            assert_eq!(index, 10);
+            assert!(type_name.ends_with("TypedOrder"), "{type_name}");
+            assert!(reason.contains("invalid type"), "{reason}");
+        }
+        other => panic!("expected RecordNotDecoded for record 10, got {other:?}"),
+    }
+    // Nothing was lost: the batch still holds all 20 records, exactly as pushed.
+    let texts = batch_records(&buffer, &batch).await;
+    assert_eq!(texts.len(), 20);
+    assert_eq!(texts[10], r#"{"id":"ten","total":10.5}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_streams_record_by_record_in_push_order_across_pages() {
+    use futures::TryStreamExt;
+
+    let server = RedisServer::start();
+    let buffer = Buffer::connect(server.config().page_size(7)).await.unwrap();
+    let pushed: Vec<Value> = (0..50).map(record).collect();
+    for chunk in pushed.chunks(9) {
+        buffer.push_many("streamed", chunk).await.unwrap();
+    }
+    let batch = buffer
+        .prepare_to_persist("streamed", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
+    let streamed: Vec<String> = buffer
+        .reader(&batch)
+        .into_stream()
+        .try_collect()
+        .await
+        .unwrap();
+    let expected: Vec<String> = pushed.iter().map(Value::to_string).collect();
+    assert_eq!(streamed, expected);
+    assert_eq!(streamed, batch_records(&buffer, &batch).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stream_yields_batch_not_found_once_and_ends_when_the_batch_vanishes() {
+    use futures::StreamExt;
+
+    let server = RedisServer::start();
+    let buffer = Buffer::connect(server.config().page_size(7)).await.unwrap();
+    let pushed: Vec<Value> = (0..20).map(record).collect();
+    buffer.push_many("vanishing", &pushed).await.unwrap();
+    let batch = buffer
+        .prepare_to_persist("vanishing", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut records = std::pin::pin!(buffer.reader(&batch).into_stream());
+    for expected in &pushed[..7] {
+        assert_eq!(records.next().await.unwrap().unwrap(), expected.to_string());
+    }
+    // Someone deletes the batch's records behind the reader's back.
+    let records_key = server
+        .all_keys()
+        .into_iter()
+        .find(|key| key.contains(":p:") && key.ends_with(":records"))
+        .unwrap();
+    server.command(&["DEL", &records_key]);
+    match records.next().await {
+        Some(Err(Error::BatchNotFound { store, .. })) => assert_eq!(store, "vanishing"),
+        other => panic!("expected BatchNotFound, got {other:?}"),
+    }
+    assert!(
+        records.next().await.is_none(),
+        "the stream ends after its error"
+    );
+}
