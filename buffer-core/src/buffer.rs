@@ -206,6 +206,7 @@ fn default_holder_id() -> String {
 /// What a push returns: the live store's state right after the push, read in the same
 /// transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct PushReceipt {
     /// Total size of the store's records, in bytes of compact JSON.
     pub bytes: u64,
@@ -219,6 +220,7 @@ pub struct PushReceipt {
 
 /// What [`Buffer::push_once`] returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct PushOnceOutcome {
     /// The store's state after the call.
     pub receipt: PushReceipt,
@@ -271,6 +273,7 @@ impl PushReplies {
 /// A batch made by [`Buffer::prepare_to_persist`] or [`crate::LockGuard::prepare`]: frozen,
 /// never changed again, waiting to be written out and emptied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct PreparedBatch {
     /// The store it came from.
     #[serde(serialize_with = "serialize_display")]
@@ -297,6 +300,7 @@ fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
 
 /// A live store as the indexes describe it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct StoreSummary {
     /// The store.
     #[serde(serialize_with = "serialize_display")]
@@ -309,8 +313,22 @@ pub struct StoreSummary {
     pub records: u64,
 }
 
+impl StoreSummary {
+    /// A summary of `store` with no records (first write 0, no bytes): the indexes make these,
+    /// and a dashboard's tests make their own and set the public fields by name.
+    pub fn new(store: StoreName) -> Self {
+        Self {
+            store,
+            first_write_ms: 0,
+            bytes: 0,
+            records: 0,
+        }
+    }
+}
+
 /// A prepared batch as the indexes describe it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct PreparedSummary {
     /// The store it came from.
     #[serde(serialize_with = "serialize_display")]
@@ -320,8 +338,16 @@ pub struct PreparedSummary {
     pub id: BatchId,
 }
 
+impl PreparedSummary {
+    /// The summary of batch `id` of `store`.
+    pub fn new(store: StoreName, id: BatchId) -> Self {
+        Self { store, id }
+    }
+}
+
 /// All the records and keys of a batch, loaded at once by [`Buffer::get_contents`].
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct BatchContents {
     /// The records, in push order, as `Value`s (exact for numbers that fit an `i64`, `u64` or
     /// `f64`; [`Buffer::reader`] gives the exact texts).
@@ -332,6 +358,7 @@ pub struct BatchContents {
 
 /// The first keys of a batch, from [`Buffer::batch_first_keys`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FirstKeys {
     /// The smallest of the batch's unique top-level keys, sorted.
     pub keys: BTreeSet<String>,

@@ -52,7 +52,8 @@ impl Backoff {
 }
 
 /// What is recorded about a batch (or store) that failed to persist.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct FailureRecord {
     /// Failed attempts in a row.
     pub attempts: u32,
@@ -68,6 +69,7 @@ pub struct FailureRecord {
 
 /// A failure record and what it is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FailingWork {
     /// The store.
     pub store: StoreName,
@@ -78,6 +80,16 @@ pub struct FailingWork {
 }
 
 impl FailingWork {
+    /// The failure `record` of `batch` of `store` (or of the live store when `batch` is
+    /// `None`).
+    pub fn new(store: StoreName, batch: Option<BatchId>, record: FailureRecord) -> Self {
+        Self {
+            store,
+            batch,
+            record,
+        }
+    }
+
     /// Whether persisters wait before trying again, as of `now_ms`.
     pub fn backing_off(&self, now_ms: u64) -> bool {
         self.record.next_retry_ms > now_ms

@@ -7,6 +7,7 @@ use crate::error::Result;
 
 /// A few facts from `INFO`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ServerInfo {
     /// `redis_version`.
     pub version: String,

@@ -21,11 +21,22 @@ use crate::scripts;
 
 /// Who holds a lock and for how much longer, as the dashboard shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct LockInfo {
     /// The holder id of the process that took it.
     pub holder: String,
     /// Remaining time to live in ms, or `None` when the lock has no expiry.
     pub ttl_ms: Option<u64>,
+}
+
+impl LockInfo {
+    /// A lock held by `holder` with `ttl_ms` left (`None`: no expiry).
+    pub fn new(holder: impl Into<String>, ttl_ms: Option<u64>) -> Self {
+        Self {
+            holder: holder.into(),
+            ttl_ms,
+        }
+    }
 }
 
 /// What a lock protects: a live store or one of its prepared batches.

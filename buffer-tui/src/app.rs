@@ -839,12 +839,11 @@ mod tests {
     }
 
     fn summary(name: &str, records: u64, bytes: u64, age_ms: u64) -> StoreSummary {
-        StoreSummary {
-            store: StoreName::new(name).unwrap(),
-            first_write_ms: T0 - age_ms,
-            bytes,
-            records,
-        }
+        let mut summary = StoreSummary::new(StoreName::new(name).unwrap());
+        summary.first_write_ms = T0 - age_ms;
+        summary.bytes = bytes;
+        summary.records = records;
+        summary
     }
 
     fn snapshot(stores: Vec<StoreSummary>) -> Snapshot {
@@ -1185,10 +1184,10 @@ mod tests {
     fn stores_with_only_prepared_batches_are_listed() {
         let mut app = app();
         let mut snap = snapshot(vec![summary("live", 1, 1, 0)]);
-        snap.prepared.push(buffer_core::PreparedSummary {
-            store: StoreName::new("flushing").unwrap(),
-            id: "0000000000001-0000000000000001".parse().unwrap(),
-        });
+        snap.prepared.push(buffer_core::PreparedSummary::new(
+            StoreName::new("flushing").unwrap(),
+            "0000000000001-0000000000000001".parse().unwrap(),
+        ));
         app.update(Action::Snapshot(Box::new(snap)));
         assert_eq!(app.listed(), ["flushing", "live"]);
         assert_eq!(app.rows[0].prepared, 1);

@@ -43,34 +43,35 @@ fn fit(app: &mut App, width: u16, height: u16) {
 }
 
 fn server() -> ServerInfo {
-    ServerInfo {
-        version: "7.2.4".into(),
-        mode: "standalone".into(),
-        used_memory: 3 * 1024 * 1024 + 300 * 1024,
-        maxmemory: 0,
-        ops_per_sec: 1234,
-        clients: 5,
-    }
+    let mut info = ServerInfo::default();
+    info.version = "7.2.4".into();
+    info.mode = "standalone".into();
+    info.used_memory = 3 * 1024 * 1024 + 300 * 1024;
+    info.maxmemory = 0;
+    info.ops_per_sec = 1234;
+    info.clients = 5;
+    info
 }
 
 fn store(text: &str, records: u64, bytes: u64, age_ms: u64) -> StoreSummary {
-    StoreSummary {
-        store: name(text),
-        first_write_ms: T0 - age_ms,
-        bytes,
-        records,
-    }
+    let mut summary = StoreSummary::new(name(text));
+    summary.first_write_ms = T0 - age_ms;
+    summary.bytes = bytes;
+    summary.records = records;
+    summary
 }
 
 /// The record of a batch whose file cannot be written: three attempts, retried in 3.5 s.
 fn failing_record() -> FailureRecord {
-    FailureRecord {
-        attempts: 3,
-        last_error: "create file out/orders/1699999998000-000000000000ef56.jsonl: Is a directory (os error 21)".into(),
-        last_ms: T0 - 500,
-        next_retry_ms: T0 + 5_000,
-        holder: "persist-1/4242".into(),
-    }
+    let mut record = FailureRecord::default();
+    record.attempts = 3;
+    record.last_error =
+        "create file out/orders/1699999998000-000000000000ef56.jsonl: Is a directory (os error 21)"
+            .into();
+    record.last_ms = T0 - 500;
+    record.next_retry_ms = T0 + 5_000;
+    record.holder = "persist-1/4242".into();
+    record
 }
 
 /// Several stores: one locked by a persister, one with prepared batches (one of them
@@ -87,18 +88,9 @@ fn populated(width: u16, height: u16) -> App {
     let orders_batch = batch_id(T0 - 4_000, 0xab12);
     let flushing_batch = batch_id(T0 - 1_500, 0xcd34);
     let prepared = vec![
-        PreparedSummary {
-            store: name("orders"),
-            id: orders_batch.clone(),
-        },
-        PreparedSummary {
-            store: name("orders"),
-            id: batch_id(T0 - 2_000, 0xef56),
-        },
-        PreparedSummary {
-            store: name("clicks-archive"),
-            id: flushing_batch.clone(),
-        },
+        PreparedSummary::new(name("orders"), orders_batch.clone()),
+        PreparedSummary::new(name("orders"), batch_id(T0 - 2_000, 0xef56)),
+        PreparedSummary::new(name("clicks-archive"), flushing_batch.clone()),
     ];
     let mut snapshot = Snapshot {
         taken_at_ms: T0,
@@ -116,17 +108,17 @@ fn populated(width: u16, height: u16) -> App {
             records_persisted: 30_000,
         }],
         failures: vec![
-            FailingWork {
-                store: name("orders"),
-                batch: Some(batch_id(T0 - 2_000, 0xef56)),
-                record: failing_record(),
-            },
+            FailingWork::new(
+                name("orders"),
+                Some(batch_id(T0 - 2_000, 0xef56)),
+                failing_record(),
+            ),
             // A record that outlived its batch: not counted.
-            FailingWork {
-                store: name("signups"),
-                batch: Some(batch_id(T0 - 90_000, 0x9999)),
-                record: failing_record(),
-            },
+            FailingWork::new(
+                name("signups"),
+                Some(batch_id(T0 - 90_000, 0x9999)),
+                failing_record(),
+            ),
         ],
         ..Snapshot::default()
     };
@@ -191,10 +183,7 @@ fn populated(width: u16, height: u16) -> App {
                     bytes: 812_000,
                     keys: 6,
                 }),
-                lock: Some(LockInfo {
-                    holder: "persist-1/4242".into(),
-                    ttl_ms: Some(27_400),
-                }),
+                lock: Some(LockInfo::new("persist-1/4242", Some(27_400))),
                 failure: None,
             },
             BatchDetail {
