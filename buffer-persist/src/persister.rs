@@ -24,7 +24,7 @@ use crate::writer::{self, BatchFile, CsvLayout, Published, SinkFactory};
 
 /// The longest a failing batch waits between two attempts. Its first retry waits one poll
 /// interval, and each failure after that doubles the wait up to this.
-pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
+pub(crate) const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Counters of what a persister did since it started.
 #[derive(Debug, Default)]
@@ -157,7 +157,9 @@ impl Persister {
         }
     }
 
-    /// Replaces how temporary files are opened (a test double for a full disk, say).
+    /// Replaces how temporary files are opened (a test double for a full disk, say). A test
+    /// hook: compiled in only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
     pub fn with_sink_factory(mut self, open: Arc<SinkFactory>) -> Self {
         self.open_sink = open;
         self
@@ -491,7 +493,7 @@ impl Persister {
     }
 
     /// Locks a live store, prepares it (the lock moves to the batch) and persists the batch.
-    pub async fn flush_store(
+    pub(crate) async fn flush_store(
         &self,
         store: &StoreName,
         shutdown: &CancellationToken,
@@ -543,7 +545,7 @@ impl Persister {
     }
 
     /// Locks a prepared batch left by an earlier run and persists it.
-    pub async fn recover_batch(
+    pub(crate) async fn recover_batch(
         &self,
         store: &StoreName,
         batch: &BatchId,
