@@ -42,6 +42,29 @@ mod snapshot;
 mod terminal;
 mod ui;
 
+/// The API boundary holds (ARCHITECTURE.md, "API boundaries"): the dashboard's state, poller,
+/// demo and panels are not reachable from outside the crate.
+/// Each block must fail to compile; its error code says why (stable rustdoc does not check
+/// the code, nightly does).
+///
+/// ```compile_fail,E0432
+/// use buffer_tui::App;
+/// ```
+/// ```compile_fail,E0603
+/// use buffer_tui::app::Action;
+/// ```
+/// ```compile_fail,E0432
+/// use buffer_tui::run_demo;
+/// ```
+/// ```compile_fail,E0603
+/// use buffer_tui::ui::render;
+/// ```
+/// ```compile_fail,E0432
+/// use buffer_tui::poll_once;
+/// ```
+#[cfg(doctest)]
+struct PrivateSurface;
+
 // A binary's library: `main.rs` needs `cli`, and the terminal test in `tests/tmux.rs` needs the
 // guard that restores the terminal. Everything else is crate-private.
 pub use terminal::TerminalGuard;
