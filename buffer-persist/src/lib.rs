@@ -38,10 +38,13 @@ pub use persister::{BatchOutcome, DrainReport, Persister, StatsSnapshot};
 /// the code, nightly does).
 ///
 /// ```compile_fail,E0624
-/// let _ = buffer_persist::Persister::flush_store;
+/// let _ = buffer_persist::Persister::flush;
 /// ```
 /// ```compile_fail,E0624
-/// let _ = buffer_persist::Persister::recover_batch;
+/// let _ = buffer_persist::Persister::recover;
+/// ```
+/// ```compile_fail,E0624
+/// let _ = buffer_persist::Persister::persist_locked;
 /// ```
 /// ```compile_fail,E0603
 /// use buffer_persist::cli::spawn_signal_handler;
