@@ -16,7 +16,9 @@ use buffer_core::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Compression, Format, PersistConfig, parse_duration, parse_size};
+use crate::config::{Compression, Format, PersistConfig, parse_size};
+// buffer-tui parses its `--interval`-style flags the same way.
+pub use crate::config::parse_duration;
 use crate::persister::Persister;
 
 /// Drains buffer stores from Redis into files, exactly once.
@@ -268,7 +270,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
 /// The handlers are registered before this returns, not inside the spawned task: a SIGTERM
 /// that arrives right after start-up must still be a clean shutdown, not the default action
 /// that kills the process mid-batch.
-pub fn spawn_signal_handler(shutdown: CancellationToken) {
+pub(crate) fn spawn_signal_handler(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())
         .map_err(|err| tracing::warn!(error = %err, "cannot listen for SIGINT"))

@@ -211,7 +211,7 @@ fn url_scheme(path: &std::path::Path) -> Option<&str> {
 ///
 /// # Errors
 /// [`Error::Config`] for an unknown unit or a malformed number.
-pub fn parse_size(text: &str) -> Result<u64, Error> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, Error> {
     let bad = || {
         Error::Config(format!(
             "{text:?} is not a size; write e.g. 1000, 64KiB, 8MiB, 1GB"

@@ -56,7 +56,7 @@ pub enum Error {
         batch: String,
         /// The record's position in the batch.
         index: u64,
-        /// Why.
+        /// Why the encoder refused it (for CSV, a value that is not a scalar, say).
         reason: String,
     },
     /// The output directory was set up by persisters with another format or compression.

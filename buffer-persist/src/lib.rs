@@ -25,14 +25,46 @@ mod paths;
 mod persister;
 mod writer;
 
-pub use config::{
-    Compression, DEFAULT_CSV_MAX_COLUMNS, Format, PersistConfig, parse_duration, parse_size,
-};
+pub use config::{Compression, DEFAULT_CSV_MAX_COLUMNS, Format, PersistConfig};
 pub use error::{Error, Result};
 pub use marker::MARKER_FILE;
 pub use metrics::serve_metrics;
-pub use paths::{
-    DEFAULT_PATH_TEMPLATE, PathTemplate, batch_file_name, batch_path, extension, store_dir,
-};
+pub use paths::{DEFAULT_PATH_TEMPLATE, PathTemplate};
 pub use persister::{BatchOutcome, DrainReport, Persister, StatsSnapshot};
-pub use writer::{FileSink, SinkFactory, open_decoded, open_file_sink};
+
+/// The API boundary holds (ARCHITECTURE.md, "API boundaries"): the protocol steps and the
+/// writer's internals are not reachable from outside the crate.
+/// Each block must fail to compile; its error code says why (stable rustdoc does not check
+/// the code, nightly does).
+///
+/// ```compile_fail,E0624
+/// let _ = buffer_persist::Persister::flush;
+/// ```
+/// ```compile_fail,E0624
+/// let _ = buffer_persist::Persister::recover;
+/// ```
+/// ```compile_fail,E0624
+/// let _ = buffer_persist::Persister::persist_locked;
+/// ```
+/// ```compile_fail,E0603
+/// use buffer_persist::cli::spawn_signal_handler;
+/// ```
+/// ```compile_fail,E0432
+/// use buffer_persist::open_file_sink;
+/// ```
+/// ```compile_fail,E0432
+/// use buffer_persist::extension;
+/// ```
+/// ```compile_fail,E0425
+/// let _ = buffer_persist::parse_size("1MiB");
+/// ```
+#[cfg(doctest)]
+struct PrivateSurface;
+
+// Test hooks: what the integration suites need to simulate a full disk and to find and read
+// the files a batch became. Not part of the embedder API; only the `test-hooks` feature, which
+// the test-support crate `buffer-tests` enables, compiles them in.
+#[cfg(feature = "test-hooks")]
+pub use paths::{batch_file_name, batch_path, store_dir};
+#[cfg(feature = "test-hooks")]
+pub use writer::{FileSink, SinkFactory, open_decoded};

@@ -449,11 +449,12 @@ fn civil_from_days(days: u64) -> (i64, u32, u32) {
 }
 
 /// A file's extension without the leading dot: `jsonl`, `csv.gz`, …
-pub fn extension(format: Format, compression: Compression) -> String {
+pub(crate) fn extension(format: Format, compression: Compression) -> String {
     format!("{}{}", format.extension(), compression.suffix())
 }
 
 /// The directory of a store's files under `out`, with the default template.
+#[cfg(any(test, feature = "test-hooks"))]
 pub fn store_dir(out: &Path, store: &StoreName) -> PathBuf {
     let encoded = store.encoded();
     let mut dir = out.to_path_buf();
@@ -468,11 +469,13 @@ pub fn store_dir(out: &Path, store: &StoreName) -> PathBuf {
 }
 
 /// The file name of a batch, with the default template.
+#[cfg(any(test, feature = "test-hooks"))]
 pub fn batch_file_name(batch: &BatchId, format: Format, compression: Compression) -> String {
     format!("{batch}.{}", extension(format, compression))
 }
 
 /// The full path of a batch's file, with the default template.
+#[cfg(any(test, feature = "test-hooks"))]
 pub fn batch_path(
     out: &Path,
     store: &StoreName,

@@ -24,7 +24,7 @@ use crate::writer::{self, BatchFile, CsvLayout, Published, SinkFactory};
 
 /// The longest a failing batch waits between two attempts. Its first retry waits one poll
 /// interval, and each failure after that doubles the wait up to this.
-pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
+pub(crate) const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Counters of what a persister did since it started.
 #[derive(Debug, Default)]
@@ -82,7 +82,7 @@ pub enum BatchOutcome {
     Persisted {
         /// Records in the batch.
         records: u64,
-        /// The file.
+        /// The batch's file under `OUT` (written now, or an identical one found in place).
         path: std::path::PathBuf,
     },
     /// Someone else holds the lock (another persister, a library user, or another task of
@@ -157,7 +157,9 @@ impl Persister {
         }
     }
 
-    /// Replaces how temporary files are opened (a test double for a full disk, say).
+    /// Replaces how temporary files are opened (a test double for a full disk, say). A test
+    /// hook: compiled in only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
     pub fn with_sink_factory(mut self, open: Arc<SinkFactory>) -> Self {
         self.open_sink = open;
         self
@@ -419,8 +421,8 @@ impl Persister {
             return Ok(BatchOutcome::Busy);
         }
         let result = match work {
-            Work::Recover(store, batch) => self.recover_batch(store, batch, shutdown).await,
-            Work::Flush(store) => self.flush_store(store, shutdown).await,
+            Work::Recover(store, batch) => self.recover(store, batch, shutdown).await,
+            Work::Flush(store) => self.flush(store, shutdown).await,
         };
         if let Ok(mut set) = self.in_flight.lock() {
             set.remove(&key);
@@ -491,7 +493,7 @@ impl Persister {
     }
 
     /// Locks a live store, prepares it (the lock moves to the batch) and persists the batch.
-    pub async fn flush_store(
+    pub(crate) async fn flush(
         &self,
         store: &StoreName,
         shutdown: &CancellationToken,
@@ -543,7 +545,7 @@ impl Persister {
     }
 
     /// Locks a prepared batch left by an earlier run and persists it.
-    pub async fn recover_batch(
+    pub(crate) async fn recover(
         &self,
         store: &StoreName,
         batch: &BatchId,
@@ -897,6 +899,37 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|err| Error::Task(format!("file writer: {err}")))?
+}
+
+/// Test hooks: one protocol step at a time, for the suites that race two persisters over one
+/// batch. Compiled in only with the `test-hooks` feature; embedders use `run` and `drain`.
+#[cfg(feature = "test-hooks")]
+impl Persister {
+    /// Locks the live `store`, prepares it and persists the batch, as one work item of `run`.
+    ///
+    /// # Errors
+    /// As `run`'s work items: Redis, I/O or encoding errors, wrapped in [`Error::InBatch`]
+    /// once the batch is prepared.
+    pub async fn flush_store(
+        &self,
+        store: &StoreName,
+        shutdown: &CancellationToken,
+    ) -> Result<BatchOutcome> {
+        self.flush(store, shutdown).await
+    }
+
+    /// Locks the prepared `batch` of `store` and persists it, as one work item of `run`.
+    ///
+    /// # Errors
+    /// As `run`'s work items: Redis, I/O or encoding errors.
+    pub async fn recover_batch(
+        &self,
+        store: &StoreName,
+        batch: &BatchId,
+        shutdown: &CancellationToken,
+    ) -> Result<BatchOutcome> {
+        self.recover(store, batch, shutdown).await
+    }
 }
 
 #[cfg(test)]

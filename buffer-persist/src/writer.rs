@@ -50,7 +50,7 @@ pub type SinkFactory = dyn Fn(&Path) -> io::Result<Box<dyn FileSink>> + Send + S
 ///
 /// # Errors
 /// The operating system's error.
-pub fn open_file_sink(path: &Path) -> io::Result<Box<dyn FileSink>> {
+pub(crate) fn open_file_sink(path: &Path) -> io::Result<Box<dyn FileSink>> {
     let file = OpenOptions::new().write(true).create_new(true).open(path)?;
     Ok(Box::new(file))
 }
@@ -275,7 +275,7 @@ pub(crate) struct BatchFile {
 
 /// What publishing a file did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Published {
+pub(crate) enum Published {
     /// The file was written and published by this writer.
     Written {
         /// Its path.
@@ -292,7 +292,7 @@ pub enum Published {
 
 impl Published {
     /// The published file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         match self {
             Self::Written { path, .. } | Self::AlreadyThere { path } => path,
         }
@@ -304,7 +304,7 @@ impl BatchFile {
     /// temporary file beside the target. `target` is the batch's path under `out` (from the
     /// path template); `csv` is the CSV file's columns ([`CsvLayout::of_batch`]), ignored for
     /// JSON Lines.
-    pub fn create(
+    pub(crate) fn create(
         out: &Path,
         target: PathBuf,
         batch: &PreparedBatch,
@@ -352,7 +352,7 @@ impl BatchFile {
     }
 
     /// Appends a page of records (the JSON texts read from Redis).
-    pub fn write_page(&mut self, page: &[String]) -> Result<()> {
+    pub(crate) fn write_page(&mut self, page: &[String]) -> Result<()> {
         match &mut self.encoder {
             Encoder::Lines(out) => {
                 for text in page {
@@ -385,7 +385,7 @@ impl BatchFile {
 
     /// Finishes the compression, checks that exactly `expected` records were written and
     /// fsyncs the file. On error the temporary file is removed.
-    pub fn finish(self, expected: u64) -> Result<SyncedFile> {
+    pub(crate) fn finish(self, expected: u64) -> Result<SyncedFile> {
         let Self {
             store,
             batch,
@@ -438,7 +438,7 @@ impl BatchFile {
     }
 
     /// Removes the temporary file (on abandon).
-    pub fn discard(self) {
+    pub(crate) fn discard(self) {
         drop(self);
     }
 }
@@ -500,7 +500,7 @@ pub(crate) struct SyncedFile {
 impl SyncedFile {
     /// Publishes the file under its target name without clobbering (`link`), removes the
     /// temporary name and fsyncs the directory.
-    pub fn publish(mut self) -> Result<Published> {
+    pub(crate) fn publish(mut self) -> Result<Published> {
         let result = self.link();
         // Whatever happened, the temporary name goes: after a successful link the data lives
         // on under the target name; after a failure nothing partial may stay behind.
@@ -655,6 +655,7 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 ///
 /// # Errors
 /// [`Error::Io`] when the file cannot be opened.
+#[cfg(any(test, feature = "test-hooks"))]
 pub fn open_decoded(path: &Path) -> Result<Box<dyn Read>> {
     let name = path.to_string_lossy();
     let compression = if name.ends_with(".gz") {

@@ -20,7 +20,7 @@ pub(crate) const EVENT_HISTORY: usize = 200;
 
 /// Something that changes the dashboard's state.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Action {
+pub(crate) enum Action {
     /// The clock moved (Unix ms): ages and lock TTLs count on.
     Tick {
         /// The time now.
@@ -44,10 +44,7 @@ pub enum Action {
     /// The subscription to persister events is up.
     EventsLive,
     /// The subscription to persister events was lost; it is retried.
-    EventsLost {
-        /// Why.
-        error: String,
-    },
+    EventsLost { error: String },
     /// A persister event arrived.
     Event(Event),
     /// Counters of the demo's load generator and persister.
@@ -90,33 +87,33 @@ pub enum Action {
 
 /// The demo's counters, shown in the header.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DemoStats {
+pub(crate) struct DemoStats {
     /// Records pushed by the load generator.
-    pub pushed: u64,
+    pub(crate) pushed: u64,
     /// Records persisted by the in-process persister.
-    pub persisted: u64,
+    pub(crate) persisted: u64,
     /// Files written.
-    pub files: u64,
+    pub(crate) files: u64,
 }
 
 /// How the dashboard starts.
 #[derive(Clone, Debug)]
-pub struct AppConfig {
+pub(crate) struct AppConfig {
     /// The Redis URL with the password redacted.
-    pub address: String,
+    pub(crate) address: String,
     /// The key namespace.
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// The persister's `--max-age`, when known: the table then shows when each store is flushed.
-    pub max_age: Option<Duration>,
+    pub(crate) max_age: Option<Duration>,
     /// Where the demo writes, when this is the demo.
-    pub demo_out: Option<String>,
+    pub(crate) demo_out: Option<String>,
     /// The time at start (Unix ms).
-    pub now_ms: u64,
+    pub(crate) now_ms: u64,
 }
 
 /// The state of the connection to Redis, as the last poll left it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Connection {
+pub(crate) enum Connection {
     /// No poll has finished yet.
     Connecting,
     /// The last poll succeeded.
@@ -134,10 +131,9 @@ pub enum Connection {
 
 /// The state of the persister-event subscription.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EventFeed {
+pub(crate) enum EventFeed {
     /// Not subscribed yet.
     Connecting,
-    /// Subscribed.
     Live,
     /// Lost; being retried.
     Lost(String),
@@ -145,8 +141,7 @@ pub enum EventFeed {
 
 /// What keys do now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Navigation.
+pub(crate) enum Mode {
     Normal,
     /// Typing a filter after `/`.
     Filter,
@@ -156,7 +151,7 @@ pub enum Mode {
 
 /// What fills the screen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Screen {
+pub(crate) enum Screen {
     /// The stores table with the selected store, rates and events below.
     Table,
     /// The selected store in full (after Enter).
@@ -165,7 +160,7 @@ pub enum Screen {
 
 /// A column of the stores table; each one sorts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Column {
+pub(crate) enum Column {
     /// Store name.
     Name,
     /// Live records.
@@ -186,7 +181,7 @@ pub enum Column {
 
 impl Column {
     /// Every column, in table order.
-    pub const ALL: [Column; 8] = [
+    pub(crate) const ALL: [Column; 8] = [
         Column::Name,
         Column::Records,
         Column::Bytes,
@@ -198,7 +193,7 @@ impl Column {
     ];
 
     /// The header text.
-    pub fn title(self) -> &'static str {
+    pub(crate) fn title(self) -> &'static str {
         match self {
             Self::Name => "Store",
             Self::Records => "Records",
@@ -230,7 +225,7 @@ impl Column {
 
 /// A sort direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     /// Smallest first.
     Ascending,
     /// Largest first.
@@ -239,17 +234,14 @@ pub enum Direction {
 
 /// How the table is sorted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sort {
-    /// The column.
-    pub column: Column,
-    /// The direction.
-    pub direction: Direction,
+pub(crate) struct Sort {
+    pub(crate) column: Column,
+    pub(crate) direction: Direction,
 }
 
 /// Whether the dashboard keeps running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Running {
-    /// Yes.
+pub(crate) enum Running {
     Yes,
     /// `q` was pressed.
     Quit,
@@ -257,29 +249,26 @@ pub enum Running {
 
 /// One store as the table shows it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct StoreRow {
-    /// The store.
-    pub name: StoreName,
+pub(crate) struct StoreRow {
+    pub(crate) name: StoreName,
     /// Its live buffer, `None` when only prepared batches are left.
-    pub live: Option<LiveCounts>,
+    pub(crate) live: Option<LiveCounts>,
     /// Its prepared batches.
-    pub prepared: usize,
+    pub(crate) prepared: usize,
     /// How many of its batches (and its live store, when it cannot be prepared) failed to
     /// persist and wait for a retry.
-    pub failing: usize,
+    pub(crate) failing: usize,
     /// Details, known for the rows that were visible at the last poll.
-    pub detail: Option<StoreDetail>,
+    pub(crate) detail: Option<StoreDetail>,
 }
 
 /// A live store's counts from the indexes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LiveCounts {
+pub(crate) struct LiveCounts {
     /// When its first live record was pushed (Unix ms).
-    pub first_write_ms: u64,
-    /// Bytes.
-    pub bytes: u64,
-    /// Records.
-    pub records: u64,
+    pub(crate) first_write_ms: u64,
+    pub(crate) bytes: u64,
+    pub(crate) records: u64,
 }
 
 /// Push and persist rates, one sample per second or more.
@@ -288,7 +277,7 @@ pub struct LiveCounts {
 /// records plus the records that left them in prepared batches (announced by `prepared`
 /// events). The persist rate is the records of `persisted` events.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Rates {
+pub(crate) struct Rates {
     /// Start of the current window: (Unix ms, live records then).
     window: Option<(u64, u64)>,
     /// Records prepared since the window started.
@@ -296,14 +285,14 @@ pub struct Rates {
     /// Records persisted since the window started.
     persisted: u64,
     /// Push records/s, oldest first.
-    pub push: VecDeque<u64>,
+    pub(crate) push: VecDeque<u64>,
     /// Persist records/s, oldest first.
-    pub persist: VecDeque<u64>,
+    pub(crate) persist: VecDeque<u64>,
 }
 
 impl Rates {
     /// Counts a persister event into the current window.
-    pub fn on_event(&mut self, event: &Event) {
+    pub(crate) fn on_event(&mut self, event: &Event) {
         match event.kind {
             EventKind::Prepared => self.prepared += event.records,
             EventKind::Persisted => self.persisted += event.records,
@@ -313,7 +302,7 @@ impl Rates {
 
     /// Takes the live record total of a poll; closes the window and adds a sample when at
     /// least a second has passed since it opened.
-    pub fn on_poll(&mut self, at_ms: u64, live_records: u64) {
+    pub(crate) fn on_poll(&mut self, at_ms: u64, live_records: u64) {
         let Some((start_ms, start_records)) = self.window else {
             self.window = Some((at_ms, live_records));
             self.prepared = 0;
@@ -333,17 +322,17 @@ impl Rates {
     }
 
     /// Forgets the window (after an outage the first poll starts a new one).
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.window = None;
     }
 
     /// The latest push rate.
-    pub fn push_now(&self) -> Option<u64> {
+    pub(crate) fn push_now(&self) -> Option<u64> {
         self.push.back().copied()
     }
 
     /// The latest persist rate.
-    pub fn persist_now(&self) -> Option<u64> {
+    pub(crate) fn persist_now(&self) -> Option<u64> {
         self.persist.back().copied()
     }
 }
@@ -357,16 +346,16 @@ fn push_capped(samples: &mut VecDeque<u64>, value: u64) {
 
 /// Which stores the poller should fetch details for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ViewRequest {
+pub(crate) struct ViewRequest {
     /// The rows on screen, top to bottom.
-    pub visible: Vec<StoreName>,
+    pub(crate) visible: Vec<StoreName>,
     /// The selected store.
-    pub selected: Option<StoreName>,
+    pub(crate) selected: Option<StoreName>,
 }
 
 /// The whole dashboard state.
 #[derive(Clone, Debug)]
-pub struct App {
+pub(crate) struct App {
     pub(crate) address: String,
     pub(crate) namespace: String,
     /// `--max-age` as given on the command line; wins over what persisters announce.
@@ -410,7 +399,7 @@ pub struct App {
 
 impl App {
     /// A dashboard with no data yet.
-    pub fn new(config: AppConfig) -> Self {
+    pub(crate) fn new(config: AppConfig) -> Self {
         Self {
             address: config.address,
             namespace: config.namespace,
@@ -448,12 +437,12 @@ impl App {
     }
 
     /// Whether the dashboard keeps running.
-    pub fn running(&self) -> Running {
+    pub(crate) fn running(&self) -> Running {
         self.running
     }
 
     /// The rows on screen and the selected store, for the poller.
-    pub fn view_request(&self) -> ViewRequest {
+    pub(crate) fn view_request(&self) -> ViewRequest {
         let end = (self.offset + self.page()).min(self.view.len());
         ViewRequest {
             visible: self.view[self.offset.min(end)..end]
@@ -465,13 +454,13 @@ impl App {
     }
 
     /// Whether rows on screen (or the selected store) have no details yet.
-    pub fn needs_details(&self) -> bool {
+    pub(crate) fn needs_details(&self) -> bool {
         self.visible_rows().any(|row| row.detail.is_none())
             || (self.selected.is_some() && self.focus.is_none())
     }
 
     /// The rows the table shows, in order.
-    pub fn visible_rows(&self) -> impl Iterator<Item = &StoreRow> {
+    pub(crate) fn visible_rows(&self) -> impl Iterator<Item = &StoreRow> {
         let end = (self.offset + self.page()).min(self.view.len());
         self.view[self.offset.min(end)..end]
             .iter()
@@ -479,12 +468,13 @@ impl App {
     }
 
     /// The selected row.
-    pub fn selected_row(&self) -> Option<&StoreRow> {
+    pub(crate) fn selected_row(&self) -> Option<&StoreRow> {
         self.view.get(self.cursor).map(|&i| &self.rows[i])
     }
 
-    /// The names the table lists, in order (for tests and the poller).
-    pub fn listed(&self) -> Vec<&str> {
+    /// The names the table lists, in order: what the unit tests assert on.
+    #[cfg(test)]
+    pub(crate) fn listed(&self) -> Vec<&str> {
         self.view
             .iter()
             .map(|&i| self.rows[i].name.as_str())
@@ -497,17 +487,12 @@ impl App {
     }
 
     /// What keys do now.
-    pub fn mode(&self) -> Mode {
+    pub(crate) fn mode(&self) -> Mode {
         self.mode
     }
 
-    /// What fills the screen.
-    pub fn screen(&self) -> Screen {
-        self.screen
-    }
-
     /// Applies one action.
-    pub fn update(&mut self, action: Action) {
+    pub(crate) fn update(&mut self, action: Action) {
         match action {
             Action::Tick { now_ms } => self.now_ms = now_ms,
             Action::Viewport { table_rows } => {

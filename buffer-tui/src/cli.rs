@@ -47,7 +47,7 @@ pub struct Cli {
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
-    let duration = buffer_persist::parse_duration(text).map_err(|err| err.to_string())?;
+    let duration = buffer_persist::cli::parse_duration(text).map_err(|err| err.to_string())?;
     if duration.is_zero() {
         return Err("must be more than zero".into());
     }

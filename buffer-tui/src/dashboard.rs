@@ -21,7 +21,7 @@ const TICK: Duration = Duration::from_millis(250);
 const ACTIONS_PER_DRAW: usize = 256;
 
 /// A dashboard ready to run.
-pub struct Dashboard {
+pub(crate) struct Dashboard {
     buffer: Buffer,
     app: App,
     interval: Duration,
@@ -36,7 +36,7 @@ pub struct Dashboard {
 
 impl Dashboard {
     /// A dashboard over `buffer`, polling every `interval`.
-    pub fn new(buffer: Buffer, app: App, interval: Duration) -> Self {
+    pub(crate) fn new(buffer: Buffer, app: App, interval: Duration) -> Self {
         Self {
             buffer,
             app,
@@ -46,7 +46,7 @@ impl Dashboard {
     }
 
     /// A sender for extra actions (the demo sends its counters).
-    pub fn sender(&self) -> mpsc::UnboundedSender<Action> {
+    pub(crate) fn sender(&self) -> mpsc::UnboundedSender<Action> {
         self.actions.0.clone()
     }
 
@@ -56,7 +56,7 @@ impl Dashboard {
     /// # Errors
     /// [`Error::Terminal`] when the terminal cannot be used. Redis errors are not errors here:
     /// the dashboard shows them and keeps polling.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<App> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<App> {
         let Self {
             buffer,
             mut app,

@@ -21,11 +21,11 @@ use crate::error::{Error, Result};
 
 /// How the demo runs.
 #[derive(Clone, Debug)]
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     /// Where the persister writes.
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// How often the dashboard polls.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
 }
 
 /// The demo's persister thresholds: short, so files appear within seconds.
@@ -205,21 +205,21 @@ async fn generate(
 
 /// What the demo did, printed after it ends.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DemoSummary {
+pub(crate) struct DemoSummary {
     /// Records the load generator pushed (acknowledged pushes).
-    pub pushed: u64,
+    pub(crate) pushed: u64,
     /// Records the persister wrote, including the final drain.
-    pub persisted: u64,
+    pub(crate) persisted: u64,
     /// Files written.
-    pub files: u64,
+    pub(crate) files: u64,
     /// Records still in Redis when it was stopped (0 after a complete final drain).
-    pub left_in_redis: u64,
+    pub(crate) left_in_redis: u64,
     /// Where the files are.
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// The Redis that was stopped: pid and port.
-    pub redis: (u32, u16),
+    pub(crate) redis: (u32, u16),
     /// Errors the persister counted.
-    pub persist_errors: u64,
+    pub(crate) persist_errors: u64,
 }
 
 impl fmt::Display for DemoSummary {
@@ -255,7 +255,10 @@ impl fmt::Display for DemoSummary {
 /// [`Error::RedisServerNotFound`] and [`Error::RedisServerStart`] before anything is shown;
 /// [`Error::Io`] when the output directory cannot be created; [`Error::Persist`] when the
 /// persister cannot use it; [`Error::Terminal`].
-pub async fn run_demo(options: DemoOptions, shutdown: CancellationToken) -> Result<DemoSummary> {
+pub(crate) async fn run_demo(
+    options: DemoOptions,
+    shutdown: CancellationToken,
+) -> Result<DemoSummary> {
     std::fs::create_dir_all(&options.out).map_err(|source| Error::Io {
         action: "creating the output directory",
         path: options.out.clone(),

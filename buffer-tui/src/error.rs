@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// What can stop the dashboard or the demo.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub(crate) enum Error {
     /// The terminal could not be set up or drawn on.
     #[error("terminal: {0}")]
     Terminal(#[source] std::io::Error),
@@ -28,7 +28,6 @@ pub enum Error {
     /// The demo's `redis-server` did not start.
     #[error("redis-server did not start: {reason}; its log says:\n{log}")]
     RedisServerStart {
-        /// Why.
         reason: String,
         /// The end of its log.
         log: String,
@@ -73,4 +72,4 @@ impl From<buffer_core::local_server::LocalServerError> for Error {
 }
 
 /// A `Result` whose error is [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;

@@ -35,7 +35,7 @@ const MIN_GAP: Duration = Duration::from_millis(150);
 ///
 /// Sends `Action::Snapshot` or `Action::PollFailed` on `actions`; stops early when the
 /// receiver is gone. `view` is written by the dashboard loop after every update.
-pub async fn poll_loop(
+pub(crate) async fn poll_loop(
     buffer: Buffer,
     interval: Duration,
     mut view: watch::Receiver<ViewRequest>,
@@ -74,7 +74,7 @@ pub async fn poll_loop(
 ///
 /// # Errors
 /// The first Redis error; a poll is all or nothing, so the app never mixes old and new data.
-pub async fn poll_once(
+pub(crate) async fn poll_once(
     buffer: &Buffer,
     request: &ViewRequest,
 ) -> Result<Snapshot, buffer_core::Error> {
@@ -215,7 +215,7 @@ async fn focus_detail(
 
 /// Follows the persister's events channel until `shutdown`, resubscribing when the
 /// connection drops (events published in between are missed: pub/sub keeps no history).
-pub async fn follow_events(
+pub(crate) async fn follow_events(
     buffer: Buffer,
     actions: mpsc::UnboundedSender<Action>,
     shutdown: CancellationToken,

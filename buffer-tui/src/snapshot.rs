@@ -10,51 +10,51 @@ use buffer_core::{
 /// One poll: the server, every store and prepared batch from the indexes, and the details of
 /// just the stores the dashboard shows.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// When the poll started (Unix ms); lock TTLs count down from here.
-    pub taken_at_ms: u64,
+    pub(crate) taken_at_ms: u64,
     /// Facts from `INFO`.
-    pub server: ServerInfo,
+    pub(crate) server: ServerInfo,
     /// Every live store (from the group indexes, so cheap for 10 000 stores).
-    pub stores: Vec<StoreSummary>,
+    pub(crate) stores: Vec<StoreSummary>,
     /// Every prepared batch waiting to be persisted.
-    pub prepared: Vec<PreparedSummary>,
+    pub(crate) prepared: Vec<PreparedSummary>,
     /// Every failure record: batches (and live stores) that failed to persist, with their
     /// attempts and next retry. A record whose batch is gone is ignored.
-    pub failures: Vec<FailingWork>,
+    pub(crate) failures: Vec<FailingWork>,
     /// Details of the rows that were visible when the poll started.
-    pub details: HashMap<StoreName, StoreDetail>,
+    pub(crate) details: HashMap<StoreName, StoreDetail>,
     /// Everything shown about the selected store.
-    pub focus: Option<FocusDetail>,
+    pub(crate) focus: Option<FocusDetail>,
     /// The persisters that announced themselves recently (their thresholds give the time
     /// until a store's flush).
-    pub persisters: Vec<PersisterInfo>,
+    pub(crate) persisters: Vec<PersisterInfo>,
 }
 
 /// What the table shows for a visible row beyond the index data.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoreDetail {
+pub(crate) struct StoreDetail {
     /// The number of unique top-level keys of the live store (exact, from SCARD).
-    pub unique_keys: u64,
+    pub(crate) unique_keys: u64,
     /// The store's lock, or else the lock of one of its prepared batches (a persister hands
     /// the store lock over to the batch it prepares).
-    pub lock: Option<HeldLock>,
+    pub(crate) lock: Option<HeldLock>,
 }
 
 /// A lock seen by a poll.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeldLock {
+pub(crate) struct HeldLock {
     /// Who holds it.
-    pub holder: String,
+    pub(crate) holder: String,
     /// Its TTL when the poll read it, `None` when it never expires.
-    pub ttl_ms: Option<u64>,
+    pub(crate) ttl_ms: Option<u64>,
     /// The batch it protects, `None` for the store lock itself.
-    pub batch: Option<BatchId>,
+    pub(crate) batch: Option<BatchId>,
 }
 
 impl HeldLock {
     /// The lock of a store or batch, from what `lock_infos` returned.
-    pub fn new(info: LockInfo, batch: Option<BatchId>) -> Self {
+    pub(crate) fn new(info: LockInfo, batch: Option<BatchId>) -> Self {
         Self {
             holder: info.holder,
             ttl_ms: info.ttl_ms,
@@ -65,47 +65,46 @@ impl HeldLock {
 
 /// The remaining TTL of a lock read at `read_at_ms`, as of `now_ms`: counts down between
 /// polls, and stops at zero.
-pub fn remaining_ttl_ms(ttl_ms: u64, read_at_ms: u64, now_ms: u64) -> u64 {
+pub(crate) fn remaining_ttl_ms(ttl_ms: u64, read_at_ms: u64, now_ms: u64) -> u64 {
     ttl_ms.saturating_sub(now_ms.saturating_sub(read_at_ms))
 }
 
 /// The selected store in full.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FocusDetail {
-    /// The store.
-    pub store: StoreName,
+pub(crate) struct FocusDetail {
+    pub(crate) store: StoreName,
     /// Its unique keys, sorted, up to a limit.
-    pub keys: Vec<String>,
+    pub(crate) keys: Vec<String>,
     /// The number of unique keys (exact, from SCARD; `keys` may list fewer).
-    pub key_count: u64,
+    pub(crate) key_count: u64,
     /// Its latest records as JSON texts, oldest first.
-    pub latest: Vec<String>,
+    pub(crate) latest: Vec<String>,
     /// Its prepared batches, oldest first.
-    pub batches: Vec<BatchDetail>,
+    pub(crate) batches: Vec<BatchDetail>,
     /// The failure record of the live store, when persisters could not prepare it.
-    pub failure: Option<FailureRecord>,
+    pub(crate) failure: Option<FailureRecord>,
 }
 
 /// A prepared batch of the selected store.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BatchDetail {
+pub(crate) struct BatchDetail {
     /// Its id (which carries its creation time).
-    pub id: BatchId,
+    pub(crate) id: BatchId,
     /// Records, bytes and keys, `None` when it was emptied while the poll ran.
-    pub size: Option<BatchSize>,
+    pub(crate) size: Option<BatchSize>,
     /// Who is writing it out, if anyone.
-    pub lock: Option<LockInfo>,
+    pub(crate) lock: Option<LockInfo>,
     /// Its failure record, when attempts to persist it failed.
-    pub failure: Option<FailureRecord>,
+    pub(crate) failure: Option<FailureRecord>,
 }
 
 /// The size of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BatchSize {
+pub(crate) struct BatchSize {
     /// Number of records.
-    pub records: u64,
+    pub(crate) records: u64,
     /// Bytes of compact JSON.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Unique top-level keys.
-    pub keys: u64,
+    pub(crate) keys: u64,
 }

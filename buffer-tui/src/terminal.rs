@@ -64,7 +64,7 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 /// its hook and then again when the guard drops during unwinding, and leaving the alternate
 /// screen a second time moves the cursor back to where it was when we entered, so the shell
 /// would overwrite the panic message.
-pub fn restore() {
+pub(crate) fn restore() {
     if !TAKEN.swap(false, Ordering::SeqCst) {
         return;
     }

@@ -24,7 +24,7 @@ use crate::app::{App, Mode, Screen};
 use crate::layout::{Chrome, MIN_HEIGHT, MIN_WIDTH, areas};
 
 /// Draws the whole dashboard.
-pub fn render(app: &App, frame: &mut Frame<'_>) {
+pub(crate) fn render(app: &App, frame: &mut Frame<'_>) {
     frame.render_widget(app, frame.area());
 }
 
