@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use buffer_core::local_server::LocalRedis;
 use buffer_core::{Buffer, BufferConfig};
 
+pub mod python;
+
 /// The redis-server binary to run.
 pub fn redis_server_binary() -> PathBuf {
     buffer_core::local_server::redis_server_binary()
