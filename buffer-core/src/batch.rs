@@ -3,7 +3,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::Serialize;
+
 use crate::error::{Error, Result};
+use crate::name::StoreName;
 
 /// The id of a prepared batch: `<unix ms>-<16 hex digits of randomness>`.
 ///
@@ -60,6 +63,34 @@ impl FromStr for BatchId {
         }
         Ok(id)
     }
+}
+
+/// A batch made by [`crate::Buffer::prepare_to_persist`] or [`crate::LockGuard::prepare`]: frozen,
+/// never changed again, waiting to be written out and emptied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PreparedBatch {
+    /// The store it came from.
+    #[serde(serialize_with = "serialize_display")]
+    pub store: StoreName,
+    /// Its id.
+    #[serde(serialize_with = "serialize_display")]
+    pub id: BatchId,
+    /// Number of records.
+    pub records: u64,
+    /// Total size of the records in bytes.
+    pub bytes: u64,
+    /// Number of distinct top-level keys.
+    pub keys: u64,
+    /// When its first record was pushed (Unix ms).
+    pub first_write_ms: u64,
+}
+
+pub(crate) fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 #[cfg(test)]

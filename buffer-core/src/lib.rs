@@ -13,7 +13,11 @@
 //! This is the only crate of the workspace that speaks Redis commands or knows the key layout.
 //!
 //! # Layout
-//! - [`buffer`](Buffer): the handle, its configuration and the data operations.
+//! - `config`: [`BufferConfig`], how to reach Redis and lay out keys.
+//! - `buffer`: [`Buffer`], the handle, and its executor (timeouts, error mapping, Redis time).
+//! - `push`, `prepare`, `reader`, `discovery`, `consumer`: the data operations, one file per
+//!   job: pushing records, the prepare script, reading batches, finding stores and batches
+//!   from the group indexes, and the gist's `prepare_to_persist`/`empty` built on locks.
 //! - `lock`: [`LockGuard`], token-checked locks on stores and batches with an optional
 //!   heartbeat, and [`LockedBatch`], a prepared batch held by its caller.
 //! - `keys`: the key layout (private: nothing outside this crate spells a key).
@@ -49,6 +53,9 @@
 mod batch;
 mod buffer;
 mod clock;
+mod config;
+mod consumer;
+mod discovery;
 mod error;
 mod events;
 mod failures;
@@ -60,6 +67,9 @@ mod lock;
 mod name;
 mod persisters;
 mod pipeline;
+mod prepare;
+mod push;
+mod reader;
 mod record;
 mod scripts;
 mod transaction;
@@ -69,12 +79,11 @@ mod transaction;
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
 
-pub use batch::BatchId;
-pub use buffer::{
-    BatchContents, BatchReader, Buffer, BufferConfig, FirstKeys, PreparedBatch, PreparedSummary,
-    PushOnceOutcome, PushReceipt, StoreSummary, redact_url,
-};
+pub use batch::{BatchId, PreparedBatch};
+pub use buffer::Buffer;
 pub use clock::{Clock, ManualClock, SystemClock, millis};
+pub use config::{BufferConfig, redact_url};
+pub use discovery::{PreparedSummary, StoreSummary};
 pub use error::{Error, Result};
 pub use events::{Event, EventKind};
 pub use failures::{Backoff, FailingWork, FailureRecord, MAX_FAILURE_ERROR_BYTES};
@@ -84,3 +93,5 @@ pub use lock::{LockGuard, LockInfo, LockTarget, LockedBatch};
 pub use name::{MAX_NAMESPACE_BYTES, MAX_STORE_NAME_BYTES, Namespace, StoreName};
 pub use persisters::{FORGET_SILENT_PERSISTERS_AFTER, PersisterInfo};
 pub use pipeline::{PushHandle, PushPipeline};
+pub use push::{PushOnceOutcome, PushReceipt};
+pub use reader::{BatchContents, BatchReader, FirstKeys};

@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::batch::BatchId;
-use crate::buffer::{Buffer, PrepareOutcome, PreparedBatch, millis};
+use crate::batch::PreparedBatch;
+use crate::buffer::{Buffer, millis};
 use crate::error::{Error, Result};
 use crate::keys::KeyLayout;
 use crate::name::StoreName;
+use crate::prepare::PrepareOutcome;
 use crate::scripts;
 
 /// Who holds a lock and for how much longer, as the dashboard shows it.
@@ -573,6 +575,19 @@ fn set_liveness(shared: &Mutex<Liveness>, new: Liveness) {
     // A lost lock stays lost: its token is unique, so no later extension can succeed.
     if *state != Liveness::Lost {
         *state = new;
+    }
+}
+
+impl Buffer {
+    pub(crate) async fn lock_value_matches(&self, key: &str, value: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let key = key.to_owned();
+        let current: Option<String> = self
+            .run("lock", "", async move {
+                redis::cmd("GET").arg(key).query_async(&mut conn).await
+            })
+            .await?;
+        Ok(current.as_deref() == Some(value))
     }
 }
 

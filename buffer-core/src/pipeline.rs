@@ -13,9 +13,10 @@ use std::sync::{Arc, OnceLock};
 use redis::Value;
 use serde::Serialize;
 
-use crate::buffer::{Buffer, PushReceipt, PushReplies};
+use crate::buffer::Buffer;
 use crate::error::{Error, Result};
 use crate::name::StoreName;
+use crate::push::{PushReceipt, PushReplies};
 use crate::record::EncodedRecord;
 use crate::transaction::{self, Block};
 

@@ -1,0 +1,212 @@
+//! [`BufferConfig`]: how to reach Redis and how to lay out keys there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::keys::DEFAULT_GROUPS;
+use crate::name::Namespace;
+
+/// How to reach Redis and how to lay out keys there.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use buffer_core::BufferConfig;
+///
+/// let config = BufferConfig::new("redis://127.0.0.1:6379/0")
+///     .namespace("orders-service")?
+///     .response_timeout(Duration::from_secs(2));
+/// assert_eq!(config.namespace_name().as_str(), "orders-service");
+/// # Ok::<(), buffer_core::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct BufferConfig {
+    pub(crate) url: String,
+    pub(crate) namespace: Namespace,
+    pub(crate) groups: u16,
+    pub(crate) response_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_record_bytes: usize,
+    pub(crate) page_size: usize,
+    pub(crate) page_bytes: usize,
+    pub(crate) holder_id: String,
+    pub(crate) push_id_ttl: Duration,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock_sync_interval: Duration,
+}
+
+impl BufferConfig {
+    /// A configuration for the Redis at `url` (`redis://[user:password@]host:port/db`,
+    /// `rediss://` for TLS) with every other setting at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: Namespace::default(),
+            groups: DEFAULT_GROUPS,
+            response_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_record_bytes: 8 * 1024 * 1024,
+            page_size: 5000,
+            page_bytes: 2 * 1024 * 1024,
+            holder_id: default_holder_id(),
+            push_id_ttl: Duration::from_secs(24 * 3600),
+            clock: Arc::new(SystemClock),
+            clock_sync_interval: Duration::from_secs(60),
+        }
+    }
+
+    /// Sets the key namespace (default `buf`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidNamespace`] when it is not 1..=64 bytes of `[A-Za-z0-9._-]`.
+    pub fn namespace(mut self, namespace: &str) -> Result<Self> {
+        self.namespace = Namespace::new(namespace)?;
+        Ok(self)
+    }
+
+    /// The configured namespace.
+    pub fn namespace_name(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// Sets the number of slot groups (default 256). Every process sharing a namespace must
+    /// use the same number, since it decides every key's name.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `groups` is 0.
+    pub fn groups(mut self, groups: u16) -> Result<Self> {
+        if groups == 0 {
+            return Err(Error::Config(
+                "the number of groups must be at least 1".into(),
+            ));
+        }
+        self.groups = groups;
+        Ok(self)
+    }
+
+    /// How long to wait for any reply before the call fails with a transient error (default 5 s).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for a connection to be established (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The largest record accepted, as compact JSON (default 8 MiB).
+    pub fn max_record_bytes(mut self, max: usize) -> Self {
+        self.max_record_bytes = max;
+        self
+    }
+
+    /// How many records a page of a batch holds at most when it is read (default 5000).
+    /// Pages are also cut by bytes: see [`BufferConfig::page_bytes`].
+    pub fn page_size(mut self, records: usize) -> Self {
+        self.page_size = records.max(1);
+        self
+    }
+
+    /// How many bytes of records a page of a batch holds at most when it is read (default
+    /// 2 MiB); a page always holds at least one record, so a page is at most
+    /// `max(page_bytes, max_record_bytes)`. The reader knows each record's size bound before
+    /// it reads the page (from the batch's run list), so this holds for every page.
+    pub fn page_bytes(mut self, bytes: usize) -> Self {
+        self.page_bytes = bytes.max(1);
+        self
+    }
+
+    /// The holder id written into locks this buffer takes (default `<hostname>/<pid>`); a
+    /// lock's value is `<holder id>:<random token>`.
+    pub fn holder_id(mut self, holder: impl Into<String>) -> Self {
+        self.holder_id = holder.into();
+        self
+    }
+
+    /// How long [`crate::Buffer::push_once`] remembers a push id (default 24 h): a retry later than
+    /// that is treated as a new push.
+    pub fn push_id_ttl(mut self, ttl: Duration) -> Self {
+        self.push_id_ttl = ttl;
+        self
+    }
+
+    /// The clock used for first-write times, batch ids and ages (default the system clock).
+    /// Unless it opts out ([`Clock::corrected_by_redis_time`]), its readings are corrected by
+    /// their measured offset to Redis `TIME`, so a skewed clock neither delays nor hastens an
+    /// age flush; see [`crate::Buffer::now_ms`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How old the measured offset of the clock to Redis `TIME` may grow before it is measured
+    /// again, in the background (default 60 s). A clock that is stepped (NTP, a VM resumed) is
+    /// followed again within about this long.
+    pub fn clock_sync_interval(mut self, interval: Duration) -> Self {
+        self.clock_sync_interval = interval;
+        self
+    }
+
+    /// The Redis URL with any password replaced by `***`, fit to display or log.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// Replaces the password of a Redis URL (if any) with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                // `redis://password@host` is also accepted by some clients: redact it too.
+                format!("{scheme}://***@{host}{path}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn default_holder_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{host}/{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_holder_id_is_host_slash_pid() {
+        let holder = default_holder_id();
+        let (host, pid) = holder.rsplit_once('/').unwrap();
+        assert!(!host.is_empty(), "{holder}");
+        assert_eq!(pid, std::process::id().to_string());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("rediss://:secret@h:1"), "rediss://:***@h:1");
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(redact_url("redis://pw@h"), "redis://***@h");
+    }
+}

@@ -1,0 +1,349 @@
+//! Finding work and inspecting live stores from the per-group indexes, never by listing the
+//! keyspace: [`Buffer::stores`], `get_old`, `get_large`, `get_prepared`, and the live stores'
+//! keys and latest records.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::batch::{BatchId, serialize_display};
+use crate::buffer::{Buffer, millis};
+use crate::error::{Error, Result};
+use crate::name::StoreName;
+
+/// A live store as the indexes describe it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct StoreSummary {
+    /// The store.
+    #[serde(serialize_with = "serialize_display")]
+    pub store: StoreName,
+    /// When its first live record was pushed (Unix ms).
+    pub first_write_ms: u64,
+    /// Size of its live records in bytes.
+    pub bytes: u64,
+    /// Number of live records.
+    pub records: u64,
+}
+
+impl StoreSummary {
+    /// A summary of `store` with no records (first write 0, no bytes): the indexes make these,
+    /// and a dashboard's tests make their own and set the public fields by name.
+    pub fn new(store: StoreName) -> Self {
+        Self {
+            store,
+            first_write_ms: 0,
+            bytes: 0,
+            records: 0,
+        }
+    }
+}
+
+/// A prepared batch as the indexes describe it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PreparedSummary {
+    /// The store it came from.
+    #[serde(serialize_with = "serialize_display")]
+    pub store: StoreName,
+    /// Its id (which carries its creation time).
+    #[serde(serialize_with = "serialize_display")]
+    pub id: BatchId,
+}
+
+impl PreparedSummary {
+    /// The summary of batch `id` of `store`.
+    pub fn new(store: StoreName, id: BatchId) -> Self {
+        Self { store, id }
+    }
+}
+
+impl Buffer {
+    /// How many unique top-level keys each live store has (exact: one SCARD each, in one
+    /// pipelined round trip), in the order given; 0 for a store with no live records.
+    ///
+    /// # Errors
+    /// Transient errors; a Redis error (`is_wrong_type()`) when a key was tampered with.
+    pub async fn store_key_counts(&self, stores: &[StoreName]) -> Result<Vec<u64>> {
+        if stores.is_empty() {
+            return Ok(Vec::new());
+        }
+        let layout = self.layout();
+        let mut pipe = redis::pipe();
+        for store in stores {
+            pipe.scard(layout.live(store).keys);
+        }
+        let mut conn = self.conn();
+        self.run("count keys", "", async move {
+            pipe.query_async(&mut conn).await
+        })
+        .await
+    }
+
+    /// Up to `limit` of the unique top-level keys of a live store, sorted.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStoreName`]; transient errors.
+    pub async fn store_keys<S>(&self, store: S, limit: usize) -> Result<BTreeSet<String>>
+    where
+        S: TryInto<StoreName, Error = Error>,
+    {
+        let store = store.try_into()?;
+        let key = self.layout().live(&store).keys;
+        self.scan_set(&store, key, limit).await
+    }
+
+    /// The last `count` records pushed to a live store, oldest first, as JSON texts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStoreName`]; transient errors.
+    pub async fn latest_records<S>(&self, store: S, count: usize) -> Result<Vec<String>>
+    where
+        S: TryInto<StoreName, Error = Error>,
+    {
+        let store = store.try_into()?;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.layout().live(&store).records;
+        let mut conn = self.conn();
+        let start = -i64::try_from(count).unwrap_or(i64::MAX);
+        self.run("latest_records", store.as_str(), async move {
+            redis::cmd("LRANGE")
+                .arg(key)
+                .arg(start)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Every live store, with its first-write time, bytes and records, from the group indexes.
+    /// Index entries that are not encoded names (foreign writes) are skipped with a warning.
+    ///
+    /// # Errors
+    /// Transient errors.
+    pub async fn stores(&self) -> Result<Vec<StoreSummary>> {
+        let layout = self.layout();
+        let mut pipe = redis::pipe();
+        for g in 0..layout.groups() {
+            let group = layout.group(g);
+            pipe.zrange_withscores(&group.stores, 0, -1)
+                .zrange_withscores(&group.bytes, 0, -1)
+                .zrange_withscores(&group.count, 0, -1);
+        }
+        let mut conn = self.conn();
+        let replies: Vec<Vec<(String, f64)>> = self
+            .run(
+                "stores",
+                "",
+                async move { pipe.query_async(&mut conn).await },
+            )
+            .await?;
+        let mut out = Vec::new();
+        for chunk in replies.chunks(3) {
+            let [stores, bytes, counts] = chunk else {
+                continue;
+            };
+            let bytes: HashMap<&str, f64> = bytes.iter().map(|(m, s)| (m.as_str(), *s)).collect();
+            let counts: HashMap<&str, f64> = counts.iter().map(|(m, s)| (m.as_str(), *s)).collect();
+            for (member, first) in stores {
+                let Some(store) = index_entry(member) else {
+                    continue;
+                };
+                out.push(StoreSummary {
+                    store,
+                    first_write_ms: score(*first),
+                    bytes: bytes.get(member.as_str()).copied().map_or(0, score),
+                    records: counts.get(member.as_str()).copied().map_or(0, score),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.store.cmp(&b.store));
+        Ok(out)
+    }
+
+    /// The live stores whose first write is at least `older_than` ago, oldest first.
+    ///
+    /// # Errors
+    /// As [`Buffer::stores`].
+    pub async fn get_old(&self, older_than: Duration) -> Result<Vec<StoreSummary>> {
+        let cutoff = self.stamp_ms().await?.saturating_sub(millis(older_than));
+        self.select_by_score(Selector::FirstWriteAtMost(cutoff))
+            .await
+    }
+
+    /// When the oldest live store's first record was pushed (Unix ms), or `None` when no store
+    /// has live records. One `ZRANGE <stores> 0 0 WITHSCORES` per group in one pipeline, so
+    /// it costs the same with ten stores or ten thousand (the persister's lag gauge).
+    ///
+    /// # Errors
+    /// Transient errors.
+    pub async fn oldest_first_write_ms(&self) -> Result<Option<u64>> {
+        let layout = self.layout();
+        let mut pipe = redis::pipe();
+        for g in 0..layout.groups() {
+            pipe.zrange_withscores(layout.group(g).stores, 0, 0);
+        }
+        let mut conn = self.conn();
+        let oldest: Vec<Vec<(String, f64)>> = self
+            .run("oldest store", "", async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        Ok(oldest
+            .into_iter()
+            .flatten()
+            .map(|(_member, first)| score(first))
+            .min())
+    }
+
+    /// The live stores holding at least `min_bytes` bytes or at least `min_records` records.
+    ///
+    /// # Errors
+    /// As [`Buffer::stores`].
+    pub async fn get_large(
+        &self,
+        min_bytes: Option<u64>,
+        min_records: Option<u64>,
+    ) -> Result<Vec<StoreSummary>> {
+        let mut found: Vec<StoreSummary> = Vec::new();
+        if let Some(min) = min_bytes {
+            found.extend(self.select_by_score(Selector::BytesAtLeast(min)).await?);
+        }
+        if let Some(min) = min_records {
+            found.extend(self.select_by_score(Selector::RecordsAtLeast(min)).await?);
+        }
+        found.sort_by(|a, b| a.store.cmp(&b.store));
+        found.dedup_by(|a, b| a.store == b.store);
+        Ok(found)
+    }
+
+    async fn select_by_score(&self, selector: Selector) -> Result<Vec<StoreSummary>> {
+        let layout = self.layout();
+        let mut pipe = redis::pipe();
+        for g in 0..layout.groups() {
+            let group = layout.group(g);
+            let (key, min, max) = match selector {
+                Selector::FirstWriteAtMost(cutoff) => {
+                    (group.stores, "-inf".to_owned(), cutoff.to_string())
+                }
+                Selector::BytesAtLeast(min) => (group.bytes, min.to_string(), "+inf".to_owned()),
+                Selector::RecordsAtLeast(min) => (group.count, min.to_string(), "+inf".to_owned()),
+            };
+            pipe.cmd("ZRANGE").arg(key).arg(min).arg(max).arg("BYSCORE");
+        }
+        let mut conn = self.conn();
+        let members: Vec<Vec<String>> = self
+            .run("select stores", "", async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        // Second round trip: the three scores of just the selected stores.
+        let mut selected = Vec::new();
+        let mut pipe = redis::pipe();
+        for (g, members) in (0..layout.groups()).zip(members) {
+            let group = layout.group(g);
+            for member in members {
+                pipe.zscore(&group.stores, &member)
+                    .zscore(&group.bytes, &member)
+                    .zscore(&group.count, &member);
+                selected.push(member);
+            }
+        }
+        if selected.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn();
+        let scores: Vec<Option<f64>> = self
+            .run("select stores", "", async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        let mut out = Vec::with_capacity(selected.len());
+        for (member, scores) in selected.iter().zip(scores.chunks(3)) {
+            let [first, bytes, records] = scores else {
+                continue;
+            };
+            // A store prepared between the two round trips has no first-write entry: skip it.
+            let Some(first) = first else { continue };
+            let Some(store) = index_entry(member) else {
+                continue;
+            };
+            out.push(StoreSummary {
+                store,
+                first_write_ms: score(*first),
+                bytes: bytes.map_or(0, score),
+                records: records.map_or(0, score),
+            });
+        }
+        out.sort_by_key(|s| s.first_write_ms);
+        Ok(out)
+    }
+
+    /// Every prepared batch waiting to be persisted, oldest first, from the group indexes.
+    /// Malformed entries (foreign writes) are skipped with a warning.
+    ///
+    /// # Errors
+    /// Transient errors.
+    pub async fn get_prepared(&self) -> Result<Vec<PreparedSummary>> {
+        let layout = self.layout();
+        let mut pipe = redis::pipe();
+        for g in 0..layout.groups() {
+            pipe.zrange(layout.group(g).prepared, 0, -1);
+        }
+        let mut conn = self.conn();
+        let groups: Vec<Vec<String>> = self
+            .run("get_prepared", "", async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for member in groups.into_iter().flatten() {
+            let parsed = member.split_once(':').and_then(|(id, encoded)| {
+                Some(PreparedSummary {
+                    id: id.parse().ok()?,
+                    store: index_entry(encoded)?,
+                })
+            });
+            match parsed {
+                Some(summary) => out.push(summary),
+                None => {
+                    tracing::warn!(entry = %member, "skipping a malformed prepared-index entry")
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Selector {
+    FirstWriteAtMost(u64),
+    BytesAtLeast(u64),
+    RecordsAtLeast(u64),
+}
+
+/// Decodes a store name from an index. A malformed entry (only a foreign writer can make one)
+/// is skipped with a warning, so one bad entry cannot hide every other store.
+fn index_entry(encoded: &str) -> Option<StoreName> {
+    match StoreName::from_encoded(encoded) {
+        Ok(store) => Some(store),
+        Err(err) => {
+            tracing::warn!(entry = %encoded, error = %err, "skipping a malformed index entry");
+            None
+        }
+    }
+}
+
+fn score(value: f64) -> u64 {
+    // Scores are integers we wrote (ms, byte and record counts), exact below 2^53.
+    if value.is_finite() && value > 0.0 {
+        value as u64
+    } else {
+        0
+    }
+}

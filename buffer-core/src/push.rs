@@ -1,0 +1,364 @@
+//! Pushing records: [`Buffer::push`], `push_many`, `push_json` and `push_once`, and the one
+//! place a push's MULTI/EXEC is spelled (`Buffer::push_transaction`, also sent by the pipeline).
+
+use redis::{Cmd, Value};
+use serde::Serialize;
+
+use crate::buffer::{Buffer, millis};
+use crate::error::{Error, Result};
+use crate::name::StoreName;
+use crate::record::{self, EncodedRecord};
+use crate::scripts;
+use crate::transaction;
+
+/// What a push returns: the live store's state right after the push, read in the same
+/// transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PushReceipt {
+    /// Total size of the store's records, in bytes of compact JSON.
+    pub bytes: u64,
+    /// Number of records in the store.
+    pub records: u64,
+    /// Number of distinct top-level keys seen across the store's records.
+    pub keys: u64,
+    /// When the first record of the current live buffer was pushed (Unix ms).
+    pub first_write_ms: u64,
+}
+
+/// What [`Buffer::push_once`] returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PushOnceOutcome {
+    /// The store's state after the call.
+    pub receipt: PushReceipt,
+    /// True when a push with this id had already been applied, so nothing was added now.
+    pub duplicate: bool,
+}
+
+/// `records`, unless there are none ([`Error::NoRecords`]: a push adds at least one).
+fn not_empty(store: &StoreName, records: Vec<EncodedRecord>) -> Result<Vec<EncodedRecord>> {
+    if records.is_empty() {
+        return Err(Error::NoRecords {
+            store: store.to_string(),
+        });
+    }
+    Ok(records)
+}
+
+/// Where a push's totals are among the results of its MULTI/EXEC (which depends on whether
+/// it added keys), and the stamp it wrote as first-write time if the store had none.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PushReplies {
+    adds_keys: bool,
+    now: u64,
+}
+
+impl PushReplies {
+    /// The receipt in `results`, the replies inside EXEC of the push's transaction.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when a result does not have the expected type.
+    pub(crate) fn read(self, store: &StoreName, results: &[Value]) -> Result<PushReceipt> {
+        let reply = |index: usize| results.get(index).cloned().unwrap_or(Value::Nil);
+        let keys_at = if self.adds_keys { 3 } else { 2 };
+        let parse_error = |err: redis::ParsingError| Error::Corrupt {
+            what: format!("push to store {store:?}: unexpected reply: {err}"),
+        };
+        let records: u64 = redis::from_redis_value(reply(0)).map_err(parse_error)?;
+        let previous_first: Option<u64> = redis::from_redis_value(reply(1)).map_err(parse_error)?;
+        let keys: u64 = redis::from_redis_value(reply(keys_at)).map_err(parse_error)?;
+        let bytes: u64 = redis::from_redis_value(reply(keys_at + 1)).map_err(parse_error)?;
+        Ok(PushReceipt {
+            bytes,
+            records,
+            keys,
+            first_write_ms: previous_first.unwrap_or(self.now),
+        })
+    }
+}
+
+impl Buffer {
+    /// Appends one record to a store.
+    ///
+    /// The record must serialize to a JSON object. One MULTI/EXEC appends it, records the
+    /// first-write time if this is the store's first record, adds its top-level keys to the
+    /// store's key set, counts its bytes, updates the group indexes and reads the store's
+    /// totals back. The push is acknowledged (`Ok`) only when EXEC succeeded and every reply
+    /// inside it was a success of the expected type.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStoreName`], [`Error::InvalidRecord`], [`Error::RecordTooLarge`] before
+    /// anything is sent; [`Error::WrongType`] or [`Error::OutOfMemory`] when Redis refused a
+    /// command of the transaction; transient errors when Redis is unreachable or slow. After
+    /// a timeout the push may or may not have been applied.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(buffer: buffer_core::Buffer) -> Result<(), buffer_core::Error> {
+    /// #[derive(serde::Serialize)]
+    /// struct Order { id: u64, total: f64 }
+    /// let receipt = buffer.push("orders", &Order { id: 7, total: 12.5 }).await?;
+    /// assert!(receipt.records >= 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn push<S, T>(&self, store: S, record: &T) -> Result<PushReceipt>
+    where
+        S: TryInto<StoreName, Error = Error>,
+        T: Serialize + ?Sized,
+    {
+        let store = store.try_into()?;
+        let encoded = self.encode_record(&store, record)?;
+        self.push_encoded(&store, encoded).await
+    }
+
+    /// Appends several records to a store in one transaction: all of them or none.
+    ///
+    /// # Errors
+    /// As [`Buffer::push`]; every record is checked before anything is sent, and the error
+    /// names the index of the first bad one. [`Error::NoRecords`] for an empty slice.
+    pub async fn push_many<S, T>(&self, store: S, records: &[T]) -> Result<PushReceipt>
+    where
+        S: TryInto<StoreName, Error = Error>,
+        T: Serialize,
+    {
+        let store = store.try_into()?;
+        let encoded = self.encode_records(&store, records)?;
+        self.push_encoded(&store, encoded).await
+    }
+
+    /// Appends records given as JSON texts (one object each, as in a JSON Lines file), in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// As [`Buffer::push_many`]; a text that is not a JSON object is [`Error::InvalidRecord`].
+    pub async fn push_json<S, J>(&self, store: S, texts: &[J]) -> Result<PushReceipt>
+    where
+        S: TryInto<StoreName, Error = Error>,
+        J: AsRef<str>,
+    {
+        let store = store.try_into()?;
+        let encoded = self.parse_records(&store, texts)?;
+        self.push_encoded(&store, encoded).await
+    }
+
+    /// Appends records at most once per `push_id`: retrying with the same id after an error
+    /// whose outcome is unknown ([`Error::is_outcome_unknown`]) never stores them twice. The
+    /// id is remembered for the configured push-id TTL (default 24 h), also after the store
+    /// is prepared or persisted. One atomic script: all records or none.
+    ///
+    /// # Errors
+    /// As [`Buffer::push_many`]; [`Error::InvalidPushId`] unless the id is 1..=128 bytes of
+    /// `[A-Za-z0-9._-]`.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(buffer: buffer_core::Buffer) -> Result<(), buffer_core::Error> {
+    /// let records = [serde_json::json!({"order": 17})];
+    /// let outcome = loop {
+    ///     match buffer.push_once("orders", "order-17", &records).await {
+    ///         Err(err) if err.is_outcome_unknown() => continue, // safe to retry
+    ///         other => break other?,
+    ///     }
+    /// };
+    /// println!("duplicate: {}", outcome.duplicate);
+    /// # Ok(()) }
+    /// ```
+    #[tracing::instrument(level = "debug", skip_all, fields(push_id = push_id, records = records.len()))]
+    pub async fn push_once<S, T>(
+        &self,
+        store: S,
+        push_id: &str,
+        records: &[T],
+    ) -> Result<PushOnceOutcome>
+    where
+        S: TryInto<StoreName, Error = Error>,
+        T: Serialize,
+    {
+        let store = store.try_into()?;
+        let id_ok = (1..=128).contains(&push_id.len())
+            && push_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !id_ok {
+            return Err(Error::InvalidPushId {
+                id: crate::name::shorten(push_id),
+            });
+        }
+        let max = self.config().max_record_bytes;
+        let records = records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| record::encode(&store, index, record, max))
+            .collect::<Result<Vec<_>>>()?;
+        if records.is_empty() {
+            return Err(Error::NoRecords {
+                store: store.to_string(),
+            });
+        }
+        let layout = self.layout();
+        let live = layout.live(&store);
+        let group = layout.group_for(&store);
+        let now = self.stamp_ms().await?;
+        let bytes: usize = records.iter().map(|r| r.json.len()).sum();
+        let keys = record::unique_keys(&records)?;
+        let mut invocation = scripts::PUSH_ONCE.prepare_invoke();
+        for key in live.all() {
+            invocation.key(key);
+        }
+        invocation
+            .key(&group.stores)
+            .key(&group.bytes)
+            .key(&group.count)
+            .key(layout.push_id(&store, push_id))
+            .arg(now)
+            .arg(store.encoded())
+            .arg(bytes)
+            .arg(records.len())
+            .arg(millis(self.config().push_id_ttl).max(1))
+            .arg(keys.len())
+            .arg(&keys);
+        drop(keys);
+        for record in records {
+            invocation.arg(record.json);
+        }
+        let mut conn = self.conn();
+        let reply: Vec<u64> = self
+            .run("push_once", store.as_str(), async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        let [duplicate, records, bytes, keys, first] = reply[..] else {
+            return Err(Error::Corrupt {
+                what: format!("push_once script replied {reply:?}"),
+            });
+        };
+        Ok(PushOnceOutcome {
+            receipt: PushReceipt {
+                bytes,
+                records,
+                keys,
+                first_write_ms: first,
+            },
+            duplicate: duplicate == 1,
+        })
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        name = "push",
+        skip_all,
+        fields(store = %store, records = records.len())
+    )]
+    async fn push_encoded(
+        &self,
+        store: &StoreName,
+        records: Vec<EncodedRecord>,
+    ) -> Result<PushReceipt> {
+        let now = self.stamp_ms().await?;
+        let (commands, receipt) = self.push_transaction(store, records, now)?;
+        let replies = transaction::exec(self, "push", store.as_str(), commands).await?;
+        receipt.read(store, &replies)
+    }
+
+    /// The encoded record of a `push`, checked before anything is sent.
+    pub(crate) fn encode_record<T: Serialize + ?Sized>(
+        &self,
+        store: &StoreName,
+        record: &T,
+    ) -> Result<Vec<EncodedRecord>> {
+        let max = self.config().max_record_bytes;
+        Ok(vec![record::encode(store, 0, record, max)?])
+    }
+
+    /// The encoded records of a `push_many`, every one checked before anything is sent.
+    pub(crate) fn encode_records<T: Serialize>(
+        &self,
+        store: &StoreName,
+        records: &[T],
+    ) -> Result<Vec<EncodedRecord>> {
+        let max = self.config().max_record_bytes;
+        let encoded = records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| record::encode(store, index, record, max))
+            .collect::<Result<Vec<_>>>()?;
+        not_empty(store, encoded)
+    }
+
+    /// The encoded records of a `push_json`, every text checked before anything is sent.
+    pub(crate) fn parse_records<J: AsRef<str>>(
+        &self,
+        store: &StoreName,
+        texts: &[J],
+    ) -> Result<Vec<EncodedRecord>> {
+        let max = self.config().max_record_bytes;
+        let encoded = texts
+            .iter()
+            .enumerate()
+            .map(|(index, text)| record::parse(store, index, text.as_ref(), max))
+            .collect::<Result<Vec<_>>>()?;
+        not_empty(store, encoded)
+    }
+
+    /// The commands of one push's MULTI/EXEC, stamped `now`, and how to read its receipt
+    /// from their results. The one place a push is spelled: [`Buffer::push`] and
+    /// [`crate::PushPipeline`] both send exactly this, so their receipts agree.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if a record is not a JSON object, which encoding rules out.
+    pub(crate) fn push_transaction(
+        &self,
+        store: &StoreName,
+        records: Vec<EncodedRecord>,
+        now: u64,
+    ) -> Result<(Vec<Cmd>, PushReplies)> {
+        let layout = self.layout();
+        let live = layout.live(store);
+        let group = layout.group_for(store);
+        let bytes: usize = records.iter().map(|r| r.json.len()).sum();
+        let count = records.len();
+        let run = run_entry(&records);
+        // The SADD is built from borrowed keys (its arguments are copied into the command), so
+        // no key is cloned, and the record texts then move into the RPUSH without a copy.
+        let unique_keys = record::unique_keys(&records)?;
+        let add_keys =
+            (!unique_keys.is_empty()).then(|| redis::Cmd::sadd(&live.keys, &unique_keys));
+        drop(unique_keys);
+        let jsons: Vec<String> = records.into_iter().map(|r| r.json).collect();
+
+        let mut set_first = redis::cmd("SET");
+        set_first.arg(&live.first).arg(now).arg("NX").arg("GET");
+        let mut add_to_index = redis::cmd("ZADD");
+        add_to_index
+            .arg(&group.stores)
+            .arg("NX")
+            .arg(now)
+            .arg(store.encoded());
+        let mut commands = vec![
+            redis::Cmd::rpush(&live.records, jsons),
+            set_first,
+            redis::Cmd::scard(&live.keys),
+            redis::Cmd::incr(&live.bytes, bytes),
+            add_to_index,
+            redis::Cmd::zincr(&group.bytes, store.encoded(), bytes),
+            redis::Cmd::zincr(&group.count, store.encoded(), count),
+            // Last, so the replies read below keep their places: this push's entry in the run
+            // list that lets readers size pages by bytes (see `BatchReader`).
+            redis::Cmd::rpush(&live.runs, run),
+        ];
+        let adds_keys = add_keys.is_some();
+        if let Some(add_keys) = add_keys {
+            // Before SCARD, so the count includes this push's keys.
+            commands.insert(2, add_keys);
+        }
+        Ok((commands, PushReplies { adds_keys, now }))
+    }
+}
+
+/// The entry of one push in its store's run list: `<count>:<bytes>:<max record bytes>`.
+fn run_entry(records: &[EncodedRecord]) -> String {
+    let bytes: usize = records.iter().map(|r| r.json.len()).sum();
+    let max = records.iter().map(|r| r.json.len()).max().unwrap_or(0);
+    format!("{}:{bytes}:{max}", records.len())
+}
