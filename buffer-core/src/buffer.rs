@@ -67,8 +67,9 @@ impl Buffer {
     /// Connects to Redis and checks that it answers.
     ///
     /// # Errors
-    /// [`Error::Config`] for a malformed URL; [`Error::Redis`] or [`Error::Timeout`] when the
-    /// server cannot be reached or refuses the credentials.
+    /// As [`BufferConfig::validate`] for a wrong setting; [`Error::Config`] for a malformed URL;
+    /// [`Error::Redis`] or [`Error::Timeout`] when the server cannot be reached or refuses the
+    /// credentials.
     pub async fn connect(config: BufferConfig) -> Result<Self> {
         let buffer = Self::connect_lazy(config)?;
         let mut conn = buffer.conn();
@@ -87,8 +88,9 @@ impl Buffer {
     /// long-running jobs and the dashboard, which must start while Redis is away.
     ///
     /// # Errors
-    /// [`Error::Config`] for a malformed URL.
+    /// As [`BufferConfig::validate`] for a wrong setting; [`Error::Config`] for a malformed URL.
     pub fn connect_lazy(config: BufferConfig) -> Result<Self> {
+        let namespace = config.checked_namespace()?;
         install_tls_provider();
         let client = Client::open(config.url.as_str()).map_err(|err| {
             Error::Config(format!(
@@ -103,7 +105,7 @@ impl Buffer {
             .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|err| Error::Config(format!("{}: {err}", config.redacted_url())))?;
-        let layout = KeyLayout::new(config.namespace.clone(), config.groups);
+        let layout = KeyLayout::new(namespace, config.groups);
         let offset = RedisOffset::new(config.clock_sync_interval);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -239,13 +241,13 @@ impl Buffer {
             Ok(Err(err)) if err.is_timeout() => Err(Error::Timeout {
                 op,
                 store: store.to_owned(),
-                timeout_ms: millis(config.response_timeout),
+                timeout: config.response_timeout,
             }),
             Ok(Err(err)) => Err(Error::from_redis(op, store, err)),
             Err(_elapsed) => Err(Error::Timeout {
                 op,
                 store: store.to_owned(),
-                timeout_ms: millis(limit),
+                timeout: limit,
             }),
         }
     }

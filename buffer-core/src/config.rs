@@ -10,21 +10,31 @@ use crate::name::Namespace;
 
 /// How to reach Redis and how to lay out keys there.
 ///
+/// Built one way: every setter takes a value and returns the config, and nothing is checked
+/// until the config is used. [`Buffer::connect`](crate::Buffer::connect) and
+/// [`Buffer::connect_lazy`](crate::Buffer::connect_lazy) check all of it with
+/// [`BufferConfig::validate`] (call it yourself to check a config early, e.g. at start-up),
+/// and refuse it with an error naming the first setting that is wrong.
+///
 /// # Examples
 /// ```
 /// use std::time::Duration;
-/// use buffer_core::BufferConfig;
+/// use buffer_core::{BufferConfig, Error};
 ///
 /// let config = BufferConfig::new("redis://127.0.0.1:6379/0")
-///     .namespace("orders-service")?
+///     .namespace("orders-service")
 ///     .response_timeout(Duration::from_secs(2));
-/// assert_eq!(config.namespace_name().as_str(), "orders-service");
+/// config.validate()?;
+/// assert_eq!(config.namespace_name(), "orders-service");
+///
+/// let wrong = BufferConfig::new("redis://127.0.0.1:6379/0").namespace("a{b}");
+/// assert!(matches!(wrong.validate(), Err(Error::InvalidNamespace { .. })));
 /// # Ok::<(), buffer_core::Error>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct BufferConfig {
     pub(crate) url: String,
-    pub(crate) namespace: Namespace,
+    pub(crate) namespace: String,
     pub(crate) groups: u16,
     pub(crate) response_timeout: Duration,
     pub(crate) connect_timeout: Duration,
@@ -43,7 +53,7 @@ impl BufferConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            namespace: Namespace::default(),
+            namespace: Namespace::default().as_str().to_owned(),
             groups: DEFAULT_GROUPS,
             response_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -57,33 +67,67 @@ impl BufferConfig {
         }
     }
 
-    /// Sets the key namespace (default `buf`).
-    ///
-    /// # Errors
-    /// [`Error::InvalidNamespace`] when it is not 1..=64 bytes of `[A-Za-z0-9._-]`.
-    pub fn namespace(mut self, namespace: &str) -> Result<Self> {
-        self.namespace = Namespace::new(namespace)?;
-        Ok(self)
+    /// Sets the key namespace (default `buf`): 1..=64 bytes of `[A-Za-z0-9._-]`, checked by
+    /// [`BufferConfig::validate`].
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
     }
 
-    /// The configured namespace.
-    pub fn namespace_name(&self) -> &Namespace {
+    /// The configured namespace, as given.
+    pub fn namespace_name(&self) -> &str {
         &self.namespace
     }
 
-    /// Sets the number of slot groups (default 256). Every process sharing a namespace must
-    /// use the same number, since it decides every key's name.
+    /// Sets the number of slot groups (default 256, at least 1). Every process sharing a
+    /// namespace must use the same number, since it decides every key's name.
+    pub fn groups(mut self, groups: u16) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Checks every setting, naming the first that is wrong.
     ///
     /// # Errors
-    /// [`Error::Config`] when `groups` is 0.
-    pub fn groups(mut self, groups: u16) -> Result<Self> {
-        if groups == 0 {
-            return Err(Error::Config(
-                "the number of groups must be at least 1".into(),
-            ));
+    /// [`Error::InvalidNamespace`] for a namespace that is not 1..=64 bytes of
+    /// `[A-Za-z0-9._-]`; [`Error::Config`] for an empty URL, zero groups, a zero timeout, page
+    /// size, page bytes, maximum record size, push-id TTL or clock-sync interval.
+    pub fn validate(&self) -> Result<()> {
+        self.checked_namespace().map(drop)
+    }
+
+    /// [`BufferConfig::validate`], giving the validated namespace to build the key layout with.
+    pub(crate) fn checked_namespace(&self) -> Result<Namespace> {
+        let namespace = Namespace::new(&self.namespace)?;
+        let zero = |setting: &str, why: &str| Err(Error::Config(format!("{setting} {why}")));
+        if self.url.trim().is_empty() {
+            return zero("the Redis URL", "is empty");
         }
-        self.groups = groups;
-        Ok(self)
+        if self.groups == 0 {
+            return zero("groups", "must be at least 1");
+        }
+        if self.response_timeout.is_zero() {
+            return zero("response_timeout", "must be more than 0");
+        }
+        if self.connect_timeout.is_zero() {
+            return zero("connect_timeout", "must be more than 0");
+        }
+        if self.max_record_bytes == 0 {
+            return zero("max_record_bytes", "must be at least 1");
+        }
+        if self.page_size == 0 {
+            return zero("page_size", "must be at least 1 record");
+        }
+        if self.page_bytes == 0 {
+            return zero("page_bytes", "must be at least 1 byte");
+        }
+        if self.push_id_ttl < Duration::from_millis(1) {
+            return zero("push_id_ttl", "must be at least 1 ms");
+        }
+        if self.clock_sync_interval.is_zero() {
+            return zero("clock_sync_interval", "must be more than 0");
+        }
+        Ok(namespace)
     }
 
     /// How long to wait for any reply before the call fails with a transient error (default 5 s).
@@ -107,7 +151,7 @@ impl BufferConfig {
     /// How many records a page of a batch holds at most when it is read (default 5000).
     /// Pages are also cut by bytes: see [`BufferConfig::page_bytes`].
     pub fn page_size(mut self, records: usize) -> Self {
-        self.page_size = records.max(1);
+        self.page_size = records;
         self
     }
 
@@ -116,7 +160,7 @@ impl BufferConfig {
     /// `max(page_bytes, max_record_bytes)`. The reader knows each record's size bound before
     /// it reads the page (from the batch's run list), so this holds for every page.
     pub fn page_bytes(mut self, bytes: usize) -> Self {
-        self.page_bytes = bytes.max(1);
+        self.page_bytes = bytes;
         self
     }
 
@@ -200,6 +244,47 @@ mod tests {
         let (host, pid) = holder.rsplit_once('/').unwrap();
         assert!(!host.is_empty(), "{holder}");
         assert_eq!(pid, std::process::id().to_string());
+    }
+
+    #[test]
+    fn validate_names_the_first_wrong_setting() {
+        let ok = BufferConfig::new("redis://h:1/0");
+        assert!(ok.validate().is_ok());
+        assert!(matches!(
+            ok.clone().namespace("a b").validate(),
+            Err(Error::InvalidNamespace { .. })
+        ));
+        let cases: [(BufferConfig, &str); 9] = [
+            (BufferConfig::new(" "), "the Redis URL"),
+            (ok.clone().groups(0), "groups"),
+            (
+                ok.clone().response_timeout(Duration::ZERO),
+                "response_timeout",
+            ),
+            (
+                ok.clone().connect_timeout(Duration::ZERO),
+                "connect_timeout",
+            ),
+            (ok.clone().max_record_bytes(0), "max_record_bytes"),
+            (ok.clone().page_size(0), "page_size"),
+            (ok.clone().page_bytes(0), "page_bytes"),
+            (
+                ok.clone().push_id_ttl(Duration::from_micros(10)),
+                "push_id_ttl",
+            ),
+            (
+                ok.clone().clock_sync_interval(Duration::ZERO),
+                "clock_sync_interval",
+            ),
+        ];
+        for (config, setting) in cases {
+            match config.validate() {
+                Err(Error::Config(message)) => assert!(message.starts_with(setting), "{message}"),
+                other => panic!("{setting}: {other:?}"),
+            }
+            // A buffer is never made from it either.
+            assert!(crate::Buffer::connect_lazy(config).is_err(), "{setting}");
+        }
     }
 
     #[test]

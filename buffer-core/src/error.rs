@@ -169,14 +169,14 @@ pub enum Error {
         what: String,
     },
     /// Redis did not answer within the response timeout.
-    #[error("{op}{}: Redis did not answer within {timeout_ms} ms", on_store(store))]
+    #[error("{op}{}: Redis did not answer within {} ms", on_store(store), timeout.as_millis())]
     Timeout {
         /// The operation that timed out.
         op: &'static str,
         /// The store concerned (empty for operations on all stores).
         store: String,
-        /// The configured timeout.
-        timeout_ms: u64,
+        /// How long it waited.
+        timeout: std::time::Duration,
     },
     /// Any other error from Redis or the connection to it.
     #[error("{op}{}: {source}", on_store(store))]

@@ -27,16 +27,16 @@ use crate::scripts;
 pub struct LockInfo {
     /// The holder id of the process that took it.
     pub holder: String,
-    /// Remaining time to live in ms, or `None` when the lock has no expiry.
-    pub ttl_ms: Option<u64>,
+    /// Remaining time to live (ms precision), or `None` when the lock has no expiry.
+    pub ttl: Option<Duration>,
 }
 
 impl LockInfo {
-    /// A lock held by `holder` with `ttl_ms` left (`None`: no expiry).
-    pub fn new(holder: impl Into<String>, ttl_ms: Option<u64>) -> Self {
+    /// A lock held by `holder` with `ttl` left (`None`: no expiry).
+    pub fn new(holder: impl Into<String>, ttl: Option<Duration>) -> Self {
         Self {
             holder: holder.into(),
-            ttl_ms,
+            ttl,
         }
     }
 }
@@ -231,7 +231,7 @@ impl Buffer {
             .map(|(value, ttl)| {
                 value.map(|value| LockInfo {
                     holder: holder_of(&value).to_owned(),
-                    ttl_ms: u64::try_from(ttl).ok(),
+                    ttl: u64::try_from(ttl).ok().map(Duration::from_millis),
                 })
             })
             .collect())

@@ -187,8 +187,9 @@ fn compression(text: &str) -> Result<Compression, String> {
 impl RedisArgs {
     async fn connect(&self) -> anyhow::Result<Buffer> {
         let config = BufferConfig::new(&self.url)
-            .namespace(&self.namespace)?
+            .namespace(&self.namespace)
             .response_timeout(self.redis_timeout);
+        config.validate()?;
         let redacted = config.redacted_url();
         Buffer::connect(config)
             .await
@@ -252,7 +253,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     config.validate()?;
     // Connect lazily: a persister started before Redis waits for it instead of exiting.
     let buffer_config = BufferConfig::new(&args.redis.url)
-        .namespace(&args.redis.namespace)?
+        .namespace(&args.redis.namespace)
         .response_timeout(args.redis.redis_timeout);
     let buffer = Buffer::connect_lazy(buffer_config)?;
     let persister = Persister::new(buffer, config);
@@ -526,8 +527,12 @@ fn failure_text(record: &FailureRecord, now: u64) -> String {
 fn lock_text(lock: Option<&buffer_core::LockInfo>) -> String {
     match lock {
         None => "-".into(),
-        Some(lock) => match lock.ttl_ms {
-            Some(ttl) => format!("{} ({})", lock.holder, short_duration(ttl)),
+        Some(lock) => match lock.ttl {
+            Some(ttl) => format!(
+                "{} ({})",
+                lock.holder,
+                short_duration(buffer_core::millis(ttl))
+            ),
             None => format!("{} (no expiry)", lock.holder),
         },
     }

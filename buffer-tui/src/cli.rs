@@ -74,7 +74,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let config = BufferConfig::new(&cli.url)
-        .namespace(&cli.namespace)?
+        .namespace(&cli.namespace)
         .holder_id("buffer-tui")
         .response_timeout(Duration::from_secs(3))
         .connect_timeout(Duration::from_secs(3));

@@ -320,7 +320,7 @@ async fn run_with_redis(
 
     let app = App::new(AppConfig {
         address: buffer_core::redact_url(url),
-        namespace: view_buffer.config().namespace_name().as_str().to_owned(),
+        namespace: view_buffer.config().namespace_name().to_owned(),
         max_age: Some(DEMO_MAX_AGE),
         demo_out: Some(options.out.display().to_string()),
         now_ms: view_buffer.now_ms(),

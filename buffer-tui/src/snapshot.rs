@@ -57,7 +57,7 @@ impl HeldLock {
     pub(crate) fn new(info: LockInfo, batch: Option<BatchId>) -> Self {
         Self {
             holder: info.holder,
-            ttl_ms: info.ttl_ms,
+            ttl_ms: info.ttl.map(buffer_core::millis),
             batch,
         }
     }

@@ -151,7 +151,7 @@ async fn the_dashboard_shows_pushed_stores_filters_and_quits_cleanly() {
 
     tmux.send(&["q"]);
     let screen = tmux.wait_for("the dashboard to exit", Duration::from_secs(10), |s| {
-        s.contains("EXIT=") && s.contains("TTY:")
+        s.contains(REPORT_END)
     });
     assert!(screen.contains("EXIT=0"), "{screen}");
     assert_terminal_restored(&tmux, &screen);
@@ -253,8 +253,12 @@ fn the_demo_persists_what_it_pushed_and_quits_without_leaving_redis_behind() {
 }
 
 /// Shell code that prints the exit status and the terminal's canonical-mode and echo flags
-/// (`TTY:icanon`, `TTY:echo` when restored), then keeps the pane open.
-const AFTER_EXIT: &str = "echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | sed 's/^/TTY:/'; sleep 600";
+/// (`TTY:icanon`, `TTY:echo` when restored), then [`REPORT_END`], then keeps the pane open.
+const AFTER_EXIT: &str = "echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | sed 's/^/TTY:/'; echo REPORT-END; sleep 600";
+
+/// The last line [`AFTER_EXIT`] prints: a screen holding it holds the whole report (a capture
+/// taken while the report is being printed would show only part of it).
+const REPORT_END: &str = "REPORT-END";
 
 /// The dashboard on `redis` in a `width`x`height` pane. After it exits, the shell prints its
 /// status and the terminal mode ([`AFTER_EXIT`]) and stays, so the pane can be read.
@@ -304,7 +308,7 @@ async fn sigterm_gives_the_terminal_back_and_exits_zero() {
         .unwrap();
     assert!(killed.success());
     let screen = tmux.wait_for("the dashboard to exit", Duration::from_secs(10), |s| {
-        s.contains("EXIT=") && s.contains("TTY:")
+        s.contains(REPORT_END)
     });
     assert!(screen.contains("EXIT=0"), "{screen}");
     assert_terminal_restored(&tmux, &screen);
@@ -336,7 +340,7 @@ fn a_panic_gives_the_terminal_back_and_the_message_stays_readable() {
     );
     let tmux = Tmux::start(100, 30, &command);
     let screen = tmux.wait_for("the helper to panic", Duration::from_secs(20), |s| {
-        s.contains("EXIT=") && s.contains("TTY:")
+        s.contains(REPORT_END)
     });
     assert!(
         screen.contains("EXIT=101"),

@@ -106,7 +106,7 @@ pub(super) fn batch_line(
     }
     match &batch.lock {
         Some(lock) => {
-            let ttl = ttl_text(app, lock.ttl_ms);
+            let ttl = ttl_text(app, lock.ttl.map(buffer_core::millis));
             let used: usize = spans.iter().map(Span::width).sum();
             let holder = fit(&lock.holder, width.saturating_sub(used + ttl.len() + 1));
             spans.push(Span::styled(format!("{holder} {ttl}"), theme::ATTENTION));

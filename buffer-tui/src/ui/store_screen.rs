@@ -111,7 +111,7 @@ pub(super) fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
             Some(lock) => Cell::from(format!(
                 "{} {}",
                 clean(&lock.holder),
-                ttl_text(app, lock.ttl_ms)
+                ttl_text(app, lock.ttl.map(buffer_core::millis))
             ))
             .style(theme::ATTENTION),
             None => Cell::from("unlocked").style(theme::DIM),

@@ -183,7 +183,7 @@ fn populated(width: u16, height: u16) -> App {
                     bytes: 812_000,
                     keys: 6,
                 }),
-                lock: Some(LockInfo::new("persist-1/4242", Some(27_400))),
+                lock: Some(LockInfo::new("persist-1/4242", Some(Duration::from_millis(27_400)))),
                 failure: None,
             },
             BatchDetail {
