@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, Stream, TryStreamExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Cmd, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::batch::BatchId;
 use crate::clock::{self, Clock, RedisOffset, SystemClock};
+use crate::connection::{Connection, ConnectionSettings};
 use crate::error::{Error, Result};
 use crate::keys::{DEFAULT_GROUPS, KeyLayout};
 use crate::lock::{LockTarget, LockedBatch};
@@ -36,7 +36,8 @@ use crate::transaction;
 /// ```
 #[derive(Clone, Debug)]
 pub struct BufferConfig {
-    url: String,
+    /// One server's URL, or seed nodes of a cluster (see [`BufferConfig::nodes`]).
+    urls: Vec<String>,
     namespace: Namespace,
     groups: u16,
     response_timeout: Duration,
@@ -53,9 +54,27 @@ pub struct BufferConfig {
 impl BufferConfig {
     /// A configuration for the Redis at `url` (`redis://[user:password@]host:port/db`,
     /// `rediss://` for TLS) with every other setting at its default.
+    ///
+    /// `url` may also be a comma-separated list of Redis Cluster nodes (as the CLIs'
+    /// `--redis` takes): see [`BufferConfig::nodes`]. A comma in a password must be
+    /// percent-encoded (`%2C`) here.
     pub fn new(url: impl Into<String>) -> Self {
+        let url: String = url.into();
+        Self::nodes(url.split(',').map(str::trim).filter(|url| !url.is_empty()))
+    }
+
+    /// A configuration for a Redis Cluster reached through any of `urls` (its seed nodes; one
+    /// node is enough, more keep the client able to start while some are down). Each URL is
+    /// taken as it is. Whether one URL names a cluster node or a single server is asked of the
+    /// server (`INFO cluster`) at the first command; several URLs always mean a cluster. TLS
+    /// (`rediss://`) and credentials (`user:password@`) of the first URL apply to every node.
+    pub fn nodes<I, U>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
         Self {
-            url: url.into(),
+            urls: urls.into_iter().map(Into::into).collect(),
             namespace: Namespace::default(),
             groups: DEFAULT_GROUPS,
             response_timeout: Duration::from_secs(5),
@@ -164,9 +183,11 @@ impl BufferConfig {
         self
     }
 
-    /// The Redis URL with any password replaced by `***`, fit to display or log.
+    /// The Redis URL (or the comma-separated node URLs) with any password replaced by
+    /// `***`, fit to display or log.
     pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
+        let urls: Vec<String> = self.urls.iter().map(|url| redact_url(url)).collect();
+        urls.join(",")
     }
 }
 
@@ -399,8 +420,9 @@ pub struct Buffer {
 struct Inner {
     /// Kept to open dedicated connections (pub/sub) next to the shared one.
     client: Client,
-    /// The shared connection; clones of it multiplex over one socket and reconnect on error.
-    conn: ConnectionManager,
+    /// The shared connection to one server or a cluster (`connection.rs`); clones of it
+    /// multiplex over one socket per node and reconnect on error.
+    conn: Connection,
     layout: KeyLayout,
     config: BufferConfig,
     /// The clock's offset to Redis time: measured by `connect` or the first stamp, refreshed
@@ -444,19 +466,23 @@ impl Buffer {
     /// [`Error::Config`] for a malformed URL.
     pub fn connect_lazy(config: BufferConfig) -> Result<Self> {
         install_tls_provider();
-        let client = Client::open(config.url.as_str()).map_err(|err| {
+        let invalid = |err: redis::RedisError| {
             Error::Config(format!(
                 "invalid Redis URL {}: {err}",
                 config.redacted_url()
             ))
-        })?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.response_timeout))
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|err| Error::Config(format!("{}: {err}", config.redacted_url())))?;
+        };
+        let Some(first) = config.urls.first() else {
+            return Err(Error::Config("no Redis URL given".into()));
+        };
+        // Pub/sub goes through the first node: on a cluster, PUBLISH reaches every node.
+        let client = Client::open(first.as_str()).map_err(invalid)?;
+        let conn = Connection::lazy(ConnectionSettings {
+            urls: config.urls.clone(),
+            response_timeout: config.response_timeout,
+            connect_timeout: config.connect_timeout,
+        })
+        .map_err(invalid)?;
         let layout = KeyLayout::new(config.namespace.clone(), config.groups);
         let offset = RedisOffset::new(config.clock_sync_interval);
         Ok(Self {
@@ -568,7 +594,7 @@ impl Buffer {
         &self.inner.layout
     }
 
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> Connection {
         self.inner.conn.clone()
     }
 

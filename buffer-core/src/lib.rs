@@ -49,11 +49,14 @@
 mod batch;
 mod buffer;
 mod clock;
+mod connection;
 mod error;
 mod events;
 mod failures;
 mod info;
 mod keys;
+#[cfg(feature = "local-server")]
+mod local_cluster;
 #[cfg(feature = "local-server")]
 pub mod local_server;
 mod lock;
