@@ -2,13 +2,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use redis::Client;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::clock::{self, RedisOffset};
 use crate::config::BufferConfig;
+use crate::connection::{Connection, ConnectionSettings};
 use crate::error::{Error, Result};
 use crate::keys::KeyLayout;
 
@@ -45,8 +44,9 @@ pub struct Buffer {
 struct Inner {
     /// Kept to open dedicated connections (pub/sub) next to the shared one.
     client: Client,
-    /// The shared connection; clones of it multiplex over one socket and reconnect on error.
-    conn: ConnectionManager,
+    /// The shared connection to one server or a cluster (`connection.rs`); clones of it
+    /// multiplex over one socket per node and reconnect on error.
+    conn: Connection,
     layout: KeyLayout,
     config: BufferConfig,
     /// The clock's offset to Redis time: measured by `connect` or the first stamp, refreshed
@@ -92,19 +92,23 @@ impl Buffer {
     pub fn connect_lazy(config: BufferConfig) -> Result<Self> {
         let namespace = config.checked_namespace()?;
         install_tls_provider();
-        let client = Client::open(config.url.as_str()).map_err(|err| {
+        let invalid = |err: redis::RedisError| {
             Error::Config(format!(
                 "invalid Redis URL {}: {err}",
                 config.redacted_url()
             ))
-        })?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.response_timeout))
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|err| Error::Config(format!("{}: {err}", config.redacted_url())))?;
+        };
+        let Some(first) = config.urls.first() else {
+            return Err(Error::Config("no Redis URL given".into()));
+        };
+        // Pub/sub goes through the first node: on a cluster, PUBLISH reaches every node.
+        let client = Client::open(first.as_str()).map_err(invalid)?;
+        let conn = Connection::lazy(ConnectionSettings {
+            urls: config.urls.clone(),
+            response_timeout: config.response_timeout,
+            connect_timeout: config.connect_timeout,
+        })
+        .map_err(invalid)?;
         let layout = KeyLayout::new(namespace, config.groups);
         let offset = RedisOffset::new(config.clock_sync_interval);
         Ok(Self {
@@ -216,7 +220,7 @@ impl Buffer {
         &self.inner.layout
     }
 
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> Connection {
         self.inner.conn.clone()
     }
 

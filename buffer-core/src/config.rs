@@ -33,7 +33,8 @@ use crate::name::Namespace;
 /// ```
 #[derive(Clone, Debug)]
 pub struct BufferConfig {
-    pub(crate) url: String,
+    /// One server's URL, or seed nodes of a cluster (see [`BufferConfig::nodes`]).
+    pub(crate) urls: Vec<String>,
     pub(crate) namespace: String,
     pub(crate) groups: u16,
     pub(crate) response_timeout: Duration,
@@ -50,9 +51,27 @@ pub struct BufferConfig {
 impl BufferConfig {
     /// A configuration for the Redis at `url` (`redis://[user:password@]host:port/db`,
     /// `rediss://` for TLS) with every other setting at its default.
+    ///
+    /// `url` may also be a comma-separated list of Redis Cluster nodes (as the CLIs'
+    /// `--redis` takes): see [`BufferConfig::nodes`]. A comma in a password must be
+    /// percent-encoded (`%2C`) here.
     pub fn new(url: impl Into<String>) -> Self {
+        let url: String = url.into();
+        Self::nodes(url.split(',').map(str::trim).filter(|url| !url.is_empty()))
+    }
+
+    /// A configuration for a Redis Cluster reached through any of `urls` (its seed nodes; one
+    /// node is enough, more keep the client able to start while some are down). Each URL is
+    /// taken as it is. Whether one URL names a cluster node or a single server is asked of the
+    /// server (`INFO cluster`) at the first command; several URLs always mean a cluster. TLS
+    /// (`rediss://`) and credentials (`user:password@`) of the first URL apply to every node.
+    pub fn nodes<I, U>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
         Self {
-            url: url.into(),
+            urls: urls.into_iter().map(Into::into).collect(),
             namespace: Namespace::default().as_str().to_owned(),
             groups: DEFAULT_GROUPS,
             response_timeout: Duration::from_secs(5),
@@ -100,8 +119,8 @@ impl BufferConfig {
     pub(crate) fn checked_namespace(&self) -> Result<Namespace> {
         let namespace = Namespace::new(&self.namespace)?;
         let zero = |setting: &str, why: &str| Err(Error::Config(format!("{setting} {why}")));
-        if self.url.trim().is_empty() {
-            return zero("the Redis URL", "is empty");
+        if self.urls.is_empty() {
+            return zero("the Redis URL", "is empty (give one URL, or cluster nodes)");
         }
         if self.groups == 0 {
             return zero("groups", "must be at least 1");
@@ -195,9 +214,11 @@ impl BufferConfig {
         self
     }
 
-    /// The Redis URL with any password replaced by `***`, fit to display or log.
+    /// The Redis URL (or the comma-separated node URLs) with any password replaced by
+    /// `***`, fit to display or log.
     pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
+        let urls: Vec<String> = self.urls.iter().map(|url| redact_url(url)).collect();
+        urls.join(",")
     }
 }
 

@@ -54,6 +54,7 @@ mod batch;
 mod buffer;
 mod clock;
 mod config;
+mod connection;
 mod consumer;
 mod discovery;
 mod error;
@@ -61,6 +62,8 @@ mod events;
 mod failures;
 mod info;
 mod keys;
+#[cfg(feature = "local-server")]
+mod local_cluster;
 #[cfg(feature = "local-server")]
 pub mod local_server;
 mod lock;

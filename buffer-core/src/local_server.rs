@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use crate::local_cluster::{ClusterNode, LocalCluster, SLOTS, key_slot, redis_cli_binary};
+
 /// How long a server gets to answer PING after it was spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many free ports are tried: a port found free can be taken before the server binds it.
@@ -102,6 +104,16 @@ impl LocalRedis {
         binary: PathBuf,
         extra_args: &[&str],
     ) -> Result<Self, LocalServerError> {
+        Self::start_on_port(binary, extra_args, free_port)
+    }
+
+    /// [`LocalRedis::start_with_binary`] on ports from `pick_port` (a cluster node needs its
+    /// bus port, port + 10000, free too).
+    pub(crate) fn start_on_port(
+        binary: PathBuf,
+        extra_args: &[&str],
+        pick_port: fn() -> std::io::Result<u16>,
+    ) -> Result<Self, LocalServerError> {
         let dir = tempfile::Builder::new()
             .prefix("buffer-redis-")
             .tempdir()
@@ -119,7 +131,7 @@ impl LocalRedis {
         };
         let mut reason = String::new();
         for _attempt in 0..PORT_ATTEMPTS {
-            server.port = free_port().map_err(|source| LocalServerError::Io {
+            server.port = pick_port().map_err(|source| LocalServerError::Io {
                 action: "finding a free port on",
                 path: PathBuf::from("127.0.0.1"),
                 source,

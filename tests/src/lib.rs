@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use buffer_core::local_server::LocalRedis;
 use buffer_core::{Buffer, BufferConfig};
 
+pub mod cluster;
 pub mod python;
 
 /// The redis-server binary to run.
