@@ -48,7 +48,8 @@ impl Buffer {
         ttl: Duration,
     ) -> Result<Option<LockedBatch>>
     where
-        S: TryInto<StoreName, Error = Error>,
+        S: TryInto<StoreName>,
+        Error: From<S::Error>,
     {
         let store = store.try_into()?;
         let Some(mut guard) = self.lock_target(LockTarget::Store(store), ttl).await? else {

@@ -87,7 +87,8 @@ impl Buffer {
     /// [`Error::InvalidStoreName`]; transient errors.
     pub async fn store_keys<S>(&self, store: S, limit: usize) -> Result<BTreeSet<String>>
     where
-        S: TryInto<StoreName, Error = Error>,
+        S: TryInto<StoreName>,
+        Error: From<S::Error>,
     {
         let store = store.try_into()?;
         let key = self.layout().live(&store).keys;
@@ -100,7 +101,8 @@ impl Buffer {
     /// [`Error::InvalidStoreName`]; transient errors.
     pub async fn latest_records<S>(&self, store: S, count: usize) -> Result<Vec<String>>
     where
-        S: TryInto<StoreName, Error = Error>,
+        S: TryInto<StoreName>,
+        Error: From<S::Error>,
     {
         let store = store.try_into()?;
         if count == 0 {

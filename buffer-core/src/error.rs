@@ -79,6 +79,12 @@ pub enum Error {
         /// The store it was pushed to.
         store: String,
     },
+    /// An operation that starts a background task was called outside a Tokio runtime.
+    #[error("{op} must be called inside a Tokio runtime: it starts a background task")]
+    NoRuntime {
+        /// The operation that was refused.
+        op: &'static str,
+    },
     /// The configuration was invalid (a bad URL, zero groups…).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -179,6 +185,12 @@ pub enum Error {
         timeout: std::time::Duration,
     },
     /// Any other error from Redis or the connection to it.
+    ///
+    /// Its `source` is the `redis` crate's `RedisError` (redis 1.x), the one type of that crate
+    /// in buffer-core's public API: a major upgrade of `redis` is a major upgrade of
+    /// buffer-core. Decide with this type's methods instead ([`Error::is_transient`],
+    /// [`Error::is_outcome_unknown`], [`Error::is_wrong_type`], …), which stay stable;
+    /// read `source` only for what they do not cover (its error code, for logs).
     #[error("{op}{}: {source}", on_store(store))]
     Redis {
         /// The operation that failed.
@@ -330,5 +342,13 @@ fn on_store(store: &str) -> String {
         String::new()
     } else {
         format!(" on store {store:?}")
+    }
+}
+
+/// Lets every operation that takes a store name also take a [`crate::StoreName`] by value
+/// (its conversion to itself cannot fail).
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
     }
 }

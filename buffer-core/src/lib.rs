@@ -35,15 +35,86 @@
 //! - `local_server` (feature `local-server`, off by default): `local_server::LocalRedis`, a
 //!   private `redis-server` on a free port, killed on drop; the demo and the tests use it.
 //!
-//! # Examples
+//! # Produce
+//! A service pushes records as it handles requests. A push is one atomic step per store; a
+//! [`PushPipeline`] sends pushes to several stores in one round trip; [`Buffer::push_once`]
+//! makes a retry after an unknown outcome safe.
 //! ```no_run
-//! # async fn demo() -> Result<(), buffer_core::Error> {
+//! # async fn produce() -> Result<(), buffer_core::Error> {
 //! use buffer_core::{Buffer, BufferConfig};
+//! use serde_json::json;
 //!
-//! let buffer = Buffer::connect(BufferConfig::new("redis://127.0.0.1:6379")).await?;
-//! buffer.push("clicks", &serde_json::json!({"page": "/", "ms": 12})).await?;
+//! let config = BufferConfig::new("redis://127.0.0.1:6379").namespace("shop");
+//! let buffer = Buffer::connect(config).await?;
+//!
+//! // One record, then an order and its audit entry in one round trip.
+//! buffer.push("clicks", &json!({"page": "/", "ms": 12})).await?;
+//! let mut pipeline = buffer.pipeline();
+//! let order = pipeline.push("orders", &json!({"id": 17, "total": 9.5}));
+//! let audit = pipeline.push("audit", &json!({"order": 17, "by": "web"}));
+//! pipeline.execute().await?;
+//! println!("orders holds {} records", order.receipt()?.records);
+//! audit.receipt()?;
+//!
+//! // A push that must not land twice, even if it is retried after a timeout.
+//! let payment = [json!({"order": 17, "paid": true})];
+//! loop {
+//!     match buffer.push_once("payments", "order-17-paid", &payment).await {
+//!         Err(err) if err.is_outcome_unknown() => continue, // safe to retry: same push id
+//!         other => break other.map(drop)?,
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Persist by hand
+//! `buffer-persist` does this for every store, with exactly-once files; an embedder that writes
+//! somewhere else does the same steps itself. The batch stays locked to the caller (a heartbeat
+//! keeps the lock) until it is emptied; if the caller dies, the lock expires and a persister
+//! writes the batch.
+//! ```no_run
+//! # async fn persist(buffer: buffer_core::Buffer) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Order { id: u64, total: f64 }
+//!
+//! for store in buffer.get_old(Duration::from_secs(60)).await? {
+//!     let Some(batch) = buffer.prepare_to_persist(store.store, Duration::from_secs(30)).await?
+//!     else {
+//!         continue; // empty now, or another process is preparing it
+//!     };
+//!     let mut reader = buffer.reader(batch.batch());
+//!     let mut sum = 0.0;
+//!     while let Some(orders) = reader.next_page_as::<Order>().await? {
+//!         sum += orders.iter().map(|order| order.total).sum::<f64>();
+//!     }
+//!     println!("batch {} totals {sum}", batch.batch().id);
+//!     // Written out (here: printed): delete it, under its lock.
+//!     buffer.empty(batch).await?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Inspect
+//! What a dashboard or an operator's script reads: every store's size and age, the batches
+//! waiting, who holds which lock, and what is failing.
+//! ```no_run
+//! # async fn inspect(buffer: buffer_core::Buffer) -> Result<(), buffer_core::Error> {
+//! let now = buffer.now_ms();
 //! for store in buffer.stores().await? {
-//!     println!("{}: {} records", store.store, store.records);
+//!     let age_s = now.saturating_sub(store.first_write_ms) / 1000;
+//!     let lock = buffer.lock_info(&store.store, None).await?;
+//!     let holder = lock.map_or("-".to_owned(), |lock| lock.holder);
+//!     println!("{}: {} records, {} bytes, {age_s}s old, lock {holder}",
+//!         store.store, store.records, store.bytes);
+//! }
+//! for prepared in buffer.get_prepared().await? {
+//!     println!("waiting: batch {} of {}", prepared.id, prepared.store);
+//! }
+//! for failing in buffer.failures().await? {
+//!     println!("failing: {} ({} attempts): {}",
+//!         failing.store, failing.record.attempts, failing.record.last_error);
 //! }
 //! # Ok(()) }
 //! ```

@@ -137,7 +137,8 @@ impl Buffer {
         ttl: Duration,
     ) -> Result<Option<LockGuard>>
     where
-        S: TryInto<StoreName, Error = Error>,
+        S: TryInto<StoreName>,
+        Error: From<S::Error>,
     {
         let store = store.try_into()?;
         let target = match batch {
@@ -285,13 +286,14 @@ impl LockGuard {
     /// keeps the one heartbeat running.
     ///
     /// # Errors
-    /// [`Error::Config`] when called outside a Tokio runtime (nothing could run the task).
+    /// [`Error::NoRuntime`] when called outside a Tokio runtime (nothing could run the task;
+    /// the lock is still held, without a heartbeat).
     pub fn keep_alive(&mut self) -> Result<()> {
         if self.heartbeat.is_some() {
             return Ok(());
         }
-        let runtime = tokio::runtime::Handle::try_current().map_err(|err| {
-            Error::Config(format!("a lock heartbeat needs a Tokio runtime: {err}"))
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
+            op: "LockGuard::keep_alive",
         })?;
         let beat = heartbeat(
             self.buffer.clone(),

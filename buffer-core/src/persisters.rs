@@ -24,8 +24,9 @@ pub const FORGET_SILENT_PERSISTERS_AFTER: Duration = Duration::from_secs(3600);
 pub struct PersisterInfo {
     /// Its holder id (the one written into its locks).
     pub holder: String,
-    /// A store is flushed once its first record is this old (ms).
-    pub max_age_ms: u64,
+    /// A store is flushed once its first record is this old (stored as ms, `max_age_ms`).
+    #[serde(rename = "max_age_ms", with = "duration_as_ms")]
+    pub max_age: Duration,
     /// A store is flushed at this many bytes, if set.
     pub max_bytes: Option<u64>,
     /// A store is flushed at this many records, if set.
@@ -85,12 +86,13 @@ impl Buffer {
         .await
     }
 
-    /// The persisters that announced themselves within the last `max_silence_ms`, by holder.
+    /// The persisters that announced themselves within the last `max_silence`, by holder.
     /// Entries that do not parse are skipped.
     ///
     /// # Errors
     /// Transient errors.
-    pub async fn persisters(&self, max_silence_ms: u64) -> Result<Vec<PersisterInfo>> {
+    pub async fn persisters(&self, max_silence: Duration) -> Result<Vec<PersisterInfo>> {
+        let max_silence_ms = millis(max_silence);
         let key = self.persisters_key();
         let mut conn = self.conn();
         let entries: Vec<(String, String)> = self
@@ -106,5 +108,50 @@ impl Buffer {
             .collect();
         out.sort_by(|a, b| a.holder.cmp(&b.holder));
         Ok(out)
+    }
+}
+
+/// A `Duration` as whole milliseconds on the wire: announcements stay readable by every version
+/// (they were always `max_age_ms`), and by other languages.
+mod duration_as_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(crate::clock::millis(*value))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_announcement_keeps_max_age_in_ms_on_the_wire() {
+        let info = PersisterInfo {
+            holder: "h/1".into(),
+            max_age: Duration::from_millis(1500),
+            max_bytes: None,
+            max_records: Some(10),
+            out: "out".into(),
+            heartbeat_ms: 7,
+            batches_persisted: 0,
+            records_persisted: 0,
+        };
+        let json = serde_json::to_string(&info).unwrap();
+        assert!(json.contains("\"max_age_ms\":1500"), "{json}");
+        // What an older persister wrote parses as before.
+        let back: PersisterInfo = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, info);
     }
 }

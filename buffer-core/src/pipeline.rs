@@ -96,7 +96,8 @@ impl PushPipeline {
     /// nothing of this push is sent; the other pushes are unaffected.
     pub fn push<S, T>(&mut self, store: S, record: &T) -> PushHandle
     where
-        S: TryInto<StoreName, Error = Error>,
+        S: TryInto<StoreName>,
+        Error: From<S::Error>,
         T: Serialize + ?Sized,
     {
         self.add(store, |buffer, store| buffer.encode_record(store, record))
@@ -109,7 +110,8 @@ impl PushPipeline {
     /// [`Error::NoRecords`].
     pub fn push_many<S, T>(&mut self, store: S, records: &[T]) -> PushHandle
     where
-        S: TryInto<StoreName, Error = Error>,
+        S: TryInto<StoreName>,
+        Error: From<S::Error>,
         T: Serialize,
     {
         self.add(store, |buffer, store| buffer.encode_records(store, records))
@@ -121,7 +123,8 @@ impl PushPipeline {
     /// Input is checked now, as in [`PushPipeline::push_many`].
     pub fn push_json<S, J>(&mut self, store: S, texts: &[J]) -> PushHandle
     where
-        S: TryInto<StoreName, Error = Error>,
+        S: TryInto<StoreName>,
+        Error: From<S::Error>,
         J: AsRef<str>,
     {
         self.add(store, |buffer, store| buffer.parse_records(store, texts))
@@ -143,11 +146,13 @@ impl PushPipeline {
         encode: impl FnOnce(&Buffer, &StoreName) -> Result<Vec<EncodedRecord>>,
     ) -> PushHandle
     where
-        S: TryInto<StoreName, Error = Error>,
+        S: TryInto<StoreName>,
+        Error: From<S::Error>,
     {
         let slot = Slot::default();
         let encoded = store
             .try_into()
+            .map_err(Error::from)
             .and_then(|store| encode(&self.buffer, &store).map(|records| (store, records)));
         match encoded {
             Ok((store, records)) => {

@@ -104,7 +104,8 @@ impl Buffer {
     /// ```
     pub async fn push<S, T>(&self, store: S, record: &T) -> Result<PushReceipt>
     where
-        S: TryInto<StoreName, Error = Error>,
+        S: TryInto<StoreName>,
+        Error: From<S::Error>,
         T: Serialize + ?Sized,
     {
         let store = store.try_into()?;
@@ -119,7 +120,8 @@ impl Buffer {
     /// names the index of the first bad one. [`Error::NoRecords`] for an empty slice.
     pub async fn push_many<S, T>(&self, store: S, records: &[T]) -> Result<PushReceipt>
     where
-        S: TryInto<StoreName, Error = Error>,
+        S: TryInto<StoreName>,
+        Error: From<S::Error>,
         T: Serialize,
     {
         let store = store.try_into()?;
@@ -134,7 +136,8 @@ impl Buffer {
     /// As [`Buffer::push_many`]; a text that is not a JSON object is [`Error::InvalidRecord`].
     pub async fn push_json<S, J>(&self, store: S, texts: &[J]) -> Result<PushReceipt>
     where
-        S: TryInto<StoreName, Error = Error>,
+        S: TryInto<StoreName>,
+        Error: From<S::Error>,
         J: AsRef<str>,
     {
         let store = store.try_into()?;
@@ -172,7 +175,8 @@ impl Buffer {
         records: &[T],
     ) -> Result<PushOnceOutcome>
     where
-        S: TryInto<StoreName, Error = Error>,
+        S: TryInto<StoreName>,
+        Error: From<S::Error>,
         T: Serialize,
     {
         let store = store.try_into()?;

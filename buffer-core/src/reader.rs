@@ -458,7 +458,12 @@ impl BatchReader {
     pub fn into_stream(self) -> impl Stream<Item = Result<String>> + Send + 'static {
         stream::try_unfold(self, |mut reader| async move {
             let page = reader.next_page().await?;
-            Ok(page.map(|page| (stream::iter(page.into_iter().map(Ok)), reader)))
+            Ok::<_, Error>(page.map(|page| {
+                (
+                    stream::iter(page.into_iter().map(Ok::<String, Error>)),
+                    reader,
+                )
+            }))
         })
         .try_flatten()
     }

@@ -246,7 +246,7 @@ impl Persister {
         let stats = self.stats();
         let info = PersisterInfo {
             holder: self.buffer.holder_id().to_owned(),
-            max_age_ms: buffer_core::millis(self.config.max_age),
+            max_age: self.config.max_age,
             max_bytes: self.config.max_bytes,
             max_records: self.config.max_records,
             out: self.config.out_dir.display().to_string(),

@@ -215,7 +215,7 @@ async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
         let holder_suffix = format!("/{}", runner.id());
         let announced = eventually(Duration::from_secs(10), || async {
             buffer
-                .persisters(60_000)
+                .persisters(Duration::from_secs(60))
                 .await
                 .unwrap()
                 .iter()

@@ -744,8 +744,12 @@ impl App {
     /// The age at which stores are flushed: `--max-age` when given, else the smallest one the
     /// running persisters announce (the first of them to act), else unknown.
     pub(crate) fn max_age_ms(&self) -> Option<u64> {
-        self.configured_max_age_ms
-            .or_else(|| self.persisters.iter().map(|p| p.max_age_ms).min())
+        self.configured_max_age_ms.or_else(|| {
+            self.persisters
+                .iter()
+                .map(|p| buffer_core::millis(p.max_age))
+                .min()
+        })
     }
 
     /// Time until the persister's flush: `Some(0)` when due (by age, or because the store is
@@ -1059,7 +1063,7 @@ mod tests {
         });
         let persister = |holder: &str, max_age_ms, max_records| PersisterInfo {
             holder: holder.into(),
-            max_age_ms,
+            max_age: Duration::from_millis(max_age_ms),
             max_bytes: None,
             max_records,
             out: "out".into(),

@@ -27,7 +27,7 @@ const BATCH_LOCKS_PER_STORE: usize = 4;
 const FOCUS_BATCHES: usize = 20;
 /// A persister silent for longer than this is not counted (it announces at every poll, and a
 /// poll can take a while when batches are big).
-const PERSISTER_SILENCE_MS: u64 = 60_000;
+const PERSISTER_SILENCE: Duration = Duration::from_secs(60);
 /// The shortest time between two polls, when the rows on screen change quickly.
 const MIN_GAP: Duration = Duration::from_millis(150);
 
@@ -83,7 +83,7 @@ pub(crate) async fn poll_once(
         buffer.server_info(),
         buffer.stores(),
         buffer.get_prepared(),
-        buffer.persisters(PERSISTER_SILENCE_MS),
+        buffer.persisters(PERSISTER_SILENCE),
         buffer.failures(),
     )?;
     let mut batches_of: HashMap<&StoreName, Vec<&PreparedSummary>> = HashMap::new();

@@ -1059,7 +1059,7 @@ async fn persister_announcements_are_listed_retired_and_forgotten_after_silence(
         .unwrap();
     let announcement = |holder: &str, heartbeat_ms| PersisterInfo {
         holder: holder.to_owned(),
-        max_age_ms: 60_000,
+        max_age: Duration::from_secs(60),
         max_bytes: None,
         max_records: Some(100),
         out: "/out".to_owned(),
@@ -1084,16 +1084,22 @@ async fn persister_announcements_are_listed_retired_and_forgotten_after_silence(
         |list: Vec<PersisterInfo>| -> Vec<String> { list.into_iter().map(|p| p.holder).collect() };
     // The killed one and the junk are gone from Redis, not only filtered out.
     assert_eq!(
-        holders(buffer.persisters(u64::MAX).await.unwrap()),
+        holders(buffer.persisters(Duration::MAX).await.unwrap()),
         ["host/2", "host/3"]
     );
     assert_eq!(server.command(&["HLEN", "buf:persisters"]), "int(2)");
     // Readers choose how much silence they accept.
-    assert_eq!(holders(buffer.persisters(1_000).await.unwrap()), ["host/3"]);
-    assert_eq!(buffer.persisters(1_000).await.unwrap()[0], live);
+    assert_eq!(
+        holders(buffer.persisters(Duration::from_secs(1)).await.unwrap()),
+        ["host/3"]
+    );
+    assert_eq!(
+        buffer.persisters(Duration::from_secs(1)).await.unwrap()[0],
+        live
+    );
     buffer.retire_persister("host/3").await.unwrap();
     assert_eq!(
-        holders(buffer.persisters(u64::MAX).await.unwrap()),
+        holders(buffer.persisters(Duration::MAX).await.unwrap()),
         ["host/2"]
     );
 }
@@ -2329,4 +2335,39 @@ async fn a_batch_stream_yields_batch_not_found_once_and_ends_when_the_batch_vani
         records.next().await.is_none(),
         "the stream ends after its error"
     );
+}
+
+/// A heartbeat needs a runtime to run on: asked for outside one, `keep_alive` says so with its
+/// own error (not a configuration error), and the lock stays held, without a heartbeat.
+#[test]
+fn keep_alive_outside_a_runtime_is_refused_with_no_runtime_and_the_lock_stays() {
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (buffer, mut guard) = runtime.block_on(async {
+        let buffer = server.buffer().await;
+        let guard = buffer
+            .lock("s", None, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        (buffer, guard)
+    });
+    // This thread is not inside the runtime (block_on has returned).
+    let err = guard.keep_alive().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NoRuntime {
+                op: "LockGuard::keep_alive"
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("Tokio runtime"), "{err}");
+    runtime.block_on(async {
+        let store = StoreName::new("s").unwrap();
+        let info = buffer.lock_info(&store, None).await.unwrap().unwrap();
+        assert!(info.ttl.unwrap() > Duration::from_secs(20), "{info:?}");
+        assert!(guard.release().await.unwrap());
+    });
 }

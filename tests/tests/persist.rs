@@ -148,9 +148,9 @@ async fn a_quiet_store_is_flushed_on_age_alone() {
     );
     assert_eq!(persister.stats().batches_persisted, 0);
     // It announces its thresholds, so a dashboard can count down to the age flush.
-    let announced = buffer.persisters(60_000).await.unwrap();
+    let announced = buffer.persisters(Duration::from_secs(60)).await.unwrap();
     assert_eq!(announced.len(), 1);
-    assert_eq!(announced[0].max_age_ms, 60_000);
+    assert_eq!(announced[0].max_age, Duration::from_secs(60));
     assert_eq!(announced[0].holder, buffer.holder_id());
     clock.advance_ms(2_000);
     assert!(
@@ -162,7 +162,11 @@ async fn a_quiet_store_is_flushed_on_age_alone() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
     assert!(
-        buffer.persisters(60_000).await.unwrap().is_empty(),
+        buffer
+            .persisters(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
         "retired on clean exit"
     );
     let output = output_records(out.path());

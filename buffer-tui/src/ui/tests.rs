@@ -99,7 +99,7 @@ fn populated(width: u16, height: u16) -> App {
         prepared,
         persisters: vec![PersisterInfo {
             holder: "persist-1/4242".into(),
-            max_age_ms: 60_000,
+            max_age: Duration::from_secs(60),
             max_bytes: None,
             max_records: Some(50_000),
             out: "/var/lib/buffer".into(),
