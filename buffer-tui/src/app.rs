@@ -404,9 +404,7 @@ impl App {
             address: config.address,
             namespace: config.namespace,
             persisters: Vec::new(),
-            configured_max_age_ms: config
-                .max_age
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            configured_max_age_ms: config.max_age.map(buffer_core::millis),
             demo: config.demo_out.as_ref().map(|_| DemoStats::default()),
             demo_out: config.demo_out,
             now_ms: config.now_ms,
