@@ -485,8 +485,10 @@ impl Study {
              forms; the saving is (JSON list − MessagePack list) ÷ the store's *used* above. \
              The drain is `Persister::drain` of {DRAIN_RECORDS} records of the shape (JSON \
              Lines, fsync), the decode is MessagePack → the exact JSON text on one thread; \
-             both medians of {TIMED_RUNS}. Rule: offered only if it saves ≥ {:.0} % for a shape \
-             and the decode adds ≤ {:.0} % to the drain.\n",
+             both medians of {TIMED_RUNS}; absolute times vary several-fold with the \
+             machine's load, the slowdown is the ratio of the two, taken in the same run. \
+             Rule: offered only if it saves ≥ {:.0} % for a shape and the decode adds ≤ {:.0} % \
+             to the drain.\n",
             MIN_SAVING * 100.0,
             MAX_SLOWDOWN * 100.0
         );
@@ -576,7 +578,7 @@ const FINDINGS: &str = "What the tables show (first runs, 2026-11-23, on a 2-cor
 - **A record costs its JSON text plus about 4 B in the data list** (the listpack entry's \
   length header and back-length, and the list nodes' share), and nothing else once pushes \
   carry many records: the key set, first-write time, byte counter and index entries are a \
-  constant of a few hundred bytes per store (the *per store* column; the key set grows with \
+  constant of under 1 KiB per store (the *per store* column; the key set grows with \
   the distinct top-level keys, not with records).
 - **The run list is the one per-push cost:** one `<count>:<bytes>:<max>` entry per push, \
   about 9-11 B. Pushed one at a time, a small event costs 84 B instead of 75 B (+12 %), a \
