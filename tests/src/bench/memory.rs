@@ -575,7 +575,7 @@ pub fn splice(report: &str, section: &str) -> String {
 const FINDINGS: &str = "What the tables show (first runs, 2026-11-23, on a 2-core machine \
     shared with other builds):
 
-- **A record costs its JSON text plus about 4 B in the data list** (the listpack entry's \
+- **A record costs its JSON text plus about 4-6 B in the data list** (the listpack entry's \
   length header and back-length, and the list nodes' share), and nothing else once pushes \
   carry many records: the key set, first-write time, byte counter and index entries are a \
   constant of under 1 KiB per store (the *per store* column; the key set grows with \
