@@ -622,6 +622,24 @@ mod tests {
         assert_eq!(at_end, "# B\n\n## Redis memory per record\n\nnew\n\n");
     }
 
+    #[tokio::test]
+    async fn a_store_s_memory_is_split_by_kind_of_key_on_a_real_server() {
+        let texts: Arc<Vec<String>> =
+            Arc::new((0..1000).map(|i| Shape::SmallEvent.text(i)).collect());
+        let alone = footprint(Shape::SmallEvent, 1, &texts).await.unwrap();
+        let batched = footprint(Shape::SmallEvent, 100, &texts).await.unwrap();
+        for f in [&alone, &batched] {
+            // The data list holds every text; the other kinds exist once per store.
+            assert!(f.by_kind[0] > f.raw, "{f:?}");
+            assert!(f.by_kind[2..].iter().all(|b| *b > 0.0), "{f:?}");
+            assert!(f.per_store > 0.0 && f.used > 0.0, "{f:?}");
+        }
+        // One run entry per push: several bytes per record pushed alone, a hundredth of
+        // that at 100 per push.
+        assert!(alone.by_kind[1] > 5.0, "{alone:?}");
+        assert!(batched.by_kind[1] < 1.0, "{batched:?}");
+    }
+
     #[test]
     fn small_events_are_the_demo_metric_shape() {
         let text = Shape::SmallEvent.text(12);
