@@ -7,8 +7,12 @@
 //! - `tools`: the benchmark records, `redis-benchmark` and `dd` runs, Redis counters, and the
 //!   peak RSS of a child process.
 //! - `report`: the table on stdout and BENCHMARKS.md.
+//! - `memory`: the Redis memory study of `--only memory` (per record, per key, per shape) and
+//!   `msgpack`, the compact-encoding prototype it measures.
 
 mod figures;
+mod memory;
+mod msgpack;
 mod report;
 mod tools;
 
@@ -107,9 +111,11 @@ pub async fn run(options: Options) -> Result<()> {
         measured.push(figures::rss(&sizes, runs, persist).await?);
         took("rss", started);
     }
+    let mut study = None;
     if wanted("memory") {
         let started = Instant::now();
         measured.push(figures::memory(&sizes, runs).await?);
+        study = Some(memory::study().await?);
         took("memory", started);
     }
     if wanted("dashboard") {
@@ -119,6 +125,10 @@ pub async fn run(options: Options) -> Result<()> {
     }
 
     println!("\n{}", report::table(&measured));
+    let study_section = study.map(|study| {
+        println!("{}", study.tables());
+        study.section(&machine)
+    });
     if let Some(path) = &options.report {
         let mut command = "cargo run --release -p buffer-tests --bin bench".to_owned();
         if !options.args.is_empty() {
@@ -133,9 +143,22 @@ pub async fn run(options: Options) -> Result<()> {
             figures: &measured,
         }
         .markdown();
+        let text = match &study_section {
+            Some(section) => memory::splice(&text, section),
+            None => text,
+        };
         std::fs::write(path, text)
             .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", path.display()))?;
         println!("wrote {}", path.display());
+    } else if let Some(section) = &study_section {
+        // A partial run writes no report, but the memory study has its own section, which
+        // it brings up to date in place (the rest of the file stays as the last full run
+        // wrote it).
+        let path = default_report_path();
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, memory::splice(&old, section))
+            .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", path.display()))?;
+        println!("updated the memory section of {}", path.display());
     }
     Ok(())
 }

@@ -27,7 +27,9 @@ struct Cli {
     #[arg(long)]
     runs: Option<usize>,
     /// Only these figures (comma-separated ids: push, push_many, pipeline, drain, rss,
-    /// memory, dashboard). A partial run writes no report unless --out is given.
+    /// memory, dashboard). A partial run writes no report unless --out is given, except
+    /// that `memory` always brings BENCHMARKS.md's "Redis memory per record" section up to
+    /// date in place.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report (default: BENCHMARKS.md at the workspace root).
