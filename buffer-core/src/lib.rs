@@ -25,6 +25,9 @@
 //! - `record`: records to compact JSON and their top-level keys.
 //! - `failures`: [`FailureRecord`]s of batches that failed to persist (attempts, last error,
 //!   next retry), so persisters back off across processes and operators see them.
+//! - `connection`: the one connection type, to one server or a Redis Cluster (found out from
+//!   the server), following redirects and retrying only what provably did not run.
+//! - `nodes`: [`MasterInfo`], the masters of the deployment and their facts.
 //! - `events`, `info`, `persisters`: persister events on pub/sub, server facts and the
 //!   persisters' announcements (thresholds, heartbeat), for dashboards.
 //! - `clock`: [`Clock`], so time-dependent logic is tested without sleeping.
@@ -61,6 +64,7 @@ mod local_cluster;
 pub mod local_server;
 mod lock;
 mod name;
+mod nodes;
 mod persisters;
 mod pipeline;
 mod record;
@@ -85,5 +89,6 @@ pub use info::ServerInfo;
 pub use keys::DEFAULT_GROUPS;
 pub use lock::{LockGuard, LockInfo, LockTarget, LockedBatch};
 pub use name::{MAX_NAMESPACE_BYTES, MAX_STORE_NAME_BYTES, Namespace, StoreName};
+pub use nodes::MasterInfo;
 pub use persisters::{FORGET_SILENT_PERSISTERS_AFTER, PersisterInfo};
 pub use pipeline::{PushHandle, PushPipeline};
