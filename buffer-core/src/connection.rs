@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::future::try_join_all;
+use futures::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, Pipeline,
@@ -238,13 +238,17 @@ impl ConnectionLike for Connection {
                         PipelineUnit::Command(cmd) => router.send(Unit::Command(cmd)),
                         PipelineUnit::Block(block) => router.send(Unit::Block(block)),
                     });
-                    Ok(try_join_all(sends)
-                        .await?
-                        .into_iter()
-                        .flatten()
-                        .skip(offset)
-                        .take(count)
-                        .collect())
+                    // Every unit runs to its end: one failing says nothing of the others.
+                    let results = join_all(sends).await;
+                    let ran_somewhere = results.iter().any(Result::is_ok);
+                    let mut replies = Vec::new();
+                    for result in results {
+                        match result {
+                            Ok(unit_replies) => replies.extend(unit_replies),
+                            Err(err) => return Err(partial_failure(err, ran_somewhere)),
+                        }
+                    }
+                    Ok(replies.into_iter().skip(offset).take(count).collect())
                 }
             }
         })
@@ -625,6 +629,20 @@ pub(crate) fn key_slot(key: &[u8]) -> u16 {
         }
     }
     crc % SLOTS
+}
+
+/// The error of a pipeline one of whose units failed with `err`. A pipeline's units are sent
+/// apart on a cluster, so when another unit ran, the caller cannot learn from one error
+/// which of its pushes were applied: the error then says the outcome is unknown (an I/O
+/// error, as a lost connection would), never that nothing ran.
+fn partial_failure(err: RedisError, ran_somewhere: bool) -> RedisError {
+    if !ran_somewhere || err.is_io_error() || err.is_timeout() {
+        return err;
+    }
+    RedisError::from(std::io::Error::other(format!(
+        "part of a pipeline ran on the cluster and part failed ({err}): which parts were \
+         applied is unknown"
+    )))
 }
 
 /// `host:port` → (host, port).
