@@ -32,7 +32,8 @@
 //!   persisters' announcements (thresholds, heartbeat), for dashboards.
 //! - `clock`: [`Clock`], so time-dependent logic is tested without sleeping.
 //! - `local_server` (feature `local-server`, off by default): `local_server::LocalRedis`, a
-//!   private `redis-server` on a free port, killed on drop; the demo and the tests use it.
+//!   private `redis-server` on a free port, killed on drop, and `local_server::LocalCluster`,
+//!   a private Redis Cluster of them; the demo and the tests use them.
 //!
 //! # Examples
 //! ```no_run

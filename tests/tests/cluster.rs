@@ -453,3 +453,33 @@ async fn a_push_refused_with_tryagain_mid_migration_is_retried_until_it_runs() {
     assert_eq!(receipt.records, 2);
     assert_eq!(buffer.stores().await.unwrap()[0].records, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_replicas_serves_pushes_and_survives_a_killed_replica() {
+    let mut cluster = TestCluster::start_with(3, 1, None);
+    assert_eq!(cluster.ports().len(), 6);
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3);
+    let buffer = cluster.buffer().await;
+    for store in names(12) {
+        buffer.push(store.as_str(), &json!({"a": 1})).await.unwrap();
+    }
+    let replica = *cluster
+        .ports()
+        .iter()
+        .find(|port| !masters.contains(port))
+        .unwrap();
+    cluster.kill(replica);
+    assert!(!cluster.urls().contains(&cluster.url_of(replica)));
+    for store in names(12) {
+        assert_eq!(
+            buffer
+                .push(store.as_str(), &json!({"a": 2}))
+                .await
+                .unwrap()
+                .records,
+            2
+        );
+    }
+    assert_eq!(buffer.masters().await.unwrap().len(), 3);
+}
