@@ -267,7 +267,8 @@ pub(crate) struct ClusterRouter {
     /// For each slot, the address of its master, from the last `CLUSTER SLOTS`. A std lock,
     /// never held across an await.
     slots: RwLock<Vec<Option<Arc<str>>>>,
-    /// One connection per node address, made at first use; each reconnects on its own.
+    /// One connection per node address, made at first use; each reconnects on its own. The
+    /// lock is held only to look up or insert, never across a connect.
     nodes: tokio::sync::Mutex<HashMap<String, ConnectionManager>>,
 }
 
@@ -288,8 +289,7 @@ impl ClusterRouter {
 
     /// The connection to the node at `address`, made if there is none yet.
     async fn node(&self, address: &str) -> RedisResult<ConnectionManager> {
-        let mut nodes = self.nodes.lock().await;
-        if let Some(conn) = nodes.get(address) {
+        if let Some(conn) = self.nodes.lock().await.get(address) {
             return Ok(conn.clone());
         }
         let (host, port) = split_address(address)?;
@@ -307,11 +307,18 @@ impl ClusterRouter {
             }
         }
         let info = self.template.clone().set_addr(addr);
+        // Connected without the lock held, so a node that does not answer delays only the
+        // requests for it; when two requests connect at once, the first one kept wins.
         let conn =
             ConnectionManager::new_with_config(Client::open(info)?, self.settings.manager_config())
                 .await?;
-        nodes.insert(address.to_owned(), conn.clone());
-        Ok(conn)
+        Ok(self
+            .nodes
+            .lock()
+            .await
+            .entry(address.to_owned())
+            .or_insert(conn)
+            .clone())
     }
 
     /// Reads the slot map again: from `first` if given (the node a MOVED named), else from

@@ -73,6 +73,22 @@ impl TestCluster {
         buffer_core::local_server::key_slot(key.as_bytes())
     }
 
+    /// Sends a signal (`"STOP"`, `"CONT"`, `"KILL"`) to the node on `port`.
+    pub fn signal(&self, port: u16, signal: &str) {
+        let node = self
+            .cluster
+            .nodes()
+            .iter()
+            .find(|node| node.port() == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"));
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(node.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Kills the node on `port` with SIGKILL.
     pub fn kill(&mut self, port: u16) {
         assert!(self.cluster.kill(port), "no running node on port {port}");

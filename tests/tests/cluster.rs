@@ -483,3 +483,35 @@ async fn a_cluster_with_replicas_serves_pushes_and_survives_a_killed_replica() {
     }
     assert_eq!(buffer.masters().await.unwrap().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_a_frozen_master_is_an_unknown_outcome_and_is_never_resent() {
+    let cluster = TestCluster::start();
+    let buffer = Buffer::connect(
+        BufferConfig::new(cluster.url()).response_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
+    buffer.push("orders", &json!({"n": 1})).await.unwrap();
+    let master = cluster.master_for_slot(slot_of(&cluster, "orders"));
+    cluster.signal(master, "STOP");
+    let err = buffer.push("orders", &json!({"n": 2})).await.unwrap_err();
+    cluster.signal(master, "CONT");
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    // The frozen master runs the push it had received once it is continued: once, since
+    // the client never sent it again.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            buffer
+                .stores()
+                .await
+                .is_ok_and(|s| s.len() == 1 && s[0].records == 2)
+        })
+        .await
+    );
+    assert_eq!(
+        buffer.stores().await.unwrap()[0].records,
+        2,
+        "applied once, not twice"
+    );
+}
