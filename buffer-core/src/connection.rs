@@ -5,15 +5,20 @@
 //! `query_async(&mut conn)` and never knows which kind of deployment it talks to.
 //!
 //! - **One server**: today's `ConnectionManager` (one multiplexed socket that reconnects).
-//! - **Cluster**: `redis::cluster_async::ClusterConnection`, with the crate's own retries
-//!   turned off. The crate retries a request after *any* connection error, also after the
-//!   request was written and may have run: a push would then be applied twice, and an
-//!   unknown outcome would be hidden from the caller. Instead this module retries only what
-//!   provably did not run: `MOVED` (sent to the named node), `ASK` (`ASKING` + the request,
-//!   on the named node), `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `LOADING`, `READONLY` (after
-//!   a short doubling backoff), a refused connection and a node the client has no connection
-//!   to (nothing was written). Every other error reaches the caller as it came, so
-//!   `Error::is_outcome_unknown` stays true where it was.
+//! - **Cluster**: [`ClusterRouter`], this module's own: the slot map (`CLUSTER SLOTS`) and one
+//!   `ConnectionManager` per master, each request sent to the master of its key's slot. It
+//!   retries only what provably did not run: `MOVED` (the slot map is refreshed and the
+//!   request sent to the named node), `ASK` (`ASKING` + the request, in one write, on the
+//!   named node), `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `LOADING`, `READONLY` and a
+//!   refused connection (after a short doubling backoff and a slot map refresh). Every other
+//!   error reaches the caller as it came, so `Error::is_outcome_unknown` stays true where it
+//!   was.
+//!
+//!   Why not `redis::cluster_async`: it resends a request after *any* connection error, also
+//!   after the request was written and may have run (a push applied twice, an unknown
+//!   outcome hidden from the caller); with its retries off it follows no redirect either; and
+//!   in redis 1.8 its slot refresh can wait for ever on its own lock while requests are in
+//!   flight (seen in this crate's tests after a slot moved), stalling every later request.
 //!
 //! A pipeline cannot cross slots on a cluster. On a cluster a pipeline is therefore cut into
 //! its *units*: a MULTI…EXEC block (all its keys share one hash tag, so it is one slot and
@@ -27,17 +32,15 @@
 //! first command, so `Buffer::connect_lazy` still does no I/O and one URL of any cluster node
 //! is enough. Several URLs always mean a cluster (they are its seed nodes).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::future::try_join_all;
+use futures::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult,
-    ServerErrorKind, Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, Pipeline,
+    RedisError, RedisFuture, RedisResult, ServerErrorKind, Value,
 };
 use tokio::sync::OnceCell;
 
@@ -47,6 +50,8 @@ const MAX_RETRIES: u32 = 24;
 /// [`MAX_BACKOFF`]. Redirects are followed at once.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// The number of hash slots of a Redis Cluster.
+pub(crate) const SLOTS: u16 = 16384;
 
 /// Where and how to connect; shared by every clone of a [`Connection`].
 #[derive(Debug)]
@@ -57,13 +62,23 @@ pub(crate) struct ConnectionSettings {
     pub(crate) connect_timeout: Duration,
 }
 
+impl ConnectionSettings {
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.response_timeout))
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1))
+    }
+}
+
 /// What [`Connection`] talks to, decided at the first command.
 #[derive(Clone)]
 enum Backend {
     /// One server.
     Single(ConnectionManager),
-    /// A cluster; `masters` is not cached: topology changes, so it is asked when needed.
-    Cluster(ClusterConnection),
+    /// A cluster.
+    Cluster(Arc<ClusterRouter>),
 }
 
 /// The connection every operation of a `Buffer` uses. Cheap to clone: clones share the
@@ -98,11 +113,9 @@ impl Connection {
         })
     }
 
-    /// True once the first command found a cluster; `None` before the first command.
-    pub(crate) fn is_cluster(&self) -> Option<bool> {
-        self.backend
-            .get()
-            .map(|backend| matches!(backend, Backend::Cluster(_)))
+    /// True when the URL(s) name a cluster; connects if no command did yet.
+    pub(crate) async fn cluster_mode(&self) -> RedisResult<bool> {
+        Ok(matches!(self.backend().await?, Backend::Cluster(_)))
     }
 
     /// The backend, connecting (and finding out what the URL names) if no command did yet.
@@ -117,21 +130,12 @@ impl Connection {
             _ => true,
         };
         if cluster {
-            let client = ClusterClientBuilder::new(settings.urls.iter().map(String::as_str))
-                .retries(0)
-                .connection_timeout(settings.connect_timeout)
-                .response_timeout(settings.response_timeout)
-                .build()?;
-            Ok(Backend::Cluster(client.get_async_connection().await?))
+            let router = ClusterRouter::open(self.settings.clone()).await?;
+            Ok(Backend::Cluster(Arc::new(router)))
         } else {
             let client = Client::open(settings.urls[0].as_str())?;
-            let config = ConnectionManagerConfig::new()
-                .set_response_timeout(Some(settings.response_timeout))
-                .set_connection_timeout(Some(settings.connect_timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_secs(1));
             Ok(Backend::Single(
-                ConnectionManager::new_with_config(client, config).await?,
+                ConnectionManager::new_with_config(client, settings.manager_config()).await?,
             ))
         }
     }
@@ -162,8 +166,8 @@ impl Connection {
         Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1"))
     }
 
-    /// The addresses (`host:port`) of the masters serving slots, in slot order; for one
-    /// server, its address.
+    /// The addresses (`host:port`) of the masters serving slots, in slot order (asked of the
+    /// cluster now); for one server, its address.
     ///
     /// # Errors
     /// The `redis` crate's error when no node answers.
@@ -173,15 +177,9 @@ impl Connection {
                 let client = Client::open(self.settings.urls[0].as_str())?;
                 Ok(vec![client.get_connection_info().addr().to_string()])
             }
-            Backend::Cluster(conn) => {
-                let reply = conn
-                    .clone()
-                    .route_command(
-                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-                    )
-                    .await?;
-                Ok(masters_from_slots(&reply))
+            Backend::Cluster(router) => {
+                router.refresh(None).await?;
+                Ok(router.masters())
             }
         }
     }
@@ -194,15 +192,7 @@ impl Connection {
     pub(crate) async fn on_node(&self, address: &str, cmd: Cmd) -> RedisResult<Value> {
         match self.backend().await? {
             Backend::Single(conn) => conn.clone().req_packed_command(&cmd).await,
-            Backend::Cluster(conn) => {
-                let (host, port) = split_address(address)?;
-                conn.clone()
-                    .route_command(
-                        cmd,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
-                    )
-                    .await
-            }
+            Backend::Cluster(router) => router.node(address).await?.req_packed_command(&cmd).await,
         }
     }
 }
@@ -212,10 +202,7 @@ impl ConnectionLike for Connection {
         Box::pin(async move {
             match self.backend().await? {
                 Backend::Single(conn) => conn.clone().req_packed_command(cmd).await,
-                Backend::Cluster(conn) => {
-                    let mut replies = send_unit(conn, Unit::Command(cmd)).await?;
-                    replies.pop().ok_or_else(|| no_reply("a command"))
-                }
+                Backend::Cluster(router) => router.command(cmd).await,
             }
         })
     }
@@ -233,26 +220,35 @@ impl ConnectionLike for Connection {
                         .req_packed_commands(pipeline, offset, count)
                         .await
                 }
-                Backend::Cluster(conn) => {
+                Backend::Cluster(router) => {
                     if pipeline.is_transaction() {
                         // `pipe().atomic()`: one MULTI/EXEC, so one unit already (a CROSSSLOT
                         // error if its keys are not in one slot).
-                        let replies = send_unit(conn, Unit::Block(pipeline)).await?;
+                        let mut block = redis::pipe();
+                        block.cmd("MULTI");
+                        for cmd in pipeline.cmd_iter() {
+                            block.add_command(cmd.clone());
+                        }
+                        block.cmd("EXEC");
+                        let replies = router.send(Unit::Block(&block)).await?;
                         return Ok(replies.into_iter().skip(offset).take(count).collect());
                     }
                     let units = units(pipeline);
                     let sends = units.iter().map(|unit| match unit {
-                        PipelineUnit::Command(cmd) => send_unit(conn, Unit::Command(cmd)),
-                        PipelineUnit::Block(block) => send_unit(conn, Unit::Block(block)),
+                        PipelineUnit::Command(cmd) => router.send(Unit::Command(cmd)),
+                        PipelineUnit::Block(block) => router.send(Unit::Block(block)),
                     });
-                    let replies = try_join_all(sends)
-                        .await?
-                        .into_iter()
-                        .flatten()
-                        .skip(offset)
-                        .take(count)
-                        .collect();
-                    Ok(replies)
+                    // Every unit runs to its end: one failing says nothing of the others.
+                    let results = join_all(sends).await;
+                    let ran_somewhere = results.iter().any(Result::is_ok);
+                    let mut replies = Vec::new();
+                    for result in results {
+                        match result {
+                            Ok(unit_replies) => replies.extend(unit_replies),
+                            Err(err) => return Err(partial_failure(err, ran_somewhere)),
+                        }
+                    }
+                    Ok(replies.into_iter().skip(offset).take(count).collect())
                 }
             }
         })
@@ -260,6 +256,237 @@ impl ConnectionLike for Connection {
 
     fn get_db(&self) -> i64 {
         self.db
+    }
+}
+
+/// A Redis Cluster client: the slot map and one connection per node.
+pub(crate) struct ClusterRouter {
+    settings: Arc<ConnectionSettings>,
+    /// How to reach a node: the first URL's credentials, TLS and database, any host and port.
+    template: ConnectionInfo,
+    /// For each slot, the address of its master, from the last `CLUSTER SLOTS`. A std lock,
+    /// never held across an await.
+    slots: RwLock<Vec<Option<Arc<str>>>>,
+    /// One connection per node address, made at first use; each reconnects on its own. The
+    /// lock is held only to look up or insert, never across a connect.
+    nodes: tokio::sync::Mutex<HashMap<String, ConnectionManager>>,
+}
+
+impl ClusterRouter {
+    async fn open(settings: Arc<ConnectionSettings>) -> RedisResult<Self> {
+        let template = Client::open(settings.urls[0].as_str())?
+            .get_connection_info()
+            .clone();
+        let router = Self {
+            settings,
+            template,
+            slots: RwLock::new(vec![None; usize::from(SLOTS)]),
+            nodes: tokio::sync::Mutex::new(HashMap::new()),
+        };
+        router.refresh(None).await?;
+        Ok(router)
+    }
+
+    /// The connection to the node at `address`, made if there is none yet.
+    async fn node(&self, address: &str) -> RedisResult<ConnectionManager> {
+        if let Some(conn) = self.nodes.lock().await.get(address) {
+            return Ok(conn.clone());
+        }
+        let (host, port) = split_address(address)?;
+        let mut addr = self.template.addr().clone();
+        match &mut addr {
+            ConnectionAddr::Tcp(h, p) => (*h, *p) = (host, port),
+            ConnectionAddr::TcpTls {
+                host: h, port: p, ..
+            } => (*h, *p) = (host, port),
+            _ => {
+                return Err(RedisError::from((
+                    ErrorKind::InvalidClientConfig,
+                    "a cluster is reached over TCP, not a unix socket",
+                )));
+            }
+        }
+        let info = self.template.clone().set_addr(addr);
+        // Connected without the lock held, so a node that does not answer delays only the
+        // requests for it; when two requests connect at once, the first one kept wins.
+        let conn =
+            ConnectionManager::new_with_config(Client::open(info)?, self.settings.manager_config())
+                .await?;
+        Ok(self
+            .nodes
+            .lock()
+            .await
+            .entry(address.to_owned())
+            .or_insert(conn)
+            .clone())
+    }
+
+    /// Reads the slot map again: from `first` if given (the node a MOVED named), else from
+    /// the known masters, then the configured URLs, whichever answers first.
+    async fn refresh(&self, first: Option<&str>) -> RedisResult<()> {
+        let mut candidates: Vec<String> = first.map(str::to_owned).into_iter().collect();
+        candidates.extend(self.masters());
+        for url in &self.settings.urls {
+            if let Ok(client) = Client::open(url.as_str()) {
+                candidates.push(client.get_connection_info().addr().to_string());
+            }
+        }
+        let mut last = None;
+        for address in candidates {
+            let reply = match self.node(&address).await {
+                Ok(mut conn) => {
+                    redis::cmd("CLUSTER")
+                        .arg("SLOTS")
+                        .query_async::<Value>(&mut conn)
+                        .await
+                }
+                Err(err) => Err(err),
+            };
+            match reply {
+                Ok(reply) => {
+                    let ranges = slot_ranges(&reply);
+                    if ranges.is_empty() {
+                        continue;
+                    }
+                    let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+                    slots.iter_mut().for_each(|slot| *slot = None);
+                    for (start, end, master) in ranges {
+                        let master: Arc<str> = Arc::from(master.as_str());
+                        for slot in start..=end.min(SLOTS - 1) {
+                            slots[usize::from(slot)] = Some(master.clone());
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            RedisError::from((
+                ErrorKind::ClusterConnectionNotFound,
+                "no cluster node answered CLUSTER SLOTS",
+            ))
+        }))
+    }
+
+    /// The masters of the current slot map, each once, in slot order.
+    fn masters(&self) -> Vec<String> {
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        let mut masters: Vec<String> = Vec::new();
+        for master in slots.iter().flatten() {
+            if !masters.iter().any(|known| known.as_str() == &**master) {
+                masters.push(master.to_string());
+            }
+        }
+        masters
+    }
+
+    /// The master of `slot`, or of any slot when it is `None` (a command without a key).
+    fn master_of(&self, slot: Option<u16>) -> RedisResult<String> {
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        let master = match slot {
+            Some(slot) => slots.get(usize::from(slot)).cloned().flatten(),
+            None => slots.iter().flatten().next().cloned(),
+        };
+        master.map(|m| m.to_string()).ok_or_else(|| {
+            RedisError::from((
+                ErrorKind::ClusterConnectionNotFound,
+                "no master serves the slot",
+                format!("{slot:?}"),
+            ))
+        })
+    }
+
+    /// One command. `SCRIPT LOAD` goes to every master (a script must be known where its
+    /// keys are); everything else is one unit.
+    async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
+        if command_name(cmd).eq_ignore_ascii_case(b"SCRIPT") {
+            let mut reply = Value::Nil;
+            for master in self.masters() {
+                reply = self.node(&master).await?.req_packed_command(cmd).await?;
+            }
+            return Ok(reply);
+        }
+        let mut replies = self.send(Unit::Command(cmd)).await?;
+        replies.pop().ok_or_else(|| no_reply("a command"))
+    }
+
+    /// Sends one unit to the master of its slot, following redirects and retrying it only
+    /// while its error proves it did not run. Returns one reply per command of the unit.
+    async fn send(&self, unit: Unit<'_>) -> RedisResult<Vec<Value>> {
+        let count = unit.len();
+        let slot = unit.slot();
+        let mut backoff = FIRST_BACKOFF;
+        let mut target: Option<Retry> = None;
+        let mut retries = 0;
+        loop {
+            let (address, asking) = match &target {
+                None | Some(Retry::Later) => (self.master_of(slot)?, false),
+                Some(Retry::Moved(address)) => (address.clone(), false),
+                Some(Retry::Ask(address)) => (address.clone(), true),
+            };
+            let sent = match self.node(&address).await {
+                Ok(mut conn) => {
+                    let mut pipe = redis::pipe();
+                    if asking {
+                        // ASKING lets the next command (or, after MULTI, the whole block) use
+                        // the slot the node is importing; one write, so nothing comes between.
+                        pipe.cmd("ASKING");
+                    }
+                    for cmd in unit.commands() {
+                        pipe.add_command(cmd);
+                    }
+                    match conn
+                        .req_packed_commands(&pipe, usize::from(asking), count)
+                        .await
+                    {
+                        // A redirect or refusal among the replies (of the command, or inside a
+                        // MULTI block, whose EXEC then aborted) is the unit's error.
+                        Ok(replies) => match replies.iter().find_map(redirect_in) {
+                            Some(err) => Err(err),
+                            None => Ok(replies),
+                        },
+                        Err(err) => Err(err),
+                    }
+                }
+                Err(err) => Err(err),
+            };
+            let err = match sent {
+                Ok(replies) => return Ok(replies),
+                Err(err) => err,
+            };
+            let Some(retry) = retry_for(&err) else {
+                return Err(err);
+            };
+            retries += 1;
+            if retries > MAX_RETRIES {
+                return Err(err);
+            }
+            match &retry {
+                // The slot map is stale: read it again from the node that knows.
+                Retry::Moved(address) => drop(self.refresh(Some(address)).await),
+                Retry::Ask(_) => {}
+                Retry::Later => {
+                    tracing::debug!(error = %err, "the cluster refused a request that did not run; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    drop(self.refresh(None).await);
+                }
+            }
+            target = Some(retry);
+        }
+    }
+}
+
+/// The error of a reply that redirects or refuses the request (so it did not run), if it
+/// is one. Other error replies (WRONGTYPE...) stay replies, for the caller to check.
+fn redirect_in(reply: &Value) -> Option<RedisError> {
+    match reply {
+        Value::ServerError(err) => {
+            let err = RedisError::from(err.clone());
+            retry_for(&err).map(|_| err)
+        }
+        _ => None,
     }
 }
 
@@ -302,26 +529,22 @@ fn command_name(cmd: &Cmd) -> &[u8] {
 
 /// Why a unit's error says it did not run, and so may be sent again.
 enum Retry {
-    /// `MOVED`: send it to this node.
-    Moved(String, u16),
+    /// `MOVED`: send it to this node (`host:port`).
+    Moved(String),
     /// `ASK`: send `ASKING` and it to this node, once.
-    Ask(String, u16),
+    Ask(String),
     /// The cluster is busy or reconfiguring: wait, then send it by slot again.
     Later,
 }
 
-fn retry_for(err: &redis::RedisError) -> Option<Retry> {
+fn retry_for(err: &RedisError) -> Option<Retry> {
     let redirect = || {
         err.redirect_node()
-            .and_then(|(address, _slot)| split_address(address).ok())
+            .map(|(address, _slot)| address.to_owned())
     };
     match err.kind() {
-        ErrorKind::Server(ServerErrorKind::Moved) => {
-            redirect().map(|(host, port)| Retry::Moved(host, port))
-        }
-        ErrorKind::Server(ServerErrorKind::Ask) => {
-            redirect().map(|(host, port)| Retry::Ask(host, port))
-        }
+        ErrorKind::Server(ServerErrorKind::Moved) => redirect().map(Retry::Moved),
+        ErrorKind::Server(ServerErrorKind::Ask) => redirect().map(Retry::Ask),
         ErrorKind::Server(
             ServerErrorKind::TryAgain
             | ServerErrorKind::ClusterDown
@@ -338,10 +561,9 @@ fn retry_for(err: &redis::RedisError) -> Option<Retry> {
 
 /// One thing a cluster request can be: it goes to one node as a whole.
 enum Unit<'a> {
-    /// A single command: routed by the crate (by its key, or to every node for commands such
-    /// as `SCRIPT LOAD`).
+    /// A single command.
     Command(&'a Cmd),
-    /// A MULTI…EXEC block (or an atomic pipeline), routed by its keys' slot.
+    /// A MULTI…EXEC block, all its keys in one slot.
     Block(&'a Pipeline),
 }
 
@@ -359,68 +581,75 @@ impl Unit<'_> {
             Self::Block(block) => block.cmd_iter().cloned().collect(),
         }
     }
+
+    /// The slot of the unit's first key; `None` for a unit without keys.
+    fn slot(&self) -> Option<u16> {
+        match self {
+            Self::Command(cmd) => first_key(cmd).map(key_slot),
+            Self::Block(block) => block.cmd_iter().find_map(first_key).map(key_slot),
+        }
+    }
 }
 
-/// Sends one unit, following redirects and retrying it only while its error proves it did
-/// not run. Returns one reply per command of the unit.
-async fn send_unit(conn: &ClusterConnection, unit: Unit<'_>) -> RedisResult<Vec<Value>> {
-    let count = unit.len();
-    let mut conn = conn.clone();
-    let mut backoff = FIRST_BACKOFF;
-    let mut target: Option<Retry> = None;
-    let mut retries = 0;
-    loop {
-        let sent = match (&target, &unit) {
-            (None | Some(Retry::Later), Unit::Command(cmd)) => {
-                conn.req_packed_command(cmd).await.map(|reply| vec![reply])
-            }
-            (None | Some(Retry::Later), Unit::Block(block)) => {
-                conn.req_packed_commands(block, 0, count).await
-            }
-            (Some(Retry::Moved(host, port)), _) => {
-                let mut again = redis::pipe();
-                for cmd in unit.commands() {
-                    again.add_command(cmd);
-                }
-                let route = SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                };
-                conn.route_pipeline(again, 0, count, route).await
-            }
-            (Some(Retry::Ask(host, port)), _) => {
-                // ASKING lets the next command (or, after MULTI, the whole block) use the
-                // slot the node is importing.
-                let mut asking = redis::pipe();
-                asking.cmd("ASKING");
-                for cmd in unit.commands() {
-                    asking.add_command(cmd);
-                }
-                let route = SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                };
-                conn.route_pipeline(asking, 1, count, route).await
-            }
-        };
-        let err = match sent {
-            Ok(replies) => return Ok(replies),
-            Err(err) => err,
-        };
-        let Some(retry) = retry_for(&err) else {
-            return Err(err);
-        };
-        retries += 1;
-        if retries > MAX_RETRIES {
-            return Err(err);
+/// The first key of a command this crate sends: the argument after the name, but after
+/// `numkeys` for scripts, and none for commands without keys.
+fn first_key(cmd: &Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter().map(|arg| match arg {
+        redis::Arg::Simple(bytes) => bytes,
+        _ => b"0".as_slice(),
+    });
+    let name = args.next()?.to_ascii_uppercase();
+    match name.as_slice() {
+        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => {
+            let _script = args.next()?;
+            let numkeys: usize = std::str::from_utf8(args.next()?).ok()?.parse().ok()?;
+            if numkeys == 0 { None } else { args.next() }
         }
-        if matches!(retry, Retry::Later) {
-            tracing::debug!(error = %err, "the cluster refused a request that did not run; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-        target = Some(retry);
+        b"PING" | b"TIME" | b"INFO" | b"SCRIPT" | b"PUBLISH" | b"CLUSTER" | b"ASKING"
+        | b"MULTI" | b"EXEC" | b"DISCARD" | b"WAIT" | b"CLIENT" | b"CONFIG" | b"DBSIZE"
+        | b"HELLO" | b"AUTH" | b"SELECT" | b"ECHO" => None,
+        _ => args.next(),
     }
+}
+
+/// The hash slot of `key` (CRC16/XMODEM of its hash tag, or of the whole key, mod 16384), as
+/// Redis Cluster computes it.
+pub(crate) fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _bit in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % SLOTS
+}
+
+/// The error of a pipeline one of whose units failed with `err`. A pipeline's units are sent
+/// apart on a cluster, so when another unit ran, the caller cannot learn from one error
+/// which of its pushes were applied: the error then says the outcome is unknown (an I/O
+/// error, as a lost connection would), never that nothing ran.
+fn partial_failure(err: RedisError, ran_somewhere: bool) -> RedisError {
+    if !ran_somewhere || err.is_io_error() || err.is_timeout() {
+        return err;
+    }
+    RedisError::from(std::io::Error::other(format!(
+        "part of a pipeline ran on the cluster and part failed ({err}): which parts were \
+         applied is unknown"
+    )))
 }
 
 /// `host:port` → (host, port).
@@ -429,7 +658,7 @@ fn split_address(address: &str) -> RedisResult<(String, u16)> {
         .rsplit_once(':')
         .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?)))
         .ok_or_else(|| {
-            redis::RedisError::from((
+            RedisError::from((
                 ErrorKind::Client,
                 "a cluster node address is not host:port",
                 address.to_owned(),
@@ -437,47 +666,43 @@ fn split_address(address: &str) -> RedisResult<(String, u16)> {
         })
 }
 
-fn no_reply(what: &str) -> redis::RedisError {
-    redis::RedisError::from((
+fn no_reply(what: &str) -> RedisError {
+    RedisError::from((
         ErrorKind::Client,
         "the cluster gave no reply",
         what.to_owned(),
     ))
 }
 
-/// The masters of a `CLUSTER SLOTS` reply (`[[start, end, [host, port, id], replicas...]...]`),
-/// each once, in slot order.
-fn masters_from_slots(reply: &Value) -> Vec<String> {
-    let mut ranges: Vec<(i64, String)> = Vec::new();
-    if let Value::Array(entries) = reply {
-        for entry in entries {
-            let Value::Array(fields) = entry else {
-                continue;
-            };
-            let (Some(Value::Int(start)), Some(Value::Array(master))) =
-                (fields.first(), fields.get(2))
-            else {
-                continue;
-            };
-            let host = match master.first() {
-                Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-                Some(Value::SimpleString(text)) => text.clone(),
-                _ => continue,
-            };
-            let Some(Value::Int(port)) = master.get(1) else {
-                continue;
-            };
-            ranges.push((*start, format!("{host}:{port}")));
+/// The slot ranges and their masters (`host:port`) of a `CLUSTER SLOTS` reply
+/// (`[[start, end, [host, port, id], replicas...]...]`).
+fn slot_ranges(reply: &Value) -> Vec<(u16, u16, String)> {
+    let mut ranges = Vec::new();
+    let Value::Array(entries) = reply else {
+        return ranges;
+    };
+    for entry in entries {
+        let Value::Array(fields) = entry else {
+            continue;
+        };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (fields.first(), fields.get(1), fields.get(2))
+        else {
+            continue;
+        };
+        let host = match master.first() {
+            Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            Some(Value::SimpleString(text)) => text.clone(),
+            _ => continue,
+        };
+        let Some(Value::Int(port)) = master.get(1) else {
+            continue;
+        };
+        if let (Ok(start), Ok(end)) = (u16::try_from(*start), u16::try_from(*end)) {
+            ranges.push((start, end, format!("{host}:{port}")));
         }
     }
-    ranges.sort();
-    let mut masters: Vec<String> = Vec::new();
-    for (_, address) in ranges {
-        if !masters.contains(&address) {
-            masters.push(address);
-        }
-    }
-    masters
+    ranges
 }
 
 #[cfg(test)]

@@ -46,22 +46,39 @@ impl ServerInfo {
     }
 }
 
+/// The `INFO` sections [`ServerInfo`] reads.
+pub(crate) fn info_command() -> redis::Cmd {
+    let mut cmd = redis::cmd("INFO");
+    cmd.arg("server").arg("memory").arg("stats").arg("clients");
+    cmd
+}
+
 impl Buffer {
-    /// Reads server version, mode, memory, ops/s and clients.
+    /// Reads server version, mode, memory, ops/s and clients. On a cluster: the version and
+    /// mode of the first master and the sums over every master ([`Buffer::masters_info`]
+    /// gives each).
     ///
     /// # Errors
     /// Transient errors.
     pub async fn server_info(&self) -> Result<ServerInfo> {
+        if self.is_cluster().await? {
+            let masters = self.masters_info().await?;
+            let mut total = masters
+                .first()
+                .map(|master| master.info.clone())
+                .unwrap_or_default();
+            for master in masters.iter().skip(1) {
+                total.used_memory += master.info.used_memory;
+                total.maxmemory += master.info.maxmemory;
+                total.ops_per_sec += master.info.ops_per_sec;
+                total.clients += master.info.clients;
+            }
+            return Ok(total);
+        }
         let mut conn = self.conn();
         let text: String = self
             .run("server info", "", async move {
-                redis::cmd("INFO")
-                    .arg("server")
-                    .arg("memory")
-                    .arg("stats")
-                    .arg("clients")
-                    .query_async(&mut conn)
-                    .await
+                info_command().query_async(&mut conn).await
             })
             .await?;
         Ok(ServerInfo::parse(&text))

@@ -29,11 +29,15 @@
 //! - `record`: records to compact JSON and their top-level keys.
 //! - `failures`: [`FailureRecord`]s of batches that failed to persist (attempts, last error,
 //!   next retry), so persisters back off across processes and operators see them.
+//! - `connection`: the one connection type, to one server or a Redis Cluster (found out from
+//!   the server), following redirects and retrying only what provably did not run.
+//! - `nodes`: [`MasterInfo`], the masters of the deployment and their facts.
 //! - `events`, `info`, `persisters`: persister events on pub/sub, server facts and the
 //!   persisters' announcements (thresholds, heartbeat), for dashboards.
 //! - `clock`: [`Clock`], so time-dependent logic is tested without sleeping.
 //! - `local_server` (feature `local-server`, off by default): `local_server::LocalRedis`, a
-//!   private `redis-server` on a free port, killed on drop; the demo and the tests use it.
+//!   private `redis-server` on a free port, killed on drop, and `local_server::LocalCluster`,
+//!   a private Redis Cluster of them; the demo and the tests use them.
 //!
 //! # Produce
 //! A service pushes records as it handles requests. A push is one atomic step per store; a
@@ -139,6 +143,7 @@ mod local_cluster;
 pub mod local_server;
 mod lock;
 mod name;
+mod nodes;
 mod persisters;
 mod pipeline;
 mod prepare;
@@ -165,6 +170,7 @@ pub use info::ServerInfo;
 pub use keys::DEFAULT_GROUPS;
 pub use lock::{LockGuard, LockInfo, LockTarget, LockedBatch};
 pub use name::{MAX_NAMESPACE_BYTES, MAX_STORE_NAME_BYTES, Namespace, StoreName};
+pub use nodes::MasterInfo;
 pub use persisters::{FORGET_SILENT_PERSISTERS_AFTER, PersisterInfo};
 pub use pipeline::{PushHandle, PushPipeline};
 pub use push::{PushOnceOutcome, PushReceipt};

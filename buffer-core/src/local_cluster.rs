@@ -17,7 +17,7 @@ use crate::local_server::{LocalRedis, LocalServerError, free_port, redis_server_
 /// How long a new cluster gets to agree on its slot map.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The number of hash slots of a Redis Cluster.
-pub const SLOTS: u16 = 16384;
+pub const SLOTS: u16 = crate::connection::SLOTS;
 
 /// The `redis-cli` binary: `BUFFER_REDIS_CLI`, else the `redis-cli` next to
 /// `BUFFER_REDIS_SERVER`, else `redis-cli` on `PATH`.
@@ -49,27 +49,7 @@ fn free_cluster_port() -> std::io::Result<u16> {
 /// The hash slot of `key` (CRC16/XMODEM of its hash tag, or of the whole key, mod 16384), as
 /// Redis Cluster computes it.
 pub fn key_slot(key: &[u8]) -> u16 {
-    let tagged = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let close = rest.iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &byte in tagged {
-        crc ^= u16::from(byte) << 8;
-        for _bit in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % SLOTS
+    crate::connection::key_slot(key)
 }
 
 /// One node as `CLUSTER NODES` describes it.

@@ -64,7 +64,9 @@ pub enum Command {
 /// How to reach Redis.
 #[derive(Debug, Args)]
 pub struct RedisArgs {
-    /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS).
+    /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS), or a
+    /// comma-separated list of Redis Cluster node URLs (one node of a cluster is enough:
+    /// cluster mode is detected).
     #[arg(
         long = "redis",
         env = "BUFFER_REDIS_URL",

@@ -17,8 +17,9 @@ use crate::demo::{DemoOptions, run_demo};
 #[derive(Debug, Parser)]
 #[command(name = "buffer-tui", version, about, long_about = None)]
 pub struct Cli {
-    /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS). Ignored with
-    /// `--demo`.
+    /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS), or a
+    /// comma-separated list of Redis Cluster node URLs (one node of a cluster is enough:
+    /// cluster mode is detected). Ignored with `--demo`.
     #[arg(
         long = "redis",
         env = "BUFFER_REDIS_URL",

@@ -73,6 +73,22 @@ impl TestCluster {
         buffer_core::local_server::key_slot(key.as_bytes())
     }
 
+    /// Sends a signal (`"STOP"`, `"CONT"`, `"KILL"`) to the node on `port`.
+    pub fn signal(&self, port: u16, signal: &str) {
+        let node = self
+            .cluster
+            .nodes()
+            .iter()
+            .find(|node| node.port() == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"));
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(node.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Kills the node on `port` with SIGKILL.
     pub fn kill(&mut self, port: u16) {
         assert!(self.cluster.kill(port), "no running node on port {port}");
@@ -124,78 +140,151 @@ impl TestCluster {
             .collect()
     }
 
+    /// The node id of the node on `port`.
+    pub fn node_id(&self, port: u16) -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut self.node(port))
+            .unwrap()
+    }
+
     /// Moves `slot`, with every key in it, to the master on `to_port`, the way
-    /// `redis-cli --cluster reshard` does: SETSLOT IMPORTING on the target, MIGRATING on the
-    /// source, MIGRATE of its keys in small steps (clients get ASK or TRYAGAIN meanwhile),
-    /// then SETSLOT NODE on every master. Returns how many keys moved.
+    /// `redis-cli --cluster reshard` does: [`TestCluster::begin_migration`],
+    /// [`TestCluster::migrate_keys`] until none is left (clients get ASK or TRYAGAIN
+    /// meanwhile), [`TestCluster::finish_migration`]. Returns how many keys moved.
     pub fn reshard(&self, slot: u16, to_port: u16) -> usize {
-        let from_port = self.master_for_slot(slot);
-        if from_port == to_port {
+        let Some(migration) = self.begin_migration(slot, to_port) else {
             return 0;
-        }
-        let id_of = |port: u16| -> String {
-            redis::cmd("CLUSTER")
-                .arg("MYID")
-                .query(&mut self.node(port))
-                .unwrap()
         };
-        let (from_id, to_id) = (id_of(from_port), id_of(to_port));
-        let mut to = self.node(to_port);
-        let mut from = self.node(from_port);
-        let setslot = |conn: &mut redis::Connection, state: &str, id: &str| {
-            let () = redis::cmd("CLUSTER")
-                .arg("SETSLOT")
-                .arg(slot)
-                .arg(state)
-                .arg(id)
-                .query(conn)
-                .unwrap();
-        };
-        setslot(&mut to, "IMPORTING", &from_id);
-        setslot(&mut from, "MIGRATING", &to_id);
-        let password = self
-            .url_of(to_port)
-            .split_once("://:")
-            .and_then(|(_, rest)| rest.split_once('@'))
-            .map(|(password, _)| password.to_owned());
         let mut moved = 0;
         loop {
-            let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
-                .arg("GETKEYSINSLOT")
-                .arg(slot)
-                .arg(5)
-                .query(&mut from)
-                .unwrap();
-            if keys.is_empty() {
+            let step = self.migrate_keys(&migration, 5);
+            if step == 0 {
                 break;
             }
-            let mut migrate = redis::cmd("MIGRATE");
-            migrate
-                .arg("127.0.0.1")
-                .arg(to_port)
-                .arg("")
-                .arg(0)
-                .arg(5000);
-            if let Some(password) = &password {
-                migrate.arg("AUTH").arg(password);
-            }
-            migrate.arg("KEYS").arg(&keys);
-            let _: redis::Value = migrate.query(&mut from).unwrap();
-            moved += keys.len();
+            moved += step;
         }
-        // The target first, so it owns the slot before the source forgets it.
-        setslot(&mut to, "NODE", &to_id);
-        setslot(&mut from, "NODE", &to_id);
+        self.finish_migration(&migration);
+        moved
+    }
+
+    /// Marks `slot` IMPORTING on the master on `to_port` and MIGRATING on its owner. `None`
+    /// when `to_port` owns it already.
+    pub fn begin_migration(&self, slot: u16, to_port: u16) -> Option<Migration> {
+        let from_port = self.master_for_slot(slot);
+        if from_port == to_port {
+            return None;
+        }
+        let migration = Migration {
+            slot,
+            from_port,
+            to_port,
+            from_id: self.node_id(from_port),
+            to_id: self.node_id(to_port),
+        };
+        self.setslot(to_port, slot, "IMPORTING", &migration.from_id);
+        self.setslot(from_port, slot, "MIGRATING", &migration.to_id);
+        Some(migration)
+    }
+
+    /// MIGRATEs up to `count` keys of the migration's slot to its target; returns how many.
+    pub fn migrate_keys(&self, migration: &Migration, count: usize) -> usize {
+        let mut from = self.node(migration.from_port);
+        let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(migration.slot)
+            .arg(count)
+            .query(&mut from)
+            .unwrap();
+        if keys.is_empty() {
+            return 0;
+        }
+        self.migrate(migration, &keys);
+        keys.len()
+    }
+
+    /// MIGRATEs exactly `keys` (of the migration's slot) to its target.
+    pub fn migrate(&self, migration: &Migration, keys: &[Vec<u8>]) {
+        let mut migrate = redis::cmd("MIGRATE");
+        migrate
+            .arg("127.0.0.1")
+            .arg(migration.to_port)
+            .arg("")
+            .arg(0)
+            .arg(5000);
+        if let Some(password) = self.password() {
+            migrate.arg("AUTH").arg(password);
+        }
+        migrate.arg("KEYS").arg(keys);
+        let _: redis::Value = migrate.query(&mut self.node(migration.from_port)).unwrap();
+    }
+
+    /// Gives the migration's slot to its target on every master (the target first, so it
+    /// owns the slot before the source forgets it) and waits until the cluster agrees.
+    pub fn finish_migration(&self, migration: &Migration) {
+        self.setslot(migration.to_port, migration.slot, "NODE", &migration.to_id);
+        self.setslot(
+            migration.from_port,
+            migration.slot,
+            "NODE",
+            &migration.to_id,
+        );
         for port in self.masters() {
-            if port != to_port && port != from_port {
-                setslot(&mut self.node(port), "NODE", &to_id);
+            if port != migration.to_port && port != migration.from_port {
+                self.setslot(port, migration.slot, "NODE", &migration.to_id);
             }
         }
         if let Err(err) = self.cluster.wait_until_ready(Duration::from_secs(20)) {
-            panic!("the cluster did not settle after moving slot {slot}: {err}");
+            panic!(
+                "the cluster did not settle after moving slot {}: {err}",
+                migration.slot
+            );
         }
-        moved
     }
+
+    fn setslot(&self, port: u16, slot: u16, state: &str, id: &str) {
+        let () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(state)
+            .arg(id)
+            .query(&mut self.node(port))
+            .unwrap();
+    }
+
+    fn password(&self) -> Option<String> {
+        let url = self.url();
+        let (_, rest) = url.split_once("://:")?;
+        Some(rest.split_once('@')?.0.to_owned())
+    }
+
+    /// How many error replies of `code` (`TRYAGAIN`, `ASK`, `MOVED`) the node on `port` has
+    /// sent (`INFO errorstats`).
+    pub fn error_count(&self, port: u16, code: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("errorstats")
+            .query(&mut self.node(port))
+            .unwrap();
+        let prefix = format!("errorstat_{code}:count=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A slot on its way from one master to another (see [`TestCluster::begin_migration`]).
+#[derive(Clone, Debug)]
+pub struct Migration {
+    /// The slot.
+    pub slot: u16,
+    /// The master it leaves.
+    pub from_port: u16,
+    /// The master it goes to.
+    pub to_port: u16,
+    from_id: String,
+    to_id: String,
 }
 
 impl Drop for TestCluster {
