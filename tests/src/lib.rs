@@ -15,6 +15,7 @@ use buffer_core::local_server::LocalRedis;
 use buffer_core::{Buffer, BufferConfig};
 
 pub mod python;
+pub mod s3;
 
 /// The redis-server binary to run.
 pub fn redis_server_binary() -> PathBuf {
