@@ -201,11 +201,14 @@ fn check_exactly_once(
             .all(|id| ledger.acknowledged.contains(id) || ledger.unknown.contains(id)),
         "records nobody pushed"
     );
-    assert!(
-        redis.buffer_keys().is_empty(),
-        "{:?}",
-        redis.buffer_keys()
-    );
+    // Only the announcements of persisters killed with -9 may stay (they had no chance to
+    // retire; they are forgotten an hour after their last heartbeat).
+    let left: Vec<String> = redis
+        .buffer_keys()
+        .into_iter()
+        .filter(|key| key != "buf:persisters")
+        .collect();
+    assert!(left.is_empty(), "buffer keys left: {left:?}");
     ids.len()
 }
 
@@ -243,13 +246,14 @@ async fn three_persisters_without_a_shared_disk_killed_with_9_land_every_record_
     let redis = RedisServer::start();
     let s3 = S3Server::start();
     let buffer = redis.buffer().await;
-    // Small parts, so batches are split and killed between parts too.
+    // Small parts (a batch of 150 records is some 9 KiB), so batches are split, and killed
+    // between parts too.
     let spawn = || {
         let (mut command, work) = persist_command(&redis, &s3, "run");
         command
             .args(["--interval", "20ms", "--max-age", "100ms"])
             .args(["--max-records", "150", "--lock-ttl", "1s"])
-            .args(["--part-size", "2KiB", "--compress", "gzip"])
+            .args(["--part-size", "2KiB"])
             .stderr(Stdio::null());
         (command.spawn().unwrap(), work)
     };
@@ -287,9 +291,9 @@ async fn three_persisters_without_a_shared_disk_killed_with_9_land_every_record_
         runner.kill().unwrap();
         runner.wait().unwrap();
     }
-    drain(&redis, &s3, &["--part-size", "2KiB", "--compress", "gzip"]);
+    drain(&redis, &s3, &["--part-size", "2KiB"]);
     println!("s3 kill -9 persisters: {kills} kills");
-    let objects = batch_objects(&s3, "jsonl.gz").await;
+    let objects = batch_objects(&s3, "jsonl").await;
     let parts = objects.keys().filter(|k| k.contains(".part-")).count();
     println!("{} objects, {parts} of them parts", objects.len());
     assert!(parts > 0, "no batch was split into parts");
@@ -347,8 +351,15 @@ async fn a_batch_larger_than_the_part_size_lands_as_parts_and_a_crash_between_pa
     let redis = RedisServer::start();
     let s3 = S3Server::start();
     let buffer = redis.buffer().await;
+    // Random text, so gzip cannot shrink the batch under one part.
+    let mut rng = StdRng::seed_from_u64(7);
     let records: Vec<Value> = (0..3000)
-        .map(|i| json!({"id": i, "pad": format!("{i:0>100}")}))
+        .map(|i| {
+            let pad: String = (0..100)
+                .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+                .collect();
+            json!({"id": i, "pad": pad})
+        })
         .collect();
     buffer.push_many("big", &records).await.unwrap();
     let settings = ["--part-size", "64KiB", "--compress", "gzip"];
@@ -379,9 +390,14 @@ async fn a_batch_larger_than_the_part_size_lands_as_parts_and_a_crash_between_pa
             key.ends_with(&format!(".part-{:05}.jsonl.gz", index + 1)),
             "{key}"
         );
-        // Each part is one complete gzip stream of at most about the part size.
+        // Each part is one complete gzip stream (decoded above with a single-member decoder)
+        // of the part size, give or take what gzip buffers (32 KiB) and one record; each but
+        // the last was closed once it reached the part size.
         let size = s3.get(key).await.len();
-        assert!(size <= 64 * 1024 + 8 * 1024, "{key}: {size} bytes");
+        assert!(size <= 64 * 1024 + 40 * 1024, "{key}: {size} bytes");
+        if index + 1 < keys.len() {
+            assert!(size >= 64 * 1024, "{key}: {size} bytes");
+        }
     }
     assert_eq!(s3.get(first_key).await, first_bytes, "part 1 was rewritten");
     // Every record once, in order across the parts.
