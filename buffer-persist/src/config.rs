@@ -380,7 +380,13 @@ mod tests {
             assert!(err.contains(&format!("{scheme}://")), "{err}");
             assert!(err.contains("s3://bucket/prefix"), "{err}");
         }
-        for bad in ["s3://", "s3:///x", "s3://b/a//c", "s3://b/../c", "s3://b/./c"] {
+        for bad in [
+            "s3://",
+            "s3:///x",
+            "s3://b/a//c",
+            "s3://b/../c",
+            "s3://b/./c",
+        ] {
             assert!(
                 matches!(PersistConfig::new(bad).validate(), Err(Error::Config(msg)) if msg.contains(bad)),
                 "{bad}"

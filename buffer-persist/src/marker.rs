@@ -66,7 +66,15 @@ pub(crate) fn check_or_write(config: &PersistConfig) -> Result<()> {
             }
             Some(found) => match classify(&found) {
                 Marker::Complete if found == wanted => return Ok(()),
-                Marker::Complete => return Err(mismatch(path, &found, &wanted)),
+                Marker::Complete => {
+                    return Err(mismatch(
+                        path,
+                        &found,
+                        &wanted,
+                        "directory",
+                        DIRECTORY_SETTINGS,
+                    ));
+                }
                 Marker::Foreign => {
                     return Err(Error::OutputMismatch {
                         reason: format!(
@@ -135,7 +143,13 @@ pub(crate) fn marker_text(config: &PersistConfig) -> String {
 pub(crate) fn compare(path: PathBuf, found: &str, wanted: &str) -> Result<()> {
     match classify(found) {
         Marker::Complete if found == wanted => Ok(()),
-        Marker::Complete => Err(mismatch(path, found, wanted)),
+        Marker::Complete => Err(mismatch(
+            path,
+            found,
+            wanted,
+            "prefix",
+            "--format, --compress, --csv-max-columns, --path-template and --part-size",
+        )),
         Marker::HalfMade | Marker::Foreign => Err(Error::OutputMismatch {
             reason: format!(
                 "this object is not a marker buffer-persist writes ({:?}); remove it if this prefix is meant for buffer-persist",
@@ -316,16 +330,21 @@ pub(crate) fn is_marker_temp(name: &str) -> bool {
         .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-fn mismatch(path: PathBuf, found: &str, wanted: &str) -> Error {
+/// The mismatch error; `shared` says what persisters share, `settings` the flags they must
+/// agree on.
+fn mismatch(path: PathBuf, found: &str, wanted: &str, shared: &str, settings: &str) -> Error {
     Error::OutputMismatch {
         path,
         reason: format!(
-            "this output is written as {:?}, not {:?}; persisters sharing an output must use the same --format, --compress, --csv-max-columns, --path-template and (object storage) --part-size",
+            "this output {shared} is written as {:?}, not {:?}; persisters sharing a {shared} must use the same {settings}",
             found.trim().replace('\n', ", "),
             wanted.trim().replace('\n', ", ")
         ),
     }
 }
+
+/// What persisters sharing a directory must agree on.
+const DIRECTORY_SETTINGS: &str = "--format, --compress, --csv-max-columns and --path-template";
 
 fn shorten(text: &str) -> String {
     text.chars().take(80).collect()

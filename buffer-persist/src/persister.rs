@@ -83,7 +83,9 @@ pub enum BatchOutcome {
     Persisted {
         /// Records in the batch.
         records: u64,
-        /// The batch's file under `OUT` (written now, or an identical one found in place).
+        /// The batch's file under `OUT` (written now, or an identical one found in place); for
+        /// an object output, `s3://bucket/key` of its object (of its first part when it was
+        /// published as several).
         path: std::path::PathBuf,
     },
     /// Someone else holds the lock (another persister, a library user, or another task of

@@ -78,7 +78,9 @@ fn run(mut command: Command) -> (std::process::ExitStatus, String) {
 
 fn drain(redis: &RedisServer, s3: &S3Server, extra: &[&str]) {
     let (mut command, _work) = persist_command(redis, s3, "drain");
-    command.args(["--lock-ttl", "1s", "--wait", "20s"]).args(extra);
+    command
+        .args(["--lock-ttl", "1s", "--wait", "20s"])
+        .args(extra);
     let (status, stderr) = run(command);
     assert!(status.success(), "drain failed: {stderr}");
 }
@@ -308,7 +310,14 @@ async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
     let buffer = redis.buffer().await;
     let (mut command, _work) = persist_command(&redis, &s3, "run");
     command
-        .args(["--interval", "50ms", "--max-age", "100ms", "--lock-ttl", "1s"])
+        .args([
+            "--interval",
+            "50ms",
+            "--max-age",
+            "100ms",
+            "--lock-ttl",
+            "1s",
+        ])
         .stderr(Stdio::null());
     let mut runner = command.spawn().unwrap();
     // The marker is published once the runner is up: wait for it, then stop the server.
@@ -324,7 +333,13 @@ async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
     // While the server is stopped, the batches stay in Redis: prepared (and locked by a
     // persister waiting on its PUT) or live, every record of them.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let live: u64 = buffer.stores().await.unwrap().iter().map(|s| s.records).sum();
+    let live: u64 = buffer
+        .stores()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.records)
+        .sum();
     let mut prepared = 0;
     for batch in buffer.get_prepared().await.unwrap() {
         let info = buffer.batch_info(&batch.store, &batch.id).await.unwrap();
@@ -338,7 +353,10 @@ async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
     .await;
     runner.kill().unwrap();
     runner.wait().unwrap();
-    assert!(landed, "the batches did not land after the server came back");
+    assert!(
+        landed,
+        "the batches did not land after the server came back"
+    );
     let objects = batch_objects(&s3, "jsonl").await;
     let persisted = check_exactly_once(&objects, &ledger.lock().unwrap(), &redis);
     assert_eq!(persisted, 500);

@@ -57,7 +57,11 @@ impl S3Server {
             };
             if server.wait_ready(Duration::from_secs(60)) {
                 let status = server.http("PUT", &format!("/{}", server.bucket));
-                assert!(status == 200, "creating the bucket answered {status}: {}", server.log());
+                assert!(
+                    status == 200,
+                    "creating the bucket answered {status}: {}",
+                    server.log()
+                );
                 return server;
             }
             // The port was taken between choosing and binding: try another one.
@@ -90,7 +94,9 @@ impl S3Server {
 
     fn try_http(&self, method: &str, path: &str) -> Option<u16> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port

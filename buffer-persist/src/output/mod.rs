@@ -131,7 +131,8 @@ impl BatchWrite {
                 blocking(move || file.write_page(&page).map(|()| Self::File(file))).await
             }
             Self::Object(mut object) => {
-                let mut object = blocking(move || object.encode_page(&page).map(|()| object)).await?;
+                let mut object =
+                    blocking(move || object.encode_page(&page).map(|()| object)).await?;
                 object.publish_complete_parts(guard, lock_ttl).await?;
                 Ok(Self::Object(object))
             }

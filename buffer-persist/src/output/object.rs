@@ -122,7 +122,11 @@ impl ObjectOutput {
         let wanted = marker::marker_text(config);
         match self
             .store
-            .put_opts(&key, PutPayload::from(wanted.clone()), PutMode::Create.into())
+            .put_opts(
+                &key,
+                PutPayload::from(wanted.clone()),
+                PutMode::Create.into(),
+            )
             .await
         {
             Ok(_) => {
@@ -163,10 +167,7 @@ impl ObjectOutput {
                 bytes: part.bytes,
             }),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                if self
-                    .holds(&part.key, part.chunks, part.compression)
-                    .await?
-                {
+                if self.holds(&part.key, part.chunks, part.compression).await? {
                     Ok(Published::AlreadyThere {
                         path: PathBuf::from(url),
                     })
