@@ -22,10 +22,12 @@ const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
 const PREFIX: &str = "land/x";
 
 fn require_failpoints() {
-    assert!(
-        cfg!(feature = "failpoints"),
-        "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
-    );
+    let compiled_in = cfg!(feature = "failpoints");
+    if !compiled_in {
+        panic!(
+            "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
+        );
+    }
 }
 
 fn seed(test: &str) -> u64 {

@@ -88,7 +88,7 @@ impl Output {
                 let file =
                     local::create(out.clone(), open.clone(), &template, config, batch, columns)
                         .await?;
-                Ok(BatchWrite::File(file))
+                Ok(BatchWrite::File(Box::new(file)))
             }
             Self::Object(object) => Ok(BatchWrite::Object(Box::new(object::ObjectBatch::new(
                 object.clone(),
@@ -108,8 +108,9 @@ impl Output {
 
 /// One batch being written to an output.
 pub(crate) enum BatchWrite {
-    /// To a temporary file, published by `link`.
-    File(BatchFile),
+    /// To a temporary file, published by `link`. Boxed like the other: the enum moves to a
+    /// blocking thread and back at every page.
+    File(Box<BatchFile>),
     /// To object parts in memory, each published once complete.
     Object(Box<object::ObjectBatch>),
 }
