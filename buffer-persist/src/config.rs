@@ -100,8 +100,10 @@ impl fmt::Display for Compression {
 /// How a persister runs.
 #[derive(Clone, Debug)]
 pub struct PersistConfig {
-    /// Where batches go: a local (or mounted) directory, or `s3://bucket/prefix` (see
-    /// [`PersistConfig::output_location`]); a batch goes to `<out_dir>/<path_template>`.
+    /// Where batches go: a local (or mounted) directory, or `s3://bucket/prefix` (credentials,
+    /// region and endpoint from the standard `AWS_*` environment); a batch goes to
+    /// `<out_dir>/<path_template>`. Any other URL scheme is refused by
+    /// [`PersistConfig::validate`].
     pub out_dir: PathBuf,
     /// Where a batch's file goes under `out_dir` (default [`DEFAULT_PATH_TEMPLATE`],
     /// `<encoded store>/<batch id>.<ext>`); see [`PathTemplate`] for the placeholders and
