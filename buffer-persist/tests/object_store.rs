@@ -310,28 +310,48 @@ async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
     let redis = RedisServer::start();
     let s3 = S3Server::start();
     let buffer = redis.buffer().await;
-    let (mut command, _work) = persist_command(&redis, &s3, "run");
-    command
-        .args([
-            "--interval",
-            "50ms",
-            "--max-age",
-            "100ms",
-            "--lock-ttl",
-            "1s",
-        ])
-        .stderr(Stdio::null());
-    let mut runner = command.spawn().unwrap();
-    // The marker is published once the runner is up: wait for it, then stop the server.
+    let spawn = || {
+        let (mut command, work) = persist_command(&redis, &s3, "run");
+        command
+            .args([
+                "--interval",
+                "50ms",
+                "--max-age",
+                "100ms",
+                "--lock-ttl",
+                "1s",
+            ])
+            .args(["--part-size", "4KiB"])
+            .stderr(Stdio::null());
+        (command.spawn().unwrap(), work)
+    };
+    let mut runners: Vec<(Child, tempfile::TempDir)> = (0..3).map(|_| spawn()).collect();
+    // The marker is published once a runner is up: wait for it, then stop the server.
     let marker = format!("{PREFIX}/.buffer-persist");
     let up = eventually(Duration::from_secs(20), || async {
         s3.keys().await.contains(&marker)
     })
     .await;
-    assert!(up, "the runner never published its marker");
+    assert!(up, "no runner published the marker");
     s3.pause();
     let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
-    produce(buffer.clone(), 0..500, 3, ledger.clone()).await;
+    let producers: Vec<_> = (0..3)
+        .map(|p| {
+            tokio::spawn(produce(
+                buffer.clone(),
+                p * 500..(p + 1) * 500,
+                3,
+                ledger.clone(),
+            ))
+        })
+        .collect();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    // A runner killed while the server is down: its batch waits for its lock to expire.
+    runners[0].0.kill().unwrap();
+    runners[0].0.wait().unwrap();
+    runners[0] = spawn();
     // While the server is stopped, the batches stay in Redis: prepared (and locked by a
     // persister waiting on its PUT) or live, every record of them.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -347,21 +367,27 @@ async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
         let info = buffer.batch_info(&batch.store, &batch.id).await.unwrap();
         prepared += info.map_or(0, |info| info.records);
     }
-    assert_eq!(live + prepared, 500, "records left Redis while S3 was down");
+    assert_eq!(
+        live + prepared,
+        1500,
+        "records left Redis while S3 was down"
+    );
     s3.resume();
-    let landed = eventually(Duration::from_secs(90), || async {
+    let landed = eventually(Duration::from_secs(120), || async {
         buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
     })
     .await;
-    runner.kill().unwrap();
-    runner.wait().unwrap();
+    for (mut runner, _work) in runners {
+        runner.kill().unwrap();
+        runner.wait().unwrap();
+    }
     assert!(
         landed,
         "the batches did not land after the server came back"
     );
     let objects = batch_objects(&s3, "jsonl").await;
     let persisted = check_exactly_once(&objects, &ledger.lock().unwrap(), &redis);
-    assert_eq!(persisted, 500);
+    assert_eq!(persisted, 1500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
