@@ -457,6 +457,73 @@ async fn a_batch_larger_than_the_part_size_lands_as_parts_and_a_crash_between_pa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_zstd_parts_each_open_alone_with_their_own_header() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let buffer = redis.buffer().await;
+    let mut rng = StdRng::seed_from_u64(11);
+    // 20 000 random records, some 1.4 MB of CSV: about ten parts.
+    let records: Vec<Value> = (0..20000)
+        .map(|i| {
+            let pad: String = (0..60)
+                .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+                .collect();
+            json!({"id": i, "pad": pad})
+        })
+        .collect();
+    buffer.push_many("csv", &records).await.unwrap();
+    drain(
+        &redis,
+        &s3,
+        &[
+            "--format",
+            "csv",
+            "--compress",
+            "zstd",
+            "--part-size",
+            "16KiB",
+        ],
+    );
+    let keys: Vec<String> = s3
+        .keys()
+        .await
+        .into_iter()
+        .filter(|key| key.ends_with(".csv.zst"))
+        .collect();
+    assert!(keys.len() > 2, "{keys:?}");
+    let mut ids = Vec::new();
+    for (index, key) in keys.iter().enumerate() {
+        assert!(
+            key.ends_with(&format!(".part-{:05}.csv.zst", index + 1)),
+            "{key}"
+        );
+        let bytes = s3.get(key).await;
+        // zstd puts nothing out before a whole 128 KiB block of input: a part passes the part
+        // size by at most about one compressed block.
+        assert!(
+            bytes.len() <= (16 + 132) * 1024,
+            "{key}: {} bytes",
+            bytes.len()
+        );
+        // One complete zstd frame per part: the frame decoder stops at its end, and the
+        // frame is the whole object.
+        let mut text = String::new();
+        zstd::stream::read::Decoder::new(&bytes[..])
+            .unwrap()
+            .single_frame()
+            .read_to_string(&mut text)
+            .unwrap();
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        assert_eq!(reader.headers().unwrap(), vec!["id", "pad"], "{key}");
+        for row in reader.records() {
+            ids.push(row.unwrap()[0].parse::<u64>().unwrap());
+        }
+    }
+    assert_eq!(ids, (0..20000).collect::<Vec<_>>());
+    assert!(redis.buffer_keys().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_under_the_part_size_is_one_object_under_the_template_name() {
     let redis = RedisServer::start();
     let s3 = S3Server::start();
