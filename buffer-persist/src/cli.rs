@@ -84,8 +84,10 @@ pub struct RedisArgs {
 /// Where and how batches are written.
 #[derive(Debug, Args)]
 pub struct OutputArgs {
-    /// Output directory: each batch goes to OUT/PATH_TEMPLATE. A local or mounted directory;
-    /// a URL such as `s3://bucket/x` is refused.
+    /// Where batches go: each batch goes to OUT/PATH_TEMPLATE. A local or mounted directory,
+    /// or `s3://bucket/prefix` (credentials, region and endpoint from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP); other URL schemes
+    /// are refused.
     #[arg(long, env = "BUFFER_OUT")]
     pub out: PathBuf,
     /// Where a batch's file goes under OUT. Placeholders: {store} (percent-encoded), {batch},
@@ -110,6 +112,11 @@ pub struct OutputArgs {
     /// other keys go into one trailing column as a JSON object.
     #[arg(long, env = "BUFFER_CSV_MAX_COLUMNS", default_value_t = crate::DEFAULT_CSV_MAX_COLUMNS)]
     pub csv_max_columns: usize,
+    /// Object storage only: a batch whose encoded output grows past this size is published as
+    /// several complete objects (`<batch>.part-00001.<ext>`, ...), each held in memory until
+    /// uploaded. Persisters sharing a prefix must use the same value.
+    #[arg(long, env = "BUFFER_PART_SIZE", default_value = "32MiB", value_parser = size)]
+    pub part_size: u64,
 }
 
 /// `run`'s arguments.
@@ -208,6 +215,7 @@ impl OutputArgs {
         config.lock_ttl = self.lock_ttl;
         config.csv_max_columns = self.csv_max_columns;
         config.path_template = self.path_template.clone();
+        config.part_size = self.part_size;
         config
     }
 }

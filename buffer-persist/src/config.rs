@@ -100,7 +100,10 @@ impl fmt::Display for Compression {
 /// How a persister runs.
 #[derive(Clone, Debug)]
 pub struct PersistConfig {
-    /// The output directory; batches go to `<out_dir>/<path_template>`.
+    /// Where batches go: a local (or mounted) directory, or `s3://bucket/prefix` (credentials,
+    /// region and endpoint from the standard `AWS_*` environment); a batch goes to
+    /// `<out_dir>/<path_template>`. Any other URL scheme is refused by
+    /// [`PersistConfig::validate`].
     pub out_dir: PathBuf,
     /// Where a batch's file goes under `out_dir` (default [`DEFAULT_PATH_TEMPLATE`],
     /// `<encoded store>/<batch id>.<ext>`); see [`PathTemplate`] for the placeholders and
@@ -129,10 +132,42 @@ pub struct PersistConfig {
     /// trailing column as a JSON object, so a file stays proportional to its records however
     /// many distinct keys they have.
     pub csv_max_columns: usize,
+    /// Object storage only: a batch whose encoded output grows past this many bytes is
+    /// published as several objects (parts), each a complete file of at most about this size
+    /// (default [`DEFAULT_PART_SIZE`]). A part is held in memory until it is uploaded, so this
+    /// bounds the memory of a batch in flight. Persisters sharing a prefix must agree on it.
+    pub part_size: u64,
 }
 
 /// The default of [`PersistConfig::csv_max_columns`].
 pub const DEFAULT_CSV_MAX_COLUMNS: usize = 1024;
+
+/// The default of [`PersistConfig::part_size`]: 32 MiB.
+pub const DEFAULT_PART_SIZE: u64 = 32 * 1024 * 1024;
+
+/// The smallest `--part-size` taken: smaller parts would cost a request per few records.
+const MIN_PART_SIZE: u64 = 1024;
+
+/// The largest `--part-size` taken: S3 takes at most 5 GiB in one PUT.
+const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+/// The URL schemes `--out` takes.
+const SUPPORTED_SCHEMES: &str = "s3://bucket/prefix (or a local directory)";
+
+/// Where batches go, parsed from [`PersistConfig::out_dir`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum OutputLocation {
+    /// A local (or mounted) directory.
+    Local(PathBuf),
+    /// An S3 bucket, objects under `prefix` (no leading or trailing `/`; empty for the
+    /// bucket's root).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix, `/`-separated segments.
+        prefix: String,
+    },
+}
 
 impl PersistConfig {
     /// A configuration writing to `out_dir`, with every other setting at its default.
@@ -150,7 +185,52 @@ impl PersistConfig {
             lock_ttl: Duration::from_secs(30),
             drain_wait: None,
             csv_max_columns: DEFAULT_CSV_MAX_COLUMNS,
+            part_size: DEFAULT_PART_SIZE,
         }
+    }
+
+    /// Where batches go: a local directory, or an S3 bucket and prefix for `s3://bucket/prefix`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a URL whose scheme is not supported (naming it and the supported
+    /// ones) and for an `s3://` URL without a bucket or with an empty, `.` or `..` segment.
+    pub(crate) fn output_location(&self) -> Result<OutputLocation, Error> {
+        let Some(scheme) = url_scheme(&self.out_dir) else {
+            return Ok(OutputLocation::Local(self.out_dir.clone()));
+        };
+        let text = self.out_dir.to_string_lossy();
+        if scheme != "s3" {
+            return Err(Error::Config(format!(
+                "--out {text} uses the {scheme}:// scheme, which buffer-persist does not support; use {SUPPORTED_SCHEMES}; write ./{text} if you really mean a directory of that name"
+            )));
+        }
+        let rest = &text[scheme.len() + 3..];
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::Config(format!(
+                "--out {text} names no bucket; write s3://bucket/prefix"
+            )));
+        }
+        let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
+        if !prefix.is_empty() {
+            if let Some(bad) = prefix
+                .split('/')
+                .find(|segment| matches!(*segment, "" | "." | ".."))
+            {
+                return Err(Error::Config(format!(
+                    "--out {text}: the prefix has a segment {bad:?} (an empty, . or .. segment); write s3://bucket/a/b"
+                )));
+            }
+            if let Some(c) = prefix.chars().find(|c| c.is_control()) {
+                return Err(Error::Config(format!(
+                    "--out {text}: the prefix holds the control character {c:?}"
+                )));
+            }
+        }
+        Ok(OutputLocation::S3 {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        })
     }
 
     /// The parsed [`PersistConfig::path_template`].
@@ -165,17 +245,17 @@ impl PersistConfig {
     ///
     /// # Errors
     /// [`Error::Config`] naming the setting that is out of range, a path template that could
-    /// misplace a file, or an output directory that is a URL (`s3://bucket/x`): only local or
-    /// mounted directories are written.
+    /// misplace a file, or an output that is a URL of a scheme other than `s3://` (naming it
+    /// and the supported ones).
     pub fn validate(&self) -> Result<(), Error> {
-        if let Some(scheme) = url_scheme(&self.out_dir) {
+        self.output_location()?;
+        self.path_template()?;
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.part_size) {
             return Err(Error::Config(format!(
-                "--out {} is a {scheme}:// URL, but buffer-persist writes only to a directory (local or a mounted shared file system); write ./{} if you really mean a directory of that name",
-                self.out_dir.display(),
-                self.out_dir.display()
+                "--part-size {} is out of range; use 1KiB to 5GiB (S3 takes at most 5 GiB in one PUT)",
+                self.part_size
             )));
         }
-        self.path_template()?;
         if self.concurrency == 0 {
             return Err(Error::Config("--concurrency must be at least 1".into()));
         }
@@ -289,16 +369,64 @@ mod tests {
     }
 
     #[test]
-    fn an_out_that_is_a_url_is_refused() {
-        for url in ["s3://bucket/x", "gs://b", "file:///tmp/x", "s3+https://h/b"] {
+    fn an_out_with_an_unsupported_scheme_is_refused_naming_it_and_the_supported_one() {
+        for (url, scheme) in [
+            ("gs://b", "gs"),
+            ("file:///tmp/x", "file"),
+            ("s3+https://h/b", "s3+https"),
+            ("az://c/x", "az"),
+        ] {
             let config = PersistConfig::new(url);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(url), "{err}");
+            assert!(err.contains(&format!("{scheme}://")), "{err}");
+            assert!(err.contains("s3://bucket/prefix"), "{err}");
+        }
+        for bad in [
+            "s3://",
+            "s3:///x",
+            "s3://b/a//c",
+            "s3://b/../c",
+            "s3://b/./c",
+        ] {
             assert!(
-                matches!(config.validate(), Err(Error::Config(msg)) if msg.contains(url)),
-                "{url}"
+                matches!(PersistConfig::new(bad).validate(), Err(Error::Config(msg)) if msg.contains(bad)),
+                "{bad}"
             );
         }
         for dir in ["/tmp/x", "out", "./s3://bucket", "a b://c", "/s3://x"] {
-            assert!(PersistConfig::new(dir).validate().is_ok(), "{dir}");
+            assert_eq!(
+                PersistConfig::new(dir).output_location().unwrap(),
+                OutputLocation::Local(PathBuf::from(dir)),
+                "{dir}"
+            );
         }
+    }
+
+    #[test]
+    fn an_s3_out_is_a_bucket_and_a_prefix() {
+        let s3 = |bucket: &str, prefix: &str| OutputLocation::S3 {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+        };
+        for (url, wanted) in [
+            ("s3://b", s3("b", "")),
+            ("s3://b/", s3("b", "")),
+            ("s3://b/land/x", s3("b", "land/x")),
+            ("s3://b/land/x/", s3("b", "land/x")),
+        ] {
+            let config = PersistConfig::new(url);
+            assert!(config.validate().is_ok(), "{url}");
+            assert_eq!(config.output_location().unwrap(), wanted, "{url}");
+        }
+    }
+
+    #[test]
+    fn part_sizes_out_of_range_are_refused() {
+        let mut config = PersistConfig::new("s3://b/x");
+        config.part_size = 10;
+        assert!(
+            matches!(config.validate(), Err(Error::Config(msg)) if msg.contains("--part-size"))
+        );
     }
 }

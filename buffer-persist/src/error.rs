@@ -47,6 +47,18 @@ pub enum Error {
         /// The existing file.
         path: PathBuf,
     },
+    /// A request to the object store failed (after its own retries); the batch stays in Redis
+    /// and no partial object is published.
+    #[error("{action} {object}: {source}")]
+    ObjectStore {
+        /// What was being done.
+        action: &'static str,
+        /// The object concerned (`s3://bucket/key`).
+        object: String,
+        /// The object store client's error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
     /// A record could not be written in the chosen format.
     #[error("batch {batch} of store {store:?}: record {index} could not be encoded: {reason}")]
     Encode {
@@ -114,11 +126,12 @@ impl Error {
         }
     }
 
-    /// True when retrying later may succeed (Redis away, disk full, lost lock).
+    /// True when retrying later may succeed (Redis or the object store away, disk full, lost
+    /// lock).
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Buffer(err) => err.is_transient() || err.is_lock_lost(),
-            Self::Io { .. } | Self::Abandoned { .. } => true,
+            Self::Io { .. } | Self::ObjectStore { .. } | Self::Abandoned { .. } => true,
             Self::InBatch { error, .. } => error.is_transient(),
             _ => false,
         }

@@ -4,10 +4,14 @@
 //! # Layout
 //! - [`Persister`]: the loop (`run`), the one-shot `drain`, and the per-batch protocol
 //!   lock → prepare → write → fsync → publish → empty → release.
-//! - `writer`: one batch to one file, durably, without clobbering; formats and compression.
+//! - `output`: where batches land — a local directory (`output::local`) or an object store
+//!   (`output::object`, `--out s3://bucket/prefix`, conditional creates, parts) — behind one
+//!   interface the persister writes through.
+//! - `writer`: the format encoders and compression every output writes through, and one batch
+//!   to one local file, durably, without clobbering.
 //! - `paths`: [`PathTemplate`], the pure function (store, batch) → file path, confined to the
 //!   output directory.
-//! - `marker`: the output directory's record of format, compression and path template.
+//! - `marker`: the output's record of format, compression, path template (and part size).
 //! - `config`: [`PersistConfig`], [`Format`], [`Compression`], size and duration parsing.
 //! - `metrics`: the `/metrics` endpoint (prometheus-client on hyper) and the batch histograms.
 //! - `cli`: the `buffer-persist` command line (`run`, `drain`, `push`, `stores`).
@@ -21,11 +25,12 @@ mod error;
 mod failpoint;
 mod marker;
 mod metrics;
+mod output;
 mod paths;
 mod persister;
 mod writer;
 
-pub use config::{Compression, DEFAULT_CSV_MAX_COLUMNS, Format, PersistConfig};
+pub use config::{Compression, DEFAULT_CSV_MAX_COLUMNS, DEFAULT_PART_SIZE, Format, PersistConfig};
 pub use error::{Error, Result};
 pub use marker::MARKER_FILE;
 pub use metrics::serve_metrics;

@@ -24,7 +24,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{Format, PersistConfig};
+use crate::config::{Format, OutputLocation, PersistConfig};
 use crate::error::{Error, Result};
 use crate::paths::DEFAULT_PATH_TEMPLATE;
 
@@ -66,7 +66,15 @@ pub(crate) fn check_or_write(config: &PersistConfig) -> Result<()> {
             }
             Some(found) => match classify(&found) {
                 Marker::Complete if found == wanted => return Ok(()),
-                Marker::Complete => return Err(mismatch(path, &found, &wanted)),
+                Marker::Complete => {
+                    return Err(mismatch(
+                        path,
+                        &found,
+                        &wanted,
+                        "directory",
+                        DIRECTORY_SETTINGS,
+                    ));
+                }
                 Marker::Foreign => {
                     return Err(Error::OutputMismatch {
                         reason: format!(
@@ -107,8 +115,9 @@ pub(crate) fn check_or_write(config: &PersistConfig) -> Result<()> {
 /// template other than the default is recorded too: two persisters with different templates
 /// would write one batch under two names. The default template adds no line, so directories
 /// set up before templates existed keep their marker byte for byte (the template is checked
-/// to have no control character, so it is one line).
-fn marker_text(config: &PersistConfig) -> String {
+/// to have no control character, so it is one line). An object output records its part size:
+/// it decides where a batch is split into parts, so persisters sharing a prefix must agree.
+pub(crate) fn marker_text(config: &PersistConfig) -> String {
     let mut text = format!(
         "format={}\ncompression={}\n",
         config.format, config.compression
@@ -119,7 +128,36 @@ fn marker_text(config: &PersistConfig) -> String {
     if config.path_template != DEFAULT_PATH_TEMPLATE {
         text.push_str(&format!("path-template={}\n", config.path_template));
     }
+    if matches!(config.output_location(), Ok(OutputLocation::S3 { .. })) {
+        text.push_str(&format!("part-size={}\n", config.part_size));
+    }
     text
+}
+
+/// Compares a marker `found` at `path` with the one `wanted`, for outputs where a marker is
+/// published whole or not at all (object storage): anything but the same complete marker is
+/// refused, naming the difference.
+///
+/// # Errors
+/// [`Error::OutputMismatch`].
+pub(crate) fn compare(path: PathBuf, found: &str, wanted: &str) -> Result<()> {
+    match classify(found) {
+        Marker::Complete if found == wanted => Ok(()),
+        Marker::Complete => Err(mismatch(
+            path,
+            found,
+            wanted,
+            "prefix",
+            "--format, --compress, --csv-max-columns, --path-template and --part-size",
+        )),
+        Marker::HalfMade | Marker::Foreign => Err(Error::OutputMismatch {
+            reason: format!(
+                "this object is not a marker buffer-persist writes ({:?}); remove it if this prefix is meant for buffer-persist",
+                shorten(found)
+            ),
+            path,
+        }),
+    }
 }
 
 /// What a marker's text is.
@@ -134,7 +172,13 @@ enum Marker {
 }
 
 fn classify(text: &str) -> Marker {
-    const KEYS: [&str; 4] = ["format", "compression", "csv-max-columns", "path-template"];
+    const KEYS: [&str; 5] = [
+        "format",
+        "compression",
+        "csv-max-columns",
+        "path-template",
+        "part-size",
+    ];
     let is_setting = |line: &str| {
         line.split_once('=')
             .is_some_and(|(key, value)| KEYS.contains(&key) && !value.is_empty())
@@ -286,16 +330,21 @@ pub(crate) fn is_marker_temp(name: &str) -> bool {
         .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-fn mismatch(path: PathBuf, found: &str, wanted: &str) -> Error {
+/// The mismatch error; `shared` says what persisters share, `settings` the flags they must
+/// agree on.
+fn mismatch(path: PathBuf, found: &str, wanted: &str, shared: &str, settings: &str) -> Error {
     Error::OutputMismatch {
         path,
         reason: format!(
-            "this output directory is written as {:?}, not {:?}; persisters sharing a directory must use the same --format, --compress, --csv-max-columns and --path-template",
+            "this output {shared} is written as {:?}, not {:?}; persisters sharing a {shared} must use the same {settings}",
             found.trim().replace('\n', ", "),
             wanted.trim().replace('\n', ", ")
         ),
     }
 }
+
+/// What persisters sharing a directory must agree on.
+const DIRECTORY_SETTINGS: &str = "--format, --compress, --csv-max-columns and --path-template";
 
 fn shorten(text: &str) -> String {
     text.chars().take(80).collect()

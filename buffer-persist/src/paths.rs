@@ -42,8 +42,23 @@ const MAX_COMPONENT: usize = 200;
 /// The longest file name most file systems take (`NAME_MAX`).
 const MAX_NAME: usize = 255;
 
-/// The longest batch id text: 20 digits of milliseconds (13 until the year 2286), `-`, 16 hex.
-const BATCH_MAX: usize = 37;
+/// The longest batch id text: 20 digits of milliseconds (13 until the year 2286), `-`, 16 hex,
+/// and room for the part suffix an object output may add (`.part-00001`, see [`part_suffix`]).
+const BATCH_MAX: usize = 37 + PART_SUFFIX_LEN;
+
+/// The length of [`part_suffix`]'s text.
+const PART_SUFFIX_LEN: usize = ".part-00000".len();
+
+/// The most parts a batch may have: the part number has five digits, so part names sort in
+/// their order. With the default 32 MiB parts that is over 3 TB per batch.
+pub(crate) const MAX_PARTS: u32 = 99_999;
+
+/// The text an object output appends to `{batch}` in the file name for part `number` (from 1)
+/// of a batch published as several objects: `.part-00001`. A batch is either one object under
+/// the template's name or parts only, never both, so part names never meet a whole batch's.
+pub(crate) fn part_suffix(number: u32) -> String {
+    format!(".part-{number:05}")
+}
 
 /// The longest `{ext}` any format and compression gives (`jsonl.zst` is 9), with room for
 /// formats to come, so a template's length check does not depend on `--format`.
@@ -280,14 +295,34 @@ impl PathTemplate {
         first_write_ms: u64,
         ext: &str,
     ) -> PathBuf {
+        self.part_path(store, batch, first_write_ms, ext, None)
+    }
+
+    /// [`PathTemplate::relative_path`], or for `part: Some(n)` the name of part `n` of a batch
+    /// published as several objects: `{batch}` in the file name (the last segment) becomes
+    /// `<batch id>.part-0000n`, every other segment is the same as the whole batch's.
+    pub(crate) fn part_path(
+        &self,
+        store: &StoreName,
+        batch: &BatchId,
+        first_write_ms: u64,
+        ext: &str,
+        part: Option<u32>,
+    ) -> PathBuf {
         let time = UtcTime::from_unix_ms(first_write_ms);
-        let render = |pieces: &[Piece]| -> String {
+        let last = self.segments.len().saturating_sub(1);
+        let render = |pieces: &[Piece], segment: usize| -> String {
             let mut text = String::new();
             for piece in pieces {
                 match piece {
                     Piece::Text(literal) => text.push_str(literal),
                     Piece::Field(Field::Store) => text.push_str(store.encoded()),
-                    Piece::Field(Field::Batch) => text.push_str(&batch.to_string()),
+                    Piece::Field(Field::Batch) => {
+                        text.push_str(&batch.to_string());
+                        if let Some(number) = part.filter(|_| segment == last) {
+                            text.push_str(&part_suffix(number));
+                        }
+                    }
                     Piece::Field(Field::Ext) => text.push_str(ext),
                     Piece::Field(Field::Date) => text.push_str(&format!(
                         "{:04}-{:02}-{:02}",
@@ -302,17 +337,20 @@ impl PathTemplate {
             text
         };
         let mut path = PathBuf::new();
-        for pieces in &self.segments {
+        for (segment, pieces) in self.segments.iter().enumerate() {
             let Some(at) = pieces.iter().position(|p| *p == Piece::Field(Field::Store)) else {
-                path.push(render(pieces));
+                path.push(render(pieces, segment));
                 continue;
             };
             let encoded = store.encoded();
             if encoded.len() <= MAX_COMPONENT {
-                path.push(render(pieces));
+                path.push(render(pieces, segment));
                 continue;
             }
-            let (before, after) = (render(&pieces[..at]), render(&pieces[at + 1..]));
+            let (before, after) = (
+                render(&pieces[..at], segment),
+                render(&pieces[at + 1..], segment),
+            );
             let parts = split_long(encoded);
             let last = parts.len() - 1;
             for (index, part) in parts.into_iter().enumerate() {
@@ -623,6 +661,33 @@ mod tests {
         assert_eq!(
             path,
             Path::new("2024/02/29/orders%2Feu/00-1700000000000-00000000000000ff")
+        );
+    }
+
+    #[test]
+    fn part_names_add_the_part_number_after_the_batch_in_the_file_name_only() {
+        let store = StoreName::new("orders/eu").unwrap();
+        let hive: PathTemplate = HIVE.parse().unwrap();
+        let whole = hive.part_path(&store, &batch(), 1_700_000_000_000, "jsonl", None);
+        assert_eq!(
+            whole,
+            hive.relative_path(&store, &batch(), 1_700_000_000_000, "jsonl")
+        );
+        let part = hive.part_path(&store, &batch(), 1_700_000_000_000, "jsonl", Some(12));
+        assert_eq!(
+            part,
+            Path::new(
+                "store=orders%2Feu/dt=2023-11-14/hour=22/1700000000000-00000000000000ff.part-00012.jsonl"
+            )
+        );
+        // {batch} in a directory keeps the plain id: every part of a batch shares its directory.
+        let dirs: PathTemplate = "{store}/{batch}/{batch}.{ext}".parse().unwrap();
+        let part = dirs.part_path(&store, &batch(), 0, "csv", Some(1));
+        assert_eq!(
+            part,
+            Path::new(
+                "orders%2Feu/1700000000000-00000000000000ff/1700000000000-00000000000000ff.part-00001.csv"
+            )
         );
     }
 

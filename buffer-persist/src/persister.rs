@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use buffer_core::{
@@ -20,7 +20,8 @@ use crate::config::PersistConfig;
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::metrics::BatchHistograms;
-use crate::writer::{self, BatchFile, CsvLayout, Published, SinkFactory};
+use crate::output::Output;
+use crate::writer::{self, CsvLayout, Published, SinkFactory};
 
 /// The longest a failing batch waits between two attempts. Its first retry waits one poll
 /// interval, and each failure after that doubles the wait up to this.
@@ -82,7 +83,9 @@ pub enum BatchOutcome {
     Persisted {
         /// Records in the batch.
         records: u64,
-        /// The batch's file under `OUT` (written now, or an identical one found in place).
+        /// The batch's file under `OUT` (written now, or an identical one found in place); for
+        /// an object output, `s3://bucket/key` of its object (of its first part when it was
+        /// published as several).
         path: std::path::PathBuf,
     },
     /// Someone else holds the lock (another persister, a library user, or another task of
@@ -130,6 +133,9 @@ pub struct Persister {
     histograms: BatchHistograms,
     /// Opens temporary files; replaced in tests to simulate a full disk.
     open_sink: Arc<SinkFactory>,
+    /// Where batches land, made from the configuration at the first use (`run`, `drain` or a
+    /// test hook) and shared by clones.
+    output: Arc<OnceLock<Output>>,
     /// Stores and batches this process is working on, so one poll does not start a store
     /// twice while an earlier task still holds it. Entries are removed by the task that added
     /// them, when it ends.
@@ -153,8 +159,23 @@ impl Persister {
             counters: Arc::default(),
             histograms: BatchHistograms::default(),
             open_sink: Arc::new(writer::open_file_sink),
+            output: Arc::default(),
             in_flight: Arc::default(),
         }
+    }
+
+    /// The output, made from the configuration when first needed.
+    fn output(&self) -> Result<&Output> {
+        if let Some(output) = self.output.get() {
+            return Ok(output);
+        }
+        let made = Output::new(&self.config, self.open_sink.clone())?;
+        // Two tasks racing here make the same output from the same configuration; the first
+        // one set is used by both.
+        let _ = self.output.set(made);
+        self.output
+            .get()
+            .ok_or_else(|| Error::Task("the output was not set".into()))
     }
 
     /// Replaces how temporary files are opened (a test double for a full disk, say). A test
@@ -211,7 +232,7 @@ impl Persister {
     /// the output directory cannot be used.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         self.config.validate()?;
-        crate::marker::check_or_write(&self.config)?;
+        self.output()?.prepare(&self.config).await?;
         tracing::info!(
             out = %self.config.out_dir.display(),
             max_age = ?self.config.max_age,
@@ -613,7 +634,9 @@ impl Persister {
         };
         guard.empty_batch().await?;
         failpoint("after-delete");
-        if let Some(dir) = published.path().parent() {
+        if self.output()?.is_local()
+            && let Some(dir) = published.path().parent()
+        {
             writer::remove_stale_temps(dir, &batch.id);
         }
         let c = &self.counters;
@@ -663,32 +686,10 @@ impl Persister {
             }
             crate::Format::JsonLines => Default::default(),
         };
-        // The path is a pure function of the batch (its store, id and frozen first write), so
-        // every attempt, by any persister, before or after a crash, writes the same file.
-        let target = config.path_template()?.batch_path(
-            &config.out_dir,
-            batch,
-            config.format,
-            config.compression,
-        );
-        let (out, prepared, open) = (
-            config.out_dir.clone(),
-            batch.clone(),
-            self.open_sink.clone(),
-        );
-        let (format, compression) = (config.format, config.compression);
-        let mut file = blocking(move || {
-            BatchFile::create(
-                &out,
-                target,
-                &prepared,
-                format,
-                compression,
-                columns,
-                &*open,
-            )
-        })
-        .await?;
+        // Every name the batch gets is a pure function of the batch (its store, id and frozen
+        // first write), so every attempt, by any persister, before or after a crash, writes
+        // the same file or objects.
+        let mut file = self.output()?.start(config, batch, columns).await?;
         let mut reader = self.buffer.reader(batch);
         // Pages are fetched one ahead: while a page is encoded on a blocking thread, the next
         // LRANGE is already on its way.
@@ -712,19 +713,14 @@ impl Persister {
                 let page = reader.next_page().await;
                 (reader, page)
             }));
-            file = blocking(move || file.write_page(&page).map(|()| file)).await?;
+            file = file.write_page(page, guard, config.lock_ttl).await?;
             // The heartbeat keeps the lock alive; stop writing as soon as it says the lock is
-            // gone (the temp file is removed when `file` drops).
+            // gone (the temp file is removed, the parts in memory freed, when `file` drops).
             guard.check_held()?;
         }
         failpoint("after-temp-write");
-        let expected = batch.records;
-        let synced = blocking(move || file.finish(expected)).await?;
-        // The check before publishing, in Redis rather than from the heartbeat's last word:
-        // extend (which fails when the lock is lost). The heartbeat keeps the lock alive
-        // through the publish and delete that follow, however long they take.
-        guard.extend(config.lock_ttl).await?;
-        blocking(move || synced.publish()).await
+        // The lock is checked in Redis (extended) right before anything is published.
+        file.finish(batch.records, guard, config.lock_ttl).await
     }
 
     /// Persists every prepared batch and every live store there is when it starts, whatever
@@ -738,7 +734,7 @@ impl Persister {
     /// one line per store or batch, as is work still locked by others at the deadline.
     pub async fn drain(&self) -> Result<DrainReport> {
         self.config.validate()?;
-        crate::marker::check_or_write(&self.config)?;
+        self.output()?.prepare(&self.config).await?;
         let never = CancellationToken::new();
         let wait = self.config.drain_wait.unwrap_or(self.config.lock_ttl * 2);
         let deadline = Instant::now() + wait;
@@ -890,15 +886,6 @@ fn work_key(store: &StoreName, batch: Option<&BatchId>) -> String {
         Some(batch) => format!("b:{batch}:{}", store.encoded()),
         None => format!("s:{}", store.encoded()),
     }
-}
-
-/// Runs file work on the blocking pool so slow disks never stall the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| Error::Task(format!("file writer: {err}")))?
 }
 
 /// Test hooks: one protocol step at a time, for the suites that race two persisters over one

@@ -261,16 +261,146 @@ impl<'de> Deserialize<'de> for KeyText<'de> {
     }
 }
 
+/// A batch's records on their way through the format encoder and the compressor into a sink:
+/// the part of writing that does not care where the bytes go (a temporary file, or an object
+/// part held in memory by the object output). Every format and compression goes through it, so
+/// every output writes them alike.
+pub(crate) struct EncodedStream {
+    store: StoreName,
+    batch: BatchId,
+    encoder: Encoder,
+    /// What the bytes are written to, for error messages (a temporary file, an object name).
+    label: PathBuf,
+    records: u64,
+}
+
+impl EncodedStream {
+    /// Starts the encoder and the compressor over `sink` (a CSV file's header is written at
+    /// once). `csv` is the CSV file's columns ([`CsvLayout::of_batch`]), ignored for JSON Lines.
+    pub(crate) fn new(
+        sink: Box<dyn FileSink>,
+        label: PathBuf,
+        store: &StoreName,
+        batch: &BatchId,
+        format: Format,
+        compression: Compression,
+        csv: CsvLayout,
+    ) -> Result<Self> {
+        let sink = Counting {
+            inner: BufWriter::with_capacity(256 * 1024, sink),
+            bytes: 0,
+        };
+        let compressor =
+            Compressor::new(sink, compression).map_err(Error::io("start compressor", &label))?;
+        let encoder = match format {
+            Format::JsonLines => Encoder::Lines(compressor),
+            Format::Csv => {
+                let mut writer = Box::new(csv::Writer::from_writer(compressor));
+                // Always a header (the layout has at least one column): a CSV reader takes
+                // the first line as one, so every later line is one record.
+                writer
+                    .write_record(csv.header())
+                    .map_err(|err| csv_error(&label, store, batch, 0, err))?;
+                Encoder::Csv {
+                    writer,
+                    layout: csv,
+                }
+            }
+        };
+        Ok(Self {
+            store: store.clone(),
+            batch: batch.clone(),
+            encoder,
+            label,
+            records: 0,
+        })
+    }
+
+    /// Appends one record (its JSON text as read from Redis).
+    pub(crate) fn write_record(&mut self, text: &str) -> Result<()> {
+        match &mut self.encoder {
+            Encoder::Lines(out) => {
+                out.write_all(text.as_bytes())
+                    .and_then(|()| out.write_all(b"\n"))
+                    .map_err(Error::io("write", &self.label))?;
+            }
+            Encoder::Csv { writer, layout } => {
+                let index = self.records;
+                let row = layout.row(text).map_err(|reason| Error::Encode {
+                    store: self.store.to_string(),
+                    batch: self.batch.to_string(),
+                    index,
+                    reason,
+                })?;
+                writer
+                    .write_record(row.iter().map(|field| field.as_bytes()))
+                    .map_err(|err| csv_error(&self.label, &self.store, &self.batch, index, err))?;
+            }
+        }
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Appends a page of records.
+    pub(crate) fn write_page(&mut self, page: &[String]) -> Result<()> {
+        page.iter().try_for_each(|text| self.write_record(text))
+    }
+
+    /// Bytes the compressor has put out so far (what the sink holds or will hold, less what
+    /// the encoder and the compressor still buffer). A function of the records written alone,
+    /// so a batch is split into parts at the same records on every attempt.
+    pub(crate) fn encoded_bytes(&self) -> u64 {
+        let compressor = match &self.encoder {
+            Encoder::Lines(compressor) => compressor,
+            Encoder::Csv { writer, .. } => writer.get_ref(),
+        };
+        match compressor {
+            Compressor::Plain(sink) => sink.bytes,
+            Compressor::Gzip(encoder) => encoder.get_ref().bytes,
+            Compressor::Zstd(encoder) => encoder.get_ref().bytes,
+        }
+    }
+
+    /// Ends the encoder and the compressor (a complete file: the CSV writer's buffer and the
+    /// compression stream's trailer are written) and flushes everything into the sink.
+    /// Returns the sink, the bytes it received and the records written.
+    pub(crate) fn finish(self) -> Result<(Box<dyn FileSink>, u64, u64)> {
+        let Self {
+            encoder,
+            label,
+            records,
+            ..
+        } = self;
+        let compressor = match encoder {
+            Encoder::Lines(compressor) => compressor,
+            Encoder::Csv { writer, .. } => writer.into_inner().map_err(|err| Error::Io {
+                action: "write",
+                path: label.clone(),
+                source: io::Error::other(err.to_string()),
+            })?,
+        };
+        let sink = compressor
+            .finish()
+            .map_err(Error::io("finish compression of", &label))?;
+        let bytes = sink.bytes;
+        let inner = sink.inner.into_inner().map_err(|err| Error::Io {
+            action: "write",
+            path: label.clone(),
+            source: io::Error::new(err.error().kind(), err.error().to_string()),
+        })?;
+        Ok((inner, bytes, records))
+    }
+}
+
 /// A batch file being written to its temporary name. Dropping it (a failed write, a cancelled
 /// task, an abandon) removes the temporary file; `finish` hands it to a [`SyncedFile`].
 pub(crate) struct BatchFile {
     store: StoreName,
     batch: BatchId,
-    encoder: Encoder,
+    stream: EncodedStream,
     temp: TempName,
     target: PathBuf,
     compression: Compression,
-    records: u64,
 }
 
 /// What publishing a file did.
@@ -319,68 +449,28 @@ impl BatchFile {
         let sink = open(&temp).map_err(Error::io("create temporary file", &temp))?;
         // From here on the temporary file exists: any error below removes it.
         let temp = TempName(temp);
-        let sink = Counting {
-            inner: BufWriter::with_capacity(256 * 1024, sink),
-            bytes: 0,
-        };
-        let compressor =
-            Compressor::new(sink, compression).map_err(Error::io("start compressor", &temp.0))?;
-        let encoder = match format {
-            Format::JsonLines => Encoder::Lines(compressor),
-            Format::Csv => {
-                let mut writer = Box::new(csv::Writer::from_writer(compressor));
-                // Always a header (the layout has at least one column): a CSV reader takes
-                // the first line as one, so every later line is one record.
-                writer
-                    .write_record(csv.header())
-                    .map_err(|err| csv_error(&temp.0, &batch.store, &batch.id, 0, err))?;
-                Encoder::Csv {
-                    writer,
-                    layout: csv,
-                }
-            }
-        };
+        let stream = EncodedStream::new(
+            sink,
+            temp.0.clone(),
+            &batch.store,
+            &batch.id,
+            format,
+            compression,
+            csv,
+        )?;
         Ok(Self {
             store: batch.store.clone(),
             batch: batch.id.clone(),
-            encoder,
+            stream,
             temp,
             target,
             compression,
-            records: 0,
         })
     }
 
     /// Appends a page of records (the JSON texts read from Redis).
     pub(crate) fn write_page(&mut self, page: &[String]) -> Result<()> {
-        match &mut self.encoder {
-            Encoder::Lines(out) => {
-                for text in page {
-                    out.write_all(text.as_bytes())
-                        .and_then(|()| out.write_all(b"\n"))
-                        .map_err(Error::io("write", &self.temp.0))?;
-                }
-                self.records += page.len() as u64;
-            }
-            Encoder::Csv { writer, layout } => {
-                for text in page {
-                    let index = self.records;
-                    let row = layout.row(text).map_err(|reason| Error::Encode {
-                        store: self.store.to_string(),
-                        batch: self.batch.to_string(),
-                        index,
-                        reason,
-                    })?;
-                    writer
-                        .write_record(row.iter().map(|field| field.as_bytes()))
-                        .map_err(|err| {
-                            csv_error(&self.temp.0, &self.store, &self.batch, index, err)
-                        })?;
-                    self.records += 1;
-                }
-            }
-        }
-        Ok(())
+        self.stream.write_page(page)
     }
 
     /// Finishes the compression, checks that exactly `expected` records were written and
@@ -389,11 +479,10 @@ impl BatchFile {
         let Self {
             store,
             batch,
-            encoder,
+            stream,
             temp,
             target,
             compression,
-            records,
         } = self;
         // The synced file takes over the temporary name (and its removal on error).
         let mut synced = SyncedFile {
@@ -405,23 +494,7 @@ impl BatchFile {
             bytes: 0,
             published: false,
         };
-        let compressor = match encoder {
-            Encoder::Lines(compressor) => compressor,
-            Encoder::Csv { writer, .. } => writer.into_inner().map_err(|err| Error::Io {
-                action: "write",
-                path: synced.temp.clone(),
-                source: io::Error::other(err.to_string()),
-            })?,
-        };
-        let sink = compressor
-            .finish()
-            .map_err(Error::io("finish compression of", &synced.temp))?;
-        let bytes = sink.bytes;
-        let mut file = sink.inner.into_inner().map_err(|err| Error::Io {
-            action: "write",
-            path: synced.temp.clone(),
-            source: io::Error::new(err.error().kind(), err.error().to_string()),
-        })?;
+        let (mut file, bytes, records) = stream.finish()?;
         if records != expected {
             return Err(Error::CountMismatch {
                 store: synced.store.to_string(),
@@ -626,11 +699,23 @@ pub(crate) fn remove_stale_temps(dir: &Path, batch: &BatchId) {
 fn same_contents(a: &Path, b: &Path, compression: Compression) -> Result<bool> {
     let mut left = open_decoded_as(a, compression)?;
     let mut right = open_decoded_as(b, compression)?;
+    same_bytes(&mut left, &mut right).map_err(|(side, err)| {
+        let path = if side == 0 { a } else { b };
+        Error::io("read", path)(err)
+    })
+}
+
+/// True when two readers give the same bytes, read 64 KiB at a time. An error says which
+/// reader failed (0 for `left`, 1 for `right`).
+pub(crate) fn same_bytes(
+    left: &mut dyn Read,
+    right: &mut dyn Read,
+) -> Result<bool, (u8, io::Error)> {
     let mut left_buf = vec![0u8; 64 * 1024];
     let mut right_buf = vec![0u8; 64 * 1024];
     loop {
-        let n = read_full(&mut left, &mut left_buf).map_err(Error::io("read", a))?;
-        let m = read_full(&mut right, &mut right_buf).map_err(Error::io("read", b))?;
+        let n = read_full(left, &mut left_buf).map_err(|err| (0, err))?;
+        let m = read_full(right, &mut right_buf).map_err(|err| (1, err))?;
         if n != m || left_buf[..n] != right_buf[..m] {
             return Ok(false);
         }
@@ -670,12 +755,22 @@ pub fn open_decoded(path: &Path) -> Result<Box<dyn Read>> {
 
 fn open_decoded_as(path: &Path, compression: Compression) -> Result<Box<dyn Read>> {
     let file = File::open(path).map_err(Error::io("open", path))?;
+    let reader = decoded(Box::new(file), compression).map_err(Error::io("open", path))?;
+    Ok(reader)
+}
+
+/// `reader`'s bytes decompressed as `compression` says.
+///
+/// # Errors
+/// The decompressor's error when it cannot start.
+pub(crate) fn decoded(
+    reader: Box<dyn Read + Send>,
+    compression: Compression,
+) -> io::Result<Box<dyn Read + Send>> {
     Ok(match compression {
-        Compression::None => Box::new(BufReader::new(file)),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))),
-        Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::new(file).map_err(Error::io("open", path))?)
-        }
+        Compression::None => Box::new(BufReader::new(reader)),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(reader))),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
     })
 }
 

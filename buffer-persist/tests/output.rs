@@ -183,20 +183,21 @@ fn stray_marker_temporary_files_from_crashed_starts_are_removed() {
 }
 
 #[test]
-fn an_out_that_is_a_url_is_refused_by_name() {
+fn an_out_with_an_unsupported_scheme_is_refused_by_name() {
     // Nothing listens on this port: the setting must be refused before Redis is tried.
     let redis = format!("redis://127.0.0.1:{}", buffer_tests::free_port());
     let cwd = tempfile::tempdir().unwrap();
     for subcommand in ["drain", "run"] {
         let output = Command::new(BINARY)
             .current_dir(cwd.path())
-            .args([subcommand, "--redis", &redis, "--out", "s3://bucket/x"])
+            .args([subcommand, "--redis", &redis, "--out", "file:///bucket/x"])
             .output()
             .unwrap();
         let text = stderr(&output);
         assert_eq!(output.status.code(), Some(1), "{subcommand}: {text}");
         assert!(
-            text.contains("--out s3://bucket/x is a s3:// URL"),
+            text.contains("--out file:///bucket/x uses the file:// scheme")
+                && text.contains("s3://bucket/prefix"),
             "{subcommand}: {text}"
         );
     }

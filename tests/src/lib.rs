@@ -16,6 +16,7 @@ use buffer_core::{Buffer, BufferConfig};
 
 pub mod cluster;
 pub mod python;
+pub mod s3;
 
 /// The redis-server binary to run.
 pub fn redis_server_binary() -> PathBuf {

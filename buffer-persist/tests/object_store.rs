@@ -1,0 +1,716 @@
+//! `--out s3://bucket/prefix`: the `buffer-persist` binary against a private S3-compatible
+//! server (moto, `buffer_tests::s3::S3Server`) and private redis-servers. Each persister
+//! process runs in a working directory of its own: they share no disk, only Redis and the
+//! bucket.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use buffer_core::Buffer;
+use buffer_tests::s3::S3Server;
+use buffer_tests::{RedisServer, eventually};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
+
+/// The prefix the persisters write under; nothing may land outside it.
+const PREFIX: &str = "land/x";
+
+fn require_failpoints() {
+    let compiled_in = cfg!(feature = "failpoints");
+    if !compiled_in {
+        panic!(
+            "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
+        );
+    }
+}
+
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("BUFFER_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("{test}: seed {seed} (replay with BUFFER_FAULT_SEED={seed})");
+    seed
+}
+
+/// A persister command writing to `s3://<bucket>/<PREFIX>`, run in a fresh working directory
+/// of its own (kept alive by the returned guard).
+fn persist_command(
+    redis: &RedisServer,
+    s3: &S3Server,
+    subcommand: &str,
+) -> (Command, tempfile::TempDir) {
+    let work = tempfile::tempdir().unwrap();
+    let mut command = Command::new(BINARY);
+    command
+        .current_dir(work.path())
+        .arg(subcommand)
+        .arg("--redis")
+        .arg(redis.url())
+        .arg("--out")
+        .arg(s3.url(PREFIX))
+        .envs(s3.env())
+        .env("RUST_LOG", "error")
+        .env_remove("BUFFER_FAILPOINT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    (command, work)
+}
+
+/// Runs a command to its end; its exit status and stderr.
+fn run(mut command: Command) -> (std::process::ExitStatus, String) {
+    let output = command.output().unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn drain(redis: &RedisServer, s3: &S3Server, extra: &[&str]) {
+    let (mut command, _work) = persist_command(redis, s3, "drain");
+    command
+        .args(["--lock-ttl", "1s", "--wait", "20s"])
+        .args(extra);
+    let (status, stderr) = run(command);
+    assert!(status.success(), "drain failed: {stderr}");
+}
+
+/// A batch object's records, decompressed as its name says.
+fn decode(key: &str, bytes: &[u8]) -> Vec<Value> {
+    let mut text = String::new();
+    if key.ends_with(".gz") {
+        // One gzip member: each part must be a complete stream of its own.
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_string(&mut text)
+            .unwrap();
+    } else if key.ends_with(".zst") {
+        zstd::stream::read::Decoder::new(bytes)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+    } else {
+        text = String::from_utf8(bytes.to_vec()).unwrap();
+    }
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Every object of the bucket: checks none is outside the prefix and every one is the marker
+/// or a batch object named `<PREFIX>/<store>/<batch id>[.part-NNNNN].<ext>`, then returns the
+/// batch objects' records by key.
+async fn batch_objects(s3: &S3Server, ext: &str) -> BTreeMap<String, Vec<Value>> {
+    let mut objects = BTreeMap::new();
+    for key in s3.keys().await {
+        let relative = key
+            .strip_prefix(&format!("{PREFIX}/"))
+            .unwrap_or_else(|| panic!("object {key} is outside the prefix {PREFIX}"));
+        if relative == ".buffer-persist" {
+            continue;
+        }
+        let (_store, file) = relative
+            .split_once('/')
+            .unwrap_or_else(|| panic!("{key} is not <store>/<file>"));
+        let stem = file
+            .strip_suffix(&format!(".{ext}"))
+            .unwrap_or_else(|| panic!("{key} is not a .{ext} object"));
+        let (id, part) = match stem.split_once(".part-") {
+            Some((id, part)) => (id, Some(part)),
+            None => (stem, None),
+        };
+        assert!(
+            id.len() == 30 && id.as_bytes()[13] == b'-',
+            "{key}: not a batch id"
+        );
+        if let Some(part) = part {
+            assert!(
+                part.len() == 5 && part.bytes().all(|b| b.is_ascii_digit()),
+                "{key}"
+            );
+        }
+        let records = decode(&key, &s3.get(&key).await);
+        objects.insert(key, records);
+    }
+    objects
+}
+
+/// Acknowledged and unknown-outcome ids of the producers.
+#[derive(Default)]
+struct Ledger {
+    acknowledged: BTreeSet<u64>,
+    unknown: BTreeSet<u64>,
+}
+
+async fn produce(
+    buffer: Buffer,
+    ids: std::ops::Range<u64>,
+    stores: u64,
+    ledger: Arc<std::sync::Mutex<Ledger>>,
+) {
+    for id in ids {
+        let result = buffer
+            .push(
+                format!("store-{}", id % stores),
+                &json!({"id": id, "pad": "x".repeat(40)}),
+            )
+            .await;
+        let mut ledger = ledger.lock().unwrap();
+        match result {
+            Ok(_) => {
+                ledger.acknowledged.insert(id);
+            }
+            Err(err) if err.is_transient() => {
+                ledger.unknown.insert(id);
+            }
+            Err(err) => panic!("push {id}: {err}"),
+        }
+    }
+}
+
+/// Every acknowledged id is in exactly one object, no id nobody pushed, nothing left in Redis.
+fn check_exactly_once(
+    objects: &BTreeMap<String, Vec<Value>>,
+    ledger: &Ledger,
+    redis: &RedisServer,
+) -> usize {
+    let ids: Vec<u64> = objects
+        .values()
+        .flatten()
+        .map(|record| record["id"].as_u64().unwrap())
+        .collect();
+    let unique: BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "duplicates in the bucket");
+    let lost: Vec<&u64> = ledger.acknowledged.difference(&unique).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged records lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        unique
+            .iter()
+            .all(|id| ledger.acknowledged.contains(id) || ledger.unknown.contains(id)),
+        "records nobody pushed"
+    );
+    // Only the announcements of persisters killed with -9 may stay (they had no chance to
+    // retire; they are forgotten an hour after their last heartbeat).
+    let left: Vec<String> = redis
+        .buffer_keys()
+        .into_iter()
+        .filter(|key| key != "buf:persisters")
+        .collect();
+    assert!(left.is_empty(), "buffer keys left: {left:?}");
+    ids.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_s3_server_refuses_a_second_conditional_create() {
+    let s3 = S3Server::start();
+    s3.put_if_absent("probe/once", "first").await.unwrap();
+    let second = s3.put_if_absent("probe/once", "second").await;
+    assert!(
+        matches!(second, Err(object_store::Error::AlreadyExists { .. })),
+        "the server took a second If-None-Match: * create: {second:?}"
+    );
+    assert_eq!(&s3.get("probe/once").await[..], b"first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_with_an_unsupported_scheme_is_refused_at_start_naming_it() {
+    let redis = RedisServer::start();
+    let (status, stderr) = run({
+        let mut command = Command::new(BINARY);
+        command
+            .args(["drain", "--redis", &redis.url(), "--out", "gs://bucket/x"])
+            .stdin(Stdio::null());
+        command
+    });
+    assert!(!status.success());
+    assert!(stderr.contains("gs://"), "{stderr}");
+    assert!(stderr.contains("s3://bucket/prefix"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_persisters_without_a_shared_disk_killed_with_9_land_every_record_exactly_once() {
+    let seed = seed("s3 kill -9 persisters");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let buffer = redis.buffer().await;
+    // Small parts (a batch of 150 records is some 9 KiB), so batches are split, and killed
+    // between parts too.
+    let spawn = || {
+        let (mut command, work) = persist_command(&redis, &s3, "run");
+        command
+            .args(["--interval", "20ms", "--max-age", "100ms"])
+            .args(["--max-records", "150", "--lock-ttl", "1s"])
+            .args(["--part-size", "2KiB"])
+            .stderr(Stdio::null());
+        (command.spawn().unwrap(), work)
+    };
+    let mut runners: Vec<(Child, tempfile::TempDir)> = (0..3).map(|_| spawn()).collect();
+    let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
+    let total = 6_000u64;
+    let producers: Vec<_> = (0..3)
+        .map(|p| {
+            tokio::spawn(produce(
+                buffer.clone(),
+                p * total / 3..(p + 1) * total / 3,
+                4,
+                ledger.clone(),
+            ))
+        })
+        .collect();
+    let mut kills = 0;
+    while !producers.iter().all(|p| p.is_finished()) || kills < 3 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..700))).await;
+        let victim = rng.random_range(0..runners.len());
+        runners[victim].0.kill().unwrap();
+        runners[victim].0.wait().unwrap();
+        runners[victim] = spawn();
+        kills += 1;
+    }
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    // Let the runners catch up, then kill them too and drain what a kill left.
+    eventually(Duration::from_secs(30), || async {
+        buffer.stores().await.unwrap().is_empty()
+    })
+    .await;
+    for (mut runner, _work) in runners {
+        runner.kill().unwrap();
+        runner.wait().unwrap();
+    }
+    drain(&redis, &s3, &["--part-size", "2KiB"]);
+    println!("s3 kill -9 persisters: {kills} kills");
+    let objects = batch_objects(&s3, "jsonl").await;
+    let parts = objects.keys().filter(|k| k.contains(".part-")).count();
+    println!("{} objects, {parts} of them parts", objects.len());
+    assert!(parts > 0, "no batch was split into parts");
+    let persisted = check_exactly_once(&objects, &ledger.lock().unwrap(), &redis);
+    assert_eq!(persisted as u64, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let buffer = redis.buffer().await;
+    let spawn = || {
+        let (mut command, work) = persist_command(&redis, &s3, "run");
+        command
+            .args([
+                "--interval",
+                "50ms",
+                "--max-age",
+                "100ms",
+                "--lock-ttl",
+                "1s",
+            ])
+            .args(["--part-size", "4KiB"])
+            .stderr(Stdio::null());
+        (command.spawn().unwrap(), work)
+    };
+    let mut runners: Vec<(Child, tempfile::TempDir)> = (0..3).map(|_| spawn()).collect();
+    // The marker is published once a runner is up: wait for it, then stop the server.
+    let marker = format!("{PREFIX}/.buffer-persist");
+    let up = eventually(Duration::from_secs(20), || async {
+        s3.keys().await.contains(&marker)
+    })
+    .await;
+    assert!(up, "no runner published the marker");
+    s3.pause();
+    let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
+    let producers: Vec<_> = (0..3)
+        .map(|p| {
+            tokio::spawn(produce(
+                buffer.clone(),
+                p * 500..(p + 1) * 500,
+                3,
+                ledger.clone(),
+            ))
+        })
+        .collect();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    // A runner killed while the server is down: its batch waits for its lock to expire.
+    runners[0].0.kill().unwrap();
+    runners[0].0.wait().unwrap();
+    runners[0] = spawn();
+    // While the server is stopped, the batches stay in Redis: prepared (and locked by a
+    // persister waiting on its PUT) or live, every record of them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let live: u64 = buffer
+        .stores()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.records)
+        .sum();
+    let mut prepared = 0;
+    for batch in buffer.get_prepared().await.unwrap() {
+        let info = buffer.batch_info(&batch.store, &batch.id).await.unwrap();
+        prepared += info.map_or(0, |info| info.records);
+    }
+    assert_eq!(
+        live + prepared,
+        1500,
+        "records left Redis while S3 was down"
+    );
+    s3.resume();
+    let landed = eventually(Duration::from_secs(120), || async {
+        buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
+    })
+    .await;
+    for (mut runner, _work) in runners {
+        runner.kill().unwrap();
+        runner.wait().unwrap();
+    }
+    assert!(
+        landed,
+        "the batches did not land after the server came back"
+    );
+    let objects = batch_objects(&s3, "jsonl").await;
+    let persisted = check_exactly_once(&objects, &ledger.lock().unwrap(), &redis);
+    assert_eq!(persisted, 1500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_part_size_lands_as_parts_and_a_crash_between_parts_is_recovered_exactly_once()
+ {
+    require_failpoints();
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let buffer = redis.buffer().await;
+    // Random text, so gzip cannot shrink the batch under one part.
+    let mut rng = StdRng::seed_from_u64(7);
+    let records: Vec<Value> = (0..3000)
+        .map(|i| {
+            let pad: String = (0..100)
+                .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+                .collect();
+            json!({"id": i, "pad": pad})
+        })
+        .collect();
+    buffer.push_many("big", &records).await.unwrap();
+    let settings = ["--part-size", "64KiB", "--compress", "gzip"];
+
+    // The first drain dies (abort, as kill -9 would) right after its first part is published.
+    let (mut command, _work) = persist_command(&redis, &s3, "drain");
+    command
+        .args(settings)
+        .args(["--lock-ttl", "1s"])
+        .env("BUFFER_FAILPOINT", "after-part");
+    let (status, stderr) = run(command);
+    assert!(!status.success(), "the failpoint did not fire: {stderr}");
+    let after_crash = batch_objects(&s3, "jsonl.gz").await;
+    assert_eq!(after_crash.len(), 1, "{:?}", after_crash.keys());
+    let (first_key, _) = after_crash.iter().next().unwrap();
+    assert!(first_key.ends_with(".part-00001.jsonl.gz"), "{first_key}");
+    let first_bytes = s3.get(first_key).await;
+    assert_eq!(buffer.get_prepared().await.unwrap().len(), 1);
+
+    // The next drain takes the batch over once the dead one's lock expires, finds part 1,
+    // verifies it and publishes the rest.
+    drain(&redis, &s3, &settings);
+    let objects = batch_objects(&s3, "jsonl.gz").await;
+    assert!(objects.len() > 2, "{:?}", objects.keys());
+    let keys: Vec<&String> = objects.keys().collect();
+    for (index, key) in keys.iter().enumerate() {
+        assert!(
+            key.ends_with(&format!(".part-{:05}.jsonl.gz", index + 1)),
+            "{key}"
+        );
+        // Each part is one complete gzip stream (decoded above with a single-member decoder)
+        // of the part size, give or take what gzip buffers (32 KiB) and one record; each but
+        // the last was closed once it reached the part size.
+        let size = s3.get(key).await.len();
+        assert!(size <= 64 * 1024 + 40 * 1024, "{key}: {size} bytes");
+        if index + 1 < keys.len() {
+            assert!(size >= 64 * 1024, "{key}: {size} bytes");
+        }
+    }
+    assert_eq!(s3.get(first_key).await, first_bytes, "part 1 was rewritten");
+    // Every record once, in order across the parts.
+    let ids: Vec<u64> = objects
+        .values()
+        .flatten()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (0..3000).collect::<Vec<_>>());
+    assert!(redis.buffer_keys().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_zstd_parts_each_open_alone_with_their_own_header() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let buffer = redis.buffer().await;
+    let mut rng = StdRng::seed_from_u64(11);
+    // 20 000 random records, some 1.4 MB of CSV: about ten parts.
+    let records: Vec<Value> = (0..20000)
+        .map(|i| {
+            let pad: String = (0..60)
+                .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+                .collect();
+            json!({"id": i, "pad": pad})
+        })
+        .collect();
+    buffer.push_many("csv", &records).await.unwrap();
+    drain(
+        &redis,
+        &s3,
+        &[
+            "--format",
+            "csv",
+            "--compress",
+            "zstd",
+            "--part-size",
+            "16KiB",
+        ],
+    );
+    let keys: Vec<String> = s3
+        .keys()
+        .await
+        .into_iter()
+        .filter(|key| key.ends_with(".csv.zst"))
+        .collect();
+    assert!(keys.len() > 2, "{keys:?}");
+    let mut ids = Vec::new();
+    for (index, key) in keys.iter().enumerate() {
+        assert!(
+            key.ends_with(&format!(".part-{:05}.csv.zst", index + 1)),
+            "{key}"
+        );
+        let bytes = s3.get(key).await;
+        // zstd puts nothing out before a whole 128 KiB block of input: a part passes the part
+        // size by at most about one compressed block.
+        assert!(
+            bytes.len() <= (16 + 132) * 1024,
+            "{key}: {} bytes",
+            bytes.len()
+        );
+        // One complete zstd frame per part: the frame decoder stops at its end, and the
+        // frame is the whole object.
+        let mut text = String::new();
+        zstd::stream::read::Decoder::new(&bytes[..])
+            .unwrap()
+            .single_frame()
+            .read_to_string(&mut text)
+            .unwrap();
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        assert_eq!(reader.headers().unwrap(), vec!["id", "pad"], "{key}");
+        for row in reader.records() {
+            ids.push(row.unwrap()[0].parse::<u64>().unwrap());
+        }
+    }
+    assert_eq!(ids, (0..20000).collect::<Vec<_>>());
+    assert!(redis.buffer_keys().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_under_the_part_size_is_one_object_under_the_template_name() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let buffer = redis.buffer().await;
+    let records: Vec<Value> = (0..100).map(|i| json!({"id": i})).collect();
+    buffer.push_many("small", &records).await.unwrap();
+    drain(&redis, &s3, &[]);
+    let objects = batch_objects(&s3, "jsonl").await;
+    assert_eq!(objects.len(), 1);
+    let (key, records) = objects.iter().next().unwrap();
+    assert!(key.starts_with(&format!("{PREFIX}/small/")), "{key}");
+    assert!(!key.contains(".part-"), "{key}");
+    assert_eq!(records.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_marker_on_s3_is_created_once_and_other_settings_are_refused() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    drain(&redis, &s3, &["--part-size", "1MiB"]);
+    let marker = format!("{PREFIX}/.buffer-persist");
+    let text = s3.get(&marker).await;
+    assert_eq!(
+        std::str::from_utf8(&text).unwrap(),
+        "format=jsonl\ncompression=none\npart-size=1048576\n"
+    );
+    // The same settings start; other ones (a part size, a format) are refused, naming the
+    // difference, and the marker is unchanged.
+    drain(&redis, &s3, &["--part-size", "1MiB"]);
+    for other in [
+        &["--part-size", "2MiB"][..],
+        &["--part-size", "1MiB", "--format", "csv"],
+    ] {
+        let (mut command, _work) = persist_command(&redis, &s3, "drain");
+        command.args(other);
+        let (status, stderr) = run(command);
+        assert!(!status.success(), "{other:?} started");
+        assert!(stderr.contains("not \""), "{stderr}");
+        assert!(stderr.contains(&marker), "{stderr}");
+    }
+    assert_eq!(s3.get(&marker).await, text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_object_with_other_contents_is_a_conflict_and_the_batch_stays() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let buffer = redis.buffer().await;
+    buffer.push("s", &json!({"id": 1})).await.unwrap();
+    let locked = buffer
+        .prepare_to_persist("s", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let batch = locked.batch().clone();
+    drop(locked);
+    let key = format!("{PREFIX}/s/{}.jsonl", batch.id);
+    s3.put_if_absent(&key, "{\"id\":2}\n").await.unwrap();
+    let (mut command, _work) = persist_command(&redis, &s3, "drain");
+    command.args(["--lock-ttl", "1s", "--wait", "5s"]);
+    let (status, stderr) = run(command);
+    assert!(!status.success());
+    assert!(stderr.contains("does not hold batch"), "{stderr}");
+    assert_eq!(&s3.get(&key).await[..], b"{\"id\":2}\n");
+    assert_eq!(buffer.get_prepared().await.unwrap().len(), 1);
+}
+
+/// The peak resident set (`VmHWM`, KiB) of a running process, or `None` once it has exited.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_drain_of_a_batch_many_parts_large_peaks_under_64_mib_plus_one_part() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let buffer = redis.buffer().await;
+    // 96 MiB in one batch, in records of 1 MiB: twelve parts of 8 MiB.
+    let blob = "b".repeat(1024 * 1024 - 32);
+    for i in 0..96u64 {
+        buffer
+            .push("huge", &json!({"id": i, "blob": blob}))
+            .await
+            .unwrap();
+    }
+    drop(blob);
+    let (mut command, _work) = persist_command(&redis, &s3, "drain");
+    command.args(["--part-size", "8MiB"]);
+    let mut child = command.spawn().unwrap();
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(child.id()) {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "drain failed: {stderr}");
+    eprintln!("s3 drain peak RSS: {peak_kib} KiB");
+    assert!(peak_kib > 0, "the drain's memory was never read");
+    assert!(
+        peak_kib <= (64 + 8) * 1024,
+        "drain peaked at {} MiB",
+        peak_kib / 1024
+    );
+    let keys: Vec<String> = s3
+        .keys()
+        .await
+        .into_iter()
+        .filter(|k| k.contains(".part-"))
+        .collect();
+    assert!(keys.len() >= 11, "{keys:?}");
+    assert!(redis.buffer_keys().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hive_template_on_s3_reads_back_in_duckdb_with_counts_per_partition() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let buffer = redis.buffer().await;
+    let counts = [("eu", 120u64), ("us", 45), ("ap", 7)];
+    for (region, count) in counts {
+        let records: Vec<Value> = (0..count).map(|i| json!({"id": i, "v": i * 2})).collect();
+        buffer
+            .push_many(format!("orders-{region}"), &records)
+            .await
+            .unwrap();
+    }
+    let template = "store={store}/dt={date}/hour={hour}/{batch}.{ext}";
+    drain(&redis, &s3, &["--path-template", template]);
+    // DuckDB's httpfs extension is downloaded at run time, which the test machines cannot do:
+    // copy the objects to a directory and read them there, hive partitions and all.
+    let dir = tempfile::tempdir().unwrap();
+    let files = s3.download(PREFIX, dir.path()).await;
+    assert_eq!(files.len(), 4, "{files:?}"); // three batches and the marker
+    let script = format!(
+        "import duckdb\n\
+         rows = duckdb.sql(\"SELECT store, dt, count(*) AS n, sum(v) AS v FROM read_json_auto('{}/store=*/dt=*/hour=*/*.jsonl', hive_partitioning=1) GROUP BY ALL ORDER BY store\").fetchall()\n\
+         for store, dt, n, v in rows: print(store, dt, n, v)\n",
+        dir.path().display()
+    );
+    let output = Command::new(buffer_tests::python::python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let today = chrono_free_utc_date();
+    let mut wanted: Vec<String> = counts
+        .iter()
+        .map(|(region, count)| {
+            let sum: u64 = (0..*count).map(|i| i * 2).sum();
+            format!("orders-{region} {today} {count} {sum}")
+        })
+        .collect();
+    wanted.sort();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, wanted, "{stdout}");
+}
+
+/// Today's UTC date as `YYYY-MM-DD`, from Python (this suite has no date crate), as the
+/// template's `{date}` renders it. A run across midnight UTC could see two dates; the test
+/// pushes and drains within a second.
+fn chrono_free_utc_date() -> String {
+    let output = Command::new(buffer_tests::python::python())
+        .args([
+            "-c",
+            "import datetime; print(datetime.datetime.now(datetime.timezone.utc).date())",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
