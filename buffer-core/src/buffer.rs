@@ -406,6 +406,9 @@ struct Inner {
     /// The clock's offset to Redis time: measured by `connect` or the first stamp, refreshed
     /// by a short task `now_ms` spawns when it is stale; read by every clone.
     offset: RedisOffset,
+    /// Which stores this producer knows to have limits, learned from its push replies and
+    /// read before each push (see `crate::limits`).
+    limits: crate::limits::LimitCache,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -466,6 +469,7 @@ impl Buffer {
                 layout,
                 config,
                 offset,
+                limits: Default::default(),
             }),
         })
     }
@@ -566,6 +570,10 @@ impl Buffer {
 
     pub(crate) fn layout(&self) -> &KeyLayout {
         &self.inner.layout
+    }
+
+    pub(crate) fn limit_cache(&self) -> &crate::limits::LimitCache {
+        &self.inner.limits
     }
 
     pub(crate) fn conn(&self) -> ConnectionManager {
@@ -736,6 +744,8 @@ impl Buffer {
             .key(&group.bytes)
             .key(&group.count)
             .key(layout.push_id(&store, push_id))
+            .key(&group.limits)
+            .key(layout.rate(&store))
             .arg(now)
             .arg(store.encoded())
             .arg(bytes)
@@ -748,12 +758,16 @@ impl Buffer {
             invocation.arg(record.json);
         }
         let mut conn = self.conn();
-        let reply: Vec<u64> = self
+        let reply: Vec<i64> = self
             .run("push_once", store.as_str(), async move {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
-        let [duplicate, records, bytes, keys, first] = reply[..] else {
+        if let Some(refused) = crate::limits::refusal(&store, &reply) {
+            return Err(refused);
+        }
+        let counts: Option<Vec<u64>> = reply.iter().map(|n| u64::try_from(*n).ok()).collect();
+        let Some([duplicate, records, bytes, keys, first]) = counts.as_deref().and_then(|c| <[u64; 5]>::try_from(c).ok()) else {
             return Err(Error::Corrupt {
                 what: format!("push_once script replied {reply:?}"),
             });
@@ -781,8 +795,12 @@ impl Buffer {
         records: Vec<EncodedRecord>,
     ) -> Result<PushReceipt> {
         let now = self.stamp_ms().await?;
+        if self.limit_cache().needs_script(store) {
+            return self.push_limited(store, records, now).await;
+        }
         let (commands, receipt) = self.push_transaction(store, records, now)?;
         let replies = transaction::exec(self, "push", store.as_str(), commands).await?;
+        crate::limits::observe_probe(self, store, &replies);
         receipt.read(store, &replies)
     }
 
@@ -868,9 +886,12 @@ impl Buffer {
             add_to_index,
             redis::Cmd::zincr(&group.bytes, store.encoded(), bytes),
             redis::Cmd::zincr(&group.count, store.encoded(), count),
-            // Last, so the replies read below keep their places: this push's entry in the run
-            // list that lets readers size pages by bytes (see `BatchReader`).
+            // After the totals, so the replies read below keep their places: this push's entry
+            // in the run list that lets readers size pages by bytes (see `BatchReader`).
             redis::Cmd::rpush(&live.runs, run),
+            // Last: whether the store has limits, so the producer's next push to it goes
+            // through the limits script once it has (see `crate::limits`).
+            crate::limits::probe(self, store),
         ];
         let adds_keys = add_keys.is_some();
         if let Some(add_keys) = add_keys {

@@ -79,6 +79,25 @@ pub enum Error {
         /// The store it was pushed to.
         store: String,
     },
+    /// A push was refused whole because it would take its store over one of its limits (see
+    /// [`crate::Buffer::set_limits`]); nothing of it was stored. Retrying later may succeed:
+    /// once the persisters drained the store, or in the next second for the rate.
+    #[error(
+        "push to store {store:?} refused: {limit} is {max}, the store has {current} and the push adds {requested}"
+    )]
+    LimitExceeded {
+        /// The store it was pushed to.
+        store: String,
+        /// The limit that refused it (the first one exceeded, in the order records, bytes, rate).
+        limit: crate::LimitKind,
+        /// The limit's value.
+        max: u64,
+        /// The store's use of it before the push: live records, live bytes, or records pushed
+        /// in the current second.
+        current: u64,
+        /// What the push would have added: records, or bytes for `max-bytes`.
+        requested: u64,
+    },
     /// The configuration was invalid (a bad URL, zero groups…).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -210,6 +229,12 @@ impl Error {
             }
             _ => false,
         }
+    }
+
+    /// True when a push was refused by one of its store's limits ([`Error::LimitExceeded`]):
+    /// the producer should slow down, buffer on its side or drop, and may retry later.
+    pub fn is_backpressure(&self) -> bool {
+        matches!(self, Self::LimitExceeded { .. })
     }
 
     /// True when a [`crate::PushHandle`] was read before its pipeline was executed.
