@@ -889,10 +889,10 @@ impl Buffer {
             // After the totals, so the replies read below keep their places: this push's entry
             // in the run list that lets readers size pages by bytes (see `BatchReader`).
             redis::Cmd::rpush(&live.runs, run),
-            // Last: whether the store has limits, so the producer's next push to it goes
-            // through the limits script once it has (see `crate::limits`).
-            crate::limits::probe(self, store),
         ];
+        // Last: whether the store has limits, and when Redis ran this, so the producer's next
+        // push to it goes through the limits script once it has (see `crate::limits`).
+        commands.extend(crate::limits::probe(self, store));
         let adds_keys = add_keys.is_some();
         if let Some(add_keys) = add_keys {
             // Before SCARD, so the count includes this push's keys.

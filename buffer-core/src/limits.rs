@@ -150,45 +150,78 @@ impl std::fmt::Display for LimitKind {
 /// What one producer (one [`Buffer`] and its clones) last learned about whether each store
 /// has limits. Written after every push reply (script or MULTI/EXEC), read before every push.
 /// A store not in the map is unknown, and pushed through the script, which is always right.
+///
+/// Replies are processed by whichever task awaited them, not necessarily in the order Redis
+/// executed the pushes, so each observation carries Redis's clock at execution (µs) and an
+/// older one never replaces a newer one: once a reply of a push executed after a limit was
+/// set has been read, no late reply of an earlier push can make the store look unlimited.
 #[derive(Debug, Default)]
 pub(crate) struct LimitCache {
-    /// Encoded store name → the store had limits at its last push reply. It holds one entry per
-    /// store this producer pushed to, as the group indexes hold one per live store.
-    known: Mutex<HashMap<String, bool>>,
+    /// Encoded store name → (the store had limits, Redis time in µs when that was seen). It
+    /// holds one entry per store this producer pushed to, as the group indexes hold one per
+    /// live store.
+    known: Mutex<HashMap<String, (bool, u64)>>,
 }
 
 impl LimitCache {
     /// True unless the store is known to have no limits.
     pub(crate) fn needs_script(&self, store: &StoreName) -> bool {
         match self.known.lock() {
-            Ok(known) => known.get(store.encoded()) != Some(&false),
+            Ok(known) => !matches!(known.get(store.encoded()), Some((false, _))),
             // A panic elsewhere while holding the lock: the script is always right.
             Err(_) => true,
         }
     }
 
-    /// Records what a push reply said about the store.
-    pub(crate) fn observe(&self, store: &StoreName, limited: bool) {
+    /// Records what a push reply executed at `at_us` (Redis time) said about the store,
+    /// unless a newer observation is already there (on a tie, "limited" wins).
+    pub(crate) fn observe(&self, store: &StoreName, limited: bool, at_us: u64) {
         if let Ok(mut known) = self.known.lock() {
-            known.insert(store.encoded().to_owned(), limited);
+            let entry = known
+                .entry(store.encoded().to_owned())
+                .or_insert((limited, at_us));
+            if at_us > entry.1 || (at_us == entry.1 && limited) {
+                *entry = (limited, at_us);
+            }
+        }
+    }
+
+    /// Forgets what is known about the store: its next push goes through the script.
+    pub(crate) fn forget(&self, store: &StoreName) {
+        if let Ok(mut known) = self.known.lock() {
+            known.remove(store.encoded());
         }
     }
 }
 
-/// The command a MULTI/EXEC push ends with, so its reply tells whether the store has limits.
-pub(crate) fn probe(buffer: &Buffer, store: &StoreName) -> Cmd {
+/// The commands a MULTI/EXEC push ends with, so its results tell whether the store has limits
+/// and when Redis executed it: `HEXISTS` of the store's limits field, then `TIME`.
+pub(crate) fn probe(buffer: &Buffer, store: &StoreName) -> [Cmd; 2] {
     let limits = buffer.layout().group_for(store).limits;
-    redis::Cmd::hexists(limits, store.encoded())
+    [
+        redis::Cmd::hexists(limits, store.encoded()),
+        redis::cmd("TIME"),
+    ]
 }
 
-/// Reads the probe's result (the last of a push's MULTI/EXEC results) into the cache.
+/// Reads the probe's results (the last two of a push's MULTI/EXEC results) into the cache.
 pub(crate) fn observe_probe(buffer: &Buffer, store: &StoreName, results: &[Value]) {
-    // HEXISTS replies 0 or 1; anything else (which cannot happen) leaves the store unknown,
-    // which sends its next push through the script.
-    match results.last() {
-        Some(Value::Int(1)) => buffer.limit_cache().observe(store, true),
-        Some(Value::Int(0)) => buffer.limit_cache().observe(store, false),
-        _ => buffer.limit_cache().observe(store, true),
+    let observed = match results {
+        [.., exists, time] => {
+            let exists: Option<bool> = redis::from_redis_value(exists.clone()).ok();
+            let time: Option<(u64, u64)> = redis::from_redis_value(time.clone()).ok();
+            exists.zip(time)
+        }
+        _ => None,
+    };
+    match observed {
+        Some((limited, (secs, micros))) => {
+            buffer
+                .limit_cache()
+                .observe(store, limited, secs * 1_000_000 + micros);
+        }
+        // Cannot happen (the transaction's replies were checked); the script is always right.
+        None => buffer.limit_cache().forget(store),
     }
 }
 
@@ -237,10 +270,12 @@ pub(crate) fn read_reply(buffer: &Buffer, store: &StoreName, reply: Value) -> Re
         what: format!("push to store {store:?}: the limited push script replied {reply:?}"),
     };
     let numbers: Vec<i64> = redis::from_redis_value(reply.clone()).map_err(|_| corrupt())?;
+    let count = |n: i64| u64::try_from(n).map_err(|_| corrupt());
     match numbers[..] {
-        [0, records, bytes, keys, first, limited] => {
-            buffer.limit_cache().observe(store, limited == 1);
-            let count = |n: i64| u64::try_from(n).map_err(|_| corrupt());
+        [0, records, bytes, keys, first, limited, at_us] => {
+            buffer
+                .limit_cache()
+                .observe(store, limited == 1, count(at_us)?);
             Ok(PushReceipt {
                 records: count(records)?,
                 bytes: count(bytes)?,
@@ -248,17 +283,17 @@ pub(crate) fn read_reply(buffer: &Buffer, store: &StoreName, reply: Value) -> Re
                 first_write_ms: count(first)?,
             })
         }
-        [-1, ..] => {
-            buffer.limit_cache().observe(store, true);
+        [-1, _, _, _, _, at_us] => {
+            buffer.limit_cache().observe(store, true, count(at_us)?);
             Err(refusal(store, &numbers).unwrap_or_else(corrupt))
         }
         _ => Err(corrupt()),
     }
 }
 
-/// The error a `{-1, limit, max, current, requested}` script reply stands for.
+/// The error a `{-1, limit, max, current, requested, time}` script reply stands for.
 pub(crate) fn refusal(store: &StoreName, reply: &[i64]) -> Option<Error> {
-    let [-1, code, max, current, requested] = reply[..] else {
+    let [-1, code, max, current, requested, _] = reply[..] else {
         return None;
     };
     Some(Error::LimitExceeded {
@@ -314,16 +349,19 @@ impl Buffer {
         let mut conn = self.conn();
         let text = limits.to_text();
         let field = store.encoded().to_owned();
-        self.run("set_limits", store.as_str(), async move {
-            redis::cmd("HSET")
-                .arg(key)
-                .arg(field)
-                .arg(text)
-                .query_async::<()>(&mut conn)
-                .await
-        })
-        .await?;
-        self.limit_cache().observe(&store, true);
+        let (_, (secs, micros)): (u64, (u64, u64)) = self
+            .run("set_limits", store.as_str(), async move {
+                redis::pipe()
+                    .atomic()
+                    .hset(key, field, text)
+                    .cmd("TIME")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        // This producer obeys the limit from its very next push.
+        self.limit_cache()
+            .observe(&store, true, secs * 1_000_000 + micros);
         Ok(())
     }
 
@@ -408,8 +446,8 @@ impl Buffer {
                     .await
             })
             .await?;
-        // The next push learns from its reply that the store is unlimited now.
-        self.limit_cache().observe(&store, true);
+        // The next push goes through the script, whose reply says the store is unlimited now.
+        self.limit_cache().forget(&store);
         Ok(removed == 1)
     }
 
@@ -508,11 +546,30 @@ mod tests {
     #[test]
     fn refusals_name_their_limit() {
         let store = StoreName::new("orders").unwrap();
-        let err = refusal(&store, &[-1, 3, 10, 9, 2]).unwrap();
+        let err = refusal(&store, &[-1, 3, 10, 9, 2, 0]).unwrap();
         assert!(err.is_backpressure());
         let text = err.to_string();
         assert!(text.contains("orders") && text.contains("max-rate"), "{text}");
-        assert!(refusal(&store, &[-1, 7, 10, 9, 2]).is_none());
-        assert!(refusal(&store, &[0, 1, 10, 9, 2]).is_none());
+        assert!(refusal(&store, &[-1, 7, 10, 9, 2, 0]).is_none());
+        assert!(refusal(&store, &[0, 1, 10, 9, 2, 0]).is_none());
+    }
+
+    #[test]
+    fn an_older_observation_never_replaces_a_newer_one() {
+        let cache = LimitCache::default();
+        let store = StoreName::new("orders").unwrap();
+        assert!(cache.needs_script(&store), "unknown stores use the script");
+        cache.observe(&store, false, 100);
+        assert!(!cache.needs_script(&store));
+        cache.observe(&store, true, 200);
+        // The late reply of a push executed before the limit was set.
+        cache.observe(&store, false, 150);
+        assert!(cache.needs_script(&store));
+        cache.observe(&store, false, 200);
+        assert!(cache.needs_script(&store), "on a tie, limited wins");
+        cache.observe(&store, false, 201);
+        assert!(!cache.needs_script(&store));
+        cache.forget(&store);
+        assert!(cache.needs_script(&store));
     }
 }

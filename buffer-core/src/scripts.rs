@@ -136,6 +136,11 @@ return 1
 /// Every push script takes KEYS 1-5 (live records/first/keys/bytes/runs) and 6-8 (stores,
 /// bytes and count indexes) in this order, so the append is spelled once.
 const PUSH_COMMON: &str = r#"
+-- Redis's clock when the script runs: the rate window is its second, and the replies carry
+-- it in microseconds so a producer can tell which of two replies is the newer one.
+local clock = redis.call('TIME')
+local clock_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+
 local function check_types()
   local expected = {'list', 'string', 'set', 'string', 'list'}
   for i = 1, 5 do
@@ -149,8 +154,8 @@ end
 
 -- Checks a push of `count` records and `bytes` bytes against the store's limits (the field
 -- `enc` of the limits hash, "records=N,bytes=N,rate=N" with any of them left out). Returns
--- {-1, limit (1 records, 2 bytes, 3 rate), max, current, requested} when the push must be
--- refused, else nil after counting it in the current rate window (the window is Redis's
+-- {-1, limit (1 records, 2 bytes, 3 rate), max, current, requested, clock_us} when the push
+-- must be refused, else nil after counting it in the current rate window (the window is Redis's
 -- TIME second, so every producer shares it). The second result is 1 when the store has
 -- limits. Nothing is written unless the push is admitted.
 local function admit(limits_key, rate_key, enc, count, bytes)
@@ -163,23 +168,23 @@ local function admit(limits_key, rate_key, enc, count, bytes)
   local max_records = limit('records')
   if max_records then
     local live = redis.call('LLEN', KEYS[1])
-    if live + count > max_records then return {-1, 1, max_records, live, count}, 1 end
+    if live + count > max_records then return {-1, 1, max_records, live, count, clock_us}, 1 end
   end
   local max_bytes = limit('bytes')
   if max_bytes then
     local live = tonumber(redis.call('GET', KEYS[4]) or '0')
-    if live + bytes > max_bytes then return {-1, 2, max_bytes, live, bytes}, 1 end
+    if live + bytes > max_bytes then return {-1, 2, max_bytes, live, bytes, clock_us}, 1 end
   end
   local max_rate = limit('rate')
   if max_rate then
-    local window = redis.call('TIME')[1]
+    local window = clock[1]
     local used = 0
     local counter = redis.call('GET', rate_key)
     if counter then
       local w, c = string.match(counter, '^(%d+):(%d+)$')
       if w == window then used = tonumber(c) end
     end
-    if used + count > max_rate then return {-1, 3, max_rate, used, count}, 1 end
+    if used + count > max_rate then return {-1, 3, max_rate, used, count, clock_us}, 1 end
     -- The first write of an admitted push: when Redis is out of memory it is refused here,
     -- before any data is touched. Two seconds outlive the window it counts.
     redis.call('SET', rate_key, window .. ':' .. string.format('%d', used + count), 'PX', 2000)
@@ -235,7 +240,7 @@ end
 /// 7..6+k the keys, then the records.
 ///
 /// Returns `{duplicate (0/1), records, bytes, keys, first}`, or `{-1, limit, max, current,
-/// requested}` when a limit refused the push (see `PUSH_COMMON`'s `admit`; a duplicate is
+/// requested, Redis time in µs}` when a limit refused the push (see `PUSH_COMMON`'s `admit`; a duplicate is
 /// never refused: it adds nothing). Types are checked and limits checked before any write;
 /// the first write (the rate counter or the marker) is the one Redis may refuse for memory,
 /// so a refusal leaves the store as it was, and a refused push sets no marker.
@@ -267,9 +272,9 @@ return totals(0)
 /// 9 the group's limits hash, 10 the store's rate counter. ARGV: 1 now ms, 2 encoded name,
 /// 3 bytes, 4 record count, 5 number of unique keys k, 6..5+k the keys, then the records.
 ///
-/// Returns `{0, records, bytes, keys, first, limited (0/1)}` when the records were appended
-/// (limited: the store has limits now), or `{-1, limit, max, current, requested}` when a
-/// limit refused them; then nothing was written. Checking and appending are one script, so
+/// Returns `{0, records, bytes, keys, first, limited (0/1), Redis time in µs}` when the
+/// records were appended (limited: the store has limits now), or `{-1, limit, max, current,
+/// requested, Redis time in µs}` when a limit refused them; then nothing was written. Checking and appending are one script, so
 /// concurrent producers going through it can never overshoot a limit together.
 pub(crate) static PUSH_LIMITED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -283,6 +288,7 @@ if refusal then return refusal end
 append(5)
 local out = totals(0)
 out[6] = limited
+out[7] = clock_us
 return out
 "#,
         ]
