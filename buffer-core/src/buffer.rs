@@ -767,7 +767,9 @@ impl Buffer {
             return Err(refused);
         }
         let counts: Option<Vec<u64>> = reply.iter().map(|n| u64::try_from(*n).ok()).collect();
-        let Some([duplicate, records, bytes, keys, first]) = counts.as_deref().and_then(|c| <[u64; 5]>::try_from(c).ok()) else {
+        let Some([duplicate, records, bytes, keys, first]) =
+            counts.as_deref().and_then(|c| <[u64; 5]>::try_from(c).ok())
+        else {
             return Err(Error::Corrupt {
                 what: format!("push_once script replied {reply:?}"),
             });

@@ -75,10 +75,7 @@ impl StoreLimits {
     fn to_text(self) -> String {
         LimitKind::ALL
             .iter()
-            .filter_map(|kind| {
-                self.get(*kind)
-                    .map(|max| format!("{}={max}", kind.field()))
-            })
+            .filter_map(|kind| self.get(*kind).map(|max| format!("{}={max}", kind.field())))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -538,7 +535,14 @@ mod tests {
         };
         assert_eq!(rate.to_text(), "rate=5");
         assert_eq!(StoreLimits::parse("rate=5"), Some(rate));
-        for bad in ["", "records=", "records=-1", "speed=3", "records=1,", "rate=1.5"] {
+        for bad in [
+            "",
+            "records=",
+            "records=-1",
+            "speed=3",
+            "records=1,",
+            "rate=1.5",
+        ] {
             assert_eq!(StoreLimits::parse(bad), None, "{bad}");
         }
     }
@@ -549,7 +553,10 @@ mod tests {
         let err = refusal(&store, &[-1, 3, 10, 9, 2, 0]).unwrap();
         assert!(err.is_backpressure());
         let text = err.to_string();
-        assert!(text.contains("orders") && text.contains("max-rate"), "{text}");
+        assert!(
+            text.contains("orders") && text.contains("max-rate"),
+            "{text}"
+        );
         assert!(refusal(&store, &[-1, 7, 10, 9, 2, 0]).is_none());
         assert!(refusal(&store, &[0, 1, 10, 9, 2, 0]).is_none());
     }

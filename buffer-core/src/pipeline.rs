@@ -242,12 +242,12 @@ impl PushPipeline {
                     SentAs::Limited
                 })
             } else {
-                buffer
-                    .push_transaction(&push.store, push.records, now)
-                    .map(|(commands, replies)| SentAs::Transaction {
+                buffer.push_transaction(&push.store, push.records, now).map(
+                    |(commands, replies)| SentAs::Transaction {
                         block: transaction::queue(&mut pipe, commands),
                         replies,
-                    })
+                    },
+                )
             };
             match how {
                 Ok(how) => sent.push(Sent {

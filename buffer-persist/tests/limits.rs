@@ -101,7 +101,10 @@ async fn limits_round_trip_through_the_cli_and_the_library() {
     assert!(clear.status.success(), "{clear:?}");
     assert_eq!(buffer.limits("orders").await.unwrap(), None);
     let list = stdout(&limits_command(&server, &["list"]));
-    assert!(!list.contains("orders") && list.contains("clicks"), "{list}");
+    assert!(
+        !list.contains("orders") && list.contains("clicks"),
+        "{list}"
+    );
 
     // Nothing to set, or a rate that is not one, is refused naming the problem.
     let empty = limits_command(&server, &["set", "orders"]);
@@ -157,7 +160,13 @@ async fn push_exits_3_naming_the_store_and_limit_and_lands_the_lines_not_refused
     let page = reader.next_page().await.unwrap().unwrap();
     assert_eq!(
         page,
-        ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}", "{\"n\":4}", "{\"n\":7}"]
+        [
+            "{\"n\":1}",
+            "{\"n\":2}",
+            "{\"n\":3}",
+            "{\"n\":4}",
+            "{\"n\":7}"
+        ]
     );
 
     // Without a limit refusal, a push exits 0.

@@ -143,8 +143,21 @@ async fn each_limit_refuses_a_push_whole_naming_the_store_and_the_limit() {
     assert!(err.to_string().contains("\"orders\""), "{err}");
     assert!(err.to_string().contains("max-records"), "{err}");
     // What fits is still admitted.
-    assert_eq!(buffer.push("orders", &json!({"n": 3})).await.unwrap().records, 3);
-    assert!(buffer.push("orders", &json!({"n": 4})).await.unwrap_err().is_backpressure());
+    assert_eq!(
+        buffer
+            .push("orders", &json!({"n": 3}))
+            .await
+            .unwrap()
+            .records,
+        3
+    );
+    assert!(
+        buffer
+            .push("orders", &json!({"n": 4}))
+            .await
+            .unwrap_err()
+            .is_backpressure()
+    );
 
     let record = json!({"payload": "x".repeat(80)});
     let size = serde_json::to_string(&record).unwrap().len() as u64;
@@ -153,7 +166,10 @@ async fn each_limit_refuses_a_push_whole_naming_the_store_and_the_limit() {
         ..Default::default()
     };
     buffer.set_limits("blobs", bytes).await.unwrap();
-    buffer.push_many("blobs", &[&record, &record]).await.unwrap();
+    buffer
+        .push_many("blobs", &[&record, &record])
+        .await
+        .unwrap();
     let err = buffer.push("blobs", &record).await.unwrap_err();
     assert!(
         matches!(err, Error::LimitExceeded { limit: LimitKind::Bytes, max, current, requested, .. }
@@ -162,10 +178,20 @@ async fn each_limit_refuses_a_push_whole_naming_the_store_and_the_limit() {
     );
 
     // A store other than the limited ones is not affected.
-    assert_eq!(buffer.push("free", &json!({"n": 1})).await.unwrap().records, 1);
+    assert_eq!(
+        buffer.push("free", &json!({"n": 1})).await.unwrap().records,
+        1
+    );
     // Clearing the limit admits again.
     buffer.clear_limits("orders").await.unwrap();
-    assert_eq!(buffer.push("orders", &json!({"n": 4})).await.unwrap().records, 4);
+    assert_eq!(
+        buffer
+            .push("orders", &json!({"n": 4}))
+            .await
+            .unwrap()
+            .records,
+        4
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -193,9 +219,15 @@ async fn a_refused_push_leaves_redis_unchanged() {
     let new_keys = [json!({"never": 1, "seen": 2})];
     let err = buffer.push_many("orders", &new_keys).await.unwrap_err();
     assert!(err.is_backpressure(), "{err}");
-    let err = buffer.push_json("orders", &[r#"{"never":1}"#]).await.unwrap_err();
+    let err = buffer
+        .push_json("orders", &[r#"{"never":1}"#])
+        .await
+        .unwrap_err();
     assert!(err.is_backpressure(), "{err}");
-    let err = buffer.push_once("orders", "id-1", &new_keys).await.unwrap_err();
+    let err = buffer
+        .push_once("orders", "id-1", &new_keys)
+        .await
+        .unwrap_err();
     assert!(err.is_backpressure(), "{err}");
     let mut pipeline = buffer.pipeline();
     let refused = pipeline.push("orders", &json!({"never": 3}));
@@ -203,7 +235,13 @@ async fn a_refused_push_leaves_redis_unchanged() {
     assert!(refused.receipt().unwrap_err().is_backpressure());
     // A producer that has never pushed to the store is refused too.
     let other = server.buffer().await;
-    assert!(other.push("orders", &json!({"never": 4})).await.unwrap_err().is_backpressure());
+    assert!(
+        other
+            .push("orders", &json!({"never": 4}))
+            .await
+            .unwrap_err()
+            .is_backpressure()
+    );
     assert_eq!(dump_keys(&server), before);
 
     // A refused push_once set no marker: once there is room, the same id is applied.
@@ -269,7 +307,10 @@ async fn the_rate_limit_refuses_the_excess_of_a_burst_and_admits_again_in_the_ne
             break;
         }
     }
-    assert_eq!(exact_bursts, 1, "no burst fell in one second of Redis's clock");
+    assert_eq!(
+        exact_bursts, 1,
+        "no burst fell in one second of Redis's clock"
+    );
 }
 
 /// Producers (separate connections, several tasks each) push single records concurrently to a
@@ -371,7 +412,10 @@ async fn a_limit_set_during_a_push_storm_is_overshot_by_at_most_the_pushes_in_fl
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let keys = server.buffer_keys();
-    let records_key = keys.iter().find(|k| k.ends_with(":s:orders:records")).unwrap();
+    let records_key = keys
+        .iter()
+        .find(|k| k.ends_with(":s:orders:records"))
+        .unwrap();
     let limits_key = records_key.replace(":s:orders:records", ":limits");
     let (live_at_set, _): (u64, u64) = redis::pipe()
         .atomic()
@@ -380,7 +424,10 @@ async fn a_limit_set_during_a_push_storm_is_overshot_by_at_most_the_pushes_in_fl
         .query(&mut server.conn())
         .unwrap();
     limit_set.store(true, Ordering::Relaxed);
-    assert_eq!(setter.limits("orders").await.unwrap(), Some(records_limit(max)));
+    assert_eq!(
+        setter.limits("orders").await.unwrap(),
+        Some(records_limit(max))
+    );
     for task in tasks {
         task.await.unwrap();
     }
@@ -394,9 +441,18 @@ async fn a_limit_set_during_a_push_storm_is_overshot_by_at_most_the_pushes_in_fl
          (overshoot {}, bound {bound})",
         live.saturating_sub(ceiling)
     );
-    assert!(live <= ceiling + bound, "{live} records: over {ceiling} + {bound}");
+    assert!(
+        live <= ceiling + bound,
+        "{live} records: over {ceiling} + {bound}"
+    );
     // Once every producer has seen the limit, nothing more is admitted.
-    assert!(setter.push("orders", &json!({"late": 1})).await.unwrap_err().is_backpressure());
+    assert!(
+        setter
+            .push("orders", &json!({"late": 1}))
+            .await
+            .unwrap_err()
+            .is_backpressure()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -407,13 +463,19 @@ async fn a_pipeline_obeys_each_stores_limits_push_by_push() {
     // Learn that "free" is unlimited, so the pipeline mixes transactions and script calls.
     buffer.push("free", &json!({"n": 0})).await.unwrap();
     let mut pipeline = buffer.pipeline();
-    let small: Vec<_> = (0..4).map(|i| pipeline.push("small", &json!({"i": i}))).collect();
+    let small: Vec<_> = (0..4)
+        .map(|i| pipeline.push("small", &json!({"i": i})))
+        .collect();
     let free = pipeline.push_many("free", &[json!({"n": 1}), json!({"n": 2})]);
     let fresh = pipeline.push("fresh", &json!({"n": 1}));
     pipeline.execute().await.unwrap();
     let records: Vec<_> = small
         .iter()
-        .map(|h| h.receipt().map(|r| r.records).map_err(|e| e.is_backpressure()))
+        .map(|h| {
+            h.receipt()
+                .map(|r| r.records)
+                .map_err(|e| e.is_backpressure())
+        })
         .collect();
     assert_eq!(records, vec![Ok(1), Ok(2), Err(true), Err(true)]);
     assert_eq!(free.receipt().unwrap().records, 3);
