@@ -83,7 +83,8 @@ pub enum Error {
     /// [`crate::Buffer::set_limits`]); nothing of it was stored. Retrying later may succeed:
     /// once the persisters drained the store, or in the next second for the rate.
     #[error(
-        "push to store {store:?} refused: {limit} is {max}, the store has {current} and the push adds {requested}"
+        "push to store {store:?} refused: {limit} is {max}, {}",
+        limit_use(*limit, *current, *requested)
     )]
     LimitExceeded {
         /// The store it was pushed to.
@@ -347,6 +348,21 @@ impl Error {
                 source: err,
             }
         }
+    }
+}
+
+/// How a refused push stood against its limit, in words.
+fn limit_use(limit: crate::LimitKind, current: u64, requested: u64) -> String {
+    match limit {
+        crate::LimitKind::Records => {
+            format!("the store holds {current} records and the push adds {requested}")
+        }
+        crate::LimitKind::Bytes => {
+            format!("the store holds {current} bytes and the push adds {requested}")
+        }
+        crate::LimitKind::Rate => format!(
+            "{current} records were pushed in this second and the push adds {requested}"
+        ),
     }
 }
 

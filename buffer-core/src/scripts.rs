@@ -6,8 +6,8 @@
 //!
 //! The persister's scripts (lock, prepare, extend, release, empty) carry the `allow-oom` flag:
 //! when Redis is out of memory, draining is what frees it, so the drain must not be refused.
-//! They allocate only a lock value and an index entry. `PUSH_ONCE` has no such flag: pushes are
-//! refused when Redis is out of memory.
+//! They allocate only a lock value and an index entry. The push scripts (`PUSH_ONCE`,
+//! `PUSH_LIMITED`) have no such flag: pushes are refused when Redis is out of memory.
 
 use std::sync::LazyLock;
 

@@ -419,7 +419,16 @@ async fn push_lines(
             Err(err @ CoreError::LimitExceeded { .. }) => {
                 let first = lines.first().map_or(0, |(n, _)| *n);
                 let last = lines.last().map_or(0, |(n, _)| *n);
-                eprintln!("lines {first}-{last} refused: {err}");
+                // A transaction larger than the limit itself can never be admitted.
+                let hint = match err {
+                    CoreError::LimitExceeded { max, requested, .. }
+                        if requested > max && lines.len() > 1 =>
+                    {
+                        " (more than the limit in one push never fits: use a smaller --batch)"
+                    }
+                    _ => "",
+                };
+                eprintln!("lines {first}-{last} refused: {err}{hint}");
                 counts.limited = lines.len() as u64;
                 return Ok(counts);
             }

@@ -145,7 +145,10 @@ async fn push_exits_3_naming_the_store_and_limit_and_lands_the_lines_not_refused
         stderr.contains("lines 5-6 refused") && stderr.contains("\"orders\""),
         "{stderr}"
     );
-    assert!(stderr.contains("max-records is 5"), "{stderr}");
+    assert!(
+        stderr.contains("max-records is 5, the store holds 4 records and the push adds 2"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("pushed 5 records") && stderr.contains("2 by a limit"),
         "{stderr}"
