@@ -360,9 +360,9 @@ fn limit_use(limit: crate::LimitKind, current: u64, requested: u64) -> String {
         crate::LimitKind::Bytes => {
             format!("the store holds {current} bytes and the push adds {requested}")
         }
-        crate::LimitKind::Rate => format!(
-            "{current} records were pushed in this second and the push adds {requested}"
-        ),
+        crate::LimitKind::Rate => {
+            format!("{current} records were pushed in this second and the push adds {requested}")
+        }
     }
 }
 

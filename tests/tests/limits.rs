@@ -335,10 +335,12 @@ async fn concurrent_producers_never_exceed_a_record_limit_set_before_they_start(
             let admitted = admitted.clone();
             tasks.push(tokio::spawn(async move {
                 let mut refused = 0;
-                let mut i = 0;
-                // Each task keeps pushing (one or two records) until refused 20 times.
-                while refused < 20 {
-                    i += 1;
+                // Each task keeps pushing (one or two records) until refused 20 times, or 200
+                // pushes (far more than the limit admits) if the limit is not enforced.
+                for i in 1..=200 {
+                    if refused == 20 {
+                        break;
+                    }
                     let records = vec![json!({"t": t, "i": i}); 1 + i % 2];
                     match buffer.push_many("orders", &records).await {
                         Ok(receipt) => {
@@ -384,19 +386,21 @@ async fn a_limit_set_during_a_push_storm_is_overshot_by_at_most_the_pushes_in_fl
             let buffer = buffer.clone();
             let limit_set = limit_set.clone();
             tasks.push(tokio::spawn(async move {
-                let mut refused = 0;
+                // Keep going until the limit is set and has refused this task 20 times, or for
+                // 200 pushes after it was set if it is not enforced.
+                let (mut refused, mut after_set) = (0, 0);
                 let mut i = 0;
-                while refused < 20 {
+                while refused < 20 && after_set < 200 {
                     i += 1;
+                    let set = limit_set.load(Ordering::Relaxed);
                     let records = vec![json!({"t": t, "i": i}); per_push as usize];
                     match buffer.push_many("orders", &records).await {
                         Ok(_) => {}
                         Err(err) if err.is_backpressure() => refused += 1,
                         Err(err) => panic!("{err}"),
                     }
-                    // Keep going until the limit is set and refuses this task a while.
-                    if !limit_set.load(Ordering::Relaxed) {
-                        refused = 0;
+                    if set {
+                        after_set += 1;
                     }
                 }
             }));
