@@ -618,12 +618,15 @@ impl Buffer {
     /// first-write time if this is the store's first record, adds its top-level keys to the
     /// store's key set, counts its bytes, updates the group indexes and reads the store's
     /// totals back. The push is acknowledged (`Ok`) only when EXEC succeeded and every reply
-    /// inside it was a success of the expected type.
+    /// inside it was a success of the expected type. A store that has (or may have) limits
+    /// gets one script instead, which checks them and does the same (see
+    /// [`Buffer::set_limits`]).
     ///
     /// # Errors
     /// [`Error::InvalidStoreName`], [`Error::InvalidRecord`], [`Error::RecordTooLarge`] before
-    /// anything is sent; [`Error::WrongType`] or [`Error::OutOfMemory`] when Redis refused a
-    /// command of the transaction; transient errors when Redis is unreachable or slow. After
+    /// anything is sent; [`Error::LimitExceeded`] when a limit of the store refused the push
+    /// (nothing of it was stored); [`Error::WrongType`] or [`Error::OutOfMemory`] when Redis
+    /// refused a command of the transaction; transient errors when Redis is unreachable or slow. After
     /// a timeout the push may or may not have been applied.
     ///
     /// # Examples

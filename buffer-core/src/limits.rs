@@ -98,9 +98,11 @@ impl StoreLimits {
     }
 }
 
-/// Which limit refused a push (see [`Error::LimitExceeded`]).
+/// Which limit refused a push (see [`Error::LimitExceeded`]). Non-exhaustive: a kind of
+/// limit may be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum LimitKind {
     /// [`StoreLimits::max_records`].
     Records,

@@ -4,7 +4,9 @@
 //! pipeline holding one MULTI/EXEC block per push, each block exactly the transaction
 //! [`Buffer::push`] sends (`Buffer::push_transaction` builds both, `transaction` checks both).
 //! So each push stays atomic on its own and fails on its own: a WRONGTYPE inside one block
-//! fails that push only. Each push gives a [`PushHandle`] that holds its own result once the
+//! fails that push only. A push to a store with limits is, as for [`Buffer::push`], one call
+//! of the limits script instead (`crate::limits`), loaded by a `SCRIPT LOAD` at the head of
+//! the same round trip. Each push gives a [`PushHandle`] that holds its own result once the
 //! pipeline ran; handles are independent of the pipeline, so a function can add pushes to a
 //! caller's pipeline and read its own results after the caller executed it.
 
@@ -343,7 +345,8 @@ impl PushHandle {
     /// # Errors
     /// [`Error::PipelineNotExecuted`] before the pipeline was executed (or when it was
     /// dropped without being executed); otherwise this push's own error, as [`Buffer::push`]
-    /// would have returned it: invalid input (nothing of it was sent), [`Error::WrongType`]
+    /// would have returned it: invalid input (nothing of it was sent),
+    /// [`Error::LimitExceeded`] when a limit of its store refused it, [`Error::WrongType`]
     /// or [`Error::OutOfMemory`] in its transaction, or the failure of the whole round trip
     /// ([`Error::is_outcome_unknown`] when it may have been applied).
     pub fn receipt(&self) -> Result<PushReceipt> {
