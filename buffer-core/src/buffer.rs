@@ -52,6 +52,9 @@ struct Inner {
     /// The clock's offset to Redis time: measured by `connect` or the first stamp, refreshed
     /// by a short task `now_ms` spawns when it is stale; read by every clone.
     offset: RedisOffset,
+    /// Which stores this producer knows to have limits, learned from its push replies and
+    /// read before each push (see `crate::limits`).
+    limits: crate::limit_cache::LimitCache,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -118,6 +121,7 @@ impl Buffer {
                 layout,
                 config,
                 offset,
+                limits: Default::default(),
             }),
         })
     }
@@ -218,6 +222,10 @@ impl Buffer {
 
     pub(crate) fn layout(&self) -> &KeyLayout {
         &self.inner.layout
+    }
+
+    pub(crate) fn limit_cache(&self) -> &crate::limit_cache::LimitCache {
+        &self.inner.limits
     }
 
     pub(crate) fn conn(&self) -> Connection {

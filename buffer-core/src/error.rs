@@ -85,6 +85,26 @@ pub enum Error {
         /// The operation that was refused.
         op: &'static str,
     },
+    /// A push was refused whole because it would take its store over one of its limits (see
+    /// [`crate::Buffer::set_limits`]); nothing of it was stored. Retrying later may succeed:
+    /// once the persisters drained the store, or in the next second for the rate.
+    #[error(
+        "push to store {store:?} refused: {limit} is {max}, {}",
+        limit_use(*limit, *current, *requested)
+    )]
+    LimitExceeded {
+        /// The store it was pushed to.
+        store: String,
+        /// The limit that refused it (the first one exceeded, in the order records, bytes, rate).
+        limit: crate::LimitKind,
+        /// The limit's value.
+        max: u64,
+        /// The store's use of it before the push: live records, live bytes, or records pushed
+        /// in the current second.
+        current: u64,
+        /// What the push would have added: records, or bytes for `max-bytes`.
+        requested: u64,
+    },
     /// The configuration was invalid (a bad URL, zero groups…).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -224,6 +244,12 @@ impl Error {
         }
     }
 
+    /// True when a push was refused by one of its store's limits ([`Error::LimitExceeded`]):
+    /// the producer should slow down, buffer on its side or drop, and may retry later.
+    pub fn is_backpressure(&self) -> bool {
+        matches!(self, Self::LimitExceeded { .. })
+    }
+
     /// True when a [`crate::PushHandle`] was read before its pipeline was executed.
     pub fn is_not_executed(&self) -> bool {
         matches!(self, Self::PipelineNotExecuted { .. })
@@ -333,6 +359,21 @@ impl Error {
                 store: store.to_owned(),
                 source: err,
             }
+        }
+    }
+}
+
+/// How a refused push stood against its limit, in words.
+fn limit_use(limit: crate::LimitKind, current: u64, requested: u64) -> String {
+    match limit {
+        crate::LimitKind::Records => {
+            format!("the store holds {current} records and the push adds {requested}")
+        }
+        crate::LimitKind::Bytes => {
+            format!("the store holds {current} bytes and the push adds {requested}")
+        }
+        crate::LimitKind::Rate => {
+            format!("{current} records were pushed in this second and the push adds {requested}")
         }
     }
 }

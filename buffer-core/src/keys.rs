@@ -9,6 +9,8 @@
 //! <ns>:{<ns>:<g>}:prepared                              ZSET "<T>:<enc>" -> T's ms
 //! <ns>:{<ns>:<g>}:failures                              HASH "<T>:<enc>" | "<enc>" -> failure JSON
 //! <ns>:{<ns>:<g>}:lock:<enc> / :lock:<T>:<enc>          locks, value "<holder>:<token>"
+//! <ns>:{<ns>:<g>}:limits                                HASH enc -> "records=N,bytes=N,rate=N"
+//! <ns>:{<ns>:<g>}:rate:<enc>                            STRING "<unix s>:<records>", PX 2 s
 //! <ns>:events                                           pub/sub channel
 //! <ns>:persisters                                       HASH holder -> announcement JSON
 //! ```
@@ -69,6 +71,8 @@ pub(crate) struct GroupKeys {
     pub prepared: String,
     /// Failure records of the group's batches and stores (see `crate::failures`).
     pub failures: String,
+    /// The group's stores' limits (see `crate::limits`).
+    pub limits: String,
 }
 
 /// Spells every key of a namespace.
@@ -108,6 +112,7 @@ impl KeyLayout {
             count: format!("{tag}:count"),
             prepared: format!("{tag}:prepared"),
             failures: format!("{tag}:failures"),
+            limits: format!("{tag}:limits"),
         }
     }
 
@@ -150,6 +155,16 @@ impl KeyLayout {
         )
     }
 
+    /// The counter of a store's pushed records in the current one-second window of its rate
+    /// limit (see `crate::limits`).
+    pub fn rate(&self, store: &StoreName) -> String {
+        format!(
+            "{}:rate:{}",
+            self.tag(self.group_of(store)),
+            store.encoded()
+        )
+    }
+
     /// The member of a group's `prepared` ZSET that stands for one batch.
     pub fn prepared_member(store: &StoreName, batch: &BatchId) -> String {
         format!("{batch}:{}", store.encoded())
@@ -175,6 +190,7 @@ mod tests {
         keys.extend(layout.batch(&store, &batch).all().map(str::to_owned));
         keys.push(layout.store_lock(&store));
         keys.push(layout.batch_lock(&store, &batch));
+        keys.push(layout.rate(&store));
         let group = layout.group_for(&store);
         keys.extend([
             group.stores,
@@ -182,6 +198,7 @@ mod tests {
             group.count,
             group.prepared,
             group.failures,
+            group.limits,
         ]);
         for key in keys {
             assert!(key.starts_with(&format!("buf:{tag}:")), "{key}");

@@ -27,6 +27,9 @@
 //!   each with its own result in a [`PushHandle`].
 //! - `name`, `batch`: [`StoreName`] and [`BatchId`], validated and injectively encoded.
 //! - `record`: records to compact JSON and their top-level keys.
+//! - `limits`: [`StoreLimits`] per store (live records, live bytes, records per second), kept
+//!   in Redis and checked atomically with the push; a refused push is
+//!   [`Error::LimitExceeded`] ([`Error::is_backpressure`]).
 //! - `failures`: [`FailureRecord`]s of batches that failed to persist (attempts, last error,
 //!   next retry), so persisters back off across processes and operators see them.
 //! - `connection`: the one connection type, to one server or a Redis Cluster (found out from
@@ -137,8 +140,8 @@ mod events;
 mod failures;
 mod info;
 mod keys;
-#[cfg(feature = "local-server")]
-mod local_cluster;
+mod limit_cache;
+mod limits;
 #[cfg(feature = "local-server")]
 pub mod local_server;
 mod lock;
@@ -149,6 +152,7 @@ mod pipeline;
 mod prepare;
 mod push;
 mod reader;
+mod receipt;
 mod record;
 mod scripts;
 mod transaction;
@@ -168,6 +172,7 @@ pub use events::{Event, EventKind};
 pub use failures::{Backoff, FailingWork, FailureRecord, MAX_FAILURE_ERROR_BYTES};
 pub use info::ServerInfo;
 pub use keys::DEFAULT_GROUPS;
+pub use limits::{LimitKind, MAX_LIMIT, StoreLimits};
 pub use lock::{LockGuard, LockInfo, LockTarget, LockedBatch};
 pub use name::{MAX_NAMESPACE_BYTES, MAX_STORE_NAME_BYTES, Namespace, StoreName};
 pub use nodes::MasterInfo;

@@ -4,20 +4,24 @@
 //! pipeline holding one MULTI/EXEC block per push, each block exactly the transaction
 //! [`Buffer::push`] sends (`Buffer::push_transaction` builds both, `transaction` checks both).
 //! So each push stays atomic on its own and fails on its own: a WRONGTYPE inside one block
-//! fails that push only. Each push gives a [`PushHandle`] that holds its own result once the
+//! fails that push only. A push to a store with limits is, as for [`Buffer::push`], one call
+//! of the limits script instead (`crate::limits`), loaded by a `SCRIPT LOAD` at the head of
+//! the same round trip. Each push gives a [`PushHandle`] that holds its own result once the
 //! pipeline ran; handles are independent of the pipeline, so a function can add pushes to a
 //! caller's pipeline and read its own results after the caller executed it.
 
 use std::sync::{Arc, OnceLock};
 
-use redis::Value;
+use redis::{RedisError, Value};
 use serde::Serialize;
 
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::name::StoreName;
 use crate::push::{PushReceipt, PushReplies};
 use crate::record::EncodedRecord;
+use crate::scripts;
 use crate::transaction::{self, Block};
 
 /// Where one push's result is kept: written once, by the pipeline when it runs (or when the
@@ -75,9 +79,27 @@ struct Queued {
 /// A push sent in a pipeline, waiting for its replies.
 struct Sent {
     store: StoreName,
-    block: Block,
-    replies: PushReplies,
+    how: SentAs,
     slot: Slot,
+}
+
+/// How a push was sent: as [`Buffer::push`] would send it to that store.
+enum SentAs {
+    /// The MULTI/EXEC of a store known to have no limits.
+    Transaction { block: Block, replies: PushReplies },
+    /// One call of the limits script (`crate::limits`), for a store that has or may have
+    /// limits: one reply.
+    Limited,
+}
+
+impl SentAs {
+    /// How many replies of the pipeline are this push's.
+    fn replies(&self) -> usize {
+        match self {
+            Self::Transaction { block, .. } => block.replies(),
+            Self::Limited => 1,
+        }
+    }
 }
 
 impl std::fmt::Debug for PushPipeline {
@@ -210,13 +232,35 @@ impl PushPipeline {
             }
         };
         let mut pipe = redis::pipe();
+        // Error replies come back as values, to be given to their own push only.
+        pipe.ignore_errors();
+        // The limits script is loaded first in the same round trip when a push needs it, so
+        // its EVALSHA never meets a server that does not know it (a restarted one, say).
+        let limited = pushes
+            .iter()
+            .any(|push| buffer.limit_cache().needs_script(&push.store));
+        if limited {
+            pipe.load_script(&scripts::PUSH_LIMITED);
+        }
         let mut sent = Vec::with_capacity(pushes.len());
         for push in pushes {
-            match buffer.push_transaction(&push.store, push.records, now) {
-                Ok((commands, replies)) => sent.push(Sent {
-                    block: transaction::queue(&mut pipe, commands),
+            let how = if buffer.limit_cache().needs_script(&push.store) {
+                limits::invocation(&buffer, &push.store, push.records, now).map(|invocation| {
+                    pipe.invoke_script(&invocation);
+                    SentAs::Limited
+                })
+            } else {
+                buffer.push_transaction(&push.store, push.records, now).map(
+                    |(commands, replies)| SentAs::Transaction {
+                        block: transaction::queue(&mut pipe, commands),
+                        replies,
+                    },
+                )
+            };
+            match how {
+                Ok(how) => sent.push(Sent {
                     store: push.store,
-                    replies,
+                    how,
                     slot: push.slot,
                 }),
                 Err(err) => {
@@ -231,7 +275,8 @@ impl PushPipeline {
         let outcome: Result<Vec<Value>> = buffer
             .run("push", "", async move { pipe.query_async(&mut conn).await })
             .await;
-        let expected: usize = sent.iter().map(|push| push.block.replies()).sum();
+        let expected: usize =
+            usize::from(limited) + sent.iter().map(|push| push.how.replies()).sum::<usize>();
         let replies = outcome.and_then(|replies| {
             if replies.len() == expected {
                 Ok(replies)
@@ -256,14 +301,30 @@ impl PushPipeline {
                 return Err(err);
             }
         };
-        // Each block's replies are the next `replies()` of the list, in the order queued.
-        let mut replies = replies.into_iter();
+        // Each push's replies are the next `replies()` of the list, in the order queued,
+        // after the SCRIPT LOAD's (whose failure shows in the EVALSHA replies: NOSCRIPT).
+        let mut replies = replies.into_iter().skip(usize::from(limited));
         for push in sent {
-            let own: Vec<Value> = replies.by_ref().take(push.block.replies()).collect();
-            let result = push
-                .block
-                .check("push", push.store.as_str(), own)
-                .and_then(|results| push.replies.read(&push.store, &results));
+            let own: Vec<Value> = replies.by_ref().take(push.how.replies()).collect();
+            let result = match push.how {
+                SentAs::Transaction { block, replies } => block
+                    .check("push", push.store.as_str(), own)
+                    .and_then(|results| {
+                        limits::observe_probe(&buffer, &push.store, &results);
+                        replies.read(&push.store, &results)
+                    }),
+                SentAs::Limited => match own.into_iter().next() {
+                    Some(Value::ServerError(err)) => Err(Error::from_redis(
+                        "push",
+                        push.store.as_str(),
+                        RedisError::from(err),
+                    )),
+                    Some(reply) => limits::read_reply(&buffer, &push.store, reply),
+                    None => Err(Error::Corrupt {
+                        what: format!("push to store {:?}: no reply", push.store),
+                    }),
+                },
+            };
             let _ = push.slot.set(result);
         }
         Ok(())
@@ -290,7 +351,8 @@ impl PushHandle {
     /// # Errors
     /// [`Error::PipelineNotExecuted`] before the pipeline was executed (or when it was
     /// dropped without being executed); otherwise this push's own error, as [`Buffer::push`]
-    /// would have returned it: invalid input (nothing of it was sent), [`Error::WrongType`]
+    /// would have returned it: invalid input (nothing of it was sent),
+    /// [`Error::LimitExceeded`] when a limit of its store refused it, [`Error::WrongType`]
     /// or [`Error::OutOfMemory`] in its transaction, or the failure of the whole round trip
     /// ([`Error::is_outcome_unknown`] when it may have been applied).
     pub fn receipt(&self) -> Result<PushReceipt> {

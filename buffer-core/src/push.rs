@@ -7,34 +7,10 @@ use serde::Serialize;
 use crate::buffer::{Buffer, millis};
 use crate::error::{Error, Result};
 use crate::name::StoreName;
+pub use crate::receipt::{PushOnceOutcome, PushReceipt};
 use crate::record::{self, EncodedRecord};
 use crate::scripts;
 use crate::transaction;
-
-/// What a push returns: the live store's state right after the push, read in the same
-/// transaction.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct PushReceipt {
-    /// Total size of the store's records, in bytes of compact JSON.
-    pub bytes: u64,
-    /// Number of records in the store.
-    pub records: u64,
-    /// Number of distinct top-level keys seen across the store's records.
-    pub keys: u64,
-    /// When the first record of the current live buffer was pushed (Unix ms).
-    pub first_write_ms: u64,
-}
-
-/// What [`Buffer::push_once`] returns.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct PushOnceOutcome {
-    /// The store's state after the call.
-    pub receipt: PushReceipt,
-    /// True when a push with this id had already been applied, so nothing was added now.
-    pub duplicate: bool,
-}
 
 /// `records`, unless there are none ([`Error::NoRecords`]: a push adds at least one).
 fn not_empty(store: &StoreName, records: Vec<EncodedRecord>) -> Result<Vec<EncodedRecord>> {
@@ -85,12 +61,15 @@ impl Buffer {
     /// first-write time if this is the store's first record, adds its top-level keys to the
     /// store's key set, counts its bytes, updates the group indexes and reads the store's
     /// totals back. The push is acknowledged (`Ok`) only when EXEC succeeded and every reply
-    /// inside it was a success of the expected type.
+    /// inside it was a success of the expected type. A store that has (or may have) limits
+    /// gets one script instead, which checks them and does the same (see
+    /// [`Buffer::set_limits`]).
     ///
     /// # Errors
     /// [`Error::InvalidStoreName`], [`Error::InvalidRecord`], [`Error::RecordTooLarge`] before
-    /// anything is sent; [`Error::WrongType`] or [`Error::OutOfMemory`] when Redis refused a
-    /// command of the transaction; transient errors when Redis is unreachable or slow. After
+    /// anything is sent; [`Error::LimitExceeded`] when a limit of the store refused the push
+    /// (nothing of it was stored); [`Error::WrongType`] or [`Error::OutOfMemory`] when Redis
+    /// refused a command of the transaction; transient errors when Redis is unreachable or slow. After
     /// a timeout the push may or may not have been applied.
     ///
     /// # Examples
@@ -215,6 +194,8 @@ impl Buffer {
             .key(&group.bytes)
             .key(&group.count)
             .key(layout.push_id(&store, push_id))
+            .key(&group.limits)
+            .key(layout.rate(&store))
             .arg(now)
             .arg(store.encoded())
             .arg(bytes)
@@ -227,12 +208,18 @@ impl Buffer {
             invocation.arg(record.json);
         }
         let mut conn = self.conn();
-        let reply: Vec<u64> = self
+        let reply: Vec<i64> = self
             .run("push_once", store.as_str(), async move {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
-        let [duplicate, records, bytes, keys, first] = reply[..] else {
+        if let Some(refused) = crate::limits::refusal(&store, &reply) {
+            return Err(refused);
+        }
+        let counts: Option<Vec<u64>> = reply.iter().map(|n| u64::try_from(*n).ok()).collect();
+        let Some([duplicate, records, bytes, keys, first]) =
+            counts.as_deref().and_then(|c| <[u64; 5]>::try_from(c).ok())
+        else {
             return Err(Error::Corrupt {
                 what: format!("push_once script replied {reply:?}"),
             });
@@ -260,8 +247,12 @@ impl Buffer {
         records: Vec<EncodedRecord>,
     ) -> Result<PushReceipt> {
         let now = self.stamp_ms().await?;
+        if self.limit_cache().needs_script(store) {
+            return self.push_limited(store, records, now).await;
+        }
         let (commands, receipt) = self.push_transaction(store, records, now)?;
         let replies = transaction::exec(self, "push", store.as_str(), commands).await?;
+        crate::limits::observe_probe(self, store, &replies);
         receipt.read(store, &replies)
     }
 
@@ -347,10 +338,13 @@ impl Buffer {
             add_to_index,
             redis::Cmd::zincr(&group.bytes, store.encoded(), bytes),
             redis::Cmd::zincr(&group.count, store.encoded(), count),
-            // Last, so the replies read below keep their places: this push's entry in the run
-            // list that lets readers size pages by bytes (see `BatchReader`).
+            // After the totals, so the replies read below keep their places: this push's entry
+            // in the run list that lets readers size pages by bytes (see `BatchReader`).
             redis::Cmd::rpush(&live.runs, run),
         ];
+        // Last: whether the store has limits, and when Redis ran this, so the producer's next
+        // push to it goes through the limits script once it has (see `crate::limits`).
+        commands.extend(crate::limits::probe(self, store));
         let adds_keys = add_keys.is_some();
         if let Some(add_keys) = add_keys {
             // Before SCARD, so the count includes this push's keys.

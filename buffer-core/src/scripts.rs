@@ -6,8 +6,8 @@
 //!
 //! The persister's scripts (lock, prepare, extend, release, empty) carry the `allow-oom` flag:
 //! when Redis is out of memory, draining is what frees it, so the drain must not be refused.
-//! They allocate only a lock value and an index entry. `PUSH_ONCE` has no such flag: pushes are
-//! refused when Redis is out of memory.
+//! They allocate only a lock value and an index entry. The push scripts (`PUSH_ONCE`,
+//! `PUSH_LIMITED`) have no such flag: pushes are refused when Redis is out of memory.
 
 use std::sync::LazyLock;
 
@@ -131,35 +131,67 @@ return 1
     )
 });
 
-/// Appends records unless a push with the same id was already applied.
+/// The Lua shared by the push scripts: type checks, the limit check and the append.
 ///
-/// Keys: 1-5 live records/first/keys/bytes/runs, 6 stores index, 7 bytes index, 8 count index,
-/// 9 push-id marker. ARGV: 1 now ms, 2 encoded name, 3 bytes, 4 record count, 5 marker TTL ms,
-/// 6 number of unique keys k, 7..6+k the keys, then the records.
-///
-/// Returns `{duplicate (0/1), records, bytes, keys, first}`. Types are checked and the
-/// marker (the one write Redis may refuse for memory before any other) is set before the data
-/// is touched, so a refusal leaves the store as it was.
-pub(crate) static PUSH_ONCE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local function totals(duplicate)
-  return {duplicate, redis.call('LLEN', KEYS[1]), tonumber(redis.call('GET', KEYS[4]) or '0'),
-          redis.call('SCARD', KEYS[3]), tonumber(redis.call('GET', KEYS[2]) or ARGV[1])}
-end
-local expected = {'list', 'string', 'set', 'string', 'list'}
-for i = 1, 5 do
-  local k = redis.call('TYPE', KEYS[i])['ok']
-  if k ~= 'none' and k ~= expected[i] then
-    return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. k .. ', expected a ' .. expected[i])
+/// Every push script takes KEYS 1-5 (live records/first/keys/bytes/runs) and 6-8 (stores,
+/// bytes and count indexes) in this order, so the append is spelled once.
+const PUSH_COMMON: &str = r#"
+-- Redis's clock when the script runs: the rate window is its second, and the replies carry
+-- it in microseconds so a producer can tell which of two replies is the newer one.
+local clock = redis.call('TIME')
+local clock_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+
+local function check_types()
+  local expected = {'list', 'string', 'set', 'string', 'list'}
+  for i = 1, 5 do
+    local k = redis.call('TYPE', KEYS[i])['ok']
+    if k ~= 'none' and k ~= expected[i] then
+      return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. k .. ', expected a ' .. expected[i])
+    end
   end
+  return nil
 end
-if redis.call('EXISTS', KEYS[9]) == 1 then
-  return totals(1)
+
+-- Checks a push of `count` records and `bytes` bytes against the store's limits (the field
+-- `enc` of the limits hash, "records=N,bytes=N,rate=N" with any of them left out). Returns
+-- {-1, limit (1 records, 2 bytes, 3 rate), max, current, requested, clock_us} when the push
+-- must be refused, else nil after counting it in the current rate window (the window is Redis's
+-- TIME second, so every producer shares it). The second result is 1 when the store has
+-- limits. Nothing is written unless the push is admitted.
+local function admit(limits_key, rate_key, enc, count, bytes)
+  local spec = redis.call('HGET', limits_key, enc)
+  if not spec then return nil, 0 end
+  spec = ',' .. spec
+  local function limit(name)
+    return tonumber(string.match(spec, ',' .. name .. '=(%d+)'))
+  end
+  local max_records = limit('records')
+  if max_records then
+    local live = redis.call('LLEN', KEYS[1])
+    if live + count > max_records then return {-1, 1, max_records, live, count, clock_us}, 1 end
+  end
+  local max_bytes = limit('bytes')
+  if max_bytes then
+    local live = tonumber(redis.call('GET', KEYS[4]) or '0')
+    if live + bytes > max_bytes then return {-1, 2, max_bytes, live, bytes, clock_us}, 1 end
+  end
+  local max_rate = limit('rate')
+  if max_rate then
+    local window = clock[1]
+    local used = 0
+    local counter = redis.call('GET', rate_key)
+    if counter then
+      local w, c = string.match(counter, '^(%d+):(%d+)$')
+      if w == window then used = tonumber(c) end
+    end
+    if used + count > max_rate then return {-1, 3, max_rate, used, count, clock_us}, 1 end
+    -- The first write of an admitted push: when Redis is out of memory it is refused here,
+    -- before any data is touched. Two seconds outlive the window it counts.
+    redis.call('SET', rate_key, window .. ':' .. string.format('%d', used + count), 'PX', 2000)
+  end
+  return nil, 1
 end
-redis.call('SET', KEYS[9], '1', 'PX', ARGV[5])
-local nkeys = tonumber(ARGV[6])
-local first_record = 7 + nkeys
+
 -- unpack() is limited by the Lua stack, so long argument lists go in slices.
 local function in_slices(command, key, from, to)
   local i = from
@@ -169,23 +201,98 @@ local function in_slices(command, key, from, to)
     i = j + 1
   end
 end
-in_slices('RPUSH', KEYS[1], first_record, #ARGV)
--- The run entry describing these records, as push_encoded writes it (see DataKeys::runs).
-local largest = 0
-for i = first_record, #ARGV do
-  if #ARGV[i] > largest then largest = #ARGV[i] end
+
+-- Appends the records exactly as the MULTI/EXEC of `Buffer::push_transaction` does. ARGV:
+-- 1 now ms, 2 encoded name, 3 bytes, 4 record count, then at `nkeys_at` the number k of
+-- unique keys, the k keys, and the records.
+local function append(nkeys_at)
+  local nkeys = tonumber(ARGV[nkeys_at])
+  local first_record = nkeys_at + 1 + nkeys
+  in_slices('RPUSH', KEYS[1], first_record, #ARGV)
+  -- The run entry describing these records (see DataKeys::runs).
+  local largest = 0
+  for i = first_record, #ARGV do
+    if #ARGV[i] > largest then largest = #ARGV[i] end
+  end
+  redis.call('RPUSH', KEYS[5], ARGV[4] .. ':' .. ARGV[3] .. ':' .. largest)
+  redis.call('SET', KEYS[2], ARGV[1], 'NX')
+  if nkeys > 0 then
+    in_slices('SADD', KEYS[3], nkeys_at + 1, nkeys_at + nkeys)
+  end
+  redis.call('INCRBY', KEYS[4], ARGV[3])
+  redis.call('ZADD', KEYS[6], 'NX', ARGV[1], ARGV[2])
+  redis.call('ZINCRBY', KEYS[7], ARGV[3], ARGV[2])
+  redis.call('ZINCRBY', KEYS[8], ARGV[4], ARGV[2])
 end
-redis.call('RPUSH', KEYS[5], ARGV[4] .. ':' .. ARGV[3] .. ':' .. largest)
-redis.call('SET', KEYS[2], ARGV[1], 'NX')
-if nkeys > 0 then
-  in_slices('SADD', KEYS[3], 7, 6 + nkeys)
+
+local function totals(status)
+  return {status, redis.call('LLEN', KEYS[1]), tonumber(redis.call('GET', KEYS[4]) or '0'),
+          redis.call('SCARD', KEYS[3]), tonumber(redis.call('GET', KEYS[2]) or ARGV[1])}
 end
-redis.call('INCRBY', KEYS[4], ARGV[3])
-redis.call('ZADD', KEYS[6], 'NX', ARGV[1], ARGV[2])
-redis.call('ZINCRBY', KEYS[7], ARGV[3], ARGV[2])
-redis.call('ZINCRBY', KEYS[8], ARGV[4], ARGV[2])
+"#;
+
+/// Appends records unless a push with the same id was already applied, and unless the store's
+/// limits refuse them.
+///
+/// Keys: 1-5 live records/first/keys/bytes/runs, 6 stores index, 7 bytes index, 8 count index,
+/// 9 push-id marker, 10 the group's limits hash, 11 the store's rate counter. ARGV: 1 now ms,
+/// 2 encoded name, 3 bytes, 4 record count, 5 marker TTL ms, 6 number of unique keys k,
+/// 7..6+k the keys, then the records.
+///
+/// Returns `{duplicate (0/1), records, bytes, keys, first}`, or `{-1, limit, max, current,
+/// requested, Redis time in µs}` when a limit refused the push (see `PUSH_COMMON`'s `admit`; a duplicate is
+/// never refused: it adds nothing). Types are checked and limits checked before any write;
+/// the first write (the rate counter or the marker) is the one Redis may refuse for memory,
+/// so a refusal leaves the store as it was, and a refused push sets no marker.
+pub(crate) static PUSH_ONCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        &[
+            PUSH_COMMON,
+            r#"
+local bad_type = check_types()
+if bad_type then return bad_type end
+if redis.call('EXISTS', KEYS[9]) == 1 then
+  return totals(1)
+end
+local refusal = admit(KEYS[10], KEYS[11], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[3]))
+if refusal then return refusal end
+redis.call('SET', KEYS[9], '1', 'PX', ARGV[5])
+append(6)
 return totals(0)
 "#,
+        ]
+        .concat(),
+    )
+});
+
+/// Appends records to a store that has (or may have) limits, only if they fit: the push of a
+/// store its producer does not know to be unlimited (see `crate::limits`).
+///
+/// Keys: 1-5 live records/first/keys/bytes/runs, 6 stores index, 7 bytes index, 8 count index,
+/// 9 the group's limits hash, 10 the store's rate counter. ARGV: 1 now ms, 2 encoded name,
+/// 3 bytes, 4 record count, 5 number of unique keys k, 6..5+k the keys, then the records.
+///
+/// Returns `{0, records, bytes, keys, first, limited (0/1), Redis time in µs}` when the
+/// records were appended (limited: the store has limits now), or `{-1, limit, max, current,
+/// requested, Redis time in µs}` when a limit refused them; then nothing was written. Checking and appending are one script, so
+/// concurrent producers going through it can never overshoot a limit together.
+pub(crate) static PUSH_LIMITED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        &[
+            PUSH_COMMON,
+            r#"
+local bad_type = check_types()
+if bad_type then return bad_type end
+local refusal, limited = admit(KEYS[9], KEYS[10], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[3]))
+if refusal then return refusal end
+append(5)
+local out = totals(0)
+out[6] = limited
+out[7] = clock_us
+return out
+"#,
+        ]
+        .concat(),
     )
 });
 

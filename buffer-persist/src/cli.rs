@@ -1,4 +1,4 @@
-//! The `buffer-persist` command line: `run`, `drain`, `push`, `stores`.
+//! The `buffer-persist` command line: `run`, `drain`, `push`, `stores`, `limits`.
 //!
 //! Every flag can also come from an environment variable (`BUFFER_REDIS_URL`, `BUFFER_OUT`…),
 //! which is how a systemd unit or a container usually configures it.
@@ -20,6 +20,9 @@ use crate::config::{Compression, Format, PersistConfig, parse_size};
 // buffer-tui parses its `--interval`-style flags the same way.
 pub use crate::config::parse_duration;
 use crate::persister::Persister;
+
+mod limits;
+pub use limits::{LimitsAction, LimitsArgs, SetArgs};
 
 /// Drains buffer stores from Redis into files, exactly once.
 #[derive(Debug, Parser)]
@@ -55,10 +58,13 @@ pub enum Command {
     Run(RunArgs),
     /// Persist every store and every prepared batch now, then exit.
     Drain(DrainArgs),
-    /// Push JSON Lines from stdin into a store.
+    /// Push JSON Lines from stdin into a store. Exits 2 when lines are not records, 3 when a
+    /// limit of the store refused lines (both say which on stderr).
     Push(PushArgs),
     /// List stores and prepared batches with their locks.
     Stores(StoresArgs),
+    /// Set, list or clear per-store limits (records, bytes, records per second).
+    Limits(LimitsArgs),
 }
 
 /// How to reach Redis.
@@ -249,6 +255,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Drain(args) => drain(args).await,
         Command::Push(args) => push(args).await,
         Command::Stores(args) => stores(args).await,
+        Command::Limits(args) => limits::limits(args).await,
     }
 }
 
@@ -340,6 +347,9 @@ async fn drain(args: DrainArgs) -> anyhow::Result<i32> {
     }
 }
 
+/// `push`'s exit code when a store limit refused lines (2 is for lines that are not records).
+pub const EXIT_LIMITED: i32 = 3;
+
 async fn push(args: PushArgs) -> anyhow::Result<i32> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
@@ -347,7 +357,7 @@ async fn push(args: PushArgs) -> anyhow::Result<i32> {
     let buffer = args.redis.connect().await?;
     let stdin = std::io::stdin();
     let mut pending: Vec<(usize, String)> = Vec::new();
-    let (mut pushed, mut bad) = (0u64, 0u64);
+    let mut total = PushCounts::default();
     for (index, line) in stdin.lock().lines().enumerate() {
         let line = line.context("cannot read stdin")?;
         if line.trim().is_empty() {
@@ -355,40 +365,88 @@ async fn push(args: PushArgs) -> anyhow::Result<i32> {
         }
         pending.push((index + 1, line));
         if pending.len() >= args.batch {
-            let (ok, refused) =
-                push_lines(&buffer, &args.store, std::mem::take(&mut pending)).await?;
-            pushed += ok;
-            bad += refused;
+            total.add(push_lines(&buffer, &args.store, std::mem::take(&mut pending)).await?);
         }
     }
     if !pending.is_empty() {
-        let (ok, refused) = push_lines(&buffer, &args.store, pending).await?;
-        pushed += ok;
-        bad += refused;
+        total.add(push_lines(&buffer, &args.store, pending).await?);
     }
     eprintln!(
-        "pushed {pushed} records to {:?}, {bad} lines refused",
-        args.store
+        "pushed {} records to {:?}, {} lines refused{}",
+        total.pushed,
+        args.store,
+        total.bad + total.limited,
+        if total.limited > 0 {
+            format!(" ({} by a limit of the store)", total.limited)
+        } else {
+            String::new()
+        }
     );
-    Ok(if bad == 0 { 0 } else { 2 })
+    Ok(if total.limited > 0 {
+        EXIT_LIMITED
+    } else if total.bad > 0 {
+        2
+    } else {
+        0
+    })
+}
+
+/// What became of pushed lines.
+#[derive(Default)]
+struct PushCounts {
+    /// Lines stored.
+    pushed: u64,
+    /// Lines that are not records.
+    bad: u64,
+    /// Lines refused by a limit of the store (whole transactions of them).
+    limited: u64,
+}
+
+impl PushCounts {
+    fn add(&mut self, other: Self) {
+        self.pushed += other.pushed;
+        self.bad += other.bad;
+        self.limited += other.limited;
+    }
 }
 
 /// Pushes numbered lines in one transaction; lines that are not records are reported with
-/// their line number and left out, and the good ones are pushed.
+/// their line number and left out, and the good ones are pushed. A transaction a store limit
+/// refuses is reported (its lines, the store and the limit) and stored not at all; the next
+/// ones are still tried, so lines not refused land.
 async fn push_lines(
     buffer: &Buffer,
     store: &str,
     mut lines: Vec<(usize, String)>,
-) -> anyhow::Result<(u64, u64)> {
-    let mut refused = 0;
+) -> anyhow::Result<PushCounts> {
+    let mut counts = PushCounts::default();
     while !lines.is_empty() {
         let texts: Vec<&str> = lines.iter().map(|(_, text)| text.as_str()).collect();
         match buffer.push_json(store, &texts).await {
-            Ok(_) => return Ok((lines.len() as u64, refused)),
+            Ok(_) => {
+                counts.pushed = lines.len() as u64;
+                return Ok(counts);
+            }
+            Err(err @ CoreError::LimitExceeded { .. }) => {
+                let first = lines.first().map_or(0, |(n, _)| *n);
+                let last = lines.last().map_or(0, |(n, _)| *n);
+                // A transaction larger than the limit itself can never be admitted.
+                let hint = match err {
+                    CoreError::LimitExceeded { max, requested, .. }
+                        if requested > max && lines.len() > 1 =>
+                    {
+                        " (more than the limit in one push never fits: use a smaller --batch)"
+                    }
+                    _ => "",
+                };
+                eprintln!("lines {first}-{last} refused: {err}{hint}");
+                counts.limited = lines.len() as u64;
+                return Ok(counts);
+            }
             Err(CoreError::InvalidRecord { index, reason, .. }) => {
                 eprintln!("line {}: {reason}", lines[index].0);
                 lines.remove(index);
-                refused += 1;
+                counts.bad += 1;
             }
             Err(CoreError::RecordTooLarge {
                 index, size, max, ..
@@ -398,7 +456,7 @@ async fn push_lines(
                     lines[index].0
                 );
                 lines.remove(index);
-                refused += 1;
+                counts.bad += 1;
             }
             Err(err) => {
                 let first = lines.first().map_or(0, |(n, _)| *n);
@@ -408,7 +466,7 @@ async fn push_lines(
             }
         }
     }
-    Ok((0, refused))
+    Ok(counts)
 }
 
 async fn stores(args: StoresArgs) -> anyhow::Result<i32> {

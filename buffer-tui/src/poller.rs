@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use buffer_core::{
-    BatchId, Buffer, FailingWork, FailureRecord, LockTarget, PreparedSummary, StoreName,
+    BatchId, Buffer, FailingWork, FailureRecord, LockTarget, PreparedSummary, StoreLimits,
+    StoreName,
 };
 use futures::StreamExt;
 use futures::future::try_join_all;
@@ -16,7 +17,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Action, ViewRequest};
-use crate::snapshot::{BatchDetail, BatchSize, FocusDetail, HeldLock, Snapshot, StoreDetail};
+use crate::snapshot::{
+    BatchDetail, BatchSize, FocusDetail, HeldLock, LimitUse, Snapshot, StoreDetail,
+};
 /// Keys listed for the selected store.
 const FOCUS_KEYS: usize = 200;
 /// Latest records shown for the selected store.
@@ -79,12 +82,13 @@ pub(crate) async fn poll_once(
     request: &ViewRequest,
 ) -> Result<Snapshot, buffer_core::Error> {
     let taken_at_ms = buffer.now_ms();
-    let (server, stores, prepared, persisters, failures) = futures::try_join!(
+    let (server, stores, prepared, persisters, failures, limits) = futures::try_join!(
         buffer.server_info(),
         buffer.stores(),
         buffer.get_prepared(),
         buffer.persisters(PERSISTER_SILENCE),
         buffer.failures(),
+        buffer.all_limits(),
     )?;
     let mut batches_of: HashMap<&StoreName, Vec<&PreparedSummary>> = HashMap::new();
     for batch in &prepared {
@@ -114,7 +118,13 @@ pub(crate) async fn poll_once(
     let (locks, key_counts, focus) = futures::try_join!(
         buffer.lock_infos(&targets),
         buffer.store_key_counts(&counted),
-        focus_detail(buffer, request.selected.as_ref(), &batches_of, &failures)
+        focus_detail(
+            buffer,
+            request.selected.as_ref(),
+            &batches_of,
+            &failures,
+            &limits
+        )
     )?;
     let key_count_of: HashMap<&StoreName, u64> = counted.iter().zip(key_counts).collect();
     let focus = focus.map(|mut focus| {
@@ -160,9 +170,24 @@ async fn focus_detail(
     store: Option<&StoreName>,
     batches_of: &HashMap<&StoreName, Vec<&PreparedSummary>>,
     failures: &[FailingWork],
+    limits: &[(StoreName, StoreLimits)],
 ) -> Result<Option<FocusDetail>, buffer_core::Error> {
     let Some(store) = store else {
         return Ok(None);
+    };
+    let limits = limits
+        .iter()
+        .find(|(limited, _)| limited == store)
+        .map(|(_, limits)| *limits);
+    // The rate's use is read only for the selected store, and only when it has a rate limit.
+    let rate_of = async {
+        match limits {
+            Some(limits) if limits.max_rate.is_some() => buffer
+                .rate_in_window(std::slice::from_ref(store))
+                .await
+                .map(|counts| counts.first().copied()),
+            _ => Ok(None),
+        }
     };
     let failure_of = |batch: Option<&BatchId>| -> Option<FailureRecord> {
         failures
@@ -181,11 +206,12 @@ async fn focus_detail(
         .iter()
         .map(|b| LockTarget::Batch(store.clone(), b.id.clone()))
         .collect();
-    let (keys, latest, infos, locks) = futures::try_join!(
+    let (keys, latest, infos, locks, rate_now) = futures::try_join!(
         buffer.store_keys(store, FOCUS_KEYS),
         buffer.latest_records(store, LATEST_RECORDS),
         try_join_all(batches.iter().map(|b| buffer.batch_info(store, &b.id))),
         buffer.lock_infos(&targets),
+        rate_of,
     )?;
     let batches = batches
         .iter()
@@ -210,6 +236,7 @@ async fn focus_detail(
         latest,
         batches,
         failure: failure_of(None),
+        limits: limits.map(|limits| LimitUse { limits, rate_now }),
     }))
 }
 

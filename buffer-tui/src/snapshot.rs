@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use buffer_core::{
     BatchId, FailingWork, FailureRecord, LockInfo, PersisterInfo, PreparedSummary, ServerInfo,
-    StoreName, StoreSummary,
+    StoreLimits, StoreName, StoreSummary,
 };
 
 /// One poll: the server, every store and prepared batch from the indexes, and the details of
@@ -83,6 +83,18 @@ pub(crate) struct FocusDetail {
     pub(crate) batches: Vec<BatchDetail>,
     /// The failure record of the live store, when persisters could not prepare it.
     pub(crate) failure: Option<FailureRecord>,
+    /// Its limits and its use of them, when it has any.
+    pub(crate) limits: Option<LimitUse>,
+}
+
+/// A store's limits and how much of them it uses. The live records and bytes come from the
+/// indexes (the row); only the rate's use is read for the selected store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LimitUse {
+    /// The limits set on the store.
+    pub(crate) limits: StoreLimits,
+    /// Records admitted in the current second of Redis's clock, when it has a rate limit.
+    pub(crate) rate_now: Option<u64>,
 }
 
 /// A prepared batch of the selected store.

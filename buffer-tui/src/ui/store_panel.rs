@@ -7,8 +7,9 @@ use ratatui::widgets::{Block, Paragraph, Widget};
 
 use super::shared::{failure_brief, short_id, store_title, ttl_text};
 use super::theme;
-use crate::app::App;
+use crate::app::{App, LiveCounts};
 use crate::format::{age_ms, bytes, clean, count, fit};
+use crate::snapshot::LimitUse;
 
 /// The selected store, compact: keys, prepared batches, latest records one per line.
 pub(super) fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
@@ -35,6 +36,16 @@ pub(super) fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
         Span::styled(format!("keys ({key_count}) "), theme::STRONG),
         Span::raw(fit(&keys, width.saturating_sub(8 + key_count.len()))),
     ]));
+    if let Some(limits) = &focus.limits {
+        let line = limits_line(row.live.as_ref(), limits, width);
+        // Cut like every other line of the panel when even the percentages do not fit.
+        let text: String = line.spans.iter().map(|s| s.content.as_ref()).collect();
+        if text.chars().count() <= width {
+            lines.push(line);
+        } else {
+            lines.push(Line::styled(fit(&text, width), theme::STRONG));
+        }
+    }
     lines.push(Line::from(vec![
         Span::styled(format!("batches ({}) ", row.prepared), theme::STRONG),
         Span::styled(
@@ -74,6 +85,71 @@ pub(super) fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
         )));
     }
     Paragraph::new(lines).render(inner, buf);
+}
+
+/// The store's use of each of its limits: `limits  records 812/1000  bytes 90 KiB/1.0 MiB
+/// rate 12/50/s`, or in percent (`records 81%  bytes 9%  rate 24%`) when that does not fit.
+/// Each part is in the attention colour from 80 % and in the failing one when full (pushes
+/// that do not fit are refused then).
+pub(super) fn limits_line(
+    live: Option<&LiveCounts>,
+    limits: &LimitUse,
+    width: usize,
+) -> Line<'static> {
+    let (records, live_bytes) = live.map_or((0, 0), |l| (l.records, l.bytes));
+    // (name, use as text, use in percent, value, max)
+    let mut parts: Vec<(&str, String, u64, u64)> = Vec::new();
+    if let Some(max) = limits.limits.max_records {
+        parts.push((
+            "records",
+            format!("{}/{}", count(records), count(max)),
+            records,
+            max,
+        ));
+    }
+    if let Some(max) = limits.limits.max_bytes {
+        parts.push((
+            "bytes",
+            format!("{}/{}", bytes(live_bytes), bytes(max)),
+            live_bytes,
+            max,
+        ));
+    }
+    if let Some(max) = limits.limits.max_rate {
+        let now = limits.rate_now.unwrap_or(0);
+        parts.push(("rate", format!("{}/{}/s", count(now), count(max)), now, max));
+    }
+    let percent = |value: u64, max: u64| match max {
+        0 => 100,
+        max => value.saturating_mul(100) / max,
+    };
+    let full: Vec<String> = parts
+        .iter()
+        .map(|(name, text, _, _)| format!("{name} {text}"))
+        .collect();
+    let full_width: usize =
+        "limits".len() + full.iter().map(|t| 2 + t.chars().count()).sum::<usize>();
+    let texts: Vec<String> = if full_width <= width {
+        full
+    } else {
+        parts
+            .iter()
+            .map(|(name, _, value, max)| format!("{name} {}%", percent(*value, *max)))
+            .collect()
+    };
+    let mut spans = vec![Span::styled("limits", theme::STRONG)];
+    for ((_, _, value, max), text) in parts.iter().zip(texts) {
+        let style = if value >= max {
+            theme::FAILING
+        } else if percent(*value, *max) >= 80 {
+            theme::ATTENTION
+        } else {
+            ratatui::style::Style::new()
+        };
+        spans.push(Span::raw("  "));
+        spans.push(Span::styled(text, style));
+    }
+    Line::from(spans)
 }
 
 pub(super) fn batch_line(

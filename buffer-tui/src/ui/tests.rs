@@ -4,13 +4,15 @@ use std::time::Duration;
 
 use buffer_core::{
     Event, EventKind, FailingWork, FailureRecord, LockInfo, PersisterInfo, PreparedSummary,
-    ServerInfo, StoreName, StoreSummary,
+    ServerInfo, StoreLimits, StoreName, StoreSummary,
 };
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
 use crate::app::{Action, App, AppConfig};
-use crate::snapshot::{BatchDetail, BatchSize, FocusDetail, HeldLock, Snapshot, StoreDetail};
+use crate::snapshot::{
+    BatchDetail, BatchSize, FocusDetail, HeldLock, LimitUse, Snapshot, StoreDetail,
+};
 
 const T0: u64 = 1_700_000_000_000;
 const SIZES: [(u16, u16); 2] = [(120, 40), (80, 24)];
@@ -198,6 +200,7 @@ fn populated(width: u16, height: u16) -> App {
             },
         ],
         failure: None,
+        limits: None,
     });
     app.update(Action::Snapshot(Box::new(snapshot)));
     app.update(Action::EventsLive);
@@ -316,6 +319,25 @@ fn filtering() {
         app.update(Action::FilterStart);
         app.update(Action::FilterInput('z'));
         app.update(Action::FilterAccept);
+        app
+    });
+}
+
+/// The selected store has limits: records at 76 % (plain), bytes at 98 % (attention), the
+/// rate full (failing).
+#[test]
+fn a_limited_store_shows_its_use_of_each_limit() {
+    check("limited", |w, h| {
+        let mut app = populated(w, h);
+        let focus = app.focus.as_mut().unwrap();
+        focus.limits = Some(LimitUse {
+            limits: StoreLimits {
+                max_records: Some(2_000),
+                max_bytes: Some(400 * 1024),
+                max_rate: Some(50),
+            },
+            rate_now: Some(50),
+        });
         app
     });
 }

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use crate::local_cluster::{ClusterNode, LocalCluster, SLOTS, key_slot, redis_cli_binary};
+mod cluster;
+pub use self::cluster::{ClusterNode, LocalCluster, SLOTS, key_slot, redis_cli_binary};
 
 /// How long a server gets to answer PING after it was spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::local_server::{LocalRedis, LocalServerError, free_port, redis_server_binary};
+use super::{LocalRedis, LocalServerError, free_port, redis_server_binary};
 
 /// How long a new cluster gets to agree on its slot map.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,163 @@
+//! `buffer-persist limits set|list|clear`: the per-store limits every producer obeys (see
+//! README.md, "Limits and backpressure").
+
+use std::io::Write;
+
+use anyhow::bail;
+use buffer_core::{LimitKind, StoreLimits};
+use clap::{Args, Subcommand};
+
+use super::{RedisArgs, size};
+
+/// `limits`' arguments.
+#[derive(Debug, Args)]
+pub struct LimitsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: LimitsAction,
+}
+
+/// The `limits` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LimitsAction {
+    /// Set a store's limits, replacing any it had (at least one flag).
+    Set(SetArgs),
+    /// List every store that has limits.
+    List {
+        /// How to reach Redis.
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a store's limits.
+    Clear {
+        /// How to reach Redis.
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// The store.
+        store: String,
+    },
+}
+
+/// `limits set`'s arguments.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// The store.
+    pub store: String,
+    /// The most records the live store may hold.
+    #[arg(long)]
+    pub max_records: Option<u64>,
+    /// The most bytes the live store may hold, e.g. `64MiB`.
+    #[arg(long, value_parser = size)]
+    pub max_bytes: Option<u64>,
+    /// The most records pushed per second, e.g. `500/s` (or `500`).
+    #[arg(long, value_parser = rate)]
+    pub max_rate: Option<u64>,
+}
+
+/// A rate: `N/s` or `N` records per second.
+fn rate(text: &str) -> Result<u64, String> {
+    let number = text.trim().strip_suffix("/s").unwrap_or(text.trim());
+    number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate; write records per second, e.g. 500/s"))
+}
+
+/// Runs `limits`. Returns the exit code.
+pub(crate) async fn limits(args: LimitsArgs) -> anyhow::Result<i32> {
+    let mut out = std::io::stdout().lock();
+    match args.action {
+        LimitsAction::Set(set) => {
+            let limits = StoreLimits {
+                max_records: set.max_records,
+                max_bytes: set.max_bytes,
+                max_rate: set.max_rate,
+            };
+            if limits.is_empty() {
+                bail!("give at least one of --max-records, --max-bytes, --max-rate");
+            }
+            let buffer = set.redis.connect().await?;
+            buffer.set_limits(set.store.as_str(), limits).await?;
+            writeln!(out, "{}: {}", set.store, limits_text(&limits))?;
+        }
+        LimitsAction::List { redis, json } => {
+            let all = redis.connect().await?.all_limits().await?;
+            if json {
+                let entries: Vec<_> = all
+                    .iter()
+                    .map(|(store, limits)| {
+                        serde_json::json!({
+                            "store": store.as_str(), "max_records": limits.max_records,
+                            "max_bytes": limits.max_bytes, "max_rate": limits.max_rate,
+                        })
+                    })
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
+                return Ok(0);
+            }
+            writeln!(
+                out,
+                "{:<32} {:>14} {:>14} {:>12}",
+                "STORE", "MAX-RECORDS", "MAX-BYTES", "MAX-RATE"
+            )?;
+            for (store, limits) in &all {
+                let cell = |kind: LimitKind| {
+                    limits.get(kind).map_or("-".to_owned(), |max| match kind {
+                        LimitKind::Rate => format!("{max}/s"),
+                        _ => max.to_string(),
+                    })
+                };
+                writeln!(
+                    out,
+                    "{:<32} {:>14} {:>14} {:>12}",
+                    store.as_str(),
+                    cell(LimitKind::Records),
+                    cell(LimitKind::Bytes),
+                    cell(LimitKind::Rate)
+                )?;
+            }
+            if all.is_empty() {
+                writeln!(out, "(no limits)")?;
+            }
+        }
+        LimitsAction::Clear { redis, store } => {
+            if redis.connect().await?.clear_limits(store.as_str()).await? {
+                writeln!(out, "{store}: limits removed")?;
+            } else {
+                writeln!(out, "{store}: had no limits")?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `max-records=1000 max-bytes=1048576 max-rate=500/s`, the limits that are set.
+fn limits_text(limits: &StoreLimits) -> String {
+    [LimitKind::Records, LimitKind::Bytes, LimitKind::Rate]
+        .into_iter()
+        .filter_map(|kind| {
+            limits.get(kind).map(|max| match kind {
+                LimitKind::Rate => format!("{kind}={max}/s"),
+                _ => format!("{kind}={max}"),
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_with_or_without_per_second() {
+        assert_eq!(rate("500/s"), Ok(500));
+        assert_eq!(rate("7"), Ok(7));
+        assert!(rate("fast").unwrap_err().contains("fast"));
+        assert!(rate("5/min").is_err());
+    }
+}
