@@ -234,9 +234,38 @@ impl ConnectionLike for Connection {
                         return Ok(replies.into_iter().skip(offset).take(count).collect());
                     }
                     let units = units(pipeline);
-                    let sends = units.iter().map(|unit| match unit {
-                        PipelineUnit::Command(cmd) => router.send(Unit::Command(cmd)),
-                        PipelineUnit::Block(block) => router.send(Unit::Block(block)),
+                    // A `SCRIPT LOAD` in the pipeline (the limits script, ahead of its EVALSHAs)
+                    // goes to every master first, so no EVALSHA of the pipeline, on whichever
+                    // master its keys live, can run before its script is known there.
+                    let mut loaded = Vec::new();
+                    for unit in &units {
+                        if let PipelineUnit::Command(cmd) = unit
+                            && command_name(cmd).eq_ignore_ascii_case(b"SCRIPT")
+                        {
+                            loaded.push(router.command(cmd).await.map(|reply| vec![reply]));
+                        }
+                    }
+                    let mut loaded = loaded.into_iter();
+                    let sends = units.iter().map(|unit| {
+                        let done = match unit {
+                            PipelineUnit::Command(cmd)
+                                if command_name(cmd).eq_ignore_ascii_case(b"SCRIPT") =>
+                            {
+                                loaded.next()
+                            }
+                            _ => None,
+                        };
+                        async move {
+                            match (done, unit) {
+                                (Some(result), _) => result,
+                                (None, PipelineUnit::Command(cmd)) => {
+                                    router.send(Unit::Command(cmd)).await
+                                }
+                                (None, PipelineUnit::Block(block)) => {
+                                    router.send(Unit::Block(block)).await
+                                }
+                            }
+                        }
                     });
                     // Every unit runs to its end: one failing says nothing of the others.
                     let results = join_all(sends).await;

@@ -402,13 +402,34 @@ async fn a_store_whose_keys_have_migrated_is_reached_with_asking() {
     // The slot is still the source's, but every key is on the target: ASK, for reads too.
     let before = cluster.error_count(from, "ASK");
     assert_eq!(buffer.stores().await.unwrap().len(), 1);
-    let receipt = buffer.push("orders", &json!({"n": 2})).await.unwrap();
-    assert_eq!(receipt.records, 2);
+    assert!(
+        cluster.error_count(from, "ASK") > before,
+        "the read met an ASK"
+    );
+    // A push is sent on to the target with ASKING too. Its MULTI block also reads the group's
+    // limits hash, which exists on neither node (no store of the group has limits), and an
+    // importing node answers a block with a missing key TRYAGAIN: the push is retried until
+    // the migration ends, then lands once.
+    let before = cluster.error_count(from, "ASK");
+    let tryagain = cluster.error_count(to, "TRYAGAIN");
+    let push = tokio::spawn({
+        let buffer = buffer.clone();
+        async move { buffer.push("orders", &json!({"n": 2})).await }
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            cluster.error_count(to, "TRYAGAIN") > tryagain
+        })
+        .await,
+        "the push, sent on with ASKING, met a TRYAGAIN"
+    );
     assert!(
         cluster.error_count(from, "ASK") > before,
         "the push met an ASK"
     );
     cluster.finish_migration(&migration);
+    let receipt = push.await.unwrap().unwrap();
+    assert_eq!(receipt.records, 2);
     // Then MOVED, while the client's slot map still names the source: every later request
     // is served (a redis-rs 1.8 cluster client stalled here for good, now and then).
     for _ in 0..5 {
