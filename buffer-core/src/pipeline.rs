@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::name::StoreName;
 use crate::push::{PushReceipt, PushReplies};
 use crate::record::EncodedRecord;
+use crate::replicas::ReplicaWait;
 use crate::transaction::{self, Block};
 
 /// Where one push's result is kept: written once, by the pipeline when it runs (or when the
@@ -206,10 +207,19 @@ impl PushPipeline {
         };
         let mut pipe = redis::pipe();
         let mut sent = Vec::with_capacity(pushes.len());
+        // With `wait_replicas`, a WAIT after each block, not one at the end: on a cluster the
+        // blocks go to different nodes, and each WAIT travels with its block to its node.
+        let wait = ReplicaWait::of(&buffer);
         for push in pushes {
             match buffer.push_transaction(&push.store, push.records, now) {
                 Ok((commands, replies)) => sent.push(Sent {
-                    block: transaction::queue(&mut pipe, commands),
+                    block: {
+                        let block = transaction::queue(&mut pipe, commands);
+                        if let Some(wait) = wait {
+                            wait.queue(&mut pipe);
+                        }
+                        block
+                    },
                     store: push.store,
                     replies,
                     slot: push.slot,
@@ -226,7 +236,8 @@ impl PushPipeline {
         let outcome: Result<Vec<Value>> = buffer
             .run("push", "", async move { pipe.query_async(&mut conn).await })
             .await;
-        let expected: usize = sent.iter().map(|push| push.block.replies()).sum();
+        let waits = usize::from(wait.is_some());
+        let expected: usize = sent.iter().map(|push| push.block.replies() + waits).sum();
         let replies = outcome.and_then(|replies| {
             if replies.len() == expected {
                 Ok(replies)
@@ -255,10 +266,16 @@ impl PushPipeline {
         let mut replies = replies.into_iter();
         for push in sent {
             let own: Vec<Value> = replies.by_ref().take(push.block.replies()).collect();
+            let wait_reply = wait.map(|wait| (wait, replies.next().unwrap_or(Value::Nil)));
             let result = push
                 .block
                 .check("push", push.store.as_str(), own)
-                .and_then(|results| push.replies.read(&push.store, &results));
+                .and_then(|results| {
+                    if let Some((wait, reply)) = wait_reply {
+                        wait.check("push", push.store.as_str(), reply)?;
+                    }
+                    push.replies.read(&push.store, &results)
+                });
             let _ = push.slot.set(result);
         }
         Ok(())

@@ -8,8 +8,8 @@ use crate::buffer::{Buffer, millis};
 use crate::error::{Error, Result};
 use crate::name::StoreName;
 use crate::record::{self, EncodedRecord};
+use crate::replicas::{self, ScriptCall};
 use crate::scripts;
-use crate::transaction;
 
 /// What a push returns: the live store's state right after the push, read in the same
 /// transaction.
@@ -202,7 +202,7 @@ impl Buffer {
         let now = self.stamp_ms().await?;
         let bytes: usize = records.iter().map(|r| r.json.len()).sum();
         let keys = record::unique_keys(&records)?;
-        let mut invocation = scripts::PUSH_ONCE.prepare_invoke();
+        let mut invocation = ScriptCall::new(&scripts::PUSH_ONCE);
         for key in live.all() {
             invocation.key(key);
         }
@@ -222,11 +222,8 @@ impl Buffer {
         for record in records {
             invocation.arg(record.json);
         }
-        let mut conn = self.conn();
-        let reply: Vec<u64> = self
-            .run("push_once", store.as_str(), async move {
-                invocation.invoke_async(&mut conn).await
-            })
+        let reply: Vec<u64> = invocation
+            .invoke(self, "push_once", store.as_str())
             .await?;
         let [duplicate, records, bytes, keys, first] = reply[..] else {
             return Err(Error::Corrupt {
@@ -257,7 +254,7 @@ impl Buffer {
     ) -> Result<PushReceipt> {
         let now = self.stamp_ms().await?;
         let (commands, receipt) = self.push_transaction(store, records, now)?;
-        let replies = transaction::exec(self, "push", store.as_str(), commands).await?;
+        let replies = replicas::exec(self, "push", store.as_str(), commands).await?;
         receipt.read(store, &replies)
     }
 
