@@ -211,13 +211,34 @@ fn spawn_persister(cluster: &TestCluster, out: &Path, wait_replicas: bool) -> Ch
     command.spawn().unwrap()
 }
 
+/// The persister process of a failover test: stopped with SIGTERM by the test, killed if the
+/// test fails first (so no persister outlives its cluster).
+struct Persister(Child);
+
+impl Persister {
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Persister {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Pushes from four producers while a persister process drains; kills the master holding
 /// the most live keys with SIGKILL, waits for its replica's promotion, brings the old master
 /// back (it rejoins as a replica), pushes on, then drains everything and counts.
 async fn failover_under_load(wait_replicas: bool) -> Outcome {
     let mut cluster = TestCluster::start_with(3, 1, None);
     let out = tempfile::tempdir().unwrap();
-    let mut persister = spawn_persister(&cluster, out.path(), wait_replicas);
+    let mut persister = Persister(spawn_persister(&cluster, out.path(), wait_replicas));
     let mut config = BufferConfig::new(cluster.urls().join(","))
         .response_timeout(Duration::from_secs(3));
     if wait_replicas {
@@ -261,10 +282,20 @@ async fn failover_under_load(wait_replicas: bool) -> Outcome {
     }
     let (&victim, _) = keys_by_master.iter().max_by_key(|(_, keys)| **keys).unwrap();
     let before_kill = acknowledged(&sent);
+    eprintln!("killing master {victim} after {before_kill} acknowledged pushes");
     cluster.kill(victim);
-    // Its replica takes over: every running node sees all slots served again.
+    // Its replica takes over (after the node timeout, 2 s): the victim serves no slot any
+    // more, and every running node sees all slots served again.
+    let promoted = eventually(Duration::from_secs(60), || async {
+        cluster
+            .inner()
+            .masters()
+            .is_ok_and(|masters| !masters.contains(&victim))
+    })
+    .await;
+    assert!(promoted, "the replica of {victim} was not promoted");
     cluster.inner().wait_until_ready(Duration::from_secs(60)).unwrap();
-    assert!(!cluster.masters().contains(&victim));
+    eprintln!("replica promoted; restarting {victim}");
     cluster.restart(victim);
     // Pushing continues after the promotion, with the old master back as a replica.
     let resumed = acknowledged(&sent);
@@ -273,21 +304,19 @@ async fn failover_under_load(wait_replicas: bool) -> Outcome {
             .await,
         "pushes did not resume after the failover"
     );
+    eprintln!("pushes resumed; stopping the producers");
     phase.send_replace(2);
     for producer in producers {
         producer.await.unwrap();
     }
+    eprintln!("producers stopped; draining");
     // Drain: the persister empties the buffer (the replicas need not be waited for here).
     let drained = eventually(Duration::from_secs(90), || async {
         buffer.stores().await.map(|s| s.is_empty()).unwrap_or(false)
             && buffer.get_prepared().await.map(|p| p.is_empty()).unwrap_or(false)
     })
     .await;
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(persister.id().to_string())
-        .status();
-    persister.wait().unwrap();
+    persister.stop();
     assert!(drained, "the buffer was not drained: {:?}", cluster.buffer_keys());
 
     let mut copies: BTreeMap<(u64, u64), usize> = BTreeMap::new();
