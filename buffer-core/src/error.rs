@@ -216,9 +216,9 @@ impl Error {
     /// loading or out of memory. Invalid input and lost locks are never transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Timeout { .. }
-            | Self::OutOfMemory { .. }
-            | Self::ReplicasNotConfirmed { .. } => true,
+            Self::Timeout { .. } | Self::OutOfMemory { .. } | Self::ReplicasNotConfirmed { .. } => {
+                true
+            }
             Self::Redis { source, .. } => {
                 source.is_io_error()
                     || source.is_timeout()

@@ -222,9 +222,7 @@ impl Buffer {
         for record in records {
             invocation.arg(record.json);
         }
-        let reply: Vec<u64> = invocation
-            .invoke(self, "push_once", store.as_str())
-            .await?;
+        let reply: Vec<u64> = invocation.invoke(self, "push_once", store.as_str()).await?;
         let [duplicate, records, bytes, keys, first] = reply[..] else {
             return Err(Error::Corrupt {
                 what: format!("push_once script replied {reply:?}"),

@@ -11,7 +11,9 @@
 
 use std::time::Duration;
 
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError, Script, ServerErrorKind, ToRedisArgs, Value};
+use redis::{
+    Cmd, FromRedisValue, Pipeline, RedisError, Script, ServerErrorKind, ToRedisArgs, Value,
+};
 
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
@@ -35,9 +37,11 @@ impl ReplicaWait {
 
     /// Appends `WAIT` to `pipe`. Its reply comes right after the replies of what it follows.
     pub(crate) fn queue(self, pipe: &mut Pipeline) {
-        pipe.cmd("WAIT")
-            .arg(self.replicas)
-            .arg(u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX).max(1));
+        pipe.cmd("WAIT").arg(self.replicas).arg(
+            u64::try_from(self.timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
     }
 
     /// Checks `WAIT`'s reply: the number of replicas that acknowledged the write.
@@ -184,9 +188,11 @@ impl<'a> ScriptCall<'a> {
                     loaded = true;
                     let mut conn = buffer.conn();
                     buffer
-                        .run(op, store, async move {
-                            self.script.load_async(&mut conn).await
-                        })
+                        .run(
+                            op,
+                            store,
+                            async move { self.script.load_async(&mut conn).await },
+                        )
                         .await?;
                     continue;
                 }
