@@ -46,6 +46,9 @@ pub struct BufferConfig {
     pub(crate) push_id_ttl: Duration,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) clock_sync_interval: Duration,
+    /// `WAIT` after every push and prepare: how many replicas, and how long to wait for them
+    /// (see [`BufferConfig::wait_replicas`]); `None` waits for none.
+    pub(crate) wait_replicas: Option<(u32, Duration)>,
 }
 
 impl BufferConfig {
@@ -83,6 +86,7 @@ impl BufferConfig {
             push_id_ttl: Duration::from_secs(24 * 3600),
             clock: Arc::new(SystemClock),
             clock_sync_interval: Duration::from_secs(60),
+            wait_replicas: None,
         }
     }
 
@@ -145,6 +149,17 @@ impl BufferConfig {
         }
         if self.clock_sync_interval.is_zero() {
             return zero("clock_sync_interval", "must be more than 0");
+        }
+        if let Some((_, timeout)) = self.wait_replicas {
+            // WAIT runs inside the push's round trip, which the response timeout bounds: a
+            // longer WAIT would turn every slow replica into a timeout instead of the typed
+            // error naming the replicas.
+            if timeout < Duration::from_millis(1) || timeout >= self.response_timeout {
+                return zero(
+                    "wait_replicas",
+                    "timeout must be at least 1 ms and shorter than response_timeout",
+                );
+            }
         }
         Ok(namespace)
     }
@@ -214,6 +229,23 @@ impl BufferConfig {
         self
     }
 
+    /// Makes every write that must survive a failover wait for `replicas` replicas of the
+    /// master that took it (`WAIT replicas timeout`, sent right after it on the same
+    /// connection, so it counts that write): each push (`push`, `push_many`, `push_json`,
+    /// `push_once`, each push of a [`crate::PushPipeline`]) and each prepare (before the
+    /// persister writes the batch's file). `replicas` 0 (the default) waits for nothing.
+    ///
+    /// A write confirmed by fewer replicas within `timeout` fails with
+    /// [`Error::ReplicasNotConfirmed`]: it is applied on the master, but a failover may
+    /// still lose it ([`Error::is_outcome_unknown`] is true; `push_once` may be retried with
+    /// the same id). `timeout` must be shorter than the response timeout (checked by
+    /// [`BufferConfig::validate`]). What it guarantees and costs: README "What
+    /// --wait-replicas guarantees and costs".
+    pub fn wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
     /// The Redis URL (or the comma-separated node URLs) with any password replaced by
     /// `***`, fit to display or log.
     pub fn redacted_url(&self) -> String {
@@ -275,7 +307,12 @@ mod tests {
             ok.clone().namespace("a b").validate(),
             Err(Error::InvalidNamespace { .. })
         ));
-        let cases: [(BufferConfig, &str); 9] = [
+        let cases: [(BufferConfig, &str); 11] = [
+            (
+                ok.clone().wait_replicas(1, Duration::from_secs(5)),
+                "wait_replicas",
+            ),
+            (ok.clone().wait_replicas(1, Duration::ZERO), "wait_replicas"),
             (BufferConfig::new(" "), "the Redis URL"),
             (ok.clone().groups(0), "groups"),
             (

@@ -536,6 +536,10 @@ fn units(pipeline: &Pipeline) -> Vec<PipelineUnit> {
             if name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD") {
                 units.extend(block.take().map(PipelineUnit::Block));
             }
+        } else if name.eq_ignore_ascii_case(b"WAIT")
+            && let Some(previous) = units.pop()
+        {
+            units.push(with_wait(previous, cmd.clone()));
         } else if name.eq_ignore_ascii_case(b"MULTI") {
             let mut open = redis::pipe();
             open.add_command(cmd.clone());
@@ -547,6 +551,23 @@ fn units(pipeline: &Pipeline) -> Vec<PipelineUnit> {
     // A MULTI without EXEC is sent as it is; Redis answers it as it would on one server.
     units.extend(block.map(PipelineUnit::Block));
     units
+}
+
+/// `unit` with the `WAIT` that follows it in the pipeline (`replicas.rs`), sent as one unit:
+/// `WAIT` counts the replicas that have the writes sent before it *on its connection*, so it
+/// must reach the node that took the unit's write, and a redirect or retry must resend both.
+/// `WAIT` names no key, so the unit is still routed by the slot of the unit's keys.
+fn with_wait(unit: PipelineUnit, wait: Cmd) -> PipelineUnit {
+    let mut block = match unit {
+        PipelineUnit::Block(block) => block,
+        PipelineUnit::Command(cmd) => {
+            let mut block = redis::pipe();
+            block.add_command(cmd);
+            block
+        }
+    };
+    block.add_command(wait);
+    PipelineUnit::Block(block)
 }
 
 fn command_name(cmd: &Cmd) -> &[u8] {
@@ -759,6 +780,23 @@ mod tests {
             })
             .collect();
         assert_eq!(lens, [1, 4, 1]);
+    }
+
+    #[test]
+    fn a_wait_goes_with_the_unit_before_it() {
+        let mut pipe = redis::pipe();
+        pipe.cmd("MULTI").cmd("SET").arg("{t}x").arg(1).cmd("EXEC");
+        pipe.cmd("WAIT").arg(1).arg(100);
+        pipe.cmd("EVALSHA").arg("sha").arg(1).arg("{u}k");
+        pipe.cmd("WAIT").arg(1).arg(100);
+        let lens: Vec<usize> = units(&pipe)
+            .iter()
+            .map(|unit| match unit {
+                PipelineUnit::Command(_) => 1,
+                PipelineUnit::Block(block) => block.len(),
+            })
+            .collect();
+        assert_eq!(lens, [4, 2]);
     }
 
     #[test]

@@ -204,6 +204,26 @@ pub enum Error {
         /// How long it waited.
         timeout: std::time::Duration,
     },
+    /// A write was applied on the master but `WAIT` confirmed it on fewer replicas than
+    /// [`crate::BufferConfig::wait_replicas`] asks for within its timeout: it may be lost if
+    /// the master fails now (see README "What --wait-replicas guarantees and costs").
+    #[error(
+        "{op}{}: applied on the master but confirmed by {confirmed} of {wanted} replicas within {} ms; it may be lost in a failover",
+        on_store(store),
+        timeout.as_millis()
+    )]
+    ReplicasNotConfirmed {
+        /// The operation whose write was not replicated in time.
+        op: &'static str,
+        /// The store concerned (empty for a pipeline's round trip).
+        store: String,
+        /// How many replicas were asked for.
+        wanted: u32,
+        /// How many replicas `WAIT` counted.
+        confirmed: u64,
+        /// How long `WAIT` waited.
+        timeout: std::time::Duration,
+    },
     /// Any other error from Redis or the connection to it.
     ///
     /// Its `source` is the `redis` crate's `RedisError` (redis 1.x), the one type of that crate
@@ -228,7 +248,9 @@ impl Error {
     /// loading or out of memory. Invalid input and lost locks are never transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Timeout { .. } | Self::OutOfMemory { .. } => true,
+            Self::Timeout { .. } | Self::OutOfMemory { .. } | Self::ReplicasNotConfirmed { .. } => {
+                true
+            }
             Self::Redis { source, .. } => {
                 source.is_io_error()
                     || source.is_timeout()
@@ -277,10 +299,12 @@ impl Error {
     /// True when the request may or may not have been applied: it was sent (or may have
     /// been) but its reply was lost to a timeout or a broken connection. Retrying a plain
     /// push after such an error may store its records twice; `Buffer::push_once` with the
-    /// same push id may be retried safely.
+    /// same push id may be retried safely. Also true when a write was applied but not
+    /// confirmed by enough replicas ([`Error::ReplicasNotConfirmed`]): it stands on the
+    /// master, and a failover may still lose it.
     pub fn is_outcome_unknown(&self) -> bool {
         match self {
-            Self::Timeout { .. } => true,
+            Self::Timeout { .. } | Self::ReplicasNotConfirmed { .. } => true,
             Self::Redis { source, .. } => {
                 !source.is_connection_refusal()
                     && (source.is_io_error()
@@ -321,6 +345,7 @@ impl Error {
     pub(crate) fn for_store(mut self, name: &str) -> Self {
         match &mut self {
             Self::Timeout { store, .. }
+            | Self::ReplicasNotConfirmed { store, .. }
             | Self::Redis { store, .. }
             | Self::WrongType { store, .. }
             | Self::OutOfMemory { store, .. } => *store = name.to_owned(),

@@ -23,6 +23,8 @@
 //! - `keys`: the key layout (private: nothing outside this crate spells a key).
 //! - `scripts`: the Lua scripts for the steps that must be conditional and atomic.
 //! - `transaction`: MULTI/EXEC with every reply checked (EXEC does not roll back).
+//! - `replicas`: `WAIT` after pushes and prepares when [`BufferConfig::wait_replicas`] asks
+//!   for replica acknowledgement, sent in the write's own round trip.
 //! - `pipeline`: [`PushPipeline`], many pushes (each its own MULTI/EXEC) in one round trip,
 //!   each with its own result in a [`PushHandle`].
 //! - `name`, `batch`: [`StoreName`] and [`BatchId`], validated and injectively encoded.
@@ -154,6 +156,7 @@ mod push;
 mod reader;
 mod receipt;
 mod record;
+mod replicas;
 mod scripts;
 mod transaction;
 

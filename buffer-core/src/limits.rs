@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::name::StoreName;
 use crate::receipt::PushReceipt;
 use crate::record::{self, EncodedRecord};
+use crate::replicas::ReplicaWait;
 use crate::scripts;
 
 /// The largest value a limit may have: Lua, which checks the limits, counts in doubles, exact
@@ -462,12 +463,28 @@ impl Buffer {
     ) -> Result<PushReceipt> {
         let invocation = invocation(self, store, records, now)?;
         let mut conn = self.conn();
-        let reply: Value = self
+        let Some(wait) = ReplicaWait::of(self) else {
+            let reply: Value = self
+                .run("push", store.as_str(), async move {
+                    invocation.invoke_async(&mut conn).await
+                })
+                .await?;
+            return read_reply(self, store, reply);
+        };
+        // With replica acknowledgement: the script, then WAIT on the same connection (so the
+        // same node), loaded first since a pipeline's EVALSHA has no fallback to EVAL.
+        let mut pipe = redis::pipe();
+        pipe.load_script(&scripts::PUSH_LIMITED)
+            .invoke_script(&invocation);
+        wait.queue(&mut pipe);
+        let (_sha, reply, waited): (Value, Value, Value) = self
             .run("push", store.as_str(), async move {
-                invocation.invoke_async(&mut conn).await
+                pipe.query_async(&mut conn).await
             })
             .await?;
-        read_reply(self, store, reply)
+        let receipt = read_reply(self, store, reply)?;
+        wait.check("push", store.as_str(), waited)?;
+        Ok(receipt)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::limits;
 use crate::name::StoreName;
 use crate::push::{PushReceipt, PushReplies};
 use crate::record::EncodedRecord;
+use crate::replicas::ReplicaWait;
 use crate::scripts;
 use crate::transaction::{self, Block};
 
@@ -243,6 +244,9 @@ impl PushPipeline {
             pipe.load_script(&scripts::PUSH_LIMITED);
         }
         let mut sent = Vec::with_capacity(pushes.len());
+        // With `wait_replicas`, a WAIT after each block, not one at the end: on a cluster the
+        // blocks go to different nodes, and each WAIT travels with its block to its node.
+        let wait = ReplicaWait::of(&buffer);
         for push in pushes {
             let how = if buffer.limit_cache().needs_script(&push.store) {
                 limits::invocation(&buffer, &push.store, push.records, now).map(|invocation| {
@@ -257,6 +261,11 @@ impl PushPipeline {
                     },
                 )
             };
+            if how.is_ok()
+                && let Some(wait) = wait
+            {
+                wait.queue(&mut pipe);
+            }
             match how {
                 Ok(how) => sent.push(Sent {
                     store: push.store,
@@ -275,8 +284,12 @@ impl PushPipeline {
         let outcome: Result<Vec<Value>> = buffer
             .run("push", "", async move { pipe.query_async(&mut conn).await })
             .await;
-        let expected: usize =
-            usize::from(limited) + sent.iter().map(|push| push.how.replies()).sum::<usize>();
+        let waits = usize::from(wait.is_some());
+        let expected: usize = usize::from(limited)
+            + sent
+                .iter()
+                .map(|push| push.how.replies() + waits)
+                .sum::<usize>();
         let replies = outcome.and_then(|replies| {
             if replies.len() == expected {
                 Ok(replies)
@@ -306,22 +319,32 @@ impl PushPipeline {
         let mut replies = replies.into_iter().skip(usize::from(limited));
         for push in sent {
             let own: Vec<Value> = replies.by_ref().take(push.how.replies()).collect();
+            let wait_reply = wait.map(|wait| (wait, replies.next().unwrap_or(Value::Nil)));
+            let store = push.store.as_str();
             let result = match push.how {
-                SentAs::Transaction { block, replies } => block
-                    .check("push", push.store.as_str(), own)
-                    .and_then(|results| {
+                SentAs::Transaction { block, replies } => {
+                    block.check("push", store, own).and_then(|results| {
                         limits::observe_probe(&buffer, &push.store, &results);
+                        if let Some((wait, reply)) = wait_reply {
+                            wait.check("push", store, reply)?;
+                        }
                         replies.read(&push.store, &results)
-                    }),
+                    })
+                }
                 SentAs::Limited => match own.into_iter().next() {
-                    Some(Value::ServerError(err)) => Err(Error::from_redis(
-                        "push",
-                        push.store.as_str(),
-                        RedisError::from(err),
-                    )),
-                    Some(reply) => limits::read_reply(&buffer, &push.store, reply),
+                    Some(Value::ServerError(err)) => {
+                        Err(Error::from_redis("push", store, RedisError::from(err)))
+                    }
+                    Some(reply) => {
+                        limits::read_reply(&buffer, &push.store, reply).and_then(|receipt| {
+                            if let Some((wait, reply)) = wait_reply {
+                                wait.check("push", store, reply)?;
+                            }
+                            Ok(receipt)
+                        })
+                    }
                     None => Err(Error::Corrupt {
-                        what: format!("push to store {:?}: no reply", push.store),
+                        what: format!("push to store {store:?}: no reply"),
                     }),
                 },
             };

@@ -8,6 +8,7 @@ use crate::buffer::{Buffer, millis};
 use crate::error::{Error, Result};
 use crate::keys::KeyLayout;
 use crate::name::StoreName;
+use crate::replicas::ScriptCall;
 use crate::scripts;
 
 pub(crate) enum PrepareOutcome {
@@ -33,7 +34,7 @@ impl Buffer {
         for _attempt in 0..16 {
             let id = BatchId::new(self.stamp_ms().await?);
             let batch = layout.batch(store, &id);
-            let mut invocation = scripts::PREPARE.prepare_invoke();
+            let mut invocation = ScriptCall::new(&scripts::PREPARE);
             for key in live.all().into_iter().chain(batch.all()) {
                 invocation.key(key);
             }
@@ -49,11 +50,11 @@ impl Buffer {
                 .arg(id.created_ms())
                 .arg(lock_value.unwrap_or(""))
                 .arg(millis(lock_ttl));
-            let mut conn = self.conn();
-            let reply: Vec<i64> = self
-                .run("prepare_to_persist", store.as_str(), async move {
-                    invocation.invoke_async(&mut conn).await
-                })
+            // With `wait_replicas`, WAIT follows the script: a batch is handed to the persister
+            // (and its file written) only once the move is on the replicas, so a failover
+            // cannot bring its records back live to be written twice (ARCHITECTURE.md).
+            let reply: Vec<i64> = invocation
+                .invoke(self, "prepare_to_persist", store.as_str())
                 .await?;
             let count = |value: &i64| u64::try_from(*value).unwrap_or(0);
             match reply.as_slice() {

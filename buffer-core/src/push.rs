@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::name::StoreName;
 pub use crate::receipt::{PushOnceOutcome, PushReceipt};
 use crate::record::{self, EncodedRecord};
+use crate::replicas::{self, ScriptCall};
 use crate::scripts;
-use crate::transaction;
 
 /// `records`, unless there are none ([`Error::NoRecords`]: a push adds at least one).
 fn not_empty(store: &StoreName, records: Vec<EncodedRecord>) -> Result<Vec<EncodedRecord>> {
@@ -185,7 +185,7 @@ impl Buffer {
         let now = self.stamp_ms().await?;
         let bytes: usize = records.iter().map(|r| r.json.len()).sum();
         let keys = record::unique_keys(&records)?;
-        let mut invocation = scripts::PUSH_ONCE.prepare_invoke();
+        let mut invocation = ScriptCall::new(&scripts::PUSH_ONCE);
         for key in live.all() {
             invocation.key(key);
         }
@@ -207,12 +207,7 @@ impl Buffer {
         for record in records {
             invocation.arg(record.json);
         }
-        let mut conn = self.conn();
-        let reply: Vec<i64> = self
-            .run("push_once", store.as_str(), async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
+        let reply: Vec<i64> = invocation.invoke(self, "push_once", store.as_str()).await?;
         if let Some(refused) = crate::limits::refusal(&store, &reply) {
             return Err(refused);
         }
@@ -251,7 +246,7 @@ impl Buffer {
             return self.push_limited(store, records, now).await;
         }
         let (commands, receipt) = self.push_transaction(store, records, now)?;
-        let replies = transaction::exec(self, "push", store.as_str(), commands).await?;
+        let replies = replicas::exec(self, "push", store.as_str(), commands).await?;
         crate::limits::observe_probe(self, store, &replies);
         receipt.read(store, &replies)
     }

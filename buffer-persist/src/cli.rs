@@ -85,6 +85,16 @@ pub struct RedisArgs {
     /// Timeout for each Redis reply, e.g. `5s`.
     #[arg(long, env = "BUFFER_REDIS_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub redis_timeout: Duration,
+    /// Acknowledge a push, and write a batch's file, only once this many replicas of the
+    /// master have it (`WAIT`): with 1, a master killed under load loses no acknowledged push
+    /// and duplicates nothing. 0 waits for none. See README "What --wait-replicas guarantees
+    /// and costs".
+    #[arg(long, env = "BUFFER_WAIT_REPLICAS", default_value_t = 0)]
+    pub wait_replicas: u32,
+    /// How long each write waits for `--wait-replicas` replicas before it fails as not
+    /// replicated (its outcome unknown), e.g. `1s`; shorter than `--redis-timeout`.
+    #[arg(long, env = "BUFFER_WAIT_REPLICAS_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub wait_replicas_timeout: Duration,
 }
 
 /// Where and how batches are written.
@@ -200,10 +210,16 @@ fn compression(text: &str) -> Result<Compression, String> {
 }
 
 impl RedisArgs {
-    async fn connect(&self) -> anyhow::Result<Buffer> {
-        let config = BufferConfig::new(&self.url)
+    /// The buffer configuration these arguments describe.
+    fn buffer_config(&self) -> BufferConfig {
+        BufferConfig::new(&self.url)
             .namespace(&self.namespace)
-            .response_timeout(self.redis_timeout);
+            .response_timeout(self.redis_timeout)
+            .wait_replicas(self.wait_replicas, self.wait_replicas_timeout)
+    }
+
+    async fn connect(&self) -> anyhow::Result<Buffer> {
+        let config = self.buffer_config();
         config.validate()?;
         let redacted = config.redacted_url();
         Buffer::connect(config)
@@ -269,9 +285,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     config.interval = args.interval;
     config.validate()?;
     // Connect lazily: a persister started before Redis waits for it instead of exiting.
-    let buffer_config = BufferConfig::new(&args.redis.url)
-        .namespace(&args.redis.namespace)
-        .response_timeout(args.redis.redis_timeout);
+    let buffer_config = args.redis.buffer_config();
     let buffer = Buffer::connect_lazy(buffer_config)?;
     let persister = Persister::new(buffer, config);
     if let Some(addr) = args.metrics_addr {

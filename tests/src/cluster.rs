@@ -294,3 +294,14 @@ impl Drop for TestCluster {
         }
     }
 }
+
+/// Bringing a killed node back (the failover tests of `--wait-replicas`).
+impl TestCluster {
+    /// Starts the killed node on `port` again; a failed-over master rejoins as a replica.
+    pub fn restart(&mut self, port: u16) {
+        assert!(
+            self.cluster.restart_node(port).unwrap(),
+            "no node on port {port}"
+        );
+    }
+}

@@ -402,6 +402,22 @@ fn parse_nodes(text: &str) -> Vec<ClusterNode> {
         .collect()
 }
 
+/// Bringing a killed node back (the failover tests of `--wait-replicas`).
+impl LocalCluster {
+    /// Starts the node on `port` again after [`LocalCluster::kill`], with its directory and
+    /// `nodes.conf`: a master that was failed over meanwhile rejoins as a replica of the one
+    /// that replaced it. Returns false when no node has that port.
+    ///
+    /// # Errors
+    /// As [`LocalRedis::restart`].
+    pub fn restart_node(&mut self, port: u16) -> Result<bool, LocalServerError> {
+        match self.nodes.iter_mut().find(|node| node.port() == port) {
+            Some(node) => node.restart().map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
