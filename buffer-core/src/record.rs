@@ -451,6 +451,8 @@ mod tests {
             r#"{"a":1,"a":2,"b":[{"a":3}],"":null}"#,
             r#"{"s":"\\\"","t":true,"n":-1.5e-3}"#,
             r#"{"o":{"p":1,"q":2},"r":["s","t"],"u":[["v","w"],{"x":"y"}]}"#,
+            // Long strings with escapes late in them.
+            r#"{"a key that is longer than thirty-two bytes \" here":"a value longer than thirty-two bytes, \"quoted\", with a \\","b":1}"#,
         ];
         for text in texts {
             let mut scanned = Vec::new();
