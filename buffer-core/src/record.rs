@@ -2,10 +2,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fmt;
 
 use serde::Serialize;
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserialize, IgnoredAny};
 
 use crate::error::{Error, Result};
 use crate::name::StoreName;
@@ -49,20 +48,93 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
 /// The distinct top-level keys of `records`, borrowed from their texts where a key holds no
 /// escape (nearly always), so no key is allocated per record.
 ///
+/// The texts come from [`encode`] or [`parse`], so they are valid compact JSON objects: the
+/// keys are found by a byte scan ([`top_level_keys`]) rather than by parsing every value
+/// again. Records of one push usually share their keys in the same order, so a key equal to
+/// the previous record's key at the same position (already in the set) is not hashed again.
+///
 /// # Errors
 /// [`Error::Corrupt`] if a text is not a JSON object, which `encode` and `parse` rule out.
 pub(crate) fn unique_keys(records: &[EncodedRecord]) -> Result<HashSet<Cow<'_, str>>> {
     let mut keys = HashSet::new();
+    let mut previous: Vec<Cow<'_, str>> = Vec::new();
+    let mut current: Vec<Cow<'_, str>> = Vec::new();
     for record in records {
-        let mut deserializer = serde_json::Deserializer::from_str(&record.json);
-        deserializer
-            .deserialize_map(KeysInto(&mut keys))
-            .and_then(|()| deserializer.end())
-            .map_err(|err| Error::Corrupt {
-                what: format!("an encoded record is not a JSON object: {err}"),
-            })?;
+        current.clear();
+        top_level_keys(&record.json, |key| {
+            if previous.get(current.len()) != Some(&key) && !keys.contains(&key) {
+                keys.insert(key.clone());
+            }
+            current.push(key);
+        })
+        .map_err(|reason| Error::Corrupt {
+            what: format!("an encoded record is not a JSON object: {reason}"),
+        })?;
+        std::mem::swap(&mut previous, &mut current);
     }
     Ok(keys)
+}
+
+/// Calls `key` with each top-level key of `json`, a valid JSON object text, in order: the
+/// string that follows the object's `{` or one of its own `,`. Strings are skipped by their
+/// quotes and escapes, and nothing else is parsed, since the text was validated when it was
+/// encoded. A key is borrowed unless it holds an escape, which is decoded.
+fn top_level_keys<'a>(
+    json: &'a str,
+    mut key: impl FnMut(Cow<'a, str>),
+) -> std::result::Result<(), String> {
+    let bytes = json.as_bytes();
+    if bytes.first() != Some(&b'{') {
+        return Err(format!("it starts with {:?}", json.chars().next()));
+    }
+    let mut depth = 0usize;
+    let mut expect_key = false;
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        match byte {
+            b'{' | b'[' => {
+                depth += 1;
+                expect_key = depth == 1;
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' => expect_key = depth == 1,
+            b'"' => {
+                let (end, escaped) = string_end(bytes, i + 1)
+                    .ok_or_else(|| format!("an unterminated string at byte {i}"))?;
+                if expect_key {
+                    if escaped {
+                        let quoted = json.get(i..=end).unwrap_or_default();
+                        let decoded: String = serde_json::from_str(quoted)
+                            .map_err(|err| format!("a bad key at byte {i}: {err}"))?;
+                        key(Cow::Owned(decoded));
+                    } else {
+                        key(Cow::Borrowed(json.get(i + 1..end).unwrap_or_default()));
+                    }
+                    expect_key = false;
+                }
+                i = end;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The index of the quote that closes the string whose content starts at `i`, and whether
+/// the string holds an escape. Strings are most of a record's bytes: memchr skips to the next
+/// quote or backslash with SIMD instead of looking at every byte.
+fn string_end(bytes: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
+        if bytes.get(i) == Some(&b'"') {
+            return Some((i, escaped));
+        }
+        // An escape is at least two bytes; skipping the second keeps `\"` in the string.
+        escaped = true;
+        i += 2;
+    }
 }
 
 /// Checks one JSON text (a line of JSON Lines, say) as a record and compacts it.
@@ -194,51 +266,6 @@ fn check_size(store: &StoreName, index: usize, json: &str, max_bytes: usize) -> 
         });
     }
     Ok(())
-}
-
-/// Adds the top-level keys of a JSON object to a set; the values are skipped, not built.
-struct KeysInto<'s, 'a>(&'s mut HashSet<Cow<'a, str>>);
-
-impl<'a> Visitor<'a> for KeysInto<'_, 'a> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> std::result::Result<(), A::Error> {
-        while let Some(Key(key)) = map.next_key()? {
-            map.next_value::<IgnoredAny>()?;
-            self.0.insert(key);
-        }
-        Ok(())
-    }
-}
-
-/// An object key, borrowed from the text unless it had to be unescaped. (`Cow<str>`'s own
-/// `Deserialize` always copies.)
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object key")
-            }
-            fn visit_borrowed_str<E>(self, key: &'de str) -> std::result::Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(key)))
-            }
-            fn visit_str<E>(self, key: &str) -> std::result::Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(key.to_owned())))
-            }
-            fn visit_string<E>(self, key: String) -> std::result::Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(key)))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
-    }
 }
 
 /// What a compact JSON text that is not an object is, from its first character.
@@ -412,5 +439,50 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_key_scan_finds_exactly_the_top_level_keys() {
+        let texts = [
+            r#"{}"#,
+            r#"{"a":1}"#,
+            r#"{"a":{"b":{"c":[1,{"d":2}]}},"e":[{"f":1},[]],"g":"h,\"i\":{"}"#,
+            r#"{"k\"ey":1,"x\\":"\\","\u00e9t\u00e9":{"y,":"}"},"z":[",{"]}"#,
+            r#"{"a":1,"a":2,"b":[{"a":3}],"":null}"#,
+            r#"{"s":"\\\"","t":true,"n":-1.5e-3}"#,
+            r#"{"o":{"p":1,"q":2},"r":["s","t"],"u":[["v","w"],{"x":"y"}]}"#,
+            // Long strings with escapes late in them.
+            r#"{"a key that is longer than thirty-two bytes \" here":"a value longer than thirty-two bytes, \"quoted\", with a \\","b":1}"#,
+        ];
+        for text in texts {
+            let mut scanned = Vec::new();
+            top_level_keys(text, |key| scanned.push(key.into_owned())).unwrap();
+            let parsed: serde_json::Map<String, Value> = serde_json::from_str(text).unwrap();
+            let mut unique = scanned.clone();
+            unique.sort();
+            unique.dedup();
+            let mut expected: Vec<String> = parsed.keys().cloned().collect();
+            expected.sort();
+            assert_eq!(unique, expected, "{text}");
+            let record = parse(&store(), 0, text, 1000).unwrap();
+            assert_eq!(sorted_keys(&[record]), expected, "{text}");
+        }
+        assert!(top_level_keys("[1]", |_| ()).is_err());
+        assert!(top_level_keys(r#"{"a"#, |_| ()).is_err());
+    }
+
+    #[test]
+    fn keys_shared_by_position_or_not_are_all_found() {
+        let records: Vec<EncodedRecord> = [
+            r#"{"a":1,"b":2}"#,
+            r#"{"a":1,"b":2}"#,
+            r#"{"b":1,"a":2,"c":3}"#,
+            r#"{"a":1}"#,
+            r#"{"d":1,"a":2}"#,
+        ]
+        .iter()
+        .map(|text| parse(&store(), 0, text, 100).unwrap())
+        .collect();
+        assert_eq!(sorted_keys(&records), ["a", "b", "c", "d"]);
     }
 }

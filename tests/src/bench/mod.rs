@@ -147,6 +147,12 @@ pub async fn run(options: Options) -> Result<()> {
             Some(section) => memory::splice(&text, section),
             None => text,
         };
+        // The "CPU per record" section is written by the `cpu_per_record` binary, not by this
+        // harness: carry it over rather than lose it.
+        let text = match std::fs::read_to_string(path) {
+            Ok(old) => text + &cpu_section(&old),
+            Err(_) => text,
+        };
         std::fs::write(path, text)
             .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", path.display()))?;
         println!("wrote {}", path.display());
@@ -161,6 +167,22 @@ pub async fn run(options: Options) -> Result<()> {
         println!("updated the memory section of {}", path.display());
     }
     Ok(())
+}
+
+/// The heading of the section of BENCHMARKS.md that `cpu_per_record` writes.
+pub const CPU_HEADING: &str = "## CPU per record";
+
+/// The "CPU per record" section of a BENCHMARKS.md text (from its heading to the next `## `
+/// heading or the end), with a blank line before it; empty if there is none.
+pub fn cpu_section(text: &str) -> String {
+    let Some(start) = text.find(CPU_HEADING) else {
+        return String::new();
+    };
+    let rest = &text[start..];
+    let end = rest[CPU_HEADING.len()..]
+        .find("\n## ")
+        .map_or(rest.len(), |at| at + CPU_HEADING.len() + 1);
+    format!("\n{}", rest[..end].trim_end()) + "\n"
 }
 
 fn took(what: &str, started: Instant) {
