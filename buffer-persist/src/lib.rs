@@ -5,6 +5,8 @@
 //! - [`Persister`]: the loop (`run`), the one-shot `drain`, and the per-batch protocol
 //!   lock → prepare → write → fsync → publish → empty → release.
 //! - `writer`: one batch to one file, durably, without clobbering; formats and compression.
+//! - `parquet`: the Parquet encoder: a batch's column types inferred from its records, then
+//!   the records written through the Arrow writer into any `Write` sink.
 //! - `paths`: [`PathTemplate`], the pure function (store, batch) → file path, confined to the
 //!   output directory.
 //! - `marker`: the output directory's record of format, compression and path template.
@@ -21,6 +23,7 @@ mod error;
 mod failpoint;
 mod marker;
 mod metrics;
+mod parquet;
 mod paths;
 mod persister;
 mod writer;

@@ -20,7 +20,7 @@ use crate::config::PersistConfig;
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::metrics::BatchHistograms;
-use crate::writer::{self, BatchFile, CsvLayout, Published, SinkFactory};
+use crate::writer::{self, BatchFile, FileLayout, Published, SinkFactory};
 
 /// The longest a failing batch waits between two attempts. Its first retry waits one poll
 /// interval, and each failure after that doubles the wait up to this.
@@ -657,12 +657,9 @@ impl Persister {
         shutdown: &CancellationToken,
     ) -> Result<Published> {
         let config = &self.config;
-        let columns = match config.format {
-            crate::Format::Csv => {
-                CsvLayout::of_batch(&self.buffer, batch, config.csv_max_columns).await?
-            }
-            crate::Format::JsonLines => Default::default(),
-        };
+        let layout =
+            FileLayout::of_batch(&self.buffer, batch, config.format, config.csv_max_columns)
+                .await?;
         // The path is a pure function of the batch (its store, id and frozen first write), so
         // every attempt, by any persister, before or after a crash, writes the same file.
         let target = config.path_template()?.batch_path(
@@ -676,17 +673,9 @@ impl Persister {
             batch.clone(),
             self.open_sink.clone(),
         );
-        let (format, compression) = (config.format, config.compression);
+        let compression = config.compression;
         let mut file = blocking(move || {
-            BatchFile::create(
-                &out,
-                target,
-                &prepared,
-                format,
-                compression,
-                columns,
-                &*open,
-            )
+            BatchFile::create(&out, target, &prepared, compression, layout, &*open)
         })
         .await?;
         let mut reader = self.buffer.reader(batch);

@@ -26,6 +26,7 @@ use serde_json::value::RawValue;
 use crate::config::{Compression, Format};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
+use crate::parquet::{ParquetEncoder, ParquetFailure, ParquetLayout};
 use crate::paths;
 
 /// Where the bytes of a file go. Tests replace it to simulate a full disk.
@@ -127,6 +128,40 @@ enum Encoder {
         writer: Box<csv::Writer<Compressor>>,
         layout: CsvLayout,
     },
+    /// Parquet compresses its own columns: its compressor is always `Plain`.
+    Parquet(Box<ParquetEncoder<Compressor>>),
+}
+
+/// What a batch's file is laid out by, read from the batch before the file is created: every
+/// attempt at a batch reads the same layout, so writes the same bytes.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum FileLayout {
+    /// JSON Lines: records as they are.
+    #[default]
+    Lines,
+    /// CSV columns.
+    Csv(CsvLayout),
+    /// Parquet columns and their types.
+    Parquet(ParquetLayout),
+}
+
+impl FileLayout {
+    /// The layout of `batch`'s file in `format`: CSV and Parquet read the batch's key set (and
+    /// Parquet its records, once, for their types) from Redis.
+    pub(crate) async fn of_batch(
+        buffer: &Buffer,
+        batch: &PreparedBatch,
+        format: Format,
+        max_columns: usize,
+    ) -> Result<Self> {
+        Ok(match format {
+            Format::JsonLines => Self::Lines,
+            Format::Csv => Self::Csv(CsvLayout::of_batch(buffer, batch, max_columns).await?),
+            Format::Parquet => {
+                Self::Parquet(ParquetLayout::of_batch(buffer, batch, max_columns).await?)
+            }
+        })
+    }
 }
 
 /// The columns of a batch's CSV file: at most `--csv-max-columns` named columns (the first of
@@ -174,6 +209,11 @@ impl CsvLayout {
         Ok(Self { columns, rest })
     }
 
+    /// The named columns and the trailing column's name: the Parquet layout starts from them.
+    pub(crate) fn into_parts(self) -> (Vec<String>, Option<String>) {
+        (self.columns, self.rest)
+    }
+
     fn header(&self) -> impl Iterator<Item = &str> {
         self.columns
             .iter()
@@ -213,7 +253,7 @@ impl CsvLayout {
 /// A record's top-level fields in their order: each key (borrowed unless it holds an escape)
 /// and its value's JSON text exactly as pushed. No `serde_json::Value` is built, so values
 /// are never reinterpreted (numbers keep every digit, and no key is special).
-struct RecordFields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+pub(crate) struct RecordFields<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for RecordFields<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -302,15 +342,14 @@ impl Published {
 impl BatchFile {
     /// Creates the target's directory (every missing level, each made durable) and the
     /// temporary file beside the target. `target` is the batch's path under `out` (from the
-    /// path template); `csv` is the CSV file's columns ([`CsvLayout::of_batch`]), ignored for
-    /// JSON Lines.
+    /// path template); `layout` is the file's columns ([`FileLayout::of_batch`]), which also
+    /// decides the format.
     pub(crate) fn create(
         out: &Path,
         target: PathBuf,
         batch: &PreparedBatch,
-        format: Format,
         compression: Compression,
-        csv: CsvLayout,
+        layout: FileLayout,
         open: &SinkFactory,
     ) -> Result<Self> {
         let dir = target.parent().unwrap_or(out).to_path_buf();
@@ -323,11 +362,21 @@ impl BatchFile {
             inner: BufWriter::with_capacity(256 * 1024, sink),
             bytes: 0,
         };
-        let compressor =
-            Compressor::new(sink, compression).map_err(Error::io("start compressor", &temp.0))?;
-        let encoder = match format {
-            Format::JsonLines => Encoder::Lines(compressor),
-            Format::Csv => {
+        // Parquet compresses inside the file, column by column; the file itself is not
+        // compressed again, and an earlier attempt's file is compared byte for byte.
+        let file_compression = match layout {
+            FileLayout::Parquet(_) => Compression::None,
+            _ => compression,
+        };
+        let compressor = Compressor::new(sink, file_compression)
+            .map_err(Error::io("start compressor", &temp.0))?;
+        let encoder = match layout {
+            FileLayout::Lines => Encoder::Lines(compressor),
+            FileLayout::Parquet(layout) => Encoder::Parquet(Box::new(
+                ParquetEncoder::new(compressor, layout, compression)
+                    .map_err(|err| parquet_error(&temp.0, &batch.store, &batch.id, 0, err))?,
+            )),
+            FileLayout::Csv(csv) => {
                 let mut writer = Box::new(csv::Writer::from_writer(compressor));
                 // Always a header (the layout has at least one column): a CSV reader takes
                 // the first line as one, so every later line is one record.
@@ -346,7 +395,7 @@ impl BatchFile {
             encoder,
             temp,
             target,
-            compression,
+            compression: file_compression,
             records: 0,
         })
     }
@@ -376,6 +425,15 @@ impl BatchFile {
                         .map_err(|err| {
                             csv_error(&self.temp.0, &self.store, &self.batch, index, err)
                         })?;
+                    self.records += 1;
+                }
+            }
+            Encoder::Parquet(encoder) => {
+                for text in page {
+                    let index = self.records;
+                    encoder.write_record(text).map_err(|err| {
+                        parquet_error(&self.temp.0, &self.store, &self.batch, index, err)
+                    })?;
                     self.records += 1;
                 }
             }
@@ -411,6 +469,9 @@ impl BatchFile {
                 action: "write",
                 path: synced.temp.clone(),
                 source: io::Error::other(err.to_string()),
+            })?,
+            Encoder::Parquet(encoder) => encoder.finish().map_err(|err| {
+                parquet_error(&synced.temp, &synced.store, &synced.batch, records, err)
             })?,
         };
         let sink = compressor
@@ -485,6 +546,29 @@ fn csv_error(
     }
 }
 
+/// The Parquet encoder's error as ours, as [`csv_error`] does for CSV.
+fn parquet_error(
+    temp: &Path,
+    store: &StoreName,
+    batch: &BatchId,
+    index: u64,
+    err: ParquetFailure,
+) -> Error {
+    match err {
+        ParquetFailure::Io(source) => Error::Io {
+            action: "write",
+            path: temp.to_path_buf(),
+            source,
+        },
+        ParquetFailure::Record(reason) => Error::Encode {
+            store: store.to_string(),
+            batch: batch.to_string(),
+            index,
+            reason,
+        },
+    }
+}
+
 /// A complete, fsynced temporary file, ready to be published. Dropping it unpublished removes
 /// the temporary file.
 pub(crate) struct SyncedFile {
@@ -550,7 +634,7 @@ impl Drop for SyncedFile {
 /// A CSV field for a JSON value's text: a string unescaped, `null` empty, any other value
 /// (number, boolean, array, object) its JSON text exactly as pushed (compact, as the buffer
 /// stores records).
-fn csv_field(raw: &RawValue) -> Result<Cow<'_, str>, String> {
+pub(crate) fn csv_field(raw: &RawValue) -> Result<Cow<'_, str>, String> {
     let text = raw.get();
     if text.starts_with('"') {
         // Borrowed when the string holds no escape, unescaped into a new string otherwise.
@@ -569,7 +653,9 @@ fn csv_field(raw: &RawValue) -> Result<Cow<'_, str>, String> {
 /// The trailing column's field: a JSON object of the record's keys that have no named column,
 /// values as pushed, in the record's order (a key given twice keeps its last value); empty
 /// when there are none.
-fn rest_object<'a>(mut rest: Vec<(Cow<'a, str>, &'a RawValue)>) -> Result<Cow<'a, str>, String> {
+pub(crate) fn rest_object<'a>(
+    mut rest: Vec<(Cow<'a, str>, &'a RawValue)>,
+) -> Result<Cow<'a, str>, String> {
     if rest.is_empty() {
         return Ok(Cow::Borrowed(""));
     }

@@ -42,10 +42,20 @@ pub fn python() -> PathBuf {
     if fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) {
         return python;
     }
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv");
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv",
+    );
     run(
         Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
             .arg(&requirements),
         "pip install -r tests/requirements.txt",
     );
@@ -57,6 +67,8 @@ fn run(command: &mut Command, what: &str) {
     match command.status() {
         Ok(status) if status.success() => {}
         Ok(status) => panic!("{what} failed ({status}); the S3 and Parquet suites need it"),
-        Err(err) => panic!("{what} could not start: {err}; the S3 and Parquet suites need Python 3"),
+        Err(err) => {
+            panic!("{what} could not start: {err}; the S3 and Parquet suites need Python 3")
+        }
     }
 }
