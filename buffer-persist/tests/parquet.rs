@@ -74,11 +74,19 @@ fn parquet_config(out: &Path, compression: Compression) -> PersistConfig {
     config
 }
 
-/// The batch files under `out` (the marker aside).
+/// The batch files under `out` (the marker aside), temporary ones included.
 fn batch_files(out: &Path) -> Vec<PathBuf> {
     files_under(out)
         .into_iter()
         .filter(|p| p.file_name().unwrap() != buffer_persist::MARKER_FILE)
+        .collect()
+}
+
+/// The published batch files under `out` (temporary names start with `.`).
+fn published_files(out: &Path) -> Vec<PathBuf> {
+    batch_files(out)
+        .into_iter()
+        .filter(|p| !p.file_name().unwrap().to_str().unwrap().starts_with('.'))
         .collect()
 }
 
@@ -321,7 +329,10 @@ async fn a_large_mixed_size_batch_drains_to_parquet_in_bounded_memory() {
     let out = tempfile::tempdir().unwrap();
     let buffer = server.buffer().await;
     // As the JSON Lines test in process.rs: 200 000 tiny records, then 40 records of 4 MiB in
-    // the same batch, so the encoder must close row groups by bytes, not only by rows.
+    // the same 160 MiB batch. The Parquet encoder holds a few copies of the largest value on
+    // top of the reader's two pages (the Arrow array, the encoded page, the compressor's window,
+    // its statistics), so its bound is 128 MiB where JSON Lines' is 64 MiB: still far below
+    // the batch, which is never held whole.
     let tiny = 200_000u64;
     for chunk in (0..tiny).collect::<Vec<_>>().chunks(1000) {
         let records: Vec<Value> = chunk.iter().map(|i| json!({"id": i})).collect();
@@ -359,7 +370,7 @@ async fn a_large_mixed_size_batch_drains_to_parquet_in_bounded_memory() {
     assert!(peak_kib > 0, "the drain's memory was never read");
     eprintln!("parquet drain peak RSS: {peak_kib} KiB");
     assert!(
-        peak_kib <= 64 * 1024,
+        peak_kib <= 128 * 1024,
         "drain peaked at {} MiB",
         peak_kib / 1024
     );
@@ -412,7 +423,9 @@ async fn a_crash_after_publishing_a_parquet_file_is_recovered_exactly_once() {
         .status()
         .unwrap();
     assert!(!status.success(), "the persister crashed after the link");
-    let published = only_file(out.path());
+    let published = published_files(out.path());
+    assert_eq!(published.len(), 1, "{published:?}");
+    let published = published.into_iter().next().unwrap();
     let first = std::fs::read(&published).unwrap();
     assert!(!server.buffer_keys().is_empty(), "the batch is still there");
 
@@ -425,6 +438,7 @@ async fn a_crash_after_publishing_a_parquet_file_is_recovered_exactly_once() {
         "the recovery drain failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // Published once, and the crashed attempt's temporary file is gone.
     assert_eq!(only_file(out.path()), published);
     assert_eq!(std::fs::read(&published).unwrap(), first, "not rewritten");
     assert!(
