@@ -112,8 +112,8 @@ async fn every_value_type_maps_to_its_column_type_and_reads_back_in_pyarrow_and_
     // One key per case of the mapping (README.md, "Parquet"). Texts, not `json!`, so numbers
     // reach Redis with exactly these digits.
     let records = [
-        r#"{"int":1,"num":1,"flag":true,"text":"plain","nulls":null,"mixed":1,"nested":{"a":[1,2]},"big":18446744073709551616,"pi":3.14159265358979323846264338,"only_first":"x"}"#,
-        r#"{"int":-9223372036854775808,"num":2.5,"flag":false,"text":"é \"quoted\"\n","nulls":null,"mixed":"1","nested":[true,null],"big":1,"pi":1.5}"#,
+        r#"{"int":1,"num":1,"flag":true,"text":"plain","nulls":null,"mixed":1,"nested":{"a":[1,2]},"big":18446744073709551616,"pi":3.14159265358979323846264338,"only_first":"x","pair":1}"#,
+        r#"{"int":-9223372036854775808,"num":2.5,"flag":false,"text":"é \"quoted\"\n","nulls":null,"mixed":"1","nested":[true,null],"big":1,"pi":1.5,"pair":"one"}"#,
         r#"{"int":9223372036854775807,"num":-1e-3,"flag":null,"text":null,"nulls":null,"mixed":true,"nested":"s","big":2,"pi":2}"#,
     ];
     buffer.push_json("typed", &records).await.unwrap();
@@ -128,23 +128,24 @@ async fn every_value_type_maps_to_its_column_type_and_reads_back_in_pyarrow_and_
         json!({
             "big": "string", "flag": "bool", "int": "int64", "mixed": "string",
             "nested": "string", "nulls": "string", "num": "double", "only_first": "string",
-            "pi": "string", "text": "string",
+            "pair": "string", "pi": "string", "text": "string",
         })
     );
     // The text columns that hold JSON say so; plain strings do not.
     assert_eq!(arrow["encoding"]["mixed"], "json");
+    assert_eq!(arrow["encoding"]["pair"], "json");
     assert_eq!(arrow["encoding"]["text"], "");
     assert_eq!(
         arrow["rows"],
         json!([
             {"big": "18446744073709551616", "flag": true, "int": 1, "mixed": "1",
-             "nested": "{\"a\":[1,2]}", "nulls": null, "num": 1.0, "only_first": "x",
+             "nested": "{\"a\":[1,2]}", "nulls": null, "num": 1.0, "only_first": "x", "pair": "1",
              "pi": "3.14159265358979323846264338", "text": "plain"},
             {"big": "1", "flag": false, "int": -9223372036854775808i64, "mixed": "\"1\"",
-             "nested": "[true,null]", "nulls": null, "num": 2.5, "only_first": null,
+             "nested": "[true,null]", "nulls": null, "num": 2.5, "only_first": null, "pair": "\"one\"",
              "pi": "1.5", "text": "é \"quoted\"\n"},
             {"big": "2", "flag": null, "int": 9223372036854775807i64, "mixed": "true",
-             "nested": "\"s\"", "nulls": null, "num": -0.001, "only_first": null,
+             "nested": "\"s\"", "nulls": null, "num": -0.001, "only_first": null, "pair": null,
              "pi": "2", "text": null},
         ])
     );
