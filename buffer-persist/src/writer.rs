@@ -9,8 +9,9 @@
 //! 6. fsync the directory.
 //!
 //! If the target already exists, it counts as "already written" only when its decompressed
-//! contents equal what this writer produced for the same batch; otherwise it is a
-//! [`Error::Conflict`] and the batch is kept in Redis.
+//! contents equal what this writer produced for the same batch (a Parquet file, compressed
+//! inside, is compared as it is: its encoder writes the same bytes for the same records);
+//! otherwise it is a [`Error::Conflict`] and the batch is kept in Redis.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
