@@ -424,6 +424,10 @@ pub(crate) struct ParquetEncoder<W: Write + Send> {
     builders: Vec<ColumnBuilder>,
     chunk_rows: usize,
     chunk_text_bytes: usize,
+    /// JSON text per Arrow batch at most: [`CHUNK_TEXT_BYTES`], or the row group bound when
+    /// that is smaller (the writer never splits the first Arrow batch of a row group, so a
+    /// larger one would make a larger row group).
+    chunk_text_limit: usize,
 }
 
 impl<W: Write + Send> ParquetEncoder<W> {
@@ -456,6 +460,7 @@ impl<W: Write + Send> ParquetEncoder<W> {
             .map(|(_, column)| ColumnBuilder::new(*column))
             .collect();
         let has_rest = layout.rest.is_some();
+        let chunk_text_limit = CHUNK_TEXT_BYTES.min(layout.row_group_bytes);
         if has_rest {
             builders.push(ColumnBuilder::new(ColumnType::Json));
         }
@@ -467,6 +472,7 @@ impl<W: Write + Send> ParquetEncoder<W> {
             builders,
             chunk_rows: 0,
             chunk_text_bytes: 0,
+            chunk_text_limit,
         })
     }
 
@@ -512,7 +518,7 @@ impl<W: Write + Send> ParquetEncoder<W> {
         }
         self.chunk_rows += 1;
         self.chunk_text_bytes += text.len();
-        if self.chunk_rows >= CHUNK_ROWS || self.chunk_text_bytes >= CHUNK_TEXT_BYTES {
+        if self.chunk_rows >= CHUNK_ROWS || self.chunk_text_bytes >= self.chunk_text_limit {
             self.write_chunk()?;
         }
         Ok(())
