@@ -112,7 +112,7 @@ pub struct OutputArgs {
     /// partitions. Persisters sharing OUT must use the same template.
     #[arg(long, env = "BUFFER_PATH_TEMPLATE", default_value = crate::DEFAULT_PATH_TEMPLATE)]
     pub path_template: String,
-    /// File format: jsonl or csv.
+    /// File format: jsonl, csv or parquet.
     #[arg(long, env = "BUFFER_FORMAT", default_value = "jsonl", value_parser = format)]
     pub format: Format,
     /// Compression: none, gzip or zstd.
@@ -124,8 +124,8 @@ pub struct OutputArgs {
     /// TTL of the locks, extended while a batch is written, e.g. `30s`.
     #[arg(long, env = "BUFFER_LOCK_TTL", default_value = "30s", value_parser = duration)]
     pub lock_ttl: Duration,
-    /// CSV only: at most this many named columns (the batch's first sorted keys); a record's
-    /// other keys go into one trailing column as a JSON object.
+    /// CSV and Parquet: at most this many named columns (the batch's first sorted keys); a
+    /// record's other keys go into one trailing column as a JSON object.
     #[arg(long, env = "BUFFER_CSV_MAX_COLUMNS", default_value_t = crate::DEFAULT_CSV_MAX_COLUMNS)]
     pub csv_max_columns: usize,
     /// Object storage only: a batch whose encoded output grows past this size is published as

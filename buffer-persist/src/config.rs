@@ -19,6 +19,10 @@ pub enum Format {
     /// holding a JSON object. Strings are written as they are, `null` and missing keys as empty
     /// fields, other values as their JSON text exactly as pushed.
     Csv,
+    /// Parquet (`.parquet`), one file per batch with a schema inferred from its records
+    /// (README.md, "Parquet"); `--compress` picks the columns' codec, and the file name gets
+    /// no compression suffix.
+    Parquet,
 }
 
 /// The compression of persisted files.
@@ -39,6 +43,7 @@ impl Format {
         match self {
             Self::JsonLines => "jsonl",
             Self::Csv => "csv",
+            Self::Parquet => "parquet",
         }
     }
 }
@@ -60,8 +65,9 @@ impl FromStr for Format {
         match text {
             "jsonl" | "json-lines" | "jsonlines" => Ok(Self::JsonLines),
             "csv" => Ok(Self::Csv),
+            "parquet" => Ok(Self::Parquet),
             other => Err(Error::Config(format!(
-                "unknown format {other:?}; use jsonl or csv"
+                "unknown format {other:?}; use jsonl, csv or parquet"
             ))),
         }
     }
@@ -127,10 +133,12 @@ pub struct PersistConfig {
     pub lock_ttl: Duration,
     /// How long `drain` waits for batches locked by other persisters (default 2 × `lock_ttl`).
     pub drain_wait: Option<Duration>,
-    /// At most this many named columns in a CSV file (default [`DEFAULT_CSV_MAX_COLUMNS`]):
+    /// At most this many named columns in a CSV or Parquet file (default
+    /// [`DEFAULT_CSV_MAX_COLUMNS`]):
     /// the first ones of the batch's sorted unique keys. A record's other keys go into one
     /// trailing column as a JSON object, so a file stays proportional to its records however
-    /// many distinct keys they have.
+    /// many distinct keys they have (and a Parquet writer holds one column writer per column,
+    /// so its memory stays bounded too).
     pub csv_max_columns: usize,
     /// Object storage only: a batch whose encoded output grows past this many bytes is
     /// published as several objects (parts), each a complete file of at most about this size

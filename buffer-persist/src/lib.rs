@@ -9,6 +9,9 @@
 //!   interface the persister writes through.
 //! - `writer`: the format encoders and compression every output writes through, and one batch
 //!   to one local file, durably, without clobbering.
+//! - `parquet`: the Parquet encoder: a batch's column types inferred from its records, then
+//!   the records written through the Arrow writer into any `Write` sink (the writer's
+//!   encoder for `--format parquet`, in every output).
 //! - `paths`: [`PathTemplate`], the pure function (store, batch) → file path, confined to the
 //!   output directory.
 //! - `marker`: the output's record of format, compression, path template (and part size).
@@ -26,6 +29,7 @@ mod failpoint;
 mod marker;
 mod metrics;
 mod output;
+mod parquet;
 mod paths;
 mod persister;
 mod writer;

@@ -110,8 +110,8 @@ pub(crate) fn check_or_write(config: &PersistConfig) -> Result<()> {
     }
 }
 
-/// The marker's text for `config`. Only CSV files depend on `--csv-max-columns`, so only a
-/// CSV marker records it (a JSON Lines marker keeps the two lines it always had). A path
+/// The marker's text for `config`. Only CSV and Parquet files depend on `--csv-max-columns`,
+/// so only their markers record it (a JSON Lines marker keeps the two lines it always had). A path
 /// template other than the default is recorded too: two persisters with different templates
 /// would write one batch under two names. The default template adds no line, so directories
 /// set up before templates existed keep their marker byte for byte (the template is checked
@@ -122,7 +122,7 @@ pub(crate) fn marker_text(config: &PersistConfig) -> String {
         "format={}\ncompression={}\n",
         config.format, config.compression
     );
-    if config.format == Format::Csv {
+    if matches!(config.format, Format::Csv | Format::Parquet) {
         text.push_str(&format!("csv-max-columns={}\n", config.csv_max_columns));
     }
     if config.path_template != DEFAULT_PATH_TEMPLATE {

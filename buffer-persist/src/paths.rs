@@ -487,8 +487,14 @@ fn civil_from_days(days: u64) -> (i64, u32, u32) {
 }
 
 /// A file's extension without the leading dot: `jsonl`, `csv.gz`, …
+/// Parquet compresses inside the file, so its name never gets a compression suffix.
 pub(crate) fn extension(format: Format, compression: Compression) -> String {
-    format!("{}{}", format.extension(), compression.suffix())
+    match format {
+        Format::Parquet => format.extension().to_owned(),
+        Format::JsonLines | Format::Csv => {
+            format!("{}{}", format.extension(), compression.suffix())
+        }
+    }
 }
 
 /// The directory of a store's files under `out`, with the default template.

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::metrics::BatchHistograms;
 use crate::output::Output;
-use crate::writer::{self, CsvLayout, Published, SinkFactory};
+use crate::writer::{self, FileLayout, Published, SinkFactory};
 
 /// The longest a failing batch waits between two attempts. Its first retry waits one poll
 /// interval, and each failure after that doubles the wait up to this.
@@ -680,16 +680,13 @@ impl Persister {
         shutdown: &CancellationToken,
     ) -> Result<Published> {
         let config = &self.config;
-        let columns = match config.format {
-            crate::Format::Csv => {
-                CsvLayout::of_batch(&self.buffer, batch, config.csv_max_columns).await?
-            }
-            crate::Format::JsonLines => Default::default(),
-        };
+        let layout =
+            FileLayout::of_batch(&self.buffer, batch, config.format, config.csv_max_columns)
+                .await?;
         // Every name the batch gets is a pure function of the batch (its store, id and frozen
         // first write), so every attempt, by any persister, before or after a crash, writes
         // the same file or objects.
-        let mut file = self.output()?.start(config, batch, columns).await?;
+        let mut file = self.output()?.start(config, batch, layout).await?;
         let mut reader = self.buffer.reader(batch);
         // Pages are fetched one ahead: while a page is encoded on a blocking thread, the next
         // LRANGE is already on its way.

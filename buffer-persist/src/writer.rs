@@ -9,8 +9,9 @@
 //! 6. fsync the directory.
 //!
 //! If the target already exists, it counts as "already written" only when its decompressed
-//! contents equal what this writer produced for the same batch; otherwise it is a
-//! [`Error::Conflict`] and the batch is kept in Redis.
+//! contents equal what this writer produced for the same batch (a Parquet file, compressed
+//! inside, is compared as it is: its encoder writes the same bytes for the same records);
+//! otherwise it is a [`Error::Conflict`] and the batch is kept in Redis.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use serde_json::value::RawValue;
 use crate::config::{Compression, Format};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
+use crate::parquet::{ParquetEncoder, ParquetFailure, ParquetLayout};
 use crate::paths;
 
 /// Where the bytes of a file go. Tests replace it to simulate a full disk.
@@ -127,6 +129,69 @@ enum Encoder {
         writer: Box<csv::Writer<Compressor>>,
         layout: CsvLayout,
     },
+    /// Parquet compresses its own columns: its compressor is always `Plain`.
+    Parquet(Box<ParquetEncoder<Compressor>>),
+}
+
+/// What a batch's file is laid out by, read from the batch before the file is created: every
+/// attempt at a batch reads the same layout, so writes the same bytes.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum FileLayout {
+    /// JSON Lines: records as they are.
+    #[default]
+    Lines,
+    /// CSV columns.
+    Csv(CsvLayout),
+    /// Parquet columns and their types.
+    Parquet(ParquetLayout),
+}
+
+impl FileLayout {
+    /// The layout of `batch`'s file in `format`: CSV and Parquet read the batch's key set (and
+    /// Parquet its records, once, for their types) from Redis.
+    pub(crate) async fn of_batch(
+        buffer: &Buffer,
+        batch: &PreparedBatch,
+        format: Format,
+        max_columns: usize,
+    ) -> Result<Self> {
+        Ok(match format {
+            Format::JsonLines => Self::Lines,
+            Format::Csv => Self::Csv(CsvLayout::of_batch(buffer, batch, max_columns).await?),
+            Format::Parquet => {
+                Self::Parquet(ParquetLayout::of_batch(buffer, batch, max_columns).await?)
+            }
+        })
+    }
+
+    /// The format this layout is for.
+    pub(crate) fn format(&self) -> Format {
+        match self {
+            Self::Lines => Format::JsonLines,
+            Self::Csv(_) => Format::Csv,
+            Self::Parquet(_) => Format::Parquet,
+        }
+    }
+
+    /// The same layout for an output that splits a batch into parts of about `part_size`
+    /// bytes: a Parquet part can only end where a row group ends, so its row groups are kept
+    /// to at most `part_size` bytes too. Other formats are unchanged.
+    pub(crate) fn for_parts(self, part_size: u64) -> Self {
+        match self {
+            Self::Parquet(layout) => Self::Parquet(layout.with_row_groups_up_to(part_size)),
+            other => other,
+        }
+    }
+}
+
+/// The compression applied to a whole file of `format`: `compression`, except for Parquet,
+/// which compresses inside the file (column by column, with `compression` as the codec) and
+/// is never compressed again.
+pub(crate) fn file_compression(format: Format, compression: Compression) -> Compression {
+    match format {
+        Format::Parquet => Compression::None,
+        Format::JsonLines | Format::Csv => compression,
+    }
 }
 
 /// The columns of a batch's CSV file: at most `--csv-max-columns` named columns (the first of
@@ -174,6 +239,11 @@ impl CsvLayout {
         Ok(Self { columns, rest })
     }
 
+    /// The named columns and the trailing column's name: the Parquet layout starts from them.
+    pub(crate) fn into_parts(self) -> (Vec<String>, Option<String>) {
+        (self.columns, self.rest)
+    }
+
     fn header(&self) -> impl Iterator<Item = &str> {
         self.columns
             .iter()
@@ -213,7 +283,7 @@ impl CsvLayout {
 /// A record's top-level fields in their order: each key (borrowed unless it holds an escape)
 /// and its value's JSON text exactly as pushed. No `serde_json::Value` is built, so values
 /// are never reinterpreted (numbers keep every digit, and no key is special).
-struct RecordFields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+pub(crate) struct RecordFields<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for RecordFields<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -276,25 +346,30 @@ pub(crate) struct EncodedStream {
 
 impl EncodedStream {
     /// Starts the encoder and the compressor over `sink` (a CSV file's header is written at
-    /// once). `csv` is the CSV file's columns ([`CsvLayout::of_batch`]), ignored for JSON Lines.
+    /// once). `layout` is the file's columns ([`FileLayout::of_batch`]), which also decides the
+    /// format; `compression` is the file's compression, or a Parquet file's column codec (the
+    /// Parquet file itself is never compressed again: [`file_compression`]).
     pub(crate) fn new(
         sink: Box<dyn FileSink>,
         label: PathBuf,
         store: &StoreName,
         batch: &BatchId,
-        format: Format,
         compression: Compression,
-        csv: CsvLayout,
+        layout: FileLayout,
     ) -> Result<Self> {
         let sink = Counting {
             inner: BufWriter::with_capacity(256 * 1024, sink),
             bytes: 0,
         };
-        let compressor =
-            Compressor::new(sink, compression).map_err(Error::io("start compressor", &label))?;
-        let encoder = match format {
-            Format::JsonLines => Encoder::Lines(compressor),
-            Format::Csv => {
+        let compressor = Compressor::new(sink, file_compression(layout.format(), compression))
+            .map_err(Error::io("start compressor", &label))?;
+        let encoder = match layout {
+            FileLayout::Lines => Encoder::Lines(compressor),
+            FileLayout::Parquet(layout) => Encoder::Parquet(Box::new(
+                ParquetEncoder::new(compressor, layout, compression)
+                    .map_err(|err| parquet_error(&label, store, batch, 0, err))?,
+            )),
+            FileLayout::Csv(csv) => {
                 let mut writer = Box::new(csv::Writer::from_writer(compressor));
                 // Always a header (the layout has at least one column): a CSV reader takes
                 // the first line as one, so every later line is one record.
@@ -336,6 +411,12 @@ impl EncodedStream {
                     .write_record(row.iter().map(|field| field.as_bytes()))
                     .map_err(|err| csv_error(&self.label, &self.store, &self.batch, index, err))?;
             }
+            Encoder::Parquet(encoder) => {
+                let index = self.records;
+                encoder.write_record(text).map_err(|err| {
+                    parquet_error(&self.label, &self.store, &self.batch, index, err)
+                })?;
+            }
         }
         self.records += 1;
         Ok(())
@@ -348,11 +429,13 @@ impl EncodedStream {
 
     /// Bytes the compressor has put out so far (what the sink holds or will hold, less what
     /// the encoder and the compressor still buffer). A function of the records written alone,
-    /// so a batch is split into parts at the same records on every attempt.
+    /// so a batch is split into parts at the same records on every attempt. A Parquet encoder
+    /// puts bytes out only when it closes a row group, so a Parquet part ends at a row group.
     pub(crate) fn encoded_bytes(&self) -> u64 {
         let compressor = match &self.encoder {
             Encoder::Lines(compressor) => compressor,
             Encoder::Csv { writer, .. } => writer.get_ref(),
+            Encoder::Parquet(encoder) => encoder.sink(),
         };
         match compressor {
             Compressor::Plain(sink) => sink.bytes,
@@ -366,10 +449,11 @@ impl EncodedStream {
     /// Returns the sink, the bytes it received and the records written.
     pub(crate) fn finish(self) -> Result<(Box<dyn FileSink>, u64, u64)> {
         let Self {
+            store,
+            batch,
             encoder,
             label,
             records,
-            ..
         } = self;
         let compressor = match encoder {
             Encoder::Lines(compressor) => compressor,
@@ -378,6 +462,10 @@ impl EncodedStream {
                 path: label.clone(),
                 source: io::Error::other(err.to_string()),
             })?,
+            // The footer is written here: every Parquet part is a complete file.
+            Encoder::Parquet(encoder) => encoder
+                .finish()
+                .map_err(|err| parquet_error(&label, &store, &batch, records, err))?,
         };
         let sink = compressor
             .finish()
@@ -432,15 +520,14 @@ impl Published {
 impl BatchFile {
     /// Creates the target's directory (every missing level, each made durable) and the
     /// temporary file beside the target. `target` is the batch's path under `out` (from the
-    /// path template); `csv` is the CSV file's columns ([`CsvLayout::of_batch`]), ignored for
-    /// JSON Lines.
+    /// path template); `layout` is the file's columns ([`FileLayout::of_batch`]), which also
+    /// decides the format.
     pub(crate) fn create(
         out: &Path,
         target: PathBuf,
         batch: &PreparedBatch,
-        format: Format,
         compression: Compression,
-        csv: CsvLayout,
+        layout: FileLayout,
         open: &SinkFactory,
     ) -> Result<Self> {
         let dir = target.parent().unwrap_or(out).to_path_buf();
@@ -449,14 +536,14 @@ impl BatchFile {
         let sink = open(&temp).map_err(Error::io("create temporary file", &temp))?;
         // From here on the temporary file exists: any error below removes it.
         let temp = TempName(temp);
+        let format = layout.format();
         let stream = EncodedStream::new(
             sink,
             temp.0.clone(),
             &batch.store,
             &batch.id,
-            format,
             compression,
-            csv,
+            layout,
         )?;
         Ok(Self {
             store: batch.store.clone(),
@@ -464,7 +551,9 @@ impl BatchFile {
             stream,
             temp,
             target,
-            compression,
+            // An earlier attempt's file is compared as the file is compressed (a Parquet file
+            // byte for byte).
+            compression: file_compression(format, compression),
         })
     }
 
@@ -558,6 +647,29 @@ fn csv_error(
     }
 }
 
+/// The Parquet encoder's error as ours, as [`csv_error`] does for CSV.
+fn parquet_error(
+    label: &Path,
+    store: &StoreName,
+    batch: &BatchId,
+    index: u64,
+    err: ParquetFailure,
+) -> Error {
+    match err {
+        ParquetFailure::Io(source) => Error::Io {
+            action: "write",
+            path: label.to_path_buf(),
+            source,
+        },
+        ParquetFailure::Record(reason) => Error::Encode {
+            store: store.to_string(),
+            batch: batch.to_string(),
+            index,
+            reason,
+        },
+    }
+}
+
 /// A complete, fsynced temporary file, ready to be published. Dropping it unpublished removes
 /// the temporary file.
 pub(crate) struct SyncedFile {
@@ -623,7 +735,7 @@ impl Drop for SyncedFile {
 /// A CSV field for a JSON value's text: a string unescaped, `null` empty, any other value
 /// (number, boolean, array, object) its JSON text exactly as pushed (compact, as the buffer
 /// stores records).
-fn csv_field(raw: &RawValue) -> Result<Cow<'_, str>, String> {
+pub(crate) fn csv_field(raw: &RawValue) -> Result<Cow<'_, str>, String> {
     let text = raw.get();
     if text.starts_with('"') {
         // Borrowed when the string holds no escape, unescaped into a new string otherwise.
@@ -642,7 +754,9 @@ fn csv_field(raw: &RawValue) -> Result<Cow<'_, str>, String> {
 /// The trailing column's field: a JSON object of the record's keys that have no named column,
 /// values as pushed, in the record's order (a key given twice keeps its last value); empty
 /// when there are none.
-fn rest_object<'a>(mut rest: Vec<(Cow<'a, str>, &'a RawValue)>) -> Result<Cow<'a, str>, String> {
+pub(crate) fn rest_object<'a>(
+    mut rest: Vec<(Cow<'a, str>, &'a RawValue)>,
+) -> Result<Cow<'a, str>, String> {
     if rest.is_empty() {
         return Ok(Cow::Borrowed(""));
     }

@@ -524,6 +524,93 @@ async fn csv_zstd_parts_each_open_alone_with_their_own_header() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_parts_each_read_alone_in_pyarrow_with_every_record_once() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let buffer = redis.buffer().await;
+    let mut rng = StdRng::seed_from_u64(12);
+    // 10 000 random records, some 400 KiB of zstd Parquet: about a dozen 32 KiB parts.
+    let records: Vec<Value> = (0..10000)
+        .map(|i| {
+            let pad: String = (0..60)
+                .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+                .collect();
+            json!({"id": i, "pad": pad})
+        })
+        .collect();
+    buffer.push_many("pq", &records).await.unwrap();
+    let part_size = 32 * 1024;
+    drain(
+        &redis,
+        &s3,
+        &[
+            "--format",
+            "parquet",
+            "--compress",
+            "zstd",
+            "--part-size",
+            "32KiB",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<std::path::PathBuf> = s3
+        .download(PREFIX, dir.path())
+        .await
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "parquet"))
+        .collect();
+    files.sort();
+    assert!(files.len() > 2, "{files:?}");
+    for (index, file) in files.iter().enumerate() {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.ends_with(&format!(".part-{:05}.parquet", index + 1)),
+            "{name}"
+        );
+        // A part ends at the first row group that takes it past the part size, and row groups
+        // are kept to the part size: a part is at most about two part sizes and the footer.
+        let bytes = std::fs::metadata(file).unwrap().len();
+        println!("{name}: {bytes} bytes");
+        assert!(bytes <= 3 * part_size, "{name}: {bytes} bytes");
+    }
+    // Each part read alone, as a complete Parquet file with the batch's schema.
+    let script = "import json, sys\n\
+                  import pyarrow.parquet as pq\n\
+                  for path in sys.argv[1:]:\n\
+                  \x20   table = pq.read_table(path)\n\
+                  \x20   print(json.dumps({'schema': [f'{f.name}:{f.type}' for f in table.schema], 'ids': table.column('id').to_pylist(), 'pads': sum(len(p) for p in table.column('pad').to_pylist())}))\n";
+    let output = Command::new(buffer_tests::python::python())
+        .arg("-c")
+        .arg(script)
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let parts: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(parts.len(), files.len(), "{stdout}");
+    let mut ids = Vec::new();
+    let mut pads = 0;
+    for part in &parts {
+        assert_eq!(part["schema"], json!(["id:int64", "pad:string"]));
+        let part_ids = part["ids"].as_array().unwrap();
+        assert!(!part_ids.is_empty(), "an empty part");
+        ids.extend(part_ids.iter().map(|id| id.as_u64().unwrap()));
+        pads += part["pads"].as_u64().unwrap();
+    }
+    assert_eq!(ids, (0..10000).collect::<Vec<_>>());
+    assert_eq!(pads, 10000 * 60);
+    assert!(redis.buffer_keys().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_under_the_part_size_is_one_object_under_the_template_name() {
     let redis = RedisServer::start();
     let s3 = S3Server::start();

@@ -10,7 +10,7 @@ use crate::config::PersistConfig;
 use crate::error::Result;
 use crate::output::blocking;
 use crate::paths::PathTemplate;
-use crate::writer::{BatchFile, CsvLayout, SinkFactory};
+use crate::writer::{BatchFile, FileLayout, SinkFactory};
 
 /// Creates the batch's temporary file beside its target (the template's path under `out`),
 /// every missing directory level made durable.
@@ -23,22 +23,11 @@ pub(crate) async fn create(
     template: &PathTemplate,
     config: &PersistConfig,
     batch: &PreparedBatch,
-    columns: CsvLayout,
+    layout: FileLayout,
 ) -> Result<BatchFile> {
     // The path is a pure function of the batch (its store, id and frozen first write), so
     // every attempt, by any persister, before or after a crash, writes the same file.
     let target = template.batch_path(&out, batch, config.format, config.compression);
-    let (prepared, format, compression) = (batch.clone(), config.format, config.compression);
-    blocking(move || {
-        BatchFile::create(
-            &out,
-            target,
-            &prepared,
-            format,
-            compression,
-            columns,
-            &*open,
-        )
-    })
-    .await
+    let (prepared, compression) = (batch.clone(), config.compression);
+    blocking(move || BatchFile::create(&out, target, &prepared, compression, layout, &*open)).await
 }

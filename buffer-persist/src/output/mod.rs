@@ -21,7 +21,7 @@ use buffer_core::{LockGuard, PreparedBatch};
 
 use crate::config::{OutputLocation, PersistConfig};
 use crate::error::{Error, Result};
-use crate::writer::{BatchFile, CsvLayout, Published, SinkFactory};
+use crate::writer::{BatchFile, FileLayout, Published, SinkFactory};
 
 pub(crate) mod local;
 pub(crate) mod object;
@@ -72,7 +72,7 @@ impl Output {
         }
     }
 
-    /// Starts writing `batch`. `columns` is its CSV layout (ignored for other formats).
+    /// Starts writing `batch` laid out as `layout` ([`FileLayout::of_batch`]).
     ///
     /// # Errors
     /// [`Error::Config`] for a bad path template; I/O errors creating a local file.
@@ -80,13 +80,13 @@ impl Output {
         &self,
         config: &PersistConfig,
         batch: &PreparedBatch,
-        columns: CsvLayout,
+        layout: FileLayout,
     ) -> Result<BatchWrite> {
         let template = config.path_template()?;
         match self {
             Self::Local { out, open } => {
                 let file =
-                    local::create(out.clone(), open.clone(), &template, config, batch, columns)
+                    local::create(out.clone(), open.clone(), &template, config, batch, layout)
                         .await?;
                 Ok(BatchWrite::File(Box::new(file)))
             }
@@ -95,7 +95,7 @@ impl Output {
                 template,
                 config,
                 batch,
-                columns,
+                layout,
             )))),
         }
     }

@@ -3,8 +3,11 @@
 //! A batch is encoded into parts held in memory. A part is closed at the first record
 //! boundary where the compressor has put out at least `--part-size` bytes, unless that record
 //! is the batch's last; every part is a complete file (the encoder and the compression stream
-//! are ended per part, a CSV part has its header). The split depends only on the batch's
-//! records and the settings the marker records, so every attempt splits a batch alike.
+//! are ended per part, a CSV part has its header, a Parquet part its footer). A Parquet
+//! encoder puts bytes out only when it closes a row group, so a Parquet part ends at a row
+//! group, and its row groups are kept to at most the part size (`FileLayout::for_parts`).
+//! The split depends only on the batch's records and the settings the marker records, so
+//! every attempt splits a batch alike.
 //!
 //! Names: a batch that fits in one part is one object under the path template's name
 //! (`prefix/<template>`). A larger one is published as parts only: `{batch}` in the file name
@@ -16,7 +19,8 @@
 //! name, and no temporary object is made (no multipart upload either: a part is one PUT).
 //! When the name is taken ("precondition failed"), an earlier attempt published it (before a
 //! crash, or a retried request whose answer was lost): the object is read back and counts as
-//! written only when its decompressed bytes equal this part's, else [`Error::Conflict`] and
+//! written only when its decompressed bytes (a Parquet object's bytes as they are) equal this
+//! part's, else [`Error::Conflict`] and
 //! the batch stays in Redis. A crash between parts leaves the first parts in place; the next
 //! attempt finds them, verifies them, and publishes the rest.
 
@@ -33,12 +37,12 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, RetryConfig};
 
-use crate::config::{Compression, Format, PersistConfig};
+use crate::config::{Compression, PersistConfig};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::marker::{self, MARKER_FILE};
 use crate::paths::{self, PathTemplate};
-use crate::writer::{self, CsvLayout, EncodedStream, FileSink, Published};
+use crate::writer::{self, EncodedStream, FileLayout, FileSink, Published};
 
 /// How much of a part buffer grows at a time: the buffer is a list of chunks of this size, so
 /// growing never copies what is already there (a doubling `Vec` would hold up to three times
@@ -244,9 +248,12 @@ pub(crate) struct ObjectBatch {
     template: PathTemplate,
     batch: PreparedBatch,
     ext: String,
-    format: Format,
+    /// The compression setting: a file's compression, or Parquet's column codec.
     compression: Compression,
-    columns: CsvLayout,
+    /// What a part is compared with an object already under its name as: `compression`, or
+    /// none for Parquet (compared byte for byte).
+    file_compression: Compression,
+    layout: FileLayout,
     part_size: u64,
     /// The part being encoded; `None` until the first record and between parts.
     current: Option<OpenPart>,
@@ -282,16 +289,16 @@ impl ObjectBatch {
         template: PathTemplate,
         config: &PersistConfig,
         batch: &PreparedBatch,
-        columns: CsvLayout,
+        layout: FileLayout,
     ) -> Self {
         Self {
             output,
             template,
             batch: batch.clone(),
             ext: paths::extension(config.format, config.compression),
-            format: config.format,
             compression: config.compression,
-            columns,
+            file_compression: writer::file_compression(config.format, config.compression),
+            layout: layout.for_parts(config.part_size),
             part_size: config.part_size,
             current: None,
             complete: VecDeque::new(),
@@ -314,9 +321,8 @@ impl ObjectBatch {
                 )),
                 &self.batch.store,
                 &self.batch.id,
-                self.format,
                 self.compression,
-                self.columns.clone(),
+                self.layout.clone(),
             )?;
             self.current = Some(OpenPart { stream, buffer });
         }
@@ -390,7 +396,7 @@ impl ObjectBatch {
             number,
             chunks: buffer.take()?,
             bytes,
-            compression: self.compression,
+            compression: self.file_compression,
         });
         self.closed += 1;
         Ok(())

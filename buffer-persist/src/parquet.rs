@@ -1,0 +1,650 @@
+//! Parquet files (`--format parquet`): a schema inferred per batch, then the batch's records
+//! encoded column by column through the Arrow writer of the `parquet` crate.
+//!
+//! The unit is self-contained: [`ParquetLayout::of_batch`] reads a batch once to infer its
+//! columns, and [`ParquetEncoder`] writes a complete Parquet file into any `Write + Send` sink
+//! and hands the sink back from [`ParquetEncoder::finish`]. It is one arm of the writer's
+//! `EncodedStream` (`writer.rs`), so every output writes Parquet: the local output into the
+//! temporary file, the object output into each part's buffer (each part a complete file).
+//!
+//! The mapping (README.md, "Parquet"): the columns are the batch's sorted unique keys, at most
+//! `--csv-max-columns` of them, then (when the batch has more keys, or none) one trailing
+//! `_rest` column holding each record's other keys as a JSON object, exactly as the CSV
+//! layout does. A column's type is the one every non-null value of that key agrees on:
+//! integers that fit `i64` → Int64; numbers mixing integers and decimals → Float64 (only when
+//! each one is exactly an `f64`); booleans → Boolean; strings → Utf8; only nulls → Utf8. A key
+//! whose values disagree, any nested object or array, an integer beyond `i64` or a decimal
+//! that no `f64` holds exactly make the column Utf8 holding each value's JSON text exactly as
+//! pushed, so nothing is lost. `null` and a missing key are both a Parquet null.
+//!
+//! The bytes written depend only on the batch's records (rows are cut into Arrow batches by
+//! record count and text size, never by how the records were paged out of Redis), so every
+//! attempt at a batch writes the same file and the publisher can compare files byte for byte.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use buffer_core::{Buffer, PreparedBatch};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{GzipLevel, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
+use serde_json::value::RawValue;
+
+use crate::config::Compression;
+use crate::error::{Error, Result};
+use crate::writer::{CsvLayout, RecordFields, csv_field, rest_object};
+
+/// Rows per row group at most: a reader's unit of parallelism and skipping.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Encoded bytes per row group at most: the writer holds a whole row group in memory before
+/// writing it out, so this bounds the encoder's memory whatever the records.
+const ROW_GROUP_BYTES: usize = 16 * 1024 * 1024;
+/// Records per Arrow batch handed to the writer at most.
+const CHUNK_ROWS: usize = 8 * 1024;
+/// JSON text per Arrow batch at most (at least one record): the arrays built from it are
+/// about this size.
+const CHUNK_TEXT_BYTES: usize = 2 * 1024 * 1024;
+/// The writer's name in the file's footer. Fixed rather than the crate's default (which
+/// carries the `parquet` crate's version) so the bytes of a batch's file do not change with a
+/// dependency update, and the publisher keeps recognising an earlier attempt's file.
+const CREATED_BY: &str = "buffer-persist";
+/// Field metadata naming the columns that hold JSON text rather than plain strings.
+const ENCODING_KEY: &str = "buffer.encoding";
+
+/// What a column holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ColumnType {
+    /// Every value an integer within `i64`.
+    Int64,
+    /// Every value a number, some of them decimals, each exactly an `f64`.
+    Float64,
+    /// Every value `true` or `false`.
+    Boolean,
+    /// Every value a string (or only nulls): the string, unescaped.
+    Utf8,
+    /// Anything else: each value's JSON text exactly as pushed.
+    Json,
+}
+
+/// What the values of one key were seen to be, over the whole batch.
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    ints: bool,
+    /// Some integer has no exact `f64`: the column cannot be Float64 without losing it.
+    ints_beyond_f64: bool,
+    floats: bool,
+    bools: bool,
+    strings: bool,
+    /// A nested value, or a number no Int64 or Float64 holds exactly.
+    json: bool,
+}
+
+impl Seen {
+    fn observe(&mut self, text: &str) {
+        match classify(text) {
+            Value::Null => {}
+            Value::Bool => self.bools = true,
+            Value::String => self.strings = true,
+            Value::Int { exact_f64 } => {
+                self.ints = true;
+                self.ints_beyond_f64 |= !exact_f64;
+            }
+            Value::Float => self.floats = true,
+            Value::Other => self.json = true,
+        }
+    }
+
+    fn column_type(self) -> ColumnType {
+        let numbers = self.ints || self.floats;
+        let kinds = [numbers, self.bools, self.strings]
+            .iter()
+            .filter(|seen| **seen)
+            .count();
+        if self.json || kinds > 1 {
+            ColumnType::Json
+        } else if numbers {
+            match (self.floats, self.ints_beyond_f64) {
+                (false, _) => ColumnType::Int64,
+                (true, false) => ColumnType::Float64,
+                (true, true) => ColumnType::Json,
+            }
+        } else if self.bools {
+            ColumnType::Boolean
+        } else {
+            ColumnType::Utf8
+        }
+    }
+}
+
+/// One JSON value's kind, from its text.
+enum Value {
+    Null,
+    Bool,
+    String,
+    Int {
+        exact_f64: bool,
+    },
+    Float,
+    /// An object, an array, or a number neither `i64` nor `f64` holds exactly.
+    Other,
+}
+
+fn classify(text: &str) -> Value {
+    match text.as_bytes().first() {
+        Some(b'"') => Value::String,
+        Some(b'{' | b'[') => Value::Other,
+        _ if text == "null" => Value::Null,
+        _ if text == "true" || text == "false" => Value::Bool,
+        _ if !text.contains(['.', 'e', 'E']) => match text.parse::<i64>() {
+            Ok(int) => Value::Int {
+                exact_f64: int_is_exact_f64(int),
+            },
+            // Beyond i64: kept as text rather than rounded.
+            Err(_) => Value::Other,
+        },
+        _ if float_of_text(text).is_some() => Value::Float,
+        _ => Value::Other,
+    }
+}
+
+/// Whether `int` converts to `f64` and back unchanged. `i64::MAX as f64` is 2^63, which
+/// saturates back to `i64::MAX`, hence the range check.
+fn int_is_exact_f64(int: i64) -> bool {
+    let float = int as f64;
+    float < 9_223_372_036_854_775_808.0 && float as i64 == int
+}
+
+/// The `f64` a JSON number's text denotes, when that `f64` denotes exactly the same decimal
+/// (its shortest representation has the same digits and exponent): `0.1` and `1.5e3` are
+/// exact, `3.14159265358979323846` (more digits than an `f64` holds) and `1e400` are not.
+fn float_of_text(text: &str) -> Option<f64> {
+    let float: f64 = text.parse().ok()?;
+    if !float.is_finite() {
+        return None;
+    }
+    let shortest = format!("{float:e}");
+    (decimal(text)? == decimal(&shortest)?).then_some(float)
+}
+
+/// A decimal number's text as (negative, significant digits, power of ten), normalised so two
+/// texts of the same number compare equal: `1.50e1`, `15` and `15.0` are all (false, "15", 0).
+fn decimal(text: &str) -> Option<(bool, String, i64)> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i64>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (int_part, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int_part}{fraction}");
+    let significant = digits.trim_start_matches('0');
+    let trimmed = significant.trim_end_matches('0');
+    if trimmed.is_empty() {
+        return Some((negative, String::new(), 0));
+    }
+    let fraction_len = i64::try_from(fraction.len()).ok()?;
+    let trailing = i64::try_from(significant.len() - trimmed.len()).ok()?;
+    let power = exponent.checked_sub(fraction_len)?.checked_add(trailing)?;
+    Some((negative, trimmed.to_owned(), power))
+}
+
+/// The columns of a batch's Parquet file and their types.
+#[derive(Clone, Debug)]
+pub(crate) struct ParquetLayout {
+    /// The named columns, sorted by name (as the CSV layout's), with their types.
+    columns: Vec<(String, ColumnType)>,
+    /// The trailing column of the other keys, when there is one.
+    rest: Option<String>,
+    /// Encoded bytes per row group at most: [`ROW_GROUP_BYTES`], or less for an output that
+    /// splits a batch into parts (a part ends at a row group).
+    row_group_bytes: usize,
+}
+
+impl ParquetLayout {
+    /// Infers the layout of `batch`'s file: its columns from the batch's key set (at most
+    /// `max_columns` named ones, as for CSV), their types from one pass over its records,
+    /// page by page (one page and one state per column in memory).
+    ///
+    /// # Errors
+    /// Redis errors; [`Error::Encode`] naming the first record that is not a JSON object.
+    pub(crate) async fn of_batch(
+        buffer: &Buffer,
+        batch: &PreparedBatch,
+        max_columns: usize,
+    ) -> Result<Self> {
+        let (names, rest) = CsvLayout::of_batch(buffer, batch, max_columns)
+            .await?
+            .into_parts();
+        let mut inference = Inference {
+            seen: vec![Seen::default(); names.len()],
+            names,
+            records: 0,
+        };
+        let mut reader = buffer.reader(batch);
+        while let Some(page) = reader.next_page().await? {
+            // Parsing is CPU work: off the async threads, as the encoder's.
+            inference = tokio::task::spawn_blocking(move || {
+                inference.observe_page(&page).map(|()| inference)
+            })
+            .await
+            .map_err(|err| Error::Task(format!("parquet schema inference: {err}")))?
+            .map_err(|(index, reason)| Error::Encode {
+                store: batch.store.to_string(),
+                batch: batch.id.to_string(),
+                index,
+                reason,
+            })?;
+        }
+        let columns = inference
+            .names
+            .into_iter()
+            .zip(inference.seen.iter().map(|seen| seen.column_type()))
+            .collect();
+        Ok(Self {
+            columns,
+            rest,
+            row_group_bytes: ROW_GROUP_BYTES,
+        })
+    }
+
+    /// The same layout with row groups of at most `bytes` encoded bytes (never more than
+    /// [`ROW_GROUP_BYTES`]). The object output gives its part size: its parts can only end
+    /// where a row group ends, so this keeps them near the part size, and the part size is
+    /// in the output's marker, so every attempt cuts the same row groups.
+    pub(crate) fn with_row_groups_up_to(mut self, bytes: u64) -> Self {
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self.row_group_bytes = bytes.clamp(1, ROW_GROUP_BYTES);
+        self
+    }
+
+    /// The Arrow schema of the file: every column nullable (a missing key is a null); JSON
+    /// text columns say so in their field metadata.
+    fn schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|(name, column)| field(name, *column))
+            .collect();
+        if let Some(rest) = &self.rest {
+            fields.push(field(rest, ColumnType::Json));
+        }
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The type of column `name`, if the layout has a named column by that name.
+    #[cfg(test)]
+    fn column_type(&self, name: &str) -> Option<ColumnType> {
+        self.columns
+            .iter()
+            .find(|(column, _)| column == name)
+            .map(|(_, column)| *column)
+    }
+}
+
+fn field(name: &str, column: ColumnType) -> Field {
+    let data_type = match column {
+        ColumnType::Int64 => DataType::Int64,
+        ColumnType::Float64 => DataType::Float64,
+        ColumnType::Boolean => DataType::Boolean,
+        ColumnType::Utf8 | ColumnType::Json => DataType::Utf8,
+    };
+    let field = Field::new(name, data_type, true);
+    if column == ColumnType::Json {
+        field.with_metadata(HashMap::from([(
+            ENCODING_KEY.to_owned(),
+            "json".to_owned(),
+        )]))
+    } else {
+        field
+    }
+}
+
+/// The type pass's state: one [`Seen`] per named column.
+struct Inference {
+    names: Vec<String>,
+    seen: Vec<Seen>,
+    records: u64,
+}
+
+impl Inference {
+    /// Observes a page of records; on error, the failing record's index and why.
+    fn observe_page(&mut self, page: &[String]) -> std::result::Result<(), (u64, String)> {
+        for text in page {
+            let RecordFields(fields) = serde_json::from_str(text)
+                .map_err(|err| (self.records, format!("not a JSON object: {err}")))?;
+            for (key, raw) in fields {
+                if let Ok(column) = self.names.binary_search_by(|name| name.as_str().cmp(&key)) {
+                    self.seen[column].observe(raw.get());
+                }
+            }
+            self.records += 1;
+        }
+        Ok(())
+    }
+}
+
+/// One column's values of the Arrow batch being built.
+enum ColumnBuilder {
+    Int64(Int64Builder),
+    Float64(Float64Builder),
+    Boolean(BooleanBuilder),
+    Utf8(StringBuilder),
+    Json(StringBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(column: ColumnType) -> Self {
+        match column {
+            ColumnType::Int64 => Self::Int64(Int64Builder::new()),
+            ColumnType::Float64 => Self::Float64(Float64Builder::new()),
+            ColumnType::Boolean => Self::Boolean(BooleanBuilder::new()),
+            ColumnType::Utf8 => Self::Utf8(StringBuilder::new()),
+            ColumnType::Json => Self::Json(StringBuilder::new()),
+        }
+    }
+
+    /// Appends one record's value (`None`: the key is missing).
+    fn append(&mut self, raw: Option<&RawValue>) -> std::result::Result<(), String> {
+        let text = match raw.map(RawValue::get) {
+            None | Some("null") => {
+                match self {
+                    Self::Int64(b) => b.append_null(),
+                    Self::Float64(b) => b.append_null(),
+                    Self::Boolean(b) => b.append_null(),
+                    Self::Utf8(b) | Self::Json(b) => b.append_null(),
+                }
+                return Ok(());
+            }
+            Some(text) => text,
+        };
+        // The type pass saw every value, so a value that does not fit its column means the
+        // batch changed between the passes, which a prepared batch never does: refuse the
+        // batch rather than write something else.
+        let misfit = |expected: &str| {
+            format!("value {text} is not {expected} (the type pass saw otherwise)")
+        };
+        match self {
+            Self::Int64(b) => b.append_value(text.parse().map_err(|_| misfit("an i64"))?),
+            Self::Float64(b) => {
+                let float = if text.contains(['.', 'e', 'E']) {
+                    float_of_text(text)
+                } else {
+                    text.parse::<i64>()
+                        .ok()
+                        .filter(|int| int_is_exact_f64(*int))
+                        .map(|int| int as f64)
+                };
+                b.append_value(float.ok_or_else(|| misfit("an exact f64"))?);
+            }
+            Self::Boolean(b) => b.append_value(match text {
+                "true" => true,
+                "false" => false,
+                _ => return Err(misfit("a boolean")),
+            }),
+            Self::Utf8(b) => {
+                if !text.starts_with('"') {
+                    return Err(misfit("a string"));
+                }
+                b.append_value(csv_field(raw.ok_or_else(|| misfit("a string"))?)?);
+            }
+            Self::Json(b) => b.append_value(text),
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Int64(b) => Arc::new(b.finish()),
+            Self::Float64(b) => Arc::new(b.finish()),
+            Self::Boolean(b) => Arc::new(b.finish()),
+            Self::Utf8(b) | Self::Json(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Writes one batch's records as a complete Parquet file into a sink.
+///
+/// Rows are gathered into Arrow batches of at most [`CHUNK_ROWS`] records or
+/// [`CHUNK_TEXT_BYTES`] of JSON text; the writer closes a row group at [`ROW_GROUP_ROWS`] rows
+/// or [`ROW_GROUP_BYTES`] encoded bytes. Nothing is complete until [`ParquetEncoder::finish`]
+/// writes the footer; dropping the encoder leaves a file no reader accepts.
+pub(crate) struct ParquetEncoder<W: Write + Send> {
+    writer: ArrowWriter<W>,
+    schema: SchemaRef,
+    /// The named columns, sorted, to find a key's column.
+    names: Vec<String>,
+    has_rest: bool,
+    builders: Vec<ColumnBuilder>,
+    chunk_rows: usize,
+    chunk_text_bytes: usize,
+    /// JSON text per Arrow batch at most: [`CHUNK_TEXT_BYTES`], or the row group bound when
+    /// that is smaller (the writer never splits the first Arrow batch of a row group, so a
+    /// larger one would make a larger row group).
+    chunk_text_limit: usize,
+}
+
+impl<W: Write + Send> ParquetEncoder<W> {
+    /// Starts a file in `sink` with `layout`'s columns, each compressed with `compression`.
+    ///
+    /// # Errors
+    /// The writer's error (an I/O error of the sink as [`ParquetFailure::Io`]).
+    pub(crate) fn new(
+        sink: W,
+        layout: ParquetLayout,
+        compression: Compression,
+    ) -> std::result::Result<Self, ParquetFailure> {
+        let schema = layout.schema();
+        let codec = match compression {
+            Compression::None => parquet::basic::Compression::UNCOMPRESSED,
+            Compression::Gzip => parquet::basic::Compression::GZIP(GzipLevel::default()),
+            Compression::Zstd => parquet::basic::Compression::ZSTD(ZstdLevel::default()),
+        };
+        let properties = WriterProperties::builder()
+            .set_compression(codec)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_max_row_group_bytes(Some(layout.row_group_bytes))
+            .set_created_by(CREATED_BY.to_owned())
+            .build();
+        let writer = ArrowWriter::try_new(sink, schema.clone(), Some(properties))
+            .map_err(ParquetFailure::from)?;
+        let mut builders: Vec<ColumnBuilder> = layout
+            .columns
+            .iter()
+            .map(|(_, column)| ColumnBuilder::new(*column))
+            .collect();
+        let has_rest = layout.rest.is_some();
+        let chunk_text_limit = CHUNK_TEXT_BYTES.min(layout.row_group_bytes);
+        if has_rest {
+            builders.push(ColumnBuilder::new(ColumnType::Json));
+        }
+        Ok(Self {
+            writer,
+            schema,
+            names: layout.columns.into_iter().map(|(name, _)| name).collect(),
+            has_rest,
+            builders,
+            chunk_rows: 0,
+            chunk_text_bytes: 0,
+            chunk_text_limit,
+        })
+    }
+
+    /// Appends one record (its JSON object text).
+    ///
+    /// # Errors
+    /// [`ParquetFailure::Record`] when the record is not a JSON object or a value does not fit
+    /// its column (nothing of the record is appended then: the batch is refused anyway);
+    /// the writer's error when a full chunk cannot be written.
+    pub(crate) fn write_record(&mut self, text: &str) -> std::result::Result<(), ParquetFailure> {
+        let RecordFields(fields) = serde_json::from_str(text)
+            .map_err(|err| ParquetFailure::Record(format!("not a JSON object: {err}")))?;
+        let mut values: Vec<Option<&RawValue>> = vec![None; self.names.len()];
+        let mut rest = Vec::new();
+        for (key, raw) in fields {
+            match self.names.binary_search_by(|name| name.as_str().cmp(&key)) {
+                // A key given twice: the last one wins, as when a JSON object is read into a map.
+                Ok(column) => values[column] = Some(raw),
+                Err(_) => rest.push((key, raw)),
+            }
+        }
+        if !self.has_rest
+            && let Some((key, _)) = rest.first()
+        {
+            // The key set in Redis is the union of the records' keys; a key missing from it
+            // would lose its values, so the batch is refused instead.
+            return Err(ParquetFailure::Record(format!(
+                "key {key:?} is not in the batch's key set (no column for it)"
+            )));
+        }
+        for (builder, value) in self.builders.iter_mut().zip(values) {
+            builder.append(value).map_err(ParquetFailure::Record)?;
+        }
+        if self.has_rest
+            && let Some(builder) = self.builders.last_mut()
+        {
+            let object = rest_object(rest).map_err(ParquetFailure::Record)?;
+            match builder {
+                ColumnBuilder::Json(b) if object.is_empty() => b.append_null(),
+                ColumnBuilder::Json(b) => b.append_value(object),
+                _ => return Err(ParquetFailure::Record("the rest column is not text".into())),
+            }
+        }
+        self.chunk_rows += 1;
+        self.chunk_text_bytes += text.len();
+        if self.chunk_rows >= CHUNK_ROWS || self.chunk_text_bytes >= self.chunk_text_limit {
+            self.write_chunk()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the rows gathered so far to the writer as one Arrow batch.
+    fn write_chunk(&mut self) -> std::result::Result<(), ParquetFailure> {
+        if self.chunk_rows == 0 {
+            return Ok(());
+        }
+        let arrays: Vec<ArrayRef> = self
+            .builders
+            .iter_mut()
+            .map(ColumnBuilder::finish)
+            .collect();
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays)
+            .map_err(|err| ParquetFailure::Record(format!("arrow batch: {err}")))?;
+        self.chunk_rows = 0;
+        self.chunk_text_bytes = 0;
+        self.writer.write(&batch).map_err(ParquetFailure::from)
+    }
+
+    /// The sink, as far as the writer has written into it (row groups are written whole, when
+    /// they close; the writer's own small buffer may hold the last bytes back).
+    pub(crate) fn sink(&self) -> &W {
+        self.writer.inner()
+    }
+
+    /// Writes the last rows, the last row group and the footer, and returns the sink (not
+    /// flushed to disk: the caller syncs it).
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub(crate) fn finish(mut self) -> std::result::Result<W, ParquetFailure> {
+        self.write_chunk()?;
+        self.writer.into_inner().map_err(ParquetFailure::from)
+    }
+}
+
+/// Why the Parquet encoder failed.
+#[derive(Debug)]
+pub(crate) enum ParquetFailure {
+    /// The sink refused the bytes (a full disk, a closed connection).
+    Io(std::io::Error),
+    /// A record could not be encoded, or the writer refused what it was given.
+    Record(String),
+}
+
+impl From<ParquetError> for ParquetFailure {
+    fn from(err: ParquetError) -> Self {
+        match err {
+            // The writer wraps the sink's I/O errors; keep them I/O errors (transient, with
+            // their kind), not encoding failures.
+            ParquetError::External(source) => match source.downcast::<std::io::Error>() {
+                Ok(io) => Self::Io(*io),
+                Err(other) => Self::Record(other.to_string()),
+            },
+            other => Self::Record(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column_of(values: &[&str]) -> ColumnType {
+        let mut seen = Seen::default();
+        for value in values {
+            seen.observe(value);
+        }
+        seen.column_type()
+    }
+
+    #[test]
+    fn each_value_mix_maps_to_its_documented_column_type() {
+        assert_eq!(column_of(&["1", "-2", "null"]), ColumnType::Int64);
+        assert_eq!(column_of(&["1", "2.5"]), ColumnType::Float64);
+        assert_eq!(column_of(&["1e3", "0.1"]), ColumnType::Float64);
+        assert_eq!(column_of(&["true", "null"]), ColumnType::Boolean);
+        assert_eq!(column_of(&["\"a\""]), ColumnType::Utf8);
+        assert_eq!(column_of(&["null", "null"]), ColumnType::Utf8);
+        assert_eq!(column_of(&[]), ColumnType::Utf8);
+        assert_eq!(column_of(&["1", "\"1\""]), ColumnType::Json);
+        assert_eq!(column_of(&["true", "1"]), ColumnType::Json);
+        assert_eq!(column_of(&["{\"a\":1}"]), ColumnType::Json);
+        assert_eq!(column_of(&["[1,2]"]), ColumnType::Json);
+        assert_eq!(column_of(&["18446744073709551615"]), ColumnType::Json);
+        assert_eq!(
+            column_of(&["3.14159265358979323846264338"]),
+            ColumnType::Json
+        );
+        assert_eq!(column_of(&["1e400"]), ColumnType::Json);
+        // 2^53 + 1 is an i64 but no f64: alone it is Int64, beside a decimal it is text.
+        assert_eq!(column_of(&["9007199254740993"]), ColumnType::Int64);
+        assert_eq!(column_of(&["9007199254740993", "0.5"]), ColumnType::Json);
+        assert_eq!(column_of(&["9007199254740992", "0.5"]), ColumnType::Float64);
+    }
+
+    #[test]
+    fn decimals_compare_by_value_not_by_spelling() {
+        assert_eq!(decimal("15"), decimal("1.50e1"));
+        assert_eq!(decimal("15.000"), decimal("1.5e1"));
+        assert_eq!(decimal("0.001"), decimal("1e-3"));
+        assert_ne!(decimal("0.1"), decimal("0.10000000000000001"));
+        assert_eq!(float_of_text("0.1"), Some(0.1));
+        assert_eq!(float_of_text("-0.0"), Some(-0.0));
+        assert_eq!(float_of_text("0.10000000000000001"), None);
+        assert_eq!(float_of_text("1E400"), None);
+        assert!(!int_is_exact_f64(i64::MAX));
+        assert!(int_is_exact_f64(i64::MIN));
+    }
+
+    #[test]
+    fn a_layout_without_columns_still_counts_rows_through_its_rest_column() {
+        let layout = ParquetLayout {
+            columns: vec![("a".into(), ColumnType::Int64)],
+            rest: Some("_rest".into()),
+            row_group_bytes: ROW_GROUP_BYTES,
+        };
+        assert_eq!(layout.column_type("a"), Some(ColumnType::Int64));
+        let mut encoder = ParquetEncoder::new(Vec::new(), layout, Compression::Zstd).unwrap();
+        encoder.write_record(r#"{"a":1,"b":[1]}"#).unwrap();
+        encoder.write_record(r#"{}"#).unwrap();
+        let bytes = encoder.finish().unwrap();
+        assert_eq!(&bytes[..4], b"PAR1");
+        assert_eq!(&bytes[bytes.len() - 4..], b"PAR1");
+    }
+}
