@@ -23,9 +23,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod cli;
+mod columns;
 mod config;
 mod error;
 mod failpoint;
+mod format;
+mod histograms;
 mod marker;
 mod metrics;
 mod output;

@@ -35,9 +35,9 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use serde_json::value::RawValue;
 
+use crate::columns::{CsvLayout, RecordFields, csv_field, rest_object};
 use crate::config::Compression;
 use crate::error::{Error, Result};
-use crate::writer::{CsvLayout, RecordFields, csv_field, rest_object};
 
 /// Rows per row group at most: a reader's unit of parallelism and skipping.
 const ROW_GROUP_ROWS: usize = 128 * 1024;

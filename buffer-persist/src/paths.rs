@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 
 use buffer_core::{BatchId, PreparedBatch, StoreName};
 
-use crate::config::{Compression, Format};
 use crate::error::Error;
+use crate::format::{Compression, Format};
 
 /// The default template: today's layout, `OUT/<encoded store>/<batch id>.<ext>`.
 pub const DEFAULT_PATH_TEMPLATE: &str = "{store}/{batch}.{ext}";

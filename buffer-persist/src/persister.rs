@@ -19,7 +19,7 @@ use tracing::field::{Empty, display};
 use crate::config::PersistConfig;
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
-use crate::metrics::BatchHistograms;
+use crate::histograms::BatchHistograms;
 use crate::output::Output;
 use crate::writer::{self, FileLayout, Published, SinkFactory};
 
