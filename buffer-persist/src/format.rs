@@ -14,7 +14,7 @@ pub enum Format {
     #[default]
     JsonLines,
     /// CSV (`.csv`) with a header of the batch's sorted unique keys, at most
-    /// [`PersistConfig::csv_max_columns`] of them; the keys beyond go into one trailing column
+    /// [`crate::PersistConfig::csv_max_columns`] of them; the keys beyond go into one trailing column
     /// holding a JSON object. Strings are written as they are, `null` and missing keys as empty
     /// fields, other values as their JSON text exactly as pushed.
     Csv,
