@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use buffer_core::Buffer;
 use buffer_tests::s3::S3Server;
-use buffer_tests::{RedisServer, eventually};
+use buffer_tests::{PeakRun, RedisServer, eventually, wait_with_peak_rss};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -678,15 +678,6 @@ async fn an_existing_object_with_other_contents_is_a_conflict_and_the_batch_stay
     assert_eq!(buffer.get_prepared().await.unwrap().len(), 1);
 }
 
-/// The peak resident set (`VmHWM`, KiB) of a running process, or `None` once it has exited.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s3_drain_of_a_batch_many_parts_large_peaks_under_64_mib_plus_one_part() {
     let redis = RedisServer::start();
@@ -703,24 +694,11 @@ async fn an_s3_drain_of_a_batch_many_parts_large_peaks_under_64_mib_plus_one_par
     drop(blob);
     let (mut command, _work) = persist_command(&redis, &s3, "drain");
     command.args(["--part-size", "8MiB"]);
-    let mut child = command.spawn().unwrap();
-    let mut peak_kib = 0;
-    let status = loop {
-        if let Some(kib) = peak_rss_kib(child.id()) {
-            peak_kib = peak_kib.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let PeakRun {
+        status,
+        peak_kib,
+        stderr,
+    } = wait_with_peak_rss(command.spawn().unwrap());
     assert!(status.success(), "drain failed: {stderr}");
     eprintln!("s3 drain peak RSS: {peak_kib} KiB");
     assert!(peak_kib > 0, "the drain's memory was never read");

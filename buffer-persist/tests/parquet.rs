@@ -2,15 +2,13 @@
 //! crash, and Hive-style partitions, each read back the way users read them: pyarrow and
 //! DuckDB (from the test venv, `buffer_tests::python`), against real `redis-server`s.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use buffer_core::{Buffer, ManualClock};
 use buffer_persist::{Compression, Format, PersistConfig, Persister};
-use buffer_tests::{RedisServer, files_under};
+use buffer_tests::{PeakRun, RedisServer, files_under, push_mixed_size_batch, wait_with_peak_rss};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
@@ -302,15 +300,6 @@ fn config_ext(format: Format) -> &'static str {
     }
 }
 
-/// The peak resident set (`VmHWM`, KiB) of a running process, or `None` once it has exited.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 fn drain_command(server: &RedisServer, out: &Path) -> Command {
     let mut command = Command::new(BINARY);
     command
@@ -334,39 +323,14 @@ async fn a_large_mixed_size_batch_drains_to_parquet_in_bounded_memory() {
     // top of the reader's two pages (the Arrow array, the encoded page, the compressor's window,
     // its statistics), so its bound is 128 MiB where JSON Lines' is 64 MiB: still far below
     // the batch, which is never held whole.
-    let tiny = 200_000u64;
-    for chunk in (0..tiny).collect::<Vec<_>>().chunks(1000) {
-        let records: Vec<Value> = chunk.iter().map(|i| json!({"id": i})).collect();
-        buffer.push_many("mixed", &records).await.unwrap();
-    }
-    let blob = "b".repeat(4 * 1024 * 1024);
-    for i in tiny..tiny + 40 {
-        buffer
-            .push("mixed", &json!({"id": i, "blob": blob}))
-            .await
-            .unwrap();
-    }
-    drop(blob);
+    push_mixed_size_batch(&buffer, "mixed").await;
+    let tiny = buffer_tests::MIXED_TINY_RECORDS;
 
-    let mut child = drain_command(&server, out.path()).spawn().unwrap();
-    // VmHWM only grows while the process lives, so its last reading before exit is the peak.
-    let mut peak_kib = 0;
-    let status = loop {
-        if let Some(kib) = peak_rss_kib(child.id()) {
-            peak_kib = peak_kib.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let PeakRun {
+        status,
+        peak_kib,
+        stderr,
+    } = wait_with_peak_rss(drain_command(&server, out.path()).spawn().unwrap());
     assert!(status.success(), "drain failed: {stderr}");
     assert!(peak_kib > 0, "the drain's memory was never read");
     eprintln!("parquet drain peak RSS: {peak_kib} KiB");

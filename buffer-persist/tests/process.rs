@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use buffer_persist::open_decoded;
-use buffer_tests::{RedisServer, eventually, files_under, output_records, published_records};
+use buffer_tests::{
+    PeakRun, RedisServer, eventually, files_under, output_records, published_records,
+    push_mixed_size_batch, wait_with_peak_rss,
+};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
@@ -496,15 +499,6 @@ async fn a_poisoned_batch_backs_off_shows_in_stores_and_is_persisted_once_fixed(
     );
 }
 
-/// The peak resident set (`VmHWM`, KiB) of a running process, or `None` once it has exited.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_size_batch_drains_in_bounded_memory_with_no_slow_command() {
     let server = RedisServer::start();
@@ -513,44 +507,20 @@ async fn a_mixed_size_batch_drains_in_bounded_memory_with_no_slow_command() {
     // 200 000 tiny records, then 40 records of 4 MiB right after them in the same store: the
     // batch's average record is under 1 KiB, so a page sized by the average would hold all
     // 40 big records at once.
-    let tiny = 200_000u64;
-    for chunk in (0..tiny).collect::<Vec<_>>().chunks(1000) {
-        let records: Vec<Value> = chunk.iter().map(|i| json!({"id": i})).collect();
-        buffer.push_many("mixed", &records).await.unwrap();
-    }
-    let blob = "b".repeat(4 * 1024 * 1024);
-    for i in tiny..tiny + 40 {
-        buffer
-            .push("mixed", &json!({"id": i, "blob": blob}))
-            .await
-            .unwrap();
-    }
-    drop(blob);
+    push_mixed_size_batch(&buffer, "mixed").await;
+    let tiny = buffer_tests::MIXED_TINY_RECORDS;
     server.command(&["CONFIG", "SET", "slowlog-log-slower-than", "20000"]);
     server.command(&["SLOWLOG", "RESET"]);
 
-    let mut child = persist_command(&server, out.path(), "drain")
-        .spawn()
-        .unwrap();
-    // VmHWM only grows while the process lives, so its last reading before exit is the peak
-    // (up to the last millisecond).
-    let mut peak_kib = 0;
-    let status = loop {
-        if let Some(kib) = peak_rss_kib(child.id()) {
-            peak_kib = peak_kib.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let PeakRun {
+        status,
+        peak_kib,
+        stderr,
+    } = wait_with_peak_rss(
+        persist_command(&server, out.path(), "drain")
+            .spawn()
+            .unwrap(),
+    );
     assert!(status.success(), "drain failed: {stderr}");
     assert!(peak_kib > 0, "the drain's memory was never read");
     assert!(

@@ -388,3 +388,68 @@ impl RedisServer {
             .collect()
     }
 }
+
+/// How a child process ended, what it wrote to its piped stderr, and the most memory it held.
+pub struct PeakRun {
+    /// Its exit status.
+    pub status: std::process::ExitStatus,
+    /// Its peak resident set (`VmHWM`), in KiB; 0 when it was never read.
+    pub peak_kib: u64,
+    /// Its standard error (the child must have been spawned with `Stdio::piped()` for it).
+    pub stderr: String,
+}
+
+/// Waits for `child`, polling its `VmHWM` every millisecond. VmHWM only grows while the process
+/// lives, so its last reading before exit is the peak (up to the last millisecond).
+pub fn wait_with_peak_rss(mut child: std::process::Child) -> PeakRun {
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(child.id()) {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
+    PeakRun {
+        status,
+        peak_kib,
+        stderr,
+    }
+}
+
+/// The peak resident set (`VmHWM`, KiB) of a running process, or `None` once it has exited.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// How many tiny records [`push_mixed_size_batch`] pushes before its 40 records of 4 MiB.
+pub const MIXED_TINY_RECORDS: u64 = 200_000;
+
+/// Pushes the batch the bounded-memory drains are measured on into `store`: 200 000 tiny
+/// records, then 40 records of 4 MiB right after them (160 MiB in all). The average record is
+/// under 1 KiB, so a page sized by the average would hold all 40 big records at once.
+pub async fn push_mixed_size_batch(buffer: &Buffer, store: &str) {
+    let tiny = MIXED_TINY_RECORDS;
+    for chunk in (0..tiny).collect::<Vec<_>>().chunks(1000) {
+        let records: Vec<serde_json::Value> =
+            chunk.iter().map(|i| serde_json::json!({"id": i})).collect();
+        buffer.push_many(store, &records).await.unwrap();
+    }
+    let blob = "b".repeat(4 * 1024 * 1024);
+    for i in tiny..tiny + 40 {
+        buffer
+            .push(store, &serde_json::json!({"id": i, "blob": blob}))
+            .await
+            .unwrap();
+    }
+}
