@@ -3,7 +3,6 @@
 //! while producers push and persisters drain.
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use std::time::Duration;
 
 use buffer_core::{Buffer, StoreName};
 use buffer_tests::cluster::TestCluster;
-use buffer_tests::{eventually, files_under, output_records};
+use buffer_tests::{eventually, files_under, output_records, stop_and_expect_success};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
@@ -59,6 +58,12 @@ fn persist_command(redis: &str, out: &Path, subcommand: &str) -> Command {
 /// outlives its test).
 struct Runner(Option<Child>);
 
+/// SIGTERM, then checks the process exits 0.
+fn stop(mut runner: Runner) {
+    let child = runner.0.take().expect("a runner is stopped once");
+    stop_and_expect_success(child);
+}
+
 impl Drop for Runner {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
@@ -83,24 +88,6 @@ fn spawn_runner(redis: &str, out: &Path) -> Runner {
         .spawn()
         .unwrap();
     Runner(Some(child))
-}
-
-/// SIGTERM, then checks the process exits 0.
-fn stop(mut runner: Runner) {
-    let mut child = runner.0.take().expect("a runner is stopped once");
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(status.success(), "persister exited with {status}: {stderr}");
 }
 
 fn drain(redis: &str, out: &Path) {

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use buffer_core::{Buffer, BufferConfig};
 use buffer_persist::{PersistConfig, Persister};
-use buffer_tests::{FaultProxy, RedisServer, eventually, files_under, output_records};
+use buffer_tests::{
+    FaultProxy, Ledger, RedisServer, eventually, files_under, output_records, produce,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -43,13 +45,6 @@ fn require_failpoints() {
             "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
         );
     }
-}
-
-/// What the producers know about their pushes.
-#[derive(Default)]
-struct Ledger {
-    acknowledged: BTreeSet<u64>,
-    unknown: BTreeSet<u64>,
 }
 
 /// Reads every record id in the output, checks the exactly-once property against the ledger
@@ -145,33 +140,6 @@ fn drain(server_url: &str, out: &Path) {
     assert!(status.success(), "final drain failed");
 }
 
-/// Pushes ids `range` as single-record pushes spread over `stores` stores, recording each
-/// outcome in the ledger.
-async fn produce(
-    buffer: Buffer,
-    ids: std::ops::Range<u64>,
-    stores: u64,
-    ledger: Arc<std::sync::Mutex<Ledger>>,
-) {
-    for id in ids {
-        let result = buffer
-            .push(format!("store-{}", id % stores), &json!({"id": id}))
-            .await;
-        let mut ledger = ledger.lock().unwrap();
-        match result {
-            Ok(_) => {
-                ledger.acknowledged.insert(id);
-            }
-            // Refused before or at EXEC: not applied (invalid input, WRONGTYPE, OOM are
-            // checked elsewhere); connection trouble: may or may not have been applied.
-            Err(err) if err.is_transient() => {
-                ledger.unknown.insert(id);
-            }
-            Err(err) => panic!("push {id}: {err}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
     let seed = seed("kill -9 persisters");
@@ -188,6 +156,7 @@ async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
                 buffer.clone(),
                 p * total / 4..(p + 1) * total / 4,
                 5,
+                0,
                 ledger.clone(),
             ))
         })
@@ -429,6 +398,7 @@ async fn redis_killed_mid_push_keeps_every_acknowledged_push() {
                 buffer.clone(),
                 p * total / 3..(p + 1) * total / 3,
                 4,
+                0,
                 ledger.clone(),
             ))
         })

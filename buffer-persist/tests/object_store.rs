@@ -9,9 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use buffer_core::Buffer;
 use buffer_tests::s3::S3Server;
-use buffer_tests::{PeakRun, RedisServer, eventually, wait_with_peak_rss};
+use buffer_tests::{Ledger, PeakRun, RedisServer, eventually, produce, wait_with_peak_rss};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -146,39 +145,6 @@ async fn batch_objects(s3: &S3Server, ext: &str) -> BTreeMap<String, Vec<Value>>
     objects
 }
 
-/// Acknowledged and unknown-outcome ids of the producers.
-#[derive(Default)]
-struct Ledger {
-    acknowledged: BTreeSet<u64>,
-    unknown: BTreeSet<u64>,
-}
-
-async fn produce(
-    buffer: Buffer,
-    ids: std::ops::Range<u64>,
-    stores: u64,
-    ledger: Arc<std::sync::Mutex<Ledger>>,
-) {
-    for id in ids {
-        let result = buffer
-            .push(
-                format!("store-{}", id % stores),
-                &json!({"id": id, "pad": "x".repeat(40)}),
-            )
-            .await;
-        let mut ledger = ledger.lock().unwrap();
-        match result {
-            Ok(_) => {
-                ledger.acknowledged.insert(id);
-            }
-            Err(err) if err.is_transient() => {
-                ledger.unknown.insert(id);
-            }
-            Err(err) => panic!("push {id}: {err}"),
-        }
-    }
-}
-
 /// Every acknowledged id is in exactly one object, no id nobody pushed, nothing left in Redis.
 fn check_exactly_once(
     objects: &BTreeMap<String, Vec<Value>>,
@@ -270,6 +236,7 @@ async fn three_persisters_without_a_shared_disk_killed_with_9_land_every_record_
                 buffer.clone(),
                 p * total / 3..(p + 1) * total / 3,
                 4,
+                40,
                 ledger.clone(),
             ))
         })
@@ -341,6 +308,7 @@ async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
                 buffer.clone(),
                 p * 500..(p + 1) * 500,
                 3,
+                40,
                 ledger.clone(),
             ))
         })
@@ -461,16 +429,8 @@ async fn csv_zstd_parts_each_open_alone_with_their_own_header() {
     let redis = RedisServer::start();
     let s3 = S3Server::start();
     let buffer = redis.buffer().await;
-    let mut rng = StdRng::seed_from_u64(11);
     // 20 000 random records, some 1.4 MB of CSV: about ten parts.
-    let records: Vec<Value> = (0..20000)
-        .map(|i| {
-            let pad: String = (0..60)
-                .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
-                .collect();
-            json!({"id": i, "pad": pad})
-        })
-        .collect();
+    let records = padded_records(11, 20000);
     buffer.push_many("csv", &records).await.unwrap();
     drain(
         &redis,
@@ -528,16 +488,8 @@ async fn parquet_parts_each_read_alone_in_pyarrow_with_every_record_once() {
     let redis = RedisServer::start();
     let s3 = S3Server::start();
     let buffer = redis.buffer().await;
-    let mut rng = StdRng::seed_from_u64(12);
     // 10 000 random records, some 400 KiB of zstd Parquet: about a dozen 32 KiB parts.
-    let records: Vec<Value> = (0..10000)
-        .map(|i| {
-            let pad: String = (0..60)
-                .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
-                .collect();
-            json!({"id": i, "pad": pad})
-        })
-        .collect();
+    let records = padded_records(12, 10000);
     buffer.push_many("pq", &records).await.unwrap();
     let part_size = 32 * 1024;
     drain(
@@ -778,4 +730,18 @@ fn chrono_free_utc_date() -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// `count` records `{"id": i, "pad": <60 random letters>}`, the same for the same `seed`:
+/// random enough that compression cannot shrink them to nothing, so parts fill up.
+fn padded_records(seed: u64, count: u64) -> Vec<Value> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|i| {
+            let pad: String = (0..60)
+                .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+                .collect();
+            json!({"id": i, "pad": pad})
+        })
+        .collect()
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use buffer_persist::open_decoded;
 use buffer_tests::{
     PeakRun, RedisServer, eventually, files_under, output_records, published_records,
-    push_mixed_size_batch, wait_with_peak_rss,
+    push_mixed_size_batch, stop_and_expect_success as stop, wait_with_peak_rss,
 };
 use serde_json::{Value, json};
 
@@ -66,23 +66,6 @@ fn spawn_runner(server: &RedisServer, out: &Path, extra: &[&str]) -> Child {
         .args(extra)
         .spawn()
         .unwrap()
-}
-
-/// SIGTERM, then checks the process exits 0.
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(status.success(), "persister exited with {status}: {stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

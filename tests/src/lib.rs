@@ -453,3 +453,59 @@ pub async fn push_mixed_size_batch(buffer: &Buffer, store: &str) {
             .unwrap();
     }
 }
+
+/// What producers know about their pushes: ids acknowledged, and ids whose push failed with an
+/// outcome that is unknown (applied or not). The exactly-once tests check files against it.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Ids whose push was acknowledged: each must be in exactly one file.
+    pub acknowledged: std::collections::BTreeSet<u64>,
+    /// Ids whose push failed transiently: each may be in one file, or in none.
+    pub unknown: std::collections::BTreeSet<u64>,
+}
+
+/// Pushes ids `ids` as single-record pushes `{"id": id}` (plus `"pad"`: `pad` x's, when `pad`
+/// is not 0) spread over `stores` stores `store-<id % stores>`, recording each outcome in the
+/// ledger. A push refused for good (not transient) panics: the tests make none.
+pub async fn produce(
+    buffer: Buffer,
+    ids: std::ops::Range<u64>,
+    stores: u64,
+    pad: usize,
+    ledger: std::sync::Arc<std::sync::Mutex<Ledger>>,
+) {
+    for id in ids {
+        let record = if pad == 0 {
+            serde_json::json!({"id": id})
+        } else {
+            serde_json::json!({"id": id, "pad": "x".repeat(pad)})
+        };
+        let result = buffer.push(format!("store-{}", id % stores), &record).await;
+        let mut ledger = ledger.lock().unwrap();
+        match result {
+            Ok(_) => {
+                ledger.acknowledged.insert(id);
+            }
+            // Connection trouble or a timeout: may or may not have been applied.
+            Err(err) if err.is_transient() => {
+                ledger.unknown.insert(id);
+            }
+            Err(err) => panic!("push {id}: {err}"),
+        }
+    }
+}
+
+/// Sends SIGTERM to a persister process and checks that it exits 0 (its piped stderr is in the
+/// message when it does not).
+pub fn stop_and_expect_success(mut child: std::process::Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
+    assert!(status.success(), "persister exited with {status}: {stderr}");
+}
