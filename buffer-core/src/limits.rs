@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 
-use redis::{Cmd, ScriptInvocation, Value};
+use redis::{Cmd, Value};
 use serde::Serialize;
 
 use crate::buffer::Buffer;
@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::name::StoreName;
 use crate::receipt::PushReceipt;
 use crate::record::{self, EncodedRecord};
-use crate::replicas::ReplicaWait;
+use crate::replicas::ScriptCall;
 use crate::scripts;
 
 /// The largest value a limit may have: Lua, which checks the limits, counts in doubles, exact
@@ -184,13 +184,13 @@ pub(crate) fn invocation(
     store: &StoreName,
     records: Vec<EncodedRecord>,
     now: u64,
-) -> Result<ScriptInvocation<'static>> {
+) -> Result<ScriptCall<'static>> {
     let layout = buffer.layout();
     let live = layout.live(store);
     let group = layout.group_for(store);
     let bytes: usize = records.iter().map(|r| r.json.len()).sum();
     let keys = record::unique_keys(&records)?;
-    let mut invocation = scripts::PUSH_LIMITED.prepare_invoke();
+    let mut invocation = ScriptCall::new(&scripts::PUSH_LIMITED);
     for key in live.all() {
         invocation.key(key);
     }
@@ -461,30 +461,12 @@ impl Buffer {
         records: Vec<EncodedRecord>,
         now: u64,
     ) -> Result<PushReceipt> {
-        let invocation = invocation(self, store, records, now)?;
-        let mut conn = self.conn();
-        let Some(wait) = ReplicaWait::of(self) else {
-            let reply: Value = self
-                .run("push", store.as_str(), async move {
-                    invocation.invoke_async(&mut conn).await
-                })
-                .await?;
-            return read_reply(self, store, reply);
-        };
-        // With replica acknowledgement: the script, then WAIT on the same connection (so the
-        // same node), loaded first since a pipeline's EVALSHA has no fallback to EVAL.
-        let mut pipe = redis::pipe();
-        pipe.load_script(&scripts::PUSH_LIMITED)
-            .invoke_script(&invocation);
-        wait.queue(&mut pipe);
-        let (_sha, reply, waited): (Value, Value, Value) = self
-            .run("push", store.as_str(), async move {
-                pipe.query_async(&mut conn).await
-            })
+        // One script call, then WAIT on the same connection when the buffer waits for
+        // replicas (a refusal wrote nothing, and its WAIT returns at once).
+        let reply: Value = invocation(self, store, records, now)?
+            .invoke(self, "push", store.as_str())
             .await?;
-        let receipt = read_reply(self, store, reply)?;
-        wait.check("push", store.as_str(), waited)?;
-        Ok(receipt)
+        read_reply(self, store, reply)
     }
 }
 

@@ -250,7 +250,7 @@ impl PushPipeline {
         for push in pushes {
             let how = if buffer.limit_cache().needs_script(&push.store) {
                 limits::invocation(&buffer, &push.store, push.records, now).map(|invocation| {
-                    pipe.invoke_script(&invocation);
+                    invocation.queue(&mut pipe);
                     SentAs::Limited
                 })
             } else {

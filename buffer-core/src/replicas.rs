@@ -139,13 +139,19 @@ impl<'a> ScriptCall<'a> {
         self
     }
 
-    fn pipeline(&self, wait: Option<ReplicaWait>) -> Pipeline {
-        let mut pipe = redis::pipe();
+    /// Appends the call's `EVALSHA` to `pipe`, alone: a caller building its own pipeline (the
+    /// push pipeline) loads the script first and queues any `WAIT` itself.
+    pub(crate) fn queue(&self, pipe: &mut Pipeline) {
         pipe.cmd("EVALSHA")
             .arg(self.script.get_hash())
             .arg(self.keys.len())
             .arg(&self.keys)
             .arg(&self.args);
+    }
+
+    fn pipeline(&self, wait: Option<ReplicaWait>) -> Pipeline {
+        let mut pipe = redis::pipe();
+        self.queue(&mut pipe);
         if let Some(wait) = wait {
             wait.queue(&mut pipe);
         }

@@ -154,10 +154,12 @@ async fn with_a_replica_every_push_and_prepare_is_acknowledged_once_replicated()
 #[test]
 fn the_cli_push_with_wait_replicas_fails_without_a_replica_and_succeeds_with_one() {
     let lonely = RedisServer::start();
-    let push = |server: &RedisServer, store: &str| {
+    // The timeout is short where no replica can ever answer and generous where one can: a
+    // loaded machine must not turn a slow replica into a failed push.
+    let push = |server: &RedisServer, store: &str, timeout: &str| {
         let mut child = Command::new(BINARY)
             .args(["push", "--redis", &server.url(), "--wait-replicas", "1"])
-            .args(["--wait-replicas-timeout", "200ms", store])
+            .args(["--wait-replicas-timeout", timeout, store])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -180,11 +182,11 @@ fn the_cli_push_with_wait_replicas_fails_without_a_replica_and_succeeds_with_one
             .unwrap();
         (status.success(), stderr)
     };
-    let (ok, stderr) = push(&lonely, "s");
+    let (ok, stderr) = push(&lonely, "s", "200ms");
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("confirmed by 0 of 1 replicas"), "{stderr}");
     let (master, _replica) = master_with_replica();
-    let (ok, stderr) = push(&master, "s");
+    let (ok, stderr) = push(&master, "s", "2s");
     assert!(ok, "{stderr}");
 }
 
