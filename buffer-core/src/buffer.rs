@@ -55,6 +55,8 @@ struct Inner {
     /// Which stores this producer knows to have limits, learned from its push replies and
     /// read before each push (see `crate::limits`).
     limits: crate::limit_cache::LimitCache,
+    /// The batch reader's own sockets (page_socket.rs).
+    pages: crate::page_socket::PageSockets,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -122,6 +124,7 @@ impl Buffer {
                 config,
                 offset,
                 limits: Default::default(),
+                pages: Default::default(),
             }),
         })
     }
@@ -226,6 +229,10 @@ impl Buffer {
 
     pub(crate) fn limit_cache(&self) -> &crate::limit_cache::LimitCache {
         &self.inner.limits
+    }
+
+    pub(crate) fn page_sockets(&self) -> &crate::page_socket::PageSockets {
+        &self.inner.pages
     }
 
     pub(crate) fn conn(&self) -> Connection {

@@ -184,6 +184,38 @@ impl Connection {
         }
     }
 
+    /// How to reach, on a socket of one's own, the server that holds `key` now: the one
+    /// server, or the master of the key's slot in the current slot map (`None` when the map
+    /// does not know it yet). For the batch reader's page sockets (`page_socket.rs`), which
+    /// fall back to this connection whenever that server turns out to be the wrong one.
+    ///
+    /// # Errors
+    /// The `redis` crate's error when no server answers.
+    pub(crate) async fn server_of(&self, key: &[u8]) -> RedisResult<Option<ConnectionInfo>> {
+        match self.backend().await? {
+            Backend::Single(_) => Ok(Some(
+                Client::open(self.settings.urls[0].as_str())?
+                    .get_connection_info()
+                    .clone(),
+            )),
+            Backend::Cluster(router) => {
+                let Ok(address) = router.master_of(Some(key_slot(key))) else {
+                    return Ok(None);
+                };
+                let (host, port) = split_address(&address)?;
+                let mut addr = router.template.addr().clone();
+                match &mut addr {
+                    ConnectionAddr::Tcp(h, p) => (*h, *p) = (host, port),
+                    ConnectionAddr::TcpTls {
+                        host: h, port: p, ..
+                    } => (*h, *p) = (host, port),
+                    _ => return Ok(None),
+                }
+                Ok(Some(router.template.clone().set_addr(addr)))
+            }
+        }
+    }
+
     /// Sends `cmd` to the node at `address` (`host:port`, as [`Connection::masters`] gives):
     /// for per-node facts (`INFO`). On one server the address is ignored.
     ///

@@ -10,6 +10,7 @@ use crate::batch::{BatchId, PreparedBatch};
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
 use crate::name::StoreName;
+use crate::page::Page;
 use crate::record;
 
 /// All the records and keys of a batch, loaded at once by [`Buffer::get_contents`].
@@ -323,8 +324,8 @@ fn plan_from_runs(ahead: &VecDeque<Run>, cap: u64, budget: u64, more: bool) -> (
 
 /// Takes a page just read off the runs ahead. False when the runs did not tell the truth about
 /// it (a record larger than its run's max, a run's bytes exceeded, or no run left).
-fn consume_runs(ahead: &mut VecDeque<Run>, page: &[String]) -> bool {
-    for record in page {
+fn consume_runs(ahead: &mut VecDeque<Run>, page: &Page) -> bool {
+    for record in page.iter() {
         let len = record.len() as u64;
         let Some(run) = ahead.front_mut() else {
             return false;
@@ -347,13 +348,23 @@ impl BatchReader {
     /// # Errors
     /// [`Error::BatchNotFound`] when the batch disappeared (or shrank) while being read;
     /// transient errors.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<String>>> {
+        Ok(self.next_records().await?.map(Page::into_strings))
+    }
+
+    /// The next page of records as one [`Page`] (the texts in one buffer, each followed by a
+    /// newline), or `None` after the last one. Planned and read as by
+    /// [`BatchReader::next_page`], without a `String` per record: what the persister writes.
+    ///
+    /// # Errors
+    /// As [`BatchReader::next_page`].
     #[tracing::instrument(
         level = "debug",
         name = "read_page",
         skip_all,
         fields(store = %self.store, batch = %self.batch, from = self.next)
     )]
-    pub async fn next_page(&mut self) -> Result<Option<Vec<String>>> {
+    pub async fn next_records(&mut self) -> Result<Option<Page>> {
         if self.next >= self.total {
             return Ok(None);
         }
@@ -361,6 +372,54 @@ impl BatchReader {
         let want = self.plan(cap).await?;
         let start = self.next;
         let stop = start + want - 1;
+        let page = match self.read_direct(start, stop).await? {
+            Some(page) => page,
+            None => self.read_general(start, stop).await?,
+        };
+        if page.len() as u64 != want {
+            return Err(Error::BatchNotFound {
+                store: self.store.to_string(),
+                batch: self.batch.to_string(),
+            });
+        }
+        self.next += want;
+        self.account(&page);
+        Ok(Some(page))
+    }
+
+    /// Reads records `start..=stop` on the page sockets (page_socket.rs); `None` when the page
+    /// must be read on the general connection instead.
+    async fn read_direct(&self, start: u64, stop: u64) -> Result<Option<Page>> {
+        let conn = self.buffer.conn();
+        let key = self.key.as_bytes();
+        let server = self
+            .buffer
+            .run("read batch", self.store.as_str(), async move {
+                conn.server_of(key).await
+            })
+            .await?;
+        let Some(server) = server.and_then(crate::page_socket::plain) else {
+            return Ok(None);
+        };
+        let config = self.buffer.config();
+        let timeouts = (config.connect_timeout, config.response_timeout);
+        let read = self
+            .buffer
+            .page_sockets()
+            .lrange(&server, &self.key, start, stop, timeouts)
+            .await;
+        match read {
+            Ok(page) => Ok(Some(page)),
+            Err(detour) => {
+                tracing::debug!(store = %self.store, batch = %self.batch, %detour,
+                    "page read on the general connection");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads records `start..=stop` on the general connection.
+    async fn read_general(&self, start: u64, stop: u64) -> Result<Page> {
         let key = self.key.clone();
         let mut conn = self.buffer.conn();
         let page: Vec<String> = self
@@ -374,15 +433,7 @@ impl BatchReader {
                     .await
             })
             .await?;
-        if page.len() as u64 != want {
-            return Err(Error::BatchNotFound {
-                store: self.store.to_string(),
-                batch: self.batch.to_string(),
-            });
-        }
-        self.next += want;
-        self.account(&page);
-        Ok(Some(page))
+        Ok(Page::from_strings(&page))
     }
 
     /// The next page of records, each decoded from its JSON text into a `T`, or `None` after
@@ -543,8 +594,8 @@ impl BatchReader {
 
     /// Accounts for a page just read: takes it off the runs ahead (falling back to sizing by
     /// bytes seen when they did not describe it), or sets the next adaptive page length.
-    fn account(&mut self, page: &[String]) {
-        let largest = page.iter().map(String::len).max().unwrap_or(0) as u64;
+    fn account(&mut self, page: &Page) {
+        let largest = page.iter().map(str::len).max().unwrap_or(0) as u64;
         // How many records as large as the largest one seen fit the budget (at least one).
         let fit = (self.page_bytes / largest.max(1)).max(1);
         match &mut self.sizing {

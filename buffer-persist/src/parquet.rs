@@ -28,7 +28,7 @@ use std::sync::Arc;
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use buffer_core::{Buffer, PreparedBatch};
+use buffer_core::{Buffer, Page, PreparedBatch};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{GzipLevel, ZstdLevel};
 use parquet::errors::ParquetError;
@@ -228,7 +228,7 @@ impl ParquetLayout {
             records: 0,
         };
         let mut reader = buffer.reader(batch);
-        while let Some(page) = reader.next_page().await? {
+        while let Some(page) = reader.next_records().await? {
             // Parsing is CPU work: off the async threads, as the encoder's.
             inference = tokio::task::spawn_blocking(move || {
                 inference.observe_page(&page).map(|()| inference)
@@ -315,8 +315,8 @@ struct Inference {
 
 impl Inference {
     /// Observes a page of records; on error, the failing record's index and why.
-    fn observe_page(&mut self, page: &[String]) -> std::result::Result<(), (u64, String)> {
-        for text in page {
+    fn observe_page(&mut self, page: &Page) -> std::result::Result<(), (u64, String)> {
+        for text in page.iter() {
             let RecordFields(fields) = serde_json::from_str(text)
                 .map_err(|err| (self.records, format!("not a JSON object: {err}")))?;
             for (key, raw) in fields {

@@ -691,7 +691,7 @@ impl Persister {
         // Pages are fetched one ahead: while a page is encoded on a blocking thread, the next
         // LRANGE is already on its way.
         let mut next = Some(tokio::spawn(async move {
-            let page = reader.next_page().await;
+            let page = reader.next_records().await;
             (reader, page)
         }));
         while let Some(fetch) = next.take() {
@@ -707,7 +707,7 @@ impl Persister {
                 });
             }
             next = Some(tokio::spawn(async move {
-                let page = reader.next_page().await;
+                let page = reader.next_records().await;
                 (reader, page)
             }));
             file = file.write_page(page, guard, config.lock_ttl).await?;

@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use buffer_core::{BatchId, Buffer, PreparedBatch, StoreName};
+use buffer_core::{BatchId, Buffer, Page, PreparedBatch, StoreName};
 
 use crate::columns::CsvLayout;
 use crate::config::{Compression, Format};
@@ -281,8 +281,15 @@ impl EncodedStream {
         Ok(())
     }
 
-    /// Appends a page of records.
-    pub(crate) fn write_page(&mut self, page: &[String]) -> Result<()> {
+    /// Appends a page of records. As JSON Lines the page is already the file's text: one
+    /// write, whatever the number of records.
+    pub(crate) fn write_page(&mut self, page: &Page) -> Result<()> {
+        if let Encoder::Lines(out) = &mut self.encoder {
+            out.write_all(page.as_lines().as_bytes())
+                .map_err(Error::io("write", &self.label))?;
+            self.records += page.len() as u64;
+            return Ok(());
+        }
         page.iter().try_for_each(|text| self.write_record(text))
     }
 
@@ -417,7 +424,7 @@ impl BatchFile {
     }
 
     /// Appends a page of records (the JSON texts read from Redis).
-    pub(crate) fn write_page(&mut self, page: &[String]) -> Result<()> {
+    pub(crate) fn write_page(&mut self, page: &Page) -> Result<()> {
         self.stream.write_page(page)
     }
 

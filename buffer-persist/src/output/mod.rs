@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use buffer_core::{LockGuard, PreparedBatch};
+use buffer_core::{LockGuard, Page, PreparedBatch};
 
 use crate::config::{OutputLocation, PersistConfig};
 use crate::error::{Error, Result};
@@ -123,7 +123,7 @@ impl BatchWrite {
     /// Encoding, I/O, object store or lost-lock errors; nothing partial is published.
     pub(crate) async fn write_page(
         self,
-        page: Vec<String>,
+        page: Page,
         guard: &LockGuard,
         lock_ttl: Duration,
     ) -> Result<Self> {

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use buffer_core::{LockGuard, PreparedBatch};
+use buffer_core::{LockGuard, Page, PreparedBatch};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
@@ -332,10 +332,10 @@ impl ObjectBatch {
     }
 
     /// Encodes a page; every part it completes is queued for publishing. Blocking.
-    pub(crate) fn encode_page(&mut self, page: &[String]) -> Result<()> {
+    pub(crate) fn encode_page(&mut self, page: &Page) -> Result<()> {
         let total = self.batch.records;
         let part_size = self.part_size;
-        for text in page {
+        for text in page.iter() {
             let part = self.open_part()?;
             part.stream.write_record(text)?;
             let full = part.stream.encoded_bytes() >= part_size;
