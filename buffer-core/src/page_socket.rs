@@ -68,13 +68,14 @@ impl std::fmt::Display for Detour {
 }
 
 impl PageSockets {
-    /// Reads `LRANGE key start stop` on a socket to the server `info` names.
+    /// Reads `LRANGE key start stop` on a socket to the server `info` names, into a page sized
+    /// for `expected_bytes` (it grows if they are more).
     pub(crate) async fn lrange(
         &self,
         info: &ConnectionInfo,
         key: &str,
-        start: u64,
-        stop: u64,
+        (start, stop): (u64, u64),
+        expected_bytes: usize,
         timeouts: (Duration, Duration),
     ) -> Result<Page, Detour> {
         if self.off.load(Ordering::Relaxed) {
@@ -98,7 +99,8 @@ impl PageSockets {
                 Err(Handshake::Io(err)) => return Err(Detour::Failed(err)),
             },
         };
-        let reply = tokio::time::timeout(response_timeout, socket.lrange(key, start, stop)).await;
+        let exchange = socket.lrange(key, (start, stop), expected_bytes);
+        let reply = tokio::time::timeout(response_timeout, exchange).await;
         match reply {
             Ok(Ok(reply)) => {
                 self.put_idle(address, socket);
@@ -279,14 +281,19 @@ impl PageSocket {
         Ok(())
     }
 
-    async fn lrange(&mut self, key: &str, start: u64, stop: u64) -> std::io::Result<Reply> {
+    async fn lrange(
+        &mut self,
+        key: &str,
+        (start, stop): (u64, u64),
+        expected_bytes: usize,
+    ) -> std::io::Result<Reply> {
         if self.start != self.end {
             return Err(protocol("bytes left over from an earlier reply"));
         }
         let (start, stop) = (start.to_string(), stop.to_string());
         let request = encode(&[b"LRANGE", key.as_bytes(), start.as_bytes(), stop.as_bytes()]);
         self.stream.write_all(&request).await?;
-        let mut parser = ReplyParser::default();
+        let mut parser = ReplyParser::new(expected_bytes);
         loop {
             let (used, done) = parser.feed(&self.buffer[self.start..self.end])?;
             self.start += used;
@@ -328,30 +335,68 @@ enum State {
     Array,
     /// Before an element's `$<length>`.
     Element,
-    /// Inside an element: this many of its bytes still to copy.
+    /// Inside an element of this many bytes, none of them taken yet.
     Body(usize),
+    /// Inside an element that did not arrive in one piece: this many of its bytes still to
+    /// take (those taken wait in `pending`).
+    Rest(usize),
     /// After an element: this many bytes of its CRLF still to skip.
     Crlf(usize),
 }
 
-/// Parses an `LRANGE` reply as it arrives into a [`Page`]: each element's bytes followed by a
-/// newline in one buffer, and where each element ends.
+/// Parses an `LRANGE` reply as it arrives into a [`Page`]: each element's text followed by a
+/// newline in one buffer, and where each element ends. Each element is checked as UTF-8 as it
+/// is appended (with SIMD), so the page needs no second pass.
 #[derive(Debug, Default)]
 struct ReplyParser {
     state: State,
     /// Elements not started yet.
     left: usize,
-    lines: Vec<u8>,
+    lines: String,
     ends: Vec<usize>,
+    /// The bytes so far of an element that arrives in several pieces.
+    pending: Vec<u8>,
+    /// A record was not UTF-8: the rest of the reply is read, and dropped.
+    not_text: bool,
+    /// How many bytes the page will likely take (records and newlines), to size it once.
+    expected_bytes: usize,
 }
 
 impl ReplyParser {
+    fn new(expected_bytes: usize) -> Self {
+        Self {
+            expected_bytes,
+            ..Self::default()
+        }
+    }
+
+    /// Appends one whole element, if it is text.
+    fn append(&mut self, bytes: &[u8]) {
+        match simdutf8::basic::from_utf8(bytes) {
+            Ok(text) if !self.not_text => {
+                self.lines.push_str(text);
+                self.ends.push(self.lines.len());
+                self.lines.push('\n');
+            }
+            _ => self.not_text = true,
+        }
+    }
+
     /// Takes what it can of `input`: the bytes used, and the reply once it is complete.
     fn feed(&mut self, input: &[u8]) -> std::io::Result<(usize, Option<Reply>)> {
         let mut at = 0;
         loop {
             let rest = &input[at..];
             match self.state {
+                State::Element if self.left > 0 && rest.first() == Some(&b'$') => {
+                    // The hot path, once per record: `$<digits>\r\n` read in one pass.
+                    let Some((wanted, header)) = bulk_header(rest)? else {
+                        return Ok((at, None));
+                    };
+                    at += header;
+                    self.left -= 1;
+                    self.state = State::Body(wanted);
+                }
                 State::Array | State::Element => {
                     let Some(end) = memchr::memchr(b'\n', rest) else {
                         return Ok((at, None));
@@ -370,27 +415,38 @@ impl ReplyParser {
                         }
                         (State::Array, b'*') => {
                             self.left = length(value)?;
-                            self.lines.reserve(self.left * 64);
+                            self.lines.reserve(self.expected_bytes);
                             self.ends.reserve(self.left);
                             self.state = State::Element;
                         }
-                        (State::Element, b'$') => {
+                        (State::Element, b'$') if self.left > 0 => {
                             self.left -= 1;
                             self.state = State::Body(length(value)?);
                         }
                         _ => return Err(protocol("not an array of bulk strings")),
                     }
                 }
-                State::Body(wanted) => {
+                State::Body(wanted) if rest.len() >= wanted + 2 => {
+                    // The common case: the whole element and its CRLF are in the buffer.
+                    if &rest[wanted..wanted + 2] != b"\r\n" {
+                        return Err(protocol("an element not followed by CRLF"));
+                    }
+                    self.append(&rest[..wanted]);
+                    at += wanted + 2;
+                    self.state = State::Element;
+                }
+                State::Body(wanted) | State::Rest(wanted) => {
                     let take = wanted.min(rest.len());
-                    self.lines.extend_from_slice(&rest[..take]);
+                    self.pending.extend_from_slice(&rest[..take]);
                     at += take;
                     if take < wanted {
-                        self.state = State::Body(wanted - take);
+                        self.state = State::Rest(wanted - take);
                         return Ok((at, None));
                     }
-                    self.ends.push(self.lines.len());
-                    self.lines.push(b'\n');
+                    let pending = std::mem::take(&mut self.pending);
+                    self.append(&pending);
+                    self.pending = pending;
+                    self.pending.clear();
                     self.state = State::Crlf(2);
                 }
                 State::Crlf(wanted) => {
@@ -404,24 +460,48 @@ impl ReplyParser {
                 }
             }
             if matches!(self.state, State::Element) && self.left == 0 {
+                if self.not_text {
+                    return Ok((at, Some(Reply::NotText)));
+                }
                 let lines = std::mem::take(&mut self.lines);
                 let ends = std::mem::take(&mut self.ends);
-                let reply = match String::from_utf8(lines) {
-                    Ok(lines) => Reply::Page(Page::from_lines(lines, ends)),
-                    Err(_) => Reply::NotText,
-                };
-                return Ok((at, Some(reply)));
+                return Ok((at, Some(Reply::Page(Page::from_lines(lines, ends)))));
             }
         }
     }
 }
 
+/// A bulk string's header at the start of `input` (`$<digits>\r\n`): its length and the
+/// header's size, or `None` when the header has not all arrived yet.
+fn bulk_header(input: &[u8]) -> std::io::Result<Option<(usize, usize)>> {
+    let bad = || protocol("a bulk length that is not a non-negative number");
+    let mut length = 0usize;
+    for (index, &byte) in input.iter().enumerate().skip(1) {
+        match byte {
+            b'0'..=b'9' if index <= 18 => length = length * 10 + usize::from(byte - b'0'),
+            b'\r' if index > 1 => {
+                return match input.get(index + 1) {
+                    None => Ok(None),
+                    Some(b'\n') => Ok(Some((length, index + 2))),
+                    Some(_) => Err(protocol("a line without LF")),
+                };
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(None)
+}
+
 /// A non-negative length of a RESP header (`-1`, a nil, is not expected in an LRANGE reply).
 fn length(digits: &[u8]) -> std::io::Result<usize> {
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .ok_or_else(|| protocol("a length that is not a non-negative number"))
+    let bad = || protocol("a length that is not a non-negative number");
+    if digits.is_empty() || digits.len() > 18 {
+        return Err(bad());
+    }
+    digits.iter().try_fold(0usize, |number, digit| match digit {
+        b'0'..=b'9' => Ok(number * 10 + usize::from(digit - b'0')),
+        _ => Err(bad()),
+    })
 }
 
 /// Where the page road connects for `key`'s server, given the server's connection settings:
@@ -438,7 +518,7 @@ mod tests {
     use super::*;
 
     fn parse_in_pieces(reply: &[u8], piece: usize) -> Reply {
-        let mut parser = ReplyParser::default();
+        let mut parser = ReplyParser::new(16);
         let mut pending = Vec::new();
         for chunk in reply.chunks(piece) {
             pending.extend_from_slice(chunk);
@@ -476,12 +556,29 @@ mod tests {
             Reply::Error(text) if text == "MOVED 12 127.0.0.1:7001"
         ));
         assert!(matches!(parse_in_pieces(b"*0\r\n", 1), Reply::Page(page) if page.is_empty()));
-        assert!(matches!(
-            parse_in_pieces(b"*1\r\n$2\r\n\xff\xfe\r\n", 4),
-            Reply::NotText
-        ));
+        for piece in 1..12 {
+            assert!(matches!(
+                parse_in_pieces(b"*2\r\n$2\r\n\xff\xfe\r\n$1\r\na\r\n", piece),
+                Reply::NotText
+            ));
+        }
         let mut parser = ReplyParser::default();
         assert!(parser.feed(b"*1\r\n:5\r\n").is_err());
         assert!(ReplyParser::default().feed(b"*x\r\n").is_err());
+        assert!(ReplyParser::default().feed(b"*-1\r\n").is_err());
+        // More elements than the array announced.
+        let mut parser = ReplyParser::default();
+        assert!(
+            parser
+                .feed(b"*0\r\n$1\r\na\r\n")
+                .is_ok_and(|(used, done)| used == 4 && done.is_some())
+        );
+        assert_eq!(length(b"1234").unwrap(), 1234);
+        assert_eq!(bulk_header(b"$12\r\nabc").unwrap(), Some((12, 5)));
+        assert_eq!(bulk_header(b"$12\r").unwrap(), None);
+        assert_eq!(bulk_header(b"$12").unwrap(), None);
+        assert!(bulk_header(b"$\r\n").is_err() && bulk_header(b"$-1\r\n").is_err());
+        assert!(bulk_header(b"$1\rx").is_err());
+        assert!(length(b"").is_err() && length(b"12a").is_err());
     }
 }

@@ -51,6 +51,7 @@ impl Buffer {
             batch: batch.id.clone(),
             next: 0,
             total: batch.records,
+            average_bytes: usize::try_from(batch.bytes.div_ceil(batch.records.max(1))).unwrap_or(0),
             page_size: config.page_size as u64,
             page_bytes: config.page_bytes as u64,
             sizing: PageSizing::Runs {
@@ -243,6 +244,8 @@ pub struct BatchReader {
     batch: BatchId,
     next: u64,
     total: u64,
+    /// The batch's bytes ÷ records, rounded up: what a page's buffer is sized by.
+    average_bytes: usize,
     page_size: u64,
     page_bytes: u64,
     sizing: PageSizing,
@@ -403,10 +406,13 @@ impl BatchReader {
         };
         let config = self.buffer.config();
         let timeouts = (config.connect_timeout, config.response_timeout);
+        // Sized once from the batch's average record (a mixed batch's page may grow once).
+        let records = usize::try_from(stop - start + 1).unwrap_or(usize::MAX);
+        let expected = records.saturating_mul(self.average_bytes + 1);
         let read = self
             .buffer
             .page_sockets()
-            .lrange(&server, &self.key, start, stop, timeouts)
+            .lrange(&server, &self.key, (start, stop), expected, timeouts)
             .await;
         match read {
             Ok(page) => Ok(Some(page)),

@@ -1041,6 +1041,21 @@ async fn rediss_urls_connect_over_tls() {
         "tls",
         "the plain port sees what came over TLS"
     );
+    // Pages of a batch come back over TLS too: on the main connection, since the reader's
+    // own page sockets are plain TCP (README.md, "Running in production").
+    let batch = buffer
+        .prepare_to_persist("tls", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let page = buffer.reader(&batch).next_records().await.unwrap().unwrap();
+    assert_eq!(page.as_lines(), "{\"over\":\"tls\"}\n");
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut server.conn())
+        .unwrap();
+    assert!(clients.contains("name="), "{clients}");
+    assert!(!clients.contains("buffer-page-reader"), "{clients}");
     // Verification is on by default: the untrusted test CA is refused.
     let strict = Buffer::connect(
         BufferConfig::new(format!("rediss://127.0.0.1:{tls_port}/"))
