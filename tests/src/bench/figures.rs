@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use buffer_core::{Buffer, BufferConfig};
-use buffer_persist::{PersistConfig, Persister};
 use buffer_tests::RedisServer;
 use serde_json::Value;
 
@@ -23,6 +22,8 @@ pub struct Sizes {
     pub push_many_calls: usize,
     /// Records in the drained batch.
     pub drain_records: usize,
+    /// Records in the smaller drained batch.
+    pub drain_small_records: usize,
     /// `redis-benchmark -t lrange_600` requests.
     pub lrange_requests: usize,
     /// MiB written by `dd`.
@@ -37,6 +38,9 @@ pub struct Sizes {
     pub refreshes: usize,
     /// Calls (one record into each of 10 stores) per run of the pipeline figure, on each side.
     pub pipeline_calls: usize,
+    /// The length of a trial of the sustained figure's search, and of its confirming trial.
+    pub sustained_search: Duration,
+    pub sustained_confirm: Duration,
 }
 
 impl Sizes {
@@ -47,6 +51,7 @@ impl Sizes {
                 push_calls: 50_000,
                 push_many_calls: 2_000,
                 drain_records: 200_000,
+                drain_small_records: 100_000,
                 lrange_requests: 5_000,
                 dd_mib: 256,
                 rss_batch_bytes: 256 << 20,
@@ -54,12 +59,15 @@ impl Sizes {
                 dashboard_stores: 10_000,
                 refreshes: 10,
                 pipeline_calls: 3_000,
+                sustained_search: Duration::from_secs(3),
+                sustained_confirm: Duration::from_secs(8),
             }
         } else {
             Self {
                 push_calls: 200_000,
                 push_many_calls: 10_000,
                 drain_records: 1_000_000,
+                drain_small_records: 300_000,
                 lrange_requests: 20_000,
                 dd_mib: 512,
                 rss_batch_bytes: 1 << 30,
@@ -67,6 +75,8 @@ impl Sizes {
                 dashboard_stores: 10_000,
                 refreshes: 30,
                 pipeline_calls: 10_000,
+                sustained_search: Duration::from_secs(10),
+                sustained_confirm: Duration::from_secs(60),
             }
         }
     }
@@ -80,6 +90,8 @@ pub enum Unit {
     BytesPerRecord,
     Millis,
     Micros,
+    NanosPerRecord,
+    MegabytesPerSec,
 }
 
 impl Unit {
@@ -91,11 +103,13 @@ impl Unit {
             Self::BytesPerRecord => format!("{value:.1} B/rec"),
             Self::Millis => format!("{value:.1} ms"),
             Self::Micros => format!("{value:.0} µs"),
+            Self::NanosPerRecord => format!("{value:.0} ns/rec"),
+            Self::MegabytesPerSec => format!("{value:.0} MB/s"),
         }
     }
 }
 
-fn thousands(value: f64) -> String {
+pub(super) fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
     let mut out = String::new();
     for (i, digit) in digits.chars().enumerate() {
@@ -116,6 +130,8 @@ pub enum Target {
     RatioAtMost(f64),
     /// ours at most this, in the figure's unit.
     AtMost(f64),
+    /// No target: the figure is reported.
+    Report,
 }
 
 /// How the runs of a figure are summarised.
@@ -182,6 +198,7 @@ impl Figure {
             Target::RatioAtLeast(min) => self.ratio().is_some_and(|r| r >= min),
             Target::RatioAtMost(max) => self.ratio().is_some_and(|r| r <= max),
             Target::AtMost(max) => self.ours() <= max,
+            Target::Report => true,
         }
     }
 
@@ -191,11 +208,19 @@ impl Figure {
             Target::RatioAtLeast(min) => format!("≥ {min}×"),
             Target::RatioAtMost(max) => format!("≤ {max}×"),
             Target::AtMost(max) => format!("≤ {}", self.unit.show(max)),
+            Target::Report => "report".to_owned(),
         }
     }
 }
 
-fn progress(id: &str, run: usize, runs: usize, unit: Unit, ours: f64, baseline: Option<f64>) {
+pub(super) fn progress(
+    id: &str,
+    run: usize,
+    runs: usize,
+    unit: Unit,
+    ours: f64,
+    baseline: Option<f64>,
+) {
     let baseline = baseline.map_or(String::new(), |b| {
         format!(" · baseline {} · ratio {:.2}×", unit.show(b), ours / b)
     });
@@ -213,7 +238,7 @@ async fn connect(server: &RedisServer) -> Result<Buffer> {
 }
 
 /// The keys of one store in one hash tag, as the EVALSHA baseline names them.
-const SCRIPT_KEYS: [&str; 7] = [
+const SCRIPT_KEYS: [&str; 9] = [
     "{bench:1}:s:records",
     "{bench:1}:s:first",
     "{bench:1}:s:keys",
@@ -221,19 +246,26 @@ const SCRIPT_KEYS: [&str; 7] = [
     "{bench:1}:stores",
     "{bench:1}:bytes",
     "{bench:1}:count",
+    "{bench:1}:s:runs",
+    "{bench:1}:limits",
 ];
 
-/// The eight commands of one push, in one script: the work a push must do at the least.
+/// The eleven commands of one push, in one script: the work a push must do at the least
+/// (buffer-core's `push_transaction`: the record, first write, key set, totals, index, run
+/// entry, and the limits probe `HEXISTS` + `TIME`).
 const PUSH_SCRIPT: &str = r"
 local n = redis.call('RPUSH', KEYS[1], ARGV[1])
 local first = redis.call('SET', KEYS[2], ARGV[2], 'NX', 'GET')
-redis.call('SADD', KEYS[3], unpack(ARGV, 5))
+redis.call('SADD', KEYS[3], unpack(ARGV, 6))
 local k = redis.call('SCARD', KEYS[3])
 local b = redis.call('INCRBY', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[5], 'NX', ARGV[2], ARGV[4])
 redis.call('ZINCRBY', KEYS[6], ARGV[3], ARGV[4])
 redis.call('ZINCRBY', KEYS[7], 1, ARGV[4])
-return {n, k, b}
+redis.call('RPUSH', KEYS[8], ARGV[5])
+local limited = redis.call('HEXISTS', KEYS[9], ARGV[4])
+local now = redis.call('TIME')
+return {n, k, b, limited, now[1]}
 ";
 
 /// Figure 1: `push` of one ~200 B record from 50 concurrent tasks.
@@ -250,7 +282,7 @@ pub async fn push(sizes: &Sizes, runs: usize) -> Result<Figure> {
         .map(|object| object.keys().cloned().collect())
         .unwrap_or_default();
     let calls = sizes.push_calls;
-    let mut args: Vec<String> = ["-c", "50", "-n", &calls.to_string(), "EVALSHA", &sha, "7"]
+    let mut args: Vec<String> = ["-c", "50", "-n", &calls.to_string(), "EVALSHA", &sha, "9"]
         .map(str::to_owned)
         .into();
     args.extend(SCRIPT_KEYS.map(str::to_owned));
@@ -259,6 +291,7 @@ pub async fn push(sizes: &Sizes, runs: usize) -> Result<Figure> {
         "1700000000000".to_owned(),
         RECORD_BYTES.to_string(),
         "bench".to_owned(),
+        format!("1:{RECORD_BYTES}:{RECORD_BYTES}"),
     ]);
     args.extend(keys);
     let batches: Arc<Vec<Vec<Value>>> = Arc::new((0..1000).map(|i| vec![record(i)]).collect());
@@ -266,13 +299,14 @@ pub async fn push(sizes: &Sizes, runs: usize) -> Result<Figure> {
         id: "push",
         title: "push, 1 record ~200 B, 50 concurrent tasks",
         unit: Unit::RecordsPerSec,
-        baseline_label: "redis-benchmark -c 50 EVALSHA (same 8 commands)",
+        baseline_label: "redis-benchmark -c 50 EVALSHA (same 11 commands)",
         method: format!(
             "Ours: {calls} `Buffer::push` calls of one 200 B record (8 top-level keys) into one \
              store from 50 tokio tasks sharing one `Buffer`. Baseline: `redis-benchmark -c 50 \
-             -n {calls} EVALSHA <sha> 7 …` of a Lua script doing the same 8 commands as a push \
-             (RPUSH, SET NX GET, SADD of the 8 keys, SCARD, INCRBY, ZADD NX, ZINCRBY, ZINCRBY) \
-             on keys in one hash tag. FLUSHALL before each side."
+             -n {calls} EVALSHA <sha> 9 …` of a Lua script doing the same 11 commands as a push \
+             (RPUSH, SET NX GET, SADD of the 8 keys, SCARD, INCRBY, ZADD NX, ZINCRBY, ZINCRBY, \
+             RPUSH of the run entry, HEXISTS of the limits hash, TIME) on keys in one hash \
+             tag. FLUSHALL before each side."
         ),
         target: Target::RatioAtLeast(0.9),
         aggregate: Aggregate::Median,
@@ -449,84 +483,6 @@ pub async fn pipeline(sizes: &Sizes, runs: usize) -> Result<Vec<Figure>> {
         }
     }
     Ok(vec![sequential, benchmark])
-}
-
-/// Figure 3: `Persister::drain` of one store of `drain_records` records to JSON Lines.
-pub async fn drain(sizes: &Sizes, runs: usize) -> Result<Figure> {
-    let server = RedisServer::start();
-    let buffer = connect(&server).await?;
-    let (n, lrange, mib) = (sizes.drain_records, sizes.lrange_requests, sizes.dd_mib);
-    let mut figure = Figure {
-        id: "drain",
-        title: "drain to JSONL, records ~200 B",
-        unit: Unit::RecordsPerSec,
-        baseline_label: "min(lrange_600 elements/s, dd fdatasync bytes/s ÷ record size)",
-        method: format!(
-            "Ours: {n} records of 200 B pushed into one store (untimed), then \
-             `Persister::drain` (in process, default PersistConfig: JSON Lines, no compression, \
-             fsync) into a temporary directory on the same file system as `dd`'s file; timed \
-             from the call to its return. Baseline: the smaller of `redis-benchmark -d 200 -t \
-             lrange_600 -n {lrange}` requests/s × 600 and `dd if=/dev/zero bs=1M count={mib} \
-             conv=fdatasync` bytes/s ÷ the average line size of the written file.{}",
-            if n < 1_000_000 {
-                " With this few records a drain lasts well under a second, so its fixed \
-                 costs (output marker, directory and file fsyncs) weigh more and the figure \
-                 varies a lot between runs: use a full run for this one."
-            } else {
-                ""
-            }
-        ),
-        target: Target::RatioAtLeast(0.8),
-        aggregate: Aggregate::Median,
-        runs: Vec::new(),
-        weak: WEAK_DRAIN,
-    };
-    for run in 0..runs {
-        tools::flush_all(&server)?;
-        let loaded = tools::load(&buffer, "drain", n).await?;
-        let out = tempfile::tempdir()?;
-        let started = Instant::now();
-        let report = Persister::new(buffer.clone(), PersistConfig::new(out.path()))
-            .drain()
-            .await?;
-        let elapsed = started.elapsed().as_secs_f64();
-        ensure!(
-            report.failures.is_empty() && report.records == loaded as u64,
-            "drain persisted {} of {loaded} records: {:?}",
-            report.records,
-            report.failures
-        );
-        let ours = loaded as f64 / elapsed;
-        let line_bytes = tools::bytes_under(out.path()) as f64 / loaded as f64;
-        tools::flush_all(&server)?;
-        let lrange_args: Vec<String> = ["-d", "200", "-t", "lrange_600", "-n", &lrange.to_string()]
-            .map(str::to_owned)
-            .into();
-        let lines = tools::redis_benchmark(server.port(), &lrange_args)?;
-        let lrange_rate = lines
-            .iter()
-            .find(|line| line.title.starts_with("LRANGE_600"))
-            .context("redis-benchmark printed no LRANGE_600 line")?
-            .requests_per_sec
-            * 600.0;
-        tools::flush_all(&server)?;
-        let disk = tools::disk_write_rate(out.path(), mib)?;
-        let disk_rate = disk / line_bytes;
-        let baseline = lrange_rate.min(disk_rate);
-        progress(figure.id, run, runs, figure.unit, ours, Some(baseline));
-        figure.runs.push(Run {
-            ours,
-            baseline: Some(baseline),
-            detail: format!(
-                "{loaded} records in {elapsed:.2} s; lrange_600 {} el/s; dd {:.0} MB/s = {} \
-                 rec/s at {line_bytes:.1} B/line",
-                thousands(lrange_rate),
-                disk / 1e6,
-                thousands(disk_rate)
-            ),
-        });
-    }
-    Ok(figure)
 }
 
 /// Figure 4: peak RSS of the `buffer-persist drain` process draining one big batch.
@@ -856,9 +812,9 @@ fn side_order(run: usize) -> [Side; 2] {
 // the first BENCHMARKS.md (see the report's "What is weak"). Each is printed only when its
 // target is missed in that run.
 
-const WEAK_PUSH: &str = "A push is MULTI + 8 commands + EXEC (10 commands for Redis to parse, \
+const WEAK_PUSH: &str = "A push is MULTI + 11 commands + EXEC (13 commands for Redis to parse, \
     queue and dispatch, against one EVALSHA), and the client's own work per record is not free \
-    (serializing it, reading its keys back, building 10 commands). With 2 cores, the client's \
+    (serializing it, reading its keys back, building 13 commands). With 2 cores, the client's \
     CPU is taken from redis-server. The ratio moves by about ±0.15 between runs here (0.88× and \
     0.78× in two full runs of the same push code), so a result within about 0.15 of the target is within noise.";
 
@@ -874,20 +830,6 @@ const WEAK_PUSH_MANY: &str = "The client, not Redis, is the bottleneck: redis-be
     6 %), re-reading the texts for their keys (about 10 %), hashing keys into the set (about \
     5 %), allocation, and redis-rs copying every argument into the command buffer. Further \
     levers: skip key extraction when a caller states the keys, or a cheaper hasher.";
-
-const WEAK_DRAIN: &str = "The persister reads one store through one multiplexed connection, \
-    one LRANGE page (5000 records or about 1 MiB, whichever is smaller) at a time with one page \
-    prefetched, and that connection's reply parsing is single-threaded: under `perf` (with \
-    1000-record pages), the `buffer-persist drain` process was at about 95 % of one core while \
-    redis-server was about 20 % busy, most of it in redis-rs's `combine`-based RESP parser \
-    (about 45 % of samples), then UTF-8 validation of each record into a `String` (about 7 %) \
-    and buffer copies; writing the file is a few percent. Going from 1000- to 5000-record pages \
-    took ours from about 1.1 to 1.4-1.5 million records/s. Reading each page as one \
-    newline-joined bulk reply from a Lua script (`table.concat` of the LRANGE) was tried and was \
-    2-3 times slower: building the Lua table costs Redis more than the parse saves. Parallel \
-    page reads over two connections are the next lever. The baseline is the smaller of LRANGE \
-    and `dd` rates, and it moved between 1.9 and 6.1 million records/s between runs on this \
-    machine, so this ratio moves as much.";
 
 const WEAK_RSS: &str = "Unexpected: the persister streams page by page (about 1 MiB per page, \
     one prefetched) through a 256 KiB file buffer; a large RSS means a page or a reply buffer \

@@ -2,18 +2,22 @@
 //! figure next to a baseline measured in the same run on the same machine.
 //!
 //! # Layout
-//! - `figures`: the figures (push, push_many, pipeline, drain, rss, memory, dashboard), their
-//!   sizes, targets and what limits them.
+//! - `figures`: the figures (push, push_many, pipeline, rss, memory, dashboard), their sizes,
+//!   targets and what limits them; `drain`: the drain figures (`buffer-persist drain` as a
+//!   process: two sizes, CPU per record, other formats); `sustained`: the sustained
+//!   end-to-end rate with `buffer-persist run` processes.
 //! - `tools`: the benchmark records, `redis-benchmark` and `dd` runs, Redis counters, and the
 //!   peak RSS of a child process.
 //! - `report`: the table on stdout and BENCHMARKS.md.
 //! - `memory`: the Redis memory study of `--only memory` (per record, per key, per shape) and
 //!   `msgpack`, the compact-encoding prototype it measures.
 
+mod drain;
 mod figures;
 mod memory;
 mod msgpack;
 mod report;
+mod sustained;
 mod tools;
 
 use std::path::PathBuf;
@@ -42,11 +46,12 @@ pub fn default_report_path() -> PathBuf {
     tests.parent().unwrap_or(tests).join("BENCHMARKS.md")
 }
 
-const IDS: [&str; 7] = [
+const IDS: [&str; 8] = [
     "push",
     "push_many",
     "pipeline",
     "drain",
+    "sustained",
     "rss",
     "memory",
     "dashboard",
@@ -69,7 +74,7 @@ pub async fn run(options: Options) -> Result<()> {
     let runs = options.runs;
     // Built before anything is measured, so the compile does not compete with a figure.
     let started = Instant::now();
-    let persist = if wanted("rss") {
+    let persist = if ["drain", "rss", "sustained"].iter().any(|id| wanted(id)) {
         Some(tools::persist_binary()?)
     } else {
         None
@@ -101,12 +106,17 @@ pub async fn run(options: Options) -> Result<()> {
         measured.extend(figures::pipeline(&sizes, runs).await?);
         took("pipeline", started);
     }
-    if wanted("drain") {
+    if let (true, Some(persist)) = (wanted("drain"), &persist) {
         let started = Instant::now();
-        measured.push(figures::drain(&sizes, runs).await?);
+        measured.extend(drain::drains(&sizes, runs, persist).await?);
         took("drain", started);
     }
-    if let Some(persist) = &persist {
+    if let (true, Some(persist)) = (wanted("sustained"), &persist) {
+        let started = Instant::now();
+        measured.extend(sustained::sustained(&sizes, persist).await?);
+        took("sustained", started);
+    }
+    if let (true, Some(persist)) = (wanted("rss"), &persist) {
         let started = Instant::now();
         measured.push(figures::rss(&sizes, runs, persist).await?);
         took("rss", started);
