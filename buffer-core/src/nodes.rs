@@ -23,8 +23,8 @@ pub struct MasterInfo {
 pub enum MasterHealth {
     /// It answered `INFO`: its facts.
     Up(ServerInfo),
-    /// It did not answer within the timeouts (refused, lost, timed out): why, in a few words
-    /// (`connection refused`, `timed out after 3s`).
+    /// It did not answer within the timeouts: why, in a few words (`refused`,
+    /// `connection lost`, `no answer in 6s`).
     Down(String),
 }
 
@@ -161,9 +161,10 @@ impl Buffer {
                 })
                 .await;
             let info = reply.and_then(|reply| {
-                let text: String = redis::from_redis_value(reply).map_err(|err| Error::Corrupt {
-                    what: format!("INFO of {address} is not text: {err}"),
-                })?;
+                let text: String =
+                    redis::from_redis_value(reply).map_err(|err| Error::Corrupt {
+                        what: format!("INFO of {address} is not text: {err}"),
+                    })?;
                 Ok(ServerInfo::parse(&text))
             });
             (address, info)
@@ -172,14 +173,13 @@ impl Buffer {
     }
 }
 
-/// Why a master did not answer, in a few words for a dashboard's line.
+/// Why a master did not answer, in a few words: a dashboard shows it after the master's
+/// address in a cell of under 40 columns.
 fn short_reason(err: &Error) -> String {
     let text = match err {
-        Error::Timeout { timeout, .. } => format!("timed out after {}s", timeout.as_secs_f32()),
-        Error::Redis { source, .. } if source.is_timeout() => "timed out".to_owned(),
-        Error::Redis { source, .. } if source.is_connection_refusal() => {
-            "connection refused".to_owned()
-        }
+        Error::Timeout { timeout, .. } => format!("no answer in {}s", timeout.as_secs_f32()),
+        Error::Redis { source, .. } if source.is_timeout() => "no answer in time".to_owned(),
+        Error::Redis { source, .. } if source.is_connection_refusal() => "refused".to_owned(),
         Error::Redis { source, .. } if source.is_connection_dropped() => {
             "connection lost".to_owned()
         }
@@ -208,7 +208,7 @@ mod tests {
             store: String::new(),
             timeout: Duration::from_millis(2500),
         };
-        assert_eq!(short_reason(&timeout), "timed out after 2.5s");
+        assert_eq!(short_reason(&timeout), "no answer in 2.5s");
         let refused = Error::Redis {
             op: "server info",
             store: String::new(),
@@ -216,7 +216,7 @@ mod tests {
                 std::io::ErrorKind::ConnectionRefused,
             )),
         };
-        assert_eq!(short_reason(&refused), "connection refused");
+        assert_eq!(short_reason(&refused), "refused");
         let long = Error::Config(format!("{}\nsecond line", "x".repeat(200)));
         let reason = short_reason(&long);
         assert_eq!(reason.chars().count(), MAX_REASON_CHARS);
