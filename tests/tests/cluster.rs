@@ -573,7 +573,11 @@ async fn a_master_that_stops_answering_shows_down_and_up_again_once_it_answers()
         })
     })
     .await;
-    assert_eq!(status.len(), 3, "the killed master is still listed: {status:?}");
+    assert_eq!(
+        status.len(),
+        3,
+        "the killed master is still listed: {status:?}"
+    );
     // The facts of the two that answer are still summed.
     let total = buffer.server_info().await.unwrap();
     assert_eq!(total.mode, "cluster");
@@ -623,7 +627,11 @@ async fn node_of_names_the_master_holding_each_store() {
         assert_eq!(node, format!("127.0.0.1:{port}"), "store {store}");
         nodes.insert(node);
     }
-    assert_eq!(nodes.len(), 3, "twelve stores spread over the three masters");
+    assert_eq!(
+        nodes.len(),
+        3,
+        "twelve stores spread over the three masters"
+    );
     let server = RedisServer::start();
     let single = server.buffer().await;
     assert_eq!(
