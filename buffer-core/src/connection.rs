@@ -216,6 +216,19 @@ impl Connection {
         }
     }
 
+    /// The master (`host:port`) of `key`'s slot in the slot map as last read (no I/O once
+    /// connected); `None` on one server.
+    ///
+    /// # Errors
+    /// The `redis` crate's error when connecting first fails, or when no master serves the
+    /// slot.
+    pub(crate) async fn master_of_key(&self, key: &[u8]) -> RedisResult<Option<String>> {
+        match self.backend().await? {
+            Backend::Single(_) => Ok(None),
+            Backend::Cluster(router) => router.master_of(Some(key_slot(key))).map(Some),
+        }
+    }
+
     /// Sends `cmd` to the node at `address` (`host:port`, as [`Connection::masters`] gives):
     /// for per-node facts (`INFO`). On one server the address is ignored.
     ///

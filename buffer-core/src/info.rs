@@ -53,27 +53,48 @@ pub(crate) fn info_command() -> redis::Cmd {
     cmd
 }
 
+impl ServerInfo {
+    /// Several masters' facts as one: the version and mode of the first, and the sums of
+    /// memory, memory limits, ops/s and clients over all of them. `None` when there are none.
+    pub fn total<'a>(masters: impl IntoIterator<Item = &'a ServerInfo>) -> Option<ServerInfo> {
+        let mut masters = masters.into_iter();
+        let mut total = masters.next()?.clone();
+        for master in masters {
+            total.used_memory += master.used_memory;
+            total.maxmemory += master.maxmemory;
+            total.ops_per_sec += master.ops_per_sec;
+            total.clients += master.clients;
+        }
+        Some(total)
+    }
+}
+
 impl Buffer {
     /// Reads server version, mode, memory, ops/s and clients. On a cluster: the version and
-    /// mode of the first master and the sums over every master ([`Buffer::masters_info`]
-    /// gives each).
+    /// mode of the first master that answered and the sums over the masters that answered
+    /// ([`ServerInfo::total`]); [`Buffer::masters_status`] gives each master, and which did
+    /// not answer.
     ///
     /// # Errors
-    /// Transient errors.
+    /// Transient errors; on a cluster, the first master's error when none answered.
     pub async fn server_info(&self) -> Result<ServerInfo> {
         if self.is_cluster().await? {
-            let masters = self.masters_info().await?;
-            let mut total = masters
-                .first()
-                .map(|master| master.info.clone())
-                .unwrap_or_default();
-            for master in masters.iter().skip(1) {
-                total.used_memory += master.info.used_memory;
-                total.maxmemory += master.info.maxmemory;
-                total.ops_per_sec += master.info.ops_per_sec;
-                total.clients += master.info.clients;
+            let mut infos = Vec::new();
+            let mut first_error = None;
+            for (_address, answer) in self.ask_masters().await? {
+                match answer {
+                    Ok(info) => infos.push(info),
+                    Err(err) => {
+                        first_error.get_or_insert(err);
+                    }
+                }
             }
-            return Ok(total);
+            // None answered: the first one's error, as a single server's would be.
+            return ServerInfo::total(&infos).ok_or_else(|| {
+                first_error.unwrap_or_else(|| crate::error::Error::Corrupt {
+                    what: "the cluster lists no master".into(),
+                })
+            });
         }
         let mut conn = self.conn();
         let text: String = self

@@ -36,7 +36,8 @@
 //!   next retry), so persisters back off across processes and operators see them.
 //! - `connection`: the one connection type, to one server or a Redis Cluster (found out from
 //!   the server), following redirects and retrying only what provably did not run.
-//! - `nodes`: [`MasterInfo`], the masters of the deployment and their facts.
+//! - `nodes`: [`MasterInfo`] and [`MasterStatus`], the masters of the deployment, their facts
+//!   and their health, and which master holds a store ([`Buffer::node_of`]).
 //! - `events`, `info`, `persisters`: persister events on pub/sub, server facts and the
 //!   persisters' announcements (thresholds, heartbeat), for dashboards.
 //! - `clock`: [`Clock`], so time-dependent logic is tested without sleeping.
@@ -180,7 +181,7 @@ pub use keys::DEFAULT_GROUPS;
 pub use limits::{LimitKind, MAX_LIMIT, StoreLimits};
 pub use lock::{LockGuard, LockInfo, LockTarget, LockedBatch};
 pub use name::{MAX_NAMESPACE_BYTES, MAX_STORE_NAME_BYTES, Namespace, StoreName};
-pub use nodes::MasterInfo;
+pub use nodes::{MasterHealth, MasterInfo, MasterStatus};
 pub use page::Page;
 pub use persisters::{FORGET_SILENT_PERSISTERS_AFTER, PersisterInfo};
 pub use pipeline::{PushHandle, PushPipeline};

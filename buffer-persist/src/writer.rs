@@ -177,9 +177,11 @@ enum Compressor {
 impl Compressor {
     fn new(sink: Sink, compression: Compression) -> io::Result<Self> {
         Ok(match compression {
-            // The levels were chosen by measurement (BENCHMARKS.md, "compress JSONL" rows): the
-            // highest whose speed keeps a compressed drain at half the plain one or better.
-            // gzip 2 compresses about 5× faster than gzip's usual 6 for files about 6 % larger.
+            // The levels were chosen by measurement (BENCHMARKS.md, "compress JSONL" rows).
+            // zstd: the highest level that keeps a compressed drain at half the plain one or
+            // better. gzip: only level 1 would, with files about half again as large as level
+            // 2's; level 2 is the knee of its curve, 4-5× faster than gzip's usual 6 for files
+            // about 6 % larger.
             Compression::None => Self::Plain(sink),
             Compression::Gzip => Self::Gzip(flate2::write::GzEncoder::new(
                 sink,

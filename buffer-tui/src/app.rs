@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use buffer_core::{Event, EventKind, PersisterInfo, ServerInfo, StoreName};
+use buffer_core::{Event, EventKind, MasterStatus, PersisterInfo, ServerInfo, StoreName};
 
 use crate::snapshot::{FocusDetail, Snapshot, StoreDetail};
 
@@ -34,6 +34,9 @@ pub(crate) enum Action {
     },
     /// A poll of Redis succeeded.
     Snapshot(Box<Snapshot>),
+    /// The health of each master of a cluster, found at the start of a poll (sent even when
+    /// the rest of the poll then fails: a lost master makes the cluster refuse commands).
+    Masters(Vec<MasterStatus>),
     /// A poll of Redis failed; the poller keeps trying.
     PollFailed {
         /// What went wrong.
@@ -177,11 +180,14 @@ pub(crate) enum Column {
     Lock,
     /// Prepared batches.
     Batches,
+    /// The cluster master holding the store (known for visible rows only; shown on a cluster
+    /// only).
+    Node,
 }
 
 impl Column {
     /// Every column, in table order.
-    pub(crate) const ALL: [Column; 8] = [
+    pub(crate) const ALL: [Column; 9] = [
         Column::Name,
         Column::Records,
         Column::Bytes,
@@ -190,6 +196,7 @@ impl Column {
         Column::Flush,
         Column::Lock,
         Column::Batches,
+        Column::Node,
     ];
 
     /// The header text.
@@ -203,6 +210,7 @@ impl Column {
             Self::Flush => "Flush",
             Self::Lock => "Lock holder, TTL",
             Self::Batches => "Batches",
+            Self::Node => "Node",
         }
     }
 
@@ -215,7 +223,7 @@ impl Column {
     /// soonest to flush, soonest to expire).
     fn default_direction(self) -> Direction {
         match self {
-            Self::Name | Self::Flush | Self::Lock => Direction::Ascending,
+            Self::Name | Self::Flush | Self::Lock | Self::Node => Direction::Ascending,
             Self::Records | Self::Bytes | Self::Keys | Self::Age | Self::Batches => {
                 Direction::Descending
             }
@@ -372,6 +380,9 @@ pub(crate) struct App {
     pub(crate) connection: Connection,
     pub(crate) feed: EventFeed,
     pub(crate) server: Option<ServerInfo>,
+    /// Each master of a cluster and its health, as the last poll found them; `None` on one
+    /// server (and until a poll found out).
+    pub(crate) masters: Option<Vec<MasterStatus>>,
     /// When the data shown was read (Unix ms).
     pub(crate) snapshot_at_ms: u64,
     /// Every store, in name order.
@@ -413,6 +424,7 @@ impl App {
             connection: Connection::Connecting,
             feed: EventFeed::Connecting,
             server: None,
+            masters: None,
             snapshot_at_ms: 0,
             rows: Vec::new(),
             view: Vec::new(),
@@ -498,6 +510,7 @@ impl App {
                 self.scroll_to_cursor();
             }
             Action::Snapshot(snapshot) => self.apply_snapshot(*snapshot),
+            Action::Masters(masters) => self.masters = Some(masters),
             Action::PollFailed { error, at_ms } => {
                 self.connection =
                     match std::mem::replace(&mut self.connection, Connection::Connecting) {
@@ -570,7 +583,11 @@ impl App {
                 self.rebuild_view();
             }
             Action::SortNext => {
-                let column = self.sort.column.next();
+                let mut column = self.sort.column.next();
+                // The node column exists on a cluster only.
+                if column == Column::Node && self.masters.is_none() {
+                    column = column.next();
+                }
                 self.sort = Sort {
                     column,
                     direction: column.default_direction(),
@@ -781,9 +798,18 @@ fn compare_rows(a: &StoreRow, b: &StoreRow, sort: Sort, at_ms: u64) -> Ordering 
     if sort.column == Column::Name {
         return ordered(by_name);
     }
+    if sort.column == Column::Node {
+        let node = |row: &StoreRow| row.detail.as_ref().and_then(|d| d.node.clone());
+        return match (node(a), node(b)) {
+            (Some(x), Some(y)) => ordered(x.cmp(&y)).then(by_name),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => by_name,
+        };
+    }
     let key = |row: &StoreRow| -> Option<u64> {
         match sort.column {
-            Column::Name => None,
+            Column::Name | Column::Node => None,
             Column::Records => Some(row.live.map_or(0, |l| l.records)),
             Column::Bytes => Some(row.live.map_or(0, |l| l.bytes)),
             Column::Keys => row.detail.as_ref().map(|d| d.unique_keys),
@@ -893,6 +919,47 @@ mod tests {
     }
 
     #[test]
+    fn on_a_cluster_the_sort_cycle_includes_the_node_and_sorts_by_it() {
+        let mut app = loaded();
+        let mut snap = snapshot(vec![
+            summary("audit", 1, 1, 0),
+            summary("clicks", 1, 1, 0),
+            summary("orders", 1, 1, 0),
+        ]);
+        for (store, node) in [("clicks", "10.0.0.1:7000"), ("orders", "10.0.0.0:7000")] {
+            snap.details.insert(
+                StoreName::new(store).unwrap(),
+                StoreDetail {
+                    unique_keys: 1,
+                    lock: None,
+                    node: Some(node.into()),
+                },
+            );
+        }
+        app.update(Action::Snapshot(Box::new(snap)));
+        for _ in 0..Column::ALL.len() - 1 {
+            app.update(Action::SortNext);
+        }
+        assert_eq!(
+            app.sort.column,
+            Column::Name,
+            "one server: no node column to sort by"
+        );
+        app.update(Action::Masters(Vec::new()));
+        for _ in 0..Column::ALL.len() - 1 {
+            app.update(Action::SortNext);
+        }
+        assert_eq!(app.sort.column, Column::Node);
+        assert_eq!(
+            app.listed(),
+            ["orders", "clicks", "audit"],
+            "known nodes first"
+        );
+        app.update(Action::SortNext);
+        assert_eq!(app.sort.column, Column::Name);
+    }
+
+    #[test]
     fn sorting_by_keys_or_lock_puts_known_values_first() {
         let mut app = app();
         let mut snap = snapshot(vec![
@@ -907,6 +974,7 @@ mod tests {
                 ttl_ms: Some(ttl),
                 batch: None,
             }),
+            node: None,
         };
         snap.details
             .insert(StoreName::new("b").unwrap(), detail(3, Some(9_000)));

@@ -38,6 +38,10 @@ pub struct Cli {
     /// Run the demo: a private redis-server, a load generator, a persister and the dashboard.
     #[arg(long)]
     pub demo: bool,
+    /// With `--demo`: run it on a private Redis Cluster of three masters instead of one
+    /// server, to watch the stores spread over its nodes.
+    #[arg(long, requires = "demo")]
+    pub cluster: bool,
     /// Where the demo's persister writes its files.
     #[arg(long, default_value = "demo-out", requires = "demo")]
     pub out: PathBuf,
@@ -69,6 +73,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         let options = DemoOptions {
             out: cli.out.clone(),
             interval: cli.interval,
+            cluster: cli.cluster,
         };
         let summary = run_demo(options, shutdown).await.context("demo")?;
         println!("{summary}");
@@ -165,5 +170,13 @@ mod tests {
             "--out needs --demo"
         );
         assert!(Cli::try_parse_from(["buffer-tui", "--interval", "0s"]).is_err());
+        let cluster = Cli::try_parse_from(["buffer-tui", "--demo", "--cluster"]).unwrap();
+        assert!(cluster.demo && cluster.cluster);
+        assert!(!demo.cluster);
+        let alone = Cli::try_parse_from(["buffer-tui", "--cluster"]).unwrap_err();
+        assert!(
+            alone.to_string().contains("--demo"),
+            "--cluster alone names what it needs: {alone}"
+        );
     }
 }

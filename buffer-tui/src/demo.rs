@@ -1,5 +1,6 @@
-//! `buffer-tui --demo`: a private `redis-server`, a load generator, an in-process persister
-//! and the dashboard, all stopped on quit.
+//! `buffer-tui --demo`: a private `redis-server` (or, with `--cluster`, a private Redis
+//! Cluster of three masters), a load generator, an in-process persister and the dashboard, all
+//! stopped on quit.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use buffer_core::local_server::{LocalRedis, redis_server_binary};
+use buffer_core::local_server::{LocalCluster, LocalRedis, redis_server_binary};
 use buffer_core::{Buffer, BufferConfig};
 use buffer_persist::{PersistConfig, Persister};
 use serde_json::{Value, json};
@@ -26,7 +27,13 @@ pub(crate) struct DemoOptions {
     pub(crate) out: PathBuf,
     /// How often the dashboard polls.
     pub(crate) interval: Duration,
+    /// Run on a private 3-master Redis Cluster instead of one server.
+    pub(crate) cluster: bool,
 }
+
+/// The masters of the demo's cluster (no replicas: the demo shows stores spreading, not
+/// failover).
+const DEMO_MASTERS: usize = 3;
 
 /// The demo's persister thresholds: short, so files appear within seconds.
 const DEMO_MAX_AGE: Duration = Duration::from_secs(10);
@@ -49,6 +56,68 @@ async fn start_redis(binary: PathBuf) -> Result<LocalRedis> {
         log: String::new(),
     })?
     .map_err(Error::from)
+}
+
+/// The demo's private Redis: one server, or a cluster. Each node is killed when it is dropped.
+enum DemoRedis {
+    Single(LocalRedis),
+    Cluster(LocalCluster),
+}
+
+impl DemoRedis {
+    /// Starts what `cluster` asks for, on a blocking thread (the launchers wait with std
+    /// sockets and processes).
+    ///
+    /// # Errors
+    /// As [`start_redis`]; for a cluster also when `redis-cli --cluster create` fails or the
+    /// nodes do not agree in time ([`Error::RedisServerStart`]).
+    async fn start(cluster: bool) -> Result<Self> {
+        if !cluster {
+            return start_redis(redis_server_binary()).await.map(Self::Single);
+        }
+        tokio::task::spawn_blocking(|| LocalCluster::start(DEMO_MASTERS, 0))
+            .await
+            .map_err(|join| Error::RedisServerStart {
+                reason: format!("the task starting the cluster failed: {join}"),
+                log: String::new(),
+            })?
+            .map(Self::Cluster)
+            .map_err(Error::from)
+    }
+
+    /// The URL the demo connects with: the server's, or one node's (cluster mode is found out
+    /// from the node).
+    fn url(&self) -> String {
+        match self {
+            Self::Single(redis) => redis.url(),
+            Self::Cluster(cluster) => cluster.urls().swap_remove(0),
+        }
+    }
+
+    /// What was started, for the summary: `redis-server (pid 4242, port 41234)`.
+    fn describe(&self) -> String {
+        match self {
+            Self::Single(redis) => {
+                format!("redis-server (pid {}, port {})", redis.pid(), redis.port())
+            }
+            Self::Cluster(cluster) => {
+                let ports: Vec<String> = cluster.ports().iter().map(u16::to_string).collect();
+                format!(
+                    "Redis Cluster of {} masters (ports {})",
+                    ports.len(),
+                    ports.join(", ")
+                )
+            }
+        }
+    }
+
+    /// Kills every server and waits for it to exit.
+    fn stop(self) {
+        match self {
+            Self::Single(mut redis) => redis.stop(),
+            Self::Cluster(cluster) => drop(cluster),
+        }
+    }
 }
 
 /// One store of the load generator.
@@ -216,8 +285,9 @@ pub(crate) struct DemoSummary {
     pub(crate) left_in_redis: u64,
     /// Where the files are.
     pub(crate) out: PathBuf,
-    /// The Redis that was stopped: pid and port.
-    pub(crate) redis: (u32, u16),
+    /// The Redis that was stopped: `redis-server (pid 4242, port 41234)` or the cluster's
+    /// ports.
+    pub(crate) redis: String,
     /// Errors the persister counted.
     pub(crate) persist_errors: u64,
 }
@@ -243,8 +313,8 @@ impl fmt::Display for DemoSummary {
         }
         write!(
             f,
-            "  redis-server (pid {}, port {}) stopped and its temporary directory removed",
-            self.redis.0, self.redis.1
+            "  {} stopped and its temporary directories removed",
+            self.redis
         )
     }
 }
@@ -264,13 +334,13 @@ pub(crate) async fn run_demo(
         path: options.out.clone(),
         source,
     })?;
-    let mut redis = start_redis(redis_server_binary()).await?;
-    let redis_id = (redis.pid(), redis.port());
+    let redis = DemoRedis::start(options.cluster).await?;
+    let described = redis.describe();
     let url = redis.url();
     let result = run_with_redis(&url, &options, shutdown).await;
     redis.stop();
     let mut summary = result?;
-    summary.redis = redis_id;
+    summary.redis = described;
     Ok(summary)
 }
 
@@ -358,7 +428,7 @@ async fn run_with_redis(
         files: stats.files_written,
         left_in_redis,
         out: options.out.clone(),
-        redis: (0, 0),
+        redis: String::new(),
         persist_errors: stats.errors,
     })
 }

@@ -15,6 +15,14 @@ pub(crate) const MIN_WIDTH: u16 = 40;
 /// Smaller than this, the dashboard only says so.
 pub(crate) const MIN_HEIGHT: u16 = 10;
 
+/// The width of one master's cell in the header, and the gap between two cells: two masters
+/// side by side fit in 80 columns (after the header's one-column margin).
+pub(crate) const MASTER_CELL: u16 = 38;
+pub(crate) const MASTER_GAP: u16 = 2;
+/// At most this many header lines list masters; more masters than fit are summed up in the
+/// last cell.
+pub(crate) const MAX_MASTER_LINES: u16 = 3;
+
 /// The facts about the state that change the layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Chrome {
@@ -22,6 +30,8 @@ pub(crate) struct Chrome {
     pub(crate) demo: bool,
     /// A lost connection adds a one-line banner under the header.
     pub(crate) banner: bool,
+    /// The masters of a cluster (0 on one server): the header lists them, a few per line.
+    pub(crate) masters: usize,
 }
 
 impl Chrome {
@@ -30,8 +40,21 @@ impl Chrome {
         Self {
             demo: app.demo.is_some(),
             banner: matches!(app.connection, Connection::Lost { .. }),
+            masters: app.masters.as_ref().map_or(0, Vec::len),
         }
     }
+}
+
+/// How many masters' cells fit on one header line of `width` columns (at least one).
+pub(crate) fn masters_per_line(width: u16) -> usize {
+    let room = width.saturating_sub(1) + MASTER_GAP;
+    usize::from((room / (MASTER_CELL + MASTER_GAP)).max(1))
+}
+
+/// How many header lines list `masters` masters on a terminal `width` columns wide.
+pub(crate) fn master_lines(masters: usize, width: u16) -> u16 {
+    let lines = masters.div_ceil(masters_per_line(width));
+    u16::try_from(lines).map_or(MAX_MASTER_LINES, |lines| lines.min(MAX_MASTER_LINES))
 }
 
 /// Where each part goes.
@@ -48,7 +71,7 @@ pub(crate) struct Areas {
 /// Splits `area` for `chrome`.
 pub(crate) fn areas(chrome: Chrome, area: Rect) -> Areas {
     let banner_height = u16::from(chrome.banner);
-    let header_height = if chrome.demo { 3 } else { 2 };
+    let header_height = if chrome.demo { 3 } else { 2 } + master_lines(chrome.masters, area.width);
     let [header, banner, main, footer] = Layout::vertical([
         Constraint::Length(header_height),
         Constraint::Length(banner_height),
@@ -98,6 +121,7 @@ mod tests {
         let plain = Chrome {
             demo: false,
             banner: false,
+            masters: 0,
         };
         let rows = table_rows(plain, 120, 40);
         assert!(rows > 0);
@@ -124,6 +148,30 @@ mod tests {
             rows - 1
         );
         assert_eq!(table_rows(plain, 30, 3), 0);
+    }
+
+    #[test]
+    fn masters_take_as_few_header_lines_as_fit_and_at_most_three() {
+        assert_eq!(
+            masters_per_line(80),
+            2,
+            "two masters side by side at 80 columns"
+        );
+        assert_eq!(master_lines(3, 80), 2);
+        assert_eq!(master_lines(3, 160), 1);
+        assert_eq!(master_lines(0, 80), 0, "one server lists no masters");
+        assert_eq!(master_lines(40, 80), MAX_MASTER_LINES);
+        assert_eq!(masters_per_line(20), 1, "at least one per line");
+        let plain = Chrome {
+            demo: false,
+            banner: false,
+            masters: 0,
+        };
+        let cluster = Chrome {
+            masters: 3,
+            ..plain
+        };
+        assert_eq!(table_rows(cluster, 80, 24), table_rows(plain, 80, 24) - 2);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use buffer_core::{
-    BatchId, Buffer, FailingWork, FailureRecord, LockTarget, PreparedSummary, StoreLimits,
-    StoreName,
+    BatchId, Buffer, FailingWork, FailureRecord, LockTarget, MasterHealth, MasterStatus,
+    PreparedSummary, ServerInfo, StoreLimits, StoreName,
 };
 use futures::StreamExt;
 use futures::future::try_join_all;
@@ -45,11 +45,25 @@ pub(crate) async fn poll_loop(
     actions: mpsc::UnboundedSender<Action>,
     shutdown: CancellationToken,
 ) {
+    // The masters of the last round that could list them: when none can be listed, each of
+    // them is shown as not answering.
+    let mut known_masters: Vec<MasterStatus> = Vec::new();
     loop {
         let request = view.borrow_and_update().clone();
+        let round = async {
+            // The masters first, in an action of their own: a master that is gone makes the
+            // rest of the poll fail (a cluster refuses every command once a master is lost),
+            // and its health must show all the same.
+            let masters = poll_masters(&buffer, &mut known_masters).await;
+            if let Some(masters) = &masters {
+                // A closed channel is noticed below, when the poll's own action is sent.
+                let _ = actions.send(Action::Masters(masters.clone()));
+            }
+            poll_once(&buffer, &request, masters.as_deref()).await
+        };
         let action = match tokio::select! {
             () = shutdown.cancelled() => return,
-            result = poll_once(&buffer, &request) => result,
+            result = round => result,
         } {
             Ok(snapshot) => Action::Snapshot(Box::new(snapshot)),
             Err(err) => Action::PollFailed {
@@ -73,17 +87,63 @@ pub(crate) async fn poll_loop(
     }
 }
 
-/// One poll: everything the dashboard shows for `request`.
+/// Each master's health on a cluster; `None` on one server (or while Redis cannot be reached
+/// to find out). When the masters cannot be listed (no node of the cluster answers), the
+/// masters of the last listing, each not answering with that error.
+pub(crate) async fn poll_masters(
+    buffer: &Buffer,
+    known: &mut Vec<MasterStatus>,
+) -> Option<Vec<MasterStatus>> {
+    if !buffer.is_cluster().await.ok()? {
+        return None;
+    }
+    match buffer.masters_status().await {
+        Ok(masters) => {
+            known.clone_from(&masters);
+            Some(masters)
+        }
+        Err(_) if known.is_empty() => None,
+        Err(err) => {
+            let reason = err.to_string();
+            Some(
+                known
+                    .iter()
+                    .map(|master| {
+                        MasterStatus::new(
+                            master.address.clone(),
+                            MasterHealth::Down(reason.clone()),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// One poll: everything the dashboard shows for `request`. `masters` are the cluster's
+/// masters as [`poll_masters`] just found them (the server facts are their sum); `None` on one
+/// server.
 ///
 /// # Errors
 /// The first Redis error; a poll is all or nothing, so the app never mixes old and new data.
 pub(crate) async fn poll_once(
     buffer: &Buffer,
     request: &ViewRequest,
+    masters: Option<&[MasterStatus]>,
 ) -> Result<Snapshot, buffer_core::Error> {
     let taken_at_ms = buffer.now_ms();
+    // On a cluster the facts are the sum over the masters that answered; when none did, the
+    // single-server path asks again and gives the error.
+    let summed = masters
+        .and_then(|masters| ServerInfo::total(masters.iter().filter_map(MasterStatus::info)));
+    let server = async {
+        match summed {
+            Some(total) => Ok(total),
+            None => buffer.server_info().await,
+        }
+    };
     let (server, stores, prepared, persisters, failures, limits) = futures::try_join!(
-        buffer.server_info(),
+        server,
         buffer.stores(),
         buffer.get_prepared(),
         buffer.persisters(PERSISTER_SILENCE),
@@ -127,10 +187,23 @@ pub(crate) async fn poll_once(
         )
     )?;
     let key_count_of: HashMap<&StoreName, u64> = counted.iter().zip(key_counts).collect();
-    let focus = focus.map(|mut focus| {
-        focus.key_count = key_count_of.get(&focus.store).copied().unwrap_or(0);
-        focus
-    });
+    // The node holding each shown store, on a cluster: read from the slot map the masters'
+    // listing just refreshed, so it costs no round trip. A slot no master serves (the map
+    // being rebuilt) leaves the node unknown rather than failing the poll.
+    let node_of = async |store: &StoreName| -> Option<String> {
+        match masters {
+            Some(_) => buffer.node_of(store).await.ok().flatten(),
+            None => None,
+        }
+    };
+    let focus = match focus {
+        Some(mut focus) => {
+            focus.key_count = key_count_of.get(&focus.store).copied().unwrap_or(0);
+            focus.node = node_of(&focus.store).await;
+            Some(focus)
+        }
+        None => None,
+    };
 
     // A store's lock, or else the first held lock of one of its batches.
     let mut held: HashMap<&StoreName, HeldLock> = HashMap::new();
@@ -150,6 +223,7 @@ pub(crate) async fn poll_once(
             StoreDetail {
                 unique_keys: key_count_of.get(store).copied().unwrap_or(0),
                 lock: held.remove(store),
+                node: node_of(store).await,
             },
         );
     }
@@ -237,6 +311,8 @@ async fn focus_detail(
         batches,
         failure: failure_of(None),
         limits: limits.map(|limits| LimitUse { limits, rate_now }),
+        // Found by `poll_once`, with the visible rows' nodes.
+        node: None,
     }))
 }
 
@@ -328,7 +404,7 @@ mod tests {
             selected: Some(visible[3].clone()),
         };
         let started = Instant::now();
-        let snapshot = poll_once(&buffer, &request).await.unwrap();
+        let snapshot = poll_once(&buffer, &request, None).await.unwrap();
         eprintln!("one poll of 10 000 stores: {:?}", started.elapsed());
 
         assert_eq!(
@@ -363,7 +439,7 @@ mod tests {
             visible: visible.clone(),
             selected: Some(hidden.clone()),
         };
-        let snapshot = poll_once(&buffer, &request).await.unwrap();
+        let snapshot = poll_once(&buffer, &request, None).await.unwrap();
         let focus = snapshot.focus.unwrap();
         assert_eq!(focus.store, hidden);
         assert_eq!(focus.key_count, 2);

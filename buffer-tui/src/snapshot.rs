@@ -39,6 +39,8 @@ pub(crate) struct StoreDetail {
     /// The store's lock, or else the lock of one of its prepared batches (a persister hands
     /// the store lock over to the batch it prepares).
     pub(crate) lock: Option<HeldLock>,
+    /// The cluster master holding the store (`host:port`); `None` on one server.
+    pub(crate) node: Option<String>,
 }
 
 /// A lock seen by a poll.
@@ -85,6 +87,8 @@ pub(crate) struct FocusDetail {
     pub(crate) failure: Option<FailureRecord>,
     /// Its limits and its use of them, when it has any.
     pub(crate) limits: Option<LimitUse>,
+    /// The cluster master holding the store (`host:port`); `None` on one server.
+    pub(crate) node: Option<String>,
 }
 
 /// A store's limits and how much of them it uses. The live records and bytes come from the

@@ -1,4 +1,5 @@
-//! End to end: the real `buffer-tui` binary in a private tmux server, against a private Redis.
+//! End to end: the real `buffer-tui` binary in a private tmux server, against a private Redis
+//! or a private Redis Cluster.
 //!
 //! Keys go in with `send-keys`; what a person would see comes back with `capture-pane`,
 //! polled until a deadline.
@@ -7,6 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use buffer_tests::RedisServer;
+use buffer_tests::cluster::TestCluster;
 use serde_json::json;
 
 /// A tmux server on its own socket, killed on drop (and only that one).
@@ -117,7 +119,7 @@ async fn the_dashboard_shows_pushed_stores_filters_and_quits_cleanly() {
         }
     }
 
-    let tmux = dashboard_in_tmux(&redis, 120, 40);
+    let tmux = dashboard_in_tmux(&redis.url(), 120, 40);
 
     let screen = tmux.wait_for(
         "the three stores with their counts",
@@ -260,14 +262,11 @@ const AFTER_EXIT: &str = "echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -e ican
 /// taken while the report is being printed would show only part of it).
 const REPORT_END: &str = "REPORT-END";
 
-/// The dashboard on `redis` in a `width`x`height` pane. After it exits, the shell prints its
-/// status and the terminal mode ([`AFTER_EXIT`]) and stays, so the pane can be read.
-fn dashboard_in_tmux(redis: &RedisServer, width: u16, height: u16) -> Tmux {
+/// The dashboard on the Redis at `url` in a `width`x`height` pane. After it exits, the shell
+/// prints its status and the terminal mode ([`AFTER_EXIT`]) and stays, so the pane can be read.
+fn dashboard_in_tmux(url: &str, width: u16, height: u16) -> Tmux {
     let binary = env!("CARGO_BIN_EXE_buffer-tui");
-    let command = format!(
-        "{binary} --redis {} --interval 200ms; {AFTER_EXIT}",
-        redis.url()
-    );
+    let command = format!("{binary} --redis {url} --interval 200ms; {AFTER_EXIT}");
     Tmux::start(width, height, &command)
 }
 
@@ -295,7 +294,7 @@ async fn sigterm_gives_the_terminal_back_and_exits_zero() {
         .push("alpha", &json!({"i": 1}))
         .await
         .unwrap();
-    let tmux = dashboard_in_tmux(&redis, 100, 30);
+    let tmux = dashboard_in_tmux(&redis.url(), 100, 30);
     tmux.wait_for("the table", Duration::from_secs(20), |s| {
         table_count(s, "alpha").as_deref() == Some("1")
     });
@@ -351,4 +350,172 @@ fn a_panic_gives_the_terminal_back_and_the_message_stays_readable() {
         "the panic message is on the main screen:\n{screen}"
     );
     assert_terminal_restored(&tmux, &screen);
+}
+
+/// The header cell of the master on `port`, `127.0.0.1:<port> up` or `... down`, is on the
+/// screen.
+fn master_shown(screen: &str, port: u16, health: &str) -> bool {
+    screen.contains(&format!("127.0.0.1:{port} {health}"))
+}
+
+/// The distinct `127.0.0.1:<port>` addresses on the table rows of `stores`.
+fn nodes_of_rows(screen: &str, stores: &[&str]) -> std::collections::BTreeSet<String> {
+    screen
+        .lines()
+        .filter(|line| stores.iter().any(|store| line.contains(store)) && line.contains('│'))
+        .flat_map(|line| {
+            line.split(|c: char| c.is_whitespace() || c == '│')
+                .filter(|word| word.starts_with("127.0.0.1:"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_dashboard_shows_each_master_the_node_of_a_store_and_a_master_going_away()
+{
+    let mut cluster = TestCluster::start();
+    let buffer = cluster.buffer().await;
+    let stores = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"];
+    for store in stores {
+        buffer.push(store, &json!({"store": store})).await.unwrap();
+    }
+    // The master holding `alpha`, the first store in name order and so the selected one.
+    let alpha_key = cluster
+        .all_keys()
+        .into_iter()
+        .find(|key| key.contains(":s:alpha:"))
+        .unwrap();
+    let alpha_master = cluster.master_for_key(&alpha_key);
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3);
+
+    let tmux = dashboard_in_tmux(&cluster.url(), 120, 40);
+    let screen = tmux.wait_for(
+        "the three masters up in the header and the stores",
+        Duration::from_secs(30),
+        |s| {
+            masters.iter().all(|port| master_shown(s, *port, "up"))
+                && s.contains("3 masters")
+                && stores
+                    .iter()
+                    .all(|store| table_count(s, store).as_deref() == Some("1"))
+        },
+    );
+    assert!(screen.contains("cluster"), "{screen}");
+    // The selected store's panel names its node, and so does the table's node column.
+    let alpha_node = format!("node 127.0.0.1:{alpha_master}");
+    let screen = tmux.wait_for(
+        "the node of the selected store",
+        Duration::from_secs(10),
+        |s| s.contains(&alpha_node) && nodes_of_rows(s, &stores).len() == 3,
+    );
+    assert!(
+        screen
+            .lines()
+            .any(|line| line.contains("alpha")
+                && line.contains(&format!("127.0.0.1:{alpha_master}"))),
+        "alpha's row names its master:\n{screen}"
+    );
+    tmux.send(&["Enter"]);
+    tmux.wait_for(
+        "the store view with its node",
+        Duration::from_secs(10),
+        |s| s.contains("Latest") && s.contains(&alpha_node),
+    );
+    tmux.send(&["Escape"]);
+
+    cluster.kill(alpha_master);
+    let screen = tmux.wait_for(
+        "the killed master shown down, the others up",
+        Duration::from_secs(30),
+        |s| {
+            master_shown(s, alpha_master, "down")
+                && masters
+                    .iter()
+                    .filter(|port| **port != alpha_master)
+                    .all(|port| master_shown(s, *port, "up"))
+                && s.contains("1 down")
+        },
+    );
+    assert!(
+        screen.contains(&format!("{alpha_node} (down)")),
+        "the store panel says its node is down:\n{screen}"
+    );
+    // Still running: it answers keys, and quits cleanly.
+    tmux.send(&["?"]);
+    tmux.wait_for("the help", Duration::from_secs(10), |s| {
+        s.contains("any key closes")
+    });
+    tmux.send(&["Escape"]);
+    tmux.send(&["q"]);
+    let screen = tmux.wait_for("the dashboard to exit", Duration::from_secs(20), |s| {
+        s.contains(REPORT_END)
+    });
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    assert_terminal_restored(&tmux, &screen);
+}
+
+#[test]
+fn the_cluster_demo_spreads_its_stores_over_three_nodes_and_stops_them_on_quit() {
+    let out = tempfile::tempdir().unwrap();
+    let binary = env!("CARGO_BIN_EXE_buffer-tui");
+    let command = format!(
+        "{binary} --demo --cluster --out {} --interval 300ms; echo EXIT=$?; sleep 600",
+        out.path().display()
+    );
+    let tmux = Tmux::start(160, 45, &command);
+    let stores = [
+        "clicks",
+        "orders",
+        "metrics/cpu",
+        "metrics/mem",
+        "audit log",
+        "signups",
+    ];
+    let screen = tmux.wait_for(
+        "the demo's stores on three nodes",
+        Duration::from_secs(90),
+        |s| s.contains("3 masters") && nodes_of_rows(s, &stores).len() == 3,
+    );
+    assert!(screen.contains("cluster"), "{screen}");
+    assert!(!screen.contains(" down"), "every master answers:\n{screen}");
+
+    // The cluster's three redis-server processes are children of the dashboard.
+    let pane = tmux.display("#{pane_pid}");
+    let dashboard = children(&pane);
+    assert_eq!(dashboard.len(), 1, "one dashboard process under the pane");
+    let redis: Vec<String> = children(&dashboard[0])
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "redis-server")
+        })
+        .collect();
+    assert_eq!(redis.len(), 3, "the cluster demo runs three redis-servers");
+
+    tmux.wait_for("files written", Duration::from_secs(60), |s| {
+        !s.contains("files 0 ")
+    });
+    tmux.send(&["q"]);
+    let screen = tmux.wait_for("the demo summary", Duration::from_secs(60), |s| {
+        s.contains("EXIT=")
+    });
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    assert!(screen.contains("Redis Cluster of 3 masters"), "{screen}");
+    let pushed = summary_number(&screen, "records pushed");
+    assert!(pushed > 0, "{screen}");
+    assert_eq!(
+        summary_number(&screen, "records persisted"),
+        pushed,
+        "the final drain persists the rest"
+    );
+    assert_eq!(summary_number(&screen, "left in Redis"), 0);
+    for pid in &redis {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "the demo's redis-server {pid} is gone after q"
+        );
+    }
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use buffer_core::{
-    Backoff, Buffer, BufferConfig, Event, EventKind, LockTarget, PersisterInfo, StoreName,
+    Backoff, Buffer, BufferConfig, Event, EventKind, LockTarget, MasterHealth, MasterStatus,
+    PersisterInfo, StoreName,
 };
 use buffer_tests::cluster::TestCluster;
 use buffer_tests::{RedisServer, eventually};
@@ -541,5 +542,104 @@ async fn a_push_to_a_frozen_master_is_an_unknown_outcome_and_is_never_resent() {
         buffer.stores().await.unwrap()[0].records,
         2,
         "applied once, not twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_stops_answering_shows_down_and_up_again_once_it_answers() {
+    let mut cluster = TestCluster::start();
+    let buffer = Buffer::connect(
+        cluster
+            .config()
+            .response_timeout(Duration::from_secs(1))
+            .connect_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let status = buffer.masters_status().await.unwrap();
+    assert_eq!(status.len(), 3);
+    assert!(status.iter().all(MasterStatus::is_up), "{status:?}");
+
+    let victim = cluster.masters()[1];
+    let victim_address = format!("127.0.0.1:{victim}");
+    cluster.kill(victim);
+    let status = masters_until(&buffer, Duration::from_secs(20), |status| {
+        status.iter().all(|master| {
+            master.is_up() == (master.address != victim_address)
+                && match &master.health {
+                    MasterHealth::Down(reason) => !reason.is_empty() && reason.len() <= 60,
+                    MasterHealth::Up(_) => true,
+                }
+        })
+    })
+    .await;
+    assert_eq!(
+        status.len(),
+        3,
+        "the killed master is still listed: {status:?}"
+    );
+    // The facts of the two that answer are still summed.
+    let total = buffer.server_info().await.unwrap();
+    assert_eq!(total.mode, "cluster");
+    assert!(total.used_memory > 0);
+
+    cluster.restart(victim);
+    masters_until(&buffer, Duration::from_secs(30), |status| {
+        status.len() == 3 && status.iter().all(MasterStatus::is_up)
+    })
+    .await;
+}
+
+/// Polls [`Buffer::masters_status`] until `check` holds of it, and returns it; panics with the
+/// last one after `timeout`.
+async fn masters_until(
+    buffer: &Buffer,
+    timeout: Duration,
+    check: impl Fn(&[MasterStatus]) -> bool,
+) -> Vec<MasterStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let status = buffer.masters_status().await.unwrap();
+        if check(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out; the masters were {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_of_names_the_master_holding_each_store() {
+    let cluster = TestCluster::start();
+    let buffer = cluster.buffer().await;
+    let mut nodes = BTreeSet::new();
+    for store in names(12) {
+        buffer.push(store.as_str(), &json!({"a": 1})).await.unwrap();
+        let node = buffer
+            .node_of(&StoreName::new(store.as_str()).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let port = cluster.master_for_slot(slot_of(&cluster, &store));
+        assert_eq!(node, format!("127.0.0.1:{port}"), "store {store}");
+        nodes.insert(node);
+    }
+    assert_eq!(
+        nodes.len(),
+        3,
+        "twelve stores spread over the three masters"
+    );
+    let server = RedisServer::start();
+    let single = server.buffer().await;
+    assert_eq!(
+        single
+            .node_of(&StoreName::new("orders").unwrap())
+            .await
+            .unwrap(),
+        None,
+        "one server has no node to name"
     );
 }

@@ -1,13 +1,17 @@
-//! The header: connection, address, server facts, totals, the demo's counters.
+//! The header: connection, address, server facts, totals, a cluster's masters and their
+//! health, the demo's counters.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Widget};
 
+use buffer_core::{MasterHealth, MasterStatus};
+
 use super::theme;
 use crate::app::{App, Connection};
-use crate::format::{bytes, clean, count, duration_ms, fit};
+use crate::format::{bytes, clean, count, duration_ms, fit, width};
+use crate::layout::{MASTER_CELL, MASTER_GAP, MAX_MASTER_LINES, masters_per_line};
 
 pub(super) fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
     let mut first = vec![
@@ -23,6 +27,21 @@ pub(super) fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
             clean(&server.version),
             clean(&server.mode)
         )));
+    }
+
+    if let Some(masters) = &app.masters {
+        let down = masters.iter().filter(|m| !m.is_up()).count();
+        first.push(Span::styled(
+            format!(
+                "  {} master{}",
+                masters.len(),
+                if masters.len() == 1 { "" } else { "s" }
+            ),
+            theme::DIM,
+        ));
+        if down > 0 {
+            first.push(Span::styled(format!(", {down} down"), theme::FAILING));
+        }
     }
 
     let mut second = vec![
@@ -67,6 +86,9 @@ pub(super) fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
         second.push(Span::raw(duration_ms(max_age)));
     }
     let mut lines = vec![Line::from(first), Line::from(second)];
+    if let Some(masters) = &app.masters {
+        lines.extend(master_lines(masters, area.width));
+    }
     if let (Some(demo), Some(out)) = (&app.demo, &app.demo_out) {
         lines.push(Line::from(vec![
             Span::styled(" demo ", theme::ACCENT),
@@ -89,4 +111,83 @@ pub(super) fn connection_span(app: &App) -> Span<'static> {
         Connection::Connected => Span::styled("● connected", theme::GOOD),
         Connection::Lost { .. } => Span::styled("● disconnected", theme::FAILING),
     }
+}
+
+/// The masters of a cluster, a few cells per line (as many lines as the layout gave the
+/// header: [`crate::layout::master_lines`]). When more masters than fit, the last cell sums up
+/// the rest.
+fn master_lines(masters: &[MasterStatus], area_width: u16) -> Vec<Line<'static>> {
+    let per_line = masters_per_line(area_width);
+    let capacity = per_line * usize::from(MAX_MASTER_LINES);
+    let mut cells: Vec<Vec<Span<'static>>> = Vec::new();
+    if masters.len() <= capacity {
+        cells.extend(masters.iter().map(master_cell));
+    } else {
+        let shown = capacity - 1;
+        cells.extend(masters[..shown].iter().map(master_cell));
+        let rest = &masters[shown..];
+        let down = rest.iter().filter(|m| !m.is_up()).count();
+        let mut summary = vec![Span::raw(format!(
+            "+{} more: {} up",
+            rest.len(),
+            rest.len() - down
+        ))];
+        if down > 0 {
+            summary.push(Span::styled(format!(", {down} down"), theme::FAILING));
+        }
+        cells.push(summary);
+    }
+    cells
+        .chunks(per_line)
+        .map(|row| {
+            let mut spans = vec![Span::raw(" ")];
+            for (i, cell) in row.iter().enumerate() {
+                if i > 0 {
+                    spans.push(Span::raw(" ".repeat(usize::from(MASTER_GAP))));
+                }
+                spans.extend(fit_spans(cell, usize::from(MASTER_CELL)));
+            }
+            Line::from(spans)
+        })
+        .collect()
+}
+
+/// One master: `127.0.0.1:7000 up 1.2 MiB 412 ops/s`, or `127.0.0.1:7001 down refused`,
+/// padded to [`MASTER_CELL`] columns.
+fn master_cell(master: &MasterStatus) -> Vec<Span<'static>> {
+    let address = Span::styled(clean(&master.address).into_owned(), theme::STRONG);
+    match &master.health {
+        MasterHealth::Up(info) => vec![
+            address,
+            Span::raw(" "),
+            Span::styled("up", theme::GOOD),
+            Span::raw(format!(" {}", bytes(info.used_memory))),
+            Span::styled(format!(" {} ops/s", count(info.ops_per_sec)), theme::DIM),
+        ],
+        MasterHealth::Down(reason) => vec![
+            address,
+            Span::raw(" "),
+            Span::styled("down", theme::FAILING),
+            Span::styled(format!(" {}", clean(reason)), theme::BAD),
+        ],
+    }
+}
+
+/// `spans` cut to `max` columns (the last one cut gets `…`) and padded to exactly `max`.
+fn fit_spans(spans: &[Span<'static>], max: usize) -> Vec<Span<'static>> {
+    let mut out = Vec::new();
+    let mut used = 0;
+    for span in spans {
+        let room = max - used;
+        if room == 0 {
+            break;
+        }
+        let text = fit(&span.content, room);
+        used += width(&text);
+        out.push(Span::styled(text, span.style));
+    }
+    if used < max {
+        out.push(Span::raw(" ".repeat(max - used)));
+    }
+    out
 }

@@ -37,13 +37,42 @@ pub(super) fn short_id(id: &buffer_core::BatchId) -> String {
     format!("…{}", &id[tail..])
 }
 
+/// The selected store's name and, on a cluster, the node holding it (in the failing colour,
+/// and said so, while that master does not answer).
 pub(super) fn store_title(app: &App) -> Line<'static> {
-    match app.selected_row() {
-        Some(row) => Line::from(vec![
-            Span::raw(" "),
-            Span::styled(fit(row.name.as_str(), 40), theme::STRONG),
-            Span::raw(" "),
-        ]),
-        None => Line::from(" No store selected "),
+    let Some(row) = app.selected_row() else {
+        return Line::from(" No store selected ");
+    };
+    let mut spans = vec![
+        Span::raw(" "),
+        Span::styled(fit(row.name.as_str(), 40), theme::STRONG),
+        Span::raw(" "),
+    ];
+    let node = row
+        .detail
+        .as_ref()
+        .and_then(|detail| detail.node.as_deref())
+        .or_else(|| {
+            app.focus
+                .as_ref()
+                .filter(|focus| focus.store == row.name)
+                .and_then(|focus| focus.node.as_deref())
+        });
+    if let Some(node) = node {
+        let down = app
+            .masters
+            .iter()
+            .flatten()
+            .any(|master| master.address == node && !master.is_up());
+        spans.push(Span::styled("· node ", theme::DIM));
+        if down {
+            spans.push(Span::styled(
+                format!("{} (down) ", fit(node, 30)),
+                theme::FAILING,
+            ));
+        } else {
+            spans.push(Span::raw(format!("{} ", fit(node, 30))));
+        }
     }
+    Line::from(spans)
 }

@@ -18,13 +18,20 @@ pub(super) fn columns_for(app: &App, width: u16) -> Vec<(Column, u16)> {
     let mut columns: Vec<(Column, u16)> = Column::ALL
         .iter()
         .filter(|c| **c != Column::Flush || app.max_age_ms().is_some())
+        .filter(|c| **c != Column::Node || app.masters.is_some())
         .map(|c| (*c, column_width(*c)))
         .collect();
     // Highlight symbol (2) and spacing between columns (1 each).
     let needed = |cols: &[(Column, u16)]| -> u16 {
         2 + cols.iter().map(|(_, w)| *w).sum::<u16>() + cols.len() as u16 - 1
     };
-    for drop in [Column::Keys, Column::Bytes, Column::Flush, Column::Age] {
+    for drop in [
+        Column::Keys,
+        Column::Bytes,
+        Column::Node,
+        Column::Flush,
+        Column::Age,
+    ] {
         if needed(&columns) <= width {
             break;
         }
@@ -53,11 +60,12 @@ pub(super) fn column_width(column: Column) -> u16 {
         Column::Flush => 6,
         Column::Lock => 17,
         Column::Batches => 8,
+        Column::Node => 15,
     }
 }
 
 pub(super) fn is_numeric(column: Column) -> bool {
-    !matches!(column, Column::Name | Column::Lock)
+    !matches!(column, Column::Name | Column::Lock | Column::Node)
 }
 
 pub(super) fn render_table(app: &App, area: Rect, buf: &mut Buffer) {
@@ -216,6 +224,23 @@ pub(super) fn cell(app: &App, row: &StoreRow, column: Column, width: usize) -> C
                     Span::styled(ttl, theme::STRONG),
                 ]))
                 .style(theme::ATTENTION)
+            }
+            Some(None) => Cell::from("-").style(theme::DIM),
+            None => Cell::from("·").style(theme::DIM),
+        },
+        Column::Node => match row.detail.as_ref().map(|d| &d.node) {
+            Some(Some(node)) => {
+                let down = app
+                    .masters
+                    .iter()
+                    .flatten()
+                    .any(|master| &master.address == node && !master.is_up());
+                let cell = Cell::from(fit(node, width));
+                if down {
+                    cell.style(theme::FAILING)
+                } else {
+                    cell
+                }
             }
             Some(None) => Cell::from("-").style(theme::DIM),
             None => Cell::from("·").style(theme::DIM),

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use buffer_core::{
-    Event, EventKind, FailingWork, FailureRecord, LockInfo, PersisterInfo, PreparedSummary,
-    ServerInfo, StoreLimits, StoreName, StoreSummary,
+    Event, EventKind, FailingWork, FailureRecord, LockInfo, MasterHealth, MasterStatus,
+    PersisterInfo, PreparedSummary, ServerInfo, StoreLimits, StoreName, StoreSummary,
 };
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -127,6 +127,7 @@ fn populated(width: u16, height: u16) -> App {
     let detail = |keys, lock: Option<HeldLock>| StoreDetail {
         unique_keys: keys,
         lock,
+        node: None,
     };
     for (store, keys) in [("audit log", 5), ("metrics/cpu", 4), ("signups", 4)] {
         snapshot.details.insert(name(store), detail(keys, None));
@@ -136,6 +137,7 @@ fn populated(width: u16, height: u16) -> App {
         StoreDetail {
             unique_keys: 1000,
             lock: None,
+            node: None,
         },
     );
     snapshot.details.insert(
@@ -201,6 +203,7 @@ fn populated(width: u16, height: u16) -> App {
         ],
         failure: None,
         limits: None,
+        node: None,
     });
     app.update(Action::Snapshot(Box::new(snapshot)));
     app.update(Action::EventsLive);
@@ -419,6 +422,70 @@ fn demo_header() {
             files: 14,
         }));
         app
+    });
+}
+
+/// `count` masters on ports 7000, 7001, …; those in `down` do not answer.
+fn masters(count: u16, down: &[u16]) -> Vec<MasterStatus> {
+    (0..count)
+        .map(|i| {
+            let address = format!("10.0.0.{}:{}", i + 1, 7000 + i);
+            let health = if down.contains(&i) {
+                MasterHealth::Down("refused".into())
+            } else {
+                let mut info = server();
+                info.mode = "cluster".into();
+                info.used_memory = (1 + u64::from(i)) * 1024 * 1024 + 100 * 1024;
+                info.ops_per_sec = 400 + u64::from(i) * 11;
+                MasterHealth::Up(info)
+            };
+            MasterStatus::new(address, health)
+        })
+        .collect()
+}
+
+/// The populated dashboard on a cluster of `count` masters, `down` of them not answering;
+/// each store with details is on the master its position says.
+fn on_cluster(mut app: App, count: u16, down: &[u16]) -> App {
+    let masters = masters(count, down);
+    if let Some(server) = app.server.as_mut() {
+        server.mode = "cluster".into();
+    }
+    for (i, row) in app.rows.iter_mut().enumerate() {
+        if let Some(detail) = row.detail.as_mut() {
+            detail.node = Some(masters[i % masters.len()].address.clone());
+        }
+    }
+    let selected = app.selected.clone();
+    if let Some(focus) = app.focus.as_mut() {
+        let row = app
+            .rows
+            .iter()
+            .find(|row| Some(&row.name) == selected.as_ref());
+        focus.node = row.and_then(|row| row.detail.as_ref()?.node.clone());
+    }
+    app.update(Action::Masters(masters));
+    app
+}
+
+/// A cluster of three masters, the one holding the selected store (`orders`) not answering:
+/// the header lists each master with its health, the table gets a node column where it fits,
+/// and the store panel names its node, down.
+#[test]
+fn cluster_header_with_a_master_down() {
+    check("cluster", |w, h| on_cluster(populated(w, h), 3, &[1]));
+    check("cluster_store", |w, h| {
+        let mut app = on_cluster(populated(w, h), 3, &[1]);
+        app.update(Action::Enter);
+        app
+    });
+}
+
+/// Ten masters do not take over the screen: three header lines at most, the rest summed up.
+#[test]
+fn many_masters_are_summed_up_after_three_lines() {
+    check("cluster_many", |w, h| {
+        on_cluster(populated(w, h), 10, &[2, 9])
     });
 }
 

@@ -597,9 +597,9 @@ const FINDINGS: &str = "What the tables show (first runs, 2026-11-23, on a 2-cor
   and commas, and integers get shorter, while a decimal like `12.34` grows from 5 B of text \
   to a 9 B float64. So the saving is about 23-26 % of the store's memory for the small events \
   and 14-15 % for the 200 B records. Decoding each record back to its exact JSON text took \
-  40-73 % of the drain's own time per record in every run (the drain is CPU-bound on one \
-  connection, so the decode adds to it; the smaller Redis replies would give back only a \
-  little of that). No shape meets both halves of the rule.";
+  40-73 % of the drain's own time per record in the first runs, and 88-129 % once the drain \
+  got cheaper with the page sockets (the drain is CPU-bound, so the decode adds to it; the \
+  smaller Redis replies would give back only a little of that). No shape meets both halves of the rule.";
 
 #[cfg(test)]
 mod tests {
