@@ -91,6 +91,8 @@ pub(crate) struct Connection {
     backend: Arc<OnceCell<Backend>>,
     /// The database of a single server's URL (0 on a cluster).
     db: i64,
+    /// The first URL, parsed: the one server's address and credentials.
+    first: Arc<ConnectionInfo>,
 }
 
 impl Connection {
@@ -99,17 +101,19 @@ impl Connection {
     /// # Errors
     /// The `redis` crate's error for a URL it cannot parse (the caller names the URL).
     pub(crate) fn lazy(settings: ConnectionSettings) -> RedisResult<Self> {
-        let mut db = 0;
+        let mut first = None;
         for url in &settings.urls {
-            db = Client::open(url.as_str())?
-                .get_connection_info()
-                .redis_settings()
-                .db();
+            let info = Client::open(url.as_str())?.get_connection_info().clone();
+            first.get_or_insert(info);
         }
+        let first = first.ok_or_else(|| {
+            RedisError::from((ErrorKind::InvalidClientConfig, "no Redis URL given"))
+        })?;
         Ok(Self {
+            db: first.redis_settings().db(),
             settings: Arc::new(settings),
             backend: Arc::new(OnceCell::new()),
-            db,
+            first: Arc::new(first),
         })
     }
 
@@ -133,7 +137,7 @@ impl Connection {
             let router = ClusterRouter::open(self.settings.clone()).await?;
             Ok(Backend::Cluster(Arc::new(router)))
         } else {
-            let client = Client::open(settings.urls[0].as_str())?;
+            let client = Client::open((*self.first).clone())?;
             Ok(Backend::Single(
                 ConnectionManager::new_with_config(client, settings.manager_config()).await?,
             ))
@@ -173,10 +177,7 @@ impl Connection {
     /// The `redis` crate's error when no node answers.
     pub(crate) async fn masters(&self) -> RedisResult<Vec<String>> {
         match self.backend().await? {
-            Backend::Single(_) => {
-                let client = Client::open(self.settings.urls[0].as_str())?;
-                Ok(vec![client.get_connection_info().addr().to_string()])
-            }
+            Backend::Single(_) => Ok(vec![self.first.addr().to_string()]),
             Backend::Cluster(router) => {
                 router.refresh(None).await?;
                 Ok(router.masters())
@@ -193,26 +194,11 @@ impl Connection {
     /// The `redis` crate's error when no server answers.
     pub(crate) async fn server_of(&self, key: &[u8]) -> RedisResult<Option<ConnectionInfo>> {
         match self.backend().await? {
-            Backend::Single(_) => Ok(Some(
-                Client::open(self.settings.urls[0].as_str())?
-                    .get_connection_info()
-                    .clone(),
-            )),
-            Backend::Cluster(router) => {
-                let Ok(address) = router.master_of(Some(key_slot(key))) else {
-                    return Ok(None);
-                };
-                let (host, port) = split_address(&address)?;
-                let mut addr = router.template.addr().clone();
-                match &mut addr {
-                    ConnectionAddr::Tcp(h, p) => (*h, *p) = (host, port),
-                    ConnectionAddr::TcpTls {
-                        host: h, port: p, ..
-                    } => (*h, *p) = (host, port),
-                    _ => return Ok(None),
-                }
-                Ok(Some(router.template.clone().set_addr(addr)))
-            }
+            Backend::Single(_) => Ok(Some((*self.first).clone())),
+            Backend::Cluster(router) => Ok(router
+                .master_of(Some(key_slot(key)))
+                .ok()
+                .and_then(|address| router.node_info(&address).ok())),
         }
     }
 
@@ -366,6 +352,27 @@ impl ClusterRouter {
         if let Some(conn) = self.nodes.lock().await.get(address) {
             return Ok(conn.clone());
         }
+        let info = self.node_info(address)?;
+        // Connected without the lock held, so a node that does not answer delays only the
+        // requests for it; when two requests connect at once, the first one kept wins.
+        let conn =
+            ConnectionManager::new_with_config(Client::open(info)?, self.settings.manager_config())
+                .await?;
+        Ok(self
+            .nodes
+            .lock()
+            .await
+            .entry(address.to_owned())
+            .or_insert(conn)
+            .clone())
+    }
+
+    /// How to reach the node at `address` (`host:port`): the first URL's credentials, TLS
+    /// and database with that host and port.
+    ///
+    /// # Errors
+    /// An address that is not `host:port`; a first URL that is a unix socket.
+    fn node_info(&self, address: &str) -> RedisResult<ConnectionInfo> {
         let (host, port) = split_address(address)?;
         let mut addr = self.template.addr().clone();
         match &mut addr {
@@ -380,19 +387,7 @@ impl ClusterRouter {
                 )));
             }
         }
-        let info = self.template.clone().set_addr(addr);
-        // Connected without the lock held, so a node that does not answer delays only the
-        // requests for it; when two requests connect at once, the first one kept wins.
-        let conn =
-            ConnectionManager::new_with_config(Client::open(info)?, self.settings.manager_config())
-                .await?;
-        Ok(self
-            .nodes
-            .lock()
-            .await
-            .entry(address.to_owned())
-            .or_insert(conn)
-            .clone())
+        Ok(self.template.clone().set_addr(addr))
     }
 
     /// Reads the slot map again: from `first` if given (the node a MOVED named), else from

@@ -111,8 +111,7 @@ impl PageSockets {
                 }
             }
             Ok(Err(err)) => Err(Detour::Failed(err)),
-            Err(_elapsed) => Err(Detour::Failed(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
+            Err(_elapsed) => Err(Detour::Failed(timed_out(
                 "no reply within the response timeout",
             ))),
         }
@@ -183,12 +182,7 @@ impl PageSocket {
         };
         let stream = tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| {
-                Handshake::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                ))
-            })??;
+            .map_err(|_| Handshake::Io(timed_out("connect timed out")))??;
         let mut socket = Self {
             stream,
             buffer: vec![0; READ_BUFFER].into_boxed_slice(),
@@ -232,12 +226,7 @@ impl PageSocket {
         };
         let line = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| {
-                Handshake::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "handshake timed out",
-                ))
-            })??;
+            .map_err(|_| Handshake::Io(timed_out("handshake timed out")))??;
         match line.strip_prefix('+') {
             Some(_) => Ok(()),
             None => Err(Handshake::Refused(line)),
@@ -318,6 +307,10 @@ fn encode(args: &[&[u8]]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+fn timed_out(what: &'static str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
 }
 
 fn protocol(what: &str) -> std::io::Error {

@@ -166,3 +166,34 @@ async fn a_record_that_is_not_utf8_fails_the_read_the_same_way_on_either_road() 
     let again = buffer.batch_info(&batch.store, &batch.id).await.unwrap();
     assert_eq!(again.map(|b| b.records), Some(2));
 }
+
+#[tokio::test]
+async fn an_error_reply_on_the_page_socket_is_the_same_error_as_on_the_main_connection() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    buffer
+        .push_many("clobbered", &[json!({"a": 1}), json!({"a": 2})])
+        .await
+        .unwrap();
+    let batch = buffer
+        .prepare_to_persist("clobbered", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
+    // Someone replaces the batch's record list with a string: LRANGE answers WRONGTYPE, and
+    // the page is read again on the main connection, whose error the caller gets.
+    let records_key = server
+        .all_keys()
+        .into_iter()
+        .find(|key| key.contains(&format!(":p:{}:", batch.id)) && key.ends_with(":records"))
+        .expect("the batch's record list");
+    server.command(&["DEL", &records_key]);
+    server.command(&["SET", &records_key, "not a list"]);
+    let err = buffer
+        .reader(&batch)
+        .next_records()
+        .await
+        .expect_err("a string is no page");
+    assert!(err.is_wrong_type(), "{err}");
+    assert!(err.to_string().contains("read batch"), "{err}");
+}

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use buffer_core::{Buffer, BufferConfig};
 use buffer_tests::RedisServer;
 
@@ -34,26 +34,7 @@ async fn drain_child(
     tools::flush_all(server)?;
     let loaded = tools::load(buffer, "drain", records).await?;
     let out = tempfile::tempdir_in(parent)?;
-    let mut args: Vec<String> = vec![
-        "drain".into(),
-        "--redis".into(),
-        server.url(),
-        "--out".into(),
-        out.path().display().to_string(),
-    ];
-    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-    let persist = persist.to_path_buf();
-    let (peak, stderr) =
-        tokio::task::spawn_blocking(move || tools::run_measuring_rss(&persist, &args)).await??;
-    let drained = stderr
-        .lines()
-        .find_map(|line| line.strip_prefix("drained "))
-        .and_then(|rest| rest.split(", ").nth(1))
-        .and_then(|records| records.split_whitespace().next()?.parse::<usize>().ok());
-    ensure!(
-        drained == Some(loaded),
-        "the drain child ({extra:?}) persisted {drained:?} of {loaded} records: {stderr}"
-    );
+    let peak = tools::drain_process(persist, server.url(), out.path(), extra, loaded).await?;
     let bytes = tools::bytes_under(out.path());
     Ok(Drained {
         records: loaded,
@@ -183,15 +164,7 @@ pub async fn drains(sizes: &Sizes, runs: usize, persist: &Path) -> Result<Vec<Fi
         let jsonl = drain_child(&server, &buffer, persist, scratch.path(), n, &[]).await?;
         let lines = drain_child(&server, &buffer, persist, scratch.path(), small, &[]).await?;
         tools::flush_all(&server)?;
-        let lrange_args: Vec<String> = ["-d", "200", "-t", "lrange_600", "-n", &lrange.to_string()]
-            .map(str::to_owned)
-            .into();
-        let lrange_rate = tools::redis_benchmark(server.port(), &lrange_args)?
-            .iter()
-            .find(|line| line.title.starts_with("LRANGE_600"))
-            .context("redis-benchmark printed no LRANGE_600 line")?
-            .requests_per_sec
-            * 600.0;
+        let lrange_rate = tools::lrange_600_rate(server.port(), lrange)?;
         tools::flush_all(&server)?;
         let disk = tools::disk_write_rate(scratch.path(), mib)?;
         let line_bytes = jsonl.bytes as f64 / jsonl.records as f64;

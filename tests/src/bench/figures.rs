@@ -514,26 +514,7 @@ pub async fn rss(sizes: &Sizes, runs: usize, persist: &std::path::Path) -> Resul
         tools::flush_all(&server)?;
         let loaded = tools::load(&buffer, "big", want).await?;
         let out = tempfile::tempdir()?;
-        let args: Vec<String> = vec![
-            "drain".into(),
-            "--redis".into(),
-            server.url(),
-            "--out".into(),
-            out.path().display().to_string(),
-        ];
-        let persist = persist.to_path_buf();
-        let (peak, stderr) =
-            tokio::task::spawn_blocking(move || tools::run_measuring_rss(&persist, &args))
-                .await??;
-        let drained = stderr
-            .lines()
-            .find_map(|line| line.strip_prefix("drained "))
-            .and_then(|rest| rest.split(", ").nth(1))
-            .and_then(|records| records.split_whitespace().next()?.parse::<usize>().ok());
-        ensure!(
-            drained == Some(loaded),
-            "the drain child persisted {drained:?} of {loaded} records: {stderr}"
-        );
+        let peak = tools::drain_process(persist, server.url(), out.path(), &[], loaded).await?;
         let file_mib = tools::bytes_under(out.path()) as f64 / f64::from(1 << 20);
         let ours = peak.best() as f64 / f64::from(1 << 20);
         progress(figure.id, run, runs, figure.unit, ours, None);

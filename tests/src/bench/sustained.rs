@@ -256,15 +256,7 @@ fn raw_rate(server: &RedisServer, requests: usize) -> Result<(f64, String)> {
         .requests_per_sec
         * PER_CALL as f64;
     tools::flush_all(server)?;
-    let lrange_args: Vec<String> = ["-d", "200", "-t", "lrange_600", "-n", &requests.to_string()]
-        .map(str::to_owned)
-        .into();
-    let read = tools::redis_benchmark(server.port(), &lrange_args)?
-        .iter()
-        .find(|line| line.title.starts_with("LRANGE_600"))
-        .context("redis-benchmark printed no LRANGE_600 line")?
-        .requests_per_sec
-        * 600.0;
+    let read = tools::lrange_600_rate(server.port(), requests)?;
     tools::flush_all(server)?;
     let combined = 1.0 / (1.0 / push + 1.0 / read);
     Ok((

@@ -297,6 +297,54 @@ pub fn persist_binary() -> Result<PathBuf> {
     Ok(binary)
 }
 
+/// Runs `buffer-persist drain --redis <url> --out <out> <extra…>` (the release binary
+/// `persist`) to its end, measured as [`run_measuring_rss`] does, and checks that it reports
+/// exactly `expected` records drained. Returns its measures.
+pub async fn drain_process(
+    persist: &Path,
+    url: String,
+    out: &Path,
+    extra: &[&str],
+    expected: usize,
+) -> Result<PeakRss> {
+    let mut args: Vec<String> = vec![
+        "drain".into(),
+        "--redis".into(),
+        url,
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let persist = persist.to_path_buf();
+    let (peak, stderr) =
+        tokio::task::spawn_blocking(move || run_measuring_rss(&persist, &args)).await??;
+    // Its last line: "drained <batches> batches, <records> records".
+    let drained = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("drained "))
+        .and_then(|rest| rest.split(", ").nth(1))
+        .and_then(|records| records.split_whitespace().next()?.parse::<usize>().ok());
+    ensure!(
+        drained == Some(expected),
+        "the drain child ({extra:?}) persisted {drained:?} of {expected} records: {stderr}"
+    );
+    Ok(peak)
+}
+
+/// Elements per second `redis-benchmark -d 200 -t lrange_600 -n <requests>` reads on the
+/// server at `port` (requests/s × 600).
+pub fn lrange_600_rate(port: u16, requests: usize) -> Result<f64> {
+    let args: Vec<String> = ["-d", "200", "-t", "lrange_600", "-n", &requests.to_string()]
+        .map(str::to_owned)
+        .into();
+    Ok(redis_benchmark(port, &args)?
+        .iter()
+        .find(|line| line.title.starts_with("LRANGE_600"))
+        .context("redis-benchmark printed no LRANGE_600 line")?
+        .requests_per_sec
+        * 600.0)
+}
+
 /// How much memory a child process used at most.
 #[derive(Debug, Clone, Copy)]
 pub struct PeakRss {
