@@ -4,15 +4,13 @@
 //! which is how a systemd unit or a container usually configures it.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use buffer_core::{
-    BatchId, Buffer, BufferConfig, Error as CoreError, FailureRecord, LockTarget, StoreName,
-};
+use buffer_core::{BatchId, Buffer, BufferConfig, FailureRecord, LockTarget, StoreName};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +20,9 @@ pub use crate::config::parse_duration;
 use crate::persister::Persister;
 
 mod limits;
+mod push;
 pub use limits::{LimitsAction, LimitsArgs, SetArgs};
+pub use push::{EXIT_BAD_LINES, EXIT_LIMITED, PushArgs};
 
 /// Drains buffer stores from Redis into files, exactly once.
 #[derive(Debug, Parser)]
@@ -58,8 +58,9 @@ pub enum Command {
     Run(RunArgs),
     /// Persist every store and every prepared batch now, then exit.
     Drain(DrainArgs),
-    /// Push JSON Lines from stdin into a store. Exits 2 when lines are not records, 3 when a
-    /// limit of the store refused lines (both say which on stderr).
+    /// Push JSON Lines from stdin into a store (with --idempotent, safe to run again after a
+    /// failure). Exits 2 when lines are not records, 3 when a limit of the store refused lines
+    /// (both say which on stderr).
     Push(PushArgs),
     /// List stores and prepared batches with their locks.
     Stores(StoresArgs),
@@ -171,18 +172,6 @@ pub struct DrainArgs {
     pub wait: Option<Duration>,
 }
 
-/// `push`'s arguments.
-#[derive(Debug, Args)]
-pub struct PushArgs {
-    #[command(flatten)]
-    redis: RedisArgs,
-    /// The store to push into.
-    pub store: String,
-    /// Lines per transaction.
-    #[arg(long, default_value_t = 500)]
-    pub batch: usize,
-}
-
 /// `stores`' arguments.
 #[derive(Debug, Args)]
 pub struct StoresArgs {
@@ -261,6 +250,28 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
+/// An error and its causes on one line, as the binary prints it after `error: `: the
+/// `{:#}` chain without the causes that repeat what is printed already.
+///
+/// buffer-core's errors include their source's text (`connect: Connection refused (os error
+/// 111)`) and also return it as `source()`, whose own source is often the same I/O error, so
+/// `{:#}` printed one refusal three times. A cause whose text the line already contains adds
+/// nothing and is left out; every other cause is printed once, in order.
+pub fn error_chain_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
 /// Runs a parsed command line. Returns the process exit code.
 ///
 /// # Errors
@@ -269,7 +280,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Drain(args) => drain(args).await,
-        Command::Push(args) => push(args).await,
+        Command::Push(args) => push::push(args).await,
         Command::Stores(args) => stores(args).await,
         Command::Limits(args) => limits::limits(args).await,
     }
@@ -359,128 +370,6 @@ async fn drain(args: DrainArgs) -> anyhow::Result<i32> {
             if n == 1 { "it stays" } else { "they stay" }
         )
     }
-}
-
-/// `push`'s exit code when a store limit refused lines (2 is for lines that are not records).
-pub const EXIT_LIMITED: i32 = 3;
-
-async fn push(args: PushArgs) -> anyhow::Result<i32> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    let buffer = args.redis.connect().await?;
-    let stdin = std::io::stdin();
-    let mut pending: Vec<(usize, String)> = Vec::new();
-    let mut total = PushCounts::default();
-    for (index, line) in stdin.lock().lines().enumerate() {
-        let line = line.context("cannot read stdin")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        pending.push((index + 1, line));
-        if pending.len() >= args.batch {
-            total.add(push_lines(&buffer, &args.store, std::mem::take(&mut pending)).await?);
-        }
-    }
-    if !pending.is_empty() {
-        total.add(push_lines(&buffer, &args.store, pending).await?);
-    }
-    eprintln!(
-        "pushed {} records to {:?}, {} lines refused{}",
-        total.pushed,
-        args.store,
-        total.bad + total.limited,
-        if total.limited > 0 {
-            format!(" ({} by a limit of the store)", total.limited)
-        } else {
-            String::new()
-        }
-    );
-    Ok(if total.limited > 0 {
-        EXIT_LIMITED
-    } else if total.bad > 0 {
-        2
-    } else {
-        0
-    })
-}
-
-/// What became of pushed lines.
-#[derive(Default)]
-struct PushCounts {
-    /// Lines stored.
-    pushed: u64,
-    /// Lines that are not records.
-    bad: u64,
-    /// Lines refused by a limit of the store (whole transactions of them).
-    limited: u64,
-}
-
-impl PushCounts {
-    fn add(&mut self, other: Self) {
-        self.pushed += other.pushed;
-        self.bad += other.bad;
-        self.limited += other.limited;
-    }
-}
-
-/// Pushes numbered lines in one transaction; lines that are not records are reported with
-/// their line number and left out, and the good ones are pushed. A transaction a store limit
-/// refuses is reported (its lines, the store and the limit) and stored not at all; the next
-/// ones are still tried, so lines not refused land.
-async fn push_lines(
-    buffer: &Buffer,
-    store: &str,
-    mut lines: Vec<(usize, String)>,
-) -> anyhow::Result<PushCounts> {
-    let mut counts = PushCounts::default();
-    while !lines.is_empty() {
-        let texts: Vec<&str> = lines.iter().map(|(_, text)| text.as_str()).collect();
-        match buffer.push_json(store, &texts).await {
-            Ok(_) => {
-                counts.pushed = lines.len() as u64;
-                return Ok(counts);
-            }
-            Err(err @ CoreError::LimitExceeded { .. }) => {
-                let first = lines.first().map_or(0, |(n, _)| *n);
-                let last = lines.last().map_or(0, |(n, _)| *n);
-                // A transaction larger than the limit itself can never be admitted.
-                let hint = match err {
-                    CoreError::LimitExceeded { max, requested, .. }
-                        if requested > max && lines.len() > 1 =>
-                    {
-                        " (more than the limit in one push never fits: use a smaller --batch)"
-                    }
-                    _ => "",
-                };
-                eprintln!("lines {first}-{last} refused: {err}{hint}");
-                counts.limited = lines.len() as u64;
-                return Ok(counts);
-            }
-            Err(CoreError::InvalidRecord { index, reason, .. }) => {
-                eprintln!("line {}: {reason}", lines[index].0);
-                lines.remove(index);
-                counts.bad += 1;
-            }
-            Err(CoreError::RecordTooLarge {
-                index, size, max, ..
-            }) => {
-                eprintln!(
-                    "line {}: record is {size} bytes, over the limit of {max}",
-                    lines[index].0
-                );
-                lines.remove(index);
-                counts.bad += 1;
-            }
-            Err(err) => {
-                let first = lines.first().map_or(0, |(n, _)| *n);
-                return Err(err).with_context(|| {
-                    format!("pushing lines {first}.. failed; nothing of them was acknowledged")
-                });
-            }
-        }
-    }
-    Ok(counts)
 }
 
 async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
@@ -649,6 +538,40 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_error_chain_prints_each_cause_once() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        // What `{:#}` printed: the context, then buffer-core's error (which includes its
+        // source's text), then the source, then the source's source.
+        #[derive(Debug, thiserror::Error)]
+        #[error("Connection refused (os error 111)")]
+        struct Client(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("connect: {0}")]
+        struct Core(#[source] Client);
+        let err = anyhow::Error::new(Core(Client(io))).context("cannot reach Redis at redis://h");
+        assert_eq!(
+            format!("{err:#}").matches("Connection refused").count(),
+            3,
+            "the repetition this removes"
+        );
+        assert_eq!(
+            error_chain_text(&err),
+            "cannot reach Redis at redis://h: connect: Connection refused (os error 111)"
+        );
+        // Causes that add something are all kept, in order.
+        let err = anyhow::anyhow!("disk full")
+            .context("writing batch 7")
+            .context("store \"s\"");
+        assert_eq!(
+            error_chain_text(&err),
+            "store \"s\": writing batch 7: disk full"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use buffer_persist::cli::{Cli, execute, init_logging};
+use buffer_persist::cli::{Cli, error_chain_text, execute, init_logging};
 use clap::Parser;
 
 #[tokio::main]
@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
     match execute(cli).await {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_chain_text(&err));
             ExitCode::FAILURE
         }
     }
