@@ -226,6 +226,38 @@ impl Connection {
             Backend::Cluster(router) => router.node(address).await?.req_packed_command(&cmd).await,
         }
     }
+
+    /// How to reach, each on a socket of one's own, the nodes a pub/sub subscriber may try
+    /// in turn (`PUBLISH` on a cluster reaches every node, so any node that answers will do):
+    /// the masters of the slot map as last read, then the configured URLs, each once; for
+    /// one server, its URL. No I/O once connected.
+    ///
+    /// # Errors
+    /// The `redis` crate's error when connecting first fails.
+    pub(crate) async fn pubsub_candidates(&self) -> RedisResult<Vec<ConnectionInfo>> {
+        match self.backend().await? {
+            Backend::Single(_) => Ok(vec![(*self.first).clone()]),
+            Backend::Cluster(router) => {
+                let mut candidates: Vec<ConnectionInfo> = Vec::new();
+                let masters = router.masters().into_iter();
+                let masters = masters.filter_map(|address| router.node_info(&address).ok());
+                let urls = self.settings.urls.iter().filter_map(|url| {
+                    Some(
+                        Client::open(url.as_str())
+                            .ok()?
+                            .get_connection_info()
+                            .clone(),
+                    )
+                });
+                for info in masters.chain(urls) {
+                    if !candidates.iter().any(|known| known.addr() == info.addr()) {
+                        candidates.push(info);
+                    }
+                }
+                Ok(candidates)
+            }
+        }
+    }
 }
 
 impl ConnectionLike for Connection {

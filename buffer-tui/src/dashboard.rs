@@ -7,8 +7,8 @@ use buffer_core::Buffer;
 use crossterm::event::{Event as TermEvent, EventStream};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::app::{Action, App, Running};
 use crate::error::{Error, Result};
@@ -19,6 +19,9 @@ use crate::terminal::TerminalGuard;
 const TICK: Duration = Duration::from_millis(250);
 /// Actions applied between two draws at most, so a flood of events cannot starve drawing.
 const ACTIONS_PER_DRAW: usize = 256;
+/// How long quitting waits for the background tasks to drop their connections, after
+/// aborting them. Short: a poll waiting on a dead or frozen master must never hold up `q`.
+const STOP_GRACE: Duration = Duration::from_millis(200);
 
 /// A dashboard ready to run.
 pub(crate) struct Dashboard {
@@ -73,19 +76,21 @@ impl Dashboard {
             now_ms: buffer.now_ms(),
         });
 
-        // The background tasks stop when `tasks` is cancelled, at the end of this function.
+        // The background tasks: they stop when `tasks` is cancelled, and are aborted at the
+        // end of this function in any case. A task stops at its next await either way (each
+        // one's waits are all cancellable), and nothing of theirs is awaited on the way out
+        // beyond `STOP_GRACE`: quitting never waits on Redis.
         let tasks = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let mut running = JoinSet::new();
         let (view_sender, view) = watch::channel(app.view_request());
-        tracker.spawn(poll_loop(
+        running.spawn(poll_loop(
             buffer.clone(),
             interval,
             view,
             sender.clone(),
             tasks.clone(),
         ));
-        tracker.spawn(follow_events(buffer.clone(), sender, tasks.clone()));
-        tracker.close();
+        running.spawn(follow_events(buffer.clone(), sender, tasks.clone()));
 
         let result = event_loop(
             &mut guard,
@@ -99,7 +104,11 @@ impl Dashboard {
         .await;
 
         tasks.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+        running.abort_all();
+        let _ = tokio::time::timeout(STOP_GRACE, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
         drop(guard);
         result.map(|()| app)
     }

@@ -33,6 +33,8 @@ const FOCUS_BATCHES: usize = 20;
 const PERSISTER_SILENCE: Duration = Duration::from_secs(60);
 /// The shortest time between two polls, when the rows on screen change quickly.
 const MIN_GAP: Duration = Duration::from_millis(150);
+/// The rest between two attempts to subscribe to events when no node took the last one.
+const RESUBSCRIBE_GAP: Duration = Duration::from_secs(1);
 
 /// Polls Redis every `interval`, and soon after the rows on screen change, until `shutdown`.
 ///
@@ -51,15 +53,19 @@ pub(crate) async fn poll_loop(
     loop {
         let request = view.borrow_and_update().clone();
         let round = async {
-            // The masters first, in an action of their own: a master that is gone makes the
-            // rest of the poll fail (a cluster refuses every command once a master is lost),
-            // and its health must show all the same.
-            let masters = poll_masters(&buffer, &mut known_masters).await;
-            if let Some(masters) = &masters {
-                // A closed channel is noticed below, when the poll's own action is sent.
-                let _ = actions.send(Action::Masters(masters.clone()));
-            }
-            poll_once(&buffer, &request, masters.as_deref()).await
+            // The masters go in an action of their own as soon as they are known, while the
+            // rest of the poll may still wait: a master that is gone makes the rest of the
+            // poll fail (a cluster refuses every command once a master is lost), and its
+            // health must show all the same, without waiting behind the stores.
+            let masters = async {
+                let masters = poll_masters(&buffer, &mut known_masters).await;
+                if let Some(masters) = &masters {
+                    // A closed channel is noticed below, when the poll's own action is sent.
+                    let _ = actions.send(Action::Masters(masters.clone()));
+                }
+                masters
+            };
+            poll_once(&buffer, &request, masters).await
         };
         let action = match tokio::select! {
             () = shutdown.cancelled() => return,
@@ -120,36 +126,45 @@ pub(crate) async fn poll_masters(
     }
 }
 
-/// One poll: everything the dashboard shows for `request`. `masters` are the cluster's
-/// masters as [`poll_masters`] just found them (the server facts are their sum); `None` on one
-/// server.
+/// One poll: everything the dashboard shows for `request`. `masters` finds the cluster's
+/// masters as [`poll_masters`] does (the server facts are their sum; `None` on one server);
+/// it runs at the same time as the index reads, and always to its end, so a master that does
+/// not answer costs the poll one timeout, not two in a row.
 ///
 /// # Errors
 /// The first Redis error; a poll is all or nothing, so the app never mixes old and new data.
 pub(crate) async fn poll_once(
     buffer: &Buffer,
     request: &ViewRequest,
-    masters: Option<&[MasterStatus]>,
+    masters: impl Future<Output = Option<Vec<MasterStatus>>>,
 ) -> Result<Snapshot, buffer_core::Error> {
     let taken_at_ms = buffer.now_ms();
-    // On a cluster the facts are the sum over the masters that answered; when none did, the
-    // single-server path asks again and gives the error.
-    let summed = masters
-        .and_then(|masters| ServerInfo::total(masters.iter().filter_map(MasterStatus::info)));
-    let server = async {
-        match summed {
+    let masters_and_server = async {
+        let masters = masters.await;
+        // On a cluster the facts are the sum over the masters that answered; when none did,
+        // the single-server path asks again and gives the error.
+        let summed = masters
+            .as_deref()
+            .and_then(|masters| ServerInfo::total(masters.iter().filter_map(MasterStatus::info)));
+        let server = match summed {
             Some(total) => Ok(total),
             None => buffer.server_info().await,
-        }
+        };
+        (masters, server)
     };
-    let (server, stores, prepared, persisters, failures, limits) = futures::try_join!(
-        server,
-        buffer.stores(),
-        buffer.get_prepared(),
-        buffer.persisters(PERSISTER_SILENCE),
-        buffer.failures(),
-        buffer.all_limits(),
-    )?;
+    let indexes = async {
+        futures::try_join!(
+            buffer.stores(),
+            buffer.get_prepared(),
+            buffer.persisters(PERSISTER_SILENCE),
+            buffer.failures(),
+            buffer.all_limits(),
+        )
+    };
+    let ((masters, server), indexes) = futures::join!(masters_and_server, indexes);
+    let (stores, prepared, persisters, failures, limits) = indexes?;
+    let server = server?;
+    let masters = masters.as_deref();
     let mut batches_of: HashMap<&StoreName, Vec<&PreparedSummary>> = HashMap::new();
     for batch in &prepared {
         batches_of.entry(&batch.store).or_default().push(batch);
@@ -316,8 +331,11 @@ async fn focus_detail(
     }))
 }
 
-/// Follows the persister's events channel until `shutdown`, resubscribing when the
-/// connection drops (events published in between are missed: pub/sub keeps no history).
+/// Follows the persister's events channel until `shutdown`. When the subscription's stream
+/// ends (its node died or froze) it subscribes again at once, which tries every node of a
+/// cluster in turn, so events keep coming through whichever node answers; only when no node
+/// does is the next attempt a second later. Events published in between are missed: pub/sub
+/// keeps no history.
 pub(crate) async fn follow_events(
     buffer: Buffer,
     actions: mpsc::UnboundedSender<Action>,
@@ -328,7 +346,8 @@ pub(crate) async fn follow_events(
             () = shutdown.cancelled() => return,
             result = buffer.subscribe_events() => result,
         };
-        match subscribed {
+        // What to tell the app, and whether to rest before the next attempt.
+        let (lost, rest) = match subscribed {
             Ok(stream) => {
                 if actions.send(Action::EventsLive).is_err() {
                     return;
@@ -345,24 +364,25 @@ pub(crate) async fn follow_events(
                     }
                 }
                 let lost = Action::EventsLost {
-                    error: "connection closed".into(),
+                    error: "connection closed; subscribing again".into(),
                 };
-                if actions.send(lost).is_err() {
-                    return;
-                }
+                (lost, false)
             }
             Err(err) => {
                 let lost = Action::EventsLost {
                     error: err.to_string(),
                 };
-                if actions.send(lost).is_err() {
-                    return;
-                }
+                (lost, true)
             }
+        };
+        if actions.send(lost).is_err() {
+            return;
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        if rest {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RESUBSCRIBE_GAP) => {}
+            }
         }
     }
 }
@@ -404,7 +424,7 @@ mod tests {
             selected: Some(visible[3].clone()),
         };
         let started = Instant::now();
-        let snapshot = poll_once(&buffer, &request, None).await.unwrap();
+        let snapshot = poll_once(&buffer, &request, async { None }).await.unwrap();
         eprintln!("one poll of 10 000 stores: {:?}", started.elapsed());
 
         assert_eq!(
@@ -439,7 +459,7 @@ mod tests {
             visible: visible.clone(),
             selected: Some(hidden.clone()),
         };
-        let snapshot = poll_once(&buffer, &request, None).await.unwrap();
+        let snapshot = poll_once(&buffer, &request, async { None }).await.unwrap();
         let focus = snapshot.focus.unwrap();
         assert_eq!(focus.store, hidden);
         assert_eq!(focus.key_count, 2);

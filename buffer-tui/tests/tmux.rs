@@ -254,9 +254,10 @@ fn the_demo_persists_what_it_pushed_and_quits_without_leaving_redis_behind() {
     );
 }
 
-/// Shell code that prints the exit status and the terminal's canonical-mode and echo flags
+/// Shell code that prints the exit status and when the program ended (`EXITED_AT_MS`, Unix
+/// ms), the terminal's canonical-mode and echo flags
 /// (`TTY:icanon`, `TTY:echo` when restored), then [`REPORT_END`], then keeps the pane open.
-const AFTER_EXIT: &str = "echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | sed 's/^/TTY:/'; echo REPORT-END; sleep 600";
+const AFTER_EXIT: &str = "s=$?; t=$(date +%s%3N); echo EXIT=$s EXITED_AT_MS=$t; stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | sed 's/^/TTY:/'; echo REPORT-END; sleep 600";
 
 /// The last line [`AFTER_EXIT`] prints: a screen holding it holds the whole report (a capture
 /// taken while the report is being printed would show only part of it).
@@ -518,4 +519,190 @@ fn the_cluster_demo_spreads_its_stores_over_three_nodes_and_stops_them_on_quit()
             "the demo's redis-server {pid} is gone after q"
         );
     }
+}
+
+/// Unix time in ms, on the clock `date` reads in [`AFTER_EXIT`].
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .try_into()
+        .unwrap()
+}
+
+/// Presses `q` and returns how long the dashboard took to exit, from the key to the shell's
+/// `EXITED_AT_MS` (so neither the capture polling nor the report's printing is counted),
+/// with the screen after it.
+fn quit_and_time(tmux: &Tmux) -> (Duration, String) {
+    let pressed = unix_ms();
+    tmux.send(&["q"]);
+    let screen = tmux.wait_for("the dashboard to exit", Duration::from_secs(90), |s| {
+        s.contains(REPORT_END)
+    });
+    let exited: u64 = screen
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("EXITED_AT_MS="))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no exit time on the screen:\n{screen}"));
+    (
+        Duration::from_millis(exited.saturating_sub(pressed)),
+        screen,
+    )
+}
+
+/// The node (port) among `ports` with a subscriber on the default namespace's events channel
+/// (`PUBSUB NUMSUB` counts only a node's own clients), asked with `redis-cli`.
+fn subscribed_node(ports: &[u16]) -> Option<u16> {
+    ports.iter().copied().find(|port| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "PUBSUB", "NUMSUB", "buf:events"])
+            .output()
+            .expect("redis-cli runs");
+        // Two lines: the channel, then its subscriber count.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|count| count.trim().parse::<u64>().ok())
+            .is_some_and(|count| count > 0)
+    })
+}
+
+/// The cluster's six stores, one record each, pushed through `buffer`.
+const CLUSTER_STORES: [&str; 6] = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"];
+
+/// A private cluster with [`CLUSTER_STORES`] in it and the dashboard on it, shown healthy
+/// with every row's details (its node) read.
+async fn dashboard_on_a_cluster() -> (TestCluster, buffer_core::Buffer, Tmux) {
+    let cluster = TestCluster::start();
+    let buffer = cluster.buffer().await;
+    for store in CLUSTER_STORES {
+        buffer.push(store, &json!({"store": store})).await.unwrap();
+    }
+    let masters = cluster.masters();
+    let tmux = dashboard_in_tmux(&cluster.url(), 120, 40);
+    tmux.wait_for(
+        "the three masters up, the stores and the live event feed",
+        Duration::from_secs(30),
+        |s| {
+            masters.iter().all(|port| master_shown(s, *port, "up"))
+                && CLUSTER_STORES
+                    .iter()
+                    .all(|store| table_count(s, store).as_deref() == Some("1"))
+                && s.contains("Persister events live")
+                && nodes_of_rows(s, &CLUSTER_STORES).len() == 3
+        },
+    );
+    (cluster, buffer, tmux)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_master_killed_events_follow_another_node_and_q_quits_within_two_seconds() {
+    let (mut cluster, buffer, tmux) = dashboard_on_a_cluster().await;
+    let masters = cluster.masters();
+    let subscribed = subscribed_node(&masters).expect("the dashboard subscribed on a master");
+
+    cluster.kill(subscribed);
+    // Events published after the kill reach the dashboard through its new subscription (the
+    // test publishes through the cluster's first URL, which may be the dead node).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let screen = loop {
+        let event = buffer_core::Event {
+            kind: buffer_core::EventKind::Persisted,
+            store: "after-kill".into(),
+            batch: "b".into(),
+            records: 1,
+            bytes: 10,
+            at_ms: buffer.now_ms(),
+            holder: "test".into(),
+            detail: None,
+        };
+        let _ = buffer.publish_event(&event).await;
+        let screen = tmux.capture();
+        if screen.contains("after-kill") {
+            break screen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event after the kill reached the dashboard:\n{screen}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(screen.contains("Persister events live"), "{screen}");
+
+    // What a person sees with the master down: that master named down, the others up, and
+    // the stores of the last good poll still listed.
+    let screen = tmux.wait_for(
+        "the killed master shown down",
+        Duration::from_secs(30),
+        |s| master_shown(s, subscribed, "down") && s.contains("1 down"),
+    );
+    eprintln!("the screen with a master killed:\n{screen}");
+    for port in masters.iter().filter(|port| **port != subscribed) {
+        assert!(master_shown(&screen, *port, "up"), "{screen}");
+    }
+    for store in CLUSTER_STORES {
+        assert_eq!(
+            table_count(&screen, store).as_deref(),
+            Some("1"),
+            "{screen}"
+        );
+    }
+    // A poll or two into the outage, so one is waiting on the dead master as q is pressed.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (took, screen) = quit_and_time(&tmux);
+    eprintln!("q took {took:?}");
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    assert!(took < Duration::from_secs(2), "q took {took:?}");
+    assert_terminal_restored(&tmux, &screen);
+}
+
+/// Sends SIGCONT to a node frozen with SIGSTOP when dropped, so the cluster shuts down
+/// cleanly whether the test passes or fails.
+struct Frozen<'a> {
+    cluster: &'a TestCluster,
+    port: u16,
+}
+
+impl<'a> Frozen<'a> {
+    fn stop(cluster: &'a TestCluster, port: u16) -> Self {
+        cluster.signal(port, "STOP");
+        Self { cluster, port }
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        self.cluster.signal(self.port, "CONT");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_master_frozen_q_quits_within_two_seconds() {
+    let (cluster, _buffer, tmux) = dashboard_on_a_cluster().await;
+    let masters = cluster.masters();
+    // The subscribed master, so the event feed is cut too.
+    let frozen_port = subscribed_node(&masters).expect("the dashboard subscribed on a master");
+    let frozen = Frozen::stop(&cluster, frozen_port);
+
+    let screen = tmux.wait_for(
+        "the frozen master shown down",
+        Duration::from_secs(40),
+        |s| master_shown(s, frozen_port, "down") && s.contains("1 down"),
+    );
+    eprintln!("the screen with a master frozen:\n{screen}");
+    for store in CLUSTER_STORES {
+        assert_eq!(
+            table_count(&screen, store).as_deref(),
+            Some("1"),
+            "{screen}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (took, screen) = quit_and_time(&tmux);
+    eprintln!("q took {took:?}");
+    drop(frozen);
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    assert!(took < Duration::from_secs(2), "q took {took:?}");
+    assert_terminal_restored(&tmux, &screen);
 }

@@ -643,3 +643,102 @@ async fn node_of_names_the_master_holding_each_store() {
         "one server has no node to name"
     );
 }
+
+/// The node (port) among `ports` holding the subscriber of the default namespace's events
+/// channel (`PUBSUB NUMSUB` counts only a node's own clients), when one is subscribed.
+fn subscribed_node(cluster: &TestCluster, ports: &[u16]) -> Option<u16> {
+    ports.iter().copied().find(|port| {
+        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("buf:events")
+            .query(&mut cluster.node(*port))
+            .unwrap();
+        counts.iter().any(|(_, count)| *count > 0)
+    })
+}
+
+fn event_of(store: &str) -> Event {
+    Event {
+        kind: EventKind::Persisted,
+        store: store.into(),
+        batch: "b".into(),
+        records: 1,
+        bytes: 10,
+        at_ms: 1,
+        detail: None,
+        holder: "host/1".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_resubscribe_through_another_node_when_the_subscribed_one_is_killed() {
+    let mut cluster = TestCluster::start();
+    let ports = cluster.masters();
+    // Through the first node's URL only: the other nodes are learnt from the slot map.
+    let config = cluster.config().connect_timeout(Duration::from_secs(1));
+    let buffer = Buffer::connect(config).await.unwrap();
+
+    let events = buffer.subscribe_events().await.unwrap();
+    let mut events = std::pin::pin!(events);
+    let first = subscribed_node(&cluster, &ports).expect("subscribed on a master");
+    buffer.publish_event(&event_of("before")).await.unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+    assert_eq!(received.unwrap().unwrap().store, "before");
+
+    cluster.kill(first);
+    let ended = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+    assert_eq!(
+        ended.unwrap(),
+        None,
+        "the stream ends when its node dies, so the caller knows to subscribe again"
+    );
+
+    // Subscribing again skips the dead node (still in the slot map: no replica took over).
+    let events = buffer.subscribe_events().await.unwrap();
+    let mut events = std::pin::pin!(events);
+    let alive: Vec<u16> = ports.iter().copied().filter(|p| *p != first).collect();
+    let second = subscribed_node(&cluster, &alive).expect("subscribed on a live master");
+    assert_ne!(second, first);
+    // Published through this buffer too, whose first candidate node is the dead one.
+    buffer.publish_event(&event_of("after")).await.unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+    assert_eq!(received.unwrap().unwrap().store, "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_resubscribe_through_another_node_when_the_subscribed_one_freezes() {
+    let cluster = TestCluster::start();
+    let ports = cluster.masters();
+    let config = cluster
+        .config()
+        .response_timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_secs(1));
+    let buffer = Buffer::connect(config).await.unwrap();
+
+    let events = buffer.subscribe_events().await.unwrap();
+    let mut events = std::pin::pin!(events);
+    let first = subscribed_node(&cluster, &ports).expect("subscribed on a master");
+
+    // A frozen node keeps its socket open: the subscription's PING finds it out.
+    cluster.signal(first, "STOP");
+    let ended = tokio::time::timeout(Duration::from_secs(15), events.next()).await;
+    let resumed = async {
+        let events = buffer.subscribe_events().await.unwrap();
+        let alive: Vec<u16> = ports.iter().copied().filter(|p| *p != first).collect();
+        let second = subscribed_node(&cluster, &alive);
+        buffer.publish_event(&event_of("after")).await.unwrap();
+        let mut events = std::pin::pin!(events);
+        let received = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+        (second, received.ok().flatten().map(|event| event.store))
+    };
+    let (second, received) = match ended {
+        Ok(None) => resumed.await,
+        other => {
+            cluster.signal(first, "CONT");
+            panic!("the stream should end when its node freezes, got {other:?}");
+        }
+    };
+    cluster.signal(first, "CONT");
+    assert!(second.is_some_and(|port| port != first), "{second:?}");
+    assert_eq!(received.as_deref(), Some("after"));
+}
