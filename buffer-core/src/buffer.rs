@@ -271,6 +271,38 @@ impl Buffer {
         }
     }
 
+    /// Runs a pipeline of single-command reads under the response timeout and gives each
+    /// command's own result (`Connection::query_each`): on a cluster, the commands of a master
+    /// that does not answer fail alone.
+    ///
+    /// # Errors
+    /// As [`Buffer::run`] when the exchange as a whole fails (connecting, or one server).
+    pub(crate) async fn run_each(
+        &self,
+        op: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<Result<redis::Value>>> {
+        let conn = self.conn();
+        let replies = self.run(op, "", conn.query_each(pipe)).await?;
+        let timeout = self.inner.config.response_timeout;
+        Ok(replies
+            .into_iter()
+            .map(|reply| {
+                reply.map_err(|err| {
+                    if err.is_timeout() {
+                        Error::Timeout {
+                            op,
+                            store: String::new(),
+                            timeout,
+                        }
+                    } else {
+                        Error::from_redis(op, "", err)
+                    }
+                })
+            })
+            .collect())
+    }
+
     /// The pub/sub channel events are published on, `<namespace>:events`.
     pub(crate) fn events_channel(&self) -> String {
         self.layout().events_channel()

@@ -33,10 +33,11 @@
 //! is enough. Several URLs always mean a cluster (they are its seed nodes).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::future::{BoxFuture, join_all, select_ok};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, Pipeline,
@@ -52,6 +53,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// The number of hash slots of a Redis Cluster.
 pub(crate) const SLOTS: u16 = 16384;
+/// How often a node that stopped answering is looked at again (its slot map entry and a
+/// `PING`), until it answers or the slot map no longer routes to it.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// A request for a node under suspicion refreshes the slot map first when the map is older
+/// than this (a failover may have moved its slots), at most that often.
+const SUSPECT_REFRESH: Duration = Duration::from_millis(100);
 
 /// Where and how to connect; shared by every clone of a [`Connection`].
 #[derive(Debug)]
@@ -76,9 +83,33 @@ impl ConnectionSettings {
 #[derive(Clone)]
 enum Backend {
     /// One server.
-    Single(ConnectionManager),
+    Single(Arc<SingleServer>),
     /// A cluster.
     Cluster(Arc<ClusterRouter>),
+}
+
+/// One server: its main connection, and the one for writes followed by a `WAIT` (see
+/// [`Lane`]), made when the first such write comes.
+struct SingleServer {
+    main: ConnectionManager,
+    waits: OnceCell<ConnectionManager>,
+    client: Client,
+    config: ConnectionManagerConfig,
+}
+
+impl SingleServer {
+    async fn on(&self, lane: Lane) -> RedisResult<ConnectionManager> {
+        match lane {
+            Lane::Main => Ok(self.main.clone()),
+            Lane::Waits => self
+                .waits
+                .get_or_try_init(|| {
+                    ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
+                })
+                .await
+                .cloned(),
+        }
+    }
 }
 
 /// The connection every operation of a `Buffer` uses. Cheap to clone: clones share the
@@ -134,13 +165,19 @@ impl Connection {
             _ => true,
         };
         if cluster {
-            let router = ClusterRouter::open(self.settings.clone()).await?;
-            Ok(Backend::Cluster(Arc::new(router)))
+            Ok(Backend::Cluster(
+                ClusterRouter::open(self.settings.clone()).await?,
+            ))
         } else {
             let client = Client::open((*self.first).clone())?;
-            Ok(Backend::Single(
-                ConnectionManager::new_with_config(client, settings.manager_config()).await?,
-            ))
+            let config = settings.manager_config();
+            let main = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+            Ok(Backend::Single(Arc::new(SingleServer {
+                main,
+                waits: OnceCell::new(),
+                client,
+                config,
+            })))
         }
     }
 
@@ -154,20 +191,40 @@ impl Connection {
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        let info: String = match redis::cmd("INFO")
+        match redis::cmd("INFO")
             .arg("cluster")
-            .query_async(&mut conn)
+            .query_async::<String>(&mut conn)
             .await
         {
-            Ok(info) => info,
-            // A server that refuses INFO (an ACL without it, a renamed command) is taken for
-            // one server: a cluster node must answer it for the cluster client anyway.
-            Err(err) if matches!(err.kind(), ErrorKind::Server(_) | ErrorKind::Extension) => {
-                return Ok(false);
+            Ok(info) => Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1")),
+            // INFO refused for good (an ACL without it, a renamed command): ask `CLUSTER
+            // SLOTS`, which a cluster node must allow for this client anyway and one server
+            // refuses with "cluster support disabled". Only when both are refused is it taken
+            // for one server.
+            Err(err) if refused_for_good(&err) => {
+                match redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async::<Value>(&mut conn)
+                    .await
+                {
+                    Ok(slots) => Ok(!slot_ranges(&slots).is_empty()),
+                    Err(err) if refused_for_good(&err) => Ok(false),
+                    Err(err)
+                        if err
+                            .to_string()
+                            .to_lowercase()
+                            .contains("cluster support disabled") =>
+                    {
+                        Ok(false)
+                    }
+                    Err(err) => Err(err),
+                }
             }
-            Err(err) => return Err(err),
-        };
-        Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1"))
+            // Anything else (LOADING, a timeout, a dropped connection) says nothing of what
+            // the server is: the error goes to the caller and the next command asks again,
+            // so one transient refusal never makes a cluster a single server for good.
+            Err(err) => Err(err),
+        }
     }
 
     /// The addresses (`host:port`) of the masters serving slots, in slot order (asked of the
@@ -222,7 +279,7 @@ impl Connection {
     /// The `redis` crate's error.
     pub(crate) async fn on_node(&self, address: &str, cmd: Cmd) -> RedisResult<Value> {
         match self.backend().await? {
-            Backend::Single(conn) => conn.clone().req_packed_command(&cmd).await,
+            Backend::Single(server) => server.main.clone().req_packed_command(&cmd).await,
             Backend::Cluster(router) => router.node(address).await?.req_packed_command(&cmd).await,
         }
     }
@@ -260,11 +317,46 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Sends a pipeline of single commands (no MULTI) and gives each command's own result:
+    /// on a cluster a command whose master does not answer fails alone, and the others'
+    /// replies still come back (discovery reads every group, and one frozen master must not
+    /// hide the stores of the others). On one server the pipeline is one round trip, so its
+    /// commands succeed or fail together. Error replies stay values, for the caller to check.
+    ///
+    /// # Errors
+    /// The `redis` crate's error when connecting first fails, or, on one server, when the
+    /// round trip fails.
+    pub(crate) async fn query_each(
+        &self,
+        pipeline: &Pipeline,
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
+        match self.backend().await? {
+            Backend::Single(server) => {
+                let count = pipeline.len();
+                let replies = server
+                    .main
+                    .clone()
+                    .req_packed_commands(pipeline, 0, count)
+                    .await?;
+                Ok(replies.into_iter().map(Ok).collect())
+            }
+            Backend::Cluster(router) => {
+                let sends = pipeline.cmd_iter().map(|cmd| async move {
+                    let mut replies = router.send(Unit::Command(cmd)).await?;
+                    replies.pop().ok_or_else(|| no_reply("a command"))
+                });
+                Ok(join_all(sends).await)
+            }
+        }
+    }
+}
+
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             match self.backend().await? {
-                Backend::Single(conn) => conn.clone().req_packed_command(cmd).await,
+                Backend::Single(server) => server.main.clone().req_packed_command(cmd).await,
                 Backend::Cluster(router) => router.command(cmd).await,
             }
         })
@@ -278,8 +370,10 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             match self.backend().await? {
-                Backend::Single(conn) => {
-                    conn.clone()
+                Backend::Single(server) => {
+                    server
+                        .on(Lane::of(pipeline.cmd_iter()))
+                        .await?
                         .req_packed_commands(pipeline, offset, count)
                         .await
                 }
@@ -333,6 +427,14 @@ impl ConnectionLike for Connection {
                     // Every unit runs to its end: one failing says nothing of the others.
                     let results = join_all(sends).await;
                     let ran_somewhere = results.iter().any(Result::is_ok);
+                    // A unit that may have run (a timeout, a broken connection) makes the
+                    // whole outcome unknown, whatever came before it in the pipeline.
+                    if let Some(Err(unknown)) = results
+                        .iter()
+                        .find(|result| matches!(result, Err(err) if may_have_run(err)))
+                    {
+                        return Err(unknown.clone());
+                    }
                     let mut replies = Vec::new();
                     for result in results {
                         match result {
@@ -351,6 +453,29 @@ impl ConnectionLike for Connection {
     }
 }
 
+/// Which of a node's two connections a request takes. A `WAIT` blocks the connection it is
+/// sent on, on the server, for up to its timeout: every later request on that socket queues
+/// behind it. Requests carrying a `WAIT` therefore go on a connection of their own, so a
+/// lagging replica never delays a lock heartbeat, a discovery read or an unwaited push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    /// Everything without a `WAIT`.
+    Main,
+    /// Writes followed by their `WAIT` (`replicas.rs`); the write and its `WAIT` share it, as
+    /// `WAIT` needs.
+    Waits,
+}
+
+impl Lane {
+    fn of<'c>(mut commands: impl Iterator<Item = &'c Cmd>) -> Self {
+        if commands.any(|cmd| command_name(cmd).eq_ignore_ascii_case(b"WAIT")) {
+            Self::Waits
+        } else {
+            Self::Main
+        }
+    }
+}
+
 /// A Redis Cluster client: the slot map and one connection per node.
 pub(crate) struct ClusterRouter {
     settings: Arc<ConnectionSettings>,
@@ -359,29 +484,56 @@ pub(crate) struct ClusterRouter {
     /// For each slot, the address of its master, from the last `CLUSTER SLOTS`. A std lock,
     /// never held across an await.
     slots: RwLock<Vec<Option<Arc<str>>>>,
-    /// One connection per node address, made at first use; each reconnects on its own. The
-    /// lock is held only to look up or insert, never across a connect.
-    nodes: tokio::sync::Mutex<HashMap<String, ConnectionManager>>,
+    /// Bumped by every refresh that wrote `slots`: a refresh that waited for another one in
+    /// flight and sees it changed does not ask again (single flight).
+    map_generation: AtomicU64,
+    /// When `slots` was last written.
+    refreshed_at: Mutex<Instant>,
+    /// Held by the one slot map refresh in flight; others wait for it instead of sending
+    /// their own `CLUSTER SLOTS` (hundreds of requests failing at once ask once), and an
+    /// older answer can never overwrite a newer map.
+    refreshing: tokio::sync::Mutex<()>,
+    /// One connection per node address and lane, made at first use; each reconnects on its
+    /// own. The lock is held only to look up or insert, never across a connect.
+    nodes: tokio::sync::Mutex<HashMap<(String, Lane), ConnectionManager>>,
+    /// Nodes that did not answer in time (a frozen process, a black-holed network), with
+    /// when: requests for them fail at once, unsent, instead of each waiting the response
+    /// timeout, until a probe task (one per suspect, started by [`ClusterRouter::suspect`])
+    /// sees the node answer `PING` or the slot map route its slots elsewhere.
+    suspects: Mutex<HashMap<String, Instant>>,
+    /// This router, for the probe tasks it starts (they end when it is dropped).
+    me: Weak<ClusterRouter>,
 }
 
 impl ClusterRouter {
-    async fn open(settings: Arc<ConnectionSettings>) -> RedisResult<Self> {
+    async fn open(settings: Arc<ConnectionSettings>) -> RedisResult<Arc<Self>> {
         let template = Client::open(settings.urls[0].as_str())?
             .get_connection_info()
             .clone();
-        let router = Self {
+        let router = Arc::new_cyclic(|me| Self {
             settings,
             template,
             slots: RwLock::new(vec![None; usize::from(SLOTS)]),
+            map_generation: AtomicU64::new(0),
+            refreshed_at: Mutex::new(Instant::now()),
+            refreshing: tokio::sync::Mutex::new(()),
             nodes: tokio::sync::Mutex::new(HashMap::new()),
-        };
+            suspects: Mutex::new(HashMap::new()),
+            me: me.clone(),
+        });
         router.refresh(None).await?;
         Ok(router)
     }
 
-    /// The connection to the node at `address`, made if there is none yet.
+    /// The main connection to the node at `address`, made if there is none yet.
     async fn node(&self, address: &str) -> RedisResult<ConnectionManager> {
-        if let Some(conn) = self.nodes.lock().await.get(address) {
+        self.node_on(address, Lane::Main).await
+    }
+
+    /// The connection of `lane` to the node at `address`, made if there is none yet.
+    async fn node_on(&self, address: &str, lane: Lane) -> RedisResult<ConnectionManager> {
+        let key = (address.to_owned(), lane);
+        if let Some(conn) = self.nodes.lock().await.get(&key) {
             return Ok(conn.clone());
         }
         let info = self.node_info(address)?;
@@ -390,13 +542,7 @@ impl ClusterRouter {
         let conn =
             ConnectionManager::new_with_config(Client::open(info)?, self.settings.manager_config())
                 .await?;
-        Ok(self
-            .nodes
-            .lock()
-            .await
-            .entry(address.to_owned())
-            .or_insert(conn)
-            .clone())
+        Ok(self.nodes.lock().await.entry(key).or_insert(conn).clone())
     }
 
     /// How to reach the node at `address` (`host:port`): the first URL's credentials, TLS
@@ -422,41 +568,88 @@ impl ClusterRouter {
         Ok(self.template.clone().set_addr(addr))
     }
 
-    /// Reads the slot map again: from `first` if given (the node a MOVED named), else from
-    /// the known masters, then the configured URLs, whichever answers first.
+    fn is_suspect(&self, address: &str) -> bool {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(address)
+    }
+
+    /// Marks `address` as not answering and starts its probe task, unless it has one.
+    fn suspect(&self, address: &str) {
+        let newly = self
+            .suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(address.to_owned(), Instant::now())
+            .is_none();
+        if !newly {
+            return;
+        }
+        tracing::warn!(
+            node = address,
+            "a cluster node stopped answering; requests for it fail at once until it answers again or its slots move"
+        );
+        let (me, address) = (self.me.clone(), address.to_owned());
+        // The probe runs on whatever runtime the request ran on; a router outside one (none
+        // here: every request is async) would simply keep the suspicion until a refresh.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(probe(me, address));
+        }
+    }
+
+    fn clear_suspect(&self, address: &str) {
+        let was = self
+            .suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(address);
+        if let Some(since) = was {
+            tracing::info!(node = address, after = ?since.elapsed(), "a cluster node is back in use");
+        }
+    }
+
+    /// Reads the slot map again, single-flight: a caller that finds a refresh in flight waits
+    /// for it and uses its map. The candidates (`first`, the node a MOVED named, then the
+    /// known masters, then the configured URLs) are asked all at once and the first good
+    /// answer wins, so one node that hangs costs nothing; nodes under suspicion are asked
+    /// only when no other answers.
     async fn refresh(&self, first: Option<&str>) -> RedisResult<()> {
+        let seen = self.map_generation.load(Ordering::Acquire);
+        let _in_flight = self.refreshing.lock().await;
+        if self.map_generation.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
         let mut candidates: Vec<String> = first.map(str::to_owned).into_iter().collect();
-        candidates.extend(self.masters());
-        for url in &self.settings.urls {
-            if let Ok(client) = Client::open(url.as_str()) {
-                candidates.push(client.get_connection_info().addr().to_string());
+        for address in self.masters() {
+            if !candidates.contains(&address) {
+                candidates.push(address);
             }
         }
-        let mut last = None;
-        for address in candidates {
-            let reply = match self.node(&address).await {
-                Ok(mut conn) => {
-                    redis::cmd("CLUSTER")
-                        .arg("SLOTS")
-                        .query_async::<Value>(&mut conn)
-                        .await
+        for url in &self.settings.urls {
+            if let Ok(client) = Client::open(url.as_str()) {
+                let address = client.get_connection_info().addr().to_string();
+                if !candidates.contains(&address) {
+                    candidates.push(address);
                 }
-                Err(err) => Err(err),
-            };
-            match reply {
-                Ok(reply) => {
-                    let ranges = slot_ranges(&reply);
-                    if ranges.is_empty() {
-                        continue;
-                    }
-                    let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
-                    slots.iter_mut().for_each(|slot| *slot = None);
-                    for (start, end, master) in ranges {
-                        let master: Arc<str> = Arc::from(master.as_str());
-                        for slot in start..=end.min(SLOTS - 1) {
-                            slots[usize::from(slot)] = Some(master.clone());
-                        }
-                    }
+            }
+        }
+        let (healthy, suspects): (Vec<String>, Vec<String>) = candidates
+            .into_iter()
+            .partition(|address| !self.is_suspect(address));
+        let mut last = None;
+        for group in [healthy, suspects] {
+            if group.is_empty() {
+                continue;
+            }
+            let asks = group.iter().map(
+                |address| -> BoxFuture<'_, RedisResult<Vec<(u16, u16, String)>>> {
+                    Box::pin(self.slot_ranges_of(address))
+                },
+            );
+            match select_ok(asks).await {
+                Ok((ranges, _rest)) => {
+                    self.write_map(ranges);
                     return Ok(());
                 }
                 Err(err) => last = Some(err),
@@ -468,6 +661,48 @@ impl ClusterRouter {
                 "no cluster node answered CLUSTER SLOTS",
             ))
         }))
+    }
+
+    /// Refreshes the slot map unless it was written less than `age` ago.
+    async fn refresh_if_older(&self, age: Duration) -> RedisResult<()> {
+        let written = *self.refreshed_at.lock().unwrap_or_else(|e| e.into_inner());
+        if written.elapsed() < age {
+            return Ok(());
+        }
+        self.refresh(None).await
+    }
+
+    /// The slot ranges `CLUSTER SLOTS` gives at `address`; an error when it gives none (a
+    /// node that knows no slot, such as one just restarted without its config).
+    async fn slot_ranges_of(&self, address: &str) -> RedisResult<Vec<(u16, u16, String)>> {
+        let mut conn = self.node(address).await?;
+        let reply = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<Value>(&mut conn)
+            .await?;
+        let ranges = slot_ranges(&reply);
+        if ranges.is_empty() {
+            return Err(RedisError::from((
+                ErrorKind::ClusterConnectionNotFound,
+                "a cluster node knows no slot",
+                address.to_owned(),
+            )));
+        }
+        Ok(ranges)
+    }
+
+    fn write_map(&self, ranges: Vec<(u16, u16, String)>) {
+        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        slots.iter_mut().for_each(|slot| *slot = None);
+        for (start, end, master) in ranges {
+            let master: Arc<str> = Arc::from(master.as_str());
+            for slot in start..=end.min(SLOTS - 1) {
+                slots[usize::from(slot)] = Some(master.clone());
+            }
+        }
+        drop(slots);
+        *self.refreshed_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.map_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The masters of the current slot map, each once, in slot order.
@@ -482,14 +717,31 @@ impl ClusterRouter {
         masters
     }
 
-    /// The master of `slot`, or of any slot when it is `None` (a command without a key).
+    /// The masters of the current slot map, those answering first.
+    fn masters_answering_first(&self) -> Vec<String> {
+        let (mut answering, suspects): (Vec<String>, Vec<String>) = self
+            .masters()
+            .into_iter()
+            .partition(|address| !self.is_suspect(address));
+        answering.extend(suspects);
+        answering
+    }
+
+    /// The master of `slot`, or, for a command without a key (`None`), the first master of
+    /// the slot map not under suspicion.
     fn master_of(&self, slot: Option<u16>) -> RedisResult<String> {
-        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
         let master = match slot {
-            Some(slot) => slots.get(usize::from(slot)).cloned().flatten(),
-            None => slots.iter().flatten().next().cloned(),
+            Some(slot) => self
+                .slots
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(usize::from(slot))
+                .cloned()
+                .flatten()
+                .map(|m| m.to_string()),
+            None => self.masters_answering_first().into_iter().next(),
         };
-        master.map(|m| m.to_string()).ok_or_else(|| {
+        master.ok_or_else(|| {
             RedisError::from((
                 ErrorKind::ClusterConnectionNotFound,
                 "no master serves the slot",
@@ -498,57 +750,141 @@ impl ClusterRouter {
         })
     }
 
-    /// One command. `SCRIPT LOAD` goes to every master (a script must be known where its
-    /// keys are); everything else is one unit.
+    /// One command. A command without a key goes to any master that answers: `TIME`, `PING`
+    /// and `ECHO` to all of them at once (the first answer wins, so one frozen master costs
+    /// nothing), `SCRIPT LOAD` to every master at once (it succeeds where it can: a master
+    /// that missed it answers `NOSCRIPT` later, and the caller runs the script by `EVAL`
+    /// there), anything else to the first master that takes it. Everything else is one
+    /// unit, sent to its slot's master.
     async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
-        if command_name(cmd).eq_ignore_ascii_case(b"SCRIPT") {
-            let mut reply = Value::Nil;
-            for master in self.masters() {
-                reply = self.node(&master).await?.req_packed_command(cmd).await?;
+        let name = command_name(cmd).to_ascii_uppercase();
+        if first_key(cmd).is_none() && !name.is_empty() {
+            let everywhere = matches!(name.as_slice(), b"TIME" | b"PING" | b"ECHO" | b"SCRIPT");
+            if everywhere {
+                let masters = self.masters_answering_first();
+                let sends =
+                    masters
+                        .iter()
+                        .map(|address| -> BoxFuture<'_, RedisResult<Vec<Value>>> {
+                            Box::pin(self.send_to(address, Unit::Command(cmd)))
+                        });
+                if masters.is_empty() {
+                    return Err(RedisError::from((
+                        ErrorKind::ClusterConnectionNotFound,
+                        "the slot map names no master",
+                    )));
+                }
+                if name.as_slice() == b"SCRIPT" {
+                    // Every master is to have it: all are waited for (never cancelled at the
+                    // first success), and it is enough that one took it.
+                    let mut last = None;
+                    let mut loaded = None;
+                    for result in join_all(sends).await {
+                        match result {
+                            Ok(mut replies) => loaded = replies.pop(),
+                            Err(err) => last = Some(err),
+                        }
+                    }
+                    return match (loaded, last) {
+                        (Some(reply), _) => Ok(reply),
+                        (None, Some(err)) => Err(err),
+                        (None, None) => Err(no_reply("SCRIPT")),
+                    };
+                }
+                let (mut replies, _rest) = select_ok(sends).await?;
+                return replies.pop().ok_or_else(|| no_reply("a command"));
             }
-            return Ok(reply);
         }
         let mut replies = self.send(Unit::Command(cmd)).await?;
         replies.pop().ok_or_else(|| no_reply("a command"))
     }
 
+    /// Sends `unit` once to the node at `address` (no retry), keeping suspicion up to date.
+    async fn send_to(&self, address: &str, unit: Unit<'_>) -> RedisResult<Vec<Value>> {
+        if self.is_suspect(address) {
+            return Err(not_answering(address));
+        }
+        let sent = self.attempt(address, false, &unit).await;
+        if let Err(err) = &sent
+            && unanswered(err)
+        {
+            self.suspect(address);
+        }
+        sent
+    }
+
+    /// One write of `unit` (after `ASKING` when `asking`) to the node at `address`, on the
+    /// lane its commands need. A redirect or refusal among the replies is the unit's error.
+    async fn attempt(
+        &self,
+        address: &str,
+        asking: bool,
+        unit: &Unit<'_>,
+    ) -> RedisResult<Vec<Value>> {
+        let commands = unit.commands();
+        let mut conn = self.node_on(address, Lane::of(commands.iter())).await?;
+        let mut pipe = redis::pipe();
+        if asking {
+            // ASKING lets the next command (or, after MULTI, the whole block) use the slot the
+            // node is importing; one write, so nothing comes between.
+            pipe.cmd("ASKING");
+        }
+        for cmd in commands {
+            pipe.add_command(cmd);
+        }
+        let replies = conn
+            .req_packed_commands(&pipe, usize::from(asking), unit.len())
+            .await?;
+        // A redirect or refusal among the replies (of the command, or inside a MULTI block,
+        // whose EXEC then aborted) is the unit's error.
+        match replies.iter().find_map(redirect_in) {
+            Some(err) => Err(err),
+            None => Ok(replies),
+        }
+    }
+
     /// Sends one unit to the master of its slot, following redirects and retrying it only
     /// while its error proves it did not run. Returns one reply per command of the unit.
+    ///
+    /// A master that timed out is under suspicion: the unit is then not sent (unless a fresh
+    /// slot map routes it elsewhere) and the error says so, at once, so the callers of every
+    /// other master go on. A timeout or broken connection is never retried (the unit may have
+    /// run); it refreshes the slot map, so a failover is followed by the next request. Retries
+    /// of what did not run stop once half the response timeout is spent, so the caller learns
+    /// "not sent" rather than its own timeout's "outcome unknown".
     async fn send(&self, unit: Unit<'_>) -> RedisResult<Vec<Value>> {
-        let count = unit.len();
         let slot = unit.slot();
+        let started = Instant::now();
+        let retry_budget = self.settings.response_timeout / 2;
         let mut backoff = FIRST_BACKOFF;
         let mut target: Option<Retry> = None;
         let mut retries = 0;
         loop {
-            let (address, asking) = match &target {
-                None | Some(Retry::Later) => (self.master_of(slot)?, false),
-                Some(Retry::Moved(address)) => (address.clone(), false),
-                Some(Retry::Ask(address)) => (address.clone(), true),
+            let routed = match &target {
+                None | Some(Retry::Later) => self.master_of(slot).map(|address| (address, false)),
+                Some(Retry::Moved(address)) => Ok((address.clone(), false)),
+                Some(Retry::Ask(address)) => Ok((address.clone(), true)),
             };
-            let sent = match self.node(&address).await {
-                Ok(mut conn) => {
-                    let mut pipe = redis::pipe();
-                    if asking {
-                        // ASKING lets the next command (or, after MULTI, the whole block) use
-                        // the slot the node is importing; one write, so nothing comes between.
-                        pipe.cmd("ASKING");
-                    }
-                    for cmd in unit.commands() {
-                        pipe.add_command(cmd);
-                    }
-                    match conn
-                        .req_packed_commands(&pipe, usize::from(asking), count)
-                        .await
+            let sent = match routed {
+                Ok((address, asking)) => {
+                    let address = if !asking && self.is_suspect(&address) {
+                        // A failover may have moved the slot since the node stopped answering.
+                        drop(self.refresh_if_older(SUSPECT_REFRESH).await);
+                        let now = self.master_of(slot).unwrap_or(address);
+                        if self.is_suspect(&now) {
+                            return Err(not_answering(&now));
+                        }
+                        now
+                    } else {
+                        address
+                    };
+                    let sent = self.attempt(&address, asking, &unit).await;
+                    if let Err(err) = &sent
+                        && unanswered(err)
                     {
-                        // A redirect or refusal among the replies (of the command, or inside a
-                        // MULTI block, whose EXEC then aborted) is the unit's error.
-                        Ok(replies) => match replies.iter().find_map(redirect_in) {
-                            Some(err) => Err(err),
-                            None => Ok(replies),
-                        },
-                        Err(err) => Err(err),
+                        self.suspect(&address);
                     }
+                    sent
                 }
                 Err(err) => Err(err),
             };
@@ -557,10 +893,19 @@ impl ClusterRouter {
                 Err(err) => err,
             };
             let Some(retry) = retry_for(&err) else {
+                if err.is_timeout() || err.is_io_error() {
+                    // It may have run: not resent. The map may be stale (a failover): read it
+                    // again in the background, so the next request goes where the slot is now.
+                    if let Some(me) = self.me.upgrade()
+                        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+                    {
+                        runtime.spawn(async move { drop(me.refresh(None).await) });
+                    }
+                }
                 return Err(err);
             };
             retries += 1;
-            if retries > MAX_RETRIES {
+            if retries > MAX_RETRIES || started.elapsed() >= retry_budget {
                 return Err(err);
             }
             match &retry {
@@ -577,6 +922,49 @@ impl ClusterRouter {
             target = Some(retry);
         }
     }
+}
+
+/// Looks at a node under suspicion every [`PROBE_INTERVAL`] until it answers `PING` or the
+/// slot map no longer names it as a master; then requests go to it (or past it) again. Ends
+/// when the router is dropped.
+async fn probe(router: Weak<ClusterRouter>, address: String) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(router) = router.upgrade() else {
+            return;
+        };
+        drop(router.refresh_if_older(PROBE_INTERVAL).await);
+        if !router.masters().contains(&address) {
+            router.clear_suspect(&address);
+            return;
+        }
+        let ping = async {
+            let mut conn = router.node(&address).await?;
+            redis::cmd("PING").query_async::<Value>(&mut conn).await
+        };
+        if let Ok(Ok(_)) = tokio::time::timeout(router.settings.response_timeout, ping).await {
+            router.clear_suspect(&address);
+            return;
+        }
+    }
+}
+
+/// True when `err` says the node did not answer: a timeout, a failed or refused connect, a
+/// broken connection. Such a node is put under suspicion.
+fn unanswered(err: &RedisError) -> bool {
+    err.is_timeout() || err.is_io_error() || err.is_connection_dropped()
+}
+
+/// The error of a request not sent because its node is under suspicion: a refusal (nothing
+/// ran, so `Error::is_outcome_unknown` is false and `is_transient` true).
+fn not_answering(address: &str) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        format!(
+            "cluster node {address} did not answer recently and its slots have not moved; \
+             the request was not sent"
+        ),
+    ))
 }
 
 /// The error of a reply that redirects or refuses the request (so it did not run), if it
@@ -772,6 +1160,21 @@ fn partial_failure(err: RedisError, ran_somewhere: bool) -> RedisError {
         "part of a pipeline ran on the cluster and part failed ({err}): which parts were \
          applied is unknown"
     )))
+}
+
+/// True when the server refused a command for good: not allowed by the user's ACL
+/// (`NOPERM`) or unknown (renamed, disabled).
+fn refused_for_good(err: &RedisError) -> bool {
+    err.code() == Some("NOPERM")
+        || matches!(err.kind(), ErrorKind::Server(ServerErrorKind::NoPerm))
+        || err.to_string().to_lowercase().contains("unknown command")
+}
+
+/// True when a request that failed with `err` may still have run: its reply was lost to a
+/// timeout or a broken connection, not refused before it was written.
+fn may_have_run(err: &RedisError) -> bool {
+    !err.is_connection_refusal()
+        && (err.is_io_error() || err.is_timeout() || err.is_connection_dropped())
 }
 
 /// `host:port` → (host, port).

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use redis::{FromRedisValue, RedisError, Value};
 use serde::Serialize;
 
 use crate::batch::{BatchId, serialize_display};
@@ -59,7 +60,112 @@ impl PreparedSummary {
     }
 }
 
+/// What a read of every slot group found when some groups' master did not answer: the
+/// results of the groups that did, and one error per distinct failure. On a Redis Cluster a
+/// master that is down or frozen hides only its own groups' stores and batches; on one server
+/// a read answers whole or fails.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Partial<T> {
+    /// What the groups that answered hold.
+    pub found: T,
+    /// Why the other groups were not read (empty when every group answered).
+    pub missed: Vec<Error>,
+}
+
+impl<T> Partial<T> {
+    /// True when every group answered.
+    pub fn is_complete(&self) -> bool {
+        self.missed.is_empty()
+    }
+
+    /// What was found, logging what was missed: the tolerant reads (`stores`, `get_old`, …).
+    pub(crate) fn tolerated(self, op: &str) -> T {
+        for err in &self.missed {
+            tracing::warn!(op, error = %err, "some slot groups were not read; their stores are left out of this read");
+        }
+        self.found
+    }
+}
+
+/// The replies of a pipeline of `per_group` reads for each slot group: each group's
+/// replies, or `None` where one of them failed.
+pub(crate) struct GroupReplies {
+    groups: Vec<Option<Vec<Value>>>,
+    pub(crate) missed: Vec<Error>,
+}
+
+impl GroupReplies {
+    /// Each answering group's replies converted to `T` (`None` for the others).
+    pub(crate) fn converted<T: FromRedisValue>(&self) -> Result<Vec<Option<Vec<T>>>> {
+        self.groups
+            .iter()
+            .map(|group| {
+                group
+                    .as_ref()
+                    .map(|replies| {
+                        replies
+                            .iter()
+                            .map(|reply| {
+                                redis::from_redis_value_ref(reply).map_err(|err| Error::Corrupt {
+                                    what: format!("a slot group index: {err}"),
+                                })
+                            })
+                            .collect()
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+}
+
 impl Buffer {
+    /// Sends `pipe` (`per_group` single-command reads per slot group, in group order) and
+    /// sorts its replies by group, leaving out the groups whose master failed.
+    ///
+    /// # Errors
+    /// The first failure when no group answered.
+    pub(crate) async fn read_groups(
+        &self,
+        op: &'static str,
+        per_group: usize,
+        pipe: &redis::Pipeline,
+    ) -> Result<GroupReplies> {
+        let mut replies = self.run_each(op, pipe).await?.into_iter();
+        let mut groups = Vec::new();
+        let mut missed: Vec<Error> = Vec::new();
+        loop {
+            let chunk: Vec<Result<Value>> = replies.by_ref().take(per_group.max(1)).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let mut values = Vec::with_capacity(chunk.len());
+            let mut failed = None;
+            for reply in chunk {
+                match reply {
+                    Ok(Value::ServerError(err)) => {
+                        failed = Some(Error::from_redis(op, "", RedisError::from(err)));
+                    }
+                    Ok(value) => values.push(value),
+                    Err(err) => failed = Some(err),
+                }
+            }
+            match failed {
+                Some(err) => {
+                    if !missed.iter().any(|m| m.to_string() == err.to_string()) {
+                        missed.push(err);
+                    }
+                    groups.push(None);
+                }
+                None => groups.push(Some(values)),
+            }
+        }
+        if !missed.is_empty() && groups.iter().all(Option::is_none) {
+            return Err(missed.swap_remove(0));
+        }
+        Ok(GroupReplies { groups, missed })
+    }
+
     /// How many unique top-level keys each live store has (exact: one SCARD each, in one
     /// pipelined round trip), in the order given; 0 for a store with no live records.
     ///
@@ -124,10 +230,21 @@ impl Buffer {
 
     /// Every live store, with its first-write time, bytes and records, from the group indexes.
     /// Index entries that are not encoded names (foreign writes) are skipped with a warning.
+    /// On a cluster, the groups of a master that does not answer are left out, with a
+    /// warning: [`Buffer::stores_partial`] says which were.
     ///
     /// # Errors
-    /// Transient errors.
+    /// Transient errors when no group could be read.
     pub async fn stores(&self) -> Result<Vec<StoreSummary>> {
+        Ok(self.stores_partial().await?.tolerated("stores"))
+    }
+
+    /// Every live store of the groups that answered, and why the others did not (see
+    /// [`Partial`]).
+    ///
+    /// # Errors
+    /// Transient errors when no group could be read.
+    pub async fn stores_partial(&self) -> Result<Partial<Vec<StoreSummary>>> {
         let layout = self.layout();
         let mut pipe = redis::pipe();
         for g in 0..layout.groups() {
@@ -136,17 +253,14 @@ impl Buffer {
                 .zrange_withscores(&group.bytes, 0, -1)
                 .zrange_withscores(&group.count, 0, -1);
         }
-        let mut conn = self.conn();
-        let replies: Vec<Vec<(String, f64)>> = self
-            .run(
-                "stores",
-                "",
-                async move { pipe.query_async(&mut conn).await },
-            )
-            .await?;
+        let read = self.read_groups("stores", 3, &pipe).await?;
         let mut out = Vec::new();
-        for chunk in replies.chunks(3) {
-            let [stores, bytes, counts] = chunk else {
+        for chunk in read
+            .converted::<Vec<(String, f64)>>()?
+            .into_iter()
+            .flatten()
+        {
+            let [stores, bytes, counts] = chunk.as_slice() else {
                 continue;
             };
             let bytes: HashMap<&str, f64> = bytes.iter().map(|(m, s)| (m.as_str(), *s)).collect();
@@ -164,7 +278,10 @@ impl Buffer {
             }
         }
         out.sort_by(|a, b| a.store.cmp(&b.store));
-        Ok(out)
+        Ok(Partial {
+            found: out,
+            missed: read.missed,
+        })
     }
 
     /// The live stores whose first write is at least `older_than` ago, oldest first.
@@ -189,17 +306,20 @@ impl Buffer {
         for g in 0..layout.groups() {
             pipe.zrange_withscores(layout.group(g).stores, 0, 0);
         }
-        let mut conn = self.conn();
-        let oldest: Vec<Vec<(String, f64)>> = self
-            .run("oldest store", "", async move {
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
-        Ok(oldest
+        let read = self.read_groups("oldest store", 1, &pipe).await?;
+        let oldest = read
+            .converted::<Vec<(String, f64)>>()?
             .into_iter()
             .flatten()
+            .flatten()
+            .flatten()
             .map(|(_member, first)| score(first))
-            .min())
+            .min();
+        Ok(Partial {
+            found: oldest,
+            missed: read.missed,
+        }
+        .tolerated("oldest store"))
     }
 
     /// The live stores holding at least `min_bytes` bytes or at least `min_records` records.
@@ -237,36 +357,33 @@ impl Buffer {
             };
             pipe.cmd("ZRANGE").arg(key).arg(min).arg(max).arg("BYSCORE");
         }
-        let mut conn = self.conn();
-        let members: Vec<Vec<String>> = self
-            .run("select stores", "", async move {
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
+        let read = self.read_groups("select stores", 1, &pipe).await?;
+        let members = read.converted::<Vec<String>>()?;
         // Second round trip: the three scores of just the selected stores.
         let mut selected = Vec::new();
         let mut pipe = redis::pipe();
         for (g, members) in (0..layout.groups()).zip(members) {
             let group = layout.group(g);
-            for member in members {
+            for member in members.into_iter().flatten().flatten() {
                 pipe.zscore(&group.stores, &member)
                     .zscore(&group.bytes, &member)
                     .zscore(&group.count, &member);
                 selected.push(member);
             }
         }
+        for err in &read.missed {
+            tracing::warn!(error = %err, "some slot groups were not read; their stores are left out of this selection");
+        }
         if selected.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn();
-        let scores: Vec<Option<f64>> = self
-            .run("select stores", "", async move {
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
+        let scores = self.read_groups("select stores", 3, &pipe).await?;
+        let scores = scores.converted::<Option<f64>>()?;
         let mut out = Vec::with_capacity(selected.len());
-        for (member, scores) in selected.iter().zip(scores.chunks(3)) {
-            let [first, bytes, records] = scores else {
+        for (member, scores) in selected.iter().zip(scores) {
+            // The master of this store's group stopped answering between the two reads.
+            let Some(scores) = scores else { continue };
+            let [first, bytes, records] = scores.as_slice() else {
                 continue;
             };
             // A store prepared between the two round trips has no first-write entry: skip it.
@@ -291,19 +408,29 @@ impl Buffer {
     /// # Errors
     /// Transient errors.
     pub async fn get_prepared(&self) -> Result<Vec<PreparedSummary>> {
+        Ok(self.get_prepared_partial().await?.tolerated("get_prepared"))
+    }
+
+    /// Every prepared batch of the groups that answered, and why the others did not (see
+    /// [`Partial`]).
+    ///
+    /// # Errors
+    /// Transient errors when no group could be read.
+    pub async fn get_prepared_partial(&self) -> Result<Partial<Vec<PreparedSummary>>> {
         let layout = self.layout();
         let mut pipe = redis::pipe();
         for g in 0..layout.groups() {
             pipe.zrange(layout.group(g).prepared, 0, -1);
         }
-        let mut conn = self.conn();
-        let groups: Vec<Vec<String>> = self
-            .run("get_prepared", "", async move {
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
+        let read = self.read_groups("get_prepared", 1, &pipe).await?;
         let mut out = Vec::new();
-        for member in groups.into_iter().flatten() {
+        for member in read
+            .converted::<Vec<String>>()?
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flatten()
+        {
             let parsed = member.split_once(':').and_then(|(id, encoded)| {
                 Some(PreparedSummary {
                     id: id.parse().ok()?,
@@ -318,7 +445,10 @@ impl Buffer {
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        Ok(Partial {
+            found: out,
+            missed: read.missed,
+        })
     }
 }
 

@@ -224,22 +224,21 @@ impl Buffer {
     /// persister calls [`Buffer::forget_stale_failures`]; join them with
     /// [`Buffer::get_prepared`] to show only batches that are still there.
     ///
+    /// On a cluster, the groups of a master that does not answer are left out, with a warning.
+    ///
     /// # Errors
-    /// Transient errors; a Redis error when a failures hash was overwritten with another type.
+    /// Transient errors when no group could be read; a Redis error when a failures hash was
+    /// overwritten with another type.
     pub async fn failures(&self) -> Result<Vec<FailingWork>> {
         let layout = self.layout();
         let mut pipe = redis::pipe();
         for g in 0..layout.groups() {
             pipe.hgetall(layout.group(g).failures);
         }
-        let mut conn = self.conn();
-        let groups: Vec<HashMap<String, String>> = self
-            .run("list failures", "", async move {
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
+        let read = self.read_groups("list failures", 1, &pipe).await?;
+        let groups = read.converted::<HashMap<String, String>>()?;
         let mut out = Vec::new();
-        for (field, json) in groups.into_iter().flatten() {
+        for (field, json) in groups.into_iter().flatten().flatten().flatten() {
             let parsed = parse_field(&field).and_then(|(store, batch)| {
                 let record = serde_json::from_str::<FailureRecord>(&json).ok()?;
                 Some(FailingWork {
@@ -254,7 +253,11 @@ impl Buffer {
             }
         }
         out.sort_by(|a, b| (&a.store, &a.batch).cmp(&(&b.store, &b.batch)));
-        Ok(out)
+        Ok(crate::discovery::Partial {
+            found: out,
+            missed: read.missed,
+        }
+        .tolerated("list failures"))
     }
 
     /// Removes the records among `entries` whose batch (or live store) no longer exists, each

@@ -172,7 +172,7 @@ pub use batch::{BatchId, PreparedBatch};
 pub use buffer::Buffer;
 pub use clock::{Clock, ManualClock, SystemClock, millis};
 pub use config::{BufferConfig, redact_url};
-pub use discovery::{PreparedSummary, StoreSummary};
+pub use discovery::{Partial, PreparedSummary, StoreSummary};
 pub use error::{Error, Result};
 pub use events::{Event, EventKind};
 pub use failures::{Backoff, FailingWork, FailureRecord, MAX_FAILURE_ERROR_BYTES};

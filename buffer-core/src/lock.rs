@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::keys::KeyLayout;
 use crate::name::StoreName;
 use crate::prepare::PrepareOutcome;
+use crate::replicas::{ReplicaWait, ScriptCall};
 use crate::scripts;
 
 /// Who holds a lock and for how much longer, as the dashboard shows it.
@@ -169,16 +170,45 @@ impl Buffer {
             rand::random::<u64>(),
             rand::random::<u64>()
         );
-        let mut conn = self.conn();
-        let (k, v) = (key.clone(), value.clone());
-        let mut invocation = scripts::LOCK.key(k);
-        invocation.arg(v).arg(ttl_ms);
         let sent = Instant::now();
-        let reply: Option<String> = self
-            .run("lock", target.store().as_str(), async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
+        let reply: Option<String> = match (&target, ReplicaWait::of(self)) {
+            // A batch is locked to be written. With `wait_replicas`, its prepare must be on the
+            // replicas before that: a prepare whose WAIT failed leaves a batch that a failover
+            // can undo (the promoted replica holding its records live, to be prepared and
+            // written again). The lock's write and a WAIT go in one round trip on one
+            // connection, and WAIT counts every write before it there, the prepare included
+            // (it preceded the lock in the master's replication stream).
+            (LockTarget::Batch(store, _), Some(_)) => {
+                let mut call = ScriptCall::new(&scripts::LOCK);
+                call.key(&key).arg(&value).arg(ttl_ms);
+                match call
+                    .invoke::<Option<String>>(
+                        self,
+                        "confirm the batch's prepare on replicas before writing it",
+                        store.as_str(),
+                    )
+                    .await
+                {
+                    Ok(reply) => reply,
+                    Err(err) => {
+                        // Whatever the lock's fate, a lock of ours must not keep the batch
+                        // from the next attempt for a whole TTL.
+                        drop(self.release_key(&key, &value, store.as_str()).await);
+                        return Err(err);
+                    }
+                }
+            }
+            _ => {
+                let mut conn = self.conn();
+                let (k, v) = (key.clone(), value.clone());
+                let mut invocation = scripts::LOCK.key(k);
+                invocation.arg(v).arg(ttl_ms);
+                self.run("lock", target.store().as_str(), async move {
+                    invocation.invoke_async(&mut conn).await
+                })
+                .await?
+            }
+        };
         Ok(reply.map(|_| LockGuard {
             buffer: self.clone(),
             target,
@@ -340,16 +370,9 @@ impl LockGuard {
     /// Transient errors.
     pub async fn release(mut self) -> Result<bool> {
         self.heartbeat = None;
-        let mut invocation = scripts::RELEASE.key(&self.key);
-        invocation.arg(&self.value);
-        let mut conn = self.buffer.conn();
-        let released: i64 = self
-            .buffer
-            .run("release lock", self.target.store().as_str(), async move {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
-        Ok(released == 1)
+        self.buffer
+            .release_key(&self.key, &self.value, self.target.store().as_str())
+            .await
     }
 
     /// Prepares the locked store and hands this lock over to the new batch, atomically: on

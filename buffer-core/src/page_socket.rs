@@ -13,14 +13,15 @@
 //! (these sockets are plain TCP or unix), a cluster whose slot map does not know the key's
 //! master yet, an error reply (a `MOVED` after a reshard, `WRONGTYPE`, …), a record that is
 //! not UTF-8, or a socket that failed. A handshake the server refuses (AUTH, SELECT) turns the
-//! road off for the `Buffer`, with one warning.
+//! road off for that server for a while (a second after a transient refusal such as
+//! `LOADING`, a minute otherwise, with a warning), never for good: one refusal during a
+//! restart must not slow every later drain of the process.
 //!
 //! [`Connection`]: crate::connection::Connection
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -30,6 +31,11 @@ use crate::page::Page;
 
 /// How many idle sockets are kept per server (a persister reads with one per batch in flight).
 const IDLE_PER_SERVER: usize = 8;
+/// How long the road stays off for a server after it refused the handshake: briefly for a
+/// refusal that says "later" (a server loading its data, busy, or a master down), a minute
+/// for any other (wrong password, no permission), after which the handshake is tried again.
+const OFF_AFTER_TRANSIENT_REFUSAL: Duration = Duration::from_secs(1);
+const OFF_AFTER_REFUSAL: Duration = Duration::from_secs(60);
 /// The name of the page sockets in `CLIENT LIST`.
 pub(crate) const CLIENT_NAME: &str = "buffer-page-reader";
 /// The read buffer of a socket: a reply streams through it into the page.
@@ -39,8 +45,9 @@ const READ_BUFFER: usize = 64 * 1024;
 #[derive(Debug, Default)]
 pub(crate) struct PageSockets {
     idle: Mutex<HashMap<String, Vec<PageSocket>>>,
-    /// Set when a server refused this road's handshake: every page takes the general road.
-    off: AtomicBool,
+    /// Servers that refused this road's handshake, with when to try it again: until then,
+    /// their pages take the general road.
+    off: Mutex<HashMap<String, Instant>>,
 }
 
 /// Why a page was not read on this road (it is then read on the general one).
@@ -78,10 +85,10 @@ impl PageSockets {
         expected_bytes: usize,
         timeouts: (Duration, Duration),
     ) -> Result<Page, Detour> {
-        if self.off.load(Ordering::Relaxed) {
+        let address = info.addr().to_string();
+        if self.is_off(&address) {
             return Err(Detour::Unavailable);
         }
-        let address = info.addr().to_string();
         let (connect_timeout, response_timeout) = timeouts;
         let idle = self.take_idle(&address);
         let mut socket = match idle {
@@ -89,10 +96,20 @@ impl PageSockets {
             None => match PageSocket::connect(info, connect_timeout).await {
                 Ok(socket) => socket,
                 Err(Handshake::Refused(reply)) => {
-                    if !self.off.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(server = %address, reply = %reply,
-                            "the server refused the batch reader's own connection; pages are read through the general connection");
-                    }
+                    let transient = ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"]
+                        .iter()
+                        .any(|code| reply.trim_start_matches('-').starts_with(code));
+                    let pause = if transient {
+                        OFF_AFTER_TRANSIENT_REFUSAL
+                    } else {
+                        OFF_AFTER_REFUSAL
+                    };
+                    tracing::warn!(server = %address, reply = %reply, ?pause,
+                        "the server refused the batch reader's own connection; its pages are read through the general connection for a while");
+                    self.off
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(address, Instant::now() + pause);
                     return Err(Detour::Unavailable);
                 }
                 Err(Handshake::Unsupported) => return Err(Detour::Unavailable),
@@ -114,6 +131,19 @@ impl PageSockets {
             Err(_elapsed) => Err(Detour::Failed(timed_out(
                 "no reply within the response timeout",
             ))),
+        }
+    }
+
+    /// True while the road is off for the server at `address`.
+    fn is_off(&self, address: &str) -> bool {
+        let mut off = self.off.lock().unwrap_or_else(|e| e.into_inner());
+        match off.get(address) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                off.remove(address);
+                false
+            }
+            None => false,
         }
     }
 

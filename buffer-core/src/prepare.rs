@@ -53,9 +53,26 @@ impl Buffer {
             // With `wait_replicas`, WAIT follows the script: a batch is handed to the persister
             // (and its file written) only once the move is on the replicas, so a failover
             // cannot bring its records back live to be written twice (ARCHITECTURE.md).
-            let reply: Vec<i64> = invocation
+            let reply: Vec<i64> = match invocation
                 .invoke(self, "prepare_to_persist", store.as_str())
-                .await?;
+                .await
+            {
+                Ok(reply) => reply,
+                Err(err @ Error::ReplicasNotConfirmed { .. }) => {
+                    // The script ran, so a batch may now exist under our lock, its move not yet
+                    // on the replicas. Nobody may write it before it is (see `Buffer::lock`,
+                    // which waits again): release its lock, token-checked, so the next attempt
+                    // (a recovery, which waits for the replicas first) need not wait a TTL.
+                    if let Some(value) = lock_value {
+                        drop(
+                            self.release_key(&layout.batch_lock(store, &id), value, store.as_str())
+                                .await,
+                        );
+                    }
+                    return Err(err);
+                }
+                Err(err) => return Err(err),
+            };
             let count = |value: &i64| u64::try_from(*value).unwrap_or(0);
             match reply.as_slice() {
                 [0] => return Ok(PrepareOutcome::Empty),
@@ -90,6 +107,24 @@ impl Buffer {
         Err(Error::Corrupt {
             what: format!("could not find a free batch id for store {store:?} in 16 attempts"),
         })
+    }
+
+    /// Deletes the lock `key` (here because a prepare whose WAIT failed releases the batch
+    /// lock it made; `LockGuard::release` uses it too) if it still holds `value` (token-checked, no MULTI). Returns
+    /// whether it did.
+    ///
+    /// # Errors
+    /// Transient errors.
+    pub(crate) async fn release_key(&self, key: &str, value: &str, store: &str) -> Result<bool> {
+        let mut invocation = scripts::RELEASE.key(key);
+        invocation.arg(value);
+        let mut conn = self.conn();
+        let released: i64 = self
+            .run("release lock", store, async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(released == 1)
     }
 
     /// Reads a batch's counts, or `None` when it does not exist (it was emptied).

@@ -117,6 +117,17 @@ impl Error {
         }
     }
 
+    /// True when a write (a batch's prepare, or a recovery's lock, which confirms that
+    /// prepare) was not confirmed by the replicas `--wait-replicas` asks for: the batch is
+    /// not written until it is.
+    pub fn is_replicas_not_confirmed(&self) -> bool {
+        match self {
+            Self::Buffer(err) => matches!(err, buffer_core::Error::ReplicasNotConfirmed { .. }),
+            Self::InBatch { error, .. } => error.is_replicas_not_confirmed(),
+            _ => false,
+        }
+    }
+
     /// True when the batch was abandoned for shutdown (not a failure of the batch).
     pub fn is_abandoned(&self) -> bool {
         match self {

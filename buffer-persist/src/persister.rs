@@ -468,6 +468,12 @@ impl Persister {
         let batch_text = batch.map(ToString::to_string).unwrap_or_default();
         if err.is_lock_lost() {
             tracing::warn!(%err, "lost the lock; another persister has the batch");
+        } else if err.is_replicas_not_confirmed() {
+            // Not the batch's failure: its prepare (or the recovery's check of it) is not yet
+            // on the replicas, so it is not written now. It stays prepared, its lock released,
+            // and is recovered at the next poll, which checks the replicas again.
+            self.counters.batch_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %err, "not written: the batch's prepare is not confirmed by the replicas yet; it stays prepared and is retried at the next poll");
         } else {
             self.counters.batch_failures.fetch_add(1, Ordering::Relaxed);
             let backoff = Backoff {
@@ -491,7 +497,7 @@ impl Persister {
                     );
                 }
                 Ok(None) => {
-                    tracing::info!(error = %err, "batch failed, and another persister has finished it since");
+                    tracing::info!(error = %err, "batch failed; its failure was not recorded because the batch (or store) is gone from Redis since: another persister finished it, or it was prepared meanwhile");
                 }
                 Err(record_err) => {
                     tracing::error!(
@@ -739,8 +745,17 @@ impl Persister {
         let failing = self.failing_work().await;
         // The snapshot: live stores first, then prepared batches, so a store prepared by
         // another persister between the two reads is found as its batch.
-        let live = self.buffer.stores().await?;
-        let prepared = self.buffer.get_prepared().await?;
+        let live = self.buffer.stores_partial().await?;
+        let prepared = self.buffer.get_prepared_partial().await?;
+        // Groups on a master that did not answer (a cluster node down or frozen) are drained
+        // no further than what answered; each is a failure line, so the drain does not exit
+        // 0 having skipped them.
+        for err in live.missed.iter().chain(&prepared.missed) {
+            report.failures.push(format!(
+                "stores on an unreachable master were not drained: {err}"
+            ));
+        }
+        let (live, prepared) = (live.found, prepared.found);
         let mut known: HashSet<String> = HashSet::new();
         let mut pending: Vec<Work> = Vec::new();
         for batch in prepared {
