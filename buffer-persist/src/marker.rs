@@ -24,9 +24,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{Format, OutputLocation, PersistConfig};
+use crate::config::{Compression, Format, OutputLocation, PersistConfig};
 use crate::error::{Error, Result};
 use crate::paths::DEFAULT_PATH_TEMPLATE;
+use crate::writer;
 
 /// The marker's file name inside the output directory.
 pub const MARKER_FILE: &str = ".buffer-persist";
@@ -115,8 +116,12 @@ pub(crate) fn check_or_write(config: &PersistConfig) -> Result<()> {
 /// template other than the default is recorded too: two persisters with different templates
 /// would write one batch under two names. The default template adds no line, so directories
 /// set up before templates existed keep their marker byte for byte (the template is checked
-/// to have no control character, so it is one line). An object output records its part size:
-/// it decides where a batch is split into parts, so persisters sharing a prefix must agree.
+/// to have no control character, so it is one line). An object output records its part size
+/// and, when it compresses, the compression level (`compression-level=`, last): both decide
+/// where a batch is split into parts, so every attempt at a batch must use the same ones (see
+/// [`compare`] for how a marker with another level, or none, is followed). A directory's
+/// marker records no level: a file is never split, and an earlier attempt's file is compared
+/// decompressed.
 pub(crate) fn marker_text(config: &PersistConfig) -> String {
     let mut text = format!(
         "format={}\ncompression={}\n",
@@ -130,35 +135,127 @@ pub(crate) fn marker_text(config: &PersistConfig) -> String {
     }
     if matches!(config.output_location(), Ok(OutputLocation::S3 { .. })) {
         text.push_str(&format!("part-size={}\n", config.part_size));
+        if let Some(level) = writer::compression_level(config.format, config.compression) {
+            text.push_str(&format!("{LEVEL_KEY}={level}\n"));
+        }
     }
     text
 }
 
-/// Compares a marker `found` at `path` with the one `wanted`, for outputs where a marker is
-/// published whole or not at all (object storage): anything but the same complete marker is
-/// refused, naming the difference.
+/// The marker line naming the compression level of an object prefix.
+const LEVEL_KEY: &str = "compression-level";
+
+/// The level objects under a prefix were compressed at when its marker has no
+/// `compression-level=` line: it was written before the line existed, by versions that
+/// compressed JSON Lines and CSV with zstd at 3 and gzip at 2 (the levels chosen by the bench),
+/// and Parquet columns at the `parquet` crate's defaults, zstd 1 and gzip 6. (Development builds
+/// from before the bench chose gzip's level compressed gzip at 6; the marker cannot tell them
+/// apart. A prefix they set up and left with a half-published gzip batch gets a marker with
+/// `compression-level=6` by hand: README.md, "Landing in object storage".)
+fn level_before_the_line(format: Format, compression: Compression) -> Option<i32> {
+    match (format, compression) {
+        (_, Compression::None) => None,
+        (Format::Parquet, Compression::Gzip) => Some(6),
+        (Format::Parquet, Compression::Zstd) => Some(1),
+        (Format::JsonLines | Format::Csv, Compression::Gzip) => Some(2),
+        (Format::JsonLines | Format::Csv, Compression::Zstd) => Some(3),
+    }
+}
+
+/// A marker's text without its `compression-level=` line, and that line's value.
+fn split_level(text: &str) -> (String, Option<&str>) {
+    let mut rest = String::with_capacity(text.len());
+    let mut level = None;
+    for line in text.split_inclusive('\n') {
+        match line
+            .strip_suffix('\n')
+            .and_then(|line| line.strip_prefix(LEVEL_KEY))
+            .and_then(|line| line.strip_prefix('='))
+        {
+            Some(value) => level = Some(value),
+            None => rest.push_str(line),
+        }
+    }
+    (rest, level)
+}
+
+/// Compares a marker `found` at `path` with `config`'s, for outputs where a marker is
+/// published whole or not at all (object storage): anything but a complete marker with the
+/// same settings is refused, naming the difference. Returns the gzip or zstd level this
+/// persister must compress at (`None` without compression): the one the marker names, or for a
+/// marker without a level line the level of the versions that wrote such markers
+/// (`level_before_the_line`), whatever this binary's own level. So a batch one version
+/// half-published as parts is finished by another in the same parts. A Parquet prefix whose
+/// level differs from this binary's is refused instead (its columns' level is the `parquet`
+/// crate's, which this binary cannot change), naming both levels.
 ///
 /// # Errors
 /// [`Error::OutputMismatch`].
-pub(crate) fn compare(path: PathBuf, found: &str, wanted: &str) -> Result<()> {
-    match classify(found) {
-        Marker::Complete if found == wanted => Ok(()),
-        Marker::Complete => Err(mismatch(
-            path,
-            found,
-            wanted,
-            "prefix",
-            "--format, --compress, --csv-max-columns, --path-template and --part-size",
-        )),
-        Marker::HalfMade | Marker::Foreign => Err(Error::OutputMismatch {
+pub(crate) fn compare(path: PathBuf, found: &str, config: &PersistConfig) -> Result<Option<i32>> {
+    let wanted = marker_text(config);
+    if classify(found) != Marker::Complete {
+        return Err(Error::OutputMismatch {
             reason: format!(
                 "this object is not a marker buffer-persist writes ({:?}); remove it if this prefix is meant for buffer-persist",
                 shorten(found)
             ),
             path,
-        }),
+        });
     }
+    let (found_settings, found_level) = split_level(found);
+    let (wanted_settings, _) = split_level(&wanted);
+    let ours = writer::compression_level(config.format, config.compression);
+    if found_settings != wanted_settings || (found_level.is_some() && ours.is_none()) {
+        return Err(mismatch(path, found, &wanted, "prefix", OBJECT_SETTINGS));
+    }
+    let theirs = match found_level {
+        None => level_before_the_line(config.format, config.compression),
+        Some(text) => match text.parse::<i32>() {
+            Ok(level) if writer::level_exists(config.compression, level) => Some(level),
+            _ => {
+                return Err(Error::OutputMismatch {
+                    reason: format!(
+                        "the marker names {LEVEL_KEY}={text}, which --compress {} does not have",
+                        config.compression
+                    ),
+                    path,
+                });
+            }
+        },
+    };
+    if theirs == ours {
+        return Ok(ours);
+    }
+    let (Some(theirs_level), Some(ours_level)) = (theirs, ours) else {
+        return Err(mismatch(path, found, &wanted, "prefix", OBJECT_SETTINGS));
+    };
+    if config.format == Format::Parquet {
+        return Err(Error::OutputMismatch {
+            reason: format!(
+                "this prefix's Parquet columns are compressed with {} at level {theirs_level} (its marker{}), this buffer-persist compresses them at level {ours_level} and cannot change it; use a version that compresses at {theirs_level}, or another prefix",
+                config.compression,
+                if found_level.is_some() {
+                    ""
+                } else {
+                    ", written before levels were recorded"
+                },
+            ),
+            path,
+        });
+    }
+    tracing::info!(
+        marker = %path.display(),
+        compression = %config.compression,
+        marker_level = theirs_level,
+        own_level = ours_level,
+        "compressing at the level of the prefix's marker, not this version's own, so every attempt at a batch cuts the same parts"
+    );
+    Ok(theirs)
 }
+
+/// What persisters sharing a prefix must agree on (the compression level is followed).
+const OBJECT_SETTINGS: &str =
+    "--format, --compress, --csv-max-columns, --path-template and --part-size";
 
 /// What a marker's text is.
 #[derive(Debug, PartialEq, Eq)]
@@ -172,12 +269,13 @@ enum Marker {
 }
 
 fn classify(text: &str) -> Marker {
-    const KEYS: [&str; 5] = [
+    const KEYS: [&str; 6] = [
         "format",
         "compression",
         "csv-max-columns",
         "path-template",
         "part-size",
+        LEVEL_KEY,
     ];
     let is_setting = |line: &str| {
         line.split_once('=')
@@ -381,6 +479,52 @@ mod tests {
         for foreign in ["hello\n", "hello", "format=csv\nhello\n", "\n"] {
             assert_eq!(classify(foreign), Marker::Foreign, "{foreign:?}");
         }
+    }
+
+    fn s3_config(format: Format, compression: Compression) -> PersistConfig {
+        let mut config = PersistConfig::new("s3://bucket/prefix");
+        config.format = format;
+        config.compression = compression;
+        config
+    }
+
+    #[test]
+    fn an_object_marker_records_the_level_and_a_persister_takes_the_markers_level() {
+        let path = || PathBuf::from("s3://bucket/prefix/.buffer-persist");
+        let gzip = s3_config(Format::JsonLines, Compression::Gzip);
+        let text = marker_text(&gzip);
+        assert!(text.ends_with("\ncompression-level=2\n"), "{text}");
+        assert_eq!(classify(&text), Marker::Complete);
+        assert_eq!(compare(path(), &text, &gzip).unwrap(), Some(2));
+        // Another level: followed.
+        let at_9 = text.replace("compression-level=2", "compression-level=9");
+        assert_eq!(compare(path(), &at_9, &gzip).unwrap(), Some(9));
+        // No level line: the level of the versions that wrote such markers.
+        let before = text.replace("compression-level=2\n", "");
+        assert_eq!(compare(path(), &before, &gzip).unwrap(), Some(2));
+        let zstd = s3_config(Format::Csv, Compression::Zstd);
+        let before = marker_text(&zstd).replace("compression-level=3\n", "");
+        assert_eq!(compare(path(), &before, &zstd).unwrap(), Some(3));
+        // A level gzip does not have, another setting, a level without compression: refused.
+        let at_42 = text.replace("compression-level=2", "compression-level=42");
+        let err = compare(path(), &at_42, &gzip).unwrap_err().to_string();
+        assert!(err.contains("compression-level=42"), "{err}");
+        let other_size = at_9.replace("part-size=", "part-size=1");
+        assert!(compare(path(), &other_size, &gzip).is_err());
+        let plain = s3_config(Format::JsonLines, Compression::None);
+        assert!(!marker_text(&plain).contains("compression-level"));
+        let plain_with_level = format!("{}compression-level=2\n", marker_text(&plain));
+        assert!(compare(path(), &plain_with_level, &plain).is_err());
+        // Parquet's column level cannot be changed by this binary: refused, naming both.
+        let parquet = s3_config(Format::Parquet, Compression::Zstd);
+        let ours = marker_text(&parquet);
+        assert!(ours.ends_with("\ncompression-level=1\n"), "{ours}");
+        let at_5 = ours.replace("compression-level=1", "compression-level=5");
+        let err = compare(path(), &at_5, &parquet).unwrap_err().to_string();
+        assert!(err.contains("level 5") && err.contains("level 1"), "{err}");
+        // A directory's marker is unchanged: no level, no part size.
+        let local = PersistConfig::new("/tmp/out");
+        assert_eq!(marker_text(&local), "format=jsonl\ncompression=none\n");
     }
 
     #[test]

@@ -227,12 +227,23 @@ impl Persister {
     /// Errors of one batch or one poll are logged, counted and retried at the next poll; they
     /// never end the loop.
     ///
+    /// An output it cannot reach at start (the object store down, say) is waited for: set-up
+    /// is tried again with a capped backoff, each failure logged, until it works or `shutdown`
+    /// is cancelled (then it returns `Ok`).
+    ///
     /// # Errors
-    /// [`Error::Config`] for invalid settings; [`Error::Io`] or [`Error::OutputMismatch`] when
-    /// the output directory cannot be used.
+    /// [`Error::Config`] for invalid settings; [`Error::OutputMismatch`] when the output was
+    /// set up with other settings.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         self.config.validate()?;
-        self.output()?.prepare(&self.config).await?;
+        if !self
+            .output()?
+            .prepare_until_ready(&self.config, &shutdown)
+            .await?
+        {
+            tracing::info!("shutdown before the output was ready; persister stopped");
+            return Ok(());
+        }
         tracing::info!(
             out = %self.config.out_dir.display(),
             max_age = ?self.config.max_age,

@@ -54,8 +54,36 @@ pub(crate) fn open_file_sink(path: &Path) -> io::Result<Box<dyn FileSink>> {
 }
 
 /// The compression levels of `--compress gzip` and `--compress zstd` (see `Compressor::new`).
+/// An object prefix records the level in its marker (`marker.rs`), and a persister writing
+/// there follows the marker's level, so changing these never changes how an object output
+/// splits a batch that an older version began.
 pub(crate) const GZIP_LEVEL: u32 = 2;
 pub(crate) const ZSTD_LEVEL: i32 = 3;
+
+/// The level this binary compresses a `format` file with `compression` at: the gzip or zstd
+/// level of the whole file ([`GZIP_LEVEL`], [`ZSTD_LEVEL`]), or for Parquet its columns' codec
+/// level (the `parquet` crate's default, which `parquet.rs` uses). `None` without compression.
+pub(crate) fn compression_level(format: Format, compression: Compression) -> Option<i32> {
+    use parquet::basic::{GzipLevel, ZstdLevel};
+    match (format, compression) {
+        (_, Compression::None) => None,
+        (Format::Parquet, Compression::Gzip) => {
+            i32::try_from(GzipLevel::default().compression_level()).ok()
+        }
+        (Format::Parquet, Compression::Zstd) => Some(ZstdLevel::default().compression_level()),
+        (Format::JsonLines | Format::Csv, Compression::Gzip) => i32::try_from(GZIP_LEVEL).ok(),
+        (Format::JsonLines | Format::Csv, Compression::Zstd) => Some(ZSTD_LEVEL),
+    }
+}
+
+/// True when `level` is one `compression` has (gzip 0 to 9, zstd's own range).
+pub(crate) fn level_exists(compression: Compression, level: i32) -> bool {
+    match compression {
+        Compression::None => false,
+        Compression::Gzip => (0..=9).contains(&level),
+        Compression::Zstd => zstd::compression_level_range().contains(&level),
+    }
+}
 
 /// After this many bytes, a file's dirty pages are sent on their way to the disk.
 const WRITEBACK_EVERY: u64 = 8 << 20;
@@ -71,22 +99,34 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 ///
 /// An error of a background `fdatasync` is kept and returned by the final `sync`: on Linux a
 /// writeback error is reported once per open file description, which the clone shares, so
-/// dropping it would let the final fsync succeed over lost pages.
+/// dropping it would let the final fsync succeed over lost pages. Only a file that went
+/// through that `sync` is ever published; one dropped without it is being abandoned (its
+/// temporary name is removed), so dropping it does not wait for the thread (see `Drop`).
 struct WritebackFile {
     file: File,
     since_writeback: u64,
+    /// The background `fdatasync` in flight: joined by the next writeback and by `sync`,
+    /// detached on drop.
     in_flight: Option<std::thread::JoinHandle<io::Result<()>>>,
     /// The first error of a background `fdatasync`.
     failed: Option<io::Error>,
+    /// What the background thread runs on the clone: `File::sync_data`; tests slow it down or
+    /// make it fail.
+    writeback: fn(&File) -> io::Result<()>,
 }
 
 impl WritebackFile {
     fn new(file: File) -> Self {
+        Self::with_writeback(file, File::sync_data)
+    }
+
+    fn with_writeback(file: File, writeback: fn(&File) -> io::Result<()>) -> Self {
         Self {
             file,
             since_writeback: 0,
             in_flight: None,
             failed: None,
+            writeback,
         }
     }
 
@@ -110,7 +150,8 @@ impl WritebackFile {
         }
         self.join();
         let clone = self.file.try_clone()?;
-        self.in_flight = Some(std::thread::spawn(move || clone.sync_data()));
+        let writeback = self.writeback;
+        self.in_flight = Some(std::thread::spawn(move || writeback(&clone)));
         self.since_writeback = 0;
         Ok(())
     }
@@ -142,9 +183,51 @@ impl FileSink for WritebackFile {
 }
 
 impl Drop for WritebackFile {
+    /// Detaches the background `fdatasync` instead of joining it: a drop may happen on an
+    /// async worker (a batch abandoned between pages), and joining would hold that worker for
+    /// a whole `fdatasync`. The thread ends on its own once the disk answers, closing its
+    /// clone of the handle. Its error is not needed: this file was never synced by
+    /// [`FileSink::sync`], so it is never published.
     fn drop(&mut self) {
-        // Not left running behind a file that is being removed.
-        self.join();
+        drop(self.in_flight.take());
+    }
+}
+
+thread_local! {
+    /// True while this thread runs the writer's blocking work (`off_worker`): a thread of
+    /// tokio's blocking pool, where a drop may take its time.
+    static OFF_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `work` marked as running off the async workers (see [`drop_off_worker`]). Every
+/// blocking step of writing a batch goes through it (`output::blocking`).
+pub(crate) fn off_worker<T>(work: impl FnOnce() -> T) -> T {
+    /// Puts the mark back as it was, also when `work` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OFF_WORKER.with(|mark| mark.set(self.0));
+        }
+    }
+    let _restore = Restore(OFF_WORKER.with(|mark| mark.replace(true)));
+    work()
+}
+
+/// Drops `value` where its drop cannot stall an async worker: right here on a thread running
+/// the writer's blocking work ([`off_worker`]) or outside any runtime, else on tokio's blocking
+/// pool. An open batch file's drop writes (its buffer is flushed, a gzip or CSV encoder ends its
+/// stream into the file) and removes its temporary file; on an async worker that would hold
+/// every task of that worker for as long as the disk takes.
+pub(crate) fn drop_off_worker<T: Send + 'static>(value: T) {
+    if OFF_WORKER.with(std::cell::Cell::get) {
+        drop(value);
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        // A runtime shutting down drops the task unrun, which drops `value` there: the
+        // clean-up still happens.
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(value))),
+        Err(_) => drop(value),
     }
 }
 
@@ -175,7 +258,9 @@ enum Compressor {
 }
 
 impl Compressor {
-    fn new(sink: Sink, compression: Compression) -> io::Result<Self> {
+    /// `level` is the gzip or zstd level; `None` is this binary's ([`GZIP_LEVEL`],
+    /// [`ZSTD_LEVEL`]).
+    fn new(sink: Sink, compression: Compression, level: Option<i32>) -> io::Result<Self> {
         Ok(match compression {
             // The levels were chosen by measurement (BENCHMARKS.md, "compress JSONL" rows).
             // zstd: the highest level that keeps a compressed drain at half the plain one or
@@ -183,11 +268,25 @@ impl Compressor {
             // 2's; level 2 is the knee of its curve, 4-5× faster than gzip's usual 6 for files
             // about 6 % larger.
             Compression::None => Self::Plain(sink),
-            Compression::Gzip => Self::Gzip(flate2::write::GzEncoder::new(
+            Compression::Gzip => {
+                let level = match level {
+                    Some(level) => u32::try_from(level).map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("gzip has no level {level}"),
+                        )
+                    })?,
+                    None => GZIP_LEVEL,
+                };
+                Self::Gzip(flate2::write::GzEncoder::new(
+                    sink,
+                    flate2::Compression::new(level),
+                ))
+            }
+            Compression::Zstd => Self::Zstd(zstd::stream::write::Encoder::new(
                 sink,
-                flate2::Compression::new(GZIP_LEVEL),
-            )),
-            Compression::Zstd => Self::Zstd(zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL)?),
+                level.unwrap_or(ZSTD_LEVEL),
+            )?),
         })
     }
 
@@ -307,21 +406,25 @@ impl EncodedStream {
     /// Starts the encoder and the compressor over `sink` (a CSV file's header is written at
     /// once). `layout` is the file's columns ([`FileLayout::of_batch`]), which also decides the
     /// format; `compression` is the file's compression, or a Parquet file's column codec (the
-    /// Parquet file itself is never compressed again: [`file_compression`]).
+    /// Parquet file itself is never compressed again: [`file_compression`]). `level` is the
+    /// file's gzip or zstd level, `None` for this binary's ([`compression_level`]); Parquet's
+    /// columns always use theirs.
     pub(crate) fn new(
         sink: Box<dyn FileSink>,
         label: PathBuf,
         store: &StoreName,
         batch: &BatchId,
         compression: Compression,
+        level: Option<i32>,
         layout: FileLayout,
     ) -> Result<Self> {
         let sink = Counting {
             inner: BufWriter::with_capacity(256 * 1024, sink),
             bytes: 0,
         };
-        let compressor = Compressor::new(sink, file_compression(layout.format(), compression))
-            .map_err(Error::io("start compressor", &label))?;
+        let compressor =
+            Compressor::new(sink, file_compression(layout.format(), compression), level)
+                .map_err(Error::io("start compressor", &label))?;
         let encoder = match layout {
             FileLayout::Lines => Encoder::Lines(compressor),
             FileLayout::Parquet(layout) => Encoder::Parquet(Box::new(
@@ -447,14 +550,30 @@ impl EncodedStream {
 }
 
 /// A batch file being written to its temporary name. Dropping it (a failed write, a cancelled
-/// task, an abandon) removes the temporary file; `finish` hands it to a [`SyncedFile`].
+/// task, an abandon) removes the temporary file, off the async workers ([`drop_off_worker`]);
+/// `finish` hands it to a [`SyncedFile`].
 pub(crate) struct BatchFile {
     store: StoreName,
     batch: BatchId,
-    stream: EncodedStream,
-    temp: TempName,
+    /// The encoder and the temporary file; taken by `finish`, else dropped with the batch file.
+    open: Option<OpenFile>,
     target: PathBuf,
     compression: Compression,
+}
+
+/// What a [`BatchFile`]'s drop has to clean up, in this order: the encoder (which may still
+/// write into the file), then the temporary name.
+struct OpenFile {
+    stream: EncodedStream,
+    temp: TempName,
+}
+
+impl Drop for BatchFile {
+    fn drop(&mut self) {
+        if let Some(open) = self.open.take() {
+            drop_off_worker(open);
+        }
+    }
 }
 
 /// What publishing a file did.
@@ -503,19 +622,21 @@ impl BatchFile {
         // From here on the temporary file exists: any error below removes it.
         let temp = TempName(temp);
         let format = layout.format();
+        // A local file needs no agreed level: an earlier attempt's file is compared with this
+        // one decompressed (a Parquet file's columns use the `parquet` crate's levels).
         let stream = EncodedStream::new(
             sink,
             temp.0.clone(),
             &batch.store,
             &batch.id,
             compression,
+            None,
             layout,
         )?;
         Ok(Self {
             store: batch.store.clone(),
             batch: batch.id.clone(),
-            stream,
-            temp,
+            open: Some(OpenFile { stream, temp }),
             target,
             // An earlier attempt's file is compared as the file is compressed (a Parquet file
             // byte for byte).
@@ -525,27 +646,29 @@ impl BatchFile {
 
     /// Appends a page of records (the JSON texts read from Redis).
     pub(crate) fn write_page(&mut self, page: &Page) -> Result<()> {
-        self.stream.write_page(page)
+        self.open_file()?.stream.write_page(page)
+    }
+
+    fn open_file(&mut self) -> Result<&mut OpenFile> {
+        self.open
+            .as_mut()
+            .ok_or_else(|| Error::Task("a finished batch file was written to".into()))
     }
 
     /// Finishes the compression, checks that exactly `expected` records were written and
     /// fsyncs the file. On error the temporary file is removed.
-    pub(crate) fn finish(self, expected: u64) -> Result<SyncedFile> {
-        let Self {
-            store,
-            batch,
-            stream,
-            temp,
-            target,
-            compression,
-        } = self;
+    pub(crate) fn finish(mut self, expected: u64) -> Result<SyncedFile> {
+        let OpenFile { stream, temp } = self
+            .open
+            .take()
+            .ok_or_else(|| Error::Task("a batch file was finished twice".into()))?;
         // The synced file takes over the temporary name (and its removal on error).
         let mut synced = SyncedFile {
-            store,
-            batch,
+            store: self.store.clone(),
+            batch: self.batch.clone(),
             temp: temp.handed_over(),
-            target,
-            compression,
+            target: std::mem::take(&mut self.target),
+            compression: self.compression,
             bytes: 0,
             published: false,
         };
@@ -565,7 +688,7 @@ impl BatchFile {
         Ok(synced)
     }
 
-    /// Removes the temporary file (on abandon).
+    /// Removes the temporary file (on abandon), off the async workers.
     pub(crate) fn discard(self) {
         drop(self);
     }
@@ -857,5 +980,111 @@ mod tests {
         assert!(sink.in_flight.is_none());
         drop(sink);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 20 << 20);
+    }
+
+    fn new_file(dir: &tempfile::TempDir, name: &str) -> File {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join(name))
+            .unwrap()
+    }
+
+    /// Set when `slow_writeback` is done.
+    static SLOW_WRITEBACK_DONE: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    /// An `fdatasync` on a disk that takes 1.5 s to answer.
+    fn slow_writeback(file: &File) -> io::Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let result = file.sync_data();
+        SLOW_WRITEBACK_DONE.store(true, std::sync::atomic::Ordering::SeqCst);
+        result
+    }
+
+    #[test]
+    fn a_writeback_file_dropped_on_an_async_worker_mid_fdatasync_does_not_hold_the_worker() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // Another task on the one worker thread: it ticks only while that thread is free.
+            let ticks = std::sync::Arc::new(AtomicU64::new(0));
+            tokio::spawn({
+                let ticks = ticks.clone();
+                async move {
+                    loop {
+                        ticks.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            });
+            let mut sink = WritebackFile::with_writeback(new_file(&dir, "f"), slow_writeback);
+            sink.write_all(&vec![b'x'; WRITEBACK_EVERY as usize])
+                .unwrap();
+            assert!(sink.in_flight.is_some(), "no background fdatasync started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let started = Instant::now();
+            drop(sink);
+            let took = started.elapsed();
+            assert!(
+                !SLOW_WRITEBACK_DONE.load(Ordering::SeqCst),
+                "the drop waited for the fdatasync ({took:?})"
+            );
+            assert!(took < Duration::from_millis(500), "the drop took {took:?}");
+            let before = ticks.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                ticks.load(Ordering::SeqCst) > before,
+                "the other task did not run"
+            );
+        });
+    }
+
+    /// An `fdatasync` whose disk reports a write error.
+    fn failing_writeback(_: &File) -> io::Result<()> {
+        Err(io::Error::other("injected writeback error"))
+    }
+
+    #[test]
+    fn an_error_of_a_background_fdatasync_fails_the_final_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = WritebackFile::with_writeback(new_file(&dir, "f"), failing_writeback);
+        sink.write_all(&vec![b'x'; WRITEBACK_EVERY as usize])
+            .unwrap();
+        let err = sink.sync().unwrap_err();
+        assert!(
+            err.to_string().contains("injected writeback error"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_value_dropped_off_the_workers_is_dropped_here_on_a_blocking_thread_or_without_runtime() {
+        struct Notes(std::sync::mpsc::Sender<std::thread::ThreadId>);
+        impl Drop for Notes {
+            fn drop(&mut self) {
+                let _ = self.0.send(std::thread::current().id());
+            }
+        }
+        let here = std::thread::current().id();
+        let (sender, dropped) = std::sync::mpsc::channel();
+        // No runtime: dropped here.
+        drop_off_worker(Notes(sender.clone()));
+        assert_eq!(dropped.recv().unwrap(), here);
+        // Inside the writer's blocking work: dropped right there.
+        off_worker(|| drop_off_worker(Notes(sender.clone())));
+        assert_eq!(dropped.recv().unwrap(), here);
+        // On an async worker: dropped on another thread (tokio's blocking pool).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async { drop_off_worker(Notes(sender.clone())) });
+        drop(runtime);
+        assert_ne!(dropped.recv().unwrap(), here);
     }
 }

@@ -745,3 +745,311 @@ fn padded_records(seed: u64, count: u64) -> Vec<Value> {
         })
         .collect()
 }
+
+/// `text` without the terminal colour codes of the persister's human log format.
+fn without_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('\x1b') {
+        plain.push_str(&rest[..start]);
+        rest = &rest[start..];
+        rest = match rest.find('m') {
+            Some(end) => &rest[end + 1..],
+            None => "",
+        };
+    }
+    plain.push_str(rest);
+    plain
+}
+
+/// `count` record texts `{"id":i,"words":"…"}` of words from a small vocabulary: compressible
+/// enough that gzip's levels give clearly different sizes, so they split a batch differently.
+fn wordy_texts(seed: u64, count: usize) -> Vec<String> {
+    const WORDS: [&str; 24] = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+        "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra",
+        "tango", "uniform", "victor", "whiskey", "yankee",
+    ];
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|i| {
+            let words: Vec<&str> = (0..30)
+                .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+                .collect();
+            format!("{{\"id\":{i},\"words\":\"{}\"}}", words.join(" "))
+        })
+        .collect()
+}
+
+/// The gzip parts the object output cuts a batch of `texts` into at `level` and `part_size`,
+/// byte for byte: each record written as the output writes it (its text, then a newline) into
+/// one gzip stream, the part closed at the first record after which the stream has put out
+/// `part_size` bytes, unless it is the last record. Returns each part's bytes and the index of
+/// its last record.
+fn gzip_parts(texts: &[String], level: u32, part_size: usize) -> Vec<(Vec<u8>, usize)> {
+    use std::io::Write;
+    let start = || flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+    let mut parts = Vec::new();
+    let mut part = start();
+    for (index, text) in texts.iter().enumerate() {
+        part.write_all(text.as_bytes()).unwrap();
+        part.write_all(b"\n").unwrap();
+        if part.get_ref().len() >= part_size && index + 1 < texts.len() {
+            let full = std::mem::replace(&mut part, start());
+            parts.push((full.finish().unwrap(), index));
+        }
+    }
+    parts.push((part.finish().unwrap(), texts.len() - 1));
+    parts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_s3_marker_records_the_compression_level_and_a_persister_follows_the_markers_level() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let buffer = redis.buffer().await;
+    let marker = format!("{PREFIX}/.buffer-persist");
+
+    // A fresh prefix: the marker records this version's level (zstd 3), after the part size.
+    drain(&redis, &s3, &["--compress", "zstd", "--part-size", "64KiB"]);
+    assert_eq!(
+        std::str::from_utf8(&s3.get(&marker).await).unwrap(),
+        "format=jsonl\ncompression=zstd\npart-size=65536\ncompression-level=3\n"
+    );
+
+    // A prefix whose marker names gzip level 9 (as a version compressing at 9 would have
+    // written it): this version, whose own gzip level is 2, compresses at 9, so its parts are
+    // exactly the ones a level-9 writer cuts, and not the level-2 ones.
+    let gzip_9 = "format=jsonl\ncompression=gzip\npart-size=65536\ncompression-level=9\n";
+    s3.replace(&marker, gzip_9).await;
+    let texts = wordy_texts(22, 6000);
+    buffer.push_json("levels", &texts).await.unwrap();
+    let (mut command, _work) = persist_command(&redis, &s3, "drain");
+    command
+        .args([
+            "--compress",
+            "gzip",
+            "--part-size",
+            "64KiB",
+            "--lock-ttl",
+            "1s",
+        ])
+        .env("RUST_LOG", "info");
+    let (status, stderr) = run(command);
+    let stderr = without_colours(&stderr);
+    assert!(status.success(), "drain failed: {stderr}");
+    assert!(
+        stderr.contains("compressing at the level of the prefix's marker")
+            && stderr.contains("marker_level=9")
+            && stderr.contains("own_level=2"),
+        "the switch to the marker's level is not logged: {stderr}"
+    );
+    let objects = batch_objects(&s3, "jsonl.gz").await;
+    let mut published = Vec::new();
+    for key in objects.keys() {
+        published.push(s3.get(key).await.to_vec());
+    }
+    let at_9 = gzip_parts(&texts, 9, 64 * 1024);
+    let at_2 = gzip_parts(&texts, 2, 64 * 1024);
+    let last_records = |parts: &[(Vec<u8>, usize)]| parts.iter().map(|p| p.1).collect::<Vec<_>>();
+    println!(
+        "levels: parts end at records {:?} at level 9, {:?} at level 2",
+        last_records(&at_9),
+        last_records(&at_2)
+    );
+    assert!(at_9.len() > 1, "the batch must be split to show anything");
+    assert_ne!(
+        last_records(&at_9),
+        last_records(&at_2),
+        "the two levels must split this batch differently for the test to mean something"
+    );
+    assert_eq!(published.len(), at_9.len(), "{:?}", objects.keys());
+    assert!(
+        published
+            .iter()
+            .zip(&at_9)
+            .all(|(ours, (theirs, _))| ours == theirs),
+        "the parts are not the level-9 writer's, byte for byte"
+    );
+    // gzip's header says so too: XFL 2 is "maximum compression".
+    assert!(published.iter().all(|part| part[8] == 2));
+    let ids: Vec<u64> = objects
+        .values()
+        .flatten()
+        .map(|record| record["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (0..6000).collect::<Vec<_>>());
+    assert_eq!(
+        std::str::from_utf8(&s3.get(&marker).await).unwrap(),
+        gzip_9,
+        "the marker is never rewritten"
+    );
+
+    // A Parquet prefix at a level this version cannot write its columns at is refused, naming
+    // both levels; nothing is written.
+    s3.replace(
+        &marker,
+        "format=parquet\ncompression=zstd\ncsv-max-columns=64\npart-size=65536\ncompression-level=5\n",
+    )
+    .await;
+    buffer.push_json("refused", &texts[..10]).await.unwrap();
+    let (mut command, _work) = persist_command(&redis, &s3, "drain");
+    command.args([
+        "--format",
+        "parquet",
+        "--compress",
+        "zstd",
+        "--part-size",
+        "64KiB",
+        "--csv-max-columns",
+        "64",
+    ]);
+    let (status, stderr) = run(command);
+    assert!(
+        !status.success(),
+        "a Parquet drain at another level started"
+    );
+    assert!(
+        stderr.contains(&marker) && stderr.contains("level 5") && stderr.contains("level 1"),
+        "{stderr}"
+    );
+    assert!(
+        !s3.keys().await.iter().any(|key| key.contains("/refused/")),
+        "a refused persister wrote an object"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_started_while_the_s3_server_is_stopped_waits_logging_each_retry_then_persists_once() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let buffer = redis.buffer().await;
+    s3.pause();
+    // Requests time out after 1 s, so the old start-up (one marker PUT, then exit) would have
+    // given up after about a second.
+    let short_timeouts = [("AWS_TIMEOUT", "1s"), ("AWS_CONNECT_TIMEOUT", "1s")];
+    let (mut command, _work) = persist_command(&redis, &s3, "run");
+    command
+        .args([
+            "--interval",
+            "50ms",
+            "--max-age",
+            "100ms",
+            "--lock-ttl",
+            "1s",
+        ])
+        .envs(short_timeouts)
+        .env("RUST_LOG", "warn");
+    let started = std::time::Instant::now();
+    let mut runner = command.spawn().unwrap();
+    // A second one, asked to stop while it is still waiting for S3.
+    let (mut command, _stopped_work) = persist_command(&redis, &s3, "run");
+    let stopped = command.envs(short_timeouts).spawn().unwrap();
+    // Its log, line by line, as it comes.
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = std::thread::spawn({
+        let lines = lines.clone();
+        let stderr = runner.stderr.take().unwrap();
+        move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                lines.lock().unwrap().push(without_colours(&line.unwrap()));
+            }
+        }
+    });
+    let retries = || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains("cannot set up the output; trying again"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // A drain meanwhile fails, saying what it could not reach.
+    let (mut command, _drain_work) = persist_command(&redis, &s3, "drain");
+    command.envs(short_timeouts);
+    let (status, drain_stderr) = run(command);
+    assert_eq!(status.code(), Some(1), "{drain_stderr}");
+    assert!(
+        drain_stderr.contains(&format!("{}/.buffer-persist", s3.url(PREFIX)))
+            && drain_stderr.contains("error: publish"),
+        "{drain_stderr}"
+    );
+    println!("drain while S3 is stopped: {}", drain_stderr.trim());
+
+    let waited = eventually(Duration::from_secs(60), || async { retries().len() >= 4 }).await;
+    assert!(
+        waited,
+        "not four retries logged: {:?}",
+        lines.lock().unwrap()
+    );
+    assert!(
+        runner.try_wait().unwrap().is_none(),
+        "the persister exited while S3 was stopped"
+    );
+    let logged = retries();
+    println!(
+        "alive after {:?} with {} retries logged, the last: {}",
+        started.elapsed(),
+        logged.len(),
+        logged.last().unwrap()
+    );
+    // Each line names what failed (the marker object) and when the next try is.
+    assert!(
+        logged
+            .iter()
+            .all(|line| line.contains(".buffer-persist") && line.contains("retry_in")),
+        "{logged:?}"
+    );
+    assert!(logged[0].contains("retry_in=1s") && logged[1].contains("retry_in=2s"));
+    assert!(logged[0].contains("timed out"), "{}", logged[0]);
+    // Shutdown while it waits: exit 0.
+    let asked = std::time::Instant::now();
+    buffer_tests::stop_and_expect_success(stopped);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    s3.resume();
+    let ledger = Arc::new(std::sync::Mutex::new(buffer_tests::Ledger::default()));
+    produce(buffer.clone(), 0..300, 3, 30, ledger.clone()).await;
+    let landed = eventually(Duration::from_secs(90), || async {
+        buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
+    })
+    .await;
+    assert!(
+        landed,
+        "the records did not land once S3 was back: {:?}",
+        lines.lock().unwrap()
+    );
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|line| !line.contains("ERROR")),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    // SIGTERM: a clean exit.
+    let terminated = Command::new("kill")
+        .arg("-TERM")
+        .arg(runner.id().to_string())
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let status = runner.wait().unwrap();
+    reader.join().unwrap();
+    assert!(
+        status.success(),
+        "exit {status}: {:?}",
+        lines.lock().unwrap()
+    );
+    let objects = batch_objects(&s3, "jsonl").await;
+    let persisted = check_exactly_once(&objects, &ledger.lock().unwrap(), &redis);
+    assert_eq!(persisted, 300);
+}

@@ -296,3 +296,134 @@ fn the_path_template_flag_puts_files_in_hive_partitions() {
     assert!(files[0].ends_with(".jsonl.gz"), "{files:?}");
     assert!(marker(out.path()).contains(&format!("path-template={template}\n")));
 }
+
+/// A temporary file whose drop takes a second, as closing a file can when its last writes
+/// wait for a slow disk (a buffer flushed, a pending `fdatasync`). Notes where and when the
+/// drop ran.
+struct SlowToDrop {
+    file: fs::File,
+    drops: std::sync::Arc<std::sync::Mutex<Vec<DropSeen>>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct DropSeen {
+    thread: std::thread::ThreadId,
+    started: std::time::Instant,
+    ended: std::time::Instant,
+}
+
+impl Write for SlowToDrop {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl buffer_persist::FileSink for SlowToDrop {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+impl Drop for SlowToDrop {
+    fn drop(&mut self) {
+        let started = std::time::Instant::now();
+        std::thread::sleep(Duration::from_secs(1));
+        self.drops.lock().unwrap().push(DropSeen {
+            thread: std::thread::current().id(),
+            started,
+            ended: std::time::Instant::now(),
+        });
+    }
+}
+
+#[test]
+fn a_batch_abandoned_on_the_only_async_worker_is_cleaned_up_off_it_while_other_tasks_run() {
+    use buffer_persist::{FileSink, PersistConfig, Persister};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    let server = RedisServer::start();
+    let out = tempfile::tempdir().unwrap();
+    // One thread runs every task: a drop that blocks it stops the ticker below.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let worker = std::thread::current().id();
+    runtime.block_on(async {
+        let buffer = buffer_core::Buffer::connect(server.config().page_size(10))
+            .await
+            .unwrap();
+        let texts: Vec<String> = (0..100).map(|i| format!("{{\"id\":{i}}}")).collect();
+        buffer.push_json("s", &texts).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let drops: Arc<Mutex<Vec<DropSeen>>> = Arc::default();
+        // The temporary file is opened, then shutdown is asked for: the persister abandons the
+        // batch at its first page, dropping the open file on the async side.
+        let persister = Persister::new(buffer.clone(), PersistConfig::new(out.path()))
+            .with_sink_factory(Arc::new({
+                let (shutdown, drops) = (shutdown.clone(), drops.clone());
+                move |path: &Path| {
+                    let file = fs::File::options()
+                        .write(true)
+                        .create_new(true)
+                        .open(path)?;
+                    shutdown.cancel();
+                    Ok(Box::new(SlowToDrop {
+                        file,
+                        drops: drops.clone(),
+                    }) as Box<dyn FileSink>)
+                }
+            }));
+        let ticks: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    ticks.lock().unwrap().push(Instant::now());
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        let store = buffer_core::StoreName::new("s").unwrap();
+        let err = persister.flush_store(&store, &shutdown).await.unwrap_err();
+        let returned = Instant::now();
+        assert!(err.is_abandoned(), "{err}");
+        let dropped = buffer_tests::eventually(Duration::from_secs(10), || async {
+            !drops.lock().unwrap().is_empty()
+        })
+        .await;
+        assert!(dropped, "the abandoned file was never dropped");
+        let seen = drops.lock().unwrap()[0];
+        ticker.abort();
+        let ticks_meanwhile = ticks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|tick| **tick > seen.started && **tick < seen.ended)
+            .count();
+        println!(
+            "abandoned file dropped in {:?}, {ticks_meanwhile} ticks of another task meanwhile",
+            seen.ended - seen.started
+        );
+        assert_ne!(seen.thread, worker, "dropped on the async worker");
+        assert!(returned < seen.ended, "flush_store waited for the drop");
+        assert!(
+            ticks_meanwhile >= 20,
+            "the other task ran {ticks_meanwhile} times during a 1 s drop"
+        );
+        // The clean-up is complete: no temporary file, the batch still in Redis.
+        let cleaned = buffer_tests::eventually(Duration::from_secs(5), || async {
+            buffer_tests::files_under(out.path())
+                .iter()
+                .all(|path| !path.to_string_lossy().ends_with(".tmp"))
+        })
+        .await;
+        assert!(cleaned, "{:?}", buffer_tests::files_under(out.path()));
+        assert_eq!(buffer.get_prepared().await.unwrap().len(), 1);
+    });
+}

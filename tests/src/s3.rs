@@ -187,6 +187,19 @@ impl S3Server {
             .map(|_| ())
     }
 
+    /// Replaces `key` with `body` (delete, then conditional create): how a test puts a marker
+    /// of its own in place of the one a persister wrote.
+    pub async fn replace(&self, key: &str, body: &'static str) {
+        let path = ObjectPath::parse(key).unwrap();
+        self.store()
+            .delete(&path)
+            .await
+            .unwrap_or_else(|err| panic!("delete {key}: {err}"));
+        self.put_if_absent(key, body)
+            .await
+            .unwrap_or_else(|err| panic!("create {key}: {err}"));
+    }
+
     /// Copies every object under `prefix` into `dir` (same relative names), for readers that
     /// cannot read S3 themselves. Returns the files written.
     pub async fn download(&self, prefix: &str, dir: &std::path::Path) -> Vec<PathBuf> {

@@ -17,16 +17,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use buffer_core::{LockGuard, Page, PreparedBatch};
+use buffer_core::{Backoff, LockGuard, Page, PreparedBatch};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{OutputLocation, PersistConfig};
 use crate::error::{Error, Result};
-use crate::writer::{BatchFile, FileLayout, Published, SinkFactory};
+use crate::writer::{self, BatchFile, FileLayout, Published, SinkFactory};
 
 pub(crate) mod local;
 pub(crate) mod object;
 
 pub(crate) use object::ObjectOutput;
+
+/// How long a persister that cannot set its output up at start waits before trying again:
+/// one second after the first failure, doubling up to 30 s. Each try of an object store
+/// also has the client's own retries (`object::ObjectOutput::s3_from_env`).
+pub(crate) const PREPARE_BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(30),
+};
 
 /// A persister's output, made once from its configuration.
 pub(crate) enum Output {
@@ -72,6 +81,57 @@ impl Output {
         }
     }
 
+    /// [`Output::prepare`] until it succeeds, for a persister that must wait for its output
+    /// rather than exit (`Persister::run`): an output it cannot reach yet (an object store
+    /// that is down, a directory on a mount not there yet: [`Error::is_transient`]) is tried
+    /// again after [`PREPARE_BACKOFF`], each failure logged with what failed and when the next
+    /// try is. Returns `false` when `shutdown` is cancelled first, also mid-attempt.
+    ///
+    /// # Errors
+    /// What cannot get better by waiting: [`Error::OutputMismatch`] (the output was set up
+    /// with other settings), [`Error::Config`].
+    pub(crate) async fn prepare_until_ready(
+        &self,
+        config: &PersistConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<bool> {
+        let mut failures: u32 = 0;
+        loop {
+            let attempt = tokio::select! {
+                () = shutdown.cancelled() => return Ok(false),
+                attempt = self.prepare(config) => attempt,
+            };
+            match attempt {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            out = %config.out_dir.display(),
+                            failed_attempts = failures,
+                            "the output is ready"
+                        );
+                    }
+                    return Ok(true);
+                }
+                Err(err) if err.is_transient() => {
+                    failures = failures.saturating_add(1);
+                    let delay = PREPARE_BACKOFF.delay(failures);
+                    tracing::warn!(
+                        out = %config.out_dir.display(),
+                        error = %with_causes(&err),
+                        attempt = failures,
+                        retry_in = %humantime::format_duration(delay),
+                        "cannot set up the output; trying again"
+                    );
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(false),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
     /// Starts writing `batch` laid out as `layout` ([`FileLayout::of_batch`]).
     ///
     /// # Errors
@@ -96,7 +156,7 @@ impl Output {
                 config,
                 batch,
                 layout,
-            )))),
+            )?))),
         }
     }
 
@@ -180,12 +240,30 @@ impl BatchWrite {
     }
 }
 
+/// `err`'s message followed by those of its causes that it does not already include: what
+/// an object store request met ("operation timed out", "connection refused") is a cause of
+/// the client's "error sending request".
+fn with_causes(err: &Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(current) = cause {
+        let line = current.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        cause = current.source();
+    }
+    text
+}
+
 /// Runs file and encoding work on the blocking pool so slow disks and compression never stall
-/// the async workers.
+/// the async workers. A batch file dropped by `work` (on an error) is dropped right there
+/// (`writer::off_worker`), so its temporary file is gone when this returns.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(work)
+    tokio::task::spawn_blocking(move || writer::off_worker(work))
         .await
         .map_err(|err| Error::Task(format!("file writer: {err}")))?
 }

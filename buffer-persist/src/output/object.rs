@@ -27,7 +27,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use buffer_core::{LockGuard, Page, PreparedBatch};
@@ -57,6 +57,10 @@ pub(crate) struct ObjectOutput {
     base: String,
     /// The key prefix (no leading or trailing `/`), empty for the bucket's root.
     prefix: String,
+    /// The gzip or zstd level the prefix's objects are compressed at (`None` without
+    /// compression), as its marker says: set once by `check_or_write_marker`, before any batch,
+    /// and read by every `ObjectBatch`. The split into parts depends on it.
+    level: OnceLock<Option<i32>>,
 }
 
 impl ObjectOutput {
@@ -88,6 +92,7 @@ impl ObjectOutput {
             store: Arc::new(store),
             base: format!("s3://{bucket}"),
             prefix: prefix.to_owned(),
+            level: OnceLock::new(),
         })
     }
 
@@ -115,7 +120,10 @@ impl ObjectOutput {
     /// Publishes the `.buffer-persist` marker under the prefix with a conditional create, or
     /// reads the one there and compares it: persisters sharing a prefix must agree on format,
     /// compression, CSV columns, path template and part size, or one batch could be
-    /// published under two names, or split differently.
+    /// published under two names, or split differently. The compression level is the
+    /// marker's: this persister compresses at the level the marker names (or, for a marker
+    /// from before levels were recorded, the level that version used), so every attempt at a
+    /// batch cuts the same parts (`marker::compare`).
     ///
     /// # Errors
     /// [`Error::OutputMismatch`] for a marker with other settings or not written by this
@@ -124,7 +132,7 @@ impl ObjectOutput {
         let key = self.key(std::path::Path::new(MARKER_FILE))?;
         let url = self.url(&key);
         let wanted = marker::marker_text(config);
-        match self
+        let level = match self
             .store
             .put_opts(
                 &key,
@@ -135,7 +143,7 @@ impl ObjectOutput {
         {
             Ok(_) => {
                 failpoint("after-marker");
-                Ok(())
+                writer::compression_level(config.format, config.compression)
             }
             Err(object_store::Error::AlreadyExists { .. }) => {
                 let found = self
@@ -146,14 +154,33 @@ impl ObjectOutput {
                     .bytes()
                     .await
                     .map_err(object_error("read", &url))?;
-                marker::compare(
-                    PathBuf::from(url),
-                    &String::from_utf8_lossy(&found),
-                    &wanted,
-                )
+                marker::compare(PathBuf::from(url), &String::from_utf8_lossy(&found), config)?
             }
-            Err(err) => Err(object_error("publish", &url)(err)),
+            Err(err) => return Err(object_error("publish", &url)(err)),
+        };
+        // Every later check (a `drain` after a `run` of the same persister) must find the
+        // same level: batches already started are split at the first one.
+        let settled = *self.level.get_or_init(|| level);
+        if settled != level {
+            return Err(Error::OutputMismatch {
+                path: PathBuf::from(self.url(&key)),
+                reason: format!(
+                    "the marker's compression level changed from {settled:?} to {level:?} while this persister ran"
+                ),
+            });
         }
+        Ok(())
+    }
+
+    /// The level the marker settled; an error before the marker was checked, so no batch is
+    /// ever split at a level the prefix did not agree on.
+    fn level(&self) -> Result<Option<i32>> {
+        self.level.get().copied().ok_or_else(|| {
+            Error::Task(format!(
+                "a batch was started on {}/{} before its marker was checked",
+                self.base, self.prefix
+            ))
+        })
     }
 
     /// Publishes one complete object with a conditional create. An object already under the
@@ -250,6 +277,8 @@ pub(crate) struct ObjectBatch {
     ext: String,
     /// The compression setting: a file's compression, or Parquet's column codec.
     compression: Compression,
+    /// The gzip or zstd level of every part, the prefix's (its marker's).
+    level: Option<i32>,
     /// What a part is compared with an object already under its name as: `compression`, or
     /// none for Parquet (compared byte for byte).
     file_compression: Compression,
@@ -284,14 +313,19 @@ struct ClosedPart {
 }
 
 impl ObjectBatch {
+    /// A batch on its way to `output`, compressed at the level its marker settled.
+    ///
+    /// # Errors
+    /// [`Error::Task`] when the output's marker was not checked yet.
     pub(crate) fn new(
         output: Arc<ObjectOutput>,
         template: PathTemplate,
         config: &PersistConfig,
         batch: &PreparedBatch,
         layout: FileLayout,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        Ok(Self {
+            level: output.level()?,
             output,
             template,
             batch: batch.clone(),
@@ -305,7 +339,7 @@ impl ObjectBatch {
             closed: 0,
             written: 0,
             first: None,
-        }
+        })
     }
 
     /// The part being encoded, started when there is none.
@@ -322,6 +356,7 @@ impl ObjectBatch {
                 &self.batch.store,
                 &self.batch.id,
                 self.compression,
+                self.level,
                 self.layout.clone(),
             )?;
             self.current = Some(OpenPart { stream, buffer });
