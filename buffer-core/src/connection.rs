@@ -822,7 +822,13 @@ impl ClusterRouter {
         unit: &Unit<'_>,
     ) -> RedisResult<Vec<Value>> {
         let commands = unit.commands();
-        let mut conn = self.node_on(address, Lane::of(commands.iter())).await?;
+        // Each step bounded here, not only by the caller: a connect to a frozen node would
+        // otherwise outlast the caller's own timeout, which drops this future before the
+        // node can be put under suspicion, and every later request would wait on it again.
+        let connecting = self.node_on(address, Lane::of(commands.iter()));
+        let mut conn = tokio::time::timeout(self.settings.connect_timeout, connecting)
+            .await
+            .map_err(|_| timed_out(address, "connecting"))??;
         let mut pipe = redis::pipe();
         if asking {
             // ASKING lets the next command (or, after MULTI, the whole block) use the slot the
@@ -832,9 +838,10 @@ impl ClusterRouter {
         for cmd in commands {
             pipe.add_command(cmd);
         }
-        let replies = conn
-            .req_packed_commands(&pipe, usize::from(asking), unit.len())
-            .await?;
+        let exchange = conn.req_packed_commands(&pipe, usize::from(asking), unit.len());
+        let replies = tokio::time::timeout(self.settings.response_timeout, exchange)
+            .await
+            .map_err(|_| timed_out(address, "waiting for its reply"))??;
         // A redirect or refusal among the replies (of the command, or inside a MULTI block,
         // whose EXEC then aborted) is the unit's error.
         match replies.iter().find_map(redirect_in) {
@@ -947,6 +954,15 @@ async fn probe(router: Weak<ClusterRouter>, address: String) {
             return;
         }
     }
+}
+
+/// The error of a step with the node at `address` that did not finish in time: an I/O
+/// timeout, so `is_timeout` holds and the caller's outcome is unknown.
+fn timed_out(address: &str, step: &str) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("cluster node {address} did not answer in time ({step})"),
+    ))
 }
 
 /// True when `err` says the node did not answer: a timeout, a failed or refused connect, a
