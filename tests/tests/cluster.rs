@@ -742,3 +742,83 @@ async fn events_resubscribe_through_another_node_when_the_subscribed_one_freezes
     assert!(second.is_some_and(|port| port != first), "{second:?}");
     assert_eq!(received.as_deref(), Some("after"));
 }
+
+/// How many times the nodes of `cluster` have run `CLUSTER SLOTS` (commandstats, summed).
+fn cluster_slots_calls(cluster: &TestCluster) -> u64 {
+    cluster
+        .ports()
+        .into_iter()
+        .map(|port| {
+            let stats = cluster
+                .inner()
+                .cli(Some(port), &["INFO", "commandstats"])
+                .unwrap_or_default();
+            stats
+                .lines()
+                .find(|line| line.starts_with("cmdstat_cluster|slots:"))
+                .and_then(|line| line.split("calls=").nth(1))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|calls| calls.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// After a slot moves, hundreds of requests that all meet `MOVED` at once read the slot map
+/// once between them (single flight), not once each: the refresh never floods the cluster,
+/// and an older map never overwrites a newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_meet_a_moved_slot_together_refresh_the_slot_map_once() {
+    let cluster = TestCluster::start();
+    let buffer = cluster.buffer().await;
+    buffer.push("moving", &json!({"n": 0})).await.unwrap();
+    let slot = slot_of(&cluster, "moving");
+    let owner = cluster.master_for_slot(slot);
+    let target = cluster
+        .masters()
+        .into_iter()
+        .find(|&port| port != owner)
+        .unwrap();
+    cluster.reshard(slot, target);
+    let before = cluster_slots_calls(&cluster);
+    let pushes = (1..=500).map(|n| {
+        let buffer = buffer.clone();
+        async move { buffer.push("moving", &json!({"n": n})).await }
+    });
+    for result in futures::future::join_all(pushes).await {
+        result.unwrap();
+    }
+    let refreshes = cluster_slots_calls(&cluster) - before;
+    assert!(
+        (1..=5).contains(&refreshes),
+        "500 requests meeting MOVED read the slot map {refreshes} times"
+    );
+    assert_eq!(buffer.stores().await.unwrap()[0].records, 501);
+}
+
+/// A cluster whose user may not run `INFO` is still found to be a cluster (through
+/// `CLUSTER SLOTS`), so keys are routed by slot; one refused `INFO` used to make it a single
+/// server for the process's lifetime, and every command for another master met `MOVED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_info_on_a_cluster_is_still_routed_as_a_cluster() {
+    let cluster = TestCluster::start();
+    for port in cluster.ports() {
+        cluster
+            .inner()
+            .cli(
+                Some(port),
+                &[
+                    "ACL", "SETUSER", "noinfo", "on", ">secret", "~*", "&*", "+@all", "-info",
+                ],
+            )
+            .unwrap();
+    }
+    let url = cluster.url().replace("redis://", "redis://noinfo:secret@");
+    let buffer = Buffer::connect(BufferConfig::new(url)).await.unwrap();
+    assert!(buffer.is_cluster().await.unwrap());
+    for name in names(12) {
+        buffer.push(name.as_str(), &json!({"a": 1})).await.unwrap();
+    }
+    assert_eq!(buffer.stores().await.unwrap().len(), 12);
+    assert_keys_on_their_slot_owners(&cluster);
+}

@@ -2306,3 +2306,40 @@ fn keep_alive_outside_a_runtime_is_refused_with_no_runtime_and_the_lock_stays() 
         assert!(guard.release().await.unwrap());
     });
 }
+
+/// A `WAIT` for a replica that does not come blocks the connection it is sent on, on the
+/// server, for its whole timeout. Writes with a `WAIT` go on a connection of their own, so
+/// lock heartbeats, lock takes and reads on the same `Buffer` are not queued behind it (they
+/// used to be, and a heartbeat could miss its lock's TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_replicas_does_not_delay_locks_and_reads_on_the_same_buffer() {
+    let server = RedisServer::start();
+    let wait = Duration::from_millis(1500);
+    let buffer = Buffer::connect(server.config().wait_replicas(1, wait))
+        .await
+        .unwrap();
+    buffer.stores().await.unwrap();
+    let waiting = {
+        let buffer = buffer.clone();
+        tokio::spawn(async move { buffer.push("waited", &json!({"a": 1})).await })
+    };
+    // Let the push and its WAIT reach the server first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let guard = buffer
+        .lock("other", None, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    guard.extend(Duration::from_secs(5)).await.unwrap();
+    buffer.stores().await.unwrap();
+    guard.release().await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "lock, extend, read and release took {took:?} behind a {wait:?} WAIT"
+    );
+    // The push itself waited its WAIT out and says the replica did not confirm it.
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::ReplicasNotConfirmed { .. }), "{err:?}");
+}
