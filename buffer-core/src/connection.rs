@@ -425,23 +425,7 @@ impl ConnectionLike for Connection {
                         }
                     });
                     // Every unit runs to its end: one failing says nothing of the others.
-                    let results = join_all(sends).await;
-                    let ran_somewhere = results.iter().any(Result::is_ok);
-                    // A unit that may have run (a timeout, a broken connection) makes the
-                    // whole outcome unknown, whatever came before it in the pipeline.
-                    if let Some(Err(unknown)) = results
-                        .iter()
-                        .find(|result| matches!(result, Err(err) if may_have_run(err)))
-                    {
-                        return Err(unknown.clone());
-                    }
-                    let mut replies = Vec::new();
-                    for result in results {
-                        match result {
-                            Ok(unit_replies) => replies.extend(unit_replies),
-                            Err(err) => return Err(partial_failure(err, ran_somewhere)),
-                        }
-                    }
+                    let replies = combine_units(join_all(sends).await)?;
                     Ok(replies.into_iter().skip(offset).take(count).collect())
                 }
             }
@@ -1169,13 +1153,37 @@ pub(crate) fn key_slot(key: &[u8]) -> u16 {
 /// which of its pushes were applied: the error then says the outcome is unknown (an I/O
 /// error, as a lost connection would), never that nothing ran.
 fn partial_failure(err: RedisError, ran_somewhere: bool) -> RedisError {
-    if !ran_somewhere || err.is_io_error() || err.is_timeout() {
+    // An error that may have run says "unknown" already; a refusal (an I/O error too) would
+    // say "nothing ran", which is false once another unit ran.
+    if !ran_somewhere || may_have_run(&err) {
         return err;
     }
     RedisError::from(std::io::Error::other(format!(
         "part of a pipeline ran on the cluster and part failed ({err}): which parts were \
          applied is unknown"
     )))
+}
+
+/// The replies of a pipeline's units, in order, or the pipeline's error: a unit that may have
+/// run (a timeout, a broken connection) makes the whole outcome unknown whatever came before
+/// it; a unit refused unsent while others ran makes it unknown too (the caller cannot tell
+/// from one error which ran); only when nothing ran is the refusal itself the error.
+fn combine_units(results: Vec<RedisResult<Vec<Value>>>) -> RedisResult<Vec<Value>> {
+    let ran_somewhere = results.iter().any(Result::is_ok);
+    if let Some(Err(unknown)) = results
+        .iter()
+        .find(|result| matches!(result, Err(err) if may_have_run(err)))
+    {
+        return Err(unknown.clone());
+    }
+    let mut replies = Vec::new();
+    for result in results {
+        match result {
+            Ok(unit_replies) => replies.extend(unit_replies),
+            Err(err) => return Err(partial_failure(err, ran_somewhere)),
+        }
+    }
+    Ok(replies)
 }
 
 /// True when the server refused a command for good: not allowed by the user's ACL
@@ -1288,6 +1296,40 @@ mod tests {
             })
             .collect();
         assert_eq!(lens, [4, 2]);
+    }
+
+    fn refused() -> RedisError {
+        RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    }
+
+    fn timed_out_unit() -> RedisError {
+        timed_out("127.0.0.1:1", "waiting for its reply")
+    }
+
+    #[test]
+    fn a_unit_that_may_have_run_makes_the_whole_pipeline_outcome_unknown() {
+        // A refusal first, a timeout after it: the timeout decides (it may have run), not the
+        // refusal's "nothing ran".
+        let err = combine_units(vec![Err(refused()), Err(timed_out_unit())]).unwrap_err();
+        assert!(may_have_run(&err), "{err}");
+        // Nothing ran, nothing may have: the refusal as it is.
+        let err = combine_units(vec![Err(refused()), Err(refused())]).unwrap_err();
+        assert!(err.is_connection_refusal(), "{err}");
+        // One unit ran and one was refused: which pushes applied is unknown.
+        let err = combine_units(vec![Ok(vec![Value::Okay]), Err(refused())]).unwrap_err();
+        assert!(may_have_run(&err), "{err}");
+        assert_eq!(
+            combine_units(vec![Ok(vec![Value::Okay]), Ok(vec![Value::Int(1)])]).unwrap(),
+            vec![Value::Okay, Value::Int(1)]
+        );
+    }
+
+    #[test]
+    fn a_request_for_a_node_under_suspicion_is_a_refusal_not_an_unknown_outcome() {
+        let err = not_answering("127.0.0.1:1");
+        assert!(err.is_connection_refusal());
+        assert!(!may_have_run(&err));
+        assert!(may_have_run(&timed_out_unit()));
     }
 
     #[test]

@@ -822,3 +822,51 @@ async fn a_user_without_info_on_a_cluster_is_still_routed_as_a_cluster() {
     assert_eq!(buffer.stores().await.unwrap().len(), 12);
     assert_keys_on_their_slot_owners(&cluster);
 }
+
+/// A slot the slot map names no master for (unassigned for a while, as during a repair) is
+/// looked up again by later requests: once a master serves it again, pushes reach it without
+/// a new `Buffer` (the first miss used to be final for the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_missing_from_the_slot_map_is_looked_up_again_until_a_master_serves_it() {
+    let cluster = TestCluster::start();
+    for port in cluster.ports() {
+        cluster
+            .inner()
+            .cli(
+                Some(port),
+                &["CONFIG", "SET", "cluster-require-full-coverage", "no"],
+            )
+            .unwrap();
+    }
+    let buffer = Buffer::connect(cluster.config().response_timeout(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    buffer.push("gap", &json!({"n": 0})).await.unwrap();
+    let slot = slot_of(&cluster, "gap");
+    let owner = cluster.master_for_slot(slot);
+    let slot_text = slot.to_string();
+    for port in cluster.masters() {
+        cluster
+            .inner()
+            .cli(Some(port), &["CLUSTER", "DELSLOTS", &slot_text])
+            .unwrap();
+    }
+    // Unassigned everywhere: the push fails (nothing ran), and the map has no master for it.
+    let err = buffer.push("gap", &json!({"n": 1})).await.unwrap_err();
+    assert!(!err.is_outcome_unknown(), "{err}");
+    let err = buffer.push("gap", &json!({"n": 1})).await.unwrap_err();
+    assert!(!err.is_outcome_unknown(), "{err}");
+    cluster
+        .inner()
+        .cli(Some(owner), &["CLUSTER", "ADDSLOTS", &slot_text])
+        .unwrap();
+    let served = eventually(Duration::from_secs(20), || async {
+        buffer.push("gap", &json!({"n": 2})).await.is_ok()
+    })
+    .await;
+    assert!(
+        served,
+        "pushes never reached the slot once its master served it again"
+    );
+    assert_eq!(buffer.stores().await.unwrap()[0].records, 2);
+}
