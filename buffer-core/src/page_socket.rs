@@ -604,4 +604,19 @@ mod tests {
         assert!(bulk_header(b"$1\rx").is_err());
         assert!(length(b"").is_err() && length(b"12a").is_err());
     }
+
+    #[test]
+    fn a_refused_handshake_turns_the_road_off_for_that_server_for_a_while_only() {
+        let sockets = PageSockets::default();
+        let now = Instant::now();
+        {
+            let mut off = sockets.off.lock().unwrap();
+            off.insert("a:1".into(), now + OFF_AFTER_TRANSIENT_REFUSAL);
+            off.insert("b:2".into(), now - Duration::from_millis(1));
+        }
+        assert!(sockets.is_off("a:1"), "off until its pause ends");
+        assert!(!sockets.is_off("b:2"), "on again once its pause ended");
+        assert!(!sockets.is_off("c:3"), "other servers are never affected");
+        assert!(!sockets.off.lock().unwrap().contains_key("b:2"));
+    }
 }
