@@ -203,7 +203,11 @@ impl RedisArgs {
     fn buffer_config(&self) -> BufferConfig {
         BufferConfig::new(&self.url)
             .namespace(&self.namespace)
+            // One setting bounds both: a server that accepts connections and never answers
+            // must fail after `--redis-timeout`, not after the library's default connect
+            // timeout.
             .response_timeout(self.redis_timeout)
+            .connect_timeout(self.redis_timeout)
             .wait_replicas(self.wait_replicas, self.wait_replicas_timeout)
     }
 
@@ -231,12 +235,23 @@ impl OutputArgs {
     }
 }
 
-/// Sets up logging to stderr: `RUST_LOG` filters (default `info`).
+/// Whether human logs are coloured: only when stderr is a terminal (never into a file or a
+/// pipe, which would hold escape codes), and never when `NO_COLOR` is set to anything but
+/// the empty string (<https://no-color.org>).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    !no_color && std::io::stderr().is_terminal()
+}
+
+/// Sets up logging to stderr: `RUST_LOG` filters (default `info`); colour as
+/// `colour_on_stderr` says.
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -308,12 +323,45 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
+/// A signal that asks the process to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StopSignal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl StopSignal {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Interrupt => "SIGINT",
+            Self::Terminate => "SIGTERM",
+        }
+    }
+
+    /// The exit code of a command this signal stopped before it was done: 128 + the
+    /// signal's number, as a shell reports a process the signal killed (README, "Exit codes").
+    pub(crate) fn exit_code(self) -> i32 {
+        match self {
+            Self::Interrupt => 130,
+            Self::Terminate => 143,
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM. Returns where the handler task records which
+/// signal it was, before it cancels `shutdown` (empty until then; `drain` reads it for its
+/// exit code).
 ///
 /// The handlers are registered before this returns, not inside the spawned task: a SIGTERM
 /// that arrives right after start-up must still be a clean shutdown, not the default action
 /// that kills the process mid-batch.
-pub(crate) fn spawn_signal_handler(shutdown: CancellationToken) {
+pub(crate) fn spawn_signal_handler(
+    shutdown: CancellationToken,
+) -> std::sync::Arc<std::sync::OnceLock<StopSignal>> {
+    let received = std::sync::Arc::new(std::sync::OnceLock::new());
+    let record = received.clone();
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())
         .map_err(|err| tracing::warn!(error = %err, "cannot listen for SIGINT"))
@@ -330,13 +378,15 @@ pub(crate) fn spawn_signal_handler(shutdown: CancellationToken) {
                 None => std::future::pending::<()>().await,
             }
         }
-        tokio::select! {
-            () = next(&mut interrupt) => {}
-            () = next(&mut terminate) => {}
-        }
-        tracing::info!("shutdown requested: finishing up");
+        let signal = tokio::select! {
+            () = next(&mut interrupt) => StopSignal::Interrupt,
+            () = next(&mut terminate) => StopSignal::Terminate,
+        };
+        let _ = record.set(signal);
+        tracing::info!(signal = signal.name(), "shutdown requested: finishing up");
         shutdown.cancel();
     });
+    received
 }
 
 async fn drain(args: DrainArgs) -> anyhow::Result<i32> {
@@ -345,9 +395,14 @@ async fn drain(args: DrainArgs) -> anyhow::Result<i32> {
     // Before connecting: a bad setting (an `--out` URL, say) is the error to report, not
     // whether Redis happens to be reachable.
     config.validate()?;
+    let shutdown = CancellationToken::new();
+    let signal = spawn_signal_handler(shutdown.clone());
     let buffer = args.redis.connect().await?;
     let persister = Persister::new(buffer, config);
-    let report = persister.drain().await?;
+    let report = persister.drain_until(shutdown).await?;
+    if report.interrupted {
+        return Ok(drain_interrupted(&report, signal.get().copied()));
+    }
     eprintln!(
         "drained {} batches, {} records",
         report.batches, report.records
@@ -370,6 +425,38 @@ async fn drain(args: DrainArgs) -> anyhow::Result<i32> {
             if n == 1 { "it stays" } else { "they stay" }
         )
     }
+}
+
+/// Says what an interrupted drain did and left, on stderr, and returns its exit code (the
+/// signal's, README "Exit codes").
+fn drain_interrupted(report: &crate::DrainReport, signal: Option<StopSignal>) -> i32 {
+    let signal = signal.unwrap_or(StopSignal::Interrupt);
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    eprintln!(
+        "drain stopped by {}: {} ({}) persisted; {} left in Redis, none locked by this drain: \
+         the next drain or run picks {} up at once",
+        signal.name(),
+        plural(
+            usize::try_from(report.batches).unwrap_or(usize::MAX),
+            "batch",
+            "batches"
+        ),
+        plural(
+            usize::try_from(report.records).unwrap_or(usize::MAX),
+            "record",
+            "records"
+        ),
+        plural(report.left.len(), "store or batch", "stores and batches"),
+        if report.left.len() == 1 { "it" } else { "them" },
+    );
+    for left in &report.left {
+        eprintln!("  left: {left}");
+    }
+    for failure in &report.failures {
+        eprintln!("error: {failure}");
+    }
+    signal.exit_code()
 }
 
 async fn stores(args: StoresArgs) -> anyhow::Result<i32> {

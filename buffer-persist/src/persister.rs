@@ -121,6 +121,13 @@ pub struct DrainReport {
     /// One message per store or batch of the drain's snapshot that was not persisted (each
     /// stays in Redis): it failed, or was still locked by another persister at the deadline.
     pub failures: Vec<String>,
+    /// True when the drain's shutdown token stopped it before it was done
+    /// ([`Persister::drain_until`]).
+    pub interrupted: bool,
+    /// After a shutdown, one line per store or batch of the snapshot left in Redis for the
+    /// next drain or run: a batch abandoned mid-write (it stays prepared, its lock released),
+    /// or work not started. None of it is locked by this drain.
+    pub left: Vec<String>,
 }
 
 /// A persister. Cheap to clone; clones share counters.
@@ -602,7 +609,15 @@ impl Persister {
             let _ = guard.release().await;
             return Err(err.into());
         }
-        let Some(info) = self.buffer.batch_info(store, batch).await? else {
+        let info = match self.buffer.batch_info(store, batch).await {
+            Ok(info) => info,
+            Err(err) => {
+                // Released so the next attempt need not wait out the TTL.
+                let _ = guard.release().await;
+                return Err(err.into());
+            }
+        };
+        let Some(info) = info else {
             // Emptied already (a crash between deleting the data and its index entry):
             // finish the cleanup, under the lock like every delete.
             guard.empty_batch().await?;
@@ -747,9 +762,22 @@ impl Persister {
     /// As [`Persister::run`]; failures of single batches are listed in the report instead,
     /// one line per store or batch, as is work still locked by others at the deadline.
     pub async fn drain(&self) -> Result<DrainReport> {
+        // A token nobody cancels: the drain runs to its end.
+        self.drain_until(CancellationToken::new()).await
+    }
+
+    /// [`Persister::drain`], stopped early when `shutdown` is cancelled: no work is started
+    /// after that, the batch in hand is abandoned at its next page (it stays prepared, nothing
+    /// partial is published, its lock is released, token-checked), the wait for work that
+    /// others hold ends, and the report says `interrupted` and lists in `left` what stays in
+    /// Redis. Nothing is left locked by this drain, so the next drain or run starts on it at
+    /// once.
+    ///
+    /// # Errors
+    /// As [`Persister::drain`].
+    pub async fn drain_until(&self, shutdown: CancellationToken) -> Result<DrainReport> {
         self.config.validate()?;
         self.output()?.prepare(&self.config).await?;
-        let never = CancellationToken::new();
         let wait = self.config.drain_wait.unwrap_or(self.config.lock_ttl * 2);
         let deadline = Instant::now() + wait;
         let mut report = DrainReport::default();
@@ -777,7 +805,7 @@ impl Persister {
         pending.extend(live.into_iter().map(|s| Work::Flush(s.store)));
         while !pending.is_empty() {
             let results = self
-                .process(std::mem::take(&mut pending), &failing, &never)
+                .process(std::mem::take(&mut pending), &failing, &shutdown)
                 .await;
             let mut settled: HashSet<StoreName> = HashSet::new();
             for (item, result) in results {
@@ -797,10 +825,18 @@ impl Persister {
                     // Held by another persister (or taken over by one after our lock expired):
                     // theirs to finish; look again until it is done or the deadline passes.
                     Ok(BatchOutcome::Busy) => pending.push(item),
-                    // The drain's own token is never cancelled; should it be, the work stays.
-                    Ok(BatchOutcome::Shutdown) => report
-                        .failures
-                        .push(format!("{}: not started (shutting down)", item.describe())),
+                    // Not started: the work stays as it was, unlocked.
+                    Ok(BatchOutcome::Shutdown) => report.left.push(item.left_as_it_was()),
+                    // Stopped between two pages: the batch stays prepared, its lock released
+                    // (`persist_locked` releases on every error).
+                    Err(Error::InBatch {
+                        store,
+                        batch,
+                        error,
+                    }) if error.is_abandoned() => report
+                        .left
+                        .push(Work::Recover(store, batch).left_as_it_was()),
+                    Err(err) if err.is_abandoned() => report.left.push(item.left_as_it_was()),
                     Err(err) if err.is_lock_lost() => pending.push(item),
                     Err(err) => {
                         let what = match &err {
@@ -817,6 +853,17 @@ impl Persister {
             // before this one took the store's lock: those batches are in the index now, and
             // are part of the drain (batches prepared later hold only newer records, but
             // cannot be told apart; they are few, and being persisted anyway).
+            if shutdown.is_cancelled() {
+                // What is still pending was held by another persister at its last attempt:
+                // theirs to finish, not waited for any more.
+                report.interrupted = true;
+                report.left.extend(
+                    pending
+                        .iter()
+                        .map(|item| format!("{}: held by another persister", item.describe())),
+                );
+                break;
+            }
             if !settled.is_empty() {
                 for batch in self.buffer.get_prepared().await? {
                     if !settled.contains(&batch.store) {
@@ -840,8 +887,12 @@ impl Persister {
                 }
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
         }
+        report.interrupted |= shutdown.is_cancelled();
         Ok(report)
     }
 
@@ -899,6 +950,14 @@ impl Work {
         match self {
             Self::Recover(store, batch) => format!("batch {batch} of store {store:?}"),
             Self::Flush(store) => format!("store {store:?}"),
+        }
+    }
+
+    /// The line for work a shutdown left in Redis, unlocked.
+    fn left_as_it_was(&self) -> String {
+        match self {
+            Self::Recover(..) => format!("{} (prepared, not locked)", self.describe()),
+            Self::Flush(..) => format!("{} (live, not locked)", self.describe()),
         }
     }
 }
