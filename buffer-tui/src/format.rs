@@ -90,6 +90,46 @@ pub(crate) fn fit(text: &str, max: usize) -> String {
     out
 }
 
+/// `text` cleaned as by [`clean`] and broken into lines of at most `max` columns, at spaces
+/// where it can and inside a word (a long path) where it must: nothing is left out.
+pub(crate) fn wrap(text: &str, max: usize) -> Vec<String> {
+    let text = clean(text);
+    let max = max.max(1);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    let mut used = 0;
+    let mut buf = [0u8; 4];
+    for word in text.split(' ') {
+        let word_width = width(word);
+        // The word goes on this line, or starts the next one when it fits there whole.
+        if used > 0 && used + 1 + word_width > max && word_width <= max {
+            lines.push(std::mem::take(&mut line));
+            used = 0;
+        } else if used > 0 {
+            if used < max {
+                line.push(' ');
+                used += 1;
+            } else {
+                lines.push(std::mem::take(&mut line));
+                used = 0;
+            }
+        }
+        for c in word.chars() {
+            let w = width(c.encode_utf8(&mut buf));
+            if used + w > max {
+                lines.push(std::mem::take(&mut line));
+                used = 0;
+            }
+            line.push(c);
+            used += w;
+        }
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +163,20 @@ mod tests {
         assert_eq!(fit("orders-and-more", 8), "orders-…");
         assert_eq!(fit("日本語の名前", 5), "日本…");
         assert_eq!(fit("abc", 0), "");
+    }
+
+    #[test]
+    fn wrapped_text_keeps_every_character_and_breaks_at_spaces() {
+        assert_eq!(
+            wrap("no space left on device", 10),
+            ["no space", "left on", "device"]
+        );
+        // A path longer than a line is broken inside it; nothing is lost.
+        let path = "create out/orders/1699999998000-000000000000ef56.jsonl: Is a directory";
+        let lines = wrap(path, 20);
+        assert!(lines.iter().all(|l| width(l) <= 20), "{lines:?}");
+        assert_eq!(lines.join(" ").replace(' ', ""), path.replace(' ', ""));
+        assert_eq!(wrap("", 5), [""]);
+        assert_eq!(wrap("a\u{1b}b", 5), ["a\u{fffd}b"]);
     }
 }

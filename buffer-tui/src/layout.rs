@@ -28,8 +28,10 @@ pub(crate) const MAX_MASTER_LINES: u16 = 3;
 pub(crate) struct Chrome {
     /// The demo adds a third header line with its counters.
     pub(crate) demo: bool,
-    /// A lost connection adds a one-line banner under the header.
+    /// A lost connection adds a banner under the header: one line, or two when what it says
+    /// first ([`banner_lead`], this many columns) does not fit on one.
     pub(crate) banner: bool,
+    pub(crate) banner_lead_width: usize,
     /// The masters of a cluster (0 on one server): the header lists them, a few per line.
     pub(crate) masters: usize,
 }
@@ -40,9 +42,23 @@ impl Chrome {
         Self {
             demo: app.demo.is_some(),
             banner: matches!(app.connection, Connection::Lost { .. }),
+            banner_lead_width: banner_lead(app).map_or(0, |lead| crate::format::width(&lead)),
             masters: app.masters.as_ref().map_or(0, Vec::len),
         }
     }
+}
+
+/// What the banner says first while Redis cannot be reached: `Redis at <address> is
+/// unreachable: <why>` (the poller's words for why). The banner and the empty table say it.
+pub(crate) fn banner_lead(app: &App) -> Option<String> {
+    let Connection::Lost { error, .. } = &app.connection else {
+        return None;
+    };
+    Some(format!(
+        "Redis at {} is unreachable: {}",
+        crate::format::clean(&app.address),
+        crate::format::clean(error)
+    ))
 }
 
 /// How many masters' cells fit on one header line of `width` columns (at least one).
@@ -70,7 +86,12 @@ pub(crate) struct Areas {
 
 /// Splits `area` for `chrome`.
 pub(crate) fn areas(chrome: Chrome, area: Rect) -> Areas {
-    let banner_height = u16::from(chrome.banner);
+    // The lead has a one-column margin.
+    let banner_height = match chrome.banner {
+        false => 0,
+        true if chrome.banner_lead_width < usize::from(area.width) => 1,
+        true => 2,
+    };
     let header_height = if chrome.demo { 3 } else { 2 } + master_lines(chrome.masters, area.width);
     let [header, banner, main, footer] = Layout::vertical([
         Constraint::Length(header_height),
@@ -121,6 +142,7 @@ mod tests {
         let plain = Chrome {
             demo: false,
             banner: false,
+            banner_lead_width: 0,
             masters: 0,
         };
         let rows = table_rows(plain, 120, 40);
@@ -129,6 +151,7 @@ mod tests {
             table_rows(
                 Chrome {
                     banner: true,
+                    banner_lead_width: 0,
                     ..plain
                 },
                 120,
@@ -165,6 +188,7 @@ mod tests {
         let plain = Chrome {
             demo: false,
             banner: false,
+            banner_lead_width: 0,
             masters: 0,
         };
         let cluster = Chrome {

@@ -73,7 +73,7 @@ pub(crate) async fn poll_loop(
         } {
             Ok(snapshot) => Action::Snapshot(Box::new(snapshot)),
             Err(err) => Action::PollFailed {
-                error: err.to_string(),
+                error: unreachable_reason(&err),
                 at_ms: buffer.now_ms(),
             },
         };
@@ -90,6 +90,57 @@ pub(crate) async fn poll_loop(
                 tokio::time::sleep(MIN_GAP).await;
             }
         }
+    }
+}
+
+/// Why Redis cannot be polled, in words a person acts on: what happened at the address, not
+/// which internal step met it first (`cluster mode`, `stores`…: the same refusal meets
+/// whichever read starts first). The dashboard says "Redis at <address> is unreachable: "
+/// before it.
+pub(crate) fn unreachable_reason(err: &buffer_core::Error) -> String {
+    use std::error::Error as _;
+    const REFUSED: &str =
+        "the connection was refused: nothing listens there (is redis-server running?)";
+    match err {
+        buffer_core::Error::Timeout { timeout, .. } => format!(
+            "no answer within {}",
+            crate::format::duration_ms(buffer_core::millis(*timeout))
+        ),
+        buffer_core::Error::Redis { source, .. } => {
+            if source.is_connection_refusal() {
+                return REFUSED.into();
+            }
+            // The operating system's own words, found down the chain, say the rest.
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = source.source();
+            while let Some(error) = cause {
+                if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                    match io.kind() {
+                        std::io::ErrorKind::ConnectionRefused => return REFUSED.into(),
+                        std::io::ErrorKind::TimedOut => return "connecting timed out".into(),
+                        std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof => {
+                            return "the connection was closed".into();
+                        }
+                        _ => {}
+                    }
+                }
+                cause = error.source();
+            }
+            let text = source.to_string();
+            if text.contains("failed to lookup address") {
+                "the host name does not resolve".into()
+            } else if source.is_timeout() {
+                "connecting timed out".into()
+            } else if source.is_connection_dropped() {
+                "the connection was closed".into()
+            } else {
+                // Without the step's name: the server's or the library's own words.
+                text
+            }
+        }
+        other => other.to_string(),
     }
 }
 
@@ -537,5 +588,33 @@ mod tests {
         resumed.await.expect("polling resumes once Redis is back");
         shutdown.cancel();
         task.await.unwrap();
+    }
+
+    /// A single server nothing listens on: the poll's error says so in words, without the
+    /// internal step that met the refusal first (`cluster mode`, `stores`…).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_connection_is_told_in_words_without_the_step_name() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = buffer_core::BufferConfig::new(format!("redis://127.0.0.1:{port}/0"))
+            .connect_timeout(Duration::from_millis(500))
+            .response_timeout(Duration::from_millis(500));
+        let buffer = Buffer::connect_lazy(config).unwrap();
+        let mut known = Vec::new();
+        let masters = poll_masters(&buffer, &mut known);
+        let err = poll_once(&buffer, &ViewRequest::default(), masters)
+            .await
+            .unwrap_err();
+        let reason = unreachable_reason(&err);
+        assert_eq!(
+            reason, "the connection was refused: nothing listens there (is redis-server running?)",
+            "from {err}"
+        );
+        let direct = buffer.is_cluster().await.unwrap_err();
+        assert!(direct.to_string().contains("cluster mode"), "{direct}");
+        assert_eq!(unreachable_reason(&direct), reason);
     }
 }

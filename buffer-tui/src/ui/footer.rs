@@ -2,34 +2,51 @@
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
-use ratatui::text::{Line, Span};
+use ratatui::text::Span;
 use ratatui::widgets::{Paragraph, Widget};
 
+use super::shared::{Part, fit_parts};
 use super::theme;
 use crate::app::{App, Mode};
 use crate::format::{clean, fit};
 
+/// The hints in the key table's order; on a narrow terminal the last ones are left out
+/// first, never cut, but `? help` (which lists them all) and the filter stay.
 pub(super) fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
-    let _key = |k: &'static str| Span::styled(k, theme::KEY);
-    let mut spans = match app.mode {
-        Mode::Filter => vec![
-            Span::styled(" filter /", theme::ATTENTION_STRONG),
-            Span::raw(clean(&app.filter).into_owned()),
-            Span::styled("█", theme::ATTENTION),
-            Span::raw("   "),
-        ],
-        Mode::Normal | Mode::Help => vec![Span::raw(" ")],
-    };
-    for (keys, what) in crate::keys::footer_hints(app.mode, app.screen) {
-        spans.push(Span::styled(keys, theme::KEY));
-        spans.push(Span::raw(format!(" {what}  ")));
-    }
-    if app.mode != Mode::Filter && !app.filter.is_empty() {
-        spans.push(Span::styled(
-            format!("filter /{} (Esc clears)", fit(&app.filter, 20)),
-            theme::ATTENTION,
+    let mut parts = vec![match app.mode {
+        Mode::Filter => Part::new(
+            u8::MAX,
+            vec![
+                Span::styled(" filter /", theme::ATTENTION_STRONG),
+                Span::raw(clean(&app.filter).into_owned()),
+                Span::styled("█", theme::ATTENTION),
+                Span::raw("   "),
+            ],
+        ),
+        Mode::Normal | Mode::Help => Part::new(u8::MAX, vec![Span::raw(" ")]),
+    }];
+    for (i, (keys, what)) in crate::keys::footer_hints(app.mode, app.screen).enumerate() {
+        let keep = if keys == "?" {
+            u8::MAX - 1
+        } else {
+            200u8.saturating_sub(u8::try_from(i).unwrap_or(200))
+        };
+        parts.push(Part::new(
+            keep,
+            vec![
+                Span::styled(keys, theme::KEY),
+                Span::raw(format!(" {what}  ")),
+            ],
         ));
     }
-    let line = Line::from(spans);
-    Paragraph::new(line).render(area, buf);
+    if app.mode != Mode::Filter && !app.filter.is_empty() {
+        parts.push(Part::new(
+            u8::MAX - 1,
+            vec![Span::styled(
+                format!("filter /{} (Esc clears)", fit(&app.filter, 20)),
+                theme::ATTENTION,
+            )],
+        ));
+    }
+    Paragraph::new(fit_parts(parts, usize::from(area.width))).render(area, buf);
 }

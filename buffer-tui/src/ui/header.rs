@@ -8,46 +8,76 @@ use ratatui::widgets::{Paragraph, Widget};
 
 use buffer_core::{MasterHealth, MasterStatus};
 
+use super::shared::{Part, fit_parts};
 use super::theme;
 use crate::app::{App, Connection};
 use crate::format::{bytes, clean, count, duration_ms, fit, width};
 use crate::layout::{MASTER_CELL, MASTER_GAP, MAX_MASTER_LINES, masters_per_line};
 
 pub(super) fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
-    let mut first = vec![
-        Span::styled(" buffer ", theme::BRAND),
-        Span::raw(" "),
-        connection_span(app),
-        Span::raw("  "),
-        Span::styled(fit(&app.address, 48), theme::STRONG),
-    ];
+    let room = usize::from(area.width);
+    // Each part is shown whole or left out (least useful first) at narrow widths: no word is
+    // ever cut. The address takes what the fixed parts leave, up to 48 columns.
+    const ALWAYS: u8 = u8::MAX;
+    let connection = connection_span(app);
+    let address_room = room.saturating_sub(12 + connection.width()).min(48);
+    let mut first = vec![Part::new(
+        ALWAYS,
+        vec![
+            Span::styled(" buffer ", theme::BRAND),
+            Span::raw(" "),
+            connection,
+            Span::raw("  "),
+            Span::styled(fit(&app.address, address_room), theme::STRONG),
+        ],
+    )];
     if let Some(server) = &app.server {
-        first.push(Span::raw(format!(
-            "  Redis {} {}",
-            clean(&server.version),
-            clean(&server.mode)
-        )));
+        first.push(Part::new(
+            3,
+            vec![Span::raw(format!("  Redis {}", clean(&server.version)))],
+        ));
+        first.push(Part::new(
+            1,
+            vec![Span::raw(format!(" {}", clean(&server.mode)))],
+        ));
     }
-
     if let Some(masters) = &app.masters {
         let down = masters.iter().filter(|m| !m.is_up()).count();
-        first.push(Span::styled(
-            format!(
-                "  {} master{}",
-                masters.len(),
-                if masters.len() == 1 { "" } else { "s" }
-            ),
-            theme::DIM,
+        first.push(Part::new(
+            4,
+            vec![Span::styled(
+                format!(
+                    "  {} master{}",
+                    masters.len(),
+                    if masters.len() == 1 { "" } else { "s" }
+                ),
+                theme::DIM,
+            )],
         ));
         if down > 0 {
-            first.push(Span::styled(format!(", {down} down"), theme::FAILING));
+            first.push(Part::new(
+                9,
+                vec![Span::styled(format!(", {down} down"), theme::FAILING)],
+            ));
         }
     }
 
-    let mut second = vec![
-        Span::styled(" ns ", theme::DIM),
-        Span::raw(clean(&app.namespace).into_owned()),
-    ];
+    let item = |keep: u8, label: &str, value: String| {
+        Part::new(
+            keep,
+            vec![
+                Span::styled(format!("  {label} "), theme::DIM),
+                Span::raw(value),
+            ],
+        )
+    };
+    let mut second = vec![Part::new(
+        ALWAYS,
+        vec![
+            Span::styled(" ns ", theme::DIM),
+            Span::raw(clean(&app.namespace).into_owned()),
+        ],
+    )];
     if let Some(server) = &app.server {
         let memory = if server.maxmemory > 0 {
             format!(
@@ -59,33 +89,28 @@ pub(super) fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
             bytes(server.used_memory)
         };
         second.extend([
-            Span::styled("  mem ", theme::DIM),
-            Span::raw(memory),
-            Span::styled("  ops/s ", theme::DIM),
-            Span::raw(count(server.ops_per_sec)),
-            Span::styled("  clients ", theme::DIM),
-            Span::raw(server.clients.to_string()),
-            Span::styled("  stores ", theme::DIM),
-            Span::raw(count(app.rows.len() as u64)),
-            Span::styled("  batches ", theme::DIM),
-            Span::raw(count(app.prepared_total as u64)),
+            item(4, "mem", memory),
+            item(3, "ops/s", count(server.ops_per_sec)),
+            item(1, "clients", server.clients.to_string()),
+            item(8, "stores", count(app.rows.len() as u64)),
+            item(8, "batches", count(app.prepared_total as u64)),
         ]);
         if app.failing_total > 0 {
-            second.push(Span::styled(
-                format!("  failing {}", count(app.failing_total as u64)),
-                theme::FAILING,
+            second.push(Part::new(
+                9,
+                vec![Span::styled(
+                    format!("  failing {}", count(app.failing_total as u64)),
+                    theme::FAILING,
+                )],
             ));
         }
+        second.push(item(7, "persisters", app.persisters.len().to_string()));
     }
-    if app.server.is_some() {
-        second.push(Span::styled("  persisters ", theme::DIM));
-        second.push(Span::raw(app.persisters.len().to_string()));
-    }
+    // The flush column already counts down to it.
     if let Some(max_age) = app.max_age_ms() {
-        second.push(Span::styled("  max-age ", theme::DIM));
-        second.push(Span::raw(duration_ms(max_age)));
+        second.push(item(2, "max-age", duration_ms(max_age)));
     }
-    let mut lines = vec![Line::from(first), Line::from(second)];
+    let mut lines = vec![fit_parts(first, room), fit_parts(second, room)];
     if let Some(masters) = &app.masters {
         lines.extend(master_lines(masters, area.width));
     }

@@ -76,3 +76,45 @@ pub(super) fn store_title(app: &App) -> Line<'static> {
     }
     Line::from(spans)
 }
+
+/// One part of a line that is shown whole or not at all, with how much it is worth keeping
+/// (higher is kept longer).
+pub(super) struct Part {
+    pub(super) keep: u8,
+    pub(super) spans: Vec<Span<'static>>,
+}
+
+impl Part {
+    pub(super) fn new(keep: u8, spans: Vec<Span<'static>>) -> Self {
+        Self { keep, spans }
+    }
+}
+
+/// The parts that fit in `width` columns, in their order: while they do not fit, the part
+/// least worth keeping (the last of equals) is left out, so no word is ever cut. Only when
+/// the parts worth the most do not fit on their own is the line cut (by the terminal edge).
+pub(super) fn fit_parts(mut parts: Vec<Part>, width: usize) -> Line<'static> {
+    let total = |parts: &[Part]| -> usize {
+        parts
+            .iter()
+            .flat_map(|part| &part.spans)
+            .map(Span::width)
+            .sum()
+    };
+    while total(&parts) > width && parts.len() > 1 {
+        let least = parts.iter().map(|part| part.keep).min().unwrap_or(0);
+        let Some(last) = parts.iter().rposition(|part| part.keep == least) else {
+            break;
+        };
+        if least == u8::MAX {
+            break;
+        }
+        parts.remove(last);
+    }
+    Line::from(
+        parts
+            .into_iter()
+            .flat_map(|part| part.spans)
+            .collect::<Vec<_>>(),
+    )
+}

@@ -2,6 +2,7 @@
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Widget};
 
@@ -87,45 +88,76 @@ pub(super) fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
     Paragraph::new(lines).render(inner, buf);
 }
 
+/// One limit of a store and its use of it.
+pub(super) struct LimitPart {
+    /// `records`, `bytes` or `rate`.
+    pub(super) name: &'static str,
+    /// The use, as text (`812`, `90 KiB`, `12`).
+    pub(super) used: String,
+    /// The limit, as text (`1000`, `1.0 MiB`, `50/s`).
+    pub(super) max: String,
+    /// The use in percent of the limit.
+    pub(super) percent: u64,
+    /// Plain under 80 %, the attention colour from 80 %, the failing one when full (pushes
+    /// that do not fit are refused then).
+    pub(super) style: Style,
+    /// Full: pushes that do not fit are refused.
+    pub(super) full: bool,
+}
+
+/// Each limit the store has, with its use (the live records and bytes, the rate's current
+/// second).
+pub(super) fn limit_parts(live: Option<&LiveCounts>, limits: &LimitUse) -> Vec<LimitPart> {
+    let (records, live_bytes) = live.map_or((0, 0), |l| (l.records, l.bytes));
+    // (name, use, limit, value, max)
+    let mut raw: Vec<(&'static str, String, String, u64, u64)> = Vec::new();
+    if let Some(max) = limits.limits.max_records {
+        raw.push(("records", count(records), count(max), records, max));
+    }
+    if let Some(max) = limits.limits.max_bytes {
+        raw.push(("bytes", bytes(live_bytes), bytes(max), live_bytes, max));
+    }
+    if let Some(max) = limits.limits.max_rate {
+        let now = limits.rate_now.unwrap_or(0);
+        raw.push(("rate", count(now), format!("{}/s", count(max)), now, max));
+    }
+    raw.into_iter()
+        .map(|(name, used, max_text, value, max)| {
+            let percent = match max {
+                0 => 100,
+                max => value.saturating_mul(100) / max,
+            };
+            let full = value >= max;
+            let style = if full {
+                theme::FAILING
+            } else if percent >= 80 {
+                theme::ATTENTION
+            } else {
+                Style::new()
+            };
+            LimitPart {
+                name,
+                used,
+                max: max_text,
+                percent,
+                style,
+                full,
+            }
+        })
+        .collect()
+}
+
 /// The store's use of each of its limits: `limits  records 812/1000  bytes 90 KiB/1.0 MiB
 /// rate 12/50/s`, or in percent (`records 81%  bytes 9%  rate 24%`) when that does not fit.
-/// Each part is in the attention colour from 80 % and in the failing one when full (pushes
-/// that do not fit are refused then).
 pub(super) fn limits_line(
     live: Option<&LiveCounts>,
     limits: &LimitUse,
     width: usize,
 ) -> Line<'static> {
-    let (records, live_bytes) = live.map_or((0, 0), |l| (l.records, l.bytes));
-    // (name, use as text, use in percent, value, max)
-    let mut parts: Vec<(&str, String, u64, u64)> = Vec::new();
-    if let Some(max) = limits.limits.max_records {
-        parts.push((
-            "records",
-            format!("{}/{}", count(records), count(max)),
-            records,
-            max,
-        ));
-    }
-    if let Some(max) = limits.limits.max_bytes {
-        parts.push((
-            "bytes",
-            format!("{}/{}", bytes(live_bytes), bytes(max)),
-            live_bytes,
-            max,
-        ));
-    }
-    if let Some(max) = limits.limits.max_rate {
-        let now = limits.rate_now.unwrap_or(0);
-        parts.push(("rate", format!("{}/{}/s", count(now), count(max)), now, max));
-    }
-    let percent = |value: u64, max: u64| match max {
-        0 => 100,
-        max => value.saturating_mul(100) / max,
-    };
+    let parts = limit_parts(live, limits);
     let full: Vec<String> = parts
         .iter()
-        .map(|(name, text, _, _)| format!("{name} {text}"))
+        .map(|part| format!("{} {}/{}", part.name, part.used, part.max))
         .collect();
     let full_width: usize =
         "limits".len() + full.iter().map(|t| 2 + t.chars().count()).sum::<usize>();
@@ -134,20 +166,13 @@ pub(super) fn limits_line(
     } else {
         parts
             .iter()
-            .map(|(name, _, value, max)| format!("{name} {}%", percent(*value, *max)))
+            .map(|part| format!("{} {}%", part.name, part.percent))
             .collect()
     };
     let mut spans = vec![Span::styled("limits", theme::STRONG)];
-    for ((_, _, value, max), text) in parts.iter().zip(texts) {
-        let style = if value >= max {
-            theme::FAILING
-        } else if percent(*value, *max) >= 80 {
-            theme::ATTENTION
-        } else {
-            ratatui::style::Style::new()
-        };
+    for (part, text) in parts.iter().zip(texts) {
         spans.push(Span::raw("  "));
-        spans.push(Span::styled(text, style));
+        spans.push(Span::styled(text, part.style));
     }
     Line::from(spans)
 }

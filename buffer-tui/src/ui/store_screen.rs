@@ -6,6 +6,7 @@ use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, Widget};
 
 use super::shared::{failure_brief, right, short_id, store_title, ttl_text};
+use super::store_panel::limit_parts;
 use super::theme;
 use crate::app::App;
 use crate::format::{age_ms, bytes, clean, count, fit};
@@ -62,24 +63,49 @@ pub(super) fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
 
     // Right: prepared batches, then the latest records, pretty.
     let batch_rows = focus.batches.len().clamp(1, 8) as u16;
-    // Under the table, one line per failing batch with its last error, at full width.
-    let failure_lines: Vec<Line<'static>> = focus
-        .batches
-        .iter()
-        .filter_map(|batch| {
-            let failure = batch.failure.as_ref()?;
-            let head = format!("{} {}: ", short_id(&batch.id), failure_brief(app, failure));
-            let room = usize::from(rest.width).saturating_sub(crate::format::width(&head));
-            Some(Line::from(vec![
-                Span::styled(head, theme::FAILING),
-                Span::raw(fit(&failure.last_error, room)),
-            ]))
-        })
-        .take(4)
-        .collect();
-    let [batches_area, failures_area, records_area] = Layout::vertical([
+    // Under the table, each failing batch (and a store that cannot be prepared) with its
+    // last error wrapped whole: a cut error cannot be acted on. They take what they need, but
+    // leave the latest records a few lines.
+    let mut failure_lines: Vec<Line<'static>> = Vec::new();
+    let error_width = usize::from(rest.width).saturating_sub(2);
+    let mut failure = |head: String, error: &str| {
+        failure_lines.push(Line::styled(head, theme::FAILING));
+        failure_lines.extend(
+            crate::format::wrap(error, error_width)
+                .into_iter()
+                .map(|line| Line::from(format!("  {line}"))),
+        );
+    };
+    if let Some(record) = &focus.failure {
+        failure(
+            format!(
+                "store cannot be prepared {}, last error:",
+                failure_brief(app, record)
+            ),
+            &record.last_error,
+        );
+    }
+    for batch in &focus.batches {
+        if let Some(record) = &batch.failure {
+            failure(
+                format!(
+                    "batch {} {}, last error:",
+                    short_id(&batch.id),
+                    failure_brief(app, record)
+                ),
+                &record.last_error,
+            );
+        }
+    }
+    let limit_lines = limit_lines(app, focus);
+    let failure_room = rest
+        .height
+        .saturating_sub(batch_rows + 2 + limit_lines.len() as u16 + 3);
+    let failure_height = (failure_lines.len() as u16).min(failure_room);
+    let [batches_area, failures_area, limits_area, records_area] = Layout::vertical([
         Constraint::Length(batch_rows + 2),
-        Constraint::Length(failure_lines.len() as u16),
+        Constraint::Length(failure_height),
+        Constraint::Length(limit_lines.len() as u16),
         Constraint::Min(0),
     ])
     .areas(rest);
@@ -164,6 +190,7 @@ pub(super) fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
         Widget::render(batches, batches_area, buf);
     }
     Paragraph::new(failure_lines).render(failures_area, buf);
+    Paragraph::new(limit_lines).render(limits_area, buf);
 
     let mut text = Text::default();
     for record in focus.latest.iter().rev() {
@@ -184,6 +211,31 @@ pub(super) fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
             theme::STRONG,
         )))
         .render(records_area, buf);
+}
+
+/// The store's limits, one line each with its use (`records  1520 of 2000  76%`), under a
+/// ` Limits` heading; `none set` when it has none.
+fn limit_lines(app: &App, focus: &crate::snapshot::FocusDetail) -> Vec<Line<'static>> {
+    let mut lines = vec![Line::styled(" Limits", theme::STRONG)];
+    let Some(limits) = &focus.limits else {
+        lines[0].spans.push(Span::styled("  none set", theme::DIM));
+        return lines;
+    };
+    let live = app.selected_row().and_then(|row| row.live);
+    for part in limit_parts(live.as_ref(), limits) {
+        let mut spans = vec![Span::styled(
+            format!(
+                "  {:<8}{} of {}  {}%",
+                part.name, part.used, part.max, part.percent
+            ),
+            part.style,
+        )];
+        if part.full {
+            spans.push(Span::styled("  full: refusing pushes", theme::FAILING));
+        }
+        lines.push(Line::from(spans));
+    }
+    lines
 }
 
 pub(super) fn is_right_aligned(title: &str) -> bool {

@@ -168,9 +168,13 @@ pub(super) fn render_empty(app: &App, area: Rect, buf: &mut Buffer) {
             "Connecting to {}…",
             clean(&app.address)
         ))],
-        (Connection::Lost { .. }, true) => vec![Line::from(
-            "Redis cannot be reached yet; retrying. Stores appear here once it answers.",
-        )],
+        (Connection::Lost { .. }, true) => vec![
+            Line::from(format!(
+                "{}.",
+                crate::layout::banner_lead(app).unwrap_or_default()
+            )),
+            Line::styled("Retrying; stores appear here once it answers.", theme::DIM),
+        ],
         (_, false) => vec![
             Line::from(format!("No store matches /{}", clean(&app.filter))),
             Line::styled("Esc clears the filter.", theme::DIM),

@@ -294,7 +294,8 @@ fn disconnected_banner() {
     check("disconnected", |w, h| {
         let mut app = populated(w, h);
         app.update(Action::PollFailed {
-            error: "Connection refused (os error 111)".into(),
+            error: "the connection was refused: nothing listens there (is redis-server running?)"
+                .into(),
             at_ms: T0 + 2_000,
         });
         app.update(Action::EventsLost {
@@ -507,4 +508,182 @@ fn hostile_names_cannot_reach_the_terminal() {
     let screen = draw(&mut app, 80, 24);
     assert!(!screen.contains('\u{1b}'));
     assert!(screen.contains("evil\u{fffd}[2J\u{fffd}name"), "{screen}");
+}
+
+/// The lines of a drawn screen, without the quotes the test backend puts around them.
+fn screen_lines(screen: &str) -> Vec<String> {
+    screen
+        .lines()
+        .map(|line| line.trim_matches('"').to_owned())
+        .collect()
+}
+
+/// A single server that refuses connections, before any poll succeeded: the dashboard says
+/// where Redis is, that it is unreachable and why, in words, and no internal step name.
+#[test]
+fn an_unreachable_server_is_named_with_the_reason_in_words() {
+    let refused = "the connection was refused: nothing listens there (is redis-server running?)";
+    check("unreachable", |w, h| {
+        let mut app = new_app(w, h);
+        app.update(Action::PollFailed {
+            error: refused.into(),
+            at_ms: T0,
+        });
+        app.update(Action::Tick { now_ms: T0 + 4_000 });
+        app
+    });
+    for (width, height) in SIZES {
+        let mut app = new_app(width, height);
+        app.update(Action::PollFailed {
+            error: refused.into(),
+            at_ms: T0,
+        });
+        let screen = draw(&mut app, width, height);
+        let lines = screen_lines(&screen);
+        // The banner says it whole too, on two lines when one is not enough.
+        let banner = if lines[3].starts_with('┌') {
+            lines[2].trim().to_owned()
+        } else {
+            format!("{} {}", lines[2].trim(), lines[3].trim())
+        };
+        assert!(
+            banner.starts_with(&format!(
+                "Redis at redis://default:***@127.0.0.1:6379/0 is unreachable: {refused}"
+            )),
+            "{banner:?}\n{screen}"
+        );
+        // The table says it whole, wrapped, whatever the width.
+        let flat: String = lines
+            .iter()
+            .map(|l| l.trim_matches(['│', ' ']))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            flat.contains("nothing listens there (is redis-server running?)."),
+            "{screen}"
+        );
+        assert!(!screen.contains("cluster mode"), "{screen}");
+    }
+}
+
+/// At 80 columns the header and footer leave parts out (the least useful first) instead of
+/// cutting a word: `persisters 1` and `? help` are whole on every screen.
+#[test]
+fn header_and_footer_fit_80_columns_without_a_cut_word() {
+    let screens: Vec<(&str, App)> = vec![
+        ("populated", populated(80, 24)),
+        ("cluster", on_cluster(populated(80, 24), 3, &[1])),
+        ("filter kept", {
+            let mut app = populated(80, 24);
+            app.update(Action::FilterStart);
+            app.update(Action::FilterInput('c'));
+            app.update(Action::FilterAccept);
+            app
+        }),
+        ("store screen", {
+            let mut app = populated(80, 24);
+            app.update(Action::Enter);
+            app
+        }),
+    ];
+    for (what, mut app) in screens {
+        let screen = draw(&mut app, 80, 24);
+        let lines = screen_lines(&screen);
+        let footer = lines.last().unwrap();
+        for line in [&lines[0], &lines[1], footer] {
+            assert!(!line.contains('…'), "{what}: cut line {line:?}\n{screen}");
+            // Whatever is left out, the last column is never the middle of a word.
+            assert!(line.ends_with(' ') || line.len() < 80, "{what}: {line:?}");
+        }
+        assert!(lines[1].contains("persisters 1"), "{what}: {screen}");
+        assert!(lines[1].contains("failing 1"), "{what}: {screen}");
+        assert!(footer.contains("? help"), "{what}: {screen}");
+    }
+    // At 120 columns nothing is left out.
+    let mut app = populated(120, 40);
+    let screen = draw(&mut app, 120, 40);
+    assert!(screen.contains("Redis 7.2.4 standalone"), "{screen}");
+    assert!(screen.contains("clients 5"), "{screen}");
+    assert!(screen.contains("max-age 1m00s"), "{screen}");
+}
+
+/// The store screen shows a failing batch's last error whole, wrapped over as many lines as
+/// it needs, at 80 columns too.
+#[test]
+fn the_store_screen_shows_a_failing_batchs_error_whole() {
+    for (width, height) in SIZES {
+        let mut app = populated(width, height);
+        app.update(Action::Enter);
+        let screen = draw(&mut app, width, height);
+        let lines = screen_lines(&screen);
+        let start = lines
+            .iter()
+            .position(|l| l.contains("batch …0000ef56 ✗3 retry 4s, last error:"))
+            .unwrap_or_else(|| panic!("no failure heading\n{screen}"));
+        let column = lines[start].chars().take_while(|c| *c != 'b').count();
+        // The error's lines are indented two columns under the heading.
+        let text: String = lines[start + 1..]
+            .iter()
+            .map(|l| l.chars().skip(column).collect::<String>())
+            .take_while(|l| l.starts_with("  ") && !l.trim().is_empty())
+            .map(|l| l.trim_end_matches('│').trim().to_owned())
+            .collect::<Vec<_>>()
+            .concat();
+        assert_eq!(
+            text.replace(' ', ""),
+            failing_record().last_error.replace(' ', ""),
+            "{screen}"
+        );
+        assert!(
+            !lines[start + 1..].iter().any(|l| l.contains("…")),
+            "{screen}"
+        );
+    }
+}
+
+/// The store screen shows each limit of the store with its use and percentage, and what a
+/// full one means; a store without limits says it has none.
+#[test]
+fn the_store_screen_shows_the_stores_limits_and_their_use() {
+    check("store_limited", |w, h| {
+        let mut app = populated(w, h);
+        app.focus.as_mut().unwrap().limits = Some(LimitUse {
+            limits: StoreLimits {
+                max_records: Some(2_000),
+                max_bytes: Some(400 * 1024),
+                max_rate: Some(50),
+            },
+            rate_now: Some(50),
+        });
+        app.update(Action::Enter);
+        app
+    });
+    for (width, height) in SIZES {
+        let mut app = populated(width, height);
+        app.focus.as_mut().unwrap().limits = Some(LimitUse {
+            limits: StoreLimits {
+                max_records: Some(2_000),
+                max_bytes: Some(400 * 1024),
+                max_rate: Some(50),
+            },
+            rate_now: Some(50),
+        });
+        app.update(Action::Enter);
+        let screen = draw(&mut app, width, height);
+        assert!(screen.contains(" Limits "), "{screen}");
+        assert!(screen.contains("records 1520 of 2000  76%"), "{screen}");
+        assert!(
+            screen.contains("bytes   393 KiB of 400 KiB  98%"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("rate    50 of 50/s  100%  full: refusing pushes"),
+            "{screen}"
+        );
+
+        let mut app = populated(width, height);
+        app.update(Action::Enter);
+        let screen = draw(&mut app, width, height);
+        assert!(screen.contains("Limits  none set "), "{screen}");
+    }
 }
