@@ -266,3 +266,57 @@ async fn human_logs_into_a_file_carry_no_escape_codes() {
         );
     }
 }
+
+/// Issue 24, item 1 (its second half): a drain that fails under `--wait-replicas` (a server
+/// with no replica: the prepare's `WAIT`, then the recovery's, confirm nothing) leaves no lock
+/// behind, so a drain without it right after finishes at once. (The releases are buffer-core's,
+/// from before this test: it guards them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_failing_under_wait_replicas_leaves_nothing_locked() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    buffer.push("s", &json!({"id": 0})).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // First the store's prepare fails to be confirmed, then the recovery of its batch.
+    for attempt in ["prepare", "recovery"] {
+        let output = drain_command(&server.url(), out.path())
+            .args(["--wait-replicas", "1", "--wait-replicas-timeout", "200ms"])
+            .args(["--lock-ttl", "30s", "--wait", "1s"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{attempt}: {stderr}");
+        let prepared = buffer.get_prepared().await.unwrap();
+        assert_eq!(prepared.len(), 1, "{attempt}: {stderr}");
+        let store = &prepared[0].store;
+        assert_eq!(
+            buffer.lock_info(store, None).await.unwrap(),
+            None,
+            "{attempt}"
+        );
+        assert_eq!(
+            buffer
+                .lock_info(store, Some(&prepared[0].id))
+                .await
+                .unwrap(),
+            None,
+            "{attempt}: the batch lock is released"
+        );
+    }
+    let started = Instant::now();
+    let output = drain_command(&server.url(), out.path())
+        .args(["--lock-ttl", "30s"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(output_records(out.path()).values().flatten().count(), 1);
+}
