@@ -71,11 +71,12 @@ pub enum Command {
 /// How to reach Redis.
 #[derive(Debug, Args)]
 pub struct RedisArgs {
-    /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS), or a
-    /// comma-separated list of Redis Cluster node URLs (one node of a cluster is enough:
-    /// cluster mode is detected).
+    /// Redis URL: `redis://[user:password@]host:port[/db]`, `rediss://` for TLS,
+    /// `redis+unix:///path/to/socket`, or a comma-separated list of Redis Cluster node URLs
+    /// (one node of a cluster is enough: cluster mode is detected).
     #[arg(
         long = "redis",
+        value_name = "URL",
         env = "BUFFER_REDIS_URL",
         default_value = "redis://127.0.0.1:6379"
     )]
@@ -86,6 +87,11 @@ pub struct RedisArgs {
     /// Timeout for each Redis reply, e.g. `5s`.
     #[arg(long, env = "BUFFER_REDIS_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub redis_timeout: Duration,
+}
+
+/// How writes wait for replicas: only on the commands that write (`run`, `drain`, `push`).
+#[derive(Debug, Args)]
+pub struct ReplicaArgs {
     /// Acknowledge a push, and write a batch's file, only once this many replicas of the
     /// master have it (`WAIT`): with 1, a master killed under load loses no acknowledged push
     /// and duplicates nothing. 0 waits for none. See README "What --wait-replicas guarantees
@@ -142,6 +148,8 @@ pub struct RunArgs {
     #[command(flatten)]
     redis: RedisArgs,
     #[command(flatten)]
+    replicas: ReplicaArgs,
+    #[command(flatten)]
     output: OutputArgs,
     /// Flush a store once its first record is this old, e.g. `60s`.
     #[arg(long, env = "BUFFER_MAX_AGE", default_value = "60s", value_parser = duration)]
@@ -155,8 +163,9 @@ pub struct RunArgs {
     /// Time between polls, e.g. `1s`.
     #[arg(long, env = "BUFFER_INTERVAL", default_value = "1s", value_parser = duration)]
     pub interval: Duration,
-    /// Serve Prometheus metrics on this address, e.g. `127.0.0.1:9187`.
-    #[arg(long, env = "BUFFER_METRICS_ADDR")]
+    /// Serve Prometheus metrics on this address, e.g. `127.0.0.1:9187`, `0.0.0.0:9187` or
+    /// `localhost:9187` (a host name is resolved once, at start).
+    #[arg(long, env = "BUFFER_METRICS_ADDR", value_parser = socket_address)]
     pub metrics_addr: Option<SocketAddr>,
 }
 
@@ -165,6 +174,8 @@ pub struct RunArgs {
 pub struct DrainArgs {
     #[command(flatten)]
     redis: RedisArgs,
+    #[command(flatten)]
+    replicas: ReplicaArgs,
     #[command(flatten)]
     output: OutputArgs,
     /// How long to wait for batches locked by other persisters (default 2 × --lock-ttl).
@@ -186,6 +197,21 @@ fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text).map_err(|err| err.to_string())
 }
 
+/// `IP:port` as is, or `host:port` resolved (its first address).
+fn socket_address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let hint = "write IP:port or host:port, e.g. 127.0.0.1:9187 or localhost:9187";
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|err| format!("{text:?} is not an address ({err}); {hint}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address; {hint}"))
+}
+
 fn size(text: &str) -> Result<u64, String> {
     parse_size(text).map_err(|err| err.to_string())
 }
@@ -199,26 +225,78 @@ fn compression(text: &str) -> Result<Compression, String> {
 }
 
 impl RedisArgs {
-    /// The buffer configuration these arguments describe.
-    fn buffer_config(&self) -> BufferConfig {
-        BufferConfig::new(&self.url)
+    /// The buffer configuration these arguments describe, writes waiting for `replicas`
+    /// when given.
+    ///
+    /// # Errors
+    /// When `--redis` is not a Redis URL (nor a list of them): the message shows the forms
+    /// taken (`redis::Client` would only say `InvalidClientConfig`).
+    fn buffer_config(&self, replicas: Option<&ReplicaArgs>) -> anyhow::Result<BufferConfig> {
+        check_redis_urls(&self.url)?;
+        let config = BufferConfig::new(&self.url)
             .namespace(&self.namespace)
             // One setting bounds both: a server that accepts connections and never answers
             // must fail after `--redis-timeout`, not after the library's default connect
             // timeout.
             .response_timeout(self.redis_timeout)
-            .connect_timeout(self.redis_timeout)
-            .wait_replicas(self.wait_replicas, self.wait_replicas_timeout)
+            .connect_timeout(self.redis_timeout);
+        Ok(match replicas {
+            Some(replicas) => {
+                config.wait_replicas(replicas.wait_replicas, replicas.wait_replicas_timeout)
+            }
+            None => config,
+        })
     }
 
+    /// Connects for a command that only reads or sets metadata (`stores`, `limits`).
     async fn connect(&self) -> anyhow::Result<Buffer> {
-        let config = self.buffer_config();
+        self.connect_config(self.buffer_config(None)?).await
+    }
+
+    /// Connects for a command that writes, waiting for `replicas` as configured.
+    async fn connect_writing(&self, replicas: &ReplicaArgs) -> anyhow::Result<Buffer> {
+        self.connect_config(self.buffer_config(Some(replicas))?)
+            .await
+    }
+
+    async fn connect_config(&self, config: BufferConfig) -> anyhow::Result<Buffer> {
         config.validate()?;
         let redacted = config.redacted_url();
         Buffer::connect(config)
             .await
             .with_context(|| format!("cannot reach Redis at {redacted}"))
     }
+}
+
+/// The forms `--redis` takes, for the message refusing one that is none of them.
+const REDIS_URL_FORMS: &str = "redis://host:port[/db], rediss://host:port[/db] for TLS, \
+    redis+unix:///path/to/redis.sock, with user:password@ before the host when Redis asks for \
+    a login, or a comma-separated list of cluster node URLs such as \
+    redis://a:7000,redis://b:7000";
+
+/// Checks that every URL of a `--redis` list parses as a Redis URL.
+///
+/// # Errors
+/// Naming the first that does not (its password hidden) and the accepted forms.
+fn check_redis_urls(list: &str) -> anyhow::Result<()> {
+    use redis::IntoConnectionInfo;
+    let urls: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect();
+    if urls.is_empty() {
+        bail!("--redis is empty; write {REDIS_URL_FORMS}");
+    }
+    for url in urls {
+        if url.into_connection_info().is_err() {
+            bail!(
+                "--redis {}: not a Redis URL; write {REDIS_URL_FORMS}",
+                buffer_core::redact_url(url)
+            );
+        }
+    }
+    Ok(())
 }
 
 impl OutputArgs {
@@ -287,6 +365,89 @@ pub fn error_chain_text(err: &anyhow::Error) -> String {
     text
 }
 
+/// Parses the process's command line and environment, exiting with clap's message (and code 2)
+/// when they are wrong. A bad value that came from an environment variable is reported under
+/// the variable's name (`BUFFER_MAX_AGE=abc`), not only under the flag the user never typed.
+pub fn parse_args() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            if let Some(text) = env_value_error(&err, &args, |name| std::env::var(name).ok()) {
+                eprintln!("error: {text}");
+                std::process::exit(2);
+            }
+            err.exit()
+        }
+    }
+}
+
+/// The message for a bad value that came from an environment variable rather than from
+/// `args`, or `None` for any other error (clap's own message is right for those).
+fn env_value_error(
+    err: &clap::Error,
+    args: &[std::ffi::OsString],
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let ContextValue::String(arg) = err.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let ContextValue::String(value) = err.get(ContextKind::InvalidValue)? else {
+        return None;
+    };
+    let flag = arg.split_whitespace().next()?;
+    let long = flag.strip_prefix("--")?;
+    let typed = args.iter().any(|arg| {
+        arg.to_str().is_some_and(|arg| {
+            arg == flag
+                || arg
+                    .strip_prefix(flag)
+                    .is_some_and(|rest| rest.starts_with('='))
+        })
+    });
+    if typed {
+        return None;
+    }
+    let variable = env_of_flag(&<Cli as clap::CommandFactory>::command(), long)?;
+    if env(&variable).as_deref() != Some(value.as_str()) {
+        return None;
+    }
+    let reason = match (
+        std::error::Error::source(err),
+        err.get(ContextKind::ValidValue),
+    ) {
+        (Some(source), _) => source.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("possible values: {}", valid.join(", "))
+        }
+        _ => "not a valid value".to_owned(),
+    };
+    Some(format!(
+        "invalid value {value:?} in the environment variable {variable} (it sets {flag}): {reason}"
+    ))
+}
+
+/// The environment variable of the flag `--long`, in `command` or any of its subcommands.
+fn env_of_flag(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| env_of_flag(sub, long))
+        })
+}
+
 /// Runs a parsed command line. Returns the process exit code.
 ///
 /// # Errors
@@ -311,7 +472,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     config.interval = args.interval;
     config.validate()?;
     // Connect lazily: a persister started before Redis waits for it instead of exiting.
-    let buffer_config = args.redis.buffer_config();
+    let buffer_config = args.redis.buffer_config(Some(&args.replicas))?;
     let buffer = Buffer::connect_lazy(buffer_config)?;
     let persister = Persister::new(buffer, config);
     if let Some(addr) = args.metrics_addr {
@@ -397,15 +558,16 @@ async fn drain(args: DrainArgs) -> anyhow::Result<i32> {
     config.validate()?;
     let shutdown = CancellationToken::new();
     let signal = spawn_signal_handler(shutdown.clone());
-    let buffer = args.redis.connect().await?;
+    let buffer = args.redis.connect_writing(&args.replicas).await?;
     let persister = Persister::new(buffer, config);
     let report = persister.drain_until(shutdown).await?;
     if report.interrupted {
         return Ok(drain_interrupted(&report, signal.get().copied()));
     }
     eprintln!(
-        "drained {} batches, {} records",
-        report.batches, report.records
+        "drained {}, {}",
+        crate::units::count(report.batches, "batch", "batches"),
+        crate::units::count(report.records, "record", "records")
     );
     if report.failures.is_empty() {
         Ok(0)

@@ -160,7 +160,9 @@ impl PersistConfig {
     /// misplace a file, or an output that is a URL of a scheme other than `s3://` (naming it
     /// and the supported ones).
     pub fn validate(&self) -> Result<(), Error> {
-        self.output_location()?;
+        if let OutputLocation::Local(dir) = self.output_location()? {
+            check_not_a_file(&dir)?;
+        }
         self.path_template()?;
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.part_size) {
             return Err(Error::Config(format!(
@@ -183,6 +185,34 @@ impl PersistConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Refuses an output directory that is, or lies under, something other than a directory (a
+/// regular file, say), which would otherwise surface as `File exists (os error 17)` or
+/// `Not a directory` at the first batch. A path that does not exist yet is fine: it is
+/// created.
+fn check_not_a_file(dir: &std::path::Path) -> Result<(), Error> {
+    let existing = dir
+        .ancestors()
+        .find(|path| !path.as_os_str().is_empty() && std::fs::symlink_metadata(path).is_ok());
+    let Some(existing) = existing else {
+        return Ok(());
+    };
+    // `metadata` follows a symbolic link, so a link to a directory is a directory.
+    match std::fs::metadata(existing) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) if existing == dir => Err(Error::Config(format!(
+            "--out {}: is a file, not a directory; give a directory (it is created when missing)",
+            dir.display()
+        ))),
+        Ok(_) => Err(Error::Config(format!(
+            "--out {}: {} is a file, not a directory; give a directory (it is created when missing)",
+            dir.display(),
+            existing.display()
+        ))),
+        // A dangling link or one we may not read: the first batch reports what it meets.
+        Err(_) => Ok(()),
     }
 }
 
@@ -313,6 +343,24 @@ mod tests {
                 "{dir}"
             );
         }
+    }
+
+    #[test]
+    fn an_out_that_is_a_file_is_refused_as_not_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        std::fs::write(&file, "x").unwrap();
+        for out in [file.clone(), file.join("below")] {
+            let err = PersistConfig::new(&out).validate().unwrap_err().to_string();
+            assert!(err.contains("is a file, not a directory"), "{err}");
+            assert!(err.contains(&*file.to_string_lossy()), "{err}");
+        }
+        assert!(PersistConfig::new(dir.path()).validate().is_ok());
+        assert!(
+            PersistConfig::new(dir.path().join("new/dir"))
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]

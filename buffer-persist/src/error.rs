@@ -87,6 +87,14 @@ pub enum Error {
         /// The batch id.
         batch: String,
     },
+    /// The bucket of `--out s3://bucket/...` does not exist (S3 answered 404 NoSuchBucket).
+    #[error(
+        "the bucket {bucket} does not exist (S3 answered 404 NoSuchBucket); create it, or correct --out"
+    )]
+    NoBucket {
+        /// The bucket.
+        bucket: String,
+    },
     /// A background task of the persister panicked or was cancelled (a bug, not an
     /// operating condition); the batch stays prepared.
     #[error("internal task failed: {0}")]

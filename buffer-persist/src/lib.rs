@@ -18,6 +18,8 @@
 //! - `config`: [`PersistConfig`], [`Format`], [`Compression`], size and duration parsing.
 //! - `metrics`: the `/metrics` endpoint (prometheus-client on hyper) and the batch histograms.
 //! - `cli`: the `buffer-persist` command line (`run`, `drain`, `push`, `stores`).
+//! - `units`: sizes, durations and counts as messages and logs print them (`8 MiB`, `60 s`,
+//!   `1 batch`).
 //! - `failpoint`: crash points for the fault-injection suite (feature `failpoints`).
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -35,6 +37,7 @@ mod output;
 mod parquet;
 mod paths;
 mod persister;
+mod units;
 mod writer;
 
 pub use config::{Compression, DEFAULT_CSV_MAX_COLUMNS, DEFAULT_PART_SIZE, Format, PersistConfig};

@@ -76,6 +76,25 @@ pub struct StatsSnapshot {
     pub prepared_waiting: u64,
 }
 
+/// The counters as a log line reads them: `3 batches (120 records, 4.5 KiB) persisted,
+/// 3 files written, 0 recovered, 0 errors, 12 polls`.
+impl std::fmt::Display for StatsSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::units::{bytes, count};
+        write!(
+            f,
+            "{} ({}, {}) persisted, {} written, {} recovered, {}, {}",
+            count(self.batches_persisted, "batch", "batches"),
+            count(self.records_persisted, "record", "records"),
+            bytes(self.bytes_persisted),
+            count(self.files_written, "file", "files"),
+            self.batches_recovered,
+            count(self.errors, "error", "errors"),
+            count(self.polls, "poll", "polls"),
+        )
+    }
+}
+
 /// What one batch attempt ended with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchOutcome {
@@ -253,9 +272,9 @@ impl Persister {
         }
         tracing::info!(
             out = %self.config.out_dir.display(),
-            max_age = ?self.config.max_age,
-            max_bytes = ?self.config.max_bytes,
-            max_records = ?self.config.max_records,
+            max_age = %crate::units::duration(self.config.max_age),
+            max_bytes = %crate::units::optional(self.config.max_bytes, crate::units::bytes),
+            max_records = %crate::units::optional(self.config.max_records, |n| n.to_string()),
             format = %self.config.format,
             compression = %self.config.compression,
             path_template = %self.config.path_template,
@@ -275,7 +294,7 @@ impl Persister {
         if let Err(err) = self.buffer.retire_persister(self.buffer.holder_id()).await {
             tracing::debug!(error = %err, "could not remove the persister announcement");
         }
-        tracing::info!(stats = ?self.stats(), "persister stopped");
+        tracing::info!(stats = %self.stats(), "persister stopped");
         Ok(())
     }
 
@@ -510,7 +529,7 @@ impl Persister {
                     tracing::error!(
                         error = %err,
                         attempts = record.attempts,
-                        ?retry_in,
+                        retry_in = %crate::units::duration(retry_in),
                         "batch failed; it stays prepared and is retried after a backoff"
                     );
                 }

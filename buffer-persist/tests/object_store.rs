@@ -1053,3 +1053,66 @@ async fn run_started_while_the_s3_server_is_stopped_waits_logging_each_retry_the
     let persisted = check_exactly_once(&objects, &ledger.lock().unwrap(), &redis);
     assert_eq!(persisted, 300);
 }
+
+/// The printed `error:` line of a failed command, checked for a cause printed twice: each
+/// `: `-separated segment of the chain at most once.
+fn assert_no_segment_repeats(stderr: &str) {
+    for line in stderr.lines().filter(|line| line.starts_with("error: ")) {
+        let segments: Vec<&str> = line.split(": ").collect();
+        for (i, segment) in segments.iter().enumerate() {
+            assert!(
+                segment.len() < 12 || !segments[i + 1..].contains(segment),
+                "{segment:?} is printed twice in: {line}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_endpoint_without_aws_allow_http_names_the_variable_to_set() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let (mut command, _work) = persist_command(&redis, &s3, "drain");
+    command.env_remove("AWS_ALLOW_HTTP");
+    let (status, stderr) = run(command);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("AWS_ALLOW_HTTP=true"),
+        "the message names the variable: {stderr}"
+    );
+    assert!(stderr.contains(&s3.endpoint()), "{stderr}");
+    assert!(!stderr.contains("builder error"), "{stderr}");
+    assert_no_segment_repeats(&stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_does_not_exist_is_named_as_missing_and_its_error_printed_once() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut command = Command::new(BINARY);
+    command
+        .current_dir(work.path())
+        .args([
+            "drain",
+            "--redis",
+            &redis.url(),
+            "--out",
+            "s3://no-such-bucket/land",
+        ])
+        .envs(s3.env())
+        .env("RUST_LOG", "error");
+    let (status, stderr) = run(command);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the bucket no-such-bucket does not exist"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not found"), "{stderr}");
+    assert_eq!(
+        stderr.matches("NoSuchBucket").count(),
+        stderr.contains("NoSuchBucket") as usize,
+        "the S3 error at most once: {stderr}"
+    );
+    assert_no_segment_repeats(&stderr);
+}

@@ -11,7 +11,12 @@ async fn main() -> ExitCode {
     match execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("buffer-tui: {err:#}");
+            // Each cause once, as buffer-persist prints it: `{:#}` printed an I/O error (the
+            // TTY's "No such device or address") once per layer that wraps it.
+            eprintln!(
+                "buffer-tui: {}",
+                buffer_persist::cli::error_chain_text(&err)
+            );
             ExitCode::FAILURE
         }
     }

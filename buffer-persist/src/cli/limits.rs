@@ -59,12 +59,20 @@ pub struct SetArgs {
     pub max_rate: Option<u64>,
 }
 
-/// A rate: `N/s` or `N` records per second.
+/// A rate: `N/s` or `N` records per second, at least 1 (a rate of 0 would refuse every push:
+/// a store that looks open but takes nothing).
 fn rate(text: &str) -> Result<u64, String> {
     let number = text.trim().strip_suffix("/s").unwrap_or(text.trim());
-    number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a rate; write records per second, e.g. 500/s"))
+    match number.parse() {
+        Ok(0) => Err(
+            "a rate of 0 would refuse every push to the store; give at least 1/s, or remove the limit with `limits clear STORE`"
+                .to_owned(),
+        ),
+        Ok(rate) => Ok(rate),
+        Err(_) => Err(format!(
+            "{text:?} is not a rate; write records per second, e.g. 500/s"
+        )),
+    }
 }
 
 /// Runs `limits`. Returns the exit code.
@@ -159,5 +167,7 @@ mod tests {
         assert_eq!(rate("7"), Ok(7));
         assert!(rate("fast").unwrap_err().contains("fast"));
         assert!(rate("5/min").is_err());
+        assert!(rate("0/s").unwrap_err().contains("would refuse every push"));
+        assert!(rate("0").unwrap_err().contains("limits clear"));
     }
 }

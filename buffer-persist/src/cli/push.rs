@@ -13,13 +13,16 @@ use buffer_core::{Buffer, Error as CoreError};
 use clap::Args;
 use serde_json::value::RawValue;
 
-use super::RedisArgs;
+use super::{RedisArgs, ReplicaArgs};
+use crate::units::count;
 
 /// `push`'s arguments.
 #[derive(Debug, Args)]
 pub struct PushArgs {
     #[command(flatten)]
     redis: RedisArgs,
+    #[command(flatten)]
+    replicas: ReplicaArgs,
     /// The store to push into.
     pub store: String,
     /// Lines per push (one atomic push: all of its lines are stored or none).
@@ -49,7 +52,10 @@ pub(super) async fn push(args: PushArgs) -> anyhow::Result<i32> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let buffer = args.redis.connect().await?;
+    // Before connecting and before stdin is read: a store name that can never be pushed to
+    // is the error, not whatever the input holds.
+    buffer_core::StoreName::new(args.store.as_str())?;
+    let buffer = args.redis.connect_writing(&args.replicas).await?;
     let mut run = PushRun {
         buffer,
         store: args.store,
@@ -117,15 +123,20 @@ impl PushCounts {
         } else {
             String::new()
         };
+        let refused = count(refused, "line", "lines");
         if idempotent {
             format!(
-                "pushed {} new records to {store:?}, {} lines were already stored by an earlier run, {refused} lines refused{by_limit}",
-                self.pushed, self.already,
+                "pushed {} to {store:?}, {} already stored by an earlier run, {refused} refused{by_limit}",
+                count(self.pushed, "new record", "new records"),
+                match self.already {
+                    1 => "1 line was".to_owned(),
+                    n => format!("{n} lines were"),
+                },
             )
         } else {
             format!(
-                "pushed {} records to {store:?}, {refused} lines refused{by_limit}",
-                self.pushed
+                "pushed {} to {store:?}, {refused} refused{by_limit}",
+                count(self.pushed, "record", "records")
             )
         }
     }

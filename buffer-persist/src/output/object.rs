@@ -49,6 +49,36 @@ use crate::writer::{self, EncodedStream, FileLayout, FileSink, Published};
 /// the part while it moves).
 const CHUNK: usize = 1024 * 1024;
 
+/// Refuses an `http://` endpoint unless `AWS_ALLOW_HTTP` allows it: the client would build
+/// every request only to fail it with `HTTP error: builder error`, which names nothing to fix.
+///
+/// # Errors
+/// [`Error::Config`] naming the endpoint and the variable to set.
+fn refuse_plain_http_unless_allowed(builder: &AmazonS3Builder) -> Result<()> {
+    use object_store::ClientConfigKey;
+    use object_store::aws::AmazonS3ConfigKey;
+    let endpoints = [AmazonS3ConfigKey::Endpoint, AmazonS3ConfigKey::S3Endpoint]
+        .iter()
+        .filter_map(|key| builder.get_config_value(key));
+    let allowed = builder
+        .get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
+        .is_some_and(|value| {
+            // object_store's own reading of a true value.
+            matches!(
+                value.to_ascii_lowercase().as_str(),
+                "1" | "true" | "on" | "yes" | "y"
+            )
+        });
+    for endpoint in endpoints {
+        if !allowed && endpoint.to_ascii_lowercase().starts_with("http://") {
+            return Err(Error::Config(format!(
+                "the S3 endpoint {endpoint} (AWS_ENDPOINT_URL) is plain HTTP, which the S3 client refuses unless AWS_ALLOW_HTTP=true is set; set it, or use an https:// endpoint"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A bucket and prefix of an object store.
 #[derive(Debug)]
 pub(crate) struct ObjectOutput {
@@ -79,7 +109,9 @@ impl ObjectOutput {
             retry_timeout: Duration::from_secs(60),
             ..RetryConfig::default()
         };
-        let store = AmazonS3Builder::from_env()
+        let builder = AmazonS3Builder::from_env();
+        refuse_plain_http_unless_allowed(&builder)?;
+        let store = builder
             .with_bucket_name(bucket)
             .with_retry(retry)
             .build()
@@ -155,6 +187,13 @@ impl ObjectOutput {
                     .await
                     .map_err(object_error("read", &url))?;
                 marker::compare(PathBuf::from(url), &String::from_utf8_lossy(&found), config)?
+            }
+            // A PUT answered 404 has nowhere to go: S3 says NoSuchBucket (with its XML,
+            // which object_store reports as "Object at location … not found").
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::NoBucket {
+                    bucket: self.base.trim_start_matches("s3://").to_owned(),
+                });
             }
             Err(err) => return Err(object_error("publish", &url)(err)),
         };
