@@ -239,7 +239,7 @@ impl BufferConfig {
     /// [`Error::ReplicasNotConfirmed`]: it is applied on the master, but a failover may
     /// still lose it ([`Error::is_outcome_unknown`] is true; `push_once` may be retried with
     /// the same id). `timeout` must be shorter than the response timeout (checked by
-    /// [`BufferConfig::validate`]). What it guarantees and costs: README "What
+    /// [`BufferConfig::validate`]). What it guarantees and costs: docs/operations.md, "What
     /// --wait-replicas guarantees and costs".
     pub fn wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
         self.wait_replicas = (replicas > 0).then_some((replicas, timeout));

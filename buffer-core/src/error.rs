@@ -206,7 +206,7 @@ pub enum Error {
     },
     /// A write was applied on the master but `WAIT` confirmed it on fewer replicas than
     /// [`crate::BufferConfig::wait_replicas`] asks for within its timeout: it may be lost if
-    /// the master fails now (see README "What --wait-replicas guarantees and costs").
+    /// the master fails now (see docs/operations.md, "What --wait-replicas guarantees and costs").
     #[error(
         "{op}{}: applied on the master but confirmed by {confirmed} of {wanted} replicas within {} ms; it may be lost in a failover",
         on_store(store),

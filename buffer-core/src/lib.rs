@@ -168,6 +168,11 @@ mod transaction;
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
 
+/// The Rust examples of the producing chapter, compiled as doctests too.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/producing.md")]
+struct ProducingExamples;
+
 pub use batch::{BatchId, PreparedBatch};
 pub use buffer::Buffer;
 pub use clock::{Clock, ManualClock, SystemClock, millis};

@@ -20,7 +20,7 @@
 //! MULTI/EXEC reply says so too (the `HEXISTS`). A new limit is therefore obeyed by a producer
 //! from the first push it *sends* after one of its pushes *saw* the limit; only pushes already
 //! in flight at that moment, at most one per store for a producer that pushes one at a time,
-//! go unchecked. That is the whole overshoot bound (see README.md, "Limits and
+//! go unchecked. That is the whole overshoot bound (see docs/producing.md, "Limits and
 //! backpressure"). Pushes that go through the script never overshoot together, however many
 //! producers run them.
 
@@ -261,7 +261,7 @@ pub(crate) fn refusal(store: &StoreName, reply: &[i64]) -> Option<Error> {
 impl Buffer {
     /// Sets a store's limits, replacing any it had. Every producer obeys them: a producer
     /// that knew the store to be unlimited checks them from its next push after one of its
-    /// pushes saw them (see README.md, "Limits and backpressure", for the overshoot bound).
+    /// pushes saw them (see docs/producing.md, "Limits and backpressure", for the overshoot bound).
     ///
     /// # Errors
     /// [`Error::InvalidStoreName`]; [`Error::Config`] when no limit is set (use

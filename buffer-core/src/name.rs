@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(
             StoreName::new("orders/eu").unwrap().encoded(),
             "orders%2Feu",
-            "as the README says"
+            "as docs/outputs.md says"
         );
     }
 

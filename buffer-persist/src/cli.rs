@@ -94,8 +94,8 @@ pub struct RedisArgs {
 pub struct ReplicaArgs {
     /// Acknowledge a push, and write a batch's file, only once this many replicas of the
     /// master have it (`WAIT`): with 1, a master killed under load loses no acknowledged push
-    /// and duplicates nothing. 0 waits for none. See README "What --wait-replicas guarantees
-    /// and costs".
+    /// and duplicates nothing. 0 waits for none. See docs/operations.md, "What
+    /// --wait-replicas guarantees and costs".
     #[arg(long, env = "BUFFER_WAIT_REPLICAS", default_value_t = 0)]
     pub wait_replicas: u32,
     /// How long each write waits for `--wait-replicas` replicas before it fails as not
@@ -502,7 +502,8 @@ impl StopSignal {
     }
 
     /// The exit code of a command this signal stopped before it was done: 128 + the
-    /// signal's number, as a shell reports a process the signal killed (README, "Exit codes").
+    /// signal's number, as a shell reports a process the signal killed (docs/persister.md,
+    /// "Draining once").
     pub(crate) fn exit_code(self) -> i32 {
         match self {
             Self::Interrupt => 130,
@@ -590,7 +591,7 @@ async fn drain(args: DrainArgs) -> anyhow::Result<i32> {
 }
 
 /// Says what an interrupted drain did and left, on stderr, and returns its exit code (the
-/// signal's, README "Exit codes").
+/// signal's, docs/persister.md, "Draining once").
 fn drain_interrupted(report: &crate::DrainReport, signal: Option<StopSignal>) -> i32 {
     let signal = signal.unwrap_or(StopSignal::Interrupt);
     let plural =

@@ -19,7 +19,7 @@ pub enum Format {
     /// fields, other values as their JSON text exactly as pushed.
     Csv,
     /// Parquet (`.parquet`), one file per batch with a schema inferred from its records
-    /// (README.md, "Parquet"); `--compress` picks the columns' codec, and the file name gets
+    /// (docs/outputs.md, "Parquet files"); `--compress` picks the columns' codec, and the file name gets
     /// no compression suffix.
     Parquet,
 }

@@ -151,7 +151,7 @@ const LEVEL_KEY: &str = "compression-level";
 /// and Parquet columns at the `parquet` crate's defaults, zstd 1 and gzip 6. (Development builds
 /// from before the bench chose gzip's level compressed gzip at 6; the marker cannot tell them
 /// apart. A prefix they set up and left with a half-published gzip batch gets a marker with
-/// `compression-level=6` by hand: README.md, "Landing in object storage".)
+/// `compression-level=6` by hand: docs/outputs.md, "Landing in object storage".)
 fn level_before_the_line(format: Format, compression: Compression) -> Option<i32> {
     match (format, compression) {
         (_, Compression::None) => None,

@@ -7,7 +7,7 @@
 //! `EncodedStream` (`writer.rs`), so every output writes Parquet: the local output into the
 //! temporary file, the object output into each part's buffer (each part a complete file).
 //!
-//! The mapping (README.md, "Parquet"): the columns are the batch's sorted unique keys, at most
+//! The mapping (docs/outputs.md, "Parquet files"): the columns are the batch's sorted unique keys, at most
 //! `--csv-max-columns` of them, then (when the batch has more keys, or none) one trailing
 //! `_rest` column holding each record's other keys as a JSON object, exactly as the CSV
 //! layout does. A column's type is the one every non-null value of that key agrees on:

@@ -2,7 +2,7 @@
 //! lags behind a prepare, a master that hangs (SIGSTOP: a long fork, a stalled disk, a network
 //! black hole), and the master of slot 0 gone. Each test drives the real `buffer-persist`
 //! binary against a private local cluster and checks that healthy masters keep working and
-//! that no record is written twice (README.md, "Redis Cluster", faults tested).
+//! that no record is written twice (docs/cluster.md, faults tested).
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -107,7 +107,7 @@ async fn every_value_type_maps_to_its_column_type_and_reads_back_in_pyarrow_and_
     let server = RedisServer::start();
     let out = tempfile::tempdir().unwrap();
     let buffer = server.buffer().await;
-    // One key per case of the mapping (README.md, "Parquet"). Texts, not `json!`, so numbers
+    // One key per case of the mapping (docs/outputs.md, "Parquet files"). Texts, not `json!`, so numbers
     // reach Redis with exactly these digits.
     let records = [
         r#"{"int":1,"num":1,"flag":true,"text":"plain","nulls":null,"mixed":1,"nested":{"a":[1,2]},"big":18446744073709551616,"pi":3.14159265358979323846264338,"only_first":"x","pair":1}"#,

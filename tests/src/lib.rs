@@ -313,7 +313,7 @@ fn forward_pair(
 }
 
 /// The name of the marker's temporary file (`.buffer-persist.<16 hex digits>.tmp`): a
-/// persister killed while it publishes the marker at its start leaves one, and README says so
+/// persister killed while it publishes the marker at its start leaves one, and docs/outputs.md says so
 /// ("Marker temporary files older than a minute are removed" by a later start). A kill -9 test
 /// may hit that moment; it is not a batch's temporary file.
 fn is_marker_temp(name: &str) -> bool {

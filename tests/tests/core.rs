@@ -1042,7 +1042,7 @@ async fn rediss_urls_connect_over_tls() {
         "the plain port sees what came over TLS"
     );
     // Pages of a batch come back over TLS too: on the main connection, since the reader's
-    // own page sockets are plain TCP (README.md, "Running in production").
+    // own page sockets are plain TCP (docs/operations.md, "Running in production").
     let batch = buffer
         .prepare_to_persist("tls", Duration::from_secs(30))
         .await

@@ -557,7 +557,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, Strin
 }
 
 /// Issue 13: the endpoint is served by hyper and encoded by prometheus-client; every metric
-/// README lists keeps its name, the batch histograms count each persisted batch in the right
+/// docs/operations.md lists keeps its name, the batch histograms count each persisted batch in the right
 /// bucket, and paths other than `/metrics` are 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_over_http_with_counters_and_batch_histograms() {

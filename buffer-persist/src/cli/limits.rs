@@ -1,5 +1,5 @@
 //! `buffer-persist limits set|list|clear`: the per-store limits every producer obeys (see
-//! README.md, "Limits and backpressure").
+//! docs/producing.md, "Limits and backpressure").
 
 use std::io::Write;
 

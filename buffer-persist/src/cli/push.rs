@@ -2,7 +2,7 @@
 //!
 //! With `--idempotent` each push goes through `Buffer::push_once` under a push id derived from
 //! the input (the store, the lines' numbers and their bytes), so the same command run again on
-//! the same input after a failure stores nothing twice (README.md, "Re-running a push").
+//! the same input after a failure stores nothing twice (docs/persister.md, "Re-running a push").
 //! A failure says what is known of the lines: which are stored, which may or may not be, and
 //! whether running the command again is safe.
 

@@ -2,7 +2,7 @@
 //! for two realistic shapes and two push sizes, broken down by key, against the raw JSON
 //! size; what `list-max-listpack-size` changes; and a prototype of a compact encoding in
 //! Redis (MessagePack, `super::msgpack`) measured against the rule ARCHITECTURE.md's
-//! performance section and README.md's "Redis memory per record" state: offered only if it
+//! performance section and docs/operations.md's "Redis memory per record" state: offered only if it
 //! saves at least 20 % of Redis memory for one shape without making the drain more than 20 %
 //! slower.
 
@@ -519,7 +519,7 @@ impl Study {
     }
 }
 
-/// The heading of the study's section in BENCHMARKS.md (README.md links to it).
+/// The heading of the study's section in BENCHMARKS.md (docs/operations.md links to it).
 const HEADING: &str = "## Redis memory per record";
 
 impl Study {
@@ -543,7 +543,7 @@ impl Study {
              looked at again (rerun to rule out noise first)."
         } else {
             "**Decision:** no shape met the rule (in this run, as in the first runs), so \
-             records stay JSON text in Redis and no compact encoding is offered (README.md, \
+             records stay JSON text in Redis and no compact encoding is offered (docs/operations.md, \
              \"Redis memory per record\", says why)."
         };
         let _ = writeln!(out, "{decision}\n");

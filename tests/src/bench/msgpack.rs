@@ -1,7 +1,7 @@
 //! A prototype of a compact record encoding in Redis (MessagePack), for the memory study
 //! only: it measures what such an encoding would save and what decoding it back to the exact
 //! JSON text would cost a drain. It is not used by the library (see BENCHMARKS.md's "Redis
-//! memory per record" for the decision and README.md for why records stay JSON in Redis).
+//! memory per record" for the decision and docs/operations.md for why records stay JSON in Redis).
 //!
 //! Files must stay byte-identical to today's, so a record is encoded only when decoding gives
 //! back its exact text; any other record (a number written `12.50` or `1.0e3`, a string with
