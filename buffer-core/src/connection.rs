@@ -1340,4 +1340,48 @@ mod tests {
         );
         assert!(split_address("no-port").is_err());
     }
+
+    fn reply_error(line: &str) -> RedisError {
+        redis::parse_redis_value(line.as_bytes())
+            .expect("a RESP error line parses")
+            .extract_error()
+            .expect_err("an error line is an error")
+    }
+
+    #[test]
+    fn only_replies_proving_a_command_did_not_run_are_retried() {
+        for line in [
+            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            "-CLUSTERDOWN The cluster is down\r\n",
+            "-MASTERDOWN Link with MASTER is down\r\n",
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "-READONLY You can't write against a read only replica.\r\n",
+        ] {
+            assert!(
+                matches!(retry_for(&reply_error(line)), Some(Retry::Later)),
+                "{line:?} must be retried later"
+            );
+        }
+        match retry_for(&reply_error("-MOVED 3999 127.0.0.1:6381\r\n")) {
+            Some(Retry::Moved(node)) => assert_eq!(node, "127.0.0.1:6381"),
+            _ => panic!("MOVED must be followed to its node"),
+        }
+        match retry_for(&reply_error("-ASK 3999 127.0.0.1:6382\r\n")) {
+            Some(Retry::Ask(node)) => assert_eq!(node, "127.0.0.1:6382"),
+            _ => panic!("ASK must be followed to its node"),
+        }
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(retry_for(&refused), Some(Retry::Later)));
+        // A reply that may follow a command that ran, or no reply at all: never resent.
+        for err in [
+            reply_error("-ERR something\r\n"),
+            reply_error("-BUSY Redis is busy running a script.\r\n"),
+            reply_error("-OOM command not allowed\r\n"),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+        ] {
+            assert!(retry_for(&err).is_none(), "{err} must not be resent");
+        }
+    }
 }

@@ -418,3 +418,142 @@ impl From<std::convert::Infallible> for Error {
         match never {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error the client library gives for a reply line as the server sends it
+    /// (`-CODE message\r\n`), parsed by the library itself.
+    fn server_error(line: &str) -> RedisError {
+        redis::parse_redis_value(line.as_bytes())
+            .expect("a RESP error line parses")
+            .extract_error()
+            .expect_err("an error line is an error")
+    }
+
+    fn io_error(kind: std::io::ErrorKind) -> RedisError {
+        RedisError::from(std::io::Error::new(kind, "test"))
+    }
+
+    fn ours(err: RedisError) -> Error {
+        Error::from_redis("push", "orders", err)
+    }
+
+    #[test]
+    fn a_cluster_or_server_in_transition_is_transient_and_never_an_unknown_outcome() {
+        // These replies prove the command did not run: retrying later is right, and
+        // nothing may be counted as possibly applied.
+        for line in [
+            "-CLUSTERDOWN The cluster is down\r\n",
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
+            "-BUSY Redis is busy running a script.\r\n",
+            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            "-MOVED 3999 127.0.0.1:6381\r\n",
+            "-ASK 3999 127.0.0.1:6381\r\n",
+        ] {
+            let err = ours(server_error(line));
+            assert!(
+                matches!(err, Error::Redis { .. }),
+                "{line:?} became {err:?}"
+            );
+            assert!(err.is_transient(), "{line:?} must be transient");
+            assert!(
+                !err.is_outcome_unknown(),
+                "{line:?} proves the command did not run"
+            );
+            assert!(!err.is_invalid_input() && !err.is_lock_lost() && !err.is_wrong_type());
+        }
+    }
+
+    #[test]
+    fn a_plain_server_error_is_neither_transient_nor_unknown() {
+        for line in [
+            "-ERR unknown command 'FOO'\r\n",
+            "-NOSCRIPT No matching script.\r\n",
+            "-CROSSSLOT Keys in request don't hash to the same slot\r\n",
+            "-NOPERM this user has no permissions\r\n",
+        ] {
+            let err = ours(server_error(line));
+            assert!(!err.is_transient(), "{line:?} must not be transient");
+            assert!(!err.is_outcome_unknown(), "{line:?} is a known outcome");
+        }
+        assert!(ours(server_error("-NOPERM no\r\n")).is_command_refused());
+        assert!(ours(server_error("-ERR unknown command 'EVALSHA'\r\n")).is_command_refused());
+        assert!(!ours(server_error("-CLUSTERDOWN down\r\n")).is_command_refused());
+    }
+
+    #[test]
+    fn wrongtype_and_oom_are_typed_also_inside_an_exec_reply() {
+        let wrongtype = "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
+        let oom = "-OOM command not allowed when used memory > 'maxmemory'.\r\n";
+        let err = ours(server_error(wrongtype));
+        assert!(err.is_wrong_type() && !err.is_transient(), "{err:?}");
+        let err = ours(server_error(oom));
+        assert!(err.is_out_of_memory() && err.is_transient(), "{err:?}");
+        assert!(!err.is_outcome_unknown());
+        // EXEC's reply: an array whose second element is the failed command's error.
+        for (line, wrong_type) in [(wrongtype, true), (oom, false)] {
+            let exec = format!("*3\r\n:1\r\n{line}:2\r\n");
+            let err = ours(server_error(&exec));
+            assert_eq!(err.is_wrong_type(), wrong_type, "{exec:?} became {err:?}");
+            assert_eq!(
+                err.is_out_of_memory(),
+                !wrong_type,
+                "{exec:?} became {err:?}"
+            );
+            let text = err.to_string();
+            assert!(text.contains("push on store \"orders\""), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_is_an_unknown_outcome_but_a_refused_one_is_not() {
+        use std::io::ErrorKind::*;
+        for kind in [
+            ConnectionReset,
+            BrokenPipe,
+            UnexpectedEof,
+            ConnectionAborted,
+        ] {
+            let err = ours(io_error(kind));
+            assert!(err.is_transient(), "{kind:?}");
+            assert!(err.is_outcome_unknown(), "{kind:?} may have run");
+        }
+        let refused = ours(io_error(ConnectionRefused));
+        assert!(refused.is_transient());
+        assert!(
+            !refused.is_outcome_unknown(),
+            "a refused connection sent nothing"
+        );
+        let timeout = Error::Timeout {
+            op: "push",
+            store: "orders".into(),
+            timeout: std::time::Duration::from_millis(300),
+        };
+        assert!(timeout.is_transient() && timeout.is_outcome_unknown());
+        assert_eq!(
+            timeout.to_string(),
+            "push on store \"orders\": Redis did not answer within 300 ms"
+        );
+        let replicas = Error::ReplicasNotConfirmed {
+            op: "push",
+            store: String::new(),
+            wanted: 1,
+            confirmed: 0,
+            timeout: std::time::Duration::from_secs(1),
+        };
+        assert!(replicas.is_transient() && replicas.is_outcome_unknown());
+    }
+
+    #[test]
+    fn for_store_names_the_store_of_a_shared_round_trip() {
+        let err = Error::from_redis("pipeline", "", io_error(std::io::ErrorKind::BrokenPipe));
+        let text = err.for_store("b").to_string();
+        assert!(text.starts_with("pipeline on store \"b\": "), "{text}");
+        let lock = Error::LockLost { key: "k".into() }.for_store("b");
+        assert!(lock.is_lock_lost() && !lock.is_transient() && !lock.is_outcome_unknown());
+    }
+}
