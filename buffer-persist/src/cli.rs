@@ -1,16 +1,15 @@
-//! The `buffer-persist` command line: `run`, `drain`, `push`, `stores`, `limits`.
+//! The `buffer-persist` command line: `run`, `drain`, `push`, `stores`, `limits`, `serve`.
 //!
 //! Every flag can also come from an environment variable (`BUFFER_REDIS_URL`, `BUFFER_OUT`…),
 //! which is how a systemd unit or a container usually configures it.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use buffer_core::{BatchId, Buffer, BufferConfig, FailureRecord, LockTarget, StoreName};
+use buffer_core::{Buffer, BufferConfig, FailureRecord};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
@@ -21,8 +20,10 @@ use crate::persister::Persister;
 
 mod limits;
 mod push;
+mod serve;
 pub use limits::{LimitsAction, LimitsArgs, SetArgs};
 pub use push::{EXIT_BAD_LINES, EXIT_LIMITED, PushArgs};
+pub use serve::ServeArgs;
 
 /// Drains buffer stores from Redis into files, exactly once.
 #[derive(Debug, Parser)]
@@ -66,6 +67,9 @@ pub enum Command {
     Stores(StoresArgs),
     /// Set, list or clear per-store limits (records, bytes, records per second).
     Limits(LimitsArgs),
+    /// Serve the HTTP ingest API (docs/http.md) until SIGINT/SIGTERM, which stops accepting,
+    /// finishes the requests in flight and exits 0.
+    Serve(ServeArgs),
 }
 
 /// How to reach Redis.
@@ -459,6 +463,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Push(args) => push::push(args).await,
         Command::Stores(args) => stores(args).await,
         Command::Limits(args) => limits::limits(args).await,
+        Command::Serve(args) => serve::serve(args).await,
     }
 }
 
@@ -624,59 +629,11 @@ fn drain_interrupted(report: &crate::DrainReport, signal: Option<StopSignal>) ->
 
 async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
     let buffer = args.redis.connect().await?;
-    let stores = buffer.stores().await?;
-    let prepared = buffer.get_prepared().await?;
-    let mut targets: Vec<LockTarget> = stores
-        .iter()
-        .map(|s| LockTarget::Store(s.store.clone()))
-        .collect();
-    targets.extend(
-        prepared
-            .iter()
-            .map(|p| LockTarget::Batch(p.store.clone(), p.id.clone())),
-    );
-    let locks = buffer.lock_infos(&targets).await?;
-    let (store_locks, batch_locks) = locks.split_at(stores.len());
-    let mut batches = Vec::new();
-    for p in &prepared {
-        batches.push(buffer.batch_info(&p.store, &p.id).await?);
-    }
-    // Failure records, joined to the stores and batches listed (a record whose batch was
-    // emptied meanwhile matches nothing and is not shown).
-    let failures: HashMap<(StoreName, Option<BatchId>), FailureRecord> = buffer
-        .failures()
-        .await?
-        .into_iter()
-        .map(|f| ((f.store, f.batch), f.record))
-        .collect();
-    let failure_of =
-        |store: &StoreName, batch: Option<&BatchId>| failures.get(&(store.clone(), batch.cloned()));
-    let now = buffer.now_ms();
-    let failure_json = |record: Option<&FailureRecord>| {
-        record.map(|r| {
-            serde_json::json!({
-                "attempts": r.attempts, "last_error": r.last_error, "last_ms": r.last_ms,
-                "next_retry_ms": r.next_retry_ms,
-                "retry_in_ms": r.next_retry_ms.saturating_sub(now), "holder": r.holder,
-            })
-        })
-    };
+    let report = crate::store_report::StoresReport::gather(&buffer).await?;
+    let now = report.now;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let json = serde_json::json!({
-            "stores": stores.iter().zip(store_locks).map(|(s, lock)| serde_json::json!({
-                "store": s.store.as_str(), "records": s.records, "bytes": s.bytes,
-                "first_write_ms": s.first_write_ms, "age_ms": now.saturating_sub(s.first_write_ms), "lock": lock,
-                "failure": failure_json(failure_of(&s.store, None)),
-            })).collect::<Vec<_>>(),
-            "prepared": prepared.iter().zip(batch_locks).zip(&batches).map(|((p, lock), info)| serde_json::json!({
-                "store": p.store.as_str(), "batch": p.id.to_string(),
-                "records": info.as_ref().map(|i| i.records), "bytes": info.as_ref().map(|i| i.bytes),
-                "age_ms": now.saturating_sub(p.id.created_ms()), "lock": lock,
-                "failure": failure_json(failure_of(&p.store, Some(&p.id))),
-            })).collect::<Vec<_>>(),
-        });
-        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&report.json())?)?;
         return Ok(0);
     }
     writeln!(
@@ -684,7 +641,7 @@ async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
         "{:<32} {:>10} {:>12} {:>9}  LOCK",
         "STORE", "RECORDS", "BYTES", "AGE"
     )?;
-    for (s, lock) in stores.iter().zip(store_locks) {
+    for (s, lock) in &report.stores {
         writeln!(
             out,
             "{:<32} {:>10} {:>12} {:>9}  {}",
@@ -694,11 +651,11 @@ async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
             short_duration(now.saturating_sub(s.first_write_ms)),
             lock_text(lock.as_ref())
         )?;
-        if let Some(record) = failure_of(&s.store, None) {
+        if let Some(record) = report.failure(&s.store, None) {
             writeln!(out, "{}", failure_text(record, now))?;
         }
     }
-    if stores.is_empty() {
+    if report.stores.is_empty() {
         writeln!(out, "(no live stores)")?;
     }
     writeln!(out)?;
@@ -707,7 +664,7 @@ async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
         "{:<32} {:<30} {:>10} {:>12} {:>9}  LOCK",
         "PREPARED BATCH OF", "BATCH", "RECORDS", "BYTES", "AGE"
     )?;
-    for ((p, lock), info) in prepared.iter().zip(batch_locks).zip(&batches) {
+    for (p, lock, info) in &report.prepared {
         writeln!(
             out,
             "{:<32} {:<30} {:>10} {:>12} {:>9}  {}",
@@ -718,11 +675,11 @@ async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
             short_duration(now.saturating_sub(p.id.created_ms())),
             lock_text(lock.as_ref())
         )?;
-        if let Some(record) = failure_of(&p.store, Some(&p.id)) {
+        if let Some(record) = report.failure(&p.store, Some(&p.id)) {
             writeln!(out, "{}", failure_text(record, now))?;
         }
     }
-    if prepared.is_empty() {
+    if report.prepared.is_empty() {
         writeln!(out, "(no prepared batches)")?;
     }
     Ok(0)

@@ -17,7 +17,11 @@
 //! - `marker`: the output's record of format, compression, path template (and part size).
 //! - `config`: [`PersistConfig`], [`Format`], [`Compression`], size and duration parsing.
 //! - `metrics`: the `/metrics` endpoint (prometheus-client on hyper) and the batch histograms.
-//! - `cli`: the `buffer-persist` command line (`run`, `drain`, `push`, `stores`).
+//! - `cli`: the `buffer-persist` command line (`run`, `drain`, `push`, `stores`, `limits`,
+//!   `serve`).
+//! - `serve`: the HTTP ingest API (`buffer-persist serve`, docs/http.md) on hyper.
+//! - `store_report`: what `stores` and `GET /v1/stores` show.
+//! - `json_text`: a JSON record compacted as `push_json` stores it.
 //! - `units`: sizes, durations and counts as messages and logs print them (`8 MiB`, `60 s`,
 //!   `1 batch`).
 //! - `failpoint`: crash points for the fault-injection suite (feature `failpoints`).
@@ -31,12 +35,15 @@ mod error;
 mod failpoint;
 mod format;
 mod histograms;
+mod json_text;
 mod marker;
 mod metrics;
 mod output;
 mod parquet;
 mod paths;
 mod persister;
+mod serve;
+mod store_report;
 mod units;
 mod writer;
 
