@@ -105,6 +105,30 @@ pub enum Error {
         /// What the push would have added: records, or bytes for `max-bytes`.
         requested: u64,
     },
+    /// Coalescing rules were refused before anything was written (see
+    /// [`crate::Buffer::set_coalesce`]): an empty or `_`-prefixed field name, the key field
+    /// given a rule, a field named under two rules, or an unknown rule name.
+    #[error("coalescing rules of store {store:?} refused: {reason}")]
+    InvalidCoalesceRules {
+        /// The store concerned.
+        store: String,
+        /// What was wrong, naming the field or rule.
+        reason: String,
+    },
+    /// A store's coalescing rules were not changed because the store holds records (live or
+    /// in prepared batches): rows merged under one set of rules must be written under them.
+    /// Nothing was changed; drain the store first.
+    #[error(
+        "coalescing rules of store {store:?} not changed: the store holds {live} live records and {batches} prepared batches; drain it first"
+    )]
+    CoalesceStoreNotEmpty {
+        /// The store concerned.
+        store: String,
+        /// Live records (entities, for a coalescing store).
+        live: u64,
+        /// Prepared batches not yet persisted.
+        batches: u64,
+    },
     /// The configuration was invalid (a bad URL, zero groups…).
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -11,6 +11,7 @@
 //! <ns>:{<ns>:<g>}:lock:<enc> / :lock:<T>:<enc>          locks, value "<holder>:<token>"
 //! <ns>:{<ns>:<g>}:limits                                HASH enc -> "records=N,bytes=N,rate=N"
 //! <ns>:{<ns>:<g>}:rate:<enc>                            STRING "<unix s>:<records>", PX 2 s
+//! <ns>:{<ns>:<g>}:coalesce                              HASH enc -> coalescing rules JSON
 //! <ns>:events                                           pub/sub channel
 //! <ns>:persisters                                       HASH holder -> announcement JSON
 //! ```
@@ -73,6 +74,8 @@ pub(crate) struct GroupKeys {
     pub failures: String,
     /// The group's stores' limits (see `crate::limits`).
     pub limits: String,
+    /// The group's coalescing stores' rules (see `crate::coalesce`).
+    pub coalesce: String,
 }
 
 /// Spells every key of a namespace.
@@ -113,6 +116,7 @@ impl KeyLayout {
             prepared: format!("{tag}:prepared"),
             failures: format!("{tag}:failures"),
             limits: format!("{tag}:limits"),
+            coalesce: format!("{tag}:coalesce"),
         }
     }
 

@@ -134,6 +134,7 @@
 mod batch;
 mod buffer;
 mod clock;
+mod coalesce;
 mod config;
 mod connection;
 mod consumer;
@@ -175,6 +176,7 @@ struct ProducingExamples;
 
 pub use batch::{BatchId, PreparedBatch};
 pub use buffer::Buffer;
+pub use coalesce::{CoalesceRules, MergeRule};
 pub use clock::{Clock, ManualClock, SystemClock, millis};
 pub use config::{BufferConfig, redact_url};
 pub use discovery::{Partial, PreparedSummary, StoreSummary};

@@ -353,3 +353,37 @@ return redis.call('HDEL', KEYS[1], ARGV[1])
 "#,
     )
 });
+
+/// Sets (ARGV 2 a rules JSON text) or clears (ARGV 2 empty) a store's coalescing rules, only
+/// while the store holds no records, live or prepared: rows merged under one set of rules are
+/// written under them, and appended records never meet rules they were not pushed under.
+///
+/// Keys: 1 the group's coalesce hash, 2 the live records key, 3 the group's prepared index.
+/// ARGV: 1 encoded name, 2 rules JSON or "". Returns `{1, changed (0/1)}` when applied (for a
+/// clear, changed says whether there were rules), or `{-1, live records, prepared batches}`
+/// when refused; then nothing was written. Reads the whole prepared index of the group (one
+/// entry per batch waiting to be persisted, few), never the store's data.
+pub(crate) static COALESCE_SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local live = redis.call('EXISTS', KEYS[2])
+if live == 1 then
+  local kind = redis.call('TYPE', KEYS[2])['ok']
+  if kind == 'list' then live = redis.call('LLEN', KEYS[2]) end
+end
+local batches = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  local colon = string.find(member, ':', 1, true)
+  if colon and string.sub(member, colon + 1) == ARGV[1] then batches = batches + 1 end
+end
+if live > 0 or batches > 0 then
+  return {-1, live, batches}
+end
+if ARGV[2] == '' then
+  return {1, redis.call('HDEL', KEYS[1], ARGV[1])}
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {1, 1}
+"#,
+    )
+});
