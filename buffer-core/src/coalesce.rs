@@ -199,7 +199,9 @@ impl CoalesceRules {
                 {
                     return Err(Error::InvalidCoalesceRules {
                         store: store.as_str().to_owned(),
-                        reason: format!("field {field:?} is named under two rules, {other} and {rule}"),
+                        reason: format!(
+                            "field {field:?} is named under two rules, {other} and {rule}"
+                        ),
                     });
                 }
             }
@@ -380,7 +382,10 @@ mod tests {
         );
         assert_eq!(CoalesceRules::parse(&text), Some(rules.clone()));
         assert_eq!(rules.to_string(), "key=page sum=views max=seen union=refs");
-        assert_eq!(CoalesceRules::parse(r#"{"key":"p","fields":{"a":"avg"}}"#), None);
+        assert_eq!(
+            CoalesceRules::parse(r#"{"key":"p","fields":{"a":"avg"}}"#),
+            None
+        );
     }
 
     #[test]
@@ -416,6 +421,9 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("\"a\" is named under two rules, sum and max"), "{err}");
+        assert!(
+            err.contains("\"a\" is named under two rules, sum and max"),
+            "{err}"
+        );
     }
 }

@@ -176,8 +176,8 @@ struct ProducingExamples;
 
 pub use batch::{BatchId, PreparedBatch};
 pub use buffer::Buffer;
-pub use coalesce::{CoalesceRules, MergeRule};
 pub use clock::{Clock, ManualClock, SystemClock, millis};
+pub use coalesce::{CoalesceRules, MergeRule};
 pub use config::{BufferConfig, redact_url};
 pub use discovery::{Partial, PreparedSummary, StoreSummary};
 pub use error::{Error, Result};

@@ -64,7 +64,10 @@ async fn rules_do_not_change_while_the_store_holds_records() {
     let buffer = server.buffer().await;
     buffer.push("clicks", &json!({"page": "/"})).await.unwrap();
     // A store holding appended records cannot become coalescing.
-    let err = buffer.set_coalesce("clicks", &page_views()).await.unwrap_err();
+    let err = buffer
+        .set_coalesce("clicks", &page_views())
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::CoalesceStoreNotEmpty { store, live: 1, batches: 0 } if store == "clicks"),
         "{err}"
@@ -77,9 +80,19 @@ async fn rules_do_not_change_while_the_store_holds_records() {
         .await
         .unwrap()
         .unwrap();
-    let err = buffer.set_coalesce("clicks", &page_views()).await.unwrap_err();
+    let err = buffer
+        .set_coalesce("clicks", &page_views())
+        .await
+        .unwrap_err();
     assert!(
-        matches!(&err, Error::CoalesceStoreNotEmpty { live: 0, batches: 1, .. }),
+        matches!(
+            &err,
+            Error::CoalesceStoreNotEmpty {
+                live: 0,
+                batches: 1,
+                ..
+            }
+        ),
         "{err}"
     );
     // Once the batch is persisted (emptied), the store is empty and may become coalescing.
