@@ -776,13 +776,13 @@ fn slowest_logged(conn: &mut redis::Connection) -> Result<(f64, String)> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub(super) enum Side {
     Ours,
     Baseline,
 }
 
 /// Baseline first on even runs, ours first on odd ones.
-fn side_order(run: usize) -> [Side; 2] {
+pub(super) fn side_order(run: usize) -> [Side; 2] {
     if run.is_multiple_of(2) {
         [Side::Baseline, Side::Ours]
     } else {

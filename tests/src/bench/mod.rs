@@ -5,7 +5,8 @@
 //! - `figures`: the figures (push, push_many, pipeline, rss, memory, dashboard), their sizes,
 //!   targets and what limits them; `drain`: the drain figures (`buffer-persist drain` as a
 //!   process: two sizes, CPU per record, other formats); `sustained`: the sustained
-//!   end-to-end rate with `buffer-persist run` processes.
+//!   end-to-end rate with `buffer-persist run` processes; `http`: records/s through
+//!   `buffer-persist serve` against `push_many` in process.
 //! - `tools`: the benchmark records, `redis-benchmark` and `dd` runs, Redis counters, and the
 //!   peak RSS of a child process.
 //! - `report`: the table on stdout and BENCHMARKS.md.
@@ -14,6 +15,7 @@
 
 mod drain;
 mod figures;
+mod http;
 mod memory;
 mod msgpack;
 mod report;
@@ -46,9 +48,10 @@ pub fn default_report_path() -> PathBuf {
     tests.parent().unwrap_or(tests).join("BENCHMARKS.md")
 }
 
-const IDS: [&str; 8] = [
+const IDS: [&str; 9] = [
     "push",
     "push_many",
+    "http",
     "pipeline",
     "drain",
     "sustained",
@@ -74,7 +77,10 @@ pub async fn run(options: Options) -> Result<()> {
     let runs = options.runs;
     // Built before anything is measured, so the compile does not compete with a figure.
     let started = Instant::now();
-    let persist = if ["drain", "rss", "sustained"].iter().any(|id| wanted(id)) {
+    let persist = if ["drain", "rss", "sustained", "http"]
+        .iter()
+        .any(|id| wanted(id))
+    {
         Some(tools::persist_binary()?)
     } else {
         None
@@ -100,6 +106,11 @@ pub async fn run(options: Options) -> Result<()> {
         let started = Instant::now();
         measured.push(figures::push_many(&sizes, runs).await?);
         took("push_many", started);
+    }
+    if let (true, Some(persist)) = (wanted("http"), &persist) {
+        let started = Instant::now();
+        measured.push(http::http(sizes.push_many_calls, runs, persist).await?);
+        took("http", started);
     }
     if wanted("pipeline") {
         let started = Instant::now();
