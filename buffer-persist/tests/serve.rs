@@ -20,12 +20,17 @@ struct Serve {
 
 impl Serve {
     fn start(redis_url: &str, flags: &[&str]) -> Self {
+        Self::start_logging(redis_url, flags, "info")
+    }
+
+    /// As [`Serve::start`], logging at `rust_log`.
+    fn start_logging(redis_url: &str, flags: &[&str], rust_log: &str) -> Self {
         let port = free_port();
         let child = Command::new(BINARY)
             .args(["serve", "--redis", redis_url, "--redis-timeout", "1s"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(flags)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -504,16 +509,46 @@ async fn redis_frozen_or_killed_under_requests_is_504_or_503_and_loses_no_acknow
     let threads = load(&serve, "faults", &stop);
     std::thread::sleep(Duration::from_millis(500));
     redis.signal("STOP");
-    std::thread::sleep(Duration::from_secs(3));
+    // A keyed push Redis does not answer within --redis-timeout: 504, outcome unknown.
+    let keyed: &[(&str, &str)] = &[NDJSON, ("Idempotency-Key", "frozen-1")];
+    let seven: String = (0..7).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let frozen_at = Instant::now();
+    let (status, _, body) = serve.json("POST", "/v1/stores/frozen-once", keyed, seven.as_bytes());
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (504, Some("outcome_unknown")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{body}"
+    );
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(frozen_at.elapsed()));
     redis.signal("CONT");
+    // Its retry with the same key after Redis is back: 200, and the records are stored once
+    // whether or not the frozen attempt ran.
+    let (status, _, body) = serve.json("POST", "/v1/stores/frozen-once", keyed, seven.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(live_records(&redis, "frozen-once").await, 7, "{body}");
     std::thread::sleep(Duration::from_millis(500));
     redis.kill();
     std::thread::sleep(Duration::from_secs(2));
     let (status, head, body) = serve.json("POST", "/v1/stores/faults", &[NDJSON], b"{\"a\":1}");
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("redis_unavailable")),
+        "{body}"
+    );
     assert!(head.to_lowercase().contains("retry-after: 2"), "{head}");
-    let (status, _, _) = serve.json("GET", "/readyz", &[], b"");
-    assert_eq!(status, 503);
+    let (status, _, body) = serve.json("GET", "/readyz", &[], b"");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("not_ready")),
+        "{body}"
+    );
     redis.restart();
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -534,4 +569,175 @@ async fn redis_frozen_or_killed_under_requests_is_504_or_503_and_loses_no_acknow
     );
     // 504s may or may not be stored; every 200 must be.
     assert!(live_records(&redis, "faults").await >= acked);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_401_without_403_outside_their_scope_and_never_logged() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(
+        &file,
+        "# producers\nall-0f9e8d7c\nscoped-1a2b3c4d orders* audit\n",
+    )
+    .unwrap();
+    // Not even debug logs may show a token.
+    let serve = Serve::start_logging(
+        &redis.url(),
+        &["--token-file", file.to_str().unwrap()],
+        "debug",
+    );
+    let (status, head, body) = serve.json("POST", "/v1/stores/orders", &[NDJSON], b"{\"a\":1}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized")),
+        "{body}"
+    );
+    assert!(
+        head.to_lowercase().contains("www-authenticate: bearer"),
+        "{head}"
+    );
+    let wrong: &[(&str, &str)] = &[NDJSON, ("Authorization", "Bearer all-0f9e8d7d")];
+    let (status, _, body) = serve.json("POST", "/v1/stores/orders", wrong, b"{\"a\":1}");
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("not one of"),
+        "{body}"
+    );
+    let scoped: &[(&str, &str)] = &[NDJSON, ("Authorization", "Bearer scoped-1a2b3c4d")];
+    let (status, _, body) = serve.json("POST", "/v1/stores/orders%2Feu", scoped, b"{\"a\":1}");
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = serve.json("POST", "/v1/stores/audit", scoped, b"{\"a\":1}");
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = serve.json("POST", "/v1/stores/billing", scoped, b"{\"a\":1}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    assert_eq!(body["store"], "billing", "{body}");
+    let all: &[(&str, &str)] = &[NDJSON, ("Authorization", "Bearer all-0f9e8d7c")];
+    let (status, _, _) = serve.json("POST", "/v1/stores/billing", all, b"{\"a\":1}");
+    assert_eq!(status, 200);
+    assert_eq!(live_records(&redis, "billing").await, 1);
+    // A scoped token lists only its stores; the probes need no token.
+    let (status, _, list) = serve.json("GET", "/v1/stores", &scoped[1..], b"");
+    assert_eq!(status, 200);
+    let mut names: Vec<&str> = list["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["store"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["audit", "orders/eu"], "{list}");
+    let (status, _, body) = serve.json("GET", "/v1/stores/billing", &scoped[1..], b"");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(serve.json("GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(serve.json("GET", "/readyz", &[], b"").0, 200);
+    let (code, stderr) = serve.terminate();
+    assert_eq!(code, 0, "{stderr}");
+    for token in ["0f9e8d7c", "1a2b3c4d", "0f9e8d7d"] {
+        assert!(!stderr.contains(token), "a token in the logs: {stderr}");
+    }
+}
+
+#[test]
+fn a_non_loopback_address_needs_a_token_file_or_allow_unauthenticated() {
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let output = Command::new(BINARY)
+        .args([
+            "serve",
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--listen",
+            &listen,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--token-file") && stderr.contains("--allow-unauthenticated"),
+        "{stderr}"
+    );
+    // With --allow-unauthenticated it listens (and says it is not ready: no Redis there).
+    let child = Command::new(BINARY)
+        .args([
+            "serve",
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--redis-timeout",
+            "1s",
+        ])
+        .args(["--listen", &listen, "--allow-unauthenticated"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let serve = Serve { child, port };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "serve did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(serve.json("GET", "/healthz", &[], b"").0, 200);
+    let (status, head, body) = serve.json("GET", "/readyz", &[], b"");
+    assert_eq!(status, 503, "{body}");
+    assert!(head.to_lowercase().contains("retry-after"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_and_metrics_show_the_stores_and_count_requests_records_and_bytes() {
+    let redis = RedisServer::start();
+    redis
+        .buffer()
+        .await
+        .set_limits(
+            "orders",
+            buffer_core::StoreLimits {
+                max_records: Some(100),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let serve = Serve::start(&redis.url(), &[]);
+    let pushed = b"{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n";
+    for _ in 0..2 {
+        assert_eq!(
+            serve.json("POST", "/v1/stores/orders", &[NDJSON], pushed).0,
+            200
+        );
+    }
+    assert_eq!(
+        serve.json("POST", "/v1/stores/orders", &[NDJSON], b"[1]").0,
+        400
+    );
+    let (status, _, store) = serve.json("GET", "/v1/stores/orders", &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(store["store"], "orders");
+    assert_eq!(store["stores"][0]["records"], 6, "{store}");
+    assert_eq!(store["limits"]["max_records"], 100, "{store}");
+    let (status, _, body) = serve.json("GET", "/healthz", &[], b"");
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, _, body) = serve.json("GET", "/readyz", &[], b"");
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
+    let (status, head, metrics) = serve.request("GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in [
+        "buffer_http_requests_total{route=\"POST /v1/stores/{store}\",status=\"200\"} 2",
+        "buffer_http_requests_total{route=\"POST /v1/stores/{store}\",status=\"400\"} 1",
+        "buffer_http_requests_total{route=\"GET /v1/stores/{store}\",status=\"200\"} 1",
+        "buffer_http_records_ingested_total 6",
+        &format!("buffer_http_ingested_bytes_total {}", 2 * pushed.len()),
+        "buffer_http_request_duration_seconds_count{route=\"POST /v1/stores/{store}\"} 3",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no line {line:?} in:\n{metrics}"
+        );
+    }
 }
