@@ -1,0 +1,373 @@
+//! A private PostgreSQL server for the suites that write into PostgreSQL.
+//!
+//! Like the private `redis-server` of this crate: each [`PostgresServer`] is its own cluster
+//! (`initdb` into a temporary directory), listening on a free port on 127.0.0.1 and on a unix
+//! socket in that same private directory, ready when `start` returns, and stopped when
+//! dropped (its log printed if the test is failing then). Tests never use a server they did
+//! not start.
+//!
+//! The binaries are Debian's `postgresql` package (`.ci/run` installs it): taken from
+//! `BUFFER_PG_BINDIR`, else `pg_config --bindir`, else `/usr/lib/postgresql/15/bin`.
+//! PostgreSQL refuses to run as root, so when the tests run as root the server runs as the
+//! `postgres` OS user (through `setpriv`, which execs rather than forks, so the pid this holds
+//! is the postmaster's own and signals reach it directly), in a directory that user owns.
+//! Authentication is `trust` for the superuser `postgres`: the server is private and local.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory holding `initdb`, `postgres` and `psql`.
+pub fn postgres_bindir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BUFFER_PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+        .filter(|dir| dir.join("initdb").exists());
+    from_pg_config.unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+/// A private PostgreSQL server, stopped on drop.
+pub struct PostgresServer {
+    /// The temporary directory: `data/` (the cluster), the socket, `postgres.log`.
+    dir: tempfile::TempDir,
+    bindir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+    /// True when running as root: commands run as the `postgres` OS user.
+    as_postgres_user: bool,
+}
+
+impl PostgresServer {
+    /// Makes a new cluster and starts its server; panics (with the log) when it cannot.
+    pub fn start() -> Self {
+        let bindir = postgres_bindir();
+        assert!(
+            bindir.join("initdb").exists(),
+            "no PostgreSQL binaries in {} (install Debian's `postgresql` package, or set \
+             BUFFER_PG_BINDIR)",
+            bindir.display()
+        );
+        let as_postgres_user = rustix::process::geteuid().is_root();
+        // Under /tmp rather than TMPDIR: the `postgres` user must be able to enter every
+        // directory on the path.
+        let parent = if as_postgres_user {
+            PathBuf::from("/tmp")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("buffer-pg-")
+            .tempdir_in(parent)
+            .unwrap();
+        if as_postgres_user {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown postgres {}", dir.path().display());
+        }
+        let mut server = Self {
+            dir,
+            bindir,
+            port: 0,
+            child: None,
+            as_postgres_user,
+        };
+        let output = server
+            .command("initdb")
+            .arg("-D")
+            .arg(server.data_dir())
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        server.port = crate::free_port();
+        server.launch();
+        server
+    }
+
+    /// A command running `program` from the PostgreSQL binaries, as the `postgres` user when
+    /// the tests run as root, in the server's directory (which that user can enter).
+    fn command(&self, program: &str) -> Command {
+        let binary = self.bindir.join(program);
+        let mut command = if self.as_postgres_user {
+            let mut command = Command::new("setpriv");
+            command
+                .args([
+                    "--reuid=postgres",
+                    "--regid=postgres",
+                    "--init-groups",
+                    "--",
+                ])
+                .arg(binary);
+            command
+        } else {
+            Command::new(binary)
+        };
+        command
+            .current_dir(self.dir.path())
+            .env_remove("PGPASSWORD");
+        command
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// Starts the postmaster on `self.port` and waits until it accepts queries.
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        if self.as_postgres_user {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(self.log_path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(self.dir.path())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                // No fsync: the tests kill processes, never the machine, and a killed
+                // server's writes are still in the page cache. Commits stay synchronous (a
+                // commit acknowledged before its WAL is written would be lost by an
+                // immediate stop, which is what the exactly-once tests do).
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=60",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.try_query("SELECT 1").is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("postgres exited at start ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not accept queries within 30 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory holding the server's unix socket (`.s.PGSQL.<port>`).
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The postmaster's pid (None while stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Runs `sql` with `psql` (unaligned, tuples only) and returns its output, or psql's
+    /// error text.
+    pub fn try_query(&self, sql: &str) -> Result<String, String> {
+        let output = self
+            .command("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .output()
+            .map_err(|err| err.to_string())?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout)
+                .trim_end()
+                .to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
+    /// Runs `sql` and returns its output; panics with psql's error.
+    pub fn query(&self, sql: &str) -> String {
+        match self.try_query(sql) {
+            Ok(output) => output,
+            Err(err) => panic!("psql {sql:?}: {err}"),
+        }
+    }
+
+    /// Sends a signal to the postmaster: `"QUIT"` is PostgreSQL's immediate shutdown,
+    /// `"STOP"`/`"CONT"` freeze and resume the postmaster (not its backends).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("postgres is not running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// The pids of the postmaster and of its children (backends, checkpointer, WAL writer…),
+    /// from `/proc`.
+    fn server_pids(&self) -> Vec<u32> {
+        let Some(postmaster) = self.pid() else {
+            return Vec::new();
+        };
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // `pid (comm) state ppid …`: comm may hold spaces, so read after its last `)`.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Sends `signal` to the postmaster and all its children at once.
+    fn signal_all(&self, signal: &str) {
+        let pids = self.server_pids();
+        if pids.is_empty() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(pids.iter().map(ToString::to_string))
+            .status();
+    }
+
+    /// Freezes the whole server (SIGSTOP to the postmaster and every backend), as a hung
+    /// host would: connections stay open, the kernel still accepts bytes on them, nothing
+    /// answers. [`PostgresServer::thaw`] resumes it; a drop or an immediate stop does too.
+    /// Returns how many processes were stopped.
+    pub fn freeze(&self) -> usize {
+        let pids = self.server_pids();
+        let status = Command::new("kill")
+            .arg("-STOP")
+            .args(pids.iter().map(ToString::to_string))
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -STOP {pids:?} failed");
+        pids.len()
+    }
+
+    /// Resumes a server [`PostgresServer::freeze`] froze.
+    pub fn thaw(&self) {
+        self.signal_all("CONT");
+    }
+
+    /// Stops the server at once (immediate shutdown: open transactions are lost, as in a
+    /// crash; the next start recovers from the WAL) and waits for it to exit.
+    pub fn stop_immediately(&mut self) {
+        // A frozen server (or backend) could not act on SIGQUIT.
+        self.thaw();
+        if let Some(mut child) = self.child.take() {
+            // SIGQUIT: the postmaster ends its backends with SIGQUIT and exits without a
+            // checkpoint; a continued process first, in case a test stopped it.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+            let _ = Command::new("kill")
+                .arg("-QUIT")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts the server again on the same port and cluster (after
+    /// [`PostgresServer::stop_immediately`]), recovering from the WAL.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "postgres is still running");
+        self.launch();
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            eprintln!("--- postgres :{} log (last lines) ---\n{tail}", self.port);
+        }
+        self.stop_immediately();
+    }
+}
