@@ -113,8 +113,10 @@ pub struct ReplicaArgs {
 pub struct OutputArgs {
     /// Where batches go: each batch goes to OUT/PATH_TEMPLATE. A local or mounted directory,
     /// or `s3://bucket/prefix` (credentials, region and endpoint from AWS_ACCESS_KEY_ID,
-    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP); other URL schemes
-    /// are refused.
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP), or
+    /// `postgres://user[:password]@host[:port]/db[?sslmode=…&schema=…]` (also `postgresql://`;
+    /// the password from PGPASSWORD when the URL has none; see docs/postgres.md); other URL
+    /// schemes are refused.
     #[arg(long, env = "BUFFER_OUT")]
     pub out: PathBuf,
     /// Where a batch's file goes under OUT. Placeholders: {store} (percent-encoded), {batch},
@@ -144,6 +146,22 @@ pub struct OutputArgs {
     /// uploaded. Persisters sharing a prefix must use the same value.
     #[arg(long, env = "BUFFER_PART_SIZE", default_value = "32MiB", value_parser = size)]
     pub part_size: u64,
+    /// PostgreSQL only: the table of a store's records, {store} standing for its name; always
+    /// quoted as one identifier (at most 63 bytes).
+    #[arg(long, env = "BUFFER_TABLE_TEMPLATE", default_value = crate::DEFAULT_TABLE_TEMPLATE)]
+    pub table_template: String,
+    /// PostgreSQL only: create a missing table from its first batch's keys (typed as in
+    /// Parquet files, plus a `_rest jsonb` column).
+    #[arg(long, env = "BUFFER_CREATE_TABLES")]
+    pub create_tables: bool,
+    /// PostgreSQL only: the ledger table, one row per batch applied (created when missing).
+    #[arg(long, env = "BUFFER_LEDGER_TABLE", default_value = crate::DEFAULT_LEDGER_TABLE)]
+    pub ledger_table: String,
+    /// PostgreSQL only: statement_timeout of every statement, and the client's bound on each
+    /// round trip (plus 5 s) and on connecting (at most 10 s unless the URL says
+    /// connect_timeout), e.g. `60s`.
+    #[arg(long, env = "BUFFER_STATEMENT_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub statement_timeout: Duration,
 }
 
 /// `run`'s arguments.
@@ -313,6 +331,10 @@ impl OutputArgs {
         config.csv_max_columns = self.csv_max_columns;
         config.path_template = self.path_template.clone();
         config.part_size = self.part_size;
+        config.table_template = self.table_template.clone();
+        config.create_tables = self.create_tables;
+        config.ledger_table = self.ledger_table.clone();
+        config.statement_timeout = self.statement_timeout;
         config
     }
 }

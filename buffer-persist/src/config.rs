@@ -49,7 +49,26 @@ pub struct PersistConfig {
     /// (default [`DEFAULT_PART_SIZE`]). A part is held in memory until it is uploaded, so this
     /// bounds the memory of a batch in flight. Persisters sharing a prefix must agree on it.
     pub part_size: u64,
+    /// PostgreSQL only: the table of a store's records, `{store}` standing for the store's
+    /// name (default [`DEFAULT_TABLE_TEMPLATE`]); always quoted as one identifier, so no store
+    /// name can inject SQL.
+    pub table_template: String,
+    /// PostgreSQL only: create a missing table from its first batch's keys (the Parquet type
+    /// mapping, plus a `_rest jsonb` column).
+    pub create_tables: bool,
+    /// PostgreSQL only: the ledger table, one row per batch applied, in the same transaction
+    /// as its rows (default [`DEFAULT_LEDGER_TABLE`]; created when missing).
+    pub ledger_table: String,
+    /// PostgreSQL only: the server-side `statement_timeout` of every statement, also the
+    /// client's bound on each round trip (plus a margin) and on connecting (default 60 s).
+    pub statement_timeout: Duration,
 }
+
+/// The default of [`PersistConfig::table_template`].
+pub const DEFAULT_TABLE_TEMPLATE: &str = "{store}";
+
+/// The default of [`PersistConfig::ledger_table`].
+pub const DEFAULT_LEDGER_TABLE: &str = "buffer_batches";
 
 /// The default of [`PersistConfig::csv_max_columns`].
 pub const DEFAULT_CSV_MAX_COLUMNS: usize = 1024;
@@ -64,7 +83,8 @@ const MIN_PART_SIZE: u64 = 1024;
 const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 
 /// The URL schemes `--out` takes.
-const SUPPORTED_SCHEMES: &str = "s3://bucket/prefix (or a local directory)";
+const SUPPORTED_SCHEMES: &str =
+    "s3://bucket/prefix, postgres://user@host:port/db (or a local directory)";
 
 /// Where batches go, parsed from [`PersistConfig::out_dir`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +99,8 @@ pub(crate) enum OutputLocation {
         /// The key prefix, `/`-separated segments.
         prefix: String,
     },
+    /// A PostgreSQL database: the `postgres://` or `postgresql://` URL as given.
+    Postgres(String),
 }
 
 impl PersistConfig {
@@ -98,6 +120,19 @@ impl PersistConfig {
             drain_wait: None,
             csv_max_columns: DEFAULT_CSV_MAX_COLUMNS,
             part_size: DEFAULT_PART_SIZE,
+            table_template: DEFAULT_TABLE_TEMPLATE.to_owned(),
+            create_tables: false,
+            ledger_table: DEFAULT_LEDGER_TABLE.to_owned(),
+            statement_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// `out_dir` for logs: a PostgreSQL URL with its password replaced by `***`.
+    pub fn out_display(&self) -> String {
+        let text = self.out_dir.to_string_lossy();
+        match url_scheme(&self.out_dir) {
+            Some("postgres" | "postgresql") => crate::output::postgres::redact(&text),
+            _ => text.into_owned(),
         }
     }
 
@@ -111,6 +146,9 @@ impl PersistConfig {
             return Ok(OutputLocation::Local(self.out_dir.clone()));
         };
         let text = self.out_dir.to_string_lossy();
+        if scheme == "postgres" || scheme == "postgresql" {
+            return Ok(OutputLocation::Postgres(text.into_owned()));
+        }
         if scheme != "s3" {
             return Err(Error::Config(format!(
                 "--out {text} uses the {scheme}:// scheme, which buffer-persist does not support; use {SUPPORTED_SCHEMES}; write ./{text} if you really mean a directory of that name"
@@ -164,6 +202,9 @@ impl PersistConfig {
             check_not_a_file(&dir)?;
         }
         self.path_template()?;
+        if let OutputLocation::Postgres(url) = self.output_location()? {
+            crate::output::postgres::PostgresOutput::check(&url, self)?;
+        }
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.part_size) {
             return Err(Error::Config(format!(
                 "--part-size {} is out of range; use 1KiB to 5GiB (S3 takes at most 5 GiB in one PUT)",

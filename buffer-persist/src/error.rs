@@ -99,6 +99,21 @@ pub enum Error {
     /// operating condition); the batch stays prepared.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// PostgreSQL refused or failed an operation of the PostgreSQL output, or a record could
+    /// not be mapped to its table. The transaction is rolled back: nothing of the batch is
+    /// applied, and it stays in Redis.
+    #[error("PostgreSQL: {action}: {message}")]
+    Postgres {
+        /// What was being done (connecting, loading table "t", …).
+        action: String,
+        /// PostgreSQL's SQLSTATE, when the server answered with an error.
+        sqlstate: Option<String>,
+        /// The server's message with its detail and context (which names the row for a COPY),
+        /// or the client's.
+        message: String,
+        /// True when waiting may help (the server unreachable, restarting or overloaded).
+        transient: bool,
+    },
     /// An argument or setting was invalid.
     #[error("invalid setting: {0}")]
     Config(String),
@@ -151,6 +166,7 @@ impl Error {
         match self {
             Self::Buffer(err) => err.is_transient() || err.is_lock_lost(),
             Self::Io { .. } | Self::ObjectStore { .. } | Self::Abandoned { .. } => true,
+            Self::Postgres { transient, .. } => *transient,
             Self::InBatch { error, .. } => error.is_transient(),
             _ => false,
         }

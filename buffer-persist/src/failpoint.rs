@@ -8,7 +8,9 @@
 //! store's directory exists and is durable), `after-temp-write`, `before-fsync`,
 //! `after-fsync`, `after-link` (published under its name), `after-dir-fsync` (that name is
 //! durable), `after-delete`. Once per output directory, before any batch: `after-marker` (the
-//! `.buffer-persist` marker is published and durable).
+//! `.buffer-persist` marker is published and durable). With a PostgreSQL output, between
+//! the rows and the delete: `before-commit` (rows and ledger row sent, transaction open) and
+//! `after-commit` (committed, the batch still in Redis).
 
 /// Acts as `BUFFER_FAILPOINT` says when it names this step (feature `failpoints`).
 #[cfg(feature = "failpoints")]

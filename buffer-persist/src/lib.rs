@@ -47,10 +47,14 @@ mod store_report;
 mod units;
 mod writer;
 
-pub use config::{Compression, DEFAULT_CSV_MAX_COLUMNS, DEFAULT_PART_SIZE, Format, PersistConfig};
+pub use config::{
+    Compression, DEFAULT_CSV_MAX_COLUMNS, DEFAULT_LEDGER_TABLE, DEFAULT_PART_SIZE,
+    DEFAULT_TABLE_TEMPLATE, Format, PersistConfig,
+};
 pub use error::{Error, Result};
 pub use marker::MARKER_FILE;
 pub use metrics::serve_metrics;
+pub use output::postgres::PostgresStats;
 pub use paths::{DEFAULT_PATH_TEMPLATE, PathTemplate};
 pub use persister::{BatchOutcome, DrainReport, Persister, StatsSnapshot};
 

@@ -78,7 +78,27 @@ impl Collector for StatsCollector {
             ),
             ("polls", "Polls made by the run loop.", stats.polls),
         ];
-        for (name, help, value) in counters {
+        // The PostgreSQL output's own, only when the output is one.
+        let postgres = self.0.postgres_stats().map(|pg| {
+            [
+                (
+                    "postgres_rows",
+                    "Rows loaded into PostgreSQL by committed transactions.",
+                    pg.rows,
+                ),
+                (
+                    "postgres_transactions",
+                    "PostgreSQL transactions committed, one per batch applied.",
+                    pg.transactions,
+                ),
+                (
+                    "postgres_ledger_hits",
+                    "Batches found in the PostgreSQL ledger already applied, deleted from Redis without applying them again.",
+                    pg.ledger_hits,
+                ),
+            ]
+        });
+        for (name, help, value) in counters.into_iter().chain(postgres.into_iter().flatten()) {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(
                 name,

@@ -254,6 +254,12 @@ impl ParquetLayout {
         })
     }
 
+    /// The named columns with their types, sorted by name (the PostgreSQL output creates
+    /// tables from them).
+    pub(crate) fn columns(&self) -> &[(String, ColumnType)] {
+        &self.columns
+    }
+
     /// The same layout with row groups of at most `bytes` encoded bytes (never more than
     /// [`ROW_GROUP_BYTES`]). The object output gives its part size: its parts can only end
     /// where a row group ends, so this keeps them near the part size, and the part size is

@@ -245,6 +245,12 @@ impl Persister {
         }
     }
 
+    /// The PostgreSQL output's counters (rows, transactions, ledger hits), when the output is
+    /// a PostgreSQL database and has been used (by `run`, `drain` or a batch).
+    pub fn postgres_stats(&self) -> Option<crate::PostgresStats> {
+        self.output.get().and_then(Output::postgres_stats)
+    }
+
     /// Runs until `shutdown` is cancelled: at once and then every `interval`, recovers prepared
     /// batches whose lock is free and flushes the stores over a threshold. On shutdown it stops
     /// selecting, abandons the batches in hand (they stay prepared, their temp files are
@@ -271,7 +277,7 @@ impl Persister {
             return Ok(());
         }
         tracing::info!(
-            out = %self.config.out_dir.display(),
+            out = %self.config.out_display(),
             max_age = %crate::units::duration(self.config.max_age),
             max_bytes = %crate::units::optional(self.config.max_bytes, crate::units::bytes),
             max_records = %crate::units::optional(self.config.max_records, |n| n.to_string()),
@@ -307,7 +313,7 @@ impl Persister {
             max_age: self.config.max_age,
             max_bytes: self.config.max_bytes,
             max_records: self.config.max_records,
-            out: self.config.out_dir.display().to_string(),
+            out: self.config.out_display(),
             heartbeat_ms: self.buffer.now_ms(),
             batches_persisted: stats.batches_persisted,
             records_persisted: stats.records_persisted,
@@ -695,7 +701,8 @@ impl Persister {
         c.records_persisted
             .fetch_add(batch.records, Ordering::Relaxed);
         c.bytes_persisted.fetch_add(batch.bytes, Ordering::Relaxed);
-        if matches!(published, Published::Written { .. }) {
+        // A PostgreSQL output writes transactions, not files (its own counters count them).
+        if matches!(published, Published::Written { .. }) && self.postgres_stats().is_none() {
             c.files_written.fetch_add(1, Ordering::Relaxed);
         }
         let since_prepare = self.buffer.now_ms().saturating_sub(batch.id.created_ms());
@@ -731,6 +738,11 @@ impl Persister {
         shutdown: &CancellationToken,
     ) -> Result<Published> {
         let config = &self.config;
+        if let Output::Postgres(database) = self.output()? {
+            return database
+                .write_batch(&self.buffer, guard, batch, config.lock_ttl, shutdown)
+                .await;
+        }
         let layout =
             FileLayout::of_batch(&self.buffer, batch, config.format, config.csv_max_columns)
                 .await?;

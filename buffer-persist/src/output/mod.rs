@@ -26,6 +26,7 @@ use crate::writer::{self, BatchFile, FileLayout, Published, SinkFactory};
 
 pub(crate) mod local;
 pub(crate) mod object;
+pub(crate) mod postgres;
 
 pub(crate) use object::ObjectOutput;
 
@@ -48,6 +49,9 @@ pub(crate) enum Output {
     },
     /// A bucket and prefix of an object store.
     Object(Arc<ObjectOutput>),
+    /// A PostgreSQL database: batches are applied as transactions, not written as files
+    /// (`Persister::write_batch` hands them to [`postgres::PostgresOutput::write_batch`]).
+    Postgres(Arc<postgres::PostgresOutput>),
 }
 
 impl Output {
@@ -61,6 +65,9 @@ impl Output {
             OutputLocation::Local(out) => Self::Local { out, open },
             OutputLocation::S3 { bucket, prefix } => {
                 Self::Object(Arc::new(ObjectOutput::s3_from_env(&bucket, &prefix)?))
+            }
+            OutputLocation::Postgres(url) => {
+                Self::Postgres(Arc::new(postgres::PostgresOutput::new(&url, config)?))
             }
         })
     }
@@ -78,6 +85,7 @@ impl Output {
                 blocking(move || crate::marker::check_or_write(&config)).await
             }
             Self::Object(object) => object.check_or_write_marker(config).await,
+            Self::Postgres(database) => database.prepare().await,
         }
     }
 
@@ -105,7 +113,7 @@ impl Output {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!(
-                            out = %config.out_dir.display(),
+                            out = %config.out_display(),
                             failed_attempts = failures,
                             "the output is ready"
                         );
@@ -116,7 +124,7 @@ impl Output {
                     failures = failures.saturating_add(1);
                     let delay = PREPARE_BACKOFF.delay(failures);
                     tracing::warn!(
-                        out = %config.out_dir.display(),
+                        out = %config.out_display(),
                         error = %with_causes(&err),
                         attempt = failures,
                         retry_in = %humantime::format_duration(delay),
@@ -157,6 +165,17 @@ impl Output {
                 batch,
                 layout,
             )?))),
+            Self::Postgres(_) => Err(Error::Task(
+                "a PostgreSQL output applies batches as transactions, not files".into(),
+            )),
+        }
+    }
+
+    /// The PostgreSQL output's counters, when this is one.
+    pub(crate) fn postgres_stats(&self) -> Option<postgres::PostgresStats> {
+        match self {
+            Self::Postgres(database) => Some(database.stats()),
+            _ => None,
         }
     }
 

@@ -1,0 +1,826 @@
+//! PostgreSQL as an output, against a real private PostgreSQL server and a real Redis: the
+//! `buffer-persist` binary drains into tables, exactly once (a ledger row per batch in the
+//! same transaction), and every fault and data error is a failure record that loses nothing.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use buffer_core::Buffer;
+use buffer_persist::{PersistConfig, Persister, PostgresStats};
+use buffer_tests::postgres::PostgresServer;
+use buffer_tests::{Ledger, RedisServer, eventually, produce};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
+
+fn require_failpoints() {
+    let compiled_in = cfg!(feature = "failpoints");
+    if !compiled_in {
+        panic!(
+            "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
+        );
+    }
+}
+
+/// `buffer-persist drain` into `url` with `extra` arguments (a 5 s lock TTL and a 10 s
+/// statement timeout unless `extra` sets them), to be run.
+fn drain_command(redis: &RedisServer, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BINARY);
+    command.args(["drain", "--redis", &redis.url(), "--out", url]);
+    if !extra.contains(&"--lock-ttl") {
+        command.args(["--lock-ttl", "5s"]);
+    }
+    if !extra.contains(&"--statement-timeout") {
+        command.args(["--statement-timeout", "10s"]);
+    }
+    command
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+/// `buffer-persist drain` into `url` with `extra` arguments; returns its output.
+fn drain(redis: &RedisServer, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    drain_command(redis, url, extra, env).output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn push_ids(buffer: &Buffer, store: &str, ids: std::ops::Range<u64>) {
+    for id in ids {
+        buffer
+            .push(store, &json!({"id": id, "name": format!("n{id}")}))
+            .await
+            .unwrap();
+    }
+}
+
+/// The failure records in Redis, as (store, last error).
+async fn failures(buffer: &Buffer) -> Vec<(String, String)> {
+    buffer
+        .failures()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|work| (work.store.to_string(), work.record.last_error))
+        .collect()
+}
+
+#[test]
+fn private_server_keeps_commits_across_an_immediate_stop_and_is_gone_on_drop() {
+    let mut server = PostgresServer::start();
+    assert_eq!(
+        server.query("SELECT current_setting('server_version_num')::int >= 150000"),
+        "t"
+    );
+
+    // The unix socket is in the server's private directory.
+    let socket = server
+        .socket_dir()
+        .join(format!(".s.PGSQL.{}", server.port()));
+    assert!(socket.exists(), "no socket at {}", socket.display());
+
+    server.query("CREATE TABLE \"we;ird\"\"name\" (n int)");
+    server.query("INSERT INTO \"we;ird\"\"name\" SELECT generate_series(1, 100)");
+
+    // An immediate stop (SIGQUIT, like a crash) and a restart keep what was committed.
+    let first_pid = server.pid().unwrap();
+    server.stop_immediately();
+    assert!(server.pid().is_none());
+    let down = server.try_query("SELECT 1").unwrap_err();
+    assert!(
+        down.contains("Connection refused") || down.contains("could not connect"),
+        "a stopped server still answered: {down}"
+    );
+    server.restart();
+    assert_ne!(server.pid().unwrap(), first_pid);
+    assert_eq!(
+        server.query("SELECT count(*), sum(n) FROM \"we;ird\"\"name\""),
+        "100|5050"
+    );
+
+    // A query error is reported with PostgreSQL's message.
+    let err = server.try_query("SELECT * FROM missing_table").unwrap_err();
+    assert!(
+        err.contains("relation \"missing_table\" does not exist"),
+        "{err}"
+    );
+
+    // Dropped: the postmaster is gone and its directory removed.
+    let pid = server.pid().unwrap();
+    let dir = server.socket_dir().to_path_buf();
+    drop(server);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "postgres {pid} still runs after drop"
+    );
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+#[tokio::test]
+async fn append_batch_lands_once() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query(
+        "CREATE TABLE events (id bigint PRIMARY KEY, name text, at timestamptz, \
+         score numeric, ok boolean, tags jsonb, note text DEFAULT 'none', _rest jsonb)",
+    );
+    let buffer = redis.buffer().await;
+    push_ids(&buffer, "events", 0..500).await;
+    buffer
+        .push(
+            "events",
+            &json!({"id": 500, "name": "tab\there\nnewline \\ back", "at": "2026-01-02T03:04:05Z",
+                    "score": 12.5, "ok": true, "tags": ["a", {"b": 1}], "extra": {"k": "v"}}),
+        )
+        .await
+        .unwrap();
+
+    let output = drain(&redis, &pg.url(), &[], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        pg.query("SELECT count(*), sum(id) FROM events"),
+        "501|125250"
+    );
+    assert_eq!(
+        pg.query(
+            "SELECT name, at = '2026-01-02T03:04:05Z', score, ok, tags::text, note, _rest::text \
+             FROM events WHERE id = 500"
+        ),
+        "tab\there\nnewline \\ back|t|12.5|t|[\"a\", {\"b\": 1}]|none|{\"extra\": {\"k\": \"v\"}}"
+    );
+    // A key no record has takes the column default; a row without `_rest` keys has NULL there.
+    assert_eq!(
+        pg.query("SELECT note, _rest IS NULL FROM events WHERE id = 7"),
+        "none|t"
+    );
+    assert_eq!(
+        pg.query("SELECT store, rows FROM buffer_batches"),
+        "events|501"
+    );
+    assert!(
+        redis.all_keys().iter().all(|key| !key.contains("events")),
+        "{:?}",
+        redis.all_keys()
+    );
+}
+
+#[tokio::test]
+async fn a_kill_between_commit_and_the_redis_delete_is_a_ledger_hit_not_applied_again() {
+    require_failpoints();
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query("CREATE TABLE s (id bigint, name text)");
+    let buffer = redis.buffer().await;
+    push_ids(&buffer, "s", 0..300).await;
+
+    // Aborts right after COMMIT: the rows and the ledger row are in, the batch still in Redis.
+    let crashed = drain(
+        &redis,
+        &pg.url(),
+        &[],
+        &[("BUFFER_FAILPOINT", "after-commit")],
+    );
+    assert!(!crashed.status.success());
+    assert!(
+        stderr(&crashed).contains("failpoint after-commit"),
+        "{}",
+        stderr(&crashed)
+    );
+    assert_eq!(pg.query("SELECT count(*) FROM s"), "300");
+    assert_eq!(buffer.get_prepared().await.unwrap().len(), 1);
+
+    let again = drain(&redis, &pg.url(), &[], &[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already applied (found in the ledger)"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        pg.query("SELECT count(*), count(DISTINCT id) FROM s"),
+        "300|300"
+    );
+    assert_eq!(pg.query("SELECT count(*) FROM buffer_batches"), "1");
+    assert!(buffer.get_prepared().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_kill_before_commit_applies_nothing_and_the_retry_applies_once() {
+    require_failpoints();
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query("CREATE TABLE s (id bigint, name text)");
+    let buffer = redis.buffer().await;
+    push_ids(&buffer, "s", 0..200).await;
+    let crashed = drain(
+        &redis,
+        &pg.url(),
+        &[],
+        &[("BUFFER_FAILPOINT", "before-commit")],
+    );
+    assert!(!crashed.status.success());
+    assert_eq!(pg.query("SELECT count(*) FROM s"), "0");
+    assert_eq!(pg.query("SELECT count(*) FROM buffer_batches"), "0");
+    let again = drain(&redis, &pg.url(), &[], &[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        pg.query("SELECT count(*), count(DISTINCT id) FROM s"),
+        "200|200"
+    );
+    assert_eq!(pg.query("SELECT count(*) FROM buffer_batches"), "1");
+}
+
+#[tokio::test]
+async fn hostile_store_names_land_in_their_own_tables_or_fail_alone() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query("CREATE TABLE victims (n int); INSERT INTO victims VALUES (1)");
+    let buffer = redis.buffer().await;
+    let long = "x".repeat(200);
+    let hostile = [
+        "a\"b",
+        "x\"; DROP TABLE victims; --",
+        "ünïcødé ☃",
+        "semi;colon",
+    ];
+    for store in hostile.iter().copied().chain([long.as_str()]) {
+        push_ids(&buffer, store, 0..5).await;
+    }
+    let output = drain(&redis, &pg.url(), &["--create-tables"], &[]);
+    assert!(
+        !output.status.success(),
+        "the 200-byte store cannot succeed"
+    );
+    for store in hostile {
+        let table = format!("\"{}\"", store.replace('"', "\"\""));
+        assert_eq!(
+            pg.query(&format!("SELECT count(*), sum(id) FROM {table}")),
+            "5|10",
+            "store {store:?}"
+        );
+    }
+    assert_eq!(pg.query("SELECT n FROM victims"), "1");
+    let failed = failures(&buffer).await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, long);
+    assert!(
+        failed[0]
+            .1
+            .contains("is 200 bytes long; PostgreSQL identifiers hold at most 63"),
+        "{}",
+        failed[0].1
+    );
+    // Nothing of it is lost: its 5 records wait in Redis.
+    let prepared = buffer.get_prepared().await.unwrap();
+    assert_eq!(prepared.len(), 1);
+    assert_eq!(records_in_redis(&buffer).await, 5);
+}
+
+#[tokio::test]
+async fn a_data_error_is_a_failure_record_with_its_sqlstate_and_row_and_loses_nothing() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query("CREATE TABLE m (id bigint, name text)");
+    pg.query("CREATE TABLE c (id bigint CONSTRAINT id_not_negative CHECK (id >= 0), name text)");
+    let buffer = redis.buffer().await;
+    // A type mismatch in store m, a constraint violation in store c; store ok is fine.
+    push_ids(&buffer, "m", 0..3).await;
+    buffer
+        .push("m", &json!({"id": "seven", "name": "bad"}))
+        .await
+        .unwrap();
+    push_ids(&buffer, "c", 0..2).await;
+    buffer
+        .push("c", &json!({"id": -1, "name": "negative"}))
+        .await
+        .unwrap();
+    pg.query("CREATE TABLE ok (id bigint, name text)");
+    push_ids(&buffer, "ok", 0..4).await;
+    let output = drain(&redis, &pg.url(), &[], &[]);
+    assert!(!output.status.success());
+    let failed = failures(&buffer).await;
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    let error_of = |store: &str| {
+        failed
+            .iter()
+            .find(|(name, _)| name == store)
+            .map(|(_, error)| error.clone())
+            .unwrap()
+    };
+    let mismatch = error_of("m");
+    assert!(mismatch.contains("SQLSTATE 22P02"), "{mismatch}");
+    assert!(
+        mismatch.contains("line 4, column id: \"seven\""),
+        "{mismatch}"
+    );
+    let violation = error_of("c");
+    assert!(violation.contains("SQLSTATE 23514"), "{violation}");
+    assert!(
+        violation.contains("violates check constraint \"id_not_negative\""),
+        "{violation}"
+    );
+    assert!(
+        violation.contains("Failing row contains (-1, negative)"),
+        "{violation}"
+    );
+    assert_eq!(pg.query("SELECT count(*) FROM m"), "0");
+    assert_eq!(pg.query("SELECT count(*) FROM c"), "0");
+    // The failing stores touched nothing else.
+    assert_eq!(pg.query("SELECT count(*) FROM ok"), "4");
+    assert_eq!(pg.query("SELECT store FROM buffer_batches"), "ok");
+    // Nothing lost: both batches wait in Redis, whole.
+    assert_eq!(records_in_redis(&buffer).await, 7);
+
+    // Fixed on the database side, the same batches land whole.
+    pg.query("ALTER TABLE m ALTER COLUMN id TYPE text");
+    pg.query("ALTER TABLE c DROP CONSTRAINT id_not_negative");
+    let output = drain(&redis, &pg.url(), &[], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(pg.query("SELECT count(*) FROM m"), "4");
+    assert_eq!(pg.query("SELECT count(*), sum(id) FROM c"), "3|0");
+    assert!(failures(&buffer).await.is_empty());
+    assert_eq!(records_in_redis(&buffer).await, 0);
+}
+
+#[tokio::test]
+async fn a_key_without_a_column_or_a_missing_table_fails_naming_it() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query("CREATE TABLE k (id bigint)");
+    let buffer = redis.buffer().await;
+    buffer
+        .push("k", &json!({"id": 1, "surprise": 2}))
+        .await
+        .unwrap();
+    buffer.push("nowhere", &json!({"id": 1})).await.unwrap();
+    let output = drain(&redis, &pg.url(), &[], &[]);
+    assert!(!output.status.success());
+    let failed = failures(&buffer).await;
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    let by_store = |store: &str| {
+        failed
+            .iter()
+            .find(|(name, _)| name == store)
+            .map(|(_, error)| error.clone())
+            .unwrap()
+    };
+    let unknown = by_store("k");
+    assert!(
+        unknown.contains("has the key \"surprise\", which names no column of \"k\""),
+        "{unknown}"
+    );
+    let missing = by_store("nowhere");
+    assert!(
+        missing
+            .contains("table \"nowhere\" does not exist; create it, or run with --create-tables"),
+        "{missing}"
+    );
+    assert_eq!(buffer.get_prepared().await.unwrap().len(), 2);
+    assert_eq!(pg.query("SELECT count(*) FROM k"), "0");
+}
+
+#[tokio::test]
+async fn postgres_down_is_a_failure_record_and_the_batch_lands_after_a_restart() {
+    let redis = RedisServer::start();
+    let mut pg = PostgresServer::start();
+    pg.query("CREATE TABLE d (id bigint, name text)");
+    let url = pg.url();
+    let buffer = redis.buffer().await;
+    push_ids(&buffer, "d", 0..50).await;
+    pg.stop_immediately();
+    let output = drain(&redis, &url, &[], &[]);
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(
+        text.contains("connecting to postgres://postgres@127.0.0.1"),
+        "{text}"
+    );
+    // Nothing lost: the 50 records wait in Redis (live, or in a batch with a failure record).
+    assert_eq!(records_in_redis(&buffer).await, 50);
+    pg.restart();
+    let output = drain(&redis, &url, &[], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(pg.query("SELECT count(*) FROM d"), "50");
+}
+
+/// Records in live stores and prepared batches.
+async fn records_in_redis(buffer: &Buffer) -> u64 {
+    let live: u64 = buffer
+        .stores()
+        .await
+        .unwrap()
+        .iter()
+        .map(|store| store.records)
+        .sum();
+    let mut prepared = 0;
+    for batch in buffer.get_prepared().await.unwrap() {
+        if let Some(info) = buffer.batch_info(&batch.store, &batch.id).await.unwrap() {
+            prepared += info.records;
+        }
+    }
+    live + prepared
+}
+
+#[tokio::test]
+async fn url_forms_unix_socket_schema_and_pgpassword() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query("CREATE SCHEMA app; CREATE TABLE app.u (id bigint, name text)");
+    pg.query("ALTER USER postgres PASSWORD 'pw'");
+    let buffer = redis.buffer().await;
+    push_ids(&buffer, "u", 0..10).await;
+    // postgresql://, the socket directory as the host, ?schema=; the server trusts local
+    // connections, so PGPASSWORD is only carried here.
+    let socket = pg.socket_dir().display().to_string().replace('/', "%2F");
+    let url = format!(
+        "postgresql://postgres@{socket}:{}/postgres?schema=app&sslmode=disable",
+        pg.port()
+    );
+    let output = drain(&redis, &url, &[], &[("PGPASSWORD", "pw")]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(pg.query("SELECT count(*) FROM app.u"), "10");
+    assert_eq!(pg.query("SELECT count(*) FROM app.buffer_batches"), "1");
+
+    // A TLS mode this build cannot honour is refused before anything is done, with the fix.
+    let output = drain(
+        &redis,
+        &format!(
+            "postgres://postgres:secret@127.0.0.1:{}/postgres?sslmode=require",
+            pg.port()
+        ),
+        &[],
+        &[],
+    );
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(
+        text.contains("sslmode=require: this build connects without TLS"),
+        "{text}"
+    );
+    assert!(!text.contains("secret"), "the password leaked: {text}");
+}
+
+#[tokio::test]
+async fn a_statement_over_the_timeout_is_cancelled_and_the_batch_lands_later() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    // A trigger that takes 30 s: the COPY cannot finish within a 1 s statement timeout.
+    pg.query(
+        "CREATE TABLE slow (id bigint, name text); \
+         CREATE FUNCTION nap() RETURNS trigger LANGUAGE plpgsql AS \
+         $$BEGIN PERFORM pg_sleep(30); RETURN NULL; END$$; \
+         CREATE TRIGGER nap BEFORE INSERT ON slow FOR EACH STATEMENT EXECUTE FUNCTION nap()",
+    );
+    let buffer = redis.buffer().await;
+    push_ids(&buffer, "slow", 0..20).await;
+    let started = Instant::now();
+    let output = drain(&redis, &pg.url(), &["--statement-timeout", "1s"], &[]);
+    let took = started.elapsed();
+    assert!(!output.status.success());
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let failed = failures(&buffer).await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let error = &failed[0].1;
+    assert!(
+        error.contains("canceling statement due to statement timeout (SQLSTATE 57014)"),
+        "{error}"
+    );
+    assert_eq!(pg.query("SELECT count(*) FROM buffer_batches"), "0");
+    assert_eq!(records_in_redis(&buffer).await, 20);
+
+    pg.query("DROP TRIGGER nap ON slow");
+    let output = drain(&redis, &pg.url(), &["--statement-timeout", "1s"], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        pg.query("SELECT count(*), count(DISTINCT id) FROM slow"),
+        "20|20"
+    );
+    assert_eq!(pg.query("SELECT rows FROM buffer_batches"), "20");
+    assert_eq!(records_in_redis(&buffer).await, 0);
+}
+
+/// The state letter of a process (`T` when stopped), or None when it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[tokio::test]
+async fn a_frozen_postgres_times_out_and_a_commit_it_took_is_found_in_the_ledger_after() {
+    require_failpoints();
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query("CREATE TABLE f (id bigint, name text)");
+    let buffer = redis.buffer().await;
+    push_ids(&buffer, "f", 0..100).await;
+
+    // The persister stops itself with the rows and the ledger row sent, right before COMMIT;
+    // the whole server is frozen then, and the persister resumed: its COMMIT goes into the
+    // frozen backend's socket and no answer comes.
+    let child = drain_command(
+        &redis,
+        &pg.url(),
+        &["--statement-timeout", "1s"],
+        &[("BUFFER_FAILPOINT", "before-commit:stop")],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while process_state(pid) != Some('T') {
+        assert!(
+            Instant::now() < deadline,
+            "the persister never reached before-commit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let frozen = pg.freeze();
+    assert!(frozen >= 2, "only {frozen} server processes frozen");
+    let started = Instant::now();
+    let resumed = Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(resumed.success());
+    let output = child.wait_with_output().unwrap();
+    let took = started.elapsed();
+    let text = stderr(&output);
+    assert!(!output.status.success(), "{text}");
+    // The client's bound: the statement timeout plus as much again (at most 5 s).
+    assert!(
+        text.contains("COMMIT: no answer within 2s (the statement timeout 1s plus 1s)"),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let failed = failures(&buffer).await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].1.contains("no answer within"), "{failed:?}");
+    assert_eq!(records_in_redis(&buffer).await, 100);
+
+    // Thawed, the server runs the COMMIT it had received: the outcome the persister could not
+    // know. The next attempt finds the batch in the ledger and only deletes it from Redis.
+    pg.thaw();
+    let again = drain(&redis, &pg.url(), &[], &[]);
+    let text = stderr(&again);
+    assert!(again.status.success(), "{text}");
+    assert!(
+        text.contains("already applied (found in the ledger"),
+        "{text}"
+    );
+    assert_eq!(
+        pg.query("SELECT count(*), count(DISTINCT id) FROM f"),
+        "100|100"
+    );
+    assert_eq!(
+        pg.query("SELECT count(*), sum(rows) FROM buffer_batches"),
+        "1|100"
+    );
+    assert_eq!(records_in_redis(&buffer).await, 0);
+    assert!(failures(&buffer).await.is_empty());
+}
+
+/// Sends SIGKILL to `child` and reaps it.
+fn kill_9(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn spawn_runner(redis: &RedisServer, url: &str) -> Child {
+    Command::new(BINARY)
+        .args(["run", "--redis", &redis.url(), "--out", url])
+        .args([
+            "--interval",
+            "20ms",
+            "--max-age",
+            "50ms",
+            "--max-records",
+            "100",
+        ])
+        .args(["--lock-ttl", "1s", "--redis-timeout", "1s"])
+        .args(["--statement-timeout", "2s"])
+        .env("RUST_LOG", "error")
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisters_killed_with_9_and_postgres_restarted_mid_run_apply_every_record_once() {
+    let seed = std::env::var("BUFFER_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("seed {seed} (replay with BUFFER_FAULT_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let redis = RedisServer::start();
+    let mut pg = PostgresServer::start();
+    let stores = 4u64;
+    for store in 0..stores {
+        pg.query(&format!("CREATE TABLE \"store-{store}\" (id bigint)"));
+    }
+    let url = pg.url();
+    let buffer = redis.buffer().await;
+    let mut runners: Vec<Child> = (0..3).map(|_| spawn_runner(&redis, &url)).collect();
+    let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
+    let total = 12_000u64;
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            tokio::spawn(produce(
+                buffer.clone(),
+                p * total / 4..(p + 1) * total / 4,
+                stores,
+                0,
+                ledger.clone(),
+            ))
+        })
+        .collect();
+    let count_rows = |pg: &PostgresServer| -> u64 {
+        let union = (0..stores)
+            .map(|store| format!("SELECT count(*) AS n FROM \"store-{store}\""))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        pg.query(&format!("SELECT sum(n) FROM ({union}) AS counts"))
+            .parse()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let mut kills = 0;
+    let mut restarted = false;
+    while !(producers.iter().all(|p| p.is_finished()) && restarted && kills >= 3) {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
+        if !restarted && (started.elapsed() > Duration::from_millis(500)) {
+            // Mid-run: rows are in and records still wait in Redis.
+            let before = count_rows(&pg);
+            let waiting = records_in_redis(&buffer).await;
+            pg.stop_immediately();
+            tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+            pg.restart();
+            println!("postgres restarted with {before} rows in and {waiting} records waiting");
+            assert!(
+                before > 0 && waiting > 0,
+                "{before} rows, {waiting} waiting"
+            );
+            restarted = true;
+        }
+        let victim = rng.random_range(0..runners.len());
+        kill_9(&mut runners[victim]);
+        runners[victim] = spawn_runner(&redis, &url);
+        kills += 1;
+    }
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let caught_up = eventually(Duration::from_secs(20), || async {
+        records_in_redis(&buffer).await == 0
+    })
+    .await;
+    for runner in &mut runners {
+        kill_9(runner);
+    }
+    // What the runners left (a batch in hand at the last kills) is drained.
+    let output = drain(&redis, &url, &["--wait", "10s"], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    println!(
+        "{kills} kills, runners caught up before the last kills: {caught_up}, {:?} in all",
+        started.elapsed()
+    );
+
+    let union = (0..stores)
+        .map(|store| format!("SELECT id FROM \"store-{store}\""))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let ids: Vec<u64> = pg
+        .query(&union)
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    let unique: BTreeSet<u64> = ids.iter().copied().collect();
+    let ledger = ledger.lock().unwrap();
+    let lost: Vec<&u64> = ledger.acknowledged.difference(&unique).collect();
+    println!(
+        "acknowledged {}, outcome unknown {}, rows {}, distinct {}",
+        ledger.acknowledged.len(),
+        ledger.unknown.len(),
+        ids.len(),
+        unique.len()
+    );
+    assert_eq!(ids.len(), unique.len(), "a record applied twice");
+    assert!(lost.is_empty(), "{} acknowledged records lost", lost.len());
+    assert!(
+        unique
+            .iter()
+            .all(|id| ledger.acknowledged.contains(id) || ledger.unknown.contains(id)),
+        "rows nobody pushed"
+    );
+    // The ledger has a row per batch applied, and its counts are the tables' rows.
+    for store in 0..stores {
+        let table = format!("store-{store}");
+        assert_eq!(
+            pg.query(&format!(
+                "SELECT coalesce(sum(rows), 0) FROM buffer_batches WHERE store = '{table}'"
+            )),
+            pg.query(&format!("SELECT count(*) FROM \"{table}\"")),
+            "store {table}"
+        );
+    }
+    let (batches, ledger_rows) = pg
+        .query("SELECT count(*), sum(rows) FROM buffer_batches")
+        .split_once('|')
+        .map(|(batches, rows)| (batches.to_owned(), rows.parse::<usize>().unwrap()))
+        .unwrap();
+    println!("{batches} batches in the ledger");
+    assert_eq!(ledger_rows, ids.len());
+    // Nothing is left in Redis but push-id markers and the announcements of killed runners.
+    let left: Vec<String> = redis
+        .all_keys()
+        .into_iter()
+        .filter(|k| k.starts_with("buf:") && k != "buf:persisters" && !k.contains(":id:"))
+        .collect();
+    assert!(left.is_empty(), "buffer keys left: {left:?}");
+}
+
+#[tokio::test]
+async fn metrics_count_rows_transactions_and_ledger_hits() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query("CREATE TABLE a (id bigint, name text); CREATE TABLE b (id bigint, name text)");
+    let buffer = redis.buffer().await;
+    push_ids(&buffer, "a", 0..30).await;
+    push_ids(&buffer, "b", 0..12).await;
+    let mut config = PersistConfig::new(pg.url());
+    config.lock_ttl = Duration::from_secs(5);
+    let persister = Persister::new(buffer.clone(), config);
+    assert_eq!(persister.postgres_stats(), None, "no output used yet");
+    let report = persister.drain().await.unwrap();
+    assert_eq!(report.batches, 2);
+    let stats = persister.postgres_stats().unwrap();
+    assert_eq!(
+        stats,
+        PostgresStats {
+            rows: 42,
+            transactions: 2,
+            ledger_hits: 0
+        }
+    );
+    assert_eq!(persister.stats().files_written, 0);
+
+    let shutdown = CancellationToken::new();
+    let (addr, server) = buffer_persist::serve_metrics(
+        "127.0.0.1:0".parse().unwrap(),
+        persister.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let body = scrape(addr).await;
+    shutdown.cancel();
+    server.await.unwrap();
+    for line in [
+        "buffer_persist_postgres_rows_total 42",
+        "buffer_persist_postgres_transactions_total 2",
+        "buffer_persist_postgres_ledger_hits_total 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "no {line:?} in:\n{body}");
+    }
+}
+
+/// `GET /metrics` over a plain HTTP/1.0 connection; returns the body.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap()
+}
