@@ -55,6 +55,8 @@ struct Inner {
     /// Which stores this producer knows to have limits, learned from its push replies and
     /// read before each push (see `crate::limits`).
     limits: crate::limit_cache::LimitCache,
+    /// Which stores this producer knows to be coalescing, and under which rules.
+    rules: crate::limit_cache::RulesCache,
     /// The batch reader's own sockets (page_socket.rs).
     pages: crate::page_socket::PageSockets,
 }
@@ -124,6 +126,7 @@ impl Buffer {
                 config,
                 offset,
                 limits: Default::default(),
+                rules: Default::default(),
                 pages: Default::default(),
             }),
         })
@@ -225,6 +228,10 @@ impl Buffer {
 
     pub(crate) fn layout(&self) -> &KeyLayout {
         &self.inner.layout
+    }
+
+    pub(crate) fn rules_cache(&self) -> &crate::limit_cache::RulesCache {
+        &self.inner.rules
     }
 
     pub(crate) fn limit_cache(&self) -> &crate::limit_cache::LimitCache {

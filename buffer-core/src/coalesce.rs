@@ -12,20 +12,209 @@
 //! (`scripts::COALESCE_SET` checks it in the step that writes them): rows merged under one
 //! set of rules are always written under them.
 //!
-//! This version holds the rules only: the merge on push (one script per push reading the
-//! rules), the coalesced batch layout and its reader are not built yet, so a push to a store
-//! with rules still appends its records as to any store.
+//! A push to a coalescing store (`push`, `push_many`, `push_json`, `push_once`) is one
+//! `scripts::COALESCE_PUSH` call: this module turns each record into its entity (the key
+//! field's JSON text) and one operation per field, refusing a record a rule cannot take
+//! before anything is sent ([`Error::CoalesceRecordRefused`]); the script computes every
+//! merge first and writes only when none was refused. The rows live in the store's `rows`
+//! hash (`<entity>\x1f<field>` → value) and the entities, in the order first written, in its
+//! `entities` list; prepare renames both with the other data keys, so it stays a fixed number
+//! of RENAMEs. A batch's rows are read by the `BatchReader` in pages of whole entities
+//! ([`render_row`] makes each row one JSON object).
+//!
+//! Each row also holds [`WRITES_FIELD`] (how many writes were merged into it),
+//! [`FIRST_WRITE_FIELD`] and [`LAST_WRITE_FIELD`] (Unix ms on Redis's clock).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
 
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
 use crate::name::StoreName;
+use crate::receipt::PushReceipt;
+use crate::record::EncodedRecord;
+use crate::replicas::ScriptCall;
 use crate::scripts;
+
+/// The row field counting the writes merged into it.
+pub const WRITES_FIELD: &str = "_writes";
+/// The row field holding its first write's time (Unix ms, Redis's clock).
+pub const FIRST_WRITE_FIELD: &str = "_first_write";
+/// The row field holding its last write's time (Unix ms, Redis's clock).
+pub const LAST_WRITE_FIELD: &str = "_last_write";
+const METADATA: [&str; 3] = [WRITES_FIELD, FIRST_WRITE_FIELD, LAST_WRITE_FIELD];
+
+/// One record's merge: its entity and its operations `(op, field, value)`.
+struct RecordOps {
+    entity: String,
+    ops: Vec<(&'static str, String, String)>,
+}
+
+fn is_integer_text(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_number_text(text: &str) -> bool {
+    text.starts_with('-') || text.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Turns one record into its merge operations under `rules`, or the error naming the record,
+/// field and rule that refuse it.
+fn record_ops(
+    store: &StoreName,
+    rules: &CoalesceRules,
+    index: usize,
+    json: &str,
+    names: &mut BTreeSet<String>,
+) -> Result<RecordOps> {
+    let refuse = |field: &str, rule: &str, reason: String| Error::CoalesceRecordRefused {
+        store: store.as_str().to_owned(),
+        index,
+        field: field.to_owned(),
+        rule: rule.to_owned(),
+        reason,
+    };
+    let fields: Vec<(String, &RawValue)> =
+        serde_json::from_str::<BTreeMap<String, &RawValue>>(json)
+            .map_err(|err| refuse("", "key", format!("not a JSON object: {err}")))?
+            .into_iter()
+            .collect();
+    let entity = match fields.iter().find(|(name, _)| *name == rules.key) {
+        None => {
+            return Err(refuse(
+                &rules.key,
+                "key",
+                "the record has no key field".to_owned(),
+            ));
+        }
+        Some((_, value)) => {
+            let text = value.get();
+            if text.starts_with('"') || is_integer_text(text) {
+                text.to_owned()
+            } else {
+                return Err(refuse(
+                    &rules.key,
+                    "key",
+                    format!(
+                        "the key must be a string or an integer, not {}",
+                        shorten(text)
+                    ),
+                ));
+            }
+        }
+    };
+    let mut ops = Vec::with_capacity(fields.len());
+    for (name, value) in fields {
+        let text = value.get();
+        if METADATA.contains(&name.as_str()) {
+            return Err(refuse(
+                &name,
+                "metadata",
+                "the name is kept for the row's metadata".to_owned(),
+            ));
+        }
+        if name == rules.key {
+            ops.push(("l", name.clone(), text.to_owned()));
+            names.insert(name);
+            continue;
+        }
+        let rule = rules.rule_of(&name);
+        match rule {
+            MergeRule::Sum => {
+                if !is_number_text(text) {
+                    return Err(refuse(
+                        &name,
+                        "sum",
+                        format!("not a number: {}", shorten(text)),
+                    ));
+                }
+                if is_integer_text(text) {
+                    let n: i64 = text.parse().map_err(|_| {
+                        refuse(
+                            &name,
+                            "sum",
+                            format!("the integer {text} is beyond a 64-bit integer"),
+                        )
+                    })?;
+                    ops.push(("s", name.clone(), n.to_string()));
+                } else {
+                    ops.push(("s", name.clone(), text.to_owned()));
+                }
+            }
+            MergeRule::Max | MergeRule::Min => {
+                if !is_number_text(text) {
+                    return Err(refuse(
+                        &name,
+                        rule.name(),
+                        format!("not a number: {}", shorten(text)),
+                    ));
+                }
+                let op = if rule == MergeRule::Max { "x" } else { "n" };
+                ops.push((op, name.clone(), text.to_owned()));
+            }
+            MergeRule::First => ops.push(("1", name.clone(), text.to_owned())),
+            MergeRule::Last => ops.push(("l", name.clone(), text.to_owned())),
+            MergeRule::Union => {
+                if text.starts_with('[') {
+                    let elements: Vec<&RawValue> = serde_json::from_str(text).map_err(|err| {
+                        refuse(&name, "union", format!("not a JSON array: {err}"))
+                    })?;
+                    ops.push(("u", name.clone(), String::new()));
+                    for element in elements {
+                        ops.push(("u", name.clone(), element.get().to_owned()));
+                    }
+                } else {
+                    ops.push(("u", name.clone(), text.to_owned()));
+                }
+            }
+        }
+        names.insert(name);
+    }
+    Ok(RecordOps { entity, ops })
+}
+
+fn shorten(text: &str) -> String {
+    crate::name::shorten(text)
+}
+
+/// A row as one JSON object: each field of `fields` whose value is present, in that order,
+/// a union's state (`\n`-separated element texts) as a JSON array.
+pub(crate) fn render_row(fields: &[String], values: &[Option<String>]) -> String {
+    let mut row = String::from("{");
+    for (field, value) in fields.iter().zip(values) {
+        let Some(value) = value else { continue };
+        if row.len() > 1 {
+            row.push(',');
+        }
+        row.push_str(&serde_json::to_string(field).unwrap_or_default());
+        row.push(':');
+        if let Some(elements) = value.strip_prefix('\n') {
+            row.push('[');
+            let elements = elements.strip_suffix('\n').unwrap_or(elements);
+            row.push_str(&elements.replace('\n', ","));
+            row.push(']');
+        } else {
+            row.push_str(value);
+        }
+    }
+    row.push('}');
+    row
+}
+
+/// The hash field of one entity's field in a rows hash.
+pub(crate) fn row_field(entity: &str, field: &str) -> String {
+    format!("{entity}\x1f{field}")
+}
+
+/// What a merge push did: its receipt, and whether its push id was already applied.
+pub(crate) type Merged = (PushReceipt, bool);
 
 /// How a pushed field merges into its entity's row. Non-exhaustive: a rule may be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -236,8 +425,166 @@ impl fmt::Display for CoalesceRules {
 }
 
 impl Buffer {
-    /// Records `rules` as `store`'s coalescing rules (or replaces them). Pushes do not merge
-    /// by them yet in this version (see the module's documentation): they append.
+    /// The store's rules as this producer knows them (read once, then cached; see
+    /// `RulesCache`), with their stored text.
+    async fn known_rules(&self, store: &StoreName) -> Result<Option<(Arc<str>, CoalesceRules)>> {
+        let text = match self.rules_cache().get(store) {
+            Some(text) => text,
+            None => {
+                let key = self.layout().group_for(store).coalesce;
+                let mut conn = self.conn();
+                let field = store.encoded().to_owned();
+                let text: Option<String> = self
+                    .run("coalesce_rules", store.as_str(), async move {
+                        redis::cmd("HGET")
+                            .arg(key)
+                            .arg(field)
+                            .query_async(&mut conn)
+                            .await
+                    })
+                    .await?;
+                let text: Option<Arc<str>> = text.map(Arc::from);
+                self.rules_cache().set(store, text.clone());
+                text
+            }
+        };
+        let Some(text) = text else { return Ok(None) };
+        let rules = CoalesceRules::parse(&text).ok_or_else(|| Error::Corrupt {
+            what: format!("coalescing rules of store {store:?}: {text:?}"),
+        })?;
+        Ok(Some((text, rules)))
+    }
+
+    /// Merges `records` into `store`'s rows if it is a coalescing store; `None` when it is not
+    /// (the caller appends). With `push_id`, at most once per id, as `push_once`.
+    pub(crate) async fn merge_if_coalescing(
+        &self,
+        store: &StoreName,
+        records: &[EncodedRecord],
+        now: u64,
+        push_id: Option<&str>,
+    ) -> Result<Option<Merged>> {
+        for _attempt in 0..4 {
+            let Some((text, rules)) = self.known_rules(store).await? else {
+                return Ok(None);
+            };
+            let mut names = BTreeSet::new();
+            let ops = records
+                .iter()
+                .enumerate()
+                .map(|(index, record)| record_ops(store, &rules, index, &record.json, &mut names))
+                .collect::<Result<Vec<_>>>()?;
+            names.extend(METADATA.iter().map(|name| (*name).to_owned()));
+            let layout = self.layout();
+            let live = layout.live(store);
+            let group = layout.group_for(store);
+            let bytes: usize = records.iter().map(|r| r.json.len()).sum();
+            let mut call = ScriptCall::new(&scripts::COALESCE_PUSH);
+            call.key(&live.entities)
+                .key(&live.first)
+                .key(&live.keys)
+                .key(&live.bytes)
+                .key(&live.runs)
+                .key(&group.stores)
+                .key(&group.bytes)
+                .key(&group.count)
+                .key(&group.limits)
+                .key(layout.rate(store))
+                .key(&live.rows)
+                .key(&group.coalesce)
+                .key(layout.push_id(store, push_id.unwrap_or("-")))
+                .arg(now)
+                .arg(store.encoded())
+                .arg(bytes)
+                .arg(records.len())
+                .arg(&*text)
+                .arg(match push_id {
+                    Some(_) => crate::buffer::millis(self.config().push_id_ttl)
+                        .max(1)
+                        .to_string(),
+                    None => String::new(),
+                })
+                .arg(names.len())
+                .arg(&names);
+            for record in ops {
+                call.arg(record.entity).arg(record.ops.len());
+                for (op, field, value) in record.ops {
+                    call.arg(op).arg(field).arg(value);
+                }
+            }
+            let op = if push_id.is_some() {
+                "push_once"
+            } else {
+                "push"
+            };
+            let reply: redis::Value = call.invoke(self, op, store.as_str()).await?;
+            let items: Vec<redis::Value> =
+                redis::from_redis_value(reply.clone()).map_err(|err| Error::Corrupt {
+                    what: format!("merge script replied {reply:?}: {err}"),
+                })?;
+            let code: i64 = items
+                .first()
+                .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                .unwrap_or(i64::MIN);
+            match code {
+                -3 => {
+                    // The rules changed since this producer read them: read them again.
+                    self.rules_cache().forget(store);
+                    continue;
+                }
+                -4 => {
+                    let text = |i: usize| -> String {
+                        items
+                            .get(i)
+                            .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                            .unwrap_or_default()
+                    };
+                    let index: i64 = items
+                        .get(1)
+                        .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                        .unwrap_or(0);
+                    return Err(Error::CoalesceRecordRefused {
+                        store: store.as_str().to_owned(),
+                        index: usize::try_from(index).unwrap_or(0),
+                        field: text(2),
+                        rule: text(3),
+                        reason: text(4),
+                    });
+                }
+                _ => {}
+            }
+            let numbers: Vec<i64> =
+                redis::from_redis_value(reply.clone()).map_err(|err| Error::Corrupt {
+                    what: format!("merge script replied {reply:?}: {err}"),
+                })?;
+            if let Some(refused) = crate::limits::refusal(store, &numbers) {
+                return Err(refused);
+            }
+            let counts: Option<Vec<u64>> = numbers.iter().map(|n| u64::try_from(*n).ok()).collect();
+            let Some([duplicate, entities, bytes, keys, first]) =
+                counts.as_deref().and_then(|c| <[u64; 5]>::try_from(c).ok())
+            else {
+                return Err(Error::Corrupt {
+                    what: format!("merge script replied {numbers:?}"),
+                });
+            };
+            return Ok(Some((
+                PushReceipt {
+                    bytes,
+                    records: entities,
+                    keys,
+                    first_write_ms: first,
+                },
+                duplicate == 1,
+            )));
+        }
+        Err(Error::Corrupt {
+            what: format!("the coalescing rules of store {store:?} kept changing during a push"),
+        })
+    }
+
+    /// Records `rules` as `store`'s coalescing rules (or replaces them). From then on every
+    /// push to the store merges each record into its entity's row.
     ///
     /// # Errors
     /// [`Error::InvalidCoalesceRules`]; [`Error::CoalesceStoreNotEmpty`] when the store holds
@@ -280,9 +627,12 @@ impl Buffer {
         invocation
             .key(&layout.live(store).records)
             .key(&group.prepared)
+            .key(&layout.live(store).entities)
             .arg(store.encoded())
             .arg(text);
         let mut conn = self.conn();
+        // Whatever the outcome, this producer reads the rules again before its next push.
+        self.rules_cache().forget(store);
         let reply: Vec<i64> = self
             .run(op, store.as_str(), async move {
                 invocation.invoke_async(&mut conn).await

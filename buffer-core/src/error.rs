@@ -129,6 +129,25 @@ pub enum Error {
         /// Prepared batches not yet persisted.
         batches: u64,
     },
+    /// A record pushed to a coalescing store could not be merged: no key field, a key that is
+    /// not a string or an integer, a value its field's rule cannot take (a non-number for
+    /// `sum`, `max` or `min`; a sum beyond i64), or a field name kept for the row's metadata.
+    /// Nothing of the push was applied.
+    #[error(
+        "record {index} pushed to coalescing store {store:?} refused: field {field:?} (rule {rule}): {reason}; nothing of the push was applied"
+    )]
+    CoalesceRecordRefused {
+        /// The store it was pushed to.
+        store: String,
+        /// Its position in the pushed slice (0 for `push`).
+        index: usize,
+        /// The field concerned.
+        field: String,
+        /// The rule concerned (`key` for the key field, `metadata` for a reserved name).
+        rule: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// The configuration was invalid (a bad URL, zero groups…).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -317,6 +336,7 @@ impl Error {
                 | Self::RecordTooLarge { .. }
                 | Self::NoRecords { .. }
                 | Self::InvalidPushId { .. }
+                | Self::InvalidCoalesceRules { .. }
         )
     }
 

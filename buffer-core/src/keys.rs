@@ -11,6 +11,7 @@
 //! <ns>:{<ns>:<g>}:lock:<enc> / :lock:<T>:<enc>          locks, value "<holder>:<token>"
 //! <ns>:{<ns>:<g>}:limits                                HASH enc -> "records=N,bytes=N,rate=N"
 //! <ns>:{<ns>:<g>}:rate:<enc>                            STRING "<unix s>:<records>", PX 2 s
+//! <ns>:{<ns>:<g>}:s:<enc>:entities|rows              a coalescing store's entities and rows
 //! <ns>:{<ns>:<g>}:coalesce                              HASH enc -> coalescing rules JSON
 //! <ns>:events                                           pub/sub channel
 //! <ns>:persisters                                       HASH holder -> announcement JSON
@@ -38,6 +39,12 @@ pub(crate) struct DataKeys {
     /// describes the records list exactly and a reader can size its pages by bytes before
     /// reading them (see `BatchReader`).
     pub runs: String,
+    /// A coalescing store's entities (LIST of each entity's key as JSON text, in the order
+    /// they were first written), see `crate::coalesce`.
+    pub entities: String,
+    /// A coalescing store's rows (HASH `<entity JSON>\x1f<field>` → merged value), see
+    /// `crate::coalesce`.
+    pub rows: String,
 }
 
 impl DataKeys {
@@ -48,10 +55,27 @@ impl DataKeys {
             keys: format!("{prefix}:keys"),
             bytes: format!("{prefix}:bytes"),
             runs: format!("{prefix}:runs"),
+            entities: format!("{prefix}:entities"),
+            rows: format!("{prefix}:rows"),
         }
     }
 
-    /// Every data key, in the order the scripts take them (records, first, keys, bytes, runs).
+    /// Every data key of a store or batch, appended and coalesced, in the order the prepare
+    /// script takes them (the five of `all`, then entities, rows).
+    pub fn all_data(&self) -> [&str; 7] {
+        [
+            &self.records,
+            &self.first,
+            &self.keys,
+            &self.bytes,
+            &self.runs,
+            &self.entities,
+            &self.rows,
+        ]
+    }
+
+    /// The data keys of appended records, in the order the push scripts take them (records,
+    /// first, keys, bytes, runs).
     pub fn all(&self) -> [&str; 5] {
         [
             &self.records,

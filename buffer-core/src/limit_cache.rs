@@ -53,3 +53,32 @@ impl LimitCache {
         }
     }
 }
+
+/// What one producer knows of each store's coalescing rules (their JSON text, or none), read
+/// before every push: a store not in the map is unknown and its rules are read once (`HGET`).
+/// The merge script compares the text it was given with the stored one and refuses a push
+/// made under other rules, and a MULTI/EXEC push reports whether the store has rules, so the
+/// entry is forgotten (and read again) as soon as a reply shows it stale.
+#[derive(Debug, Default)]
+pub(crate) struct RulesCache {
+    known: Mutex<HashMap<String, Option<std::sync::Arc<str>>>>,
+}
+
+impl RulesCache {
+    /// `None` when unknown, `Some(None)` for a store known to have no rules.
+    pub(crate) fn get(&self, store: &StoreName) -> Option<Option<std::sync::Arc<str>>> {
+        self.known.lock().ok()?.get(store.encoded()).cloned()
+    }
+
+    pub(crate) fn set(&self, store: &StoreName, rules: Option<std::sync::Arc<str>>) {
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(store.encoded().to_owned(), rules);
+        }
+    }
+
+    pub(crate) fn forget(&self, store: &StoreName) {
+        if let Ok(mut known) = self.known.lock() {
+            known.remove(store.encoded());
+        }
+    }
+}

@@ -446,7 +446,7 @@ impl LockGuard {
         let data = layout.batch(store, batch);
         let mut invocation = scripts::EMPTY_LOCKED.key(&self.key);
         invocation.key(layout.group_for(store).prepared);
-        for key in data.all() {
+        for key in data.all_data() {
             invocation.key(key);
         }
         invocation

@@ -35,7 +35,7 @@ impl Buffer {
             let id = BatchId::new(self.stamp_ms().await?);
             let batch = layout.batch(store, &id);
             let mut invocation = ScriptCall::new(&scripts::PREPARE);
-            for key in live.all().into_iter().chain(batch.all()) {
+            for key in live.all_data().into_iter().chain(batch.all_data()) {
                 invocation.key(key);
             }
             invocation
@@ -142,17 +142,30 @@ impl Buffer {
             .llen(&keys.records)
             .get(&keys.bytes)
             .scard(&keys.keys)
-            .get(&keys.first);
+            .get(&keys.first)
+            .exists(&keys.entities)
+            .llen(&keys.entities);
         let mut conn = self.conn();
-        let (exists, records, bytes, key_count, first): (bool, u64, Option<u64>, u64, Option<u64>) =
-            self.run("batch_info", store.as_str(), async move {
+        #[allow(clippy::type_complexity)]
+        let (exists, appended, bytes, key_count, first, rows_exist, entities): (
+            bool,
+            u64,
+            Option<u64>,
+            u64,
+            Option<u64>,
+            bool,
+            u64,
+        ) = self
+            .run("batch_info", store.as_str(), async move {
                 pipe.query_async(&mut conn).await
             })
             .await?;
-        Ok(exists.then(|| PreparedBatch {
+        // A coalesced batch's rows count as its records (one row per entity), after any
+        // records appended to it (see `crate::coalesce`).
+        Ok((exists || rows_exist).then(|| PreparedBatch {
             store: store.clone(),
             id: batch.clone(),
-            records,
+            records: appended + entities,
             bytes: bytes.unwrap_or(0),
             keys: key_count,
             first_write_ms: first.unwrap_or(batch.created_ms()),

@@ -179,10 +179,16 @@ impl Buffer {
                 store: store.to_string(),
             });
         }
+        let now = self.stamp_ms().await?;
+        if let Some((receipt, duplicate)) = self
+            .merge_if_coalescing(&store, &records, now, Some(push_id))
+            .await?
+        {
+            return Ok(PushOnceOutcome { receipt, duplicate });
+        }
         let layout = self.layout();
         let live = layout.live(&store);
         let group = layout.group_for(&store);
-        let now = self.stamp_ms().await?;
         let bytes: usize = records.iter().map(|r| r.json.len()).sum();
         let keys = record::unique_keys(&records)?;
         let mut invocation = ScriptCall::new(&scripts::PUSH_ONCE);
@@ -242,12 +248,20 @@ impl Buffer {
         records: Vec<EncodedRecord>,
     ) -> Result<PushReceipt> {
         let now = self.stamp_ms().await?;
+        if let Some((receipt, _)) = self.merge_if_coalescing(store, &records, now, None).await? {
+            return Ok(receipt);
+        }
         if self.limit_cache().needs_script(store) {
             return self.push_limited(store, records, now).await;
         }
         let (commands, receipt) = self.push_transaction(store, records, now)?;
         let replies = replicas::exec(self, "push", store.as_str(), commands).await?;
         crate::limits::observe_probe(self, store, &replies);
+        // The HEXISTS of the store's coalescing rules, before the limits probe: rules set
+        // since this producer read them make it read them again before its next push.
+        if let Some(Value::Int(1)) = replies.len().checked_sub(3).map(|at| &replies[at]) {
+            self.rules_cache().forget(store);
+        }
         receipt.read(store, &replies)
     }
 
@@ -337,8 +351,10 @@ impl Buffer {
             // in the run list that lets readers size pages by bytes (see `BatchReader`).
             redis::Cmd::rpush(&live.runs, run),
         ];
-        // Last: whether the store has limits, and when Redis ran this, so the producer's next
-        // push to it goes through the limits script once it has (see `crate::limits`).
+        // Whether the store has become coalescing (read by `push_encoded`), then last: whether
+        // the store has limits, and when Redis ran this, so the producer's next push to it goes
+        // through the limits script once it has (see `crate::limits`).
+        commands.push(redis::Cmd::hexists(&group.coalesce, store.encoded()));
         commands.extend(crate::limits::probe(self, store));
         let adds_keys = add_keys.is_some();
         if let Some(add_keys) = add_keys {

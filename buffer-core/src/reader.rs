@@ -47,6 +47,9 @@ impl Buffer {
             buffer: self.clone(),
             key: keys.records,
             runs_key: keys.runs,
+            entities_key: keys.entities,
+            rows_key: keys.rows,
+            rows: None,
             store: batch.store.clone(),
             batch: batch.id.clone(),
             next: 0,
@@ -240,6 +243,10 @@ pub struct BatchReader {
     buffer: Buffer,
     key: String,
     runs_key: String,
+    entities_key: String,
+    rows_key: String,
+    /// How the batch splits into appended records and coalesced rows, read at the first page.
+    rows: Option<RowsPlan>,
     store: StoreName,
     batch: BatchId,
     next: u64,
@@ -250,6 +257,22 @@ pub struct BatchReader {
     page_bytes: u64,
     sizing: PageSizing,
 }
+
+/// A batch's coalesced part (see `crate::coalesce`): read after its appended records (a
+/// coalescing store holds appended records only when a producer pushed before it learned of
+/// the rules), in pages of whole entities.
+#[derive(Debug)]
+struct RowsPlan {
+    /// Appended records, read first.
+    appended: u64,
+    /// Entities, one row each.
+    entities: u64,
+    /// The batch's field names (its key set), sorted: the fields asked of every entity.
+    fields: Vec<String>,
+}
+
+/// At most this many values (entities × fields) are asked for in one page of rows.
+const ROW_VALUES_PER_PAGE: u64 = 65_536;
 
 /// How many run entries one read of the run list fetches (about 20 bytes each).
 const RUNS_PER_READ: u64 = 1024;
@@ -371,7 +394,14 @@ impl BatchReader {
         if self.next >= self.total {
             return Ok(None);
         }
-        let cap = self.page_size.min(self.total - self.next);
+        if self.rows.is_none() {
+            self.rows = Some(self.rows_plan().await?);
+        }
+        let appended = self.rows.as_ref().map_or(self.total, |plan| plan.appended);
+        if self.next >= appended {
+            return self.next_rows(appended).await;
+        }
+        let cap = self.page_size.min(appended - self.next);
         let want = self.plan(cap).await?;
         let start = self.next;
         let stop = start + want - 1;
@@ -388,6 +418,98 @@ impl BatchReader {
         self.next += want;
         self.account(&page);
         Ok(Some(page))
+    }
+
+    /// How the batch splits into appended records and coalesced rows: one round trip
+    /// (`LLEN`, `LLEN`), and the key set (SSCAN) when it has rows.
+    async fn rows_plan(&self) -> Result<RowsPlan> {
+        let mut pipe = redis::pipe();
+        pipe.llen(&self.key).llen(&self.entities_key);
+        let mut conn = self.buffer.conn();
+        let (appended, entities): (u64, u64) = self
+            .buffer
+            .run("read batch", self.store.as_str(), async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        let fields = if entities > 0 {
+            self.buffer
+                .batch_keys(&self.store, &self.batch)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if appended + entities != self.total {
+            return Err(Error::BatchNotFound {
+                store: self.store.to_string(),
+                batch: self.batch.to_string(),
+            });
+        }
+        Ok(RowsPlan {
+            appended,
+            entities,
+            fields,
+        })
+    }
+
+    /// The next page of coalesced rows: whole entities (`LRANGE` of the entities, then one
+    /// `HMGET` of their fields), each rendered as one JSON object.
+    async fn next_rows(&mut self, appended: u64) -> Result<Option<Page>> {
+        let Some(plan) = &self.rows else {
+            return Ok(None);
+        };
+        let start = self.next - appended;
+        if start >= plan.entities {
+            return Ok(None);
+        }
+        let fields = plan.fields.clone();
+        let per_page = (ROW_VALUES_PER_PAGE / (fields.len() as u64).max(1)).max(1);
+        let want = self
+            .page_size
+            .min(per_page)
+            .min(plan.entities - start)
+            .max(1);
+        let (entities_key, rows_key) = (self.entities_key.clone(), self.rows_key.clone());
+        let mut conn = self.buffer.conn();
+        let entities: Vec<String> = self
+            .buffer
+            .run("read batch", self.store.as_str(), async move {
+                redis::cmd("LRANGE")
+                    .arg(entities_key)
+                    .arg(start)
+                    .arg(start + want - 1)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if entities.len() as u64 != want {
+            return Err(Error::BatchNotFound {
+                store: self.store.to_string(),
+                batch: self.batch.to_string(),
+            });
+        }
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(&rows_key);
+        for entity in &entities {
+            for field in &fields {
+                hmget.arg(crate::coalesce::row_field(entity, field));
+            }
+        }
+        let mut conn = self.buffer.conn();
+        let values: Vec<Option<String>> = self
+            .buffer
+            .run("read batch", self.store.as_str(), async move {
+                hmget.query_async(&mut conn).await
+            })
+            .await?;
+        let rows: Vec<String> = values
+            .chunks(fields.len().max(1))
+            .map(|values| crate::coalesce::render_row(&fields, values))
+            .collect();
+        self.next += want;
+        Ok(Some(Page::from_strings(&rows)))
     }
 
     /// Reads records `start..=stop` on the page sockets (page_socket.rs); `None` when the page

@@ -13,16 +13,18 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Moves a live store to a batch.
+/// Moves a live store to a batch: a fixed number of RENAMEs (at most seven), whatever the
+/// number of records or, for a coalescing store, of entities.
 ///
-/// Keys: 1-5 live records/first/keys/bytes/runs, 6-10 the same for the batch, 11 stores
-/// index, 12 bytes index, 13 count index, 14 prepared index, 15 store lock, 16 batch lock.
-/// ARGV: 1 encoded name, 2 prepared-index member, 3 batch ms, 4 lock value or "", 5 the batch
-/// lock's TTL in ms (used when ARGV 4 is a lock value).
+/// Keys: 1-7 live records/first/keys/bytes/runs/entities/rows, 8-14 the same for the batch,
+/// 15 stores index, 16 bytes index, 17 count index, 18 prepared index, 19 store lock, 20 batch
+/// lock. ARGV: 1 encoded name, 2 prepared-index member, 3 batch ms, 4 lock value or "", 5 the
+/// batch lock's TTL in ms (used when ARGV 4 is a lock value).
 ///
-/// Returns `{0}` when the store has no records, `{-1}` when the lock value does not match,
-/// `{-2}` when the batch id is taken, else `{1, records, bytes, keys, first}`. Every type is
-/// checked before the first write, so a WRONGTYPE error leaves the store untouched.
+/// Returns `{0}` when the store has no records and no entities, `{-1}` when the lock value
+/// does not match, `{-2}` when the batch id is taken, else `{1, records + entities, bytes,
+/// keys, first}`. Every type is checked before the first write, so a WRONGTYPE error leaves
+/// the store untouched.
 ///
 /// The batch lock gets the caller's full TTL, never a copy of the store lock's `PTTL`: that is
 /// 0 or -1 for a key in its last millisecond or one without expiry, and a lock written without
@@ -31,15 +33,14 @@ pub(crate) static PREPARE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"#!lua flags=allow-oom
 local function kind(key) return redis.call('TYPE', key)['ok'] end
-local records_kind = kind(KEYS[1])
-if records_kind == 'none' then
-  redis.call('ZREM', KEYS[11], ARGV[1])
-  redis.call('ZREM', KEYS[12], ARGV[1])
-  redis.call('ZREM', KEYS[13], ARGV[1])
+if kind(KEYS[1]) == 'none' and kind(KEYS[6]) == 'none' then
+  redis.call('ZREM', KEYS[15], ARGV[1])
+  redis.call('ZREM', KEYS[16], ARGV[1])
+  redis.call('ZREM', KEYS[17], ARGV[1])
   return {0}
 end
-local expected = {'list', 'string', 'set', 'string', 'list'}
-for i = 1, 5 do
+local expected = {'list', 'string', 'set', 'string', 'list', 'list', 'hash'}
+for i = 1, 7 do
   local k = kind(KEYS[i])
   if k ~= 'none' and k ~= expected[i] then
     return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. k .. ', expected a ' .. expected[i])
@@ -49,31 +50,32 @@ local lock_ttl = tonumber(ARGV[5])
 if ARGV[4] ~= '' and (lock_ttl == nil or lock_ttl < 1) then
   return redis.error_reply('ERR the batch lock TTL must be at least 1 ms, got ' .. tostring(ARGV[5]))
 end
-if ARGV[4] ~= '' and redis.call('GET', KEYS[15]) ~= ARGV[4] then
+if ARGV[4] ~= '' and redis.call('GET', KEYS[19]) ~= ARGV[4] then
   return {-1}
 end
-if redis.call('EXISTS', KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]) > 0 then
+if redis.call('EXISTS', KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]) > 0 then
   return {-2}
 end
 -- The writes Redis may refuse when out of memory (SET, ZADD) come first, so a refusal
 -- leaves the live store untouched; RENAME, ZREM and DEL are never refused.
 if ARGV[4] ~= '' then
-  redis.call('SET', KEYS[16], ARGV[4], 'PX', lock_ttl)
+  redis.call('SET', KEYS[20], ARGV[4], 'PX', lock_ttl)
 end
-redis.call('ZADD', KEYS[14], ARGV[3], ARGV[2])
-for i = 1, 5 do
+redis.call('ZADD', KEYS[18], ARGV[3], ARGV[2])
+for i = 1, 7 do
   if redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('RENAME', KEYS[i], KEYS[i + 5])
+    redis.call('RENAME', KEYS[i], KEYS[i + 7])
   end
 end
-redis.call('ZREM', KEYS[11], ARGV[1])
-redis.call('ZREM', KEYS[12], ARGV[1])
-redis.call('ZREM', KEYS[13], ARGV[1])
+redis.call('ZREM', KEYS[15], ARGV[1])
+redis.call('ZREM', KEYS[16], ARGV[1])
+redis.call('ZREM', KEYS[17], ARGV[1])
 if ARGV[4] ~= '' then
-  redis.call('DEL', KEYS[15])
+  redis.call('DEL', KEYS[19])
 end
-return {1, redis.call('LLEN', KEYS[6]), tonumber(redis.call('GET', KEYS[9]) or '0'),
-        redis.call('SCARD', KEYS[8]), tonumber(redis.call('GET', KEYS[7]) or '0')}
+return {1, redis.call('LLEN', KEYS[8]) + redis.call('LLEN', KEYS[13]),
+        tonumber(redis.call('GET', KEYS[11]) or '0'),
+        redis.call('SCARD', KEYS[10]), tonumber(redis.call('GET', KEYS[9]) or '0')}
 "#,
     )
 });
@@ -358,7 +360,8 @@ return redis.call('HDEL', KEYS[1], ARGV[1])
 /// while the store holds no records, live or prepared: rows merged under one set of rules are
 /// written under them, and appended records never meet rules they were not pushed under.
 ///
-/// Keys: 1 the group's coalesce hash, 2 the live records key, 3 the group's prepared index.
+/// Keys: 1 the group's coalesce hash, 2 the live records key, 3 the group's prepared index,
+/// 4 the live entities key (a coalescing store's live entities count as its records).
 /// ARGV: 1 encoded name, 2 rules JSON or "". Returns `{1, changed (0/1)}` when applied (for a
 /// clear, changed says whether there were rules), or `{-1, live records, prepared batches}`
 /// when refused; then nothing was written. Reads the whole prepared index of the group (one
@@ -370,6 +373,9 @@ local live = redis.call('EXISTS', KEYS[2])
 if live == 1 then
   local kind = redis.call('TYPE', KEYS[2])['ok']
   if kind == 'list' then live = redis.call('LLEN', KEYS[2]) end
+end
+if redis.call('TYPE', KEYS[4])['ok'] == 'list' then
+  live = live + redis.call('LLEN', KEYS[4])
 end
 local batches = 0
 for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
@@ -385,5 +391,242 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return {1, 1}
 "#,
+    )
+});
+
+/// Merges records into a coalescing store's rows: every record's operations, prepared by
+/// `crate::coalesce` (the key and each field's rule resolved there), are checked and computed
+/// first, reading only; then, if none was refused and the limits admit the push, written in
+/// one go. So one record is never half-applied, nor any record of a refused push.
+///
+/// Keys: 1 entities, 2 first, 3 keys, 4 bytes, 5 runs (checked by `check_types`, not
+/// written), 6 stores index, 7 bytes index, 8 count index, 9 the group's limits hash, 10 the
+/// store's rate counter, 11 rows, 12 the group's coalesce hash, 13 the push-id marker.
+/// ARGV: 1 now ms, 2 encoded name, 3 bytes, 4 record count, 5 the rules' JSON text the
+/// operations were made under, 6 the marker's TTL in ms or "" (no push id), 7 the number k of
+/// field names, 8..7+k the names (for the key set), then per record: its entity (the key's
+/// JSON text), its number of operations n, and n × (op, field, value). Ops: `l` last (also the
+/// key field), `1` first, `s` sum (an i64 in decimal, or a float's JSON text), `x` max, `n`
+/// min (a number's JSON text), `u` union (one element's JSON text, or "" for none).
+///
+/// A row's fields are `<entity>\x1f<field>` in the rows hash (compact JSON never holds a raw
+/// control character, so the first `\x1f` ends the entity). Integer sums are exact decimal
+/// string arithmetic within i64 (Lua numbers are doubles, exact only to 2^53); a sum with a
+/// float operand is a double. A union is `\n`-separated element texts, `\n` first and last.
+///
+/// Returns `{0, entities, bytes, keys, first}` (or `{1, …}` for a push id already applied),
+/// `{-1, …}` when a limit refused it (see `admit`), `{-3}` when the stored rules are not the
+/// ones given (nothing written: the caller reads them again), `{-4, record index, field, rule,
+/// reason}` when a record cannot be merged (nothing written).
+pub(crate) static COALESCE_PUSH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        &[
+            PUSH_COMMON,
+            r#"
+local bad_type = check_types()
+if bad_type then return bad_type end
+local rows_kind = redis.call('TYPE', KEYS[11])['ok']
+if rows_kind ~= 'none' and rows_kind ~= 'hash' then
+  return redis.error_reply('WRONGTYPE key ' .. KEYS[11] .. ' holds a ' .. rows_kind .. ', expected a hash')
+end
+if (redis.call('HGET', KEYS[12], ARGV[2]) or '') ~= ARGV[5] then
+  return {-3}
+end
+if ARGV[6] ~= '' and redis.call('EXISTS', KEYS[13]) == 1 then
+  return totals(1)
+end
+
+local I64_MAX = '9223372036854775807'
+local I64_MIN_MAG = '9223372036854775808'
+local function is_int(text) return string.find(text, '^%-?%d+$') ~= nil end
+local function split_sign(text)
+  if string.sub(text, 1, 1) == '-' then return true, string.sub(text, 2) end
+  return false, text
+end
+local function strip(mag)
+  local s = string.gsub(mag, '^0+', '')
+  if s == '' then return '0' end
+  return s
+end
+local function cmp_mag(a, b)
+  a, b = strip(a), strip(b)
+  if #a ~= #b then return (#a < #b) and -1 or 1 end
+  if a == b then return 0 end
+  return (a < b) and -1 or 1
+end
+local function add_mag(a, b)
+  local out, carry, i, j = {}, 0, #a, #b
+  while i > 0 or j > 0 or carry > 0 do
+    local d = carry
+    if i > 0 then d = d + string.byte(a, i) - 48 end
+    if j > 0 then d = d + string.byte(b, j) - 48 end
+    out[#out + 1] = string.char(48 + d % 10)
+    carry = math.floor(d / 10)
+    i, j = i - 1, j - 1
+  end
+  return strip(string.reverse(table.concat(out)))
+end
+local function sub_mag(a, b) -- a >= b
+  local out, borrow, i, j = {}, 0, #a, #b
+  while i > 0 do
+    local d = string.byte(a, i) - 48 - borrow
+    if j > 0 then d = d - (string.byte(b, j) - 48) end
+    if d < 0 then d, borrow = d + 10, 1 else borrow = 0 end
+    out[#out + 1] = string.char(48 + d)
+    i, j = i - 1, j - 1
+  end
+  return strip(string.reverse(table.concat(out)))
+end
+-- Exact i64 addition of two decimal texts; nil on overflow.
+local function add_int(x, y)
+  local nx, mx = split_sign(x)
+  local ny, my = split_sign(y)
+  local neg, mag
+  if nx == ny then
+    neg, mag = nx, add_mag(mx, my)
+  else
+    local c = cmp_mag(mx, my)
+    if c == 0 then return '0' end
+    if c > 0 then neg, mag = nx, sub_mag(strip(mx), strip(my))
+    else neg, mag = ny, sub_mag(strip(my), strip(mx)) end
+  end
+  if neg then
+    if cmp_mag(mag, I64_MIN_MAG) > 0 then return nil end
+    if mag == '0' then return '0' end
+    return '-' .. mag
+  end
+  if cmp_mag(mag, I64_MAX) > 0 then return nil end
+  return mag
+end
+local function add_float(x, y)
+  local r = tonumber(x) + tonumber(y)
+  if r ~= r or r == math.huge or r == -math.huge then return nil end
+  local text = string.format('%.17g', r)
+  if not string.find(text, '[%.eE]') then text = text .. '.0' end
+  return text
+end
+-- Compares two numbers' JSON texts: exactly when both are integers, else as doubles.
+local function compare(a, b)
+  if is_int(a) and is_int(b) then
+    local na, ma = split_sign(a)
+    local nb, mb = split_sign(b)
+    local c
+    if na ~= nb then
+      if cmp_mag(ma, '0') == 0 and cmp_mag(mb, '0') == 0 then return 0 end
+      return na and -1 or 1
+    end
+    c = cmp_mag(ma, mb)
+    if na then return -c end
+    return c
+  end
+  local x, y = tonumber(a), tonumber(b)
+  if x < y then return -1 elseif x > y then return 1 end
+  return 0
+end
+
+local state, changed, new_entities = {}, {}, {}
+local function get(field)
+  local v = state[field]
+  if v == nil then
+    v = redis.call('HGET', KEYS[11], field) or false
+    state[field] = v
+  end
+  return v
+end
+local function put(field, value)
+  state[field] = value
+  changed[field] = true
+end
+
+local nkeys = tonumber(ARGV[7])
+local i = 8 + nkeys
+local index = 0
+while i <= #ARGV do
+  local entity = ARGV[i]
+  local ops = tonumber(ARGV[i + 1])
+  i = i + 2
+  local writes_field = entity .. '\31_writes'
+  local writes = get(writes_field)
+  if not writes then
+    new_entities[#new_entities + 1] = entity
+    put(entity .. '\31_first_write', ARGV[1])
+    writes = '0'
+  end
+  put(writes_field, string.format('%d', tonumber(writes) + 1))
+  put(entity .. '\31_last_write', ARGV[1])
+  for _ = 1, ops do
+    local op, name, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    i = i + 3
+    local field = entity .. '\31' .. name
+    if op == 'l' then
+      put(field, value)
+    elseif op == '1' then
+      if not get(field) then put(field, value) end
+    elseif op == 's' then
+      local current = get(field)
+      local sum = value
+      if current then
+        if is_int(current) and is_int(value) then
+          sum = add_int(current, value)
+          if not sum then
+            return {-4, index, name, 'sum', 'the sum ' .. current .. ' + ' .. value .. ' overflows a 64-bit integer'}
+          end
+        else
+          sum = add_float(current, value)
+          if not sum then
+            return {-4, index, name, 'sum', 'the sum ' .. current .. ' + ' .. value .. ' is not a finite number'}
+          end
+        end
+      end
+      put(field, sum)
+    elseif op == 'x' or op == 'n' then
+      local current = get(field)
+      if not current then
+        put(field, value)
+      else
+        local c = compare(value, current)
+        if (op == 'x' and c > 0) or (op == 'n' and c < 0) then put(field, value) end
+      end
+    elseif op == 'u' then
+      local current = get(field) or '\n'
+      if value ~= '' and not string.find(current, '\n' .. value .. '\n', 1, true) then
+        current = current .. value .. '\n'
+      end
+      put(field, current)
+    else
+      return redis.error_reply('ERR unknown coalescing operation ' .. tostring(op))
+    end
+  end
+  index = index + 1
+end
+
+local refusal = admit(KEYS[9], KEYS[10], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[3]))
+if refusal then return refusal end
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[13], '1', 'PX', ARGV[6])
+end
+local pairs_out = {}
+for field in pairs(changed) do
+  pairs_out[#pairs_out + 1] = field
+  pairs_out[#pairs_out + 1] = state[field]
+end
+for j = 1, #pairs_out, 2000 do
+  redis.call('HSET', KEYS[11], unpack(pairs_out, j, math.min(j + 1999, #pairs_out)))
+end
+for j = 1, #new_entities, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(new_entities, j, math.min(j + 999, #new_entities)))
+end
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+if nkeys > 0 then
+  in_slices('SADD', KEYS[3], 8, 7 + nkeys)
+end
+redis.call('INCRBY', KEYS[4], ARGV[3])
+redis.call('ZADD', KEYS[6], 'NX', ARGV[1], ARGV[2])
+redis.call('ZINCRBY', KEYS[7], ARGV[3], ARGV[2])
+redis.call('ZINCRBY', KEYS[8], #new_entities, ARGV[2])
+return totals(0)
+"#,
+        ]
+        .concat(),
     )
 });

@@ -107,3 +107,193 @@ async fn rules_do_not_change_while_the_store_holds_records() {
         Some(page_views())
     );
 }
+
+/// Reads every row of a store's next batch through the library's reader, keyed by entity.
+async fn drain_rows(
+    buffer: &buffer_core::Buffer,
+    store: &str,
+    key: &str,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let batch = buffer
+        .prepare_to_persist(store, HOLD)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut reader = buffer.reader(&batch);
+    let mut rows = std::collections::BTreeMap::new();
+    while let Some(page) = reader.next_page().await.unwrap() {
+        for text in page {
+            let row: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let id = row[key].to_string();
+            assert!(rows.insert(id, row).is_none(), "entity twice: {text}");
+        }
+    }
+    buffer.empty(batch).await.unwrap();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_producers_merge_into_one_row_per_entity() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let rules = CoalesceRules::new("page")
+        .with("views", MergeRule::Sum)
+        .with("seen", MergeRule::Max)
+        .with("low", MergeRule::Min)
+        .with("origin", MergeRule::First)
+        .with("refs", MergeRule::Union);
+    buffer.set_coalesce("pages", &rules).await.unwrap();
+    const PRODUCERS: i64 = 4;
+    const WRITES: i64 = 50;
+    const ENTITIES: i64 = 7;
+    let big: i64 = 1 << 53;
+    let mut tasks = Vec::new();
+    for p in 0..PRODUCERS {
+        let buffer = buffer.clone();
+        tasks.push(tokio::spawn(async move {
+            for w in 0..WRITES {
+                let page = (p + w) % ENTITIES;
+                let record = json!({"page": format!("/p{page}"), "views": big + w, "seen": w * 10 + p,
+                    "low": -(w * p), "origin": "x", "refs": [format!("r{}", w % 3)], "title": "t"});
+                if w % 2 == 0 {
+                    buffer.push("pages", &record).await.unwrap();
+                } else {
+                    buffer.push_many("pages", &[record]).await.unwrap();
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // The reduction, computed here in i128 (exact).
+    let mut expected: std::collections::BTreeMap<String, (i128, i64, i64, i64)> =
+        Default::default();
+    for p in 0..PRODUCERS {
+        for w in 0..WRITES {
+            let page = (p + w) % ENTITIES;
+            let e = expected
+                .entry(format!("\"/p{page}\""))
+                .or_insert((0, i64::MIN, i64::MAX, 0));
+            e.0 += i128::from(big + w);
+            e.1 = e.1.max(w * 10 + p);
+            e.2 = e.2.min(-(w * p));
+            e.3 += 1;
+        }
+    }
+    let rows = drain_rows(&buffer, "pages", "page").await;
+    assert_eq!(rows.len(), ENTITIES as usize);
+    for (id, (sum, max, min, writes)) in expected {
+        let row = &rows[&id];
+        // Beyond 2^53: compared as text, which a double could not hold exactly.
+        assert_eq!(row["views"].to_string(), sum.to_string(), "{row}");
+        assert!(sum > i128::from(big) * 2);
+        assert_eq!(row["seen"], json!(max), "{row}");
+        assert_eq!(row["low"], json!(min), "{row}");
+        assert_eq!(row["origin"], json!("x"));
+        assert_eq!(row["title"], json!("t"));
+        assert_eq!(row["_writes"], json!(writes), "{row}");
+        let mut refs: Vec<String> = serde_json::from_value(row["refs"].clone()).unwrap();
+        refs.sort();
+        assert_eq!(refs, ["r0", "r1", "r2"], "{row}");
+        assert!(row["_first_write"].as_u64().unwrap() <= row["_last_write"].as_u64().unwrap());
+    }
+    // The batch is gone; a new write starts a new row.
+    buffer
+        .push("pages", &json!({"page": "/p1", "views": 1}))
+        .await
+        .unwrap();
+    let rows = drain_rows(&buffer, "pages", "page").await;
+    assert_eq!(rows["\"/p1\""]["views"], json!(1));
+    assert_eq!(rows["\"/p1\""]["_writes"], json!(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_are_refused_whole_and_named() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let rules = CoalesceRules::new("id").with("n", MergeRule::Sum);
+    buffer.set_coalesce("counts", &rules).await.unwrap();
+    buffer
+        .push("counts", &json!({"id": 1, "n": i64::MAX - 1}))
+        .await
+        .unwrap();
+    let good = json!({"id": 2, "n": 5});
+    let cases = [
+        (json!({"n": 1}), "id", "key", "no key field"),
+        (
+            json!({"id": {"a": 1}, "n": 1}),
+            "id",
+            "key",
+            "string or an integer",
+        ),
+        (json!({"id": 3, "n": "7"}), "n", "sum", "not a number"),
+        (json!({"id": 1, "n": 2}), "n", "sum", "overflows"),
+        (
+            json!({"id": 3, "n": 1, "_writes": 4}),
+            "_writes",
+            "metadata",
+            "kept",
+        ),
+    ];
+    for (bad, field_name, rule_name, words) in cases {
+        let err = buffer
+            .push_many("counts", &[good.clone(), bad.clone()])
+            .await
+            .unwrap_err();
+        match &err {
+            Error::CoalesceRecordRefused {
+                index: 1,
+                field,
+                rule,
+                reason,
+                ..
+            } if field == field_name && rule == rule_name && reason.contains(words) => {}
+            other => panic!("{bad}: {other}"),
+        }
+    }
+    // Nothing of the refused pushes was applied: entity 2 never appeared, 1 is unchanged.
+    let rows = drain_rows(&buffer, "counts", "id").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows["1"]["n"], json!(i64::MAX - 1));
+    assert_eq!(rows["1"]["_writes"], json!(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_once_merges_once_and_prepare_is_a_constant_number_of_commands() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    buffer
+        .set_coalesce(
+            "users",
+            &CoalesceRules::new("user").with("n", MergeRule::Sum),
+        )
+        .await
+        .unwrap();
+    let records: Vec<_> = (0..2000).map(|u| json!({"user": u, "n": 1})).collect();
+    for _ in 0..2 {
+        let outcome = buffer.push_once("users", "once-1", &records).await.unwrap();
+        assert_eq!(outcome.receipt.records, 2000);
+    }
+    let renames_before = rename_calls(&server);
+    let rows = drain_rows(&buffer, "users", "user").await;
+    let renames = rename_calls(&server) - renames_before;
+    assert_eq!(rows.len(), 2000);
+    assert!(
+        rows.values()
+            .all(|row| row["n"] == json!(1) && row["_writes"] == json!(1))
+    );
+    // entities, rows, first, keys, bytes: one RENAME each, whatever the entity count.
+    assert_eq!(renames, 5, "RENAMEs for 2000 entities");
+}
+
+fn rename_calls(server: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_rename:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
