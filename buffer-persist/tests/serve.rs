@@ -741,3 +741,124 @@ async fn reads_and_metrics_show_the_stores_and_count_requests_records_and_bytes(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_slower_than_the_body_timeout_is_408_and_stores_nothing() {
+    let redis = RedisServer::start();
+    let serve = Serve::start(&redis.url(), &["--body-timeout", "1s"]);
+    let mut stream = TcpStream::connect(("127.0.0.1", serve.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(b"POST /v1/stores/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: 20\r\n\r\n{\"n\":")
+        .unwrap();
+    // The rest of the body never comes: the server answers 408 after --body-timeout.
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("\"error\":\"body_timeout\""), "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(live_records(&redis, "slow").await, 0);
+}
+
+/// The Python examples of docs/http.md, each run against a server (its address put for
+/// `127.0.0.1:8080`), each printing what it shows.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_examples_of_docs_http_md_run_against_a_server() {
+    let redis = RedisServer::start();
+    let serve = Serve::start(&redis.url(), &[]);
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/http.md")).unwrap();
+    let blocks: Vec<&str> = doc
+        .split("```python\n")
+        .skip(1)
+        .map(|rest| rest.split("\n```").next().unwrap())
+        .collect();
+    let expected = [
+        "'records': 100",
+        "/readyz 200 {'status': 'ready'}",
+        "400 bad_records",
+        "'duplicate': True",
+    ];
+    assert_eq!(
+        blocks.len(),
+        expected.len(),
+        "one expectation per python block"
+    );
+    let base = serve.url("");
+    for (block, shows) in blocks.iter().zip(expected) {
+        let script = block.replace("http://127.0.0.1:8080", &base);
+        let output = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{script}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains(shows), "{script}\nprinted: {stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_serves_several_requests_and_closes_an_idle_connection_after_the_header_timeout()
+{
+    let redis = RedisServer::start();
+    let serve = Serve::start(&redis.url(), &["--header-timeout", "1s"]);
+    let mut stream = TcpStream::connect(("127.0.0.1", serve.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let body = b"{\"n\":1}\n";
+    for _ in 0..3 {
+        let head = format!(
+            "POST /v1/stores/kept HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        // Read one reply: its head, then Content-Length bytes.
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            reply.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&reply).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut receipt = vec![0u8; length];
+        stream.read_exact(&mut receipt).unwrap();
+    }
+    assert_eq!(live_records(&redis, "kept").await, 3);
+    // Idle past the header timeout: the server closes the connection (end of file).
+    let idle = Instant::now();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        idle.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        idle.elapsed()
+    );
+    assert!(
+        idle.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        idle.elapsed()
+    );
+}

@@ -115,7 +115,7 @@ pub(crate) async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|length| length > max) {
-        return Err(too_large(max, "(its Content-Length)"));
+        return Err(too_large(max, "by its Content-Length"));
     }
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
