@@ -309,6 +309,26 @@ async fn a_limit_refusal_is_429_with_retry_after_and_stores_nothing() {
     assert_eq!(body["limit"], "max-records", "{body}");
     assert!(head.to_lowercase().contains("retry-after: 7"), "{head}");
     assert_eq!(live_records(&redis, "limited").await, 2);
+    // The rate limit: Retry-After is 1 s, when its one-second window opens again.
+    buffer
+        .set_limits(
+            "fast",
+            buffer_core::StoreLimits {
+                max_rate: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let four = b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"a\":4}\n";
+    let (status, head, body) = serve.json("POST", "/v1/stores/fast", &[NDJSON], four);
+    assert_eq!(
+        (status, body["limit"].as_str()),
+        (429, Some("max-rate")),
+        "{body}"
+    );
+    assert!(head.to_lowercase().contains("retry-after: 1\r\n"), "{head}");
+    assert_eq!(live_records(&redis, "fast").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -860,5 +880,46 @@ async fn keep_alive_serves_several_requests_and_closes_an_idle_connection_after_
         idle.elapsed() < Duration::from_secs(5),
         "{:?}",
         idle.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_past_max_requests_wait_for_a_turn_and_probes_do_not() {
+    let redis = RedisServer::start();
+    let serve = Serve::start(
+        &redis.url(),
+        &["--max-requests", "1", "--body-timeout", "2s"],
+    );
+    // The one turn: a push whose body stops arriving holds it until its 408.
+    let mut holder = TcpStream::connect(("127.0.0.1", serve.port)).unwrap();
+    holder
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    holder
+        .write_all(b"POST /v1/stores/held HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: 20\r\n\r\n{")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    // A probe takes no turn: answered at once.
+    assert_eq!(serve.json("GET", "/healthz", &[], b"").0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // A read takes one: answered only once the holder's turn ends (about 1.8 s from now).
+    let (status, _, body) = serve.json("GET", "/v1/stores", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    let mut reply = Vec::new();
+    let _ = holder.read_to_end(&mut reply);
+    assert!(
+        String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&reply)
     );
 }
