@@ -923,3 +923,81 @@ async fn requests_past_max_requests_wait_for_a_turn_and_probes_do_not() {
         String::from_utf8_lossy(&reply)
     );
 }
+
+/// One keyed push of 10 records on a new connection: `Some(status)`, or `None` when no reply
+/// came (the server died or refused the connection).
+fn keyed_push(port: u16, key: &str, body: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let head = format!(
+        "POST /v1/stores/crash HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-ndjson\r\nIdempotency-Key: {key}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body.as_bytes()).ok()?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).ok()?;
+    String::from_utf8_lossy(reply.get(9..12)?).parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_killed_with_9_under_load_loses_no_acknowledged_push_and_keyed_retries_store_once()
+{
+    let redis = RedisServer::start();
+    let mut serve = Serve::start(&redis.url(), &[]);
+    let port = serve.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = |t: usize, n: usize| -> String {
+        (0..10)
+            .map(|i| format!("{{\"t\":{t},\"n\":{n},\"i\":{i}}}\n"))
+            .collect()
+    };
+    // Each thread pushes keyed bodies until stopped: (key, body, answered 200).
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut sent = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("k-{t}-{n}");
+                    let text = body(t, n);
+                    let status = keyed_push(port, &key, &text);
+                    let dead = status.is_none();
+                    sent.push((key, text, status == Some(200)));
+                    n += 1;
+                    if dead {
+                        break;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent: Vec<(String, String, bool)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let acked = sent.iter().filter(|s| s.2).count() as u64;
+    assert!(
+        acked > 0 && sent.iter().any(|s| !s.2),
+        "the kill hit no load: {} sent",
+        sent.len()
+    );
+    // Nothing acknowledged is lost: every 200 is in Redis (unanswered pushes may be too).
+    assert!(live_records(&redis, "crash").await >= acked * 10);
+    // A new server; each client retries what got no 200 with its key: all stored exactly once.
+    let serve = Serve::start(&redis.url(), &[]);
+    for (key, text, answered) in &sent {
+        if !answered {
+            assert_eq!(keyed_push(serve.port, key, text), Some(200), "{key}");
+        }
+    }
+    assert_eq!(live_records(&redis, "crash").await, sent.len() as u64 * 10);
+}
