@@ -128,11 +128,13 @@ fn shorten(text: &str, max: usize) -> String {
 }
 
 impl Buffer {
-    /// The key whose existence tells whether a batch (or live store) is still there.
+    /// The key whose existence tells whether a batch (or live store) is still there: its
+    /// first-write stamp, which every push writes (appended or merged, see `crate::coalesce`),
+    /// so a coalesced batch, which has no records list, is covered too.
     fn failure_subject_key(&self, store: &StoreName, batch: Option<&BatchId>) -> String {
         match batch {
-            Some(batch) => self.layout().batch(store, batch).records,
-            None => self.layout().live(store).records,
+            Some(batch) => self.layout().batch(store, batch).first,
+            None => self.layout().live(store).first,
         }
     }
 

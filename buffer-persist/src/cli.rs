@@ -1,4 +1,5 @@
-//! The `buffer-persist` command line: `run`, `drain`, `push`, `stores`, `limits`, `serve`.
+//! The `buffer-persist` command line: `run`, `drain`, `push`, `stores`, `limits`, `coalesce`,
+//! `serve`.
 //!
 //! Every flag can also come from an environment variable (`BUFFER_REDIS_URL`, `BUFFER_OUT`…),
 //! which is how a systemd unit or a container usually configures it.
@@ -18,9 +19,11 @@ use crate::config::{Compression, Format, PersistConfig, parse_size};
 pub use crate::config::parse_duration;
 use crate::persister::Persister;
 
+mod coalesce;
 mod limits;
 mod push;
 mod serve;
+pub use coalesce::{CoalesceAction, CoalesceArgs, CoalesceSetArgs};
 pub use limits::{LimitsAction, LimitsArgs, SetArgs};
 pub use push::{EXIT_BAD_LINES, EXIT_LIMITED, PushArgs};
 pub use serve::ServeArgs;
@@ -67,6 +70,8 @@ pub enum Command {
     Stores(StoresArgs),
     /// Set, list or clear per-store limits (records, bytes, records per second).
     Limits(LimitsArgs),
+    /// Set, list or clear coalescing rules (a store whose writes merge into one row per entity).
+    Coalesce(CoalesceArgs),
     /// Serve the HTTP ingest API (docs/http.md) until SIGINT/SIGTERM, which stops accepting,
     /// finishes the requests in flight and exits 0.
     Serve(ServeArgs),
@@ -485,6 +490,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Push(args) => push::push(args).await,
         Command::Stores(args) => stores(args).await,
         Command::Limits(args) => limits::limits(args).await,
+        Command::Coalesce(args) => coalesce::coalesce(args).await,
         Command::Serve(args) => serve::serve(args).await,
     }
 }

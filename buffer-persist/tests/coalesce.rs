@@ -1,0 +1,149 @@
+//! `buffer-persist coalesce` and coalesced batches through the real binary: rules set,
+//! listed and cleared; lines pushed merge into rows; a bad line refuses its whole push; drain
+//! writes one row per entity in JSON Lines and CSV.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use buffer_tests::RedisServer;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
+
+fn run(server: &RedisServer, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .args(["--redis", &server.url()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        out.push(std::fs::read_to_string(path).unwrap());
+    }
+    out
+}
+
+const LINES: &str = r#"{"page":"/a","views":1,"seen":5,"refs":["x"]}
+{"page":"/b","views":9007199254740993,"seen":1,"title":"B"}
+{"page":"/a","views":2,"seen":3,"refs":["y","x"]}
+{"page":"/b","views":9007199254740993,"seen":2}
+"#;
+
+#[test]
+fn the_cli_sets_rules_merges_pushes_and_drains_one_row_per_entity() {
+    let server = RedisServer::start();
+    let set = run(
+        &server,
+        &[
+            "coalesce", "set", "views", "--key", "page", "--sum", "views", "--max", "seen",
+            "--union", "refs",
+        ],
+        "",
+    );
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    assert_eq!(
+        text(&set.stdout).trim(),
+        "views: key=page sum=views max=seen union=refs"
+    );
+    let list = run(&server, &["coalesce", "list"], "");
+    assert!(
+        text(&list.stdout).contains("views"),
+        "{}",
+        text(&list.stdout)
+    );
+
+    // A line a rule cannot take refuses its whole push, naming record, field and rule.
+    let bad = run(
+        &server,
+        &["push", "views"],
+        "{\"page\":\"/a\",\"views\":1}\n{\"page\":\"/c\",\"views\":\"many\"}\n",
+    );
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad.stderr));
+    let err = text(&bad.stderr);
+    assert!(
+        err.contains("record 1") && err.contains("field \"views\" (rule sum)"),
+        "{err}"
+    );
+
+    let push = run(&server, &["push", "views"], LINES);
+    assert!(push.status.success(), "{}", text(&push.stderr));
+    // Clearing the rules is refused while the store holds rows.
+    let clear = run(&server, &["coalesce", "clear", "views"], "");
+    assert!(!clear.status.success());
+    assert!(
+        text(&clear.stderr).contains("drain it first"),
+        "{}",
+        text(&clear.stderr)
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    let drain = run(
+        &server,
+        &["drain", "--out", out.path().to_str().unwrap()],
+        "",
+    );
+    assert!(drain.status.success(), "{}", text(&drain.stderr));
+    let jsonl = files(&out.path().join("views")).concat();
+    let rows: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{jsonl}");
+    let a = rows.iter().find(|r| r["page"] == "/a").unwrap();
+    let b = rows.iter().find(|r| r["page"] == "/b").unwrap();
+    assert_eq!(a["views"], 3);
+    assert_eq!(a["seen"], 5);
+    assert_eq!(a["refs"], serde_json::json!(["x", "y"]));
+    assert_eq!(a["_writes"], 2);
+    // 2 × (2^53 + 1), exact: a double would have rounded each term.
+    assert!(jsonl.contains("\"views\":18014398509481986"), "{jsonl}");
+    assert_eq!(b["title"], "B");
+
+    // The same shape as CSV: a header of the batch's fields, one line per entity.
+    run(&server, &["push", "views"], LINES);
+    let csv_out = tempfile::tempdir().unwrap();
+    let drain = run(
+        &server,
+        &[
+            "drain",
+            "--format",
+            "csv",
+            "--out",
+            csv_out.path().to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(drain.status.success(), "{}", text(&drain.stderr));
+    let csv = files(&csv_out.path().join("views")).concat();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        lines[0].contains("_writes") && lines[0].contains("views"),
+        "{csv}"
+    );
+    assert!(csv.contains("18014398509481986"), "{csv}");
+
+    let clear = run(&server, &["coalesce", "clear", "views"], "");
+    assert!(clear.status.success(), "{}", text(&clear.stderr));
+    let list = run(&server, &["coalesce", "list"], "");
+    assert!(text(&list.stdout).contains("(no coalescing stores)"));
+}
