@@ -71,16 +71,17 @@ fn the_cli_sets_rules_merges_pushes_and_drains_one_row_per_entity() {
         text(&list.stdout)
     );
 
-    // A line a rule cannot take refuses its whole push, naming record, field and rule.
+    // A line a rule cannot take is refused (exit 2), naming line, field and rule; the
+    // library refused the whole push, and the CLI pushed the other lines again.
     let bad = run(
         &server,
         &["push", "views"],
         "{\"page\":\"/a\",\"views\":1}\n{\"page\":\"/c\",\"views\":\"many\"}\n",
     );
-    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad.stderr));
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
     let err = text(&bad.stderr);
     assert!(
-        err.contains("record 1") && err.contains("field \"views\" (rule sum)"),
+        err.contains("line 2: field \"views\" (rule sum): not a number"),
         "{err}"
     );
 
@@ -107,13 +108,13 @@ fn the_cli_sets_rules_merges_pushes_and_drains_one_row_per_entity() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    assert_eq!(rows.len(), 2, "{jsonl}");
+    assert_eq!(rows.len(), 2, "{jsonl}"); // "/c" was never pushed
     let a = rows.iter().find(|r| r["page"] == "/a").unwrap();
     let b = rows.iter().find(|r| r["page"] == "/b").unwrap();
-    assert_eq!(a["views"], 3);
+    assert_eq!(a["views"], 4);
     assert_eq!(a["seen"], 5);
     assert_eq!(a["refs"], serde_json::json!(["x", "y"]));
-    assert_eq!(a["_writes"], 2);
+    assert_eq!(a["_writes"], 3);
     // 2 × (2^53 + 1), exact: a double would have rounded each term.
     assert!(jsonl.contains("\"views\":18014398509481986"), "{jsonl}");
     assert_eq!(b["title"], "B");

@@ -252,6 +252,18 @@ impl PushRun {
         };
         outcome.map_err(|err| match err {
             CoreError::InvalidRecord { index, reason, .. } => Refusal::Line { index, reason },
+            // A coalescing store's rule cannot take the line: refused like a line that is not
+            // a record (the script wrote nothing of the push), the others pushed again.
+            CoreError::CoalesceRecordRefused {
+                index,
+                field,
+                rule,
+                reason,
+                ..
+            } => Refusal::Line {
+                index,
+                reason: format!("field {field:?} (rule {rule}): {reason}"),
+            },
             CoreError::RecordTooLarge {
                 index, size, max, ..
             } => Refusal::Line {

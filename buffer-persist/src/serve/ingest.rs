@@ -367,7 +367,8 @@ pub(crate) async fn push(
 }
 
 /// The status and body of a failed push:
-/// - a record refused (not an object, too large) → 400 naming its line or element;
+/// - a record refused (not an object, too large, one a coalescing store's rule cannot take)
+///   → 400 naming its line or element;
 /// - a bad `Idempotency-Key` → 400;
 /// - a store limit → 429 with `Retry-After` (1 s for the rate, whose window is a second;
 ///   `--retry-after` for records and bytes, which wait for a persister);
@@ -384,6 +385,20 @@ fn push_error(err: CoreError, records: &Records<'_>, retry_after: Duration) -> A
             vec![(
                 records.positions.get(index).copied().unwrap_or(index),
                 reason,
+            )],
+        ),
+        CoreError::CoalesceRecordRefused {
+            index,
+            field,
+            rule,
+            reason,
+            ..
+        } => bad_records(
+            records.place(),
+            records.texts.len(),
+            vec![(
+                records.positions.get(index).copied().unwrap_or(index),
+                format!("field {field:?} (rule {rule}): {reason}"),
             )],
         ),
         CoreError::RecordTooLarge {
