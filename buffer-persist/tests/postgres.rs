@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use buffer_core::Buffer;
+use buffer_core::{Buffer, CoalesceRules, MergeRule};
 use buffer_persist::{PersistConfig, Persister, PostgresStats};
 use buffer_tests::postgres::PostgresServer;
 use buffer_tests::{Ledger, RedisServer, eventually, produce};
@@ -642,8 +642,17 @@ async fn persisters_killed_with_9_and_postgres_restarted_mid_run_apply_every_rec
     for store in 0..stores {
         pg.query(&format!("CREATE TABLE \"store-{store}\" (id bigint)"));
     }
+    // And a coalescing store: 50 counters, each push adding 1 to one of them.
+    pg.query("CREATE TABLE counters (k bigint PRIMARY KEY, hits bigint, _writes bigint)");
     let url = pg.url();
     let buffer = redis.buffer().await;
+    buffer
+        .set_coalesce(
+            "counters",
+            &CoalesceRules::new("k").with("hits", MergeRule::Sum),
+        )
+        .await
+        .unwrap();
     let mut runners: Vec<Child> = (0..3).map(|_| spawn_runner(&redis, &url)).collect();
     let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
     let total = 12_000u64;
@@ -658,6 +667,23 @@ async fn persisters_killed_with_9_and_postgres_restarted_mid_run_apply_every_rec
             ))
         })
         .collect();
+    let counting = {
+        let buffer = buffer.clone();
+        tokio::spawn(async move {
+            let (mut acknowledged, mut unknown) = (0u64, 0u64);
+            for n in 0..3_000u64 {
+                match buffer
+                    .push("counters", &json!({"k": n % 50, "hits": 1}))
+                    .await
+                {
+                    Ok(_) => acknowledged += 1,
+                    Err(err) if err.is_transient() => unknown += 1,
+                    Err(err) => panic!("counter push refused: {err}"),
+                }
+            }
+            (acknowledged, unknown)
+        })
+    };
     let count_rows = |pg: &PostgresServer| -> u64 {
         let union = (0..stores)
             .map(|store| format!("SELECT count(*) AS n FROM \"store-{store}\""))
@@ -694,6 +720,7 @@ async fn persisters_killed_with_9_and_postgres_restarted_mid_run_apply_every_rec
     for producer in producers {
         producer.await.unwrap();
     }
+    let (hits_acknowledged, hits_unknown) = counting.await.unwrap();
     let caught_up = eventually(Duration::from_secs(20), || async {
         records_in_redis(&buffer).await == 0
     })
@@ -736,6 +763,18 @@ async fn persisters_killed_with_9_and_postgres_restarted_mid_run_apply_every_rec
             .all(|id| ledger.acknowledged.contains(id) || ledger.unknown.contains(id)),
         "rows nobody pushed"
     );
+    // Every counter's total is exact: each acknowledged push added once, none twice.
+    let hits: u64 = pg.query("SELECT sum(hits) FROM counters").parse().unwrap();
+    println!("counter hits {hits}: acknowledged {hits_acknowledged}, unknown {hits_unknown}");
+    assert!(
+        (hits_acknowledged..=hits_acknowledged + hits_unknown).contains(&hits),
+        "counter totals {hits}, acknowledged {hits_acknowledged}"
+    );
+    assert_eq!(pg.query("SELECT count(*) FROM counters"), "50");
+    assert_eq!(
+        pg.query("SELECT count(*) FROM counters WHERE hits <> _writes"),
+        "0"
+    );
     // The ledger has a row per batch applied, and its counts are the tables' rows.
     for store in 0..stores {
         let table = format!("store-{store}");
@@ -753,12 +792,22 @@ async fn persisters_killed_with_9_and_postgres_restarted_mid_run_apply_every_rec
         .map(|(batches, rows)| (batches.to_owned(), rows.parse::<usize>().unwrap()))
         .unwrap();
     println!("{batches} batches in the ledger");
-    assert_eq!(ledger_rows, ids.len());
-    // Nothing is left in Redis but push-id markers and the announcements of killed runners.
+    let counter_entities: usize = pg
+        .query("SELECT coalesce(sum(rows), 0) FROM buffer_batches WHERE store = 'counters'")
+        .parse()
+        .unwrap();
+    assert_eq!(ledger_rows, ids.len() + counter_entities);
+    // Nothing is left in Redis but push-id markers, the announcements of killed runners and
+    // the coalescing rules.
     let left: Vec<String> = redis
         .all_keys()
         .into_iter()
-        .filter(|k| k.starts_with("buf:") && k != "buf:persisters" && !k.contains(":id:"))
+        .filter(|k| {
+            k.starts_with("buf:")
+                && k != "buf:persisters"
+                && !k.contains(":id:")
+                && !k.ends_with(":coalesce")
+        })
         .collect();
     assert!(left.is_empty(), "buffer keys left: {left:?}");
 }
@@ -823,4 +872,148 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
         .unwrap()
+}
+
+#[tokio::test]
+async fn a_coalescing_store_is_merged_by_each_fields_rule_exactly_once() {
+    require_failpoints();
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    // No _first_write column: that metadata field is left out.
+    pg.query(
+        "CREATE TABLE pages (page text PRIMARY KEY, views bigint, peak bigint, low numeric, \
+         referrer text, title text, tags jsonb, _writes bigint, _last_write bigint); \
+         INSERT INTO pages VALUES ('a', 10, 5, 5, 'old', 'old', '[\"x\"]', 3, 0)",
+    );
+    let buffer = redis.buffer().await;
+    let rules = CoalesceRules::new("page")
+        .with("views", MergeRule::Sum)
+        .with("peak", MergeRule::Max)
+        .with("low", MergeRule::Min)
+        .with("referrer", MergeRule::First)
+        .with("tags", MergeRule::Union);
+    buffer.set_coalesce("pages", &rules).await.unwrap();
+    for record in [
+        json!({"page": "a", "views": 1, "peak": 7, "low": 2.5, "referrer": "r1", "title": "t1", "tags": ["y"]}),
+        json!({"page": "b", "views": 5, "peak": 1, "low": 1, "referrer": "rb", "title": "tb", "tags": ["q"]}),
+        json!({"page": "a", "views": 2, "peak": 3, "low": 9, "referrer": "r2", "title": "t2", "tags": ["x", "z"]}),
+    ] {
+        buffer.push("pages", &record).await.unwrap();
+    }
+    let output = drain(&redis, &pg.url(), &[], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let row = |page: &str| {
+        pg.query(&format!(
+            "SELECT views, peak, low, referrer, title, tags::text, _writes, _last_write > 0 \
+             FROM pages WHERE page = '{page}'"
+        ))
+    };
+    // a merged into the row that was there: sum, max, min, first kept, last, union, writes.
+    assert_eq!(row("a"), "13|7|2.5|old|t2|[\"x\", \"y\", \"z\"]|5|t");
+    // b inserted as the batch had it.
+    assert_eq!(row("b"), "5|1|1|rb|tb|[\"q\"]|1|t");
+    assert_eq!(
+        pg.query("SELECT store, rows FROM buffer_batches"),
+        "pages|2"
+    );
+
+    // A kill after COMMIT: the next drain finds the ledger row and adds nothing again.
+    buffer
+        .push("pages", &json!({"page": "a", "views": 4}))
+        .await
+        .unwrap();
+    let crashed = drain(
+        &redis,
+        &pg.url(),
+        &[],
+        &[("BUFFER_FAILPOINT", "after-commit")],
+    );
+    assert!(!crashed.status.success());
+    assert_eq!(pg.query("SELECT views FROM pages WHERE page = 'a'"), "17");
+    let again = drain(&redis, &pg.url(), &[], &[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already applied (found in the ledger)"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        pg.query("SELECT views, title, _writes FROM pages WHERE page = 'a'"),
+        "17|t2|6"
+    );
+    assert_eq!(pg.query("SELECT count(*) FROM pages"), "2");
+    assert_eq!(records_in_redis(&buffer).await, 0);
+
+    // Without a unique constraint on the key, the batch fails naming the fix, and stays.
+    pg.query("CREATE TABLE counts (page text, views bigint)");
+    buffer
+        .set_coalesce(
+            "counts",
+            &CoalesceRules::new("page").with("views", MergeRule::Sum),
+        )
+        .await
+        .unwrap();
+    buffer
+        .push("counts", &json!({"page": "a", "views": 1}))
+        .await
+        .unwrap();
+    let output = drain(&redis, &pg.url(), &[], &[]);
+    assert!(!output.status.success());
+    let failed = failures(&buffer).await;
+    assert_eq!(failed.len(), 1, "{failed:?} {}", stderr(&output));
+    assert!(
+        failed[0].1.contains(
+            "\"counts\" has no unique constraint on \"page\" alone, which merging a coalescing store's rows by its key needs"
+        ) && failed[0].1.contains("ALTER TABLE \"counts\" ADD UNIQUE (\"page\")"),
+        "{}",
+        failed[0].1
+    );
+    assert_eq!(records_in_redis(&buffer).await, 1);
+    pg.query("ALTER TABLE counts ADD UNIQUE (page)");
+    let output = drain(&redis, &pg.url(), &[], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(pg.query("SELECT page, views FROM counts"), "a|1");
+
+    // A union field needs a json or jsonb column.
+    pg.query("CREATE TABLE tagged (page text UNIQUE, tags text)");
+    buffer
+        .set_coalesce(
+            "tagged",
+            &CoalesceRules::new("page").with("tags", MergeRule::Union),
+        )
+        .await
+        .unwrap();
+    buffer
+        .push("tagged", &json!({"page": "a", "tags": ["x"]}))
+        .await
+        .unwrap();
+    let output = drain(&redis, &pg.url(), &[], &[]);
+    assert!(!output.status.success());
+    let failed = failures(&buffer).await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].1.contains(
+            "field \"tags\" merges by union, so its column must be json or jsonb (it is text)"
+        ),
+        "{}",
+        failed[0].1
+    );
+    pg.query("DROP TABLE tagged");
+
+    // --create-tables makes the key column unique, and a second batch merges into the rows.
+    for round in 0..2 {
+        buffer
+            .push("tagged", &json!({"page": "a", "tags": [round]}))
+            .await
+            .unwrap();
+        let output = drain(&redis, &pg.url(), &["--create-tables"], &[]);
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    // (The batch that failed and the new one may be applied in either order.)
+    assert_eq!(
+        pg.query(
+            "SELECT page, jsonb_array_length(tags), tags @> '[\"x\", 0, 1]'::jsonb FROM tagged"
+        ),
+        "a|3|t"
+    );
 }

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use buffer_core::{Buffer, LockGuard, Page, PreparedBatch, StoreName};
+use buffer_core::{Buffer, CoalesceRules, LockGuard, MergeRule, Page, PreparedBatch, StoreName};
 use bytes::Bytes;
 use futures::SinkExt;
 use serde_json::value::RawValue;
@@ -41,6 +41,14 @@ const MAX_CREATED_COLUMNS: usize = 1599;
 
 /// The column that takes a record's keys that name no other column, when a table has it.
 const REST_COLUMN: &str = "_rest";
+
+/// A coalesced row's metadata fields (buffer-core's coalescing rows): writes merged into it,
+/// its first and last write (Unix ms). Each goes to a column of its name when the table has
+/// one, merged by adding, the earliest and the latest.
+const METADATA_FIELDS: [&str; 3] = ["_writes", "_first_write", "_last_write"];
+
+/// The temporary table a coalesced batch is loaded into before it is merged.
+const STAGE_TABLE: &str = "buffer_stage";
 
 /// The most the client waits beyond `statement_timeout` before it gives up on a round trip
 /// (it waits the statement timeout again when that is shorter): the server ends a statement
@@ -122,6 +130,8 @@ struct Column {
     name: String,
     /// `json` or `jsonb`: a value goes in as its JSON text (a string keeps its quotes).
     json: bool,
+    /// The type's name (`pg_type.typname`: `int8`, `jsonb`, …).
+    type_name: String,
 }
 
 /// `url` with the password between `:` and `@` of its authority replaced by `***`.
@@ -409,10 +419,14 @@ impl PostgresOutput {
             tracing::info!(table = %table, "already applied (found in the ledger); deleting it from Redis");
             return Ok(Published::AlreadyThere { path });
         }
+        // A coalescing store's batch is one row per entity, merged into the table's rows.
+        let rules = buffer.coalesce_rules(batch.store.as_str()).await?;
         let columns = match self.columns(&client, &table).await? {
             Some(columns) => columns,
             None if self.create_tables => {
-                self.create_table(&client, buffer, batch, &table).await?;
+                let unique_key = rules.as_ref().map(|rules| rules.key.as_str());
+                self.create_table(&client, buffer, batch, &table, unique_key)
+                    .await?;
                 self.columns(&client, &table)
                     .await?
                     .ok_or_else(|| Error::Postgres {
@@ -437,9 +451,13 @@ impl PostgresOutput {
         // names takes its default.
         let mut named = Vec::new();
         for column in columns.iter().filter(|column| column.name != REST_COLUMN) {
-            if buffer
-                .batch_has_key(&batch.store, &batch.id, &column.name)
-                .await?
+            // A coalesced row's metadata fields are no pushed keys: named when the table has
+            // their columns.
+            let metadata = rules.is_some() && METADATA_FIELDS.contains(&column.name.as_str());
+            if metadata
+                || buffer
+                    .batch_has_key(&batch.store, &batch.id, &column.name)
+                    .await?
             {
                 named.push(column.clone());
             }
@@ -461,14 +479,47 @@ impl PostgresOutput {
                 transient: false,
             });
         }
+        // Metadata fields without a column are left out, not put into `_rest`.
+        let dropped: Vec<String> = match rules {
+            Some(_) => METADATA_FIELDS
+                .iter()
+                .filter(|field| !named.iter().any(|column| column.name == **field))
+                .map(|field| (*field).to_owned())
+                .collect(),
+            None => Vec::new(),
+        };
+        let upsert = match &rules {
+            Some(rules) => Some(
+                self.upsert_statement(&client, &table, rules, &named, rest, &columns)
+                    .await?,
+            ),
+            None => None,
+        };
         let mapping = Mapping {
             table: table.clone(),
             columns: named,
             rest,
+            dropped,
         };
         self.bounded(|| "BEGIN".to_owned(), client.batch_execute("BEGIN"))
             .await?;
-        let copy = format!("COPY {table} ({}) FROM STDIN", list.join(", "));
+        // A coalesced batch goes through a staging table of the same columns (no constraints),
+        // merged into the table by one INSERT … ON CONFLICT; an append batch straight in.
+        let target = if upsert.is_some() {
+            let stage = format!(
+                "CREATE TEMP TABLE {STAGE_TABLE} ON COMMIT DROP AS SELECT {} FROM {table} WITH NO DATA",
+                list.join(", ")
+            );
+            self.bounded(
+                || format!("creating the staging table for {table}"),
+                client.batch_execute(&stage),
+            )
+            .await?;
+            format!("pg_temp.{STAGE_TABLE}")
+        } else {
+            table.quoted()
+        };
+        let copy = format!("COPY {target} ({}) FROM STDIN", list.join(", "));
         let copy_action = || format!("loading table {table}");
         let sink = self
             .bounded(copy_action, client.copy_in::<_, Bytes>(&copy))
@@ -499,6 +550,13 @@ impl PostgresOutput {
                 expected: batch.records,
                 written: rows,
             });
+        }
+        if let Some(upsert) = &upsert {
+            self.bounded(
+                || format!("merging the batch's rows into table {table}"),
+                client.batch_execute(upsert),
+            )
+            .await?;
         }
         let rows_signed = i64::try_from(rows).unwrap_or(i64::MAX);
         let recorded = self
@@ -540,6 +598,98 @@ impl PostgresOutput {
         Ok(Published::Written { path, bytes: 0 })
     }
 
+    /// The `INSERT … ON CONFLICT (key) DO UPDATE` that merges the staged rows into `table`
+    /// with each field's rule, after checking that the key column exists and is unique on its
+    /// own, and that each union field's column is json or jsonb.
+    async fn upsert_statement(
+        &self,
+        client: &Client,
+        table: &TableName,
+        rules: &CoalesceRules,
+        named: &[Column],
+        rest: bool,
+        columns: &[Column],
+    ) -> Result<String> {
+        let refuse = |message: String| Error::Postgres {
+            action: format!("merging into table {table}"),
+            sqlstate: None,
+            message,
+            transient: false,
+        };
+        if !columns.iter().any(|column| column.name == rules.key) {
+            return Err(refuse(format!(
+                "the coalescing store's key field {:?} names no column of {table}",
+                rules.key
+            )));
+        }
+        let quoted = table.quoted();
+        let unique = self
+            .bounded(
+                || format!("looking up the unique constraints of table {table}"),
+                client.query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a                      ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]                      WHERE i.indrelid = to_regclass($1::text) AND i.indisunique                      AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL                      AND a.attname = $2)",
+                    &[&quoted, &rules.key],
+                ),
+            )
+            .await?;
+        if !unique.get::<_, bool>(0) {
+            return Err(refuse(format!(
+                "{table} has no unique constraint on {key} alone, which merging a coalescing store's rows by its key needs (INSERT … ON CONFLICT ({key})); add one: ALTER TABLE {table} ADD UNIQUE ({key})",
+                key = quote(&rules.key)
+            )));
+        }
+        let mut list: Vec<String> = named.iter().map(|column| quote(&column.name)).collect();
+        if rest {
+            list.push(quote(REST_COLUMN));
+        }
+        let mut sets = Vec::new();
+        for column in named.iter().filter(|column| column.name != rules.key) {
+            let c = quote(&column.name);
+            let (old, new) = (format!("t.{c}"), format!("EXCLUDED.{c}"));
+            let expression = match column.name.as_str() {
+                "_writes" => format!("COALESCE({old} + {new}, {old}, {new})"),
+                "_first_write" => format!("LEAST({old}, {new})"),
+                "_last_write" => format!("GREATEST({old}, {new})"),
+                field => match rules.rule_of(field) {
+                    MergeRule::Sum => format!("COALESCE({old} + {new}, {old}, {new})"),
+                    MergeRule::Max => format!("GREATEST({old}, {new})"),
+                    MergeRule::Min => format!("LEAST({old}, {new})"),
+                    MergeRule::First => format!("COALESCE({old}, {new})"),
+                    MergeRule::Union => {
+                        if !column.json {
+                            return Err(refuse(format!(
+                                "field {field:?} merges by union, so its column must be json or jsonb (it is {})",
+                                column.type_name
+                            )));
+                        }
+                        // Distinct elements, the row's first, then the batch's new ones.
+                        format!(
+                            "(SELECT jsonb_agg(x ORDER BY o) FROM (SELECT x, min(o) AS o                              FROM jsonb_array_elements(COALESCE({old}::jsonb, '[]') ||                              COALESCE({new}::jsonb, '[]')) WITH ORDINALITY AS u(x, o)                              GROUP BY x) AS d)::{}",
+                            column.type_name
+                        )
+                    }
+                    // Last, and any rule added later: the batch's value when it has one.
+                    _ => format!("COALESCE({new}, {old})"),
+                },
+            };
+            sets.push(format!("{c} = {expression}"));
+        }
+        if rest {
+            let c = quote(REST_COLUMN);
+            sets.push(format!("{c} = COALESCE(EXCLUDED.{c}, t.{c})"));
+        }
+        let action = if sets.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            format!("DO UPDATE SET {}", sets.join(", "))
+        };
+        Ok(format!(
+            "INSERT INTO {table} AS t ({list}) SELECT {list} FROM pg_temp.{STAGE_TABLE}              ON CONFLICT ({key}) {action}",
+            list = list.join(", "),
+            key = quote(&rules.key)
+        ))
+    }
+
     /// The columns of `table`, or `None` when it does not exist.
     async fn columns(&self, client: &Client, table: &TableName) -> Result<Option<Vec<Column>>> {
         let quoted = table.quoted();
@@ -571,6 +721,7 @@ impl PostgresOutput {
                     Column {
                         name: row.get(0),
                         json: matches!(type_name.as_str(), "json" | "jsonb"),
+                        type_name,
                     }
                 })
                 .collect(),
@@ -584,6 +735,7 @@ impl PostgresOutput {
         buffer: &Buffer,
         batch: &PreparedBatch,
         table: &TableName,
+        unique_key: Option<&str>,
     ) -> Result<()> {
         let layout = ParquetLayout::of_batch(buffer, batch, MAX_CREATED_COLUMNS).await?;
         let mut columns: Vec<String> = layout
@@ -593,6 +745,12 @@ impl PostgresOutput {
             .map(|(name, column_type)| format!("{} {}", quote(name), sql_type(*column_type)))
             .collect();
         columns.push(format!("{} jsonb", quote(REST_COLUMN)));
+        // A coalescing store's table is merged into by its key: it needs it unique.
+        if let Some(key) = unique_key
+            && layout.columns().iter().any(|(name, _)| name == key)
+        {
+            columns.push(format!("UNIQUE ({})", quote(key)));
+        }
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {table} ({})",
             columns.join(", ")
@@ -649,6 +807,9 @@ struct Mapping {
     /// The columns of the COPY, in its order (then `_rest` when `rest`).
     columns: Vec<Column>,
     rest: bool,
+    /// Keys left out of every row (a coalesced row's metadata fields the table has no
+    /// column for).
+    dropped: Vec<String>,
 }
 
 impl Mapping {
@@ -668,6 +829,9 @@ impl Mapping {
                     transient: false,
                 })?;
             let mut fields = fields;
+            for key in &self.dropped {
+                fields.remove(key);
+            }
             for (position, column) in self.columns.iter().enumerate() {
                 if position > 0 {
                     out.push(b'\t');
