@@ -216,6 +216,26 @@ async fn every_error_status_has_a_body_naming_what_was_wrong() {
         .collect();
     assert_eq!(lines, [2, 3, 4], "{body}");
     assert_eq!(live_records(&redis, "s").await, 0);
+    // The same under an Idempotency-Key (push_once), and a line that is not UTF-8.
+    let keyed: &[(&str, &str)] = &[NDJSON, ("Idempotency-Key", "bad-1")];
+    let (status, _, body) = serve.json(
+        "POST",
+        "/v1/stores/s",
+        keyed,
+        b"{\"a\":1}\n\xff\n\"x\"\n{\"b\":2}\n[]\n",
+    );
+    assert_eq!(status, 400, "{body}");
+    let lines: Vec<u64> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [2, 3, 5], "{body}");
+    let (status, _, body) = serve.json("POST", "/v1/stores/s", keyed, b"{\"a\":1}\n7\n");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["line"], 2, "{body}");
+    assert_eq!(live_records(&redis, "s").await, 0);
     let (status, _, body) = serve.json(
         "POST",
         "/v1/stores/s",
