@@ -213,6 +213,15 @@ pub(crate) fn row_field(entity: &str, field: &str) -> String {
     format!("{entity}\x1f{field}")
 }
 
+/// Reads the `HEXISTS` of the store's rules in a MULTI/EXEC push's results (third from the
+/// end, before the limits probe): rules set since this producer read them make it read them
+/// again before its next push.
+pub(crate) fn observe_rules_probe(buffer: &Buffer, store: &StoreName, results: &[redis::Value]) {
+    if let Some(redis::Value::Int(1)) = results.len().checked_sub(3).map(|at| &results[at]) {
+        buffer.rules_cache().forget(store);
+    }
+}
+
 /// What a merge push did: its receipt, and whether its push id was already applied.
 pub(crate) type Merged = (PushReceipt, bool);
 
@@ -453,6 +462,11 @@ impl Buffer {
             what: format!("coalescing rules of store {store:?}: {text:?}"),
         })?;
         Ok(Some((text, rules)))
+    }
+
+    /// Whether `store` is coalescing, as this producer knows it (read once, then cached).
+    pub(crate) async fn is_coalescing(&self, store: &StoreName) -> Result<bool> {
+        Ok(self.known_rules(store).await?.is_some())
     }
 
     /// Merges `records` into `store`'s rows if it is a coalescing store; `None` when it is not

@@ -221,6 +221,45 @@ impl PushPipeline {
         if pushes.is_empty() {
             return Ok(());
         }
+        // A push to a coalescing store is one merge script of its own (see `crate::coalesce`),
+        // sent while the pipeline of the other pushes is: its result is in its handle as for
+        // any push. Whether a store is coalescing is known from the producer's cache (read
+        // once per store).
+        let kinds =
+            futures::future::join_all(pushes.iter().map(|push| buffer.is_coalescing(&push.store)))
+                .await;
+        let mut appends = Vec::with_capacity(pushes.len());
+        let mut merges = Vec::new();
+        for (push, kind) in pushes.into_iter().zip(kinds) {
+            match kind {
+                Ok(true) => merges.push(push),
+                Ok(false) => appends.push(push),
+                // The rules could not be read (Redis slow or gone): the push goes with the
+                // pipeline, which meets the same fault and reports it as the round trip's; on a
+                // coalescing store its reply makes the producer read the rules again, and a
+                // record it appended is written as pushed (docs/coalescing.md).
+                Err(err) => {
+                    tracing::debug!(store = %push.store, %err, "coalescing rules not read; pushing with the pipeline");
+                    appends.push(push);
+                }
+            }
+        }
+        let merged = futures::future::join_all(merges.into_iter().map(|push| {
+            let buffer = buffer.clone();
+            async move {
+                let result = buffer.push_encoded(&push.store, push.records).await;
+                let _ = push.slot.set(result);
+            }
+        }));
+        let (appended, _) = futures::future::join(Self::send(buffer, appends), merged).await;
+        appended
+    }
+
+    /// Sends the pushes that append in one round trip, as `execute` describes.
+    async fn send(buffer: Buffer, pushes: Vec<Queued>) -> Result<()> {
+        if pushes.is_empty() {
+            return Ok(());
+        }
         let now = match buffer.stamp_ms().await {
             Ok(now) => now,
             Err(err) => {
@@ -325,6 +364,7 @@ impl PushPipeline {
                 SentAs::Transaction { block, replies } => {
                     block.check("push", store, own).and_then(|results| {
                         limits::observe_probe(&buffer, &push.store, &results);
+                        crate::coalesce::observe_rules_probe(&buffer, &push.store, &results);
                         if let Some((wait, reply)) = wait_reply {
                             wait.check("push", store, reply)?;
                         }

@@ -242,7 +242,7 @@ impl Buffer {
         skip_all,
         fields(store = %store, records = records.len())
     )]
-    async fn push_encoded(
+    pub(crate) async fn push_encoded(
         &self,
         store: &StoreName,
         records: Vec<EncodedRecord>,
@@ -257,11 +257,7 @@ impl Buffer {
         let (commands, receipt) = self.push_transaction(store, records, now)?;
         let replies = replicas::exec(self, "push", store.as_str(), commands).await?;
         crate::limits::observe_probe(self, store, &replies);
-        // The HEXISTS of the store's coalescing rules, before the limits probe: rules set
-        // since this producer read them make it read them again before its next push.
-        if let Some(Value::Int(1)) = replies.len().checked_sub(3).map(|at| &replies[at]) {
-            self.rules_cache().forget(store);
-        }
+        crate::coalesce::observe_rules_probe(self, store, &replies);
         receipt.read(store, &replies)
     }
 

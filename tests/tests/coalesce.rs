@@ -297,3 +297,93 @@ fn rename_calls(server: &RedisServer) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |n| n.parse().unwrap())
 }
+
+/// Merges and prepares interleave freely: producers push while batches are prepared, read and
+/// emptied; summed over every batch, each entity's sum and write count are what was pushed,
+/// so each write landed in exactly one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merges_and_prepares_interleaved_split_writes_across_batches_exactly() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    buffer
+        .set_coalesce("hits", &CoalesceRules::new("k").with("n", MergeRule::Sum))
+        .await
+        .unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 0..3u64 {
+        let buffer = buffer.clone();
+        producers.push(tokio::spawn(async move {
+            let mut pushed: std::collections::BTreeMap<u64, (i128, u64)> = Default::default();
+            let mut state = p * 7919 + 1;
+            for _ in 0..150 {
+                let records: Vec<_> = (0..3)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let k = (state >> 33) % 11;
+                        // Beyond 2^53 for some entities, small for others.
+                        let n: i64 = if k == 0 {
+                            (1 << 53) + 1
+                        } else {
+                            (state >> 40) as i64 % 100
+                        };
+                        let e = pushed.entry(k).or_default();
+                        e.0 += i128::from(n);
+                        e.1 += 1;
+                        json!({"k": k, "n": n})
+                    })
+                    .collect();
+                if state % 2 == 0 {
+                    buffer.push_many("hits", &records).await.unwrap();
+                } else {
+                    let mut pipeline = buffer.pipeline();
+                    let handle = pipeline.push_many("hits", &records);
+                    pipeline.execute().await.unwrap();
+                    handle.receipt().unwrap();
+                }
+            }
+            pushed
+        }));
+    }
+    let drainer = {
+        let buffer = buffer.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen: std::collections::BTreeMap<u64, (i128, u64)> = Default::default();
+            let mut batches = 0;
+            loop {
+                let last = done.load(std::sync::atomic::Ordering::SeqCst);
+                if let Some(batch) = buffer.prepare_to_persist("hits", HOLD).await.unwrap() {
+                    batches += 1;
+                    let mut reader = buffer.reader(&batch);
+                    while let Some(page) = reader.next_page().await.unwrap() {
+                        for text in page {
+                            let row: serde_json::Value = serde_json::from_str(&text).unwrap();
+                            let e = seen.entry(row["k"].as_u64().unwrap()).or_default();
+                            e.0 += row["n"].to_string().parse::<i128>().unwrap();
+                            e.1 += row["_writes"].as_u64().unwrap();
+                        }
+                    }
+                    buffer.empty(batch).await.unwrap();
+                } else if last {
+                    return (seen, batches);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut expected: std::collections::BTreeMap<u64, (i128, u64)> = Default::default();
+    for producer in producers {
+        for (k, (sum, writes)) in producer.await.unwrap() {
+            let e = expected.entry(k).or_default();
+            e.0 += sum;
+            e.1 += writes;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (seen, batches) = drainer.await.unwrap();
+    assert!(batches > 1, "only {batches} batch: no interleaving");
+    assert_eq!(seen, expected);
+}
