@@ -148,3 +148,66 @@ fn the_cli_sets_rules_merges_pushes_and_drains_one_row_per_entity() {
     let list = run(&server, &["coalesce", "list"], "");
     assert!(text(&list.stdout).contains("(no coalescing stores)"));
 }
+
+/// Each entity's row, as DuckDB reads a file: `[page, views as text, _writes]`, sorted.
+const DUCKDB_ROWS: &str = r#"
+import json, sys
+import duckdb
+path, kind = sys.argv[1], sys.argv[2]
+reader = {"jsonl": "read_json_auto", "csv": "read_csv_auto", "parquet": "read_parquet"}[kind]
+rows = duckdb.connect().execute(
+    f"SELECT page, CAST(views AS VARCHAR), CAST(_writes AS BIGINT) FROM {reader}(?) ORDER BY page",
+    [path]).fetchall()
+print(json.dumps([list(r) for r in rows]))
+"#;
+
+#[test]
+fn duckdb_reads_one_row_per_entity_from_jsonl_csv_and_parquet() {
+    let server = RedisServer::start();
+    let set = run(
+        &server,
+        &[
+            "coalesce", "set", "views", "--key", "page", "--sum", "views",
+        ],
+        "",
+    );
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    for format in ["jsonl", "csv", "parquet"] {
+        let push = run(&server, &["push", "views"], LINES);
+        assert!(push.status.success(), "{}", text(&push.stderr));
+        let out = tempfile::tempdir().unwrap();
+        let drain = run(
+            &server,
+            &[
+                "drain",
+                "--format",
+                format,
+                "--out",
+                out.path().to_str().unwrap(),
+            ],
+            "",
+        );
+        assert!(drain.status.success(), "{}", text(&drain.stderr));
+        let dir = out.path().join("views");
+        let file = std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let output = Command::new(buffer_tests::python::python())
+            .arg("-c")
+            .arg(DUCKDB_ROWS)
+            .arg(&file)
+            .arg(format)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            rows,
+            serde_json::json!([["/a", "3", 2], ["/b", "18014398509481986", 2]]),
+            "{format}"
+        );
+    }
+}
