@@ -1017,3 +1017,37 @@ async fn a_coalescing_store_is_merged_by_each_fields_rule_exactly_once() {
         "a|3|t"
     );
 }
+
+#[tokio::test]
+async fn a_record_without_a_key_takes_the_columns_default_and_a_null_stays_null() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query(
+        "CREATE TABLE d (id bigint, note text DEFAULT 'none', n bigint DEFAULT 7, \
+         seq bigserial, at timestamptz DEFAULT now(), name text)",
+    );
+    let buffer = redis.buffer().await;
+    for record in [
+        json!({"id": 1, "note": "given", "n": 1, "name": "a"}),
+        json!({"id": 2, "name": "b"}),
+        json!({"id": 3, "note": null, "n": null}),
+        json!({"id": 4, "n": 4, "at": "2026-01-02T03:04:05Z"}),
+    ] {
+        buffer.push("d", &record).await.unwrap();
+    }
+    let output = drain(&redis, &pg.url(), &[], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        pg.query(
+            "SELECT id, coalesce(note, 'NULL'), coalesce(n::text, 'NULL'), seq > 0, \
+             at IS NOT NULL, coalesce(name, 'NULL') FROM d ORDER BY id"
+        ),
+        "1|given|1|t|t|a\n2|none|7|t|t|b\n3|NULL|NULL|t|t|NULL\n4|none|4|t|t|NULL"
+    );
+    assert_eq!(
+        pg.query("SELECT at = '2026-01-02T03:04:05Z' FROM d WHERE id = 4"),
+        "t"
+    );
+    assert_eq!(pg.query("SELECT rows FROM buffer_batches"), "4");
+    assert_eq!(records_in_redis(&buffer).await, 0);
+}

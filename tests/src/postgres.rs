@@ -298,9 +298,11 @@ impl PostgresServer {
         if pids.is_empty() {
             return;
         }
+        // A child may have exited since /proc was read: kill's complaint about it is noise.
         let _ = Command::new("kill")
             .arg(format!("-{signal}"))
             .args(pids.iter().map(ToString::to_string))
+            .stderr(Stdio::null())
             .status();
     }
 

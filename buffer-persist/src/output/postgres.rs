@@ -47,8 +47,14 @@ const REST_COLUMN: &str = "_rest";
 /// one, merged by adding, the earliest and the latest.
 const METADATA_FIELDS: [&str; 3] = ["_writes", "_first_write", "_last_write"];
 
-/// The temporary table a coalesced batch is loaded into before it is merged.
+/// The temporary table a batch is loaded into before it is merged (a coalesced batch) or
+/// given its defaults (an append batch naming columns with defaults).
 const STAGE_TABLE: &str = "buffer_stage";
+
+/// The staging table's column holding, per row, the positions (in the COPY's column list) of
+/// the columns with a default whose key the record lacks. A space keeps it from any name a
+/// store's keys give the columns copied next to it in practice.
+const MISSING_COLUMN: &str = "buffer missing keys";
 
 /// The most the client waits beyond `statement_timeout` before it gives up on a round trip
 /// (it waits the statement timeout again when that is shorter): the server ends a statement
@@ -132,6 +138,8 @@ struct Column {
     json: bool,
     /// The type's name (`pg_type.typname`: `int8`, `jsonb`, …).
     type_name: String,
+    /// Its default expression as SQL, when it has one (not for a generated column).
+    default: Option<String>,
 }
 
 /// `url` with the password between `:` and `@` of its authority replaced by `***`.
@@ -495,21 +503,51 @@ impl PostgresOutput {
             ),
             None => None,
         };
+        // An append batch naming columns that have a default: a record without the key takes
+        // the default, which COPY (PostgreSQL 15) cannot say per field. The batch goes through
+        // the staging table with, per row, the positions of those columns it lacks.
+        let defaulted: Vec<usize> = if upsert.is_none() {
+            named
+                .iter()
+                .enumerate()
+                .filter(|(_, column)| column.default.is_some())
+                .map(|(position, _)| position)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let merge = match upsert {
+            Some(upsert) => Some(upsert),
+            None if !defaulted.is_empty() => Some(defaults_statement(&table, &named, rest)),
+            None => None,
+        };
         let mapping = Mapping {
             table: table.clone(),
             columns: named,
             rest,
             dropped,
+            defaulted,
         };
         self.bounded(|| "BEGIN".to_owned(), client.batch_execute("BEGIN"))
             .await?;
         // A coalesced batch goes through a staging table of the same columns (no constraints),
-        // merged into the table by one INSERT … ON CONFLICT; an append batch straight in.
-        let target = if upsert.is_some() {
-            let stage = format!(
+        // merged into the table by one INSERT … ON CONFLICT; an append batch straight in, or
+        // through the staging table when defaults are to be filled in.
+        let mut copy_list = list.clone();
+        if !mapping.defaulted.is_empty() {
+            copy_list.push(quote(MISSING_COLUMN));
+        }
+        let target = if merge.is_some() {
+            let mut stage = format!(
                 "CREATE TEMP TABLE {STAGE_TABLE} ON COMMIT DROP AS SELECT {} FROM {table} WITH NO DATA",
                 list.join(", ")
             );
+            if !mapping.defaulted.is_empty() {
+                stage.push_str(&format!(
+                    "; ALTER TABLE pg_temp.{STAGE_TABLE} ADD COLUMN {} int[]",
+                    quote(MISSING_COLUMN)
+                ));
+            }
             self.bounded(
                 || format!("creating the staging table for {table}"),
                 client.batch_execute(&stage),
@@ -519,7 +557,7 @@ impl PostgresOutput {
         } else {
             table.quoted()
         };
-        let copy = format!("COPY {target} ({}) FROM STDIN", list.join(", "));
+        let copy = format!("COPY {target} ({}) FROM STDIN", copy_list.join(", "));
         let copy_action = || format!("loading table {table}");
         let sink = self
             .bounded(copy_action, client.copy_in::<_, Bytes>(&copy))
@@ -551,10 +589,10 @@ impl PostgresOutput {
                 written: rows,
             });
         }
-        if let Some(upsert) = &upsert {
+        if let Some(merge) = &merge {
             self.bounded(
-                || format!("merging the batch's rows into table {table}"),
-                client.batch_execute(upsert),
+                || format!("moving the batch's rows into table {table}"),
+                client.batch_execute(merge),
             )
             .await?;
         }
@@ -706,8 +744,10 @@ impl PostgresOutput {
             .bounded(
                 || format!("reading the columns of table {table}"),
                 client.query(
-                    "SELECT a.attname::text, t.typname::text FROM pg_attribute a \
-                     JOIN pg_type t ON t.oid = a.atttypid \
+                    "SELECT a.attname::text, t.typname::text, \
+                     CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END \
+                     FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
                      WHERE a.attrelid = to_regclass($1::text) AND a.attnum > 0 \
                      AND NOT a.attisdropped ORDER BY a.attnum",
                     &[&quoted],
@@ -722,6 +762,7 @@ impl PostgresOutput {
                         name: row.get(0),
                         json: matches!(type_name.as_str(), "json" | "jsonb"),
                         type_name,
+                        default: row.get(2),
                     }
                 })
                 .collect(),
@@ -773,6 +814,34 @@ impl PostgresOutput {
     }
 }
 
+/// The `INSERT … SELECT` that moves an append batch's staged rows into `table`, a column with
+/// a default taking it where the record lacked the key (and the value, `NULL` included,
+/// where it had it).
+fn defaults_statement(table: &TableName, named: &[Column], rest: bool) -> String {
+    let mut list: Vec<String> = named.iter().map(|column| quote(&column.name)).collect();
+    let mut values: Vec<String> = named
+        .iter()
+        .enumerate()
+        .map(|(position, column)| match &column.default {
+            Some(default) => format!(
+                "CASE WHEN {position} = ANY({missing}) THEN {default} ELSE {c} END",
+                missing = quote(MISSING_COLUMN),
+                c = quote(&column.name)
+            ),
+            None => quote(&column.name),
+        })
+        .collect();
+    if rest {
+        list.push(quote(REST_COLUMN));
+        values.push(quote(REST_COLUMN));
+    }
+    format!(
+        "INSERT INTO {table} ({}) SELECT {} FROM pg_temp.{STAGE_TABLE}",
+        list.join(", "),
+        values.join(", ")
+    )
+}
+
 /// The PostgreSQL type of a created table's column: the Parquet mapping (README), with
 /// nested values and mixed kinds as `jsonb`.
 fn sql_type(column_type: ColumnType) -> &'static str {
@@ -810,6 +879,9 @@ struct Mapping {
     /// Keys left out of every row (a coalesced row's metadata fields the table has no
     /// column for).
     dropped: Vec<String>,
+    /// The positions in `columns` of those with a default: each row ends with the list of
+    /// those its record lacks (an `int[]`), when there are any.
+    defaulted: Vec<usize>,
 }
 
 impl Mapping {
@@ -832,12 +904,16 @@ impl Mapping {
             for key in &self.dropped {
                 fields.remove(key);
             }
+            let mut missing = Vec::new();
             for (position, column) in self.columns.iter().enumerate() {
                 if position > 0 {
                     out.push(b'\t');
                 }
                 match fields.remove(&column.name) {
-                    None => out.extend_from_slice(b"\\N"),
+                    None => {
+                        out.extend_from_slice(b"\\N");
+                        missing.push(position);
+                    }
                     Some(value) => encode_value(&mut out, value.get(), column.json),
                 }
             }
@@ -870,6 +946,16 @@ impl Mapping {
                     ),
                     transient: false,
                 });
+            }
+            if !self.defaulted.is_empty() {
+                out.extend_from_slice(b"\t{");
+                let lacking: Vec<String> = missing
+                    .iter()
+                    .filter(|position| self.defaulted.contains(position))
+                    .map(ToString::to_string)
+                    .collect();
+                out.extend_from_slice(lacking.join(",").as_bytes());
+                out.push(b'}');
             }
             out.push(b'\n');
         }
