@@ -1051,3 +1051,79 @@ async fn a_record_without_a_key_takes_the_columns_default_and_a_null_stays_null(
     assert_eq!(pg.query("SELECT rows FROM buffer_batches"), "4");
     assert_eq!(records_in_redis(&buffer).await, 0);
 }
+
+#[tokio::test]
+async fn a_holder_that_lost_its_lock_mid_transaction_rolls_back_and_the_new_holder_applies_once() {
+    require_failpoints();
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query("CREATE TABLE r (id bigint, name text)");
+    let buffer = redis.buffer().await;
+    push_ids(&buffer, "r", 0..50).await;
+
+    // A stops itself with its rows and its ledger row sent, its transaction open, and stays
+    // stopped past its lock's TTL.
+    let first = drain_command(
+        &redis,
+        &pg.url(),
+        &["--lock-ttl", "1s"],
+        &[("BUFFER_FAILPOINT", "before-commit:stop")],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let first_pid = first.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while process_state(first_pid) != Some('T') {
+        assert!(Instant::now() < deadline, "A never reached before-commit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // B takes the batch, loads it, and its ledger insert waits on A's uncommitted row.
+    let second = drain_command(&redis, &pg.url(), &[], &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pg.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND query LIKE 'INSERT INTO%buffer_batches%'",
+    ) != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B's ledger insert never waited on A's"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A resumes: its check before COMMIT finds the lock gone, so it never commits; its
+    // transaction is rolled back and B's goes through.
+    let resumed = Command::new("kill")
+        .args(["-CONT", &first_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(resumed.success());
+    let first = first.wait_with_output().unwrap();
+    let first_text = stderr(&first);
+    // A lost lock is not the batch's failure (the new holder has it): A drained nothing.
+    assert!(
+        first_text.contains("lost the lock; another persister has the batch")
+            && first_text.contains("drained 0 batches"),
+        "{first_text}"
+    );
+    let second = second.wait_with_output().unwrap();
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(
+        pg.query("SELECT count(*), count(DISTINCT id) FROM r"),
+        "50|50"
+    );
+    assert_eq!(
+        pg.query("SELECT count(*), sum(rows) FROM buffer_batches"),
+        "1|50"
+    );
+    assert_eq!(records_in_redis(&buffer).await, 0);
+}
