@@ -387,3 +387,78 @@ async fn merges_and_prepares_interleaved_split_writes_across_batches_exactly() {
     assert!(batches > 1, "only {batches} batch: no interleaving");
     assert_eq!(seen, expected);
 }
+
+/// Every command Redis ran since the last `CONFIG RESETSTAT`, by name (a script's own
+/// commands included), from INFO commandstats.
+fn command_counts(server: &RedisServer) -> std::collections::BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.conn())
+        .unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Prepare of a store of 1 M entities sends the same commands as of a store of 10 (a fixed
+/// number of RENAMEs), and none of them is slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_of_a_million_entities_is_a_constant_number_of_fast_commands() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let rules = CoalesceRules::new("u").with("n", MergeRule::Sum);
+    for store in ["small", "large"] {
+        buffer.set_coalesce(store, &rules).await.unwrap();
+    }
+    let texts: Vec<String> = (0..10).map(|u| format!(r#"{{"u":{u},"n":1}}"#)).collect();
+    buffer.push_json("small", &texts).await.unwrap();
+    const ENTITIES: u64 = 1_000_000;
+    const CHUNK: u64 = 20_000;
+    for chunk in 0..ENTITIES / CHUNK {
+        let texts: Vec<String> = (chunk * CHUNK..(chunk + 1) * CHUNK)
+            .map(|u| format!(r#"{{"u":{u},"n":1}}"#))
+            .collect();
+        buffer.push_json("large", &texts).await.unwrap();
+    }
+    // A first prepare loads the scripts (NOSCRIPT, SCRIPT LOAD): not counted.
+    buffer.set_coalesce("warm", &rules).await.unwrap();
+    buffer.push_json("warm", &texts).await.unwrap();
+    let warm = buffer.prepare_to_persist("warm", HOLD).await.unwrap();
+    assert!(warm.is_some());
+    let mut conn = server.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(20_000)
+        .query(&mut conn)
+        .unwrap();
+    let mut counts = Vec::new();
+    for store in ["small", "large"] {
+        let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut conn).unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut conn)
+            .unwrap();
+        let batch = buffer
+            .prepare_to_persist(store, HOLD)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut seen = command_counts(&server);
+        // The INFO call reading them is not the prepare's.
+        seen.remove("info");
+        let slow: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").query(&mut conn).unwrap();
+        assert!(slow.is_empty(), "{store}: slow commands {slow:?}");
+        counts.push((batch.records, seen));
+    }
+    assert_eq!(counts[0].0, 10);
+    assert_eq!(counts[1].0, ENTITIES);
+    assert_eq!(
+        counts[0].1, counts[1].1,
+        "commands of prepare: 10 vs 1 M entities"
+    );
+    assert!(counts[1].1["rename"] <= 7, "{:?}", counts[1].1);
+}
