@@ -211,3 +211,102 @@ fn duckdb_reads_one_row_per_entity_from_jsonl_csv_and_parquet() {
         );
     }
 }
+
+/// A persister killed (abort at a failpoint: the effect of kill -9 at that step) at each step
+/// of a coalesced batch, and Redis killed and restarted from its AOF (`appendfsync always`)
+/// between merges: after recovery every entity's rows, over every file, add up to exactly
+/// what was pushed (sums and write counts): nothing lost, nothing counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persister_crashes_and_a_redis_restart_lose_and_double_nothing() {
+    assert!(
+        cfg!(feature = "failpoints"),
+        "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
+    );
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let set = run(
+        &server,
+        &["coalesce", "set", "c", "--key", "k", "--sum", "n"],
+        "",
+    );
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let out = tempfile::tempdir().unwrap();
+    let mut expected: std::collections::BTreeMap<u64, (i128, u64)> = Default::default();
+    let steps = [
+        "after-prepare",
+        "after-temp-write",
+        "after-fsync",
+        "after-link",
+        "after-delete",
+    ];
+    for (round, step) in steps.iter().enumerate() {
+        let mut buffer = server.buffer().await;
+        for half in 0..2u64 {
+            let records: Vec<serde_json::Value> = (0..100u64)
+                .map(|i| {
+                    let k = (i + half) % 13;
+                    let n: i64 = if k == 0 { (1 << 53) + 1 } else { i as i64 };
+                    let e = expected.entry(k).or_default();
+                    e.0 += i128::from(n);
+                    e.1 += 1;
+                    serde_json::json!({"k": k, "n": n})
+                })
+                .collect();
+            buffer.push_many("c", &records).await.unwrap();
+            if half == 0 && round % 2 == 0 {
+                // Redis dies between merges; the merged rows come back from the AOF.
+                server.restart();
+                buffer = server.buffer().await;
+            }
+        }
+        drop(buffer);
+        let crashed = Command::new(BINARY)
+            .args([
+                "drain",
+                "--redis",
+                &server.url(),
+                "--lock-ttl",
+                "300ms",
+                "--out",
+            ])
+            .arg(out.path())
+            .env("BUFFER_FAILPOINT", step)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(!crashed.status.success(), "the persister crashed at {step}");
+        let recovered = Command::new(BINARY)
+            .args([
+                "drain",
+                "--redis",
+                &server.url(),
+                "--lock-ttl",
+                "300ms",
+                "--wait",
+                "10s",
+                "--out",
+            ])
+            .arg(out.path())
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(recovered.status.success(), "{}", text(&recovered.stderr));
+    }
+    let mut seen: std::collections::BTreeMap<u64, (i128, u64)> = Default::default();
+    let dir = out.path().join("c");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_str().unwrap().starts_with('.') {
+            continue; // a temporary file left by a crash, never published
+        }
+        let mut in_file = std::collections::BTreeSet::new();
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let k = row["k"].as_u64().unwrap();
+            assert!(in_file.insert(k), "entity {k} twice in {}", path.display());
+            let e = seen.entry(k).or_default();
+            e.0 += row["n"].to_string().parse::<i128>().unwrap();
+            e.1 += row["_writes"].as_u64().unwrap();
+        }
+    }
+    assert_eq!(seen, expected);
+}
