@@ -462,3 +462,66 @@ async fn prepare_of_a_million_entities_is_a_constant_number_of_fast_commands() {
     );
     assert!(counts[1].1["rename"] <= 7, "{:?}", counts[1].1);
 }
+
+/// On a 3-master Redis Cluster: rules, merges (single, pipelined, once), prepare, the
+/// coalesced read and the empty all work, each store's keys in its own slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalescing_works_on_a_cluster() {
+    let cluster = buffer_tests::cluster::TestCluster::start();
+    let buffer = cluster.buffer().await;
+    let rules = CoalesceRules::new("id")
+        .with("n", MergeRule::Sum)
+        .with("tags", MergeRule::Union);
+    let stores = ["c-one", "c-two", "c-three", "c-four"];
+    for store in stores {
+        buffer.set_coalesce(store, &rules).await.unwrap();
+    }
+    for round in 0..3 {
+        let mut pipeline = buffer.pipeline();
+        let handles: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                pipeline.push(
+                    *store,
+                    &json!({"id": 1, "n": (1i64 << 53) + 1, "tags": [round]}),
+                )
+            })
+            .collect();
+        pipeline.execute().await.unwrap();
+        for handle in handles {
+            // The store's entities after the push: 1, then 2 once the push_once below ran.
+            assert_eq!(
+                handle.receipt().unwrap().records,
+                if round == 0 { 1 } else { 2 }
+            );
+        }
+        for store in stores {
+            buffer
+                .push_once(store, &format!("r{round}"), &[json!({"id": 2, "n": 1})])
+                .await
+                .unwrap();
+            buffer.push(store, &json!({"id": 2, "n": 1})).await.unwrap();
+        }
+    }
+    let mut all = std::collections::BTreeSet::new();
+    for store in stores {
+        let rows = drain_rows(&buffer, store, "id").await;
+        assert_eq!(
+            rows["1"]["n"].to_string(),
+            (3 * ((1i128 << 53) + 1)).to_string()
+        );
+        assert_eq!(rows["1"]["tags"], json!([0, 1, 2]));
+        assert_eq!(rows["2"]["n"], json!(6));
+        assert_eq!(rows["2"]["_writes"], json!(6));
+        all.insert(store);
+    }
+    assert_eq!(all.len(), 4);
+    assert!(
+        cluster
+            .buffer_keys()
+            .iter()
+            .all(|key| !key.contains(":rows") && !key.contains(":entities")),
+        "{:?}",
+        cluster.buffer_keys()
+    );
+}
