@@ -54,25 +54,43 @@ impl LimitCache {
     }
 }
 
+/// How long a producer trusts that a store has no coalescing rules before reading them again.
+/// A MULTI/EXEC push tells it sooner (its `HEXISTS`); a script push (a store with limits,
+/// `push_once`) does not, so this bounds how long such a producer may append to a store that
+/// became coalescing.
+pub(crate) const NO_RULES_TRUSTED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What one producer knows of each store's coalescing rules (their JSON text, or none), read
-/// before every push: a store not in the map is unknown and its rules are read once (`HGET`).
+/// before every push: a store not in the map is unknown and its rules are read (`HGET`).
 /// The merge script compares the text it was given with the stored one and refuses a push
-/// made under other rules, and a MULTI/EXEC push reports whether the store has rules, so the
-/// entry is forgotten (and read again) as soon as a reply shows it stale.
+/// made under other rules, a MULTI/EXEC push reports whether the store has rules, and "no
+/// rules" is trusted for [`NO_RULES_TRUSTED_FOR`] only, so a stale entry is read again soon.
 #[derive(Debug, Default)]
 pub(crate) struct RulesCache {
-    known: Mutex<HashMap<String, Option<std::sync::Arc<str>>>>,
+    known: Mutex<HashMap<String, KnownRules>>,
 }
 
+/// A store's rules text (or none), and when that was learned.
+type KnownRules = (Option<std::sync::Arc<str>>, std::time::Instant);
+
 impl RulesCache {
-    /// `None` when unknown, `Some(None)` for a store known to have no rules.
+    /// `None` when unknown (or "no rules" learned too long ago), `Some(None)` for a store
+    /// known to have no rules.
     pub(crate) fn get(&self, store: &StoreName) -> Option<Option<std::sync::Arc<str>>> {
-        self.known.lock().ok()?.get(store.encoded()).cloned()
+        let known = self.known.lock().ok()?;
+        let (rules, at) = known.get(store.encoded())?;
+        if rules.is_none() && at.elapsed() > NO_RULES_TRUSTED_FOR {
+            return None;
+        }
+        Some(rules.clone())
     }
 
     pub(crate) fn set(&self, store: &StoreName, rules: Option<std::sync::Arc<str>>) {
         if let Ok(mut known) = self.known.lock() {
-            known.insert(store.encoded().to_owned(), rules);
+            known.insert(
+                store.encoded().to_owned(),
+                (rules, std::time::Instant::now()),
+            );
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use buffer_core::{CoalesceRules, Error, MergeRule};
 use buffer_tests::RedisServer;
+use futures::StreamExt;
 use serde_json::json;
 
 const HOLD: Duration = Duration::from_secs(60);
@@ -524,4 +525,86 @@ async fn coalescing_works_on_a_cluster() {
         "{:?}",
         cluster.buffer_keys()
     );
+}
+
+/// A producer that last saw the store without rules appends its next push (its reply tells it
+/// of the rules) and merges from then on; the appended record is not lost: the batch holds it
+/// before the rows, as it was pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_has_not_seen_the_rules_appends_once_then_merges() {
+    let server = RedisServer::start();
+    let stale = server.buffer().await;
+    let admin = server.buffer().await;
+    // `stale` learns that "late" has no rules (and no limits), then the store is emptied.
+    stale.push("late", &json!({"id": 0, "n": 1})).await.unwrap();
+    stale.push("late", &json!({"id": 0, "n": 1})).await.unwrap();
+    let batch = admin
+        .prepare_to_persist("late", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
+    admin.empty(batch).await.unwrap();
+    admin
+        .set_coalesce("late", &CoalesceRules::new("id").with("n", MergeRule::Sum))
+        .await
+        .unwrap();
+    stale.push("late", &json!({"id": 1, "n": 5})).await.unwrap();
+    stale.push("late", &json!({"id": 1, "n": 7})).await.unwrap();
+    stale.push("late", &json!({"id": 1, "n": 9})).await.unwrap();
+    let batch = admin
+        .prepare_to_persist("late", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
+    let lines: Vec<String> = admin
+        .reader(&batch)
+        .into_stream()
+        .map(|line| line.unwrap())
+        .collect()
+        .await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        lines[0], r#"{"id":1,"n":5}"#,
+        "the appended record, as pushed"
+    );
+    let row: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(row["n"], json!(16), "{row}");
+    assert_eq!(row["_writes"], json!(2), "{row}");
+}
+
+/// A producer pushing through a script (a store with limits) learns of new rules within a
+/// second (it trusts "no rules" that long), and its records are not lost meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_of_a_limited_store_merges_within_a_second_of_new_rules() {
+    let server = RedisServer::start();
+    let stale = server.buffer().await;
+    let admin = server.buffer().await;
+    admin
+        .set_limits(
+            "lim",
+            buffer_core::StoreLimits {
+                max_records: Some(1000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    stale.push("lim", &json!({"id": 0, "n": 1})).await.unwrap();
+    let batch = admin
+        .prepare_to_persist("lim", HOLD)
+        .await
+        .unwrap()
+        .unwrap();
+    admin.empty(batch).await.unwrap();
+    admin
+        .set_coalesce("lim", &CoalesceRules::new("id").with("n", MergeRule::Sum))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    stale.push("lim", &json!({"id": 1, "n": 5})).await.unwrap();
+    stale.push("lim", &json!({"id": 1, "n": 7})).await.unwrap();
+    let rows = drain_rows(&admin, "lim", "id").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows["1"]["n"], json!(12));
+    assert_eq!(rows["1"]["_writes"], json!(2));
 }
