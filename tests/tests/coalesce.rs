@@ -608,3 +608,100 @@ async fn a_producer_of_a_limited_store_merges_within_a_second_of_new_rules() {
     assert_eq!(rows["1"]["n"], json!(12));
     assert_eq!(rows["1"]["_writes"], json!(2));
 }
+
+/// One step of the property below: a merge push of `(entity, n)` records, or a prepare that
+/// freezes what is live into a batch (read and emptied at once).
+#[derive(Clone, Debug)]
+enum Step {
+    Merge(Vec<(u8, i64)>),
+    Prepare,
+}
+
+/// Property: any sequence of merges and prepares gives batches whose rows, summed, equal the
+/// sums pushed (i64 values of any size whose per-entity sums stay within i64), each write in
+/// exactly one batch: per batch, every entity's row sum and write count are exactly those of
+/// the merges since the previous prepare.
+#[test]
+fn any_interleaving_of_merges_and_prepares_splits_writes_exactly_across_batches() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = RedisServer::start();
+    let buffer = runtime.block_on(server.buffer());
+    runtime
+        .block_on(buffer.set_coalesce("prop", &CoalesceRules::new("e").with("n", MergeRule::Sum)))
+        .unwrap();
+    // |n| < 2^59 and at most 15 writes per case: no per-entity sum leaves i64.
+    let value = prop_oneof![-5i64..5, -(1i64 << 59)..(1i64 << 59)];
+    let step = prop_oneof![
+        3 => proptest::collection::vec((0u8..4, value), 1..4).prop_map(Step::Merge),
+        1 => Just(Step::Prepare),
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        ..Config::default()
+    });
+    runner
+        .run(&proptest::collection::vec(step, 1..6), |steps| {
+            runtime.block_on(async {
+                let mut pending: std::collections::BTreeMap<u8, (i128, u64)> = Default::default();
+                let mut batches = Vec::new();
+                let mut expected = Vec::new();
+                for step in steps.iter().chain([&Step::Prepare]) {
+                    match step {
+                        Step::Merge(records) => {
+                            let json: Vec<_> = records
+                                .iter()
+                                .map(|(e, n)| {
+                                    let p = pending.entry(*e).or_default();
+                                    p.0 += i128::from(*n);
+                                    p.1 += 1;
+                                    json!({"e": e, "n": n})
+                                })
+                                .collect();
+                            buffer.push_many("prop", &json).await.unwrap();
+                        }
+                        Step::Prepare => {
+                            let rows = match buffer.prepare_to_persist("prop", HOLD).await.unwrap()
+                            {
+                                None => Default::default(),
+                                Some(batch) => {
+                                    let mut reader = buffer.reader(&batch);
+                                    let mut rows: std::collections::BTreeMap<u8, (i128, u64)> =
+                                        Default::default();
+                                    while let Some(page) = reader.next_page().await.unwrap() {
+                                        for text in page {
+                                            let row: serde_json::Value =
+                                                serde_json::from_str(&text).unwrap();
+                                            let e =
+                                                u8::try_from(row["e"].as_u64().unwrap()).unwrap();
+                                            let sum = row["n"].to_string().parse::<i128>().unwrap();
+                                            let writes = row["_writes"].as_u64().unwrap();
+                                            assert!(rows.insert(e, (sum, writes)).is_none());
+                                        }
+                                    }
+                                    buffer.empty(batch).await.unwrap();
+                                    rows
+                                }
+                            };
+                            batches.push(rows);
+                            expected.push(std::mem::take(&mut pending));
+                        }
+                    }
+                }
+                if batches == expected {
+                    Ok(())
+                } else {
+                    Err(TestCaseError::fail(format!(
+                        "{steps:?}: batches {batches:?}, expected {expected:?}"
+                    )))
+                }
+            })
+        })
+        .unwrap();
+}
