@@ -311,9 +311,21 @@ async fn announcements_and_server_info_cover_every_master() {
     );
     let total = buffer.server_info().await.unwrap();
     assert_eq!(total.mode, "cluster");
-    assert_eq!(
-        total.used_memory,
-        each.iter().map(|m| m.info.used_memory).sum::<u64>()
+    // The total is read a moment after the per-master figures, and a master's used_memory
+    // moves with its clients' buffers in between (a 5 KB difference on 5.7 MB was seen in
+    // CI), so the two are compared within 5 %; the total being at least twice the largest
+    // master shows it adds the masters up rather than reporting one.
+    let sum: u64 = each.iter().map(|m| m.info.used_memory).sum();
+    let largest = each.iter().map(|m| m.info.used_memory).max().unwrap();
+    assert!(
+        total.used_memory.abs_diff(sum) <= sum / 20,
+        "server_info's used_memory {} is not the sum {sum} of the masters' figures",
+        total.used_memory
+    );
+    assert!(
+        total.used_memory >= 2 * largest,
+        "{} < 2 × {largest}",
+        total.used_memory
     );
 }
 
