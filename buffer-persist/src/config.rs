@@ -131,7 +131,7 @@ impl PersistConfig {
     pub fn out_display(&self) -> String {
         let text = self.out_dir.to_string_lossy();
         match url_scheme(&self.out_dir) {
-            Some("postgres" | "postgresql") => crate::output::postgres::redact(&text),
+            Some("postgres" | "postgresql") => redact_password(&text),
             _ => text.into_owned(),
         }
     }
@@ -202,9 +202,6 @@ impl PersistConfig {
             check_not_a_file(&dir)?;
         }
         self.path_template()?;
-        if let OutputLocation::Postgres(url) = self.output_location()? {
-            crate::output::postgres::PostgresOutput::check(&url, self)?;
-        }
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.part_size) {
             return Err(Error::Config(format!(
                 "--part-size {} is out of range; use 1KiB to 5GiB (S3 takes at most 5 GiB in one PUT)",
@@ -313,6 +310,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, Error> {
             "{text:?} is not a duration ({err}); write e.g. 200ms, 10s, 5m"
         ))
     })
+}
+
+/// `url` with the password between `:` and `@` of its authority replaced by `***`.
+pub(crate) fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
 
 #[cfg(test)]

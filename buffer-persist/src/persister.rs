@@ -268,6 +268,9 @@ impl Persister {
     /// set up with other settings.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         self.config.validate()?;
+        if let crate::config::OutputLocation::Postgres(url) = self.config.output_location()? {
+            crate::output::postgres::PostgresOutput::check(&url, &self.config)?;
+        }
         if !self
             .output()?
             .prepare_until_ready(&self.config, &shutdown)
@@ -808,6 +811,9 @@ impl Persister {
     /// As [`Persister::drain`].
     pub async fn drain_until(&self, shutdown: CancellationToken) -> Result<DrainReport> {
         self.config.validate()?;
+        if let crate::config::OutputLocation::Postgres(url) = self.config.output_location()? {
+            crate::output::postgres::PostgresOutput::check(&url, &self.config)?;
+        }
         self.output()?.prepare(&self.config).await?;
         let wait = self.config.drain_wait.unwrap_or(self.config.lock_ttl * 2);
         let deadline = Instant::now() + wait;

@@ -142,21 +142,7 @@ struct Column {
     default: Option<String>,
 }
 
-/// `url` with the password between `:` and `@` of its authority replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
+use crate::config::redact_password as redact;
 
 /// Percent-decodes `text` (a query parameter's value).
 fn percent_decode(text: &str) -> Option<String> {
