@@ -91,7 +91,10 @@ fn spawn_runner(redis: &str, out: &Path) -> Runner {
 }
 
 fn drain(redis: &str, out: &Path) {
-    let output = persist_command(redis, out, "drain").output().unwrap();
+    let output = buffer_tests::output_within(
+        &mut persist_command(redis, out, "drain"),
+        buffer_tests::COMMAND_DEADLINE,
+    );
     assert!(
         output.status.success(),
         "drain failed: {}",

@@ -70,7 +70,7 @@ fn persist_command(
 
 /// Runs a command to its end; its exit status and stderr.
 fn run(mut command: Command) -> (std::process::ExitStatus, String) {
-    let output = command.output().unwrap();
+    let output = buffer_tests::output_within(&mut command, buffer_tests::COMMAND_DEADLINE);
     (
         output.status,
         String::from_utf8_lossy(&output.stderr).into_owned(),

@@ -197,10 +197,10 @@ async fn the_cli_pushes_json_lines_and_reports_bad_lines() {
     );
 
     // `stores --json` lists the prepared batch.
-    let listed = Command::new(BINARY)
-        .args(["stores", "--json", "--redis", &server.url()])
-        .output()
-        .unwrap();
+    let listed = buffer_tests::output_within(
+        Command::new(BINARY).args(["stores", "--json", "--redis", &server.url()]),
+        buffer_tests::COMMAND_DEADLINE,
+    );
     assert!(listed.status.success());
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed["prepared"][0]["store"], json!("cli store"));
@@ -211,17 +211,18 @@ async fn the_cli_pushes_json_lines_and_reports_bad_lines() {
 async fn unreachable_redis_and_bad_flags_are_clear_errors() {
     let port = buffer_tests::free_port();
     let out = tempfile::tempdir().unwrap();
-    let output = Command::new(BINARY)
-        .args([
-            "drain",
-            "--redis",
-            &format!("redis://:hunter2@127.0.0.1:{port}"),
-            "--out",
-        ])
-        .arg(out.path())
-        .args(["--redis-timeout", "500ms"])
-        .output()
-        .unwrap();
+    let output = buffer_tests::output_within(
+        Command::new(BINARY)
+            .args([
+                "drain",
+                "--redis",
+                &format!("redis://:hunter2@127.0.0.1:{port}"),
+                "--out",
+            ])
+            .arg(out.path())
+            .args(["--redis-timeout", "500ms"]),
+        buffer_tests::COMMAND_DEADLINE,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
@@ -232,10 +233,10 @@ async fn unreachable_redis_and_bad_flags_are_clear_errors() {
     );
     assert!(!stderr.contains("hunter2"), "password leaked: {stderr}");
 
-    let output = Command::new(BINARY)
-        .args(["run", "--out", "x", "--max-bytes", "lots"])
-        .output()
-        .unwrap();
+    let output = buffer_tests::output_within(
+        Command::new(BINARY).args(["run", "--out", "x", "--max-bytes", "lots"]),
+        buffer_tests::COMMAND_DEADLINE,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("\"lots\" is not a size"), "{stderr}");
@@ -322,7 +323,7 @@ async fn drain_beside_a_running_persister_under_load_exits_zero_and_loses_nothin
     let drain = tokio::task::spawn_blocking({
         let mut command = persist_command(&server, out.path(), "drain");
         command.args(["--lock-ttl", "2s"]);
-        move || command.output().unwrap()
+        move || buffer_tests::output_within(&mut command, buffer_tests::COMMAND_DEADLINE)
     });
     let drained = drain.await.unwrap();
     let stderr = String::from_utf8_lossy(&drained.stderr);
@@ -440,10 +441,10 @@ async fn a_poisoned_batch_backs_off_shows_in_stores_and_is_persisted_once_fixed(
     );
 
     // `stores` (another process) shows it failing: attempts, last error, next retry.
-    let listed = Command::new(BINARY)
-        .args(["stores", "--json", "--redis", &server.url()])
-        .output()
-        .unwrap();
+    let listed = buffer_tests::output_within(
+        Command::new(BINARY).args(["stores", "--json", "--redis", &server.url()]),
+        buffer_tests::COMMAND_DEADLINE,
+    );
     assert!(listed.status.success());
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
     let failure = &listed["prepared"][0]["failure"];
@@ -456,10 +457,10 @@ async fn a_poisoned_batch_backs_off_shows_in_stores_and_is_persisted_once_fixed(
         failure["next_retry_ms"].as_u64().unwrap() > failure["last_ms"].as_u64().unwrap(),
         "{failure}"
     );
-    let human = Command::new(BINARY)
-        .args(["stores", "--redis", &server.url()])
-        .output()
-        .unwrap();
+    let human = buffer_tests::output_within(
+        Command::new(BINARY).args(["stores", "--redis", &server.url()]),
+        buffer_tests::COMMAND_DEADLINE,
+    );
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(human.contains("FAILING: "), "{human}");
     assert!(human.contains(&target.display().to_string()), "{human}");
@@ -554,11 +555,12 @@ async fn json_logs_carry_the_batch_span_on_each_line_of_a_batch() {
         )
         .await
         .unwrap();
-    let output = persist_command(&server, out.path(), "drain")
-        .env("BUFFER_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info,buffer_persist=debug")
-        .output()
-        .unwrap();
+    let output = buffer_tests::output_within(
+        persist_command(&server, out.path(), "drain")
+            .env("BUFFER_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,buffer_persist=debug"),
+        buffer_tests::COMMAND_DEADLINE,
+    );
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(output.status.success(), "{stderr}");
     let lines: Vec<Value> = stderr

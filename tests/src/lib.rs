@@ -208,6 +208,18 @@ pub struct FaultProxy {
     port: u16,
     armed: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
     cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    faults: std::sync::Arc<ReplyFaults>,
+}
+
+/// The faults a [`FaultProxy`] applies to replies, besides the cut.
+#[derive(Default)]
+struct ReplyFaults {
+    /// Milliseconds each reply chunk is held before it is forwarded.
+    delay_ms: std::sync::atomic::AtomicU64,
+    /// Armed by [`FaultProxy::truncate_reply_to`]: the command whose reply is cut in half.
+    truncate: std::sync::Mutex<Option<Vec<u8>>>,
+    /// How many replies were truncated so far.
+    truncated: std::sync::atomic::AtomicU64,
 }
 
 impl FaultProxy {
@@ -219,18 +231,47 @@ impl FaultProxy {
         let port = listener.local_addr().unwrap().port();
         let armed = Arc::new(std::sync::Mutex::new(None));
         let cuts = Arc::new(AtomicU64::new(0));
-        let (armed_in, cuts_in) = (armed.clone(), cuts.clone());
+        let faults = Arc::new(ReplyFaults::default());
+        let (armed_in, cuts_in, faults_in) = (armed.clone(), cuts.clone(), faults.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream_port)) else {
                     continue;
                 };
-                let (armed, cuts) = (armed_in.clone(), cuts_in.clone());
-                std::thread::spawn(move || forward_pair(client, server, armed, cuts));
+                let (armed, cuts, faults) = (armed_in.clone(), cuts_in.clone(), faults_in.clone());
+                std::thread::spawn(move || forward_pair(client, server, armed, cuts, faults));
             }
         });
-        Self { port, armed, cuts }
+        Self {
+            port,
+            armed,
+            cuts,
+            faults,
+        }
+    }
+
+    /// Holds every reply `delay` before forwarding it (zero: none): a slow server or
+    /// network, for requests already sent as for new ones.
+    pub fn set_reply_delay(&self, delay: Duration) {
+        self.faults.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// Arms the proxy: the next `command` goes through and runs, but only the first half of
+    /// the reply chunk that follows reaches the client, and then the connection is closed (a
+    /// reply truncated mid-way).
+    pub fn truncate_reply_to(&self, command: &str) {
+        *self.faults.truncate.lock().unwrap() = Some(format!("{command}\r\n").into_bytes());
+    }
+
+    /// How many replies were truncated so far.
+    pub fn truncated(&self) -> u64 {
+        self.faults
+            .truncated
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The proxy's URL.
@@ -256,6 +297,7 @@ fn forward_pair(
     server: std::net::TcpStream,
     armed: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
     cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    faults: std::sync::Arc<ReplyFaults>,
 ) {
     use std::io::Write;
     use std::sync::Arc;
@@ -265,15 +307,28 @@ fn forward_pair(
     let (mut server_read, mut client_write) = (server, client);
     // Set when this connection is being cut: from then on, replies are dropped.
     let cut = Arc::new(AtomicBool::new(false));
+    // Set when the next reply chunk is to be truncated.
+    let truncating = Arc::new(AtomicBool::new(false));
     let replies = std::thread::spawn({
         let cut = cut.clone();
+        let truncating = truncating.clone();
+        let faults = faults.clone();
         move || {
             let mut buf = [0u8; 64 * 1024];
             while let Ok(n) = server_read.read(&mut buf) {
-                if n == 0
-                    || cut.load(Ordering::SeqCst)
-                    || client_write.write_all(&buf[..n]).is_err()
-                {
+                if n == 0 || cut.load(Ordering::SeqCst) {
+                    break;
+                }
+                let delay = faults.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    std::thread::sleep(Duration::from_millis(delay));
+                }
+                if truncating.load(Ordering::SeqCst) {
+                    let _ = client_write.write_all(&buf[..n.div_ceil(2)]);
+                    faults.truncated.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                if client_write.write_all(&buf[..n]).is_err() {
                     break;
                 }
             }
@@ -296,6 +351,19 @@ fn forward_pair(
             }
             found
         };
+        let truncate = {
+            let mut armed = faults.truncate.lock().unwrap();
+            let found = armed
+                .as_ref()
+                .is_some_and(|marker| chunk.windows(marker.len()).any(|w| w == marker.as_slice()));
+            if found {
+                *armed = None;
+            }
+            found
+        };
+        if truncate {
+            truncating.store(true, Ordering::SeqCst);
+        }
         if hit {
             cut.store(true, Ordering::SeqCst);
             cuts.fetch_add(1, Ordering::SeqCst);
@@ -513,10 +581,82 @@ pub fn stop_and_expect_success(mut child: std::process::Child) {
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
-    let status = child.wait().unwrap();
+    let status = wait_within(&mut child, COMMAND_DEADLINE)
+        .expect("the persister did not exit within COMMAND_DEADLINE of SIGTERM");
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
         pipe.read_to_string(&mut stderr).unwrap();
     }
     assert!(status.success(), "persister exited with {status}: {stderr}");
+}
+
+/// How long a test waits for a `buffer-persist` command that should end on its own (a
+/// `drain`, a `push`, a one-shot subcommand) before it calls it hung: generous, so a
+/// loaded machine never trips it, but finite, so a regression fails the test instead of
+/// hanging CI.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs a command to its end like [`Command::output`] (stdout and stderr captured), but
+/// kills it and panics, with what it printed so far, if it is still running after `limit`.
+pub fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the command");
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let status = wait_within(&mut child, limit);
+    let stdout = stdout.join().unwrap();
+    let stderr = stderr.join().unwrap();
+    match status {
+        Some(status) => std::process::Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{command:?} still running after {limit:?} (killed); stderr: {}",
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+/// Waits for a child to exit, at most `limit`; kills it (SIGKILL, by its pid) and returns
+/// `None` when it did not exit in time.
+pub fn wait_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -922,7 +922,18 @@ async fn a_frozen_redis_gives_a_transient_error_within_the_timeout() {
     let waited = started.elapsed();
     server.signal("CONT");
     assert!(err.is_transient(), "{err:?}");
-    assert!(waited < Duration::from_secs(2), "returned after {waited:?}");
+    // The freeze hit the push: it waited the whole timeout (it was not refused at once) and
+    // may have been applied; and it gave up at the timeout, not much later (1 s: more than
+    // 3 times the 300 ms, for a loaded machine).
+    assert!(
+        matches!(err, buffer_core::Error::Timeout { .. }) && err.is_outcome_unknown(),
+        "{err:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300),
+        "failed before the timeout, after {waited:?}: {err:?}"
+    );
+    assert!(waited < Duration::from_secs(1), "returned after {waited:?}");
     // Once Redis is back, the same handle works again.
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -1330,8 +1341,15 @@ async fn a_lazy_producer_corrects_its_first_push_and_follows_a_stepped_clock() {
         None,
         "nothing measured before first use"
     );
+    reset_command_stats(&server);
     let receipt = producer.push("late", &json!({"a": 1})).await.unwrap();
     assert!(receipt.first_write_ms.abs_diff(redis_time_ms(&server)) < 2_000);
+    // Correcting the clock adds its own TIME, never a second transaction.
+    assert_eq!(
+        multi_exec_calls(&server),
+        (1, 1),
+        "the first push is one MULTI/EXEC"
+    );
     let _batch = producer
         .prepare_to_persist("late", Duration::from_secs(30))
         .await
@@ -1348,8 +1366,37 @@ async fn a_lazy_producer_corrects_its_first_push_and_follows_a_stepped_clock() {
         .await,
         "the offset was never measured again"
     );
+    reset_command_stats(&server);
     let receipt = producer.push("late", &json!({"a": 2})).await.unwrap();
     assert!(receipt.first_write_ms.abs_diff(redis_time_ms(&server)) < 2_000);
+    assert_eq!(
+        multi_exec_calls(&server),
+        (1, 1),
+        "a push after a stepped clock is one MULTI/EXEC"
+    );
+}
+
+fn reset_command_stats(server: &RedisServer) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut server.conn())
+        .unwrap();
+}
+
+/// How many MULTI and EXEC the server ran since its stats were last reset.
+fn multi_exec_calls(server: &RedisServer) -> (u64, u64) {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.conn())
+        .unwrap();
+    let calls = |command: &str| {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (calls("multi"), calls("exec"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
