@@ -200,14 +200,21 @@ async fn hostile_stores_from_concurrent_producers_land_exactly_once_on_a_cluster
     let load = Load::start(&buffer, 100);
     let acknowledged = load.join().await;
     assert_eq!(acknowledged.len(), 4 * 100 * 20);
-    eventually(Duration::from_secs(20), || async {
-        buffer.stores().await.unwrap().is_empty()
+    let persisted_by_runners = eventually(Duration::from_secs(30), || async {
+        buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
     })
     .await;
+    assert!(persisted_by_runners, "the runners left records for 30 s");
     for runner in runners {
         stop(runner);
     }
+    let files_by_runners = files_under(out.path()).len();
     drain(&single, out.path());
+    assert_eq!(
+        files_under(out.path()).len(),
+        files_by_runners,
+        "the final drain found something to write"
+    );
     for path in files_under(out.path()) {
         assert!(path.starts_with(out.path()), "{} escaped", path.display());
     }
@@ -301,6 +308,12 @@ async fn slots_moving_between_masters_under_load_lose_and_duplicate_nothing() {
     for runner in runners {
         stop(runner);
     }
+    let files_by_runners = files_under(out.path()).len();
     drain(&redis, out.path());
+    assert_eq!(
+        files_under(out.path()).len(),
+        files_by_runners,
+        "the final drain found something to write"
+    );
     assert_exactly_once(&cluster, out.path(), &acknowledged);
 }

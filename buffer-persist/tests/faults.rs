@@ -197,7 +197,7 @@ async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
         // Runner 0 stops itself (SIGSTOP) after writing a batch's temp file: killing it
         // there is a kill with a batch in hand on every run, not by luck, and the others
         // recover the batch once its lock runs out. The other kills land anywhere.
-        if process_state(runners[0].id()) == Some('T') {
+        if buffer_tests::process_state(runners[0].id()) == Some('T') {
             runners[0].kill().unwrap();
             runners[0].wait().unwrap();
             runners[0] = spawn_stopping_runner(&server, out.path());
@@ -219,7 +219,7 @@ async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
     }
     // Runner 0 would stop again at its next batch: replace it by a plain runner (its batch
     // in hand, if it is stopped holding one, is a kill mid-batch like the others).
-    if process_state(runners[0].id()) == Some('T') {
+    if buffer_tests::process_state(runners[0].id()) == Some('T') {
         kills_mid_batch += 1;
     }
     runners[0].kill().unwrap();
@@ -381,12 +381,6 @@ async fn each_failpoint_fires_only_at_the_step_it_names() {
     }
 }
 
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")
-        .and_then(|(_, rest)| rest.chars().next())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_holder_past_its_ttl_neither_publishes_nor_deletes() {
     require_failpoints();
@@ -405,7 +399,7 @@ async fn a_paused_holder_past_its_ttl_neither_publishes_nor_deletes() {
         let pid = stale.id();
         assert!(
             eventually(Duration::from_secs(10), || async {
-                process_state(pid) == Some('T')
+                buffer_tests::process_state(pid) == Some('T')
             })
             .await,
             "A stopped at {step}"

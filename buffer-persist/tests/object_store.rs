@@ -211,6 +211,7 @@ async fn an_out_with_an_unsupported_scheme_is_refused_at_start_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_persisters_without_a_shared_disk_killed_with_9_land_every_record_exactly_once() {
+    require_failpoints();
     let seed = seed("s3 kill -9 persisters");
     let mut rng = StdRng::seed_from_u64(seed);
     let redis = RedisServer::start();
@@ -218,16 +219,31 @@ async fn three_persisters_without_a_shared_disk_killed_with_9_land_every_record_
     let buffer = redis.buffer().await;
     // Small parts (a batch of 150 records is some 9 KiB), so batches are split, and killed
     // between parts too.
-    let spawn = || {
+    // Runner 0 stops itself (SIGSTOP) after uploading a batch's first part, with the
+    // upload open: killing it there is a kill mid-upload on every run, not by luck. Its
+    // lock TTL is longer, so it still holds the batch when it stops.
+    let spawn_with = |failpoint: Option<&str>| {
         let (mut command, work) = persist_command(&redis, &s3, "run");
         command
-            .args(["--interval", "20ms", "--max-age", "100ms"])
-            .args(["--max-records", "150", "--lock-ttl", "1s"])
+            .args([
+                "--interval",
+                "20ms",
+                "--max-age",
+                "100ms",
+                "--max-records",
+                "150",
+            ])
+            .args(["--lock-ttl", if failpoint.is_some() { "3s" } else { "1s" }])
             .args(["--part-size", "2KiB"])
             .stderr(Stdio::null());
+        if let Some(failpoint) = failpoint {
+            command.env("BUFFER_FAILPOINT", failpoint);
+        }
         (command.spawn().unwrap(), work)
     };
-    let mut runners: Vec<(Child, tempfile::TempDir)> = (0..3).map(|_| spawn()).collect();
+    let spawn = || spawn_with(None);
+    let spawn_stopping = || spawn_with(Some("after-part:stop"));
+    let mut runners: Vec<(Child, tempfile::TempDir)> = vec![spawn_stopping(), spawn(), spawn()];
     let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
     let total = 6_000u64;
     let producers: Vec<_> = (0..3)
@@ -242,28 +258,56 @@ async fn three_persisters_without_a_shared_disk_killed_with_9_land_every_record_
         })
         .collect();
     let mut kills = 0;
-    while !producers.iter().all(|p| p.is_finished()) || kills < 3 {
+    let mut kills_mid_upload = 0;
+    while !producers.iter().all(|p| p.is_finished()) || kills < 3 || kills_mid_upload == 0 {
+        assert!(
+            kills < 200,
+            "runner 0 never stopped mid-upload in {kills} kills"
+        );
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..700))).await;
+        if buffer_tests::process_state(runners[0].0.id()) == Some('T') {
+            runners[0].0.kill().unwrap();
+            runners[0].0.wait().unwrap();
+            runners[0] = spawn_stopping();
+            kills_mid_upload += 1;
+            kills += 1;
+        }
         let victim = rng.random_range(0..runners.len());
         runners[victim].0.kill().unwrap();
         runners[victim].0.wait().unwrap();
-        runners[victim] = spawn();
+        runners[victim] = if victim == 0 {
+            spawn_stopping()
+        } else {
+            spawn()
+        };
         kills += 1;
     }
     for producer in producers {
         producer.await.unwrap();
     }
-    // Let the runners catch up, then kill them too and drain what a kill left.
-    eventually(Duration::from_secs(30), || async {
-        buffer.stores().await.unwrap().is_empty()
+    // Runner 0 would stop again at its next upload: a plain runner takes its place.
+    runners[0].0.kill().unwrap();
+    runners[0].0.wait().unwrap();
+    runners[0] = spawn();
+    // The runners must land everything themselves (recovering what the kills left); the
+    // final drain then finds nothing to write.
+    let persisted_by_runners = eventually(Duration::from_secs(60), || async {
+        buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
     })
     .await;
+    assert!(persisted_by_runners, "the runners left records for 60 s");
     for (mut runner, _work) in runners {
         runner.kill().unwrap();
         runner.wait().unwrap();
     }
+    let objects_by_runners = batch_objects(&s3, "jsonl").await.len();
     drain(&redis, &s3, &["--part-size", "2KiB"]);
-    println!("s3 kill -9 persisters: {kills} kills");
+    println!("s3 kill -9 persisters: {kills} kills, {kills_mid_upload} with an upload open");
+    assert_eq!(
+        batch_objects(&s3, "jsonl").await.len(),
+        objects_by_runners,
+        "the final drain found something to write"
+    );
     let objects = batch_objects(&s3, "jsonl").await;
     let parts = objects.keys().filter(|k| k.contains(".part-")).count();
     println!("{} objects, {parts} of them parts", objects.len());

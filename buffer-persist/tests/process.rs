@@ -93,18 +93,27 @@ async fn three_persister_processes_never_write_a_batch_twice() {
     for producer in producers {
         producer.await.unwrap();
     }
-    // Let the three runners work on what is there before stopping them.
-    eventually(Duration::from_secs(10), || async {
-        buffer.stores().await.unwrap().is_empty()
+    // The three runners must persist everything themselves: the final drain is only a
+    // check that nothing is left, and it must find nothing to write.
+    let persisted_by_runners = eventually(Duration::from_secs(30), || async {
+        buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
     })
     .await;
+    assert!(persisted_by_runners, "the runners left records for 30 s");
     for runner in runners {
         stop(runner);
     }
-    let status = persist_command(&server, out.path(), "drain")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let files_by_runners = files_under(out.path()).len();
+    let drained = buffer_tests::output_within(
+        &mut persist_command(&server, out.path(), "drain"),
+        buffer_tests::COMMAND_DEADLINE,
+    );
+    assert!(drained.status.success());
+    assert_eq!(
+        files_under(out.path()).len(),
+        files_by_runners,
+        "the final drain found something to write"
+    );
     let mut ids = ids(out.path());
     ids.sort_unstable();
     let n = ids.len();

@@ -502,6 +502,15 @@ pub fn wait_with_peak_rss(mut child: std::process::Child) -> PeakRun {
     }
 }
 
+/// The state letter of a process from `/proc/PID/stat` (`R` running, `S` sleeping, `T`
+/// stopped, `Z` zombie…), or `None` once it is gone. Tests use it to see that a process a
+/// failpoint stopped (SIGSTOP) is stopped before they act on it.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: the state follows the last ')'.
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
 /// The peak resident set (`VmHWM`, KiB) of a running process, or `None` once it has exited.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
