@@ -481,8 +481,19 @@ async fn redis_killed_mid_push_keeps_every_acknowledged_push() {
         async move { persister.run(shutdown).await }
     });
     let mut kills = 0;
+    let mut held_at_kills = Vec::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+        // The kill must land while pushes are being made, with records in Redis that only
+        // its AOF can bring back.
+        assert!(
+            !producers.iter().all(|p| p.is_finished()),
+            "the producers finished before kill {kills}: the kill hit no push"
+        );
+        let held: u64 = redis::cmd("DBSIZE")
+            .query(&mut server.conn())
+            .unwrap_or_default();
+        held_at_kills.push(held);
         server.restart(); // SIGKILL, then start again on the same port and AOF
         kills += 1;
     }
@@ -491,8 +502,22 @@ async fn redis_killed_mid_push_keeps_every_acknowledged_push() {
     }
     shutdown.cancel();
     running.await.unwrap().unwrap();
+    let unknown = ledger.lock().unwrap().unknown.len();
+    let files_by_persister = files_under(out.path()).len();
     drain(&server.url(), out.path());
-    println!("redis kill -9: {kills} kills");
+    println!(
+        "redis kill -9: {kills} kills, keys in Redis at each kill {held_at_kills:?}, \
+         {unknown} pushes with an unknown outcome, {files_by_persister} files before the final drain"
+    );
+    assert!(
+        unknown > 0,
+        "no push was in flight or refused at a kill: the kills hit nothing"
+    );
+    assert!(
+        held_at_kills.iter().all(|&keys| keys > 0),
+        "Redis held no buffer key at a kill: {held_at_kills:?}"
+    );
+    assert!(files_by_persister > 0, "the persister wrote nothing");
     check_exactly_once(
         "redis kill -9",
         out.path(),
