@@ -26,7 +26,8 @@ impl Buffer {
     /// this very moment (its batch then takes the records).
     ///
     /// # Errors
-    /// [`Error::InvalidStoreName`]; [`Error::Config`] for a zero TTL; [`Error::WrongType`]
+    /// [`Error::InvalidStoreName`]; [`Error::Config`] for a zero TTL; [`Error::StorePaused`]
+    /// when the store is paused ([`Buffer::pause`]); [`Error::WrongType`]
     /// when a key of the store holds the wrong type (nothing is moved then); transient errors.
     ///
     /// # Examples

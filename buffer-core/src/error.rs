@@ -190,6 +190,13 @@ pub enum Error {
         /// The lock key.
         key: String,
     },
+    /// A store is paused ([`crate::Buffer::pause`]): nothing of it is prepared until it is
+    /// resumed. Nothing was changed.
+    #[error("store {store:?} is paused: nothing of it is prepared or written until it is resumed")]
+    StorePaused {
+        /// The store concerned.
+        store: String,
+    },
     /// A batch did not exist (it was emptied, or never prepared).
     #[error("batch {batch} of store {store:?} does not exist")]
     BatchNotFound {
@@ -318,6 +325,11 @@ impl Error {
     /// True when a [`crate::PushHandle`] was read before its pipeline was executed.
     pub fn is_not_executed(&self) -> bool {
         matches!(self, Self::PipelineNotExecuted { .. })
+    }
+
+    /// True when the store is paused ([`Error::StorePaused`]).
+    pub fn is_paused(&self) -> bool {
+        matches!(self, Self::StorePaused { .. })
     }
 
     /// True when a lock guard found its lock taken over or expired.

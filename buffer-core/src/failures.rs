@@ -97,7 +97,7 @@ impl FailingWork {
 }
 
 /// The field of a group's failures hash that stands for a batch or a live store.
-fn field(store: &StoreName, batch: Option<&BatchId>) -> String {
+pub(crate) fn field(store: &StoreName, batch: Option<&BatchId>) -> String {
     match batch {
         Some(batch) => KeyLayout::prepared_member(store, batch),
         None => store.encoded().to_owned(),
@@ -131,7 +131,7 @@ impl Buffer {
     /// The key whose existence tells whether a batch (or live store) is still there: its
     /// first-write stamp, which every push writes (appended or merged, see `crate::coalesce`),
     /// so a coalesced batch, which has no records list, is covered too.
-    fn failure_subject_key(&self, store: &StoreName, batch: Option<&BatchId>) -> String {
+    pub(crate) fn failure_subject_key(&self, store: &StoreName, batch: Option<&BatchId>) -> String {
         match batch {
             Some(batch) => self.layout().batch(store, batch).first,
             None => self.layout().live(store).first,

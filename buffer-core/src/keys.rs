@@ -100,6 +100,8 @@ pub(crate) struct GroupKeys {
     pub limits: String,
     /// The group's coalescing stores' rules (see `crate::coalesce`).
     pub coalesce: String,
+    /// The group's paused stores: enc → when paused (Unix ms) (see `crate::operator`).
+    pub paused: String,
 }
 
 /// Spells every key of a namespace.
@@ -141,6 +143,7 @@ impl KeyLayout {
             failures: format!("{tag}:failures"),
             limits: format!("{tag}:limits"),
             coalesce: format!("{tag}:coalesce"),
+            paused: format!("{tag}:paused"),
         }
     }
 

@@ -34,6 +34,9 @@
 //!   [`Error::LimitExceeded`] ([`Error::is_backpressure`]).
 //! - `failures`: [`FailureRecord`]s of batches that failed to persist (attempts, last error,
 //!   next retry), so persisters back off across processes and operators see them.
+//! - `operator`: what an operator does to a running buffer: [`Buffer::pause`] /
+//!   [`Buffer::resume`] a store, [`Buffer::flush_now`], [`Buffer::retry_now`], each atomic or
+//!   lock-respecting, so none loses or duplicates a record.
 //! - `connection`: the one connection type, to one server or a Redis Cluster (found out from
 //!   the server), following redirects and retrying only what provably did not run.
 //! - `nodes`: [`MasterInfo`] and [`MasterStatus`], the masters of the deployment, their facts
@@ -151,6 +154,7 @@ pub mod local_server;
 mod lock;
 mod name;
 mod nodes;
+mod operator;
 mod page;
 mod page_socket;
 mod persisters;
@@ -189,6 +193,7 @@ pub use limits::{LimitKind, MAX_LIMIT, StoreLimits};
 pub use lock::{LockGuard, LockInfo, LockTarget, LockedBatch};
 pub use name::{MAX_NAMESPACE_BYTES, MAX_STORE_NAME_BYTES, Namespace, StoreName};
 pub use nodes::{MasterHealth, MasterInfo, MasterStatus};
+pub use operator::{FlushOutcome, RetryOutcome};
 pub use page::Page;
 pub use persisters::{FORGET_SILENT_PERSISTERS_AFTER, PersisterInfo};
 pub use pipeline::{PushHandle, PushPipeline};

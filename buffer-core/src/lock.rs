@@ -382,7 +382,9 @@ impl LockGuard {
     /// Returns `Ok(None)` when the store has no records (the guard keeps the store lock).
     ///
     /// # Errors
-    /// [`Error::LockLost`] when the store lock is no longer ours (nothing is prepared then);
+    /// [`Error::StorePaused`] when the store is paused (nothing is prepared; the guard keeps the
+    /// store lock); [`Error::LockLost`] when the store lock is no longer ours (nothing is
+    /// prepared then);
     /// [`Error::WrongLockKind`] when the guard locks a batch rather than a store; as
     /// [`Buffer::prepare_to_persist`] otherwise.
     pub async fn prepare(&mut self) -> Result<Option<PreparedBatch>> {
@@ -410,6 +412,9 @@ impl LockGuard {
                 set_liveness(&self.liveness, Liveness::Lost);
                 return Err(self.lost());
             }
+            Ok(PrepareOutcome::Paused) => Err(Error::StorePaused {
+                store: store.to_string(),
+            }),
             Ok(PrepareOutcome::Prepared(batch)) => {
                 self.target = LockTarget::Batch(store, batch.id.clone());
                 self.key = self.target.key(self.buffer.layout());

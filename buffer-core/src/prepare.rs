@@ -15,6 +15,8 @@ pub(crate) enum PrepareOutcome {
     Prepared(PreparedBatch),
     Empty,
     LockLost,
+    /// The store is paused (`crate::operator`): nothing was moved.
+    Paused,
 }
 
 impl Buffer {
@@ -45,6 +47,7 @@ impl Buffer {
                 .key(&group.prepared)
                 .key(layout.store_lock(store))
                 .key(layout.batch_lock(store, &id))
+                .key(&group.paused)
                 .arg(store.encoded())
                 .arg(KeyLayout::prepared_member(store, &id))
                 .arg(id.created_ms())
@@ -77,6 +80,7 @@ impl Buffer {
             match reply.as_slice() {
                 [0] => return Ok(PrepareOutcome::Empty),
                 [-1] => return Ok(PrepareOutcome::LockLost),
+                [-3] => return Ok(PrepareOutcome::Paused),
                 [-2] => {}
                 [1, records, bytes, keys, first] => {
                     // A store without a first-write stamp (the script replies 0) takes the

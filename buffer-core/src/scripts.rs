@@ -18,12 +18,13 @@ use redis::Script;
 ///
 /// Keys: 1-7 live records/first/keys/bytes/runs/entities/rows, 8-14 the same for the batch,
 /// 15 stores index, 16 bytes index, 17 count index, 18 prepared index, 19 store lock, 20 batch
-/// lock. ARGV: 1 encoded name, 2 prepared-index member, 3 batch ms, 4 lock value or "", 5 the
-/// batch lock's TTL in ms (used when ARGV 4 is a lock value).
+/// lock, 21 the group's paused hash. ARGV: 1 encoded name, 2 prepared-index member, 3 batch
+/// ms, 4 lock value or "", 5 the batch lock's TTL in ms (used when ARGV 4 is a lock value).
 ///
-/// Returns `{0}` when the store has no records and no entities, `{-1}` when the lock value
-/// does not match, `{-2}` when the batch id is taken, else `{1, records + entities, bytes,
-/// keys, first}`. Every type is checked before the first write, so a WRONGTYPE error leaves
+/// Returns `{0}` when the store has no records and no entities, `{-3}` when the store is
+/// paused (checked here, in the step that moves records, so a store paused after a persister
+/// selected it is still not prepared), `{-1}` when the lock value does not match, `{-2}` when
+/// the batch id is taken, else `{1, records + entities, bytes, keys, first}`. Every type is checked before the first write, so a WRONGTYPE error leaves
 /// the store untouched.
 ///
 /// The batch lock gets the caller's full TTL, never a copy of the store lock's `PTTL`: that is
@@ -45,6 +46,9 @@ for i = 1, 7 do
   if k ~= 'none' and k ~= expected[i] then
     return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. k .. ', expected a ' .. expected[i])
   end
+end
+if redis.call('HEXISTS', KEYS[21], ARGV[1]) == 1 then
+  return {-3}
 end
 local lock_ttl = tonumber(ARGV[5])
 if ARGV[4] ~= '' and (lock_ttl == nil or lock_ttl < 1) then
@@ -335,6 +339,32 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// Replaces a failure record only while it is the one the caller read and its batch (or live
+/// store) still exists: an operator's retry never overwrites a newer failure, and never
+/// brings back the record of a batch emptied meanwhile.
+/// Keys: 1 failures hash, 2 the batch's (or store's) first-write key. ARGV: 1 field, 2 the
+/// record read, 3 the new record. Returns 1 when replaced, 0 when there is no record (or its
+/// batch is gone: the stale record is removed), -1 when the record changed since it was read.
+pub(crate) static RETRY_FAILURE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current then
+  return 0
+end
+if current ~= ARGV[2] then
+  return -1
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 "#,
     )

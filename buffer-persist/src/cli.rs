@@ -1,5 +1,5 @@
-//! The `buffer-persist` command line: `run`, `drain`, `push`, `stores`, `limits`, `coalesce`,
-//! `serve`.
+//! The `buffer-persist` command line: `run`, `drain`, `push`, `stores`, `limits`, `flush`,
+//! `retry`, `pause`, `resume`, `coalesce`, `serve`.
 //!
 //! Every flag can also come from an environment variable (`BUFFER_REDIS_URL`, `BUFFER_OUT`…),
 //! which is how a systemd unit or a container usually configures it.
@@ -21,10 +21,12 @@ use crate::persister::Persister;
 
 mod coalesce;
 mod limits;
+mod operate;
 mod push;
 mod serve;
 pub use coalesce::{CoalesceAction, CoalesceArgs, CoalesceSetArgs};
 pub use limits::{LimitsAction, LimitsArgs, SetArgs};
+pub use operate::{RetryArgs, StoreActionArgs};
 pub use push::{EXIT_BAD_LINES, EXIT_LIMITED, PushArgs};
 pub use serve::ServeArgs;
 
@@ -70,6 +72,14 @@ pub enum Command {
     Stores(StoresArgs),
     /// Set, list or clear per-store limits (records, bytes, records per second).
     Limits(LimitsArgs),
+    /// Prepare a store now, so the running persisters write it at their next poll.
+    Flush(StoreActionArgs),
+    /// Clear a failing batch's backoff, so the persisters try it at their next poll.
+    Retry(RetryArgs),
+    /// Stop persisting a store (it is still pushed to, and still limited) until `resume`.
+    Pause(StoreActionArgs),
+    /// Persist a paused store again.
+    Resume(StoreActionArgs),
     /// Set, list or clear coalescing rules (a store whose writes merge into one row per entity).
     Coalesce(CoalesceArgs),
     /// Serve the HTTP ingest API (docs/http.md) until SIGINT/SIGTERM, which stops accepting,
@@ -490,6 +500,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Push(args) => push::push(args).await,
         Command::Stores(args) => stores(args).await,
         Command::Limits(args) => limits::limits(args).await,
+        Command::Flush(args) => operate::store_action(operate::StoreVerb::Flush, args).await,
+        Command::Retry(args) => operate::retry(args).await,
+        Command::Pause(args) => operate::store_action(operate::StoreVerb::Pause, args).await,
+        Command::Resume(args) => operate::store_action(operate::StoreVerb::Resume, args).await,
         Command::Coalesce(args) => coalesce::coalesce(args).await,
         Command::Serve(args) => serve::serve(args).await,
     }
@@ -603,6 +617,10 @@ async fn drain(args: DrainArgs) -> anyhow::Result<i32> {
         crate::units::count(report.batches, "batch", "batches"),
         crate::units::count(report.records, "record", "records")
     );
+    // Paused on purpose (`buffer-persist pause`): said, not an error.
+    for paused in &report.paused {
+        eprintln!("left in Redis: {paused} (resume it to persist it)");
+    }
     if report.failures.is_empty() {
         Ok(0)
     } else {

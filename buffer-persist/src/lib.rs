@@ -18,7 +18,9 @@
 //! - `config`: [`PersistConfig`], [`Format`], [`Compression`], size and duration parsing.
 //! - `metrics`: the `/metrics` endpoint (prometheus-client on hyper) and the batch histograms.
 //! - `cli`: the `buffer-persist` command line (`run`, `drain`, `push`, `stores`, `limits`,
-//!   `serve`).
+//!   `flush`, `retry`, `pause`, `resume`, `coalesce`, `serve`).
+//! - `operator`: [`OperatorAction`], what an operator does to a running buffer (flush,
+//!   retry, pause, resume, limits), one code path for the CLI and the dashboard.
 //! - `serve`: the HTTP ingest API (`buffer-persist serve`, docs/http.md) on hyper.
 //! - `store_report`: what `stores` and `GET /v1/stores` show.
 //! - `json_text`: a JSON record compacted as `push_json` stores it.
@@ -38,6 +40,7 @@ mod histograms;
 mod json_text;
 mod marker;
 mod metrics;
+mod operator;
 mod output;
 mod parquet;
 mod paths;
@@ -54,6 +57,7 @@ pub use config::{
 pub use error::{Error, Result};
 pub use marker::MARKER_FILE;
 pub use metrics::serve_metrics;
+pub use operator::{FLUSH_LOCK_TTL, OperatorAction};
 pub use output::postgres::PostgresStats;
 pub use paths::{DEFAULT_PATH_TEMPLATE, PathTemplate};
 pub use persister::{BatchOutcome, DrainReport, Persister, StatsSnapshot};

@@ -114,18 +114,21 @@ pub enum BatchOutcome {
     Nothing,
     /// Not started: the persister is shutting down.
     Shutdown,
+    /// Left alone: the store is paused (`buffer-persist pause`, [`Buffer::pause`]).
+    Paused,
 }
 
 impl BatchOutcome {
     const PERSISTED: &'static str = "persisted";
 
-    /// A word for logs: `persisted`, `busy`, `nothing` or `shutdown`.
+    /// A word for logs: `persisted`, `busy`, `nothing`, `shutdown` or `paused`.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Persisted { .. } => Self::PERSISTED,
             Self::Busy => "busy",
             Self::Nothing => "nothing",
             Self::Shutdown => "shutdown",
+            Self::Paused => "paused",
         }
     }
 }
@@ -147,6 +150,9 @@ pub struct DrainReport {
     /// next drain or run: a batch abandoned mid-write (it stays prepared, its lock released),
     /// or work not started. None of it is locked by this drain.
     pub left: Vec<String>,
+    /// One line per store or batch of the snapshot left alone because its store is paused
+    /// (not a failure: it is written once the store is resumed).
+    pub paused: Vec<String>,
 }
 
 /// A persister. Cheap to clone; clones share counters.
@@ -338,6 +344,18 @@ impl Persister {
             Ordering::Relaxed,
         );
 
+        // Paused stores are left alone: their live records are not prepared (the prepare
+        // script refuses them too, should one be paused after this read) and their prepared
+        // batches not written.
+        let paused: HashSet<StoreName> = self
+            .buffer
+            .paused_stores()
+            .await?
+            .into_iter()
+            .map(|(store, _)| store)
+            .collect();
+        let running = |work: &Work| !paused.contains(work.subject().0);
+
         let prepared = self.buffer.get_prepared().await?;
         self.counters
             .prepared_waiting
@@ -345,14 +363,17 @@ impl Persister {
         let recoveries = prepared
             .into_iter()
             .map(|p| Work::Recover(p.store, p.id))
-            .filter(|work| due(work));
+            .filter(|work| due(work) && running(work));
         self.process(recoveries.collect(), &failing, shutdown).await;
         if shutdown.is_cancelled() {
             return Ok(());
         }
 
         let stores = self.select().await?;
-        let flushes = stores.into_iter().map(Work::Flush).filter(|work| due(work));
+        let flushes = stores
+            .into_iter()
+            .map(Work::Flush)
+            .filter(|work| due(work) && running(work));
         self.process(flushes.collect(), &failing, shutdown).await;
         Ok(())
     }
@@ -460,7 +481,7 @@ impl Persister {
         tracing::debug!("batch attempt ended");
         match &result {
             Err(err) => self.report_failure(&item, err).await,
-            Ok(BatchOutcome::Busy | BatchOutcome::Shutdown) => {}
+            Ok(BatchOutcome::Busy | BatchOutcome::Shutdown | BatchOutcome::Paused) => {}
             Ok(BatchOutcome::Persisted { .. } | BatchOutcome::Nothing) => {
                 if failing.contains_key(&item.key()) {
                     let (store, batch) = item.subject();
@@ -587,6 +608,10 @@ impl Persister {
             Ok(None) => {
                 guard.release().await?;
                 return Ok(BatchOutcome::Nothing);
+            }
+            Err(err) if err.is_paused() => {
+                guard.release().await?;
+                return Ok(BatchOutcome::Paused);
             }
             Err(err) => {
                 let _ = guard.release().await;
@@ -832,14 +857,28 @@ impl Persister {
             ));
         }
         let (live, prepared) = (live.found, prepared.found);
+        let paused: HashSet<StoreName> = self
+            .buffer
+            .paused_stores()
+            .await?
+            .into_iter()
+            .map(|(store, _)| store)
+            .collect();
         let mut known: HashSet<String> = HashSet::new();
         let mut pending: Vec<Work> = Vec::new();
-        for batch in prepared {
-            let work = Work::Recover(batch.store, batch.id);
+        let recoveries = prepared
+            .into_iter()
+            .map(|batch| Work::Recover(batch.store, batch.id));
+        for work in recoveries.chain(live.into_iter().map(|s| Work::Flush(s.store))) {
+            if paused.contains(work.subject().0) {
+                report
+                    .paused
+                    .push(format!("{}: store paused", work.describe()));
+                continue;
+            }
             known.insert(work.key());
             pending.push(work);
         }
-        pending.extend(live.into_iter().map(|s| Work::Flush(s.store)));
         while !pending.is_empty() {
             let results = self
                 .process(std::mem::take(&mut pending), &failing, &shutdown)
@@ -864,6 +903,12 @@ impl Persister {
                     Ok(BatchOutcome::Busy) => pending.push(item),
                     // Not started: the work stays as it was, unlocked.
                     Ok(BatchOutcome::Shutdown) => report.left.push(item.left_as_it_was()),
+                    // Paused after the drain read the paused stores.
+                    Ok(BatchOutcome::Paused) => {
+                        report
+                            .paused
+                            .push(format!("{}: store paused", item.describe()));
+                    }
                     // Stopped between two pages: the batch stays prepared, its lock released
                     // (`persist_locked` releases on every error).
                     Err(Error::InBatch {
@@ -903,7 +948,7 @@ impl Persister {
             }
             if !settled.is_empty() {
                 for batch in self.buffer.get_prepared().await? {
-                    if !settled.contains(&batch.store) {
+                    if !settled.contains(&batch.store) || paused.contains(&batch.store) {
                         continue;
                     }
                     let work = Work::Recover(batch.store, batch.id);

@@ -16,6 +16,9 @@ use buffer_tests::{RedisServer, eventually, files_under, output_records};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "persist/actions.rs"]
+mod actions;
+
 fn config(out: &Path) -> PersistConfig {
     let mut config = PersistConfig::new(out);
     config.interval = Duration::from_millis(50);

@@ -4,10 +4,11 @@
 use std::io::Write;
 
 use anyhow::bail;
-use buffer_core::{LimitKind, StoreLimits};
+use buffer_core::{LimitKind, StoreLimits, StoreName};
 use clap::{Args, Subcommand};
 
 use super::{RedisArgs, size};
+use crate::operator::OperatorAction;
 
 /// `limits`' arguments.
 #[derive(Debug, Args)]
@@ -89,8 +90,11 @@ pub(crate) async fn limits(args: LimitsArgs) -> anyhow::Result<i32> {
                 bail!("give at least one of --max-records, --max-bytes, --max-rate");
             }
             let buffer = set.redis.connect().await?;
-            buffer.set_limits(set.store.as_str(), limits).await?;
-            writeln!(out, "{}: {}", set.store, limits_text(&limits))?;
+            let store = StoreName::new(set.store.as_str())?;
+            let done = OperatorAction::SetLimits(store, limits)
+                .execute(&buffer)
+                .await?;
+            writeln!(out, "{done}")?;
         }
         LimitsAction::List { redis, json } => {
             let all = redis.connect().await?.all_limits().await?;
@@ -133,28 +137,14 @@ pub(crate) async fn limits(args: LimitsArgs) -> anyhow::Result<i32> {
             }
         }
         LimitsAction::Clear { redis, store } => {
-            if redis.connect().await?.clear_limits(store.as_str()).await? {
-                writeln!(out, "{store}: limits removed")?;
-            } else {
-                writeln!(out, "{store}: had no limits")?;
-            }
+            let buffer = redis.connect().await?;
+            let done = OperatorAction::ClearLimits(StoreName::new(store.as_str())?)
+                .execute(&buffer)
+                .await?;
+            writeln!(out, "{done}")?;
         }
     }
     Ok(0)
-}
-
-/// `max-records=1000 max-bytes=1048576 max-rate=500/s`, the limits that are set.
-fn limits_text(limits: &StoreLimits) -> String {
-    [LimitKind::Records, LimitKind::Bytes, LimitKind::Rate]
-        .into_iter()
-        .filter_map(|kind| {
-            limits.get(kind).map(|max| match kind {
-                LimitKind::Rate => format!("{kind}={max}/s"),
-                _ => format!("{kind}={max}"),
-            })
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]
