@@ -49,6 +49,9 @@ pub struct BufferConfig {
     /// `WAIT` after every push and prepare: how many replicas, and how long to wait for them
     /// (see [`BufferConfig::wait_replicas`]); `None` waits for none.
     pub(crate) wait_replicas: Option<(u32, Duration)>,
+    /// Whether batch pages are read on the reader's own sockets (see
+    /// [`BufferConfig::direct_page_reads`]).
+    pub(crate) direct_page_reads: bool,
 }
 
 impl BufferConfig {
@@ -87,6 +90,7 @@ impl BufferConfig {
             clock: Arc::new(SystemClock),
             clock_sync_interval: Duration::from_secs(60),
             wait_replicas: None,
+            direct_page_reads: true,
         }
     }
 
@@ -195,6 +199,16 @@ impl BufferConfig {
     /// it reads the page (from the batch's run list), so this holds for every page.
     pub fn page_bytes(mut self, bytes: usize) -> Self {
         self.page_bytes = bytes;
+        self
+    }
+
+    /// Whether the batch reader reads pages on sockets of its own, with its own reply parser
+    /// (default `true`: it is the faster road, ARCHITECTURE.md, `page_socket.rs`). `false`
+    /// reads every page through the general connection, as commands of redis-rs: for a
+    /// proxy in front of Redis that extra sockets should not bypass, or to compare the two
+    /// roads. The records and errors are the same either way.
+    pub fn direct_page_reads(mut self, direct: bool) -> Self {
+        self.direct_page_reads = direct;
         self
     }
 

@@ -515,6 +515,9 @@ impl BatchReader {
     /// Reads records `start..=stop` on the page sockets (page_socket.rs); `None` when the page
     /// must be read on the general connection instead.
     async fn read_direct(&self, start: u64, stop: u64) -> Result<Option<Page>> {
+        if !self.buffer.config().direct_page_reads {
+            return Ok(None);
+        }
         let conn = self.buffer.conn();
         let key = self.key.as_bytes();
         let server = self

@@ -98,6 +98,20 @@ async fn pages_are_read_on_a_page_socket_with_every_text_exactly_as_pushed() {
         strings.extend(page);
     }
     assert_eq!(strings, texts);
+    // The general connection's road gives the same pages, record for record.
+    let general = Buffer::connect(server.config().page_bytes(300_000).direct_page_reads(false))
+        .await
+        .unwrap();
+    let mut reader = general.reader(&batch);
+    let mut general_pages = Vec::new();
+    while let Some(page) = reader.next_records().await.unwrap() {
+        general_pages.push(page.iter().map(str::to_owned).collect::<Vec<_>>());
+    }
+    let direct_pages: Vec<Vec<String>> = pages
+        .iter()
+        .map(|page| page.iter().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(general_pages, direct_pages);
 }
 
 #[tokio::test]
@@ -162,6 +176,20 @@ async fn a_record_that_is_not_utf8_fails_the_read_the_same_way_on_either_road() 
     let err = reader.next_records().await.unwrap_err();
     assert!(!err.is_transient(), "{err}");
     assert!(err.to_string().contains("read batch"), "{err}");
+    // The page socket met the bytes first (and handed the page over), and the general
+    // connection alone fails the same way.
+    assert!(
+        clients(&server)
+            .iter()
+            .any(|(name, cmd)| name == "buffer-page-reader" && cmd == "lrange"),
+        "the page socket did not read"
+    );
+    let general = Buffer::connect(server.config().direct_page_reads(false))
+        .await
+        .unwrap();
+    let general_err = general.reader(&batch).next_records().await.unwrap_err();
+    assert_eq!(general_err.to_string(), err.to_string());
+    assert_eq!(general_err.is_transient(), err.is_transient());
     // Nothing was taken: the batch is still there, whole.
     let again = buffer.batch_info(&batch.store, &batch.id).await.unwrap();
     assert_eq!(again.map(|b| b.records), Some(2));
@@ -170,16 +198,28 @@ async fn a_record_that_is_not_utf8_fails_the_read_the_same_way_on_either_road() 
 #[tokio::test]
 async fn an_error_reply_on_the_page_socket_is_the_same_error_as_on_the_main_connection() {
     let server = RedisServer::start();
-    let buffer = server.buffer().await;
-    buffer
+    // Pages of one record, so the reader has read a page (and sized the batch) before the
+    // list is clobbered: the next page's LRANGE is the first command that meets it.
+    let direct = Buffer::connect(server.config().page_size(1)).await.unwrap();
+    let general = Buffer::connect(server.config().page_size(1).direct_page_reads(false))
+        .await
+        .unwrap();
+    direct
         .push_many("clobbered", &[json!({"a": 1}), json!({"a": 2})])
         .await
         .unwrap();
-    let batch = buffer
+    let batch = direct
         .prepare_to_persist("clobbered", HOLD)
         .await
         .unwrap()
         .unwrap();
+    let mut on_page_socket = direct.reader(&batch);
+    let mut on_general = general.reader(&batch);
+    assert_eq!(
+        on_page_socket.next_records().await.unwrap().unwrap().len(),
+        1
+    );
+    assert_eq!(on_general.next_records().await.unwrap().unwrap().len(), 1);
     // Someone replaces the batch's record list with a string: LRANGE answers WRONGTYPE, and
     // the page is read again on the main connection, whose error the caller gets.
     let records_key = server
@@ -189,11 +229,33 @@ async fn an_error_reply_on_the_page_socket_is_the_same_error_as_on_the_main_conn
         .expect("the batch's record list");
     server.command(&["DEL", &records_key]);
     server.command(&["SET", &records_key, "not a list"]);
-    let err = buffer
-        .reader(&batch)
+    server.command(&["CONFIG", "RESETSTAT"]);
+    let err = on_page_socket
         .next_records()
         .await
         .expect_err("a string is no page");
     assert!(err.is_wrong_type(), "{err}");
     assert!(err.to_string().contains("read batch"), "{err}");
+    // Two WRONGTYPE replies: the page socket's LRANGE, then the general connection's.
+    assert_eq!(wrongtype_replies(&server), 2);
+    let general_err = on_general
+        .next_records()
+        .await
+        .expect_err("a string is no page");
+    assert_eq!(general_err.to_string(), err.to_string());
+    assert!(general_err.is_wrong_type(), "{general_err}");
+    assert_eq!(wrongtype_replies(&server), 3, "the general road asks once");
+}
+
+/// How many WRONGTYPE error replies the server sent since its stats were reset.
+fn wrongtype_replies(server: &RedisServer) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("errorstats")
+        .query(&mut server.conn())
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("errorstat_WRONGTYPE:count="))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
 }
