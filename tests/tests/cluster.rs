@@ -535,6 +535,10 @@ async fn a_push_to_a_frozen_master_is_an_unknown_outcome_and_is_never_resent() {
     .unwrap();
     buffer.push("orders", &json!({"n": 1})).await.unwrap();
     let master = cluster.master_for_slot(slot_of(&cluster, "orders"));
+    cluster
+        .inner()
+        .cli(Some(master), &["CONFIG", "RESETSTAT"])
+        .unwrap();
     cluster.signal(master, "STOP");
     let err = buffer.push("orders", &json!({"n": 2})).await.unwrap_err();
     cluster.signal(master, "CONT");
@@ -550,10 +554,38 @@ async fn a_push_to_a_frozen_master_is_an_unknown_outcome_and_is_never_resent() {
         })
         .await
     );
+    // Long enough for a resend to have arrived (three times the response timeout), then
+    // the master's own count: it ran one push script since the stats were reset.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         buffer.stores().await.unwrap()[0].records,
         2,
         "applied once, not twice"
+    );
+    let stats = cluster
+        .inner()
+        .cli(Some(master), &["INFO", "commandstats"])
+        .unwrap();
+    let ran = |command: &str| -> u64 {
+        let field = |name: &str| -> u64 {
+            stats
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:")))
+                .and_then(|rest| {
+                    rest.split(',')
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0)
+        };
+        field("calls") - field("failed_calls")
+    };
+    assert_eq!(
+        ran("evalsha") + ran("eval") + ran("exec"),
+        1,
+        "the frozen master ran the push once: {stats}"
     );
 }
 
