@@ -372,7 +372,15 @@ async fn auth_from_the_url_carries_to_every_node() {
             .connect_timeout(Duration::from_secs(2)),
     )
     .await;
-    assert!(wrong.is_err(), "a wrong password is refused");
+    // Refused for its password, with an error that says so and does not echo it.
+    let err = wrong.expect_err("a wrong password is refused");
+    let text = err.to_string().to_lowercase();
+    assert!(text.contains("auth") || text.contains("password"), "{err}");
+    assert!(!err.to_string().contains("wrong"), "password echoed: {err}");
+    assert!(
+        !err.is_transient(),
+        "a refused password is no passing trouble: {err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
