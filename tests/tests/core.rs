@@ -796,6 +796,11 @@ async fn empty_and_unlock_work_when_redis_is_out_of_memory() {
         buffer.push("t", &json!({"a": 1})).await.unwrap();
         buffer.prepare_to_persist("t", HOLD).await.unwrap().unwrap()
     };
+    // A third batch whose lock is only released (given back, not persisted) under OOM.
+    let given_back = {
+        buffer.push("u", &json!({"a": 1})).await.unwrap();
+        buffer.prepare_to_persist("u", HOLD).await.unwrap().unwrap()
+    };
     let filler: Vec<Value> = (0..100)
         .map(|i| json!({"fill": "y".repeat(1000), "i": i}))
         .collect();
@@ -823,6 +828,24 @@ async fn empty_and_unlock_work_when_redis_is_out_of_memory() {
     let small_oom = small_oom.expect("small pushes hit maxmemory too");
     assert!(small_oom.is_out_of_memory(), "{small_oom:?}");
 
+    let (given_back_store, given_back_id) = (given_back.store.clone(), given_back.id.clone());
+    assert!(given_back.release().await.unwrap(), "released under OOM");
+    assert!(
+        buffer
+            .lock_info(&given_back_store, Some(&given_back_id))
+            .await
+            .unwrap()
+            .is_none(),
+        "the lock is gone"
+    );
+    assert!(
+        buffer
+            .batch_info(&given_back_store, &given_back_id)
+            .await
+            .unwrap()
+            .is_some(),
+        "the released batch stays prepared"
+    );
     guard.empty_batch().await.unwrap();
     let (other_store, other_id) = (other.store.clone(), other.id.clone());
     buffer.empty(other).await.unwrap();
@@ -840,7 +863,14 @@ async fn empty_and_unlock_work_when_redis_is_out_of_memory() {
             .unwrap()
             .is_none()
     );
-    assert!(buffer.get_prepared().await.unwrap().is_empty());
+    let left: Vec<_> = buffer
+        .get_prepared()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(left, vec![given_back_id], "only the released batch is left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
