@@ -380,8 +380,10 @@ async fn a_limit_set_during_a_push_storm_is_overshot_by_at_most_the_pushes_in_fl
     let setter = server.buffer().await;
     let limit_set = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    let mut storm_buffers = Vec::new();
     for _ in 0..producers {
         let buffer = server.buffer().await;
+        storm_buffers.push(buffer.clone());
         for t in 0..tasks_per_producer {
             let buffer = buffer.clone();
             let limit_set = limit_set.clone();
@@ -403,6 +405,7 @@ async fn a_limit_set_during_a_push_storm_is_overshot_by_at_most_the_pushes_in_fl
                         after_set += 1;
                     }
                 }
+                refused
             }));
         }
     }
@@ -432,8 +435,14 @@ async fn a_limit_set_during_a_push_storm_is_overshot_by_at_most_the_pushes_in_fl
         setter.limits("orders").await.unwrap(),
         Some(records_limit(max))
     );
+    // Every task of the storm met the limit itself (20 refusals), none stopped because
+    // 200 of its pushes after the limit were admitted.
     for task in tasks {
-        task.await.unwrap();
+        assert_eq!(
+            task.await.unwrap(),
+            20,
+            "a storm task was not refused 20 times"
+        );
     }
     let live = live_records(&setter, "orders").await;
     let bound = producers * tasks_per_producer * per_push;
@@ -449,14 +458,16 @@ async fn a_limit_set_during_a_push_storm_is_overshot_by_at_most_the_pushes_in_fl
         live <= ceiling + bound,
         "{live} records: over {ceiling} + {bound}"
     );
-    // Once every producer has seen the limit, nothing more is admitted.
-    assert!(
-        setter
+    // Once every producer has seen the limit, nothing more is admitted: by the storm's own
+    // connections as by a fresh one.
+    for buffer in storm_buffers.iter().chain([&setter]) {
+        let err = buffer
             .push("orders", &json!({"late": 1}))
             .await
-            .unwrap_err()
-            .is_backpressure()
-    );
+            .expect_err("admitted over the limit");
+        assert!(err.is_backpressure(), "{err:?}");
+    }
+    assert_eq!(live_records(&setter, "orders").await, live);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
