@@ -375,14 +375,31 @@ async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
         .map(|s| s.records)
         .sum();
     let mut prepared = 0;
+    // A runner tried to upload while the server was stopped: a prepared batch is held under
+    // its lock (the upload hangs) or has a failure recorded (the upload timed out).
+    let mut attempted = 0;
+    let failing = buffer.failures().await.unwrap().len();
     for batch in buffer.get_prepared().await.unwrap() {
         let info = buffer.batch_info(&batch.store, &batch.id).await.unwrap();
         prepared += info.map_or(0, |info| info.records);
+        if buffer
+            .lock_info(&batch.store, Some(&batch.id))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            attempted += 1;
+        }
     }
     assert_eq!(
         live + prepared,
         1500,
         "records left Redis while S3 was down"
+    );
+    assert!(
+        prepared > 0 && attempted + failing > 0,
+        "no upload was attempted while the server was stopped ({prepared} records prepared, \
+         {attempted} batches locked, {failing} failing)"
     );
     s3.resume();
     let landed = eventually(Duration::from_secs(120), || async {
