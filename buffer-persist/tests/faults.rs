@@ -1116,3 +1116,68 @@ async fn slow_and_truncated_redis_replies_are_unknown_outcomes_and_push_once_lan
     };
     check_exactly_once("slow and truncated replies", out.path(), &server, &ledger);
 }
+
+/// A slow disk at each step of publishing a batch file (the data fsync, the link under its
+/// name, the directory fsync), each held five lock TTLs by a failpoint that sleeps only the
+/// thread doing it: the persister's heartbeat keeps the lock all along, a rival persister
+/// finds the batch busy at every try, and the batch lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_publish_step_slower_than_the_lock_ttl_keeps_the_lock_and_lands_once() {
+    require_failpoints();
+    for step in ["before-fsync", "after-link", "after-dir-fsync"] {
+        let server = RedisServer::start();
+        let buffer = server.buffer().await;
+        let records: Vec<Value> = (0..500).map(|id| json!({"id": id})).collect();
+        buffer.push_many("slow", &records).await.unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let mut slow = persist_command(&server.url(), out.path(), "drain")
+            .args(["--lock-ttl", "300ms"])
+            .env("BUFFER_FAILPOINT", format!("{step}:sleep=1500"))
+            .env("RUST_LOG", "error")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut rival_config = PersistConfig::new(out.path());
+        rival_config.lock_ttl = Duration::from_millis(300);
+        let rival = Persister::new(server.buffer().await, rival_config);
+        let store = buffer_core::StoreName::new("slow").unwrap();
+        let mut busy = 0;
+        let status = loop {
+            if let Some(status) = slow.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < buffer_tests::COMMAND_DEADLINE,
+                "{step}: the drain never ended"
+            );
+            for batch in buffer.get_prepared().await.unwrap() {
+                let outcome = rival
+                    .recover_batch(&store, &batch.id, &CancellationToken::new())
+                    .await
+                    .unwrap();
+                match outcome {
+                    buffer_persist::BatchOutcome::Busy => busy += 1,
+                    buffer_persist::BatchOutcome::Nothing => {}
+                    other => panic!("{step}: the rival took the batch: {other:?}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut slow.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(status.success(), "{step}: {stderr}");
+        // The fault hit: the step slept, and the rival met the held lock throughout.
+        assert!(
+            stderr.contains(&format!("failpoint {step}: sleeping 1500 ms")),
+            "{step}: {stderr}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+        assert!(busy >= 10, "{step}: the rival tried {busy} times");
+        let ledger = Ledger {
+            acknowledged: (0..500).collect(),
+            unknown: BTreeSet::new(),
+        };
+        check_exactly_once(step, out.path(), &server, &ledger);
+    }
+}
