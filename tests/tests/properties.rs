@@ -129,14 +129,34 @@ fn gap() -> impl Strategy<Value = &'static str> {
     prop_oneof![Just(""), Just(" "), Just("\n\t "), Just("\r\n")]
 }
 
+/// Store names: hostile ones of every kind, and (weighted so that about half the cases
+/// round-trip, not only get refused) plain ones, some with unicode.
 fn store_name() -> impl Strategy<Value = String> {
     prop_oneof![
-        any::<String>(),
-        "[./\\\\*?{}:%~ a-z]{0,12}",
-        prop::collection::vec(any::<char>(), 200..300)
+        2 => any::<String>(),
+        2 => "[./\\\\*?{}:%~ a-z]{0,12}",
+        1 => prop::collection::vec(any::<char>(), 200..300)
             .prop_map(|chars| chars.into_iter().collect()),
-        Just(String::new()),
-        Just("a\0b".to_owned()),
+        1 => Just(String::new()),
+        1 => Just("a\0b".to_owned()),
+        6 => "[a-z0-9_.é✓-]{1,24}",
+    ]
+}
+
+/// A record to push: mostly an object (what a store takes), sometimes any JSON value.
+fn record_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => prop::collection::vec((key(), json_value()), 0..6)
+            .prop_map(|entries| Value::Object(entries.into_iter().collect::<Map<String, Value>>())),
+        1 => json_value(),
+    ]
+}
+
+/// A record to push as text: mostly an object, sometimes any JSON text.
+fn record_text() -> impl Strategy<Value = JsonText> {
+    prop_oneof![
+        3 => prop::collection::vec((key(), json_text()), 0..6).prop_map(JsonText::Object),
+        1 => json_text(),
     ]
 }
 
@@ -187,19 +207,44 @@ fn names_and_values_round_trip_or_are_refused() {
         cases: 48,
         ..ProptestConfig::default()
     });
-    let strategy = (store_name(), json_value(), json_text(), gap());
+    let strategy = (store_name(), record_value(), record_text(), gap());
+    // Each case is two pushes; how many round-tripped through a file and how many were
+    // refused, so a run cannot pass on refusals alone.
+    let round_trips = std::sync::atomic::AtomicU64::new(0);
+    let refusals = std::sync::atomic::AtomicU64::new(0);
+    let count = |round_tripped: bool| {
+        let counter = if round_tripped {
+            &round_trips
+        } else {
+            &refusals
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
     let outcome = runner.run(&strategy, |(name, value, text, gap)| {
-        check_case(&server, &runtime, &buffer, &name, &Input::Value(value))?;
+        count(check_case(
+            &server,
+            &runtime,
+            &buffer,
+            &name,
+            &Input::Value(value),
+        )?);
         let text = Input::Text {
             sent: text.render(gap),
             compact: text.render(""),
             is_object: matches!(text, JsonText::Object(_)),
         };
-        check_case(&server, &runtime, &buffer, &name, &text)
+        count(check_case(&server, &runtime, &buffer, &name, &text)?);
+        Ok(())
     });
     if let Err(failure) = outcome {
         panic!("{failure}");
     }
+    let (round_trips, refusals) = (round_trips.into_inner(), refusals.into_inner());
+    println!("{round_trips} pushes round-tripped through a file, {refusals} refused");
+    assert!(
+        round_trips >= 40 && refusals >= 10,
+        "too few of either kind: {round_trips} round trips, {refusals} refusals"
+    );
 }
 
 fn check_case(
@@ -208,87 +253,93 @@ fn check_case(
     buffer: &Buffer,
     name: &str,
     input: &Input,
-) -> Result<(), TestCaseError> {
+) -> Result<bool, TestCaseError> {
     let out = tempfile::tempdir().unwrap();
     let root = out.path().join("out");
     let bystander_line = r#"{"me":"bystander"}"#.to_owned();
-    runtime.block_on(async {
-        // A bystander store: whatever the name, it must come out untouched.
-        buffer
-            .push("bystander", &json!({"me": "bystander"}))
-            .await
-            .unwrap();
-        let pushed = match input {
-            Input::Value(value) => buffer.push(name, value).await,
-            Input::Text { sent, .. } => buffer.push_json(name, &[sent]).await,
-        };
-        match pushed {
-            Ok(receipt) => {
-                prop_assert!(input.is_object(), "a non-object was accepted");
-                prop_assert_eq!(receipt.records, 1);
-                let store = StoreName::new(name).unwrap();
-                let report = Persister::new(buffer.clone(), PersistConfig::new(&root))
-                    .drain()
-                    .await
-                    .unwrap();
-                prop_assert!(report.failures.is_empty(), "{:?}", report.failures);
-                let files: Vec<_> = files_under(&root)
-                    .into_iter()
-                    .filter(|p| !p.ends_with(buffer_persist::MARKER_FILE))
-                    .collect();
-                prop_assert!(files.iter().all(|f| f.starts_with(&root)));
-                let mine: Vec<_> = files
-                    .iter()
-                    .filter(|f| f.parent() == Some(store_dir(&root, &store).as_path()))
-                    .collect();
-                if name == "bystander" {
-                    prop_assert_eq!(
-                        file_lines(mine[0]),
-                        vec![bystander_line.clone(), input.expected_line()]
-                    );
-                } else {
-                    prop_assert_eq!(mine.len(), 1);
-                    prop_assert_eq!(
-                        file_lines(mine[0]),
-                        vec![input.expected_line()],
-                        "byte-exact round trip"
-                    );
-                    let bystander = store_dir(&root, &StoreName::new("bystander").unwrap());
-                    let theirs: Vec<_> = files
-                        .iter()
-                        .filter(|f| f.parent() == Some(bystander.as_path()))
+    runtime
+        .block_on(async {
+            // A bystander store: whatever the name, it must come out untouched.
+            buffer
+                .push("bystander", &json!({"me": "bystander"}))
+                .await
+                .unwrap();
+            let pushed = match input {
+                Input::Value(value) => buffer.push(name, value).await,
+                Input::Text { sent, .. } => buffer.push_json(name, &[sent]).await,
+            };
+            match pushed {
+                Ok(receipt) => {
+                    prop_assert!(input.is_object(), "a non-object was accepted");
+                    prop_assert_eq!(receipt.records, 1);
+                    let store = StoreName::new(name).unwrap();
+                    let report = Persister::new(buffer.clone(), PersistConfig::new(&root))
+                        .drain()
+                        .await
+                        .unwrap();
+                    prop_assert!(report.failures.is_empty(), "{:?}", report.failures);
+                    let files: Vec<_> = files_under(&root)
+                        .into_iter()
+                        .filter(|p| !p.ends_with(buffer_persist::MARKER_FILE))
                         .collect();
-                    prop_assert_eq!(file_lines(theirs[0]), vec![bystander_line.clone()]);
+                    prop_assert!(files.iter().all(|f| f.starts_with(&root)));
+                    let mine: Vec<_> = files
+                        .iter()
+                        .filter(|f| f.parent() == Some(store_dir(&root, &store).as_path()))
+                        .collect();
+                    if name == "bystander" {
+                        prop_assert_eq!(
+                            file_lines(mine[0]),
+                            vec![bystander_line.clone(), input.expected_line()]
+                        );
+                    } else {
+                        prop_assert_eq!(mine.len(), 1);
+                        prop_assert_eq!(
+                            file_lines(mine[0]),
+                            vec![input.expected_line()],
+                            "byte-exact round trip"
+                        );
+                        let bystander = store_dir(&root, &StoreName::new("bystander").unwrap());
+                        let theirs: Vec<_> = files
+                            .iter()
+                            .filter(|f| f.parent() == Some(bystander.as_path()))
+                            .collect();
+                        prop_assert_eq!(file_lines(theirs[0]), vec![bystander_line.clone()]);
+                    }
+                    Ok(true)
+                }
+                Err(err) => {
+                    prop_assert!(
+                        matches!(
+                            err,
+                            Error::InvalidStoreName { .. }
+                                | Error::InvalidRecord { .. }
+                                | Error::RecordTooLarge { .. }
+                        ),
+                        "untyped refusal: {err:?}"
+                    );
+                    let name_ok = StoreName::new(name).is_ok();
+                    prop_assert!(
+                        !name_ok
+                            || !input.is_object()
+                            || matches!(err, Error::RecordTooLarge { .. }),
+                        "{err}"
+                    );
+                    // Nothing of the refused push reached Redis: only the bystander is there.
+                    let stores = buffer.stores().await.unwrap();
+                    prop_assert_eq!(stores.len(), 1);
+                    prop_assert_eq!(stores[0].records, 1);
+                    Persister::new(buffer.clone(), PersistConfig::new(&root))
+                        .drain()
+                        .await
+                        .unwrap();
+                    Ok(false)
                 }
             }
-            Err(err) => {
-                prop_assert!(
-                    matches!(
-                        err,
-                        Error::InvalidStoreName { .. }
-                            | Error::InvalidRecord { .. }
-                            | Error::RecordTooLarge { .. }
-                    ),
-                    "untyped refusal: {err:?}"
-                );
-                let name_ok = StoreName::new(name).is_ok();
-                prop_assert!(
-                    !name_ok || !input.is_object() || matches!(err, Error::RecordTooLarge { .. }),
-                    "{err}"
-                );
-                // Nothing of the refused push reached Redis: only the bystander is there.
-                let stores = buffer.stores().await.unwrap();
-                prop_assert_eq!(stores.len(), 1);
-                prop_assert_eq!(stores[0].records, 1);
-                Persister::new(buffer.clone(), PersistConfig::new(&root))
-                    .drain()
-                    .await
-                    .unwrap();
-            }
-        }
-        Ok(())
-    })?;
-    let keys: Vec<String> = server.all_keys();
-    prop_assert!(keys.is_empty(), "left behind: {:?}", keys);
-    Ok(())
+        })
+        .and_then(|round_tripped| {
+            let keys: Vec<String> = server.all_keys();
+            prop_assert!(keys.is_empty(), "left behind: {:?}", keys);
+            Ok(round_tripped)
+        })
 }
