@@ -4,6 +4,7 @@
 //! binary against a private local cluster and checks that healthy masters keep working and
 //! that no record is written twice (docs/cluster.md, faults tested).
 
+use buffer_tests::CommandWithin;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -116,8 +117,7 @@ async fn a_prepare_a_lagging_replica_missed_is_never_written_twice_across_a_fail
         persist(&urls, out.path(), "drain")
             .args(["--wait-replicas", "1", "--wait-replicas-timeout", "300ms"])
             .args(["--lock-ttl", "1s", "--wait", "1s"])
-            .output()
-            .unwrap()
+            .output_in_time()
     };
 
     // The replica stops (it lags from here on): the prepare runs on the master, its WAIT fails.
@@ -157,7 +157,7 @@ async fn a_prepare_a_lagging_replica_missed_is_never_written_twice_across_a_fail
     })
     .await;
     assert!(promoted, "the replica was not promoted");
-    let last = persist(&urls, out.path(), "drain").output().unwrap();
+    let last = persist(&urls, out.path(), "drain").output_in_time();
     assert!(last.status.success(), "{}", text(&last));
 
     let mut written: Vec<u64> = published_records(out.path())
@@ -498,8 +498,7 @@ async fn healthy_masters_work_with_the_slot_0_master_dead_and_scripts_flushed() 
     let out = tempfile::tempdir().unwrap();
     let drained = persist(&urls, out.path(), "drain")
         .args(["--redis-timeout", "2s"])
-        .output()
-        .unwrap();
+        .output_in_time();
     let mut ids: Vec<String> = published_records(out.path())
         .iter()
         .map(|record| record["id"].as_str().unwrap().to_owned())

@@ -5,6 +5,7 @@
 //! acknowledged pushes, plus at most one copy of any push whose outcome was unknown (its reply
 //! was lost), with no duplicates, no buffer keys and no temporary files left behind.
 
+use buffer_tests::CommandWithin;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -257,8 +258,7 @@ async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
         Command::new("kill")
             .arg("-TERM")
             .arg(runner.id().to_string())
-            .status()
-            .unwrap();
+            .status_in_time();
         let status = buffer_tests::wait_within(&mut runner, buffer_tests::COMMAND_DEADLINE)
             .expect("the runner did not exit after SIGTERM");
         assert!(
@@ -314,8 +314,7 @@ async fn a_crash_at_every_step_recovers_exactly_once() {
         let status = persist_command(&server.url(), out.path(), "drain")
             .args(["--lock-ttl", "300ms"])
             .env("BUFFER_FAILPOINT", step)
-            .status()
-            .unwrap();
+            .status_in_time();
         assert!(!status.success(), "the persister crashed at {step}");
         // The restart: a new persister finishes the job.
         drain(&server.url(), out.path());
@@ -348,8 +347,7 @@ async fn each_failpoint_fires_only_at_the_step_it_names() {
         let status = persist_command(&server.url(), out.path(), "drain")
             .args(["--lock-ttl", "300ms"])
             .env("BUFFER_FAILPOINT", step)
-            .status()
-            .unwrap();
+            .status_in_time();
         assert!(!status.success(), "the persister crashed at {step}");
         assert!(out.path().join(".buffer-persist").is_file(), "{step}");
         let files = files_under(out.path());
@@ -416,8 +414,7 @@ async fn a_paused_holder_past_its_ttl_neither_publishes_nor_deletes() {
         Command::new("kill")
             .arg("-CONT")
             .arg(pid.to_string())
-            .status()
-            .unwrap();
+            .status_in_time();
         // Its lock is lost and B persisted the batch: for A's drain that batch is done (issue
         // 8 item 6), so A exits 0 having written and deleted nothing itself.
         let status = buffer_tests::wait_within(&mut stale, buffer_tests::COMMAND_DEADLINE)
@@ -761,8 +758,7 @@ async fn sigterm_mid_batch_abandons_it_cleanly_and_exits_zero() {
     let terminated = Command::new("kill")
         .arg("-TERM")
         .arg(runner.id().to_string())
-        .status()
-        .unwrap();
+        .status_in_time();
     assert!(terminated.success());
     let status = buffer_tests::wait_within(&mut runner, buffer_tests::COMMAND_DEADLINE)
         .expect("the runner did not exit after SIGTERM");
@@ -932,8 +928,7 @@ impl SmallTmpfs {
         let status = Command::new("mount")
             .args(["-o", &format!("remount,size={size}")])
             .arg(self.path())
-            .status()
-            .unwrap();
+            .status_in_time();
         assert!(status.success(), "remount of the tmpfs to {size} failed");
     }
 }

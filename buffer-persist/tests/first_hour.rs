@@ -3,6 +3,7 @@
 //! bounds the connect to a server that never answers, and logs written into a file carry no
 //! colour codes.
 
+use buffer_tests::CommandWithin;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -71,8 +72,7 @@ fn signal(pid: u32, name: &str) {
     let sent = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())
-        .status()
-        .unwrap();
+        .status_in_time();
     assert!(sent.success(), "kill -{name} {pid}");
 }
 
@@ -97,11 +97,13 @@ async fn a_signal_during_a_drain_leaves_nothing_locked(signal_name: &str, code: 
         .args(["--lock-ttl", "30s"])
         .spawn()
         .unwrap();
-    // Wait until it is writing the batch (its temporary file exists), then stop it.
+    // Wait until it is writing the batch (its temporary file exists in the store's
+    // directory: the marker's temporary file, at the top of OUT, comes before any batch),
+    // then stop it.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !files_under(out.path())
         .iter()
-        .any(|p| p.to_string_lossy().ends_with(".tmp"))
+        .any(|p| p.to_string_lossy().ends_with(".tmp") && p.parent() != Some(out.path()))
     {
         assert!(Instant::now() < deadline, "the drain never started writing");
         assert!(
@@ -155,8 +157,7 @@ async fn a_signal_during_a_drain_leaves_nothing_locked(signal_name: &str, code: 
     let started = Instant::now();
     let second = drain_command(&server.url(), out.path())
         .args(["--lock-ttl", "30s"])
-        .output()
-        .unwrap();
+        .output_in_time();
     let elapsed = started.elapsed();
     assert!(
         second.status.success(),
@@ -212,8 +213,7 @@ fn redis_timeout_bounds_the_connect_to_a_server_that_never_answers() {
         let output = Command::new(BINARY)
             .args(["stores", "--redis", &url, "--redis-timeout", flag])
             .stdin(Stdio::null())
-            .output()
-            .unwrap();
+            .output_in_time();
         let elapsed = started.elapsed();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{stderr}");
@@ -252,7 +252,7 @@ async fn human_logs_into_a_file_carry_no_escape_codes() {
             Some(value) => command.env("NO_COLOR", value),
             None => command.env_remove("NO_COLOR"),
         };
-        let status = command.status().unwrap();
+        let status = command.status_in_time();
         let written = std::fs::read(log.path()).unwrap();
         let text = String::from_utf8_lossy(&written);
         assert!(status.success(), "NO_COLOR={no_color:?}: {text}");
@@ -282,8 +282,7 @@ async fn a_drain_failing_under_wait_replicas_leaves_nothing_locked() {
         let output = drain_command(&server.url(), out.path())
             .args(["--wait-replicas", "1", "--wait-replicas-timeout", "200ms"])
             .args(["--lock-ttl", "30s", "--wait", "1s"])
-            .output()
-            .unwrap();
+            .output_in_time();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{attempt}: {stderr}");
         let prepared = buffer.get_prepared().await.unwrap();
@@ -306,8 +305,7 @@ async fn a_drain_failing_under_wait_replicas_leaves_nothing_locked() {
     let started = Instant::now();
     let output = drain_command(&server.url(), out.path())
         .args(["--lock-ttl", "30s"])
-        .output()
-        .unwrap();
+        .output_in_time();
     assert!(
         output.status.success(),
         "{}",

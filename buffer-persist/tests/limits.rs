@@ -1,5 +1,6 @@
 //! `buffer-persist limits` and `push` under limits, as operators run the real binary.
 
+use buffer_tests::CommandWithin;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -14,8 +15,7 @@ fn limits_command(server: &RedisServer, args: &[&str]) -> Output {
         .args(args)
         .args(["--redis", &server.url()])
         .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
+        .output_in_time()
 }
 
 fn stdout(output: &Output) -> String {

@@ -3,6 +3,7 @@
 //! the forms a value takes), with no Rust debug forms and no cause printed twice. The binary
 //! as users run it; a real `redis-server` where a command needs one.
 
+use buffer_tests::CommandWithin;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ fn stderr_of(output: &Output) -> String {
 
 /// Runs `args` to its end; its stderr, asserting it failed.
 fn failing(args: &[&str]) -> String {
-    let output = command(args).output().unwrap();
+    let output = command(args).output_in_time();
     let stderr = stderr_of(&output);
     assert!(!output.status.success(), "{args:?} succeeded: {stderr}");
     stderr
@@ -85,8 +86,7 @@ fn read_until(child: &mut Child, wanted: &str) -> String {
 fn terminate(child: &mut Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+        .status_in_time();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() {
@@ -185,8 +185,7 @@ fn metrics_addr_takes_a_host_name_and_a_bad_one_asks_for_host_port() {
 fn a_bad_value_from_the_environment_is_reported_under_the_variables_name() {
     let output = command(&["run", "--out", "/tmp/never-used"])
         .env("BUFFER_MAX_AGE", "abc")
-        .output()
-        .unwrap();
+        .output_in_time();
     let stderr = stderr_of(&output);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
@@ -197,8 +196,7 @@ fn a_bad_value_from_the_environment_is_reported_under_the_variables_name() {
 
     let output = command(&["stores"])
         .env("BUFFER_LOG_FORMAT", "xml")
-        .output()
-        .unwrap();
+        .output_in_time();
     let stderr = stderr_of(&output);
     assert!(stderr.contains("BUFFER_LOG_FORMAT"), "{stderr}");
     assert!(stderr.contains("human, json"), "{stderr}");
@@ -206,8 +204,7 @@ fn a_bad_value_from_the_environment_is_reported_under_the_variables_name() {
     // Typed on the command line, the flag is what is named, even with the variable set.
     let output = command(&["run", "--out", "/tmp/never-used", "--max-age", "abc"])
         .env("BUFFER_MAX_AGE", "abc")
-        .output()
-        .unwrap();
+        .output_in_time();
     let stderr = stderr_of(&output);
     assert!(stderr.contains("for '--max-age"), "{stderr}");
     assert!(!stderr.contains("BUFFER_MAX_AGE"), "{stderr}");
@@ -220,7 +217,7 @@ fn wait_replicas_is_offered_only_where_it_means_something() {
         vec!["drain", "--help"],
         vec!["push", "--help"],
     ] {
-        let help = String::from_utf8(command(&args).output().unwrap().stdout).unwrap();
+        let help = String::from_utf8(command(&args).output_in_time().stdout).unwrap();
         assert!(help.contains("--wait-replicas"), "{args:?}");
     }
     for args in [
@@ -229,7 +226,7 @@ fn wait_replicas_is_offered_only_where_it_means_something() {
         vec!["limits", "set", "--help"],
         vec!["limits", "clear", "--help"],
     ] {
-        let help = String::from_utf8(command(&args).output().unwrap().stdout).unwrap();
+        let help = String::from_utf8(command(&args).output_in_time().stdout).unwrap();
         assert!(!help.contains("--wait-replicas"), "{args:?}: {help}");
         // --redis is optional: the usage line does not ask for it, the help shows its default.
         assert!(help.contains("[default: redis://127.0.0.1:6379]"), "{help}");
@@ -350,9 +347,7 @@ fn logs_print_sizes_durations_and_counts_in_human_units_and_plurals() {
         stderr.contains("pushed 1 record to \"orders\", 0 lines refused"),
         "{stderr}"
     );
-    let output = command(&["drain", "--redis", &redis.url(), "--out", out])
-        .output()
-        .unwrap();
+    let output = command(&["drain", "--redis", &redis.url(), "--out", out]).output_in_time();
     let stderr = stderr_of(&output);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("drained 1 batch, 1 record"), "{stderr}");

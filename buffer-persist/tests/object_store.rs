@@ -3,6 +3,7 @@
 //! process runs in a working directory of its own: they share no disk, only Redis and the
 //! bucket.
 
+use buffer_tests::CommandWithin;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -596,8 +597,7 @@ async fn parquet_parts_each_read_alone_in_pyarrow_with_every_record_once() {
         .arg("-c")
         .arg(script)
         .args(&files)
-        .output()
-        .unwrap();
+        .output_in_time();
     assert!(
         output.status.success(),
         "pyarrow: {}",
@@ -761,8 +761,7 @@ async fn a_hive_template_on_s3_reads_back_in_duckdb_with_counts_per_partition() 
     );
     let output = Command::new(buffer_tests::python::python())
         .args(["-c", &script])
-        .output()
-        .unwrap();
+        .output_in_time();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -801,8 +800,7 @@ fn chrono_free_utc_date() -> String {
             "-c",
             "import datetime; print(datetime.datetime.now(datetime.timezone.utc).date())",
         ])
-        .output()
-        .unwrap();
+        .output_in_time();
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
@@ -1113,8 +1111,7 @@ async fn run_started_while_the_s3_server_is_stopped_waits_logging_each_retry_the
     let terminated = Command::new("kill")
         .arg("-TERM")
         .arg(runner.id().to_string())
-        .status()
-        .unwrap();
+        .status_in_time();
     assert!(terminated.success());
     let status = runner.wait().unwrap();
     reader.join().unwrap();

@@ -1,6 +1,7 @@
 //! The output directory as the `buffer-persist` binary sets it up: the marker that makes
 //! persisters sharing `OUT` agree on their settings, and `--out` values it refuses.
 
+use buffer_tests::CommandWithin;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -104,14 +105,14 @@ fn a_half_made_marker_is_not_a_mismatch() {
     // it: after a short grace it is taken as left by a crashed start and replaced.
     let out = tempfile::tempdir().unwrap();
     fs::write(out.path().join(MARKER_FILE), "").unwrap();
-    let output = drain(&server, out.path(), &[]).output().unwrap();
+    let output = drain(&server, out.path(), &[]).output_in_time();
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(marker(out.path()), "format=jsonl\ncompression=none\n");
 
     // Cut short the same way, with other settings: replaced too, never compared.
     let out = tempfile::tempdir().unwrap();
     fs::write(out.path().join(MARKER_FILE), "format=csv\ncompr").unwrap();
-    let output = drain(&server, out.path(), &[]).output().unwrap();
+    let output = drain(&server, out.path(), &[]).output_in_time();
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(marker(out.path()), "format=jsonl\ncompression=none\n");
 }
@@ -176,7 +177,7 @@ fn stray_marker_temporary_files_from_crashed_starts_are_removed() {
         .unwrap()
         .set_modified(SystemTime::now() - Duration::from_secs(3600))
         .unwrap();
-    let output = drain(&server, out.path(), &[]).output().unwrap();
+    let output = drain(&server, out.path(), &[]).output_in_time();
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(!stray.exists(), "the stray temporary file is gone");
     assert_eq!(marker(out.path()), "format=jsonl\ncompression=none\n");
@@ -191,8 +192,7 @@ fn an_out_with_an_unsupported_scheme_is_refused_by_name() {
         let output = Command::new(BINARY)
             .current_dir(cwd.path())
             .args([subcommand, "--redis", &redis, "--out", "file:///bucket/x"])
-            .output()
-            .unwrap();
+            .output_in_time();
         let text = stderr(&output);
         assert_eq!(output.status.code(), Some(1), "{subcommand}: {text}");
         assert!(
@@ -205,8 +205,7 @@ fn an_out_with_an_unsupported_scheme_is_refused_by_name() {
         .current_dir(cwd.path())
         .args(["drain", "--redis", &redis])
         .env("BUFFER_OUT", "gs://bucket")
-        .output()
-        .unwrap();
+        .output_in_time();
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("gs://bucket"),
@@ -242,8 +241,7 @@ fn a_path_template_that_could_misplace_a_file_is_refused_by_name_before_anything
             .current_dir(cwd.path())
             .args([subcommand, "--redis", &redis, "--out", "out"])
             .env("BUFFER_PATH_TEMPLATE", template)
-            .output()
-            .unwrap();
+            .output_in_time();
         let text = stderr(&output);
         assert_eq!(output.status.code(), Some(1), "{template}: {text}");
         assert!(text.contains("--path-template"), "{template}: {text}");
@@ -275,8 +273,7 @@ fn the_path_template_flag_puts_files_in_hive_partitions() {
         out.path(),
         &["--path-template", template, "--compress", "gzip"],
     )
-    .output()
-    .unwrap();
+    .output_in_time();
     assert!(output.status.success(), "{}", stderr(&output));
     // The partition of the first write, by `date -u`.
     let date = Command::new("date")
@@ -284,8 +281,7 @@ fn the_path_template_flag_puts_files_in_hive_partitions() {
         .arg("-d")
         .arg(format!("@{}", first_write_ms / 1000))
         .arg("+dt=%F/hour=%H")
-        .output()
-        .unwrap();
+        .output_in_time();
     let partition = String::from_utf8(date.stdout).unwrap();
     let dir = out.path().join("store=orders").join(partition.trim());
     let files: Vec<String> = fs::read_dir(&dir)

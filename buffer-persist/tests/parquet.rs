@@ -2,6 +2,7 @@
 //! crash, and Hive-style partitions, each read back the way users read them: pyarrow and
 //! DuckDB (from the test venv, `buffer_tests::python`), against real `redis-server`s.
 
+use buffer_tests::CommandWithin;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -20,8 +21,7 @@ fn python_json(script: &str, args: &[&str]) -> Value {
         .arg("-c")
         .arg(script)
         .args(args)
-        .output()
-        .unwrap();
+        .output_in_time();
     assert!(
         output.status.success(),
         "python failed: {}",
@@ -389,8 +389,7 @@ async fn a_crash_after_publishing_a_parquet_file_is_recovered_exactly_once() {
     let status = drain_command(&server, out.path())
         .args(["--lock-ttl", "300ms"])
         .env("BUFFER_FAILPOINT", "after-link")
-        .status()
-        .unwrap();
+        .status_in_time();
     assert!(!status.success(), "the persister crashed after the link");
     let published = published_files(out.path());
     assert_eq!(published.len(), 1, "{published:?}");
@@ -400,8 +399,7 @@ async fn a_crash_after_publishing_a_parquet_file_is_recovered_exactly_once() {
 
     let output = drain_command(&server, out.path())
         .args(["--lock-ttl", "300ms", "--wait", "10s"])
-        .output()
-        .unwrap();
+        .output_in_time();
     assert!(
         output.status.success(),
         "the recovery drain failed: {}",

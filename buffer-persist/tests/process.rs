@@ -3,6 +3,7 @@
 //! the same features (`failpoints` comes in through buffer-tests' dev-dependency when the
 //! whole workspace is tested).
 
+use buffer_tests::CommandWithin;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -136,8 +137,7 @@ async fn a_batch_left_by_a_killed_persister_is_recovered_by_the_next_run() {
     let status = persist_command(&server, out.path(), "drain")
         .args(["--lock-ttl", "1s"])
         .env("BUFFER_FAILPOINT", "after-prepare")
-        .status()
-        .unwrap();
+        .status_in_time();
     assert!(!status.success(), "the failpoint killed it");
     let prepared = buffer.get_prepared().await.unwrap();
     assert_eq!(prepared.len(), 1);
@@ -266,8 +266,7 @@ async fn every_setting_can_come_from_the_environment() {
         .env("BUFFER_LOCK_TTL", "5s")
         .env("BUFFER_CSV_MAX_COLUMNS", "0")
         .env("BUFFER_LOG_FORMAT", "json")
-        .status()
-        .unwrap();
+        .status_in_time();
     assert!(status.success());
     let files: Vec<PathBuf> = files_under(out.path())
         .into_iter()
@@ -360,9 +359,7 @@ async fn drain_beside_a_running_persister_under_load_exits_zero_and_loses_nothin
         producer.await.unwrap();
     }
     stop(runner);
-    let status = persist_command(&server, out.path(), "drain")
-        .status()
-        .unwrap();
+    let status = persist_command(&server, out.path(), "drain").status_in_time();
     assert!(status.success());
     let total: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
     let mut expected: Vec<u64> = (0..PRODUCERS)

@@ -2,6 +2,7 @@
 //! standard-library client, every error status with its body, limits, idempotency, encodings,
 //! SIGTERM under load, a slow client, and Redis killed or frozen under requests.
 
+use buffer_tests::CommandWithin;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -95,8 +96,7 @@ impl Serve {
         Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
+            .status_in_time();
         let output = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
             .wait_with_output()
             .unwrap();
@@ -159,8 +159,7 @@ async fn curl_and_python_push_to_hostile_store_names_and_read_receipts() {
                 "{\"n\":1}\n{\"n\":2}\n",
                 &serve.url(&path),
             ])
-            .output()
-            .unwrap();
+            .output_in_time();
         let receipt: Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(receipt["store"], name, "{receipt}");
         assert_eq!(receipt["pushed"], 2);
@@ -174,8 +173,7 @@ async fn curl_and_python_push_to_hostile_store_names_and_read_receipts() {
         );
         let output = Command::new("python3")
             .args(["-c", &python])
-            .output()
-            .unwrap();
+            .output_in_time();
         assert_eq!(
             String::from_utf8_lossy(&output.stdout).trim(),
             "3",
@@ -517,8 +515,7 @@ async fn sigterm_under_load_answers_requests_in_flight_and_loses_no_acknowledged
     Command::new("kill")
         .arg("-TERM")
         .arg(serve.child.id().to_string())
-        .status()
-        .unwrap();
+        .status_in_time();
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked: u64 = threads.into_iter().map(|t| t.join().unwrap().0).sum();
@@ -531,8 +528,7 @@ async fn sigterm_under_load_answers_requests_in_flight_and_loses_no_acknowledged
     let status = Command::new(BINARY)
         .args(["drain", "--redis", &redis.url(), "--out"])
         .arg(out.path())
-        .status()
-        .unwrap();
+        .status_in_time();
     assert!(status.success());
     let persisted = buffer_tests::published_records(out.path()).len() as u64;
     assert_eq!(
@@ -694,8 +690,7 @@ fn a_non_loopback_address_needs_a_token_file_or_allow_unauthenticated() {
             "--listen",
             &listen,
         ])
-        .output()
-        .unwrap();
+        .output_in_time();
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -837,8 +832,7 @@ async fn the_python_examples_of_docs_http_md_run_against_a_server() {
         let script = block.replace("http://127.0.0.1:8080", &base);
         let output = Command::new("python3")
             .args(["-c", &script])
-            .output()
-            .unwrap();
+            .output_in_time();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),

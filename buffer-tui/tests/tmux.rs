@@ -4,6 +4,7 @@
 //! Keys go in with `send-keys`; what a person would see comes back with `capture-pane`,
 //! polled until a deadline.
 
+use buffer_tests::CommandWithin;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -304,8 +305,7 @@ async fn sigterm_gives_the_terminal_back_and_exits_zero() {
     assert_eq!(dashboard.len(), 1, "the dashboard runs under the pane");
     let killed = Command::new("kill")
         .args(["-TERM", &dashboard[0]])
-        .status()
-        .unwrap();
+        .status_in_time();
     assert!(killed.success());
     let screen = tmux.wait_for("the dashboard to exit", Duration::from_secs(10), |s| {
         s.contains(REPORT_END)

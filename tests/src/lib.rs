@@ -605,6 +605,27 @@ pub fn stop_and_expect_success(mut child: std::process::Child) {
 /// hanging CI.
 pub const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
 
+/// [`Command::output`] and [`Command::status`] with [`COMMAND_DEADLINE`]: a command that
+/// hangs is killed and fails its test, instead of hanging the suite (and CI) for good.
+pub trait CommandWithin {
+    /// As `output().unwrap()`, within the deadline.
+    fn output_in_time(&mut self) -> std::process::Output;
+    /// As `status().unwrap()`, within the deadline (stdio as configured, inherited by default).
+    fn status_in_time(&mut self) -> std::process::ExitStatus;
+}
+
+impl CommandWithin for Command {
+    fn output_in_time(&mut self) -> std::process::Output {
+        output_within(self, COMMAND_DEADLINE)
+    }
+
+    fn status_in_time(&mut self) -> std::process::ExitStatus {
+        let mut child = self.spawn().expect("spawn the command");
+        wait_within(&mut child, COMMAND_DEADLINE)
+            .unwrap_or_else(|| panic!("{self:?} still running after {COMMAND_DEADLINE:?} (killed)"))
+    }
+}
+
 /// Runs a command to its end like [`Command::output`] (stdout and stderr captured), but
 /// kills it and panics, with what it printed so far, if it is still running after `limit`.
 pub fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {

@@ -1,5 +1,6 @@
 //! The persister end to end: real redis-server, real files, real processes.
 
+use buffer_tests::CommandWithin;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -1347,8 +1348,7 @@ fn utc_date_and_hour(ms: u64) -> (String, String) {
         .arg("-d")
         .arg(format!("@{}", ms / 1000))
         .arg("+%F %H")
-        .output()
-        .unwrap();
+        .output_in_time();
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     let (date, hour) = text.trim().split_once(' ').unwrap();
