@@ -49,6 +49,90 @@ pub const FIRST_WRITE_FIELD: &str = "_first_write";
 /// The row field holding its last write's time (Unix ms, Redis's clock).
 pub const LAST_WRITE_FIELD: &str = "_last_write";
 const METADATA: [&str; 3] = [WRITES_FIELD, FIRST_WRITE_FIELD, LAST_WRITE_FIELD];
+/// How many entities [`CoalescedView::top`] lists at most: the merge script keeps as many per
+/// summed field.
+pub const TOP_ENTITIES: usize = 10;
+/// The rows-hash field counting the writes merged into the live rows (no entity's field
+/// starts with `\x1f`: an entity is a non-empty JSON text).
+const TOTAL_WRITES: &str = "\x1fwrites";
+
+/// The rows-hash field holding the top entities by the summed `field`.
+fn top_field(field: &str) -> String {
+    format!("\x1ftop\x1f{field}")
+}
+
+/// What a dashboard shows of a coalescing store's live rows, read in one round trip whatever
+/// the number of entities ([`Buffer::coalesced_view`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CoalescedView {
+    /// Writes merged into the live rows (since the store was last prepared).
+    pub writes: u64,
+    /// The summed field `top` ranks by, when one was asked for.
+    pub field: Option<String>,
+    /// The entities with the largest sums of `field`, largest first (ties by entity), at most
+    /// [`TOP_ENTITIES`].
+    pub top: Vec<TopEntity>,
+    /// Whether `top` is exactly the largest sums. It is while sums only grow; once a
+    /// negative number was added to an entity of a full list, an entity outside the list may
+    /// have passed it, and this stays `false` until the store is next prepared.
+    pub top_exact: bool,
+}
+
+/// One entity of a [`CoalescedView::top`] list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopEntity {
+    /// The entity's key as JSON text (`"/home"`, `42`).
+    pub entity: String,
+    /// Its sum as the exact JSON text of the row (an integer beyond 2^53 included).
+    pub sum: String,
+}
+
+impl TopEntity {
+    /// An entity and its sum, both JSON texts.
+    pub fn new(entity: impl Into<String>, sum: impl Into<String>) -> Self {
+        Self {
+            entity: entity.into(),
+            sum: sum.into(),
+        }
+    }
+}
+
+/// Orders two sums' JSON texts: exactly when both are integers, else as doubles.
+fn sum_order(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<i128>(), b.parse::<i128>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => {
+            let x: f64 = a.parse().unwrap_or(f64::NAN);
+            let y: f64 = b.parse().unwrap_or(f64::NAN);
+            x.total_cmp(&y)
+        }
+    }
+}
+
+/// Reads a top list's text (see `scripts::COALESCE_PUSH`): `=` or `~`, then
+/// `\n<entity>\x1f<sum>` per entity. `None` when it is not one.
+fn parse_top(text: &str) -> Option<(bool, Vec<TopEntity>)> {
+    let exact = match text.as_bytes().first()? {
+        b'=' => true,
+        b'~' => false,
+        _ => return None,
+    };
+    let mut top = Vec::new();
+    for entry in text[1..].split('\n').skip(1) {
+        let (entity, sum) = entry.split_once('\x1f')?;
+        if entity.is_empty() || !is_number_text(sum) {
+            return None;
+        }
+        top.push(TopEntity::new(entity, sum));
+    }
+    if !text[1..].is_empty() && !text[1..].starts_with('\n') {
+        return None;
+    }
+    top.sort_by(|a, b| sum_order(&b.sum, &a.sum).then_with(|| a.entity.cmp(&b.entity)));
+    Some((exact, top))
+}
 
 /// One record's merge: its entity and its operations `(op, field, value)`.
 struct RecordOps {
@@ -695,6 +779,98 @@ impl Buffer {
         .transpose()
     }
 
+    /// What a dashboard shows of a coalescing store's live rows: the writes merged into them
+    /// and, with `sum_field`, the top [`TOP_ENTITIES`] entities by that summed field. One
+    /// `HMGET` of two fields that every merge keeps up to date, so it takes the same time
+    /// with ten entities or ten million. An append store (or a field that is not summed)
+    /// reads as no writes and no entities.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStoreName`]; [`Error::Corrupt`] naming the store and field when a
+    /// stored value is not what the merge script writes; transient errors.
+    pub async fn coalesced_view<S>(
+        &self,
+        store: S,
+        sum_field: Option<&str>,
+    ) -> Result<CoalescedView>
+    where
+        S: TryInto<StoreName, Error = Error>,
+    {
+        let store = store.try_into()?;
+        let key = self.layout().live(&store).rows;
+        let mut conn = self.conn();
+        let fields = [TOTAL_WRITES.to_owned(), top_field(sum_field.unwrap_or(""))];
+        let (writes, top): (Option<String>, Option<String>) = self
+            .run("coalesced_view", store.as_str(), async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(&fields[..])
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let corrupt = |what: &str, text: &str| Error::Corrupt {
+            what: format!(
+                "{what} of coalescing store {:?}: {:?}",
+                store.as_str(),
+                shorten(text)
+            ),
+        };
+        let writes = match writes {
+            None => 0,
+            Some(text) => text
+                .parse()
+                .map_err(|_| corrupt("the count of merged writes", &text))?,
+        };
+        let (top_exact, top) = match (sum_field, top) {
+            (Some(field), Some(text)) => parse_top(&text)
+                .ok_or_else(|| corrupt(&format!("the top entities by field {field:?}"), &text))?,
+            _ => (true, Vec::new()),
+        };
+        Ok(CoalescedView {
+            writes,
+            field: sum_field.map(str::to_owned),
+            top,
+            top_exact,
+        })
+    }
+
+    /// The writes merged into each store's live rows (0 for an append store), in one
+    /// pipeline of `HGET`s.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the store when a count is not a number; transient errors.
+    pub async fn coalesced_writes(&self, stores: &[StoreName]) -> Result<Vec<u64>> {
+        if stores.is_empty() {
+            return Ok(Vec::new());
+        }
+        let layout = self.layout();
+        let mut pipe = redis::pipe();
+        for store in stores {
+            pipe.hget(layout.live(store).rows, TOTAL_WRITES);
+        }
+        let mut conn = self.conn();
+        let counts: Vec<Option<String>> = self
+            .run("coalesced_writes", "", async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        stores
+            .iter()
+            .zip(counts)
+            .map(|(store, count)| match count {
+                None => Ok(0),
+                Some(text) => text.parse().map_err(|_| Error::Corrupt {
+                    what: format!(
+                        "the count of merged writes of coalescing store {:?}: {:?}",
+                        store.as_str(),
+                        shorten(&text)
+                    ),
+                }),
+            })
+            .collect()
+    }
+
     /// Every coalescing store and its rules, sorted by name: one `HGETALL` per slot group in
     /// one round trip (never a scan of the keyspace). An entry that does not decode (only a
     /// foreign writer can make one) is skipped with a warning.
@@ -750,6 +926,32 @@ mod tests {
             CoalesceRules::parse(r#"{"key":"p","fields":{"a":"avg"}}"#),
             None
         );
+    }
+
+    #[test]
+    fn top_lists_are_read_largest_first_and_garbage_is_refused() {
+        let text =
+            "=\n\"/a\"\x1f5\n\"/b\"\x1f9223372036854775807\n7\x1f9223372036854775806\n\"/c\"\x1f5";
+        let (exact, top) = parse_top(text).unwrap();
+        assert!(exact);
+        let order: Vec<(&str, &str)> = top
+            .iter()
+            .map(|t| (t.entity.as_str(), t.sum.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("\"/b\"", "9223372036854775807"),
+                ("7", "9223372036854775806"),
+                ("\"/a\"", "5"),
+                ("\"/c\"", "5"),
+            ]
+        );
+        assert_eq!(parse_top("~"), Some((false, Vec::new())));
+        assert_eq!(parse_top("=\n1\x1f2.5\n2\x1f10").unwrap().1[0].entity, "2");
+        for garbage in ["", "x", "=junk", "=\nno-separator", "=\n1\x1fmany"] {
+            assert_eq!(parse_top(garbage), None, "{garbage:?}");
+        }
     }
 
     #[test]

@@ -181,7 +181,7 @@ struct ProducingExamples;
 pub use batch::{BatchId, PreparedBatch};
 pub use buffer::Buffer;
 pub use clock::{Clock, ManualClock, SystemClock, millis};
-pub use coalesce::{CoalesceRules, MergeRule};
+pub use coalesce::{CoalesceRules, CoalescedView, MergeRule, TOP_ENTITIES, TopEntity};
 pub use config::{BufferConfig, redact_url};
 pub use discovery::{Partial, PreparedSummary, StoreSummary};
 pub use error::{Error, Result};

@@ -443,6 +443,11 @@ return {1, 1}
 /// control character, so the first `\x1f` ends the entity). Integer sums are exact decimal
 /// string arithmetic within i64 (Lua numbers are doubles, exact only to 2^53); a sum with a
 /// float operand is a double. A union is `\n`-separated element texts, `\n` first and last.
+/// Two kinds of field start with `\x1f` (no entity's does): `\x1fwrites`, the writes merged
+/// into the live rows, and `\x1ftop\x1f<field>` per summed field, its top 10 entities
+/// (`crate::coalesce::CoalescedView`), kept up to date by every merge at a cost of O(1)
+/// per summed value (a lookup, a comparison with the list's smallest sum), so a dashboard
+/// reads the top entities with one `HGET` however many entities there are.
 ///
 /// Returns `{0, entities, bytes, keys, first}` (or `{1, …}` for a push id already applied),
 /// `{-1, …}` when a limit refused it (see `admit`), `{-3}` when the stored rules are not the
@@ -568,6 +573,71 @@ local function put(field, value)
   changed[field] = true
 end
 
+-- The store's top entities by each summed field, kept in the rows hash under
+-- '\31top\31<field>' (no entity's field starts with \31: an entity is a non-empty JSON
+-- text): '=' (exact) or '~' (a sum in the list went down while it was full, so an entity
+-- outside it may now be larger), then '\n<entity>\31<sum>' per entity, at most TOP of them.
+-- While sums only grow, the list is exactly the TOP largest: an entity outside it enters
+-- only by passing the smallest one in it.
+local TOP = 10
+local tops = {}
+local function top_of(name)
+  local t = tops[name]
+  if t == nil then
+    -- at: entity -> its position in entries; low: the position of the smallest sum, or nil
+    -- when it must be found again.
+    t = {exact = true, entries = {}, at = {}, low = nil}
+    local text = get('\31top\31' .. name)
+    if text then
+      t.exact = string.sub(text, 1, 1) == '='
+      for entity, sum in string.gmatch(text, '\n([^\n\31]+)\31([^\n]+)') do
+        t.entries[#t.entries + 1] = {entity, sum}
+        t.at[entity] = #t.entries
+      end
+    end
+    tops[name] = t
+  end
+  return t
+end
+-- Below 16 characters a number's text is a double exactly when it is an integer (|n| < 2^53);
+-- compare() handles the rest.
+local function order(a, b)
+  if #a < 16 and #b < 16 then
+    local x, y = tonumber(a), tonumber(b)
+    if x < y then return -1 elseif x > y then return 1 end
+    return 0
+  end
+  return compare(a, b)
+end
+local function top_update(name, entity, sum, decreased)
+  local t = top_of(name)
+  local entries = t.entries
+  local at = t.at[entity]
+  if at then
+    entries[at][2] = sum
+    if decreased and #entries >= TOP then t.exact = false end
+    if decreased or at == t.low then t.low = nil end
+    return
+  end
+  if #entries < TOP then
+    entries[#entries + 1] = {entity, sum}
+    t.at[entity] = #entries
+    t.low = nil
+    return
+  end
+  if t.low == nil then
+    for k = 1, #entries do
+      if t.low == nil or order(entries[k][2], entries[t.low][2]) < 0 then t.low = k end
+    end
+  end
+  if order(sum, entries[t.low][2]) > 0 then
+    t.at[entries[t.low][1]] = nil
+    entries[t.low] = {entity, sum}
+    t.at[entity] = t.low
+    t.low = nil
+  end
+end
+
 local nkeys = tonumber(ARGV[7])
 local i = 8 + nkeys
 local index = 0
@@ -609,6 +679,7 @@ while i <= #ARGV do
         end
       end
       put(field, sum)
+      top_update(name, entity, sum, string.sub(value, 1, 1) == '-' and tonumber(value) ~= 0)
     elseif op == 'x' or op == 'n' then
       local current = get(field)
       if not current then
@@ -634,6 +705,14 @@ local refusal = admit(KEYS[9], KEYS[10], ARGV[2], tonumber(ARGV[4]), tonumber(AR
 if refusal then return refusal end
 if ARGV[6] ~= '' then
   redis.call('SET', KEYS[13], '1', 'PX', ARGV[6])
+end
+put('\31writes', string.format('%d', tonumber(get('\31writes') or '0') + index))
+for name, t in pairs(tops) do
+  local parts = {t.exact and '=' or '~'}
+  for _, entry in ipairs(t.entries) do
+    parts[#parts + 1] = '\n' .. entry[1] .. '\31' .. entry[2]
+  end
+  put('\31top\31' .. name, table.concat(parts))
 end
 local pairs_out = {}
 for field in pairs(changed) do

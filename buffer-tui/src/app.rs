@@ -82,6 +82,8 @@ pub(crate) enum Action {
     SortNext,
     /// Reverse the sort order.
     SortReverse,
+    /// Rank a coalescing store's top entities by its next summed field.
+    NextTopField,
     /// Show or hide the help.
     Help,
     /// Leave the dashboard.
@@ -359,6 +361,9 @@ pub(crate) struct ViewRequest {
     pub(crate) visible: Vec<StoreName>,
     /// The selected store.
     pub(crate) selected: Option<StoreName>,
+    /// Which summed field a coalescing store's top entities rank by: the n-th, wrapping
+    /// (see `snapshot::top_field`); moved on by [`Action::NextTopField`].
+    pub(crate) top_by: usize,
 }
 
 /// The whole dashboard state.
@@ -401,6 +406,9 @@ pub(crate) struct App {
     pub(crate) selected: Option<StoreName>,
     pub(crate) focus: Option<FocusDetail>,
     pub(crate) rates: Rates,
+    /// Which summed field a coalescing store's top entities rank by (see
+    /// [`ViewRequest::top_by`]).
+    pub(crate) top_by: usize,
     /// Persister events, newest first.
     pub(crate) events: VecDeque<Event>,
     pub(crate) prepared_total: usize,
@@ -440,6 +448,7 @@ impl App {
             selected: None,
             focus: None,
             rates: Rates::default(),
+            top_by: 0,
             events: VecDeque::new(),
             prepared_total: 0,
             failing_total: 0,
@@ -460,6 +469,7 @@ impl App {
                 .map(|&i| self.rows[i].name.clone())
                 .collect(),
             selected: self.selected.clone(),
+            top_by: self.top_by,
         }
     }
 
@@ -600,6 +610,17 @@ impl App {
                     Direction::Descending => Direction::Ascending,
                 };
                 self.rebuild_view();
+            }
+            Action::NextTopField => {
+                // Shown at the next poll, which reads the list of the new field.
+                self.top_by = self.top_by.wrapping_add(1);
+                self.focus = self.focus.take().map(|mut focus| {
+                    if let Some(coalesced) = &mut focus.coalesced {
+                        coalesced.view.top.clear();
+                        coalesced.view.field = None;
+                    }
+                    focus
+                });
             }
             Action::Help => {
                 self.mode = match self.mode {
@@ -933,6 +954,7 @@ mod tests {
                     unique_keys: 1,
                     lock: None,
                     node: Some(node.into()),
+                    merged_writes: None,
                 },
             );
         }
@@ -975,6 +997,7 @@ mod tests {
                 batch: None,
             }),
             node: None,
+            merged_writes: None,
         };
         snap.details
             .insert(StoreName::new("b").unwrap(), detail(3, Some(9_000)));

@@ -167,6 +167,9 @@ pub(crate) static BINDINGS: &[Binding] = &[
     bind(NORMAL, &[Key::Code(Char('S'))], Action::SortReverse)
         .footer("S", Some("reverse"), None)
         .help("reverse the sort order"),
+    bind(NORMAL, &[Key::Code(Char('t'))], Action::NextTopField)
+        .footer("t", None, Some("top by"))
+        .help("rank a coalescing store's top entities by another sum"),
     bind(
         NORMAL,
         &[Key::Code(Char('?')), Key::Code(KeyCode::F(1))],
@@ -272,6 +275,7 @@ mod tests {
         assert_eq!(normal(char('/')), Some(Action::FilterStart));
         assert_eq!(normal(char('?')), Some(Action::Help));
         assert_eq!(normal(char(' ')), Some(Action::PageDown));
+        assert_eq!(normal(char('t')), Some(Action::NextTopField));
         assert_eq!(normal(char('x')), None);
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         for mode in [Mode::Normal, Mode::Filter, Mode::Help] {

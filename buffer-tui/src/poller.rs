@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use buffer_core::{
-    BatchId, Buffer, FailingWork, FailureRecord, LockTarget, MasterHealth, MasterStatus,
-    PreparedSummary, ServerInfo, StoreLimits, StoreName,
+    BatchId, Buffer, CoalesceRules, FailingWork, FailureRecord, LockTarget, MasterHealth,
+    MasterStatus, PreparedSummary, ServerInfo, StoreLimits, StoreName,
 };
 use futures::StreamExt;
 use futures::future::try_join_all;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{Action, ViewRequest};
 use crate::snapshot::{
-    BatchDetail, BatchSize, FocusDetail, HeldLock, LimitUse, Snapshot, StoreDetail,
+    BatchDetail, BatchSize, CoalescedFocus, FocusDetail, HeldLock, LimitUse, Snapshot, StoreDetail,
 };
 /// Keys listed for the selected store.
 const FOCUS_KEYS: usize = 200;
@@ -210,10 +210,15 @@ pub(crate) async fn poll_once(
             buffer.persisters(PERSISTER_SILENCE),
             buffer.failures(),
             buffer.all_limits(),
+            buffer.all_coalesce_rules(),
         )
     };
     let ((masters, server), indexes) = futures::join!(masters_and_server, indexes);
-    let (stores, prepared, persisters, failures, limits) = indexes?;
+    let (stores, prepared, persisters, failures, limits, coalescing) = indexes?;
+    let rules_of: HashMap<&StoreName, &CoalesceRules> = coalescing
+        .iter()
+        .map(|(store, rules)| (store, rules))
+        .collect();
     let server = server?;
     let masters = masters.as_deref();
     let mut batches_of: HashMap<&StoreName, Vec<&PreparedSummary>> = HashMap::new();
@@ -241,18 +246,21 @@ pub(crate) async fn poll_once(
     {
         counted.push(selected.clone());
     }
-    let (locks, key_counts, focus) = futures::try_join!(
+    // Merged writes of the visible coalescing stores, in one HGET pipeline.
+    let merging: Vec<StoreName> = request
+        .visible
+        .iter()
+        .filter(|store| rules_of.contains_key(store))
+        .cloned()
+        .collect();
+    let (locks, key_counts, merged, focus) = futures::try_join!(
         buffer.lock_infos(&targets),
         buffer.store_key_counts(&counted),
-        focus_detail(
-            buffer,
-            request.selected.as_ref(),
-            &batches_of,
-            &failures,
-            &limits
-        )
+        buffer.coalesced_writes(&merging),
+        focus_detail(buffer, request, &batches_of, &failures, &limits, &rules_of,)
     )?;
     let key_count_of: HashMap<&StoreName, u64> = counted.iter().zip(key_counts).collect();
+    let merged_of: HashMap<&StoreName, u64> = merging.iter().zip(merged).collect();
     // The node holding each shown store, on a cluster: read from the slot map the masters'
     // listing just refreshed, so it costs no round trip. A slot no master serves (the map
     // being rebuilt) leaves the node unknown rather than failing the poll.
@@ -290,6 +298,7 @@ pub(crate) async fn poll_once(
                 unique_keys: key_count_of.get(store).copied().unwrap_or(0),
                 lock: held.remove(store),
                 node: node_of(store).await,
+                merged_writes: merged_of.get(store).copied(),
             },
         );
     }
@@ -307,13 +316,26 @@ pub(crate) async fn poll_once(
 
 async fn focus_detail(
     buffer: &Buffer,
-    store: Option<&StoreName>,
+    request: &ViewRequest,
     batches_of: &HashMap<&StoreName, Vec<&PreparedSummary>>,
     failures: &[FailingWork],
     limits: &[(StoreName, StoreLimits)],
+    rules_of: &HashMap<&StoreName, &CoalesceRules>,
 ) -> Result<Option<FocusDetail>, buffer_core::Error> {
-    let Some(store) = store else {
+    let Some(store) = request.selected.as_ref() else {
         return Ok(None);
+    };
+    // A coalescing store's merged writes and top entities: one HMGET, whatever its size.
+    let rules = rules_of.get(store).copied();
+    let coalesced = async {
+        let Some(rules) = rules else { return Ok(None) };
+        let field = crate::snapshot::top_field(rules, request.top_by);
+        let view = buffer.coalesced_view(store, field).await?;
+        Ok(Some(CoalescedFocus {
+            rules: rules.clone(),
+            view,
+            sum_fields: rules.fields_with(buffer_core::MergeRule::Sum).count(),
+        }))
     };
     let limits = limits
         .iter()
@@ -346,12 +368,13 @@ async fn focus_detail(
         .iter()
         .map(|b| LockTarget::Batch(store.clone(), b.id.clone()))
         .collect();
-    let (keys, latest, infos, locks, rate_now) = futures::try_join!(
+    let (keys, latest, infos, locks, rate_now, coalesced) = futures::try_join!(
         buffer.store_keys(store, FOCUS_KEYS),
         buffer.latest_records(store, LATEST_RECORDS),
         try_join_all(batches.iter().map(|b| buffer.batch_info(store, &b.id))),
         buffer.lock_infos(&targets),
         rate_of,
+        coalesced,
     )?;
     let batches = batches
         .iter()
@@ -379,6 +402,7 @@ async fn focus_detail(
         limits: limits.map(|limits| LimitUse { limits, rate_now }),
         // Found by `poll_once`, with the visible rows' nodes.
         node: None,
+        coalesced,
     }))
 }
 
@@ -473,6 +497,7 @@ mod tests {
         let request = ViewRequest {
             visible: visible.clone(),
             selected: Some(visible[3].clone()),
+            ..ViewRequest::default()
         };
         let started = Instant::now();
         let snapshot = poll_once(&buffer, &request, async { None }).await.unwrap();
@@ -509,6 +534,7 @@ mod tests {
         let request = ViewRequest {
             visible: visible.clone(),
             selected: Some(hidden.clone()),
+            ..ViewRequest::default()
         };
         let snapshot = poll_once(&buffer, &request, async { None }).await.unwrap();
         let focus = snapshot.focus.unwrap();
@@ -517,6 +543,64 @@ mod tests {
         assert_eq!(focus.keys, ["a", "b"]);
         assert!(!snapshot.details.contains_key(&hidden));
         guard.release().await.unwrap();
+    }
+
+    /// A coalescing store: its visible row carries its merged writes, the selected one its
+    /// rules and top entities by the summed field `top_by` picks (sorted by name, wrapping);
+    /// an append store has neither.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_coalescing_store_is_polled_with_its_writes_and_top_entities() {
+        use buffer_core::{CoalesceRules, MergeRule};
+        let redis = RedisServer::start();
+        let buffer = redis.buffer().await;
+        let rules = CoalesceRules::new("page")
+            .with("views", MergeRule::Sum)
+            .with("ms", MergeRule::Sum)
+            .with("last_seen", MergeRule::Max);
+        buffer.set_coalesce("pageviews", &rules).await.unwrap();
+        for (page, views, ms) in [("/", 1, 900), ("/docs", 5, 10), ("/", 2, 50), ("/x", 1, 1)] {
+            buffer
+                .push(
+                    "pageviews",
+                    &json!({"page": page, "views": views, "ms": ms}),
+                )
+                .await
+                .unwrap();
+        }
+        buffer.push("clicks", &json!({"page": "/"})).await.unwrap();
+        let stores: Vec<StoreName> = ["clicks", "pageviews"]
+            .map(|n| StoreName::new(n).unwrap())
+            .to_vec();
+        let mut request = ViewRequest {
+            visible: stores.clone(),
+            selected: Some(stores[1].clone()),
+            top_by: 0,
+        };
+        let snapshot = poll_once(&buffer, &request, async { None }).await.unwrap();
+        assert_eq!(snapshot.details[&stores[0]].merged_writes, None);
+        assert_eq!(snapshot.details[&stores[1]].merged_writes, Some(4));
+        let coalesced = snapshot.focus.unwrap().coalesced.unwrap();
+        assert_eq!((coalesced.rules, coalesced.sum_fields), (rules, 2));
+        let top = |view: &buffer_core::CoalescedView| -> Vec<(String, String)> {
+            view.top
+                .iter()
+                .map(|t| (t.entity.clone(), t.sum.clone()))
+                .collect()
+        };
+        assert_eq!(coalesced.view.field.as_deref(), Some("ms"));
+        assert_eq!(
+            top(&coalesced.view),
+            [("\"/\"", "950"), ("\"/docs\"", "10"), ("\"/x\"", "1")]
+                .map(|(e, s)| (e.to_owned(), s.to_owned()))
+        );
+        request.top_by = 1;
+        let snapshot = poll_once(&buffer, &request, async { None }).await.unwrap();
+        let view = snapshot.focus.unwrap().coalesced.unwrap().view;
+        assert_eq!(view.field.as_deref(), Some("views"));
+        assert_eq!(top(&view)[0], ("\"/docs\"".to_owned(), "5".to_owned()));
+        request.selected = Some(stores[0].clone());
+        let snapshot = poll_once(&buffer, &request, async { None }).await.unwrap();
+        assert_eq!(snapshot.focus.unwrap().coalesced, None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

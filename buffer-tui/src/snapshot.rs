@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use buffer_core::{
-    BatchId, FailingWork, FailureRecord, LockInfo, PersisterInfo, PreparedSummary, ServerInfo,
-    StoreLimits, StoreName, StoreSummary,
+    BatchId, CoalesceRules, CoalescedView, FailingWork, FailureRecord, LockInfo, PersisterInfo,
+    PreparedSummary, ServerInfo, StoreLimits, StoreName, StoreSummary,
 };
 
 /// One poll: the server, every store and prepared batch from the indexes, and the details of
@@ -41,6 +41,9 @@ pub(crate) struct StoreDetail {
     pub(crate) lock: Option<HeldLock>,
     /// The cluster master holding the store (`host:port`); `None` on one server.
     pub(crate) node: Option<String>,
+    /// For a coalescing store, the writes merged into its live rows (its records are its
+    /// entities); `None` for an append store.
+    pub(crate) merged_writes: Option<u64>,
 }
 
 /// A lock seen by a poll.
@@ -89,6 +92,27 @@ pub(crate) struct FocusDetail {
     pub(crate) limits: Option<LimitUse>,
     /// The cluster master holding the store (`host:port`); `None` on one server.
     pub(crate) node: Option<String>,
+    /// Its rules and live rows at a glance, when it is a coalescing store.
+    pub(crate) coalesced: Option<CoalescedFocus>,
+}
+
+/// A coalescing store as its screen shows it: its rules, the writes merged into its live
+/// rows, and its top entities by one summed field (the one the user cycled to).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CoalescedFocus {
+    pub(crate) rules: CoalesceRules,
+    /// The merged writes and the top entities by `view.field` (`None` when no field is
+    /// summed).
+    pub(crate) view: CoalescedView,
+    /// How many fields are summed: the `t` key cycles through them.
+    pub(crate) sum_fields: usize,
+}
+
+/// The summed field the top entities rank by: the `cycle`-th of the rules' summed fields
+/// (sorted by name), wrapping around; `None` when no field is summed.
+pub(crate) fn top_field(rules: &CoalesceRules, cycle: usize) -> Option<&str> {
+    let fields: Vec<&str> = rules.fields_with(buffer_core::MergeRule::Sum).collect();
+    fields.get(cycle % fields.len().max(1)).copied()
 }
 
 /// A store's limits and how much of them it uses. The live records and bytes come from the

@@ -706,3 +706,101 @@ async fn with_a_master_frozen_q_quits_within_two_seconds() {
     assert!(took < Duration::from_secs(2), "q took {took:?}");
     assert_terminal_restored(&tmux, &screen);
 }
+
+/// A coalescing store as a person sees it: entities beside merged writes in the table; on its
+/// screen its rules and its top entities, which follow new merges live and which `t` ranks
+/// by the next summed field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalescing_store_shows_its_top_entities_live_and_t_changes_the_field() {
+    use buffer_core::{CoalesceRules, MergeRule};
+    let redis = RedisServer::start();
+    let buffer = redis.buffer().await;
+    let rules = CoalesceRules::new("page")
+        .with("views", MergeRule::Sum)
+        .with("ms", MergeRule::Sum)
+        .with("last_seen", MergeRule::Max);
+    buffer.set_coalesce("pageviews", &rules).await.unwrap();
+    for (page, views, ms) in [("/", 1, 900), ("/docs", 5, 10), ("/", 2, 50), ("/x", 1, 1)] {
+        buffer
+            .push(
+                "pageviews",
+                &json!({"page": page, "views": views, "ms": ms, "last_seen": 1}),
+            )
+            .await
+            .unwrap();
+    }
+    let tmux = dashboard_in_tmux(&redis.url(), 120, 40);
+    let screen = tmux.wait_for(
+        "the store with 3 entities from 4 writes",
+        Duration::from_secs(20),
+        |s| s.contains("3 (4)") && s.contains("top by ms"),
+    );
+    assert_eq!(table_count(&screen, "pageviews").as_deref(), Some("3"));
+    tmux.send(&["Enter"]);
+    let screen = tmux.wait_for("the store screen", Duration::from_secs(10), |s| {
+        s.contains("Top 3 entities by ms")
+    });
+    for text in [
+        "3 entities",
+        "4 writes merged",
+        "coalescing",
+        "sum   ms,views",
+        "max   last_seen",
+        "t top by",
+    ] {
+        assert!(screen.contains(text), "{text:?} in\n{screen}");
+    }
+    let rank = |screen: &str, entity: &str| -> Option<(String, String)> {
+        screen.lines().find_map(|line| {
+            let words: Vec<&str> = line
+                .split(|c: char| c.is_whitespace() || c == '│')
+                .filter(|w| !w.is_empty())
+                .collect();
+            let at = words.iter().position(|w| *w == entity)?;
+            Some((
+                words.get(at.checked_sub(1)?)?.to_string(),
+                words.get(at + 1)?.to_string(),
+            ))
+        })
+    };
+    assert_eq!(
+        rank(&screen, "/"),
+        Some(("1".into(), "950".into())),
+        "{screen}"
+    );
+    // A new page overtakes the leader: the list follows at the next refresh.
+    buffer
+        .push(
+            "pageviews",
+            &json!({"page": "/new", "views": 1, "ms": 5000}),
+        )
+        .await
+        .unwrap();
+    let screen = tmux.wait_for("the new leader", Duration::from_secs(10), |s| {
+        s.contains("Top 4 entities by ms") && s.contains("5 writes merged")
+    });
+    assert_eq!(
+        rank(&screen, "/new"),
+        Some(("1".into(), "5000".into())),
+        "{screen}"
+    );
+    assert_eq!(
+        rank(&screen, "/"),
+        Some(("2".into(), "950".into())),
+        "{screen}"
+    );
+    tmux.send(&["t"]);
+    let screen = tmux.wait_for("the top by views", Duration::from_secs(10), |s| {
+        s.contains("Top 4 entities by views")
+    });
+    assert_eq!(
+        rank(&screen, "/docs"),
+        Some(("1".into(), "5".into())),
+        "{screen}"
+    );
+    tmux.send(&["q"]);
+    let screen = tmux.wait_for("the dashboard to exit", Duration::from_secs(10), |s| {
+        s.contains(REPORT_END)
+    });
+    assert!(screen.contains("EXIT=0"), "{screen}");
+}

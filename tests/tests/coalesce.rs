@@ -417,13 +417,25 @@ async fn prepare_of_a_million_entities_is_a_constant_number_of_fast_commands() {
     let texts: Vec<String> = (0..10).map(|u| format!(r#"{{"u":{u},"n":1}}"#)).collect();
     buffer.push_json("small", &texts).await.unwrap();
     const ENTITIES: u64 = 1_000_000;
-    const CHUNK: u64 = 20_000;
+    // Pushes of 10 000 records: each well within the response timeout on a loaded machine.
+    const CHUNK: u64 = 10_000;
     for chunk in 0..ENTITIES / CHUNK {
         let texts: Vec<String> = (chunk * CHUNK..(chunk + 1) * CHUNK)
             .map(|u| format!(r#"{{"u":{u},"n":1}}"#))
             .collect();
         buffer.push_json("large", &texts).await.unwrap();
     }
+    // Two entities of the large store pass the others; the top list follows.
+    buffer
+        .push_json(
+            "large",
+            &[
+                r#"{"u":500000,"n":5}"#.to_owned(),
+                r#"{"u":999999,"n":3}"#.to_owned(),
+            ],
+        )
+        .await
+        .unwrap();
     // A first prepare loads the scripts (NOSCRIPT, SCRIPT LOAD): not counted.
     buffer.set_coalesce("warm", &rules).await.unwrap();
     buffer.push_json("warm", &texts).await.unwrap();
@@ -436,6 +448,35 @@ async fn prepare_of_a_million_entities_is_a_constant_number_of_fast_commands() {
         .arg(20_000)
         .query(&mut conn)
         .unwrap();
+    // The dashboard's view of the live rows (merged writes, top 10 by a sum) is as cheap
+    // with 1 M entities as with 10: the same commands, none slow.
+    let mut views = Vec::new();
+    for store in ["small", "large"] {
+        let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut conn).unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut conn)
+            .unwrap();
+        let view = buffer.coalesced_view(store, Some("n")).await.unwrap();
+        let mut seen = command_counts(&server);
+        seen.remove("info");
+        let slow: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").query(&mut conn).unwrap();
+        assert!(slow.is_empty(), "{store}: slow commands {slow:?}");
+        views.push((view, seen));
+    }
+    assert_eq!(views[0].1, views[1].1, "commands of the view: 10 vs 1 M");
+    assert_eq!(views[0].0.writes, 10);
+    assert_eq!(views[1].0.writes, ENTITIES + 2);
+    let top: Vec<(&str, &str)> = views[1]
+        .0
+        .top
+        .iter()
+        .map(|t| (t.entity.as_str(), t.sum.as_str()))
+        .collect();
+    assert_eq!(top.len(), 10, "{top:?}");
+    assert_eq!(&top[..2], [("500000", "6"), ("999999", "4")]);
+    assert!(top[2..].iter().all(|(_, sum)| *sum == "1"), "{top:?}");
+    assert!(views[1].0.top_exact);
     let mut counts = Vec::new();
     for store in ["small", "large"] {
         let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut conn).unwrap();
@@ -457,6 +498,9 @@ async fn prepare_of_a_million_entities_is_a_constant_number_of_fast_commands() {
     }
     assert_eq!(counts[0].0, 10);
     assert_eq!(counts[1].0, ENTITIES);
+    // The view counts the live rows: the prepared ones are gone from it.
+    let after = buffer.coalesced_view("large", Some("n")).await.unwrap();
+    assert_eq!((after.writes, after.top.len()), (0, 0));
     assert_eq!(
         counts[0].1, counts[1].1,
         "commands of prepare: 10 vs 1 M entities"
@@ -704,4 +748,94 @@ fn any_interleaving_of_merges_and_prepares_splits_writes_exactly_across_batches(
             })
         })
         .unwrap();
+}
+
+/// The top entities the merge script keeps are exactly the largest sums however the merges
+/// arrive (single pushes, `push_many`, pipelines, sums beyond 2^53), the merged writes are
+/// counted exactly, and a sum going down in a full list marks the list as no longer exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_top_entities_are_the_largest_sums_and_the_writes_are_counted() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    buffer.set_coalesce("pages", &page_views()).await.unwrap();
+    let view = buffer.coalesced_view("pages", Some("views")).await.unwrap();
+    assert_eq!((view.writes, view.top.len(), view.top_exact), (0, 0, true));
+    let mut sums: std::collections::BTreeMap<u64, i128> = Default::default();
+    let mut writes = 0u64;
+    let mut state = 12345u64;
+    for round in 0..60 {
+        let records: Vec<_> = (0..5)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let page = (state >> 33) % 40;
+                let views: i64 = if page == 7 && round == 30 {
+                    1 << 60
+                } else {
+                    ((state >> 45) % 50) as i64
+                };
+                *sums.entry(page).or_default() += i128::from(views);
+                json!({"page": page, "views": views, "last_seen": round})
+            })
+            .collect();
+        writes += records.len() as u64;
+        match round % 3 {
+            0 => drop(buffer.push_many("pages", &records).await.unwrap()),
+            1 => {
+                for record in &records {
+                    buffer.push("pages", record).await.unwrap();
+                }
+            }
+            _ => {
+                let mut pipeline = buffer.pipeline();
+                let handle = pipeline.push_many("pages", &records);
+                pipeline.execute().await.unwrap();
+                handle.receipt().unwrap();
+            }
+        }
+        let view = buffer.coalesced_view("pages", Some("views")).await.unwrap();
+        let mut expected: Vec<(i128, u64)> = sums.iter().map(|(p, s)| (*s, *p)).collect();
+        expected.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.to_string().cmp(&b.1.to_string())));
+        let expected_sums: Vec<String> = expected
+            .iter()
+            .take(10)
+            .map(|(s, _)| s.to_string())
+            .collect();
+        let seen_sums: Vec<String> = view.top.iter().map(|t| t.sum.clone()).collect();
+        assert_eq!(seen_sums, expected_sums, "round {round}");
+        for entity in &view.top {
+            let page: u64 = entity.entity.parse().unwrap();
+            assert_eq!(entity.sum, sums[&page].to_string(), "round {round}");
+        }
+        assert!(view.top_exact);
+        assert_eq!(view.writes, writes);
+    }
+    // A field that is not summed has no list; the key order of the list is the rows' sums.
+    let other = buffer
+        .coalesced_view("pages", Some("last_seen"))
+        .await
+        .unwrap();
+    assert!(other.top.is_empty());
+    // A sum in the full list going down: another entity may now be larger, and the view says
+    // the list is no longer exact.
+    let leader = buffer
+        .coalesced_view("pages", Some("views"))
+        .await
+        .unwrap()
+        .top[0]
+        .clone();
+    let page: u64 = leader.entity.parse().unwrap();
+    buffer
+        .push("pages", &json!({"page": page, "views": -(1i64 << 61)}))
+        .await
+        .unwrap();
+    let view = buffer.coalesced_view("pages", Some("views")).await.unwrap();
+    assert!(!view.top_exact);
+    assert_eq!(view.writes, writes + 1);
+    // The batch still holds one row per entity, and the counts are not rows.
+    let rows = drain_rows(&buffer, "pages", "page").await;
+    assert_eq!(rows.len(), sums.len());
+    let view = buffer.coalesced_view("pages", Some("views")).await.unwrap();
+    assert_eq!((view.writes, view.top.len(), view.top_exact), (0, 0, true));
 }

@@ -74,6 +74,35 @@ pub(super) fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
             theme::DIM,
         ));
     }
+    if let Some(coalesced) = &focus.coalesced {
+        // A coalescing store's records are its rows: its rules and top entities say more.
+        let view = &coalesced.view;
+        lines.push(Line::from(vec![
+            Span::styled("coalescing ", theme::STRONG),
+            Span::raw(fit(
+                &format!("{} · {} writes merged", coalesced.rules, count(view.writes)),
+                width.saturating_sub(11),
+            )),
+        ]));
+        if let Some(field) = &view.field {
+            let head = format!("top by {}", clean(field));
+            let hint = "  (Enter: all, t: next summed field)";
+            let mut spans = vec![Span::styled(fit(&head, width), theme::STRONG)];
+            if head.chars().count() + hint.len() <= width {
+                spans.push(Span::styled(hint, theme::DIM));
+            }
+            lines.push(Line::from(spans));
+            let room = (inner.height as usize).saturating_sub(lines.len());
+            for entity in view.top.iter().take(room) {
+                let name = super::store_screen::entity_text(&entity.entity);
+                let sum_width = entity.sum.len();
+                let name = fit(&name, width.saturating_sub(sum_width + 3));
+                lines.push(Line::from(format!("  {name} {}", entity.sum)));
+            }
+        }
+        Paragraph::new(lines).render(inner, buf);
+        return;
+    }
     lines.push(Line::styled("latest records", theme::STRONG));
     let room = (inner.height as usize).saturating_sub(lines.len());
     if focus.latest.is_empty() {

@@ -10,6 +10,7 @@ use super::store_panel::limit_parts;
 use super::theme;
 use crate::app::App;
 use crate::format::{age_ms, bytes, clean, count, fit};
+use crate::snapshot::CoalescedFocus;
 
 /// The selected store in full (after Enter).
 pub(super) fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
@@ -28,8 +29,24 @@ pub(super) fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
 
     // Left: the live counts and the keys.
     let mut lines: Vec<Line<'static>> = Vec::new();
+    let coalesced = focus.coalesced.as_ref();
     if let Some(live) = row.live {
-        lines.push(Line::from(format!("{} records", count(live.records))));
+        match coalesced {
+            // A coalescing store's records are its entities (one row each), each the merge
+            // of many writes.
+            Some(coalesced) => {
+                lines.push(Line::from(format!("{} entities", count(live.records))));
+                let writes = count(coalesced.view.writes);
+                let merged = format!("{writes} writes merged");
+                // Narrow, the word "merged" goes: the heading below says coalescing.
+                lines.push(Line::from(if merged.len() + 2 <= usize::from(keys_width) {
+                    merged
+                } else {
+                    format!("{writes} writes")
+                }));
+            }
+            None => lines.push(Line::from(format!("{} records", count(live.records)))),
+        }
         lines.push(Line::from(bytes(live.bytes)));
         lines.push(Line::from(format!("age {}", age_ms(app.age_ms(&live)))));
         if let Some(flush) = app.flush_in_ms(&live) {
@@ -48,10 +65,15 @@ pub(super) fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
     } else {
         lines.push(Line::styled("nothing live", theme::DIM));
     }
+    let kw = usize::from(keys_width.saturating_sub(2));
+    if let Some(coalesced) = coalesced {
+        lines.push(Line::from(""));
+        lines.push(Line::styled("coalescing", theme::STRONG));
+        lines.extend(rule_lines(&coalesced.rules, kw));
+    }
     let key_count = count(focus.key_count);
     lines.push(Line::from(""));
     lines.push(Line::styled(format!("keys ({key_count})"), theme::STRONG));
-    let kw = usize::from(keys_width.saturating_sub(2));
     lines.extend(focus.keys.iter().map(|k| Line::from(fit(k, kw))));
     Paragraph::new(lines).render(
         Rect {
@@ -192,6 +214,10 @@ pub(super) fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
     Paragraph::new(failure_lines).render(failures_area, buf);
     Paragraph::new(limit_lines).render(limits_area, buf);
 
+    if let Some(coalesced) = coalesced {
+        render_top_entities(coalesced, records_area, buf);
+        return;
+    }
     let mut text = Text::default();
     for record in focus.latest.iter().rev() {
         let pretty = serde_json::from_str::<serde_json::Value>(record)
@@ -240,4 +266,116 @@ fn limit_lines(app: &App, focus: &crate::snapshot::FocusDetail) -> Vec<Line<'sta
 
 pub(super) fn is_right_aligned(title: &str) -> bool {
     matches!(title, "Records" | "Bytes" | "Keys" | "Age")
+}
+
+/// A coalescing store's rules, one line each: `key  page`, `sum  views,hits`.
+fn rule_lines(rules: &buffer_core::CoalesceRules, width: usize) -> Vec<Line<'static>> {
+    let mut lines = vec![Line::from(fit(&format!("key   {}", rules.key), width))];
+    for rule in buffer_core::MergeRule::ALL {
+        let fields: Vec<&str> = rules.fields_with(rule).collect();
+        if !fields.is_empty() {
+            let text = format!("{:<5} {}", rule.name(), fields.join(","));
+            lines.push(Line::from(fit(&text, width)));
+        }
+    }
+    if rules.fields.is_empty() {
+        lines.push(Line::styled(fit("every field: last", width), theme::DIM));
+    }
+    lines
+}
+
+/// An entity's key as a person reads it: a string without its quotes, an integer as is.
+pub(super) fn entity_text(entity: &str) -> String {
+    match serde_json::from_str::<String>(entity) {
+        Ok(text) => clean(&text).into_owned(),
+        Err(_) => clean(entity).into_owned(),
+    }
+}
+
+/// The live top entities by the chosen summed field, largest first, in place of the latest
+/// records (a coalescing store's records are its rows).
+fn render_top_entities(coalesced: &CoalescedFocus, area: Rect, buf: &mut Buffer) {
+    let view = &coalesced.view;
+    let mut title = vec![Span::styled(
+        match &view.field {
+            Some(field) => format!(" Top {} entities by {} ", view.top.len(), fit(field, 30)),
+            None => " Top entities ".to_owned(),
+        },
+        theme::STRONG,
+    )];
+    if coalesced.sum_fields > 1 {
+        title.push(Span::styled(
+            format!("· t: next of {} summed fields ", coalesced.sum_fields),
+            theme::DIM,
+        ));
+    }
+    if !view.top_exact {
+        title.push(Span::styled(
+            "· approximate: a sum went down ",
+            theme::ATTENTION,
+        ));
+    }
+    let block = Block::new().borders(Borders::TOP).title(Line::from(title));
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let empty = |text: &str, buf: &mut Buffer| {
+        Paragraph::new(Line::styled(text.to_owned(), theme::DIM)).render(inner, buf);
+    };
+    if coalesced.sum_fields == 0 {
+        return empty(
+            "no summed field: entities are ranked by a field given --sum",
+            buf,
+        );
+    }
+    if view.field.is_none() {
+        return empty("reading…", buf);
+    }
+    if view.top.is_empty() {
+        return empty("none live", buf);
+    }
+    let sum_width = view
+        .top
+        .iter()
+        .map(|t| t.sum.len())
+        .chain(view.field.as_ref().map(|field| field.chars().count()))
+        .max()
+        .unwrap_or(0)
+        .max(3) as u16;
+    // The sums stand next to the names, not across the screen from them.
+    let sum_width = sum_width.min(inner.width / 2);
+    let entity_width = view
+        .top
+        .iter()
+        .map(|t| crate::format::width(&entity_text(&t.entity)))
+        .max()
+        .unwrap_or(0)
+        .max(6) as u16;
+    let entity_width = entity_width.min(inner.width.saturating_sub(sum_width + 6));
+    let rows = view.top.iter().enumerate().map(|(rank, entity)| {
+        Row::new(vec![
+            right(format!("{}", rank + 1)),
+            Cell::from(fit(&entity_text(&entity.entity), usize::from(entity_width))),
+            right(entity.sum.clone()),
+        ])
+    });
+    let header = Row::new(vec![
+        right("#".into()),
+        Cell::from("Entity"),
+        right(view.field.clone().unwrap_or_default()),
+    ])
+    .style(theme::STRONG);
+    Widget::render(
+        Table::new(
+            rows,
+            [
+                Constraint::Length(3),
+                Constraint::Length(entity_width),
+                Constraint::Length(sum_width),
+                Constraint::Min(0),
+            ],
+        )
+        .header(header),
+        inner,
+        buf,
+    );
 }

@@ -21,6 +21,14 @@ pub(super) fn columns_for(app: &App, width: u16) -> Vec<(Column, u16)> {
         .filter(|c| **c != Column::Node || app.masters.is_some())
         .map(|c| (*c, column_width(*c)))
         .collect();
+    // A coalescing store's records cell also holds its merged writes: `37 (1.5k)`.
+    if app.visible_rows().any(|row| merged_writes(row).is_some()) {
+        for (column, w) in &mut columns {
+            if *column == Column::Records {
+                *w = 13;
+            }
+        }
+    }
     // Highlight symbol (2) and spacing between columns (1 each).
     let needed = |cols: &[(Column, u16)]| -> u16 {
         2 + cols.iter().map(|(_, w)| *w).sum::<u16>() + cols.len() as u16 - 1
@@ -206,7 +214,11 @@ pub(super) fn cell(app: &App, row: &StoreRow, column: Column, width: usize) -> C
     let unknown = || Cell::from(Line::from("·").alignment(Alignment::Right)).style(theme::DIM);
     match column {
         Column::Name => Cell::from(fit(row.name.as_str(), width)),
-        Column::Records => right(row.live.map_or("-".into(), |l| count(l.records))),
+        Column::Records => right(match (row.live, merged_writes(row)) {
+            (Some(live), Some(writes)) => format!("{} ({})", count(live.records), count(writes)),
+            (Some(live), None) => count(live.records),
+            (None, _) => "-".into(),
+        }),
         Column::Bytes => right(row.live.map_or("-".into(), |l| bytes(l.bytes))),
         Column::Keys => match row.detail.as_ref() {
             Some(detail) => right(count(detail.unique_keys)),
@@ -259,4 +271,10 @@ pub(super) fn cell(app: &App, row: &StoreRow, column: Column, width: usize) -> C
             }
         }
     }
+}
+
+/// The writes merged into a coalescing store's live rows, when the row is one (known for
+/// the rows on screen).
+fn merged_writes(row: &StoreRow) -> Option<u64> {
+    row.detail.as_ref().and_then(|detail| detail.merged_writes)
 }

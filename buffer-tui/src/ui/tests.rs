@@ -11,7 +11,7 @@ use ratatui::backend::TestBackend;
 
 use crate::app::{Action, App, AppConfig};
 use crate::snapshot::{
-    BatchDetail, BatchSize, FocusDetail, HeldLock, LimitUse, Snapshot, StoreDetail,
+    BatchDetail, BatchSize, CoalescedFocus, FocusDetail, HeldLock, LimitUse, Snapshot, StoreDetail,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -128,6 +128,7 @@ fn populated(width: u16, height: u16) -> App {
         unique_keys: keys,
         lock,
         node: None,
+        merged_writes: None,
     };
     for (store, keys) in [("audit log", 5), ("metrics/cpu", 4), ("signups", 4)] {
         snapshot.details.insert(name(store), detail(keys, None));
@@ -138,6 +139,7 @@ fn populated(width: u16, height: u16) -> App {
             unique_keys: 1000,
             lock: None,
             node: None,
+            merged_writes: None,
         },
     );
     snapshot.details.insert(
@@ -204,6 +206,7 @@ fn populated(width: u16, height: u16) -> App {
         failure: None,
         limits: None,
         node: None,
+        coalesced: None,
     });
     app.update(Action::Snapshot(Box::new(snapshot)));
     app.update(Action::EventsLive);
@@ -685,5 +688,83 @@ fn the_store_screen_shows_the_stores_limits_and_their_use() {
         app.update(Action::Enter);
         let screen = draw(&mut app, width, height);
         assert!(screen.contains("Limits  none set "), "{screen}");
+    }
+}
+
+/// `populated`, with "orders" a coalescing store (page views: two summed fields, the top
+/// list by `ms`, one sum beyond 2^53): 1 520 entities merged from 41 870 writes.
+fn coalescing(width: u16, height: u16) -> App {
+    use buffer_core::{CoalesceRules, CoalescedView, MergeRule, TopEntity};
+    let mut app = populated(width, height);
+    for row in &mut app.rows {
+        if row.name.as_str() == "orders" {
+            row.detail.as_mut().unwrap().merged_writes = Some(41_870);
+        }
+    }
+    let rules = CoalesceRules::new("page")
+        .with("views", MergeRule::Sum)
+        .with("ms", MergeRule::Sum)
+        .with("last_seen", MergeRule::Max)
+        .with("referrers", MergeRule::Union);
+    let mut view = CoalescedView::default();
+    view.writes = 41_870;
+    view.field = Some("ms".into());
+    view.top = vec![
+        TopEntity::new(r#""/pricing""#, "9007199254740993"),
+        TopEntity::new(r#""/docs""#, "88120"),
+        TopEntity::new("404", "310"),
+    ];
+    view.top_exact = true;
+    app.focus.as_mut().unwrap().coalesced = Some(CoalescedFocus {
+        rules,
+        view,
+        sum_fields: 2,
+    });
+    app
+}
+
+/// A coalescing store: its entities beside its merged writes in the table, its rules and top
+/// entities in the panel and on its screen (in place of the latest records, which a
+/// coalescing store does not have), and `t` in the store screen's footer.
+#[test]
+fn a_coalescing_store_shows_its_rules_writes_and_top_entities() {
+    check("coalescing", coalescing);
+    check("store_coalescing", |w, h| {
+        let mut app = coalescing(w, h);
+        app.update(Action::Enter);
+        app
+    });
+    for (width, height) in SIZES {
+        let mut app = coalescing(width, height);
+        let screen = draw(&mut app, width, height);
+        assert!(screen.contains("1520 (41.9k)"), "{screen}");
+        assert!(
+            screen.contains("coalescing key=page sum=ms,views"),
+            "{screen}"
+        );
+        assert!(screen.contains("top by ms"), "{screen}");
+        if height >= 40 {
+            assert!(screen.contains("  /pricing 9007199254740993"), "{screen}");
+        }
+        app.update(Action::Enter);
+        let screen = draw(&mut app, width, height);
+        for text in [
+            "1520 entities",
+            "41.9k writes",
+            "sum   ms,views",
+            "union referrers",
+            "Top 3 entities by ms",
+            "/pricing",
+            "9007199254740993",
+            "t top by",
+        ] {
+            assert!(screen.contains(text), "{text:?} in\n{screen}");
+        }
+        assert!(!screen.contains("Latest"), "{screen}");
+        // `t` asks for the next summed field: the list is read again at the next poll.
+        app.update(Action::NextTopField);
+        assert_eq!(app.view_request().top_by, 1);
+        let screen = draw(&mut app, width, height);
+        assert!(screen.contains("reading…"), "{screen}");
     }
 }
