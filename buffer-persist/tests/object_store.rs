@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use buffer_tests::http_proxy::{HttpFault, HttpFaultProxy};
 use buffer_tests::s3::S3Server;
 use buffer_tests::{Ledger, PeakRun, RedisServer, eventually, produce, wait_with_peak_rss};
 use rand::rngs::StdRng;
@@ -1186,4 +1187,181 @@ async fn a_bucket_that_does_not_exist_is_named_as_missing_and_its_error_printed_
         "the S3 error at most once: {stderr}"
     );
     assert_no_segment_repeats(&stderr);
+}
+
+/// A drain through the fault proxy: the same command, with the S3 endpoint pointed at it.
+fn drain_through(
+    redis: &RedisServer,
+    s3: &S3Server,
+    proxy: &HttpFaultProxy,
+    extra: &[&str],
+) -> (std::process::ExitStatus, String) {
+    let (mut command, _work) = persist_command(redis, s3, "drain");
+    command
+        .env("AWS_ENDPOINT_URL", proxy.endpoint())
+        .args(["--lock-ttl", "1s", "--wait", "20s"])
+        .args(extra);
+    run(command)
+}
+
+/// What a real store does under load or in a crash, on every upload (the marker, a batch's
+/// single object, a batch's part objects): throttling and
+/// server errors, a node that dies with half a body received, and one that commits and dies
+/// before it answers. The client retries; where a retry finds its own object already there,
+/// the persister compares it and takes it as written. Every record lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_error_replies_cut_uploads_and_lost_answers_land_every_record_once() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let proxy = HttpFaultProxy::start(s3.port());
+    let buffer = redis.buffer().await;
+    // One store of small records (one PUT each batch) and one of padded ones, split into
+    // parts of 2 KiB (a multipart upload).
+    let mut ledger = Ledger::default();
+    let small: Vec<Value> = (0..200).map(|id| json!({"id": id})).collect();
+    buffer.push_many("single", &small).await.unwrap();
+    let padded: Vec<Value> = padded_records(7, 200)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut record)| {
+            record["id"] = json!(1000 + i as u64);
+            record
+        })
+        .collect();
+    buffer.push_many("parts", &padded).await.unwrap();
+    ledger.acknowledged.extend(0..200);
+    ledger.acknowledged.extend(1000..1200);
+    // Faults on the marker's PUT, on the single object's and on the parts' PUTs.
+    let under = |store: &str| format!("PUT /{}/{PREFIX}/{store}", s3.bucket());
+    let marker = format!("PUT /{}/{PREFIX}/.buffer-persist", s3.bucket());
+    for (matching, fault) in [
+        (
+            marker.clone(),
+            HttpFault::Reply {
+                status: 503,
+                code: "SlowDown",
+            },
+        ),
+        (marker, HttpFault::DropResponse),
+        (
+            under("single/"),
+            HttpFault::Reply {
+                status: 503,
+                code: "SlowDown",
+            },
+        ),
+        (under("single/"), HttpFault::CutRequestBody),
+        (under("single/"), HttpFault::DropResponse),
+        (
+            under("parts/"),
+            HttpFault::Reply {
+                status: 500,
+                code: "InternalError",
+            },
+        ),
+        (under("parts/"), HttpFault::DropResponse),
+        (under("parts/"), HttpFault::CutRequestBody),
+        (under("parts/"), HttpFault::DropResponse),
+    ] {
+        proxy.inject(&matching, fault);
+    }
+    let mut attempts = Vec::new();
+    loop {
+        let (status, stderr) = drain_through(&redis, &s3, &proxy, &["--part-size", "2KiB"]);
+        attempts.push((status, stderr));
+        let left = !buffer.stores().await.unwrap().is_empty()
+            || !buffer.get_prepared().await.unwrap().is_empty();
+        if !left || attempts.len() == 4 {
+            break;
+        }
+    }
+    println!(
+        "faults applied: {:#?}\n{} requests, {} drains: {:?}",
+        proxy.applied(),
+        proxy.requests(),
+        attempts.len(),
+        attempts
+            .iter()
+            .map(|(status, _)| status.code())
+            .collect::<Vec<_>>()
+    );
+    // Every planned fault met its request.
+    assert_eq!(
+        proxy.pending(),
+        0,
+        "faults left unapplied: {:?}",
+        proxy.applied()
+    );
+    let (last_status, last_stderr) = attempts.last().unwrap();
+    assert!(
+        last_status.success(),
+        "the last drain failed: {last_stderr}"
+    );
+    let objects = batch_objects(&s3, "jsonl").await;
+    assert!(
+        objects.keys().any(|k| k.contains(".part-")),
+        "no multipart upload: {:?}",
+        objects.keys()
+    );
+    let persisted = check_exactly_once(&objects, &ledger, &redis);
+    assert_eq!(persisted, 400);
+}
+
+/// Replies held 1.5 s each, longer than the 1 s lock TTL: the heartbeat keeps the batch,
+/// a second drain started meanwhile writes nothing twice, and the batch lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_s3_replies_keep_the_lock_and_land_once() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let proxy = HttpFaultProxy::start(s3.port());
+    let buffer = redis.buffer().await;
+    let records: Vec<Value> = (0..300).map(|id| json!({"id": id})).collect();
+    buffer.push_many("slow", &records).await.unwrap();
+    proxy.set_reply_delay(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let slow = std::thread::spawn({
+        let (mut command, work) = persist_command(&redis, &s3, "drain");
+        command.env("AWS_ENDPOINT_URL", proxy.endpoint()).args([
+            "--lock-ttl",
+            "1s",
+            "--wait",
+            "20s",
+        ]);
+        move || {
+            let result = run(command);
+            drop(work);
+            result
+        }
+    });
+    // Once the slow drain holds the batch, a second one (straight to the server) finds it
+    // locked and leaves it.
+    let held = eventually(Duration::from_secs(30), || async {
+        let prepared = buffer.get_prepared().await.unwrap();
+        match prepared.first() {
+            Some(batch) => buffer
+                .lock_info(&batch.store, Some(&batch.id))
+                .await
+                .unwrap()
+                .is_some(),
+            None => false,
+        }
+    })
+    .await;
+    assert!(held, "the slow drain never held the batch");
+    let (mut rival, _work) = persist_command(&redis, &s3, "drain");
+    rival.args(["--lock-ttl", "1s"]);
+    let (rival_status, rival_stderr) = run(rival);
+    assert!(rival_status.success(), "{rival_stderr}");
+    let (status, stderr) = slow.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    let elapsed = started.elapsed();
+    // The marker's PUT and the batch's PUT each waited 1.5 s at least.
+    assert!(elapsed >= Duration::from_secs(3), "{elapsed:?}");
+    assert!(proxy.requests() >= 2, "{} requests", proxy.requests());
+    let objects = batch_objects(&s3, "jsonl").await;
+    let ledger = Ledger {
+        acknowledged: (0..300).collect(),
+        unknown: BTreeSet::new(),
+    };
+    assert_eq!(check_exactly_once(&objects, &ledger, &redis), 300);
 }

@@ -15,6 +15,7 @@ use buffer_core::local_server::LocalRedis;
 use buffer_core::{Buffer, BufferConfig};
 
 pub mod cluster;
+pub mod http_proxy;
 pub mod postgres;
 pub mod python;
 pub mod s3;

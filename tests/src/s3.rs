@@ -112,6 +112,11 @@ impl S3Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The port moto listens on (for a proxy in front of it).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The bucket.
     pub fn bucket(&self) -> &str {
         &self.bucket
