@@ -746,13 +746,14 @@ async fn sigterm_mid_batch_abandons_it_cleanly_and_exits_zero() {
         ])
         .spawn()
         .unwrap();
-    // Wait until it holds the batch and is writing it, then ask it to stop.
+    // Wait until it holds the batch and is writing it (a temp file in the store's directory:
+    // the marker's, at the top of OUT, comes before any batch), then ask it to stop.
     let mut seen_temp = false;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline && !seen_temp {
         seen_temp = files_under(out.path())
             .iter()
-            .any(|p| p.to_string_lossy().ends_with(".tmp"));
+            .any(|p| p.to_string_lossy().ends_with(".tmp") && p.parent() != Some(out.path()));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let terminated = Command::new("kill")
