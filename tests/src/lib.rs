@@ -280,6 +280,11 @@ impl FaultProxy {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// The port the proxy listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Arms the proxy: the next `command` (e.g. `"EXEC"`, `"EVALSHA"`) goes through, its
     /// reply does not.
     pub fn cut_after(&self, command: &str) {

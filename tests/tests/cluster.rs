@@ -9,7 +9,7 @@ use buffer_core::{
     PersisterInfo, StoreName,
 };
 use buffer_tests::cluster::TestCluster;
-use buffer_tests::{RedisServer, eventually};
+use buffer_tests::{FaultProxy, RedisServer, eventually};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -925,4 +925,113 @@ async fn a_slot_missing_from_the_slot_map_is_looked_up_again_until_a_master_serv
         "pushes never reached the slot once its master served it again"
     );
     assert_eq!(buffer.stores().await.unwrap()[0].records, 2);
+}
+
+/// Slow and truncated replies from one master. The master announces a proxy in front of it
+/// as its address (`cluster-announce-port`), so every client reaches it through the proxy,
+/// which holds its replies or cuts one in half: a reply slower than the response timeout or
+/// cut short is an unknown outcome, never a wrong receipt, and a `push_once` retry is
+/// recognised as done. Pushes run once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_truncated_replies_from_a_master_are_unknown_outcomes_and_retries_land_once() {
+    let cluster = TestCluster::start();
+    let setup = cluster.buffer().await;
+    setup.push("orders", &json!({"id": 0})).await.unwrap();
+    let master = cluster.master_for_slot(slot_of(&cluster, "orders"));
+    let proxy = FaultProxy::start(master);
+    // The cluster bus keeps the master's own port (+10000); only clients use the proxy.
+    let bus = (master + 10_000).to_string();
+    let announced = proxy.port().to_string();
+    for (setting, value) in [
+        ("cluster-announce-bus-port", bus.as_str()),
+        ("cluster-announce-port", announced.as_str()),
+    ] {
+        cluster
+            .inner()
+            .cli(Some(master), &["CONFIG", "SET", setting, value])
+            .unwrap();
+    }
+    let ports = cluster.ports();
+    let everyone_sees_the_proxy = eventually(Duration::from_secs(30), || async {
+        ports.iter().all(|&port| {
+            cluster
+                .inner()
+                .cli(Some(port), &["CLUSTER", "SLOTS"])
+                .is_ok_and(|slots| slots.lines().any(|line| line.trim() == announced))
+        })
+    })
+    .await;
+    assert!(everyone_sees_the_proxy, "the proxy's port never spread");
+    let others: Vec<String> = ports
+        .iter()
+        .filter(|&&port| port != master)
+        .map(|&port| cluster.url_of(port))
+        .collect();
+    let buffer = Buffer::connect(
+        BufferConfig::new(others.join(",")).response_timeout(Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+    // Records of "orders", counted on the master itself (not through the proxy).
+    let records = || -> u64 {
+        let mut conn = cluster.node(master);
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+        keys.iter()
+            .filter(|key| key.ends_with(":records"))
+            .map(|key| redis::cmd("LLEN").arg(key).query::<u64>(&mut conn).unwrap())
+            .sum()
+    };
+
+    // Slow but within the timeout: acknowledged, after the delay (so it went through the
+    // proxy).
+    proxy.set_reply_delay(Duration::from_millis(150));
+    let started = std::time::Instant::now();
+    buffer
+        .push_once("orders", "p1", &[json!({"id": 1})])
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "not through the proxy"
+    );
+
+    // Slower than the timeout: an unknown outcome; it ran once.
+    proxy.set_reply_delay(Duration::from_millis(1500));
+    let err = buffer
+        .push_once("orders", "p2", &[json!({"id": 2})])
+        .await
+        .unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    proxy.set_reply_delay(Duration::ZERO);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            buffer
+                .push_once("orders", "p2", &[json!({"id": 2})])
+                .await
+                .is_ok_and(|outcome| outcome.duplicate)
+        })
+        .await,
+        "the retry of the slow push was not recognised"
+    );
+    assert_eq!(records(), 3);
+
+    // A reply cut in half: an unknown outcome, never a receipt; it ran once.
+    proxy.truncate_reply_to("EVALSHA");
+    let err = buffer
+        .push_once("orders", "p3", &[json!({"id": 3})])
+        .await
+        .unwrap_err();
+    assert_eq!(proxy.truncated(), 1, "no reply was truncated");
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            buffer
+                .push_once("orders", "p3", &[json!({"id": 3})])
+                .await
+                .is_ok_and(|outcome| outcome.duplicate)
+        })
+        .await,
+        "the retry of the truncated push was not recognised"
+    );
+    assert_eq!(records(), 4, "each push ran once");
 }
