@@ -1177,3 +1177,117 @@ async fn each_publish_step_slower_than_the_lock_ttl_keeps_the_lock_and_lands_onc
         check_exactly_once(step, out.path(), &server, &ledger);
     }
 }
+
+/// `chattr +i` on a directory, undone on drop: a real file system that refuses to link a
+/// name into it (EPERM, even for root). `Err` with the reason where `chattr` cannot do it
+/// (not root, a file system without the flag).
+struct ImmutableDir(std::path::PathBuf);
+
+impl ImmutableDir {
+    fn set(dir: &Path) -> Result<Self, String> {
+        let output = Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run chattr: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "chattr +i failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Self(dir.to_owned()))
+    }
+}
+
+impl Drop for ImmutableDir {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// The file system refuses the link that publishes a batch (the store's directory made
+/// immutable while the batch's temp file is being written): the batch fails with the error
+/// named, stays prepared in Redis with its failure recorded, nothing is published; once the
+/// directory takes names again, the next drain lands it once and removes the stale temp file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_the_file_system_refuses_keeps_the_batch_and_the_next_drain_lands_it_once() {
+    require_failpoints();
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let records: Vec<Value> = (0..500).map(|id| json!({"id": id})).collect();
+    buffer.push_many("refused", &records).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // The drain holds 2 s before its fsync, with the temp file written: the window in which
+    // the directory is made immutable.
+    let mut first = persist_command(&server.url(), out.path(), "drain")
+        .args(["--lock-ttl", "2s"])
+        .env("BUFFER_FAILPOINT", "before-fsync:sleep=2000")
+        .env("RUST_LOG", "error")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let store_dir = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let temp = files_under(out.path())
+                .into_iter()
+                .find(|p| p.to_string_lossy().ends_with(".tmp") && p.parent() != Some(out.path()));
+            if let Some(temp) = temp {
+                break temp.parent().unwrap().to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the drain never wrote its temp file"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let immutable = match ImmutableDir::set(&store_dir) {
+        Ok(guard) => guard,
+        Err(reason) => {
+            let _ = first.kill();
+            let _ = first.wait();
+            eprintln!("SKIPPED a_link_the_file_system_refuses_…: {reason}");
+            println!("SKIPPED: {reason}");
+            return;
+        }
+    };
+    let status = buffer_tests::wait_within(&mut first, buffer_tests::COMMAND_DEADLINE)
+        .expect("the first drain never ended");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut first.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        !status.success(),
+        "a refused link is a failed batch: {stderr}"
+    );
+    assert!(
+        stderr.contains("Operation not permitted"),
+        "the error names what the file system said: {stderr}"
+    );
+    let published: Vec<_> = files_under(out.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".jsonl"))
+        .collect();
+    assert!(published.is_empty(), "published {published:?}");
+    let prepared = buffer.get_prepared().await.unwrap();
+    assert_eq!(prepared.len(), 1, "the batch stays prepared");
+    let failures = buffer.failures().await.unwrap();
+    assert_eq!(failures.len(), 1, "its failure is recorded: {failures:?}");
+    drop(immutable);
+    let retry = persist_command(&server.url(), out.path(), "drain")
+        .args(["--lock-ttl", "2s"])
+        .stderr(Stdio::piped())
+        .output_in_time();
+    assert!(
+        retry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    let ledger = Ledger {
+        acknowledged: (0..500).collect(),
+        unknown: BTreeSet::new(),
+    };
+    // Also fails on the stale temp file, had it been left.
+    check_exactly_once("refused link", out.path(), &server, &ledger);
+}
