@@ -472,6 +472,70 @@ async fn url_forms_unix_socket_schema_and_pgpassword() {
         "{text}"
     );
     assert!(!text.contains("secret"), "the password leaked: {text}");
+
+    // `prefer` (and `allow`) connect without TLS, as libpq does with a server that offers
+    // none; every mode that needs TLS is refused naming itself.
+    for (mode, ids) in [("prefer", 10..15), ("allow", 15..20)] {
+        push_ids(&buffer, "u", ids).await;
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?schema=app&sslmode={mode}",
+            pg.port()
+        );
+        let output = drain(&redis, &url, &[], &[]);
+        assert!(output.status.success(), "{mode}: {}", stderr(&output));
+    }
+    assert_eq!(pg.query("SELECT count(DISTINCT id) FROM app.u"), "20");
+    for mode in ["verify-ca", "verify-full"] {
+        let output = drain(
+            &redis,
+            &format!(
+                "postgres://postgres:secret@127.0.0.1:{}/postgres?sslmode={mode}",
+                pg.port()
+            ),
+            &[],
+            &[],
+        );
+        assert!(!output.status.success());
+        let text = stderr(&output);
+        assert!(
+            text.contains(&format!("sslmode={mode}: this build connects without TLS")),
+            "{text}"
+        );
+        assert!(!text.contains("secret"), "the password leaked: {text}");
+    }
+}
+
+/// A server that takes the TCP connection but never answers (frozen: the kernel still
+/// accepts) is given up on within the connection's bound, the statement timeout plus as much
+/// again, naming the connection; the records wait in Redis and land once it answers.
+#[tokio::test]
+async fn a_server_that_never_answers_the_connection_is_given_up_on_in_bounded_time() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query("CREATE TABLE c (id bigint, name text)");
+    let buffer = redis.buffer().await;
+    push_ids(&buffer, "c", 0..10).await;
+    pg.freeze();
+    let started = Instant::now();
+    let output = drain(&redis, &pg.url(), &["--statement-timeout", "1s"], &[]);
+    let took = started.elapsed();
+    pg.thaw();
+    let text = stderr(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "connecting to postgres://postgres@127.0.0.1:{}/postgres: no answer within 2s",
+            pg.port()
+        )),
+        "{text}"
+    );
+    // The bound is 2 s per attempt to connect; a drain makes one for the output's set-up and
+    // gives up. Three times that, for a loaded machine.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert_eq!(records_in_redis(&buffer).await, 10);
+    let output = drain(&redis, &pg.url(), &[], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(pg.query("SELECT count(DISTINCT id) FROM c"), "10");
 }
 
 #[tokio::test]
@@ -1128,4 +1192,50 @@ async fn a_holder_that_lost_its_lock_mid_transaction_rolls_back_and_the_new_hold
         "1|50"
     );
     assert_eq!(records_in_redis(&buffer).await, 0);
+}
+
+/// A persister writing into PostgreSQL announces its output (which the dashboard shows) with
+/// the password hidden: not in the announcement, not anywhere in Redis.
+#[tokio::test]
+async fn a_running_persister_announces_its_database_with_the_password_hidden() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let buffer = redis.buffer().await;
+    let url = format!(
+        "postgres://postgres:s3cret-pw@127.0.0.1:{}/postgres?sslmode=disable",
+        pg.port()
+    );
+    let runner = Command::new(BINARY)
+        .args(["run", "--redis", &redis.url(), "--out", &url])
+        .args(["--interval", "50ms"])
+        .env("RUST_LOG", "error")
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let announced = eventually(Duration::from_secs(20), || {
+        let buffer = buffer.clone();
+        async move {
+            !buffer
+                .persisters(Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_empty()
+        }
+    })
+    .await;
+    let persisters = buffer.persisters(Duration::from_secs(60)).await.unwrap();
+    let everything = redis.command(&["HGETALL", "buf:persisters"]);
+    buffer_tests::stop_and_expect_success(runner);
+    assert!(announced, "the persister never announced itself");
+    assert_eq!(
+        persisters[0].out,
+        format!(
+            "postgres://postgres:***@127.0.0.1:{}/postgres?sslmode=disable",
+            pg.port()
+        )
+    );
+    assert!(!everything.contains("s3cret"), "{everything}");
 }

@@ -28,6 +28,9 @@ pub(crate) const MAX_MASTER_LINES: u16 = 3;
 pub(crate) struct Chrome {
     /// The demo adds a third header line with its counters.
     pub(crate) demo: bool,
+    /// Announced persisters add a third header line with their output (the demo's line says
+    /// it already).
+    pub(crate) persisters: bool,
     /// A lost connection adds a banner under the header: one line, or two when what it says
     /// first ([`banner_lead`], this many columns) does not fit on one.
     pub(crate) banner: bool,
@@ -41,6 +44,7 @@ impl Chrome {
     pub(crate) fn of(app: &App) -> Self {
         Self {
             demo: app.demo.is_some(),
+            persisters: !app.persisters.is_empty(),
             banner: matches!(app.connection, Connection::Lost { .. }),
             banner_lead_width: banner_lead(app).map_or(0, |lead| crate::format::width(&lead)),
             masters: app.masters.as_ref().map_or(0, Vec::len),
@@ -92,7 +96,8 @@ pub(crate) fn areas(chrome: Chrome, area: Rect) -> Areas {
         true if chrome.banner_lead_width < usize::from(area.width) => 1,
         true => 2,
     };
-    let header_height = if chrome.demo { 3 } else { 2 } + master_lines(chrome.masters, area.width);
+    let third_line = chrome.demo || chrome.persisters;
+    let header_height = if third_line { 3 } else { 2 } + master_lines(chrome.masters, area.width);
     let [header, banner, main, footer] = Layout::vertical([
         Constraint::Length(header_height),
         Constraint::Length(banner_height),
@@ -138,9 +143,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_table_loses_a_row_to_the_banner_and_to_the_demo_header() {
+    fn the_table_loses_a_row_to_the_banner_and_to_the_demo_or_persisters_line() {
         let plain = Chrome {
             demo: false,
+            persisters: false,
             banner: false,
             banner_lead_width: 0,
             masters: 0,
@@ -170,6 +176,23 @@ mod tests {
             ),
             rows - 1
         );
+        let persisters = Chrome {
+            persisters: true,
+            ..plain
+        };
+        assert_eq!(table_rows(persisters, 120, 40), rows - 1);
+        assert_eq!(
+            table_rows(
+                Chrome {
+                    demo: true,
+                    ..persisters
+                },
+                120,
+                40
+            ),
+            rows - 1,
+            "the demo's line says where it writes: one line for both"
+        );
         assert_eq!(table_rows(plain, 30, 3), 0);
     }
 
@@ -187,6 +210,7 @@ mod tests {
         assert_eq!(masters_per_line(20), 1, "at least one per line");
         let plain = Chrome {
             demo: false,
+            persisters: false,
             banner: false,
             banner_lead_width: 0,
             masters: 0,

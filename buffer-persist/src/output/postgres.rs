@@ -213,14 +213,18 @@ impl PostgresOutput {
                         .map_err(|why| bad(format!("schema {decoded:?} {why}")))?;
                     schema = Some(decoded);
                 }
-                "sslmode" => {
-                    if !matches!(decoded.as_str(), "disable" | "prefer") {
+                // libpq's modes: `disable`, `allow` and `prefer` connect without TLS to a
+                // server that offers none (the driver knows `allow` not, so it is given as
+                // `disable`, which is what it comes to without TLS); the others need TLS.
+                "sslmode" => match decoded.as_str() {
+                    "disable" | "prefer" => kept.push(pair),
+                    "allow" => kept.push("sslmode=disable"),
+                    _ => {
                         return Err(bad(format!(
-                            "sslmode={decoded}: this build connects without TLS; use sslmode=disable or sslmode=prefer (a TLS-terminating proxy or a unix socket for encryption)"
+                            "sslmode={decoded}: this build connects without TLS; use sslmode=disable, allow or prefer (a TLS-terminating proxy or a unix socket for encryption)"
                         )));
                     }
-                    kept.push(pair);
-                }
+                },
                 _ => kept.push(pair),
             }
         }
@@ -1059,6 +1063,27 @@ mod tests {
             "postgres://u:***@h:5432/db?sslmode=disable"
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn only_the_sslmodes_that_need_no_tls_are_taken() {
+        let config = PersistConfig::new("postgres://u@h/db");
+        for mode in ["disable", "allow", "prefer"] {
+            let url = format!("postgres://u:pw@h/db?sslmode={mode}");
+            assert!(PostgresOutput::check(&url, &config).is_ok(), "{mode}");
+        }
+        for mode in ["require", "verify-ca", "verify-full", "bogus"] {
+            let url = format!("postgres://u:pw@h/db?sslmode={mode}&schema=s");
+            let err = PostgresOutput::check(&url, &config)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "--out postgres://u:***@h/db?sslmode={mode}&schema=s: sslmode={mode}: this build connects without TLS"
+                )),
+                "{err}"
+            );
+        }
     }
 
     #[test]

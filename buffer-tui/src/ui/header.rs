@@ -1,5 +1,5 @@
 //! The header: connection, address, server facts, totals, a cluster's masters and their
-//! health, the demo's counters.
+//! health, the demo's counters or the announced persisters' output.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -126,8 +126,44 @@ pub(super) fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
             Span::styled("  → ", theme::DIM),
             Span::raw(clean(out).into_owned()),
         ]));
+    } else if !app.persisters.is_empty() {
+        lines.push(persisters_line(app, room));
     }
     Paragraph::new(lines).render(area, buf);
+}
+
+/// Where the announced persisters write (each distinct output once, a database URL with its
+/// password as `***`, as they announce it) and what they persisted since they started:
+/// ` out postgres://app:***@db:5432/shop  persisted 12.0k in 40 batches` (records).
+fn persisters_line(app: &App, room: usize) -> Line<'static> {
+    let mut outputs: Vec<&str> = app.persisters.iter().map(|p| p.out.as_str()).collect();
+    outputs.sort_unstable();
+    outputs.dedup();
+    let records: u64 = app.persisters.iter().map(|p| p.records_persisted).sum();
+    let batches: u64 = app.persisters.iter().map(|p| p.batches_persisted).sum();
+    let persisted = format!(
+        "  persisted {} in {} batch{}",
+        count(records),
+        count(batches),
+        if batches == 1 { "" } else { "es" }
+    );
+    let label = " out ";
+    // The outputs take what the label and the counts leave; at narrow widths the counts go.
+    let outputs = clean(&outputs.join(", ")).into_owned();
+    let with_counts = room.saturating_sub(width(label) + width(&persisted));
+    let (outputs, persisted) = if width(&outputs) <= with_counts {
+        (outputs, persisted)
+    } else {
+        (
+            fit(&outputs, room.saturating_sub(width(label))),
+            String::new(),
+        )
+    };
+    Line::from(vec![
+        Span::styled(label, theme::DIM),
+        Span::raw(outputs),
+        Span::styled(persisted, theme::DIM),
+    ])
 }
 
 pub(super) fn connection_span(app: &App) -> Span<'static> {

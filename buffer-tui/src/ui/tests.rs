@@ -768,3 +768,70 @@ fn a_coalescing_store_shows_its_rules_writes_and_top_entities() {
         assert!(screen.contains("reading…"), "{screen}");
     }
 }
+
+/// The announced persisters' output gets a header line of its own: a database URL as the
+/// persister announces it (its password `***`), each output once, with what they persisted
+/// since they started; when the line is short of room the counts go first, then the outputs
+/// are cut.
+#[test]
+fn the_persisters_output_is_on_a_header_line_of_its_own() {
+    let announce = |holder: &str, out: &str, records, batches| PersisterInfo {
+        holder: holder.into(),
+        max_age: Duration::from_secs(60),
+        max_bytes: None,
+        max_records: None,
+        out: out.into(),
+        heartbeat_ms: T0,
+        batches_persisted: batches,
+        records_persisted: records,
+    };
+    let database = "postgres://app:***@db.internal:5432/shop";
+    for (width, height) in SIZES {
+        let mut app = populated(width, height);
+        draw(&mut app, width, height);
+        let rows_with_one = app.page();
+        app.persisters = vec![
+            announce("persist-1/4242", database, 30_000, 10),
+            announce("persist-2/977", database, 12_000, 4),
+        ];
+        let screen = draw(&mut app, width, height);
+        let lines = screen_lines(&screen);
+        assert_eq!(
+            lines[2].trim_end(),
+            " out postgres://app:***@db.internal:5432/shop  persisted 42.0k in 14 batches",
+            "{screen}"
+        );
+        assert!(lines[1].contains("persisters 2"), "{screen}");
+        assert_eq!(
+            app.page(),
+            rows_with_one,
+            "one line, however many persisters"
+        );
+
+        // Two outputs, each once; at 80 columns the counts make room for them.
+        app.persisters
+            .push(announce("persist-3/1", "s3://lake/buffer", 5, 1));
+        let screen = draw(&mut app, width, height);
+        let line = screen_lines(&screen)[2].trim_end().to_owned();
+        if width >= 120 {
+            assert_eq!(
+                line,
+                " out postgres://app:***@db.internal:5432/shop, s3://lake/buffer  persisted 42.0k in 15 batches"
+            );
+        } else {
+            assert_eq!(
+                line,
+                " out postgres://app:***@db.internal:5432/shop, s3://lake/buffer"
+            );
+        }
+    }
+
+    // No persister announced: no line, the table gets the row back.
+    let mut app = populated(80, 24);
+    draw(&mut app, 80, 24);
+    let with_line = app.page();
+    app.persisters.clear();
+    let screen = draw(&mut app, 80, 24);
+    assert!(!screen.contains(" out "), "{screen}");
+    assert_eq!(app.page(), with_line + 1);
+}
