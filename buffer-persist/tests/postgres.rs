@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use buffer_core::{Buffer, CoalesceRules, MergeRule};
 use buffer_persist::{PersistConfig, Persister, PostgresStats};
 use buffer_tests::postgres::PostgresServer;
-use buffer_tests::{Ledger, RedisServer, eventually, produce};
+use buffer_tests::{CommandWithin, Ledger, RedisServer, eventually, produce};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
@@ -50,9 +50,10 @@ fn drain_command(redis: &RedisServer, url: &str, extra: &[&str], env: &[(&str, &
     command
 }
 
-/// `buffer-persist drain` into `url` with `extra` arguments; returns its output.
+/// `buffer-persist drain` into `url` with `extra` arguments; returns its output (a drain
+/// still running after the suites' `COMMAND_DEADLINE` is killed and fails its test).
 fn drain(redis: &RedisServer, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
-    drain_command(redis, url, extra, env).output().unwrap()
+    drain_command(redis, url, extra, env).output_in_time()
 }
 
 fn stderr(output: &Output) -> String {
