@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use buffer_core::local_server::{LocalCluster, LocalRedis, redis_server_binary};
-use buffer_core::{Buffer, BufferConfig};
+use buffer_core::{Buffer, BufferConfig, CoalesceRules, MergeRule};
 use buffer_persist::{PersistConfig, Persister};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -136,11 +136,26 @@ enum Shape {
     Metric,
     Audit,
     Signup,
+    /// A page view, merged into its page's row (the coalescing store).
+    PageView,
+}
+
+/// The demo's coalescing store: page views merged into one row per page.
+const PAGE_VIEWS: &str = "pageviews";
+
+/// The rules of [`PAGE_VIEWS`]: views and seconds on the page added up, the latest view kept,
+/// every referrer seen.
+fn page_view_rules() -> CoalesceRules {
+    CoalesceRules::new("page")
+        .with("views", MergeRule::Sum)
+        .with("seconds", MergeRule::Sum)
+        .with("last_seen", MergeRule::Max)
+        .with("referrers", MergeRule::Union)
 }
 
 /// The demo's stores: a busy one that hits the record threshold, a steady one, quiet ones
-/// that are flushed on age, and names that need encoding.
-const STORES: [StoreLoad; 6] = [
+/// that are flushed on age, names that need encoding, and a coalescing one.
+const STORES: [StoreLoad; 7] = [
     StoreLoad {
         name: "clicks",
         per_second: 400,
@@ -170,6 +185,11 @@ const STORES: [StoreLoad; 6] = [
         name: "signups",
         per_second: 1,
         shape: Shape::Signup,
+    },
+    StoreLoad {
+        name: PAGE_VIEWS,
+        per_second: 300,
+        shape: Shape::PageView,
     },
 ];
 
@@ -221,6 +241,17 @@ fn record(shape: Shape, seq: u64, now_ms: u64) -> Value {
             "reason": "routine change with a fairly long free-text explanation attached to it",
             "at": now_ms,
         }),
+        Shape::PageView => {
+            // A few pages draw most of the views, so the top entities have a clear order.
+            let page = format!("/page/{}", rand::random_range(0..40u32).pow(2) / 40);
+            json!({
+                "page": page,
+                "views": 1,
+                "seconds": rand::random_range(1..120u32),
+                "last_seen": now_ms,
+                "referrers": [pick(&["google", "news.ycombinator.com", "t.co", "direct"])],
+            })
+        }
         Shape::Signup => json!({
             "email": format!("user{seq}@example.com"),
             "plan": pick(&["free", "pro", "team"]),
@@ -235,6 +266,7 @@ async fn generate(
     buffer: Buffer,
     load: StoreLoad,
     pushed: Arc<AtomicU64>,
+    merged: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -268,6 +300,9 @@ async fn generate(
             .collect();
         if buffer.push_many(load.name, &records).await.is_ok() {
             pushed.fetch_add(n, Ordering::Relaxed);
+            if load.name == PAGE_VIEWS {
+                merged.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -277,6 +312,8 @@ async fn generate(
 pub(crate) struct DemoSummary {
     /// Records the load generator pushed (acknowledged pushes).
     pub(crate) pushed: u64,
+    /// Of those, the page views merged into the rows of the coalescing store.
+    pub(crate) merged: u64,
     /// Records the persister wrote, including the final drain.
     pub(crate) persisted: u64,
     /// Files written.
@@ -298,7 +335,12 @@ impl fmt::Display for DemoSummary {
         writeln!(f, "  records pushed     {}", self.pushed)?;
         writeln!(
             f,
-            "  records persisted  {} (including a final drain on quit)",
+            "  writes merged      {} of them, into one row per page of \"{PAGE_VIEWS}\"",
+            self.merged
+        )?;
+        writeln!(
+            f,
+            "  records persisted  {} (appended records and merged rows, including a final drain on quit)",
             self.persisted
         )?;
         writeln!(
@@ -367,11 +409,16 @@ async fn run_with_redis(
     let work = CancellationToken::new();
     let tracker = TaskTracker::new();
     let pushed = Arc::new(AtomicU64::new(0));
+    let merged = Arc::new(AtomicU64::new(0));
+    load_buffer
+        .set_coalesce(PAGE_VIEWS, &page_view_rules())
+        .await?;
     for load in STORES {
         tracker.spawn(generate(
             load_buffer.clone(),
             load,
             pushed.clone(),
+            merged.clone(),
             work.clone(),
         ));
     }
@@ -424,6 +471,7 @@ async fn run_with_redis(
     };
     Ok(DemoSummary {
         pushed: pushed.load(Ordering::Relaxed),
+        merged: merged.load(Ordering::Relaxed),
         persisted: stats.records_persisted,
         files: stats.files_written,
         left_in_redis,
@@ -468,8 +516,38 @@ mod tests {
         for load in STORES {
             let value = record(load.shape, 1, 1_700_000_000_000);
             assert!(value.is_object(), "{load:?}");
-            assert!(value.get("at").is_some(), "{load:?}");
+            match load.shape {
+                Shape::PageView => assert!(value.get("last_seen").is_some(), "{load:?}"),
+                _ => assert!(value.get("at").is_some(), "{load:?}"),
+            }
         }
+    }
+
+    /// The page views merge into one row per page under the demo's rules.
+    #[tokio::test]
+    async fn page_views_merge_into_one_row_per_page() {
+        let mut redis = start_redis(redis_server_binary()).await.unwrap();
+        let buffer = Buffer::connect(BufferConfig::new(redis.url()))
+            .await
+            .unwrap();
+        buffer
+            .set_coalesce(PAGE_VIEWS, &page_view_rules())
+            .await
+            .unwrap();
+        let views: Vec<Value> = (0..200)
+            .map(|seq| record(Shape::PageView, seq, 1_700_000_000_000 + seq))
+            .collect();
+        let receipt = buffer.push_many(PAGE_VIEWS, &views).await.unwrap();
+        let pages: std::collections::BTreeSet<&str> =
+            views.iter().map(|v| v["page"].as_str().unwrap()).collect();
+        assert_eq!(receipt.records, pages.len() as u64);
+        let view = buffer
+            .coalesced_view(PAGE_VIEWS, Some("views"))
+            .await
+            .unwrap();
+        assert_eq!(view.writes, 200);
+        assert_eq!(view.top.len(), pages.len().min(buffer_core::TOP_ENTITIES));
+        redis.stop();
     }
 
     #[tokio::test]

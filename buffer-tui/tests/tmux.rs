@@ -195,6 +195,33 @@ fn summary_number(screen: &str, label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no number in {line:?}"))
 }
 
+/// What the demo's summary says against its files: every appended record and every merged
+/// page view is persisted exactly once (the page views' rows in `pageviews/` count as many
+/// writes as were merged, and the records persisted are the appended ones plus those rows).
+/// Returns the records in the files.
+fn assert_demo_output_adds_up(screen: &str, out: &std::path::Path) -> u64 {
+    let pushed = summary_number(screen, "records pushed");
+    let merged = summary_number(screen, "writes merged");
+    let persisted = summary_number(screen, "records persisted");
+    let outputs = buffer_tests::output_records(out);
+    let rows: Vec<&serde_json::Value> = outputs
+        .iter()
+        .filter(|(path, _)| path.starts_with(out.join("pageviews")))
+        .flat_map(|(_, records)| records)
+        .collect();
+    assert!(merged > 0 && !rows.is_empty(), "{screen}");
+    let writes: u64 = rows.iter().map(|row| row["_writes"].as_u64().unwrap()).sum();
+    assert_eq!(writes, merged, "every merged page view is in exactly one row");
+    let views: u64 = rows.iter().map(|row| row["views"].as_u64().unwrap()).sum();
+    assert_eq!(views, merged, "each page view adds 1 to its page's views");
+    assert_eq!(
+        persisted,
+        pushed - merged + rows.len() as u64,
+        "the final drain persists the rest:\n{screen}"
+    );
+    outputs.values().map(|records| records.len() as u64).sum()
+}
+
 #[test]
 fn the_demo_persists_what_it_pushed_and_quits_without_leaving_redis_behind() {
     let out = tempfile::tempdir().unwrap();
@@ -231,23 +258,22 @@ fn the_demo_persists_what_it_pushed_and_quits_without_leaving_redis_behind() {
         s.contains("EXIT=")
     });
     assert!(screen.contains("EXIT=0"), "{screen}");
-    let pushed = summary_number(&screen, "records pushed");
-    let persisted = summary_number(&screen, "records persisted");
     let files = summary_number(&screen, "files written");
+    let pushed = summary_number(&screen, "records pushed");
     assert!(pushed > 0, "{screen}");
-    assert_eq!(persisted, pushed, "the final drain persists the rest");
     assert_eq!(summary_number(&screen, "left in Redis"), 0);
+    let records = assert_demo_output_adds_up(&screen, out.path());
 
     let on_disk: Vec<_> = buffer_tests::files_under(out.path())
         .into_iter()
         .filter(|p| p.file_name() != Some(std::ffi::OsStr::new(".buffer-persist")))
         .collect();
     assert_eq!(on_disk.len() as u64, files, "{on_disk:?}");
-    let records: usize = buffer_tests::output_records(out.path())
-        .values()
-        .map(Vec::len)
-        .sum();
-    assert_eq!(records as u64, pushed, "every pushed record is in a file");
+    assert_eq!(
+        records,
+        summary_number(&screen, "records persisted"),
+        "every persisted record is in a file"
+    );
     assert!(
         !std::path::Path::new(&format!("/proc/{}", redis[0])).exists(),
         "the demo's redis-server (pid {}) is gone after q",
@@ -505,14 +531,9 @@ fn the_cluster_demo_spreads_its_stores_over_three_nodes_and_stops_them_on_quit()
     });
     assert!(screen.contains("EXIT=0"), "{screen}");
     assert!(screen.contains("Redis Cluster of 3 masters"), "{screen}");
-    let pushed = summary_number(&screen, "records pushed");
-    assert!(pushed > 0, "{screen}");
-    assert_eq!(
-        summary_number(&screen, "records persisted"),
-        pushed,
-        "the final drain persists the rest"
-    );
+    assert!(summary_number(&screen, "records pushed") > 0, "{screen}");
     assert_eq!(summary_number(&screen, "left in Redis"), 0);
+    assert_demo_output_adds_up(&screen, out.path());
     for pid in &redis {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
