@@ -498,8 +498,46 @@ impl CoalesceRules {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    fn parse(text: &str) -> Option<Self> {
-        serde_json::from_str(text).ok()
+    /// Reads rules as stored in Redis, or says what is wrong with the text, naming the
+    /// field and rule (a foreign writer, or someone's `HSET`, may have put anything there).
+    fn parse_stored(text: &str) -> std::result::Result<Self, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Stored {
+            key: String,
+            #[serde(default)]
+            fields: BTreeMap<String, String>,
+        }
+        let stored: Stored = serde_json::from_str(text).map_err(|err| {
+            format!("not rules as JSON {{\"key\":…,\"fields\":{{field: rule}}}}: {err}")
+        })?;
+        let mut rules = Self::new(stored.key);
+        for (field, rule) in stored.fields {
+            let rule: MergeRule = rule
+                .parse()
+                .map_err(|err: String| format!("field {field:?}: {err}"))?;
+            rules.fields.insert(field, rule);
+        }
+        // The store's name is not needed to check the rules themselves.
+        let placeholder = StoreName::new("rules").map_err(|err| err.to_string())?;
+        rules.validate(&placeholder).map_err(|err| match err {
+            Error::InvalidCoalesceRules { reason, .. } => reason,
+            other => other.to_string(),
+        })?;
+        Ok(rules)
+    }
+
+    /// The error for rules stored for `store` that cannot be read.
+    fn unreadable(store: &StoreName, text: &str, reason: &str) -> Error {
+        Error::Corrupt {
+            what: format!(
+                "the coalescing rules of store {:?} (its field {:?} in the group's coalesce hash) \
+                 are {:?}: {reason}; pushes to the store are refused until they are rules again",
+                store.as_str(),
+                store.encoded(),
+                shorten(text)
+            ),
+        }
     }
 }
 
@@ -542,8 +580,10 @@ impl Buffer {
             }
         };
         let Some(text) = text else { return Ok(None) };
-        let rules = CoalesceRules::parse(&text).ok_or_else(|| Error::Corrupt {
-            what: format!("coalescing rules of store {store:?}: {text:?}"),
+        let rules = CoalesceRules::parse_stored(&text).map_err(|reason| {
+            // Read again at the next push: rules put right must be seen at once.
+            self.rules_cache().forget(store);
+            CoalesceRules::unreadable(store, &text, &reason)
         })?;
         Ok(Some((text, rules)))
     }
@@ -772,9 +812,8 @@ impl Buffer {
             })
             .await?;
         text.map(|text| {
-            CoalesceRules::parse(&text).ok_or_else(|| Error::Corrupt {
-                what: format!("coalescing rules of store {store:?}: {text:?}"),
-            })
+            CoalesceRules::parse_stored(&text)
+                .map_err(|reason| CoalesceRules::unreadable(&store, &text, &reason))
         })
         .transpose()
     }
@@ -891,9 +930,17 @@ impl Buffer {
             .await?;
         let mut out = Vec::new();
         for (field, text) in groups.into_iter().flatten() {
-            match (StoreName::from_encoded(&field), CoalesceRules::parse(&text)) {
-                (Ok(store), Some(rules)) => out.push((store, rules)),
-                _ => tracing::warn!(%field, %text, "skipping a malformed coalescing rules entry"),
+            match (
+                StoreName::from_encoded(&field),
+                CoalesceRules::parse_stored(&text),
+            ) {
+                (Ok(store), Ok(rules)) => out.push((store, rules)),
+                (_, Err(reason)) => tracing::warn!(
+                    %field, %text, %reason, "skipping a malformed coalescing rules entry"
+                ),
+                (Err(err), _) => {
+                    tracing::warn!(%field, %err, "skipping a coalescing rules entry of no store");
+                }
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -920,12 +967,21 @@ mod tests {
             text,
             r#"{"key":"page","fields":{"refs":"union","seen":"max","views":"sum"}}"#
         );
-        assert_eq!(CoalesceRules::parse(&text), Some(rules.clone()));
+        assert_eq!(CoalesceRules::parse_stored(&text), Ok(rules.clone()));
         assert_eq!(rules.to_string(), "key=page sum=views max=seen union=refs");
-        assert_eq!(
-            CoalesceRules::parse(r#"{"key":"p","fields":{"a":"avg"}}"#),
-            None
-        );
+        for (stored, reason) in [
+            (
+                r#"{"key":"p","fields":{"a":"avg"}}"#,
+                r#"field "a": unknown rule "avg": the rules are sum"#,
+            ),
+            (r#"{"key":"p","fields":{"a":7}}"#, "invalid type"),
+            (r#"{"key":"p","extra":1}"#, "unknown field `extra`"),
+            ("junk", "not rules as JSON"),
+            (r#"{"key":"_p"}"#, "starts with '_'"),
+        ] {
+            let err = CoalesceRules::parse_stored(stored).unwrap_err();
+            assert!(err.contains(reason), "{stored}: {err}");
+        }
     }
 
     #[test]

@@ -312,3 +312,72 @@ async fn persister_crashes_and_a_redis_restart_lose_and_double_nothing() {
     }
     assert_eq!(seen, expected);
 }
+
+/// Bad input through the CLI: an unknown rule (`--avg`), rules for a store holding appended
+/// records, and a line whose key is an object are each refused with an error naming what was
+/// wrong, and change nothing in Redis.
+#[test]
+fn bad_input_through_the_cli_is_named_and_changes_nothing() {
+    let server = RedisServer::start();
+    let unknown = run(
+        &server,
+        &[
+            "coalesce", "set", "views", "--key", "page", "--avg", "views",
+        ],
+        "",
+    );
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown.stderr));
+    assert!(
+        text(&unknown.stderr).contains("--avg"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    assert!(server.all_keys().is_empty(), "{:?}", server.all_keys());
+
+    let push = run(
+        &server,
+        &["push", "plain"],
+        "{\"page\":\"/\",\"views\":1}\n",
+    );
+    assert!(push.status.success(), "{}", text(&push.stderr));
+    let keys = server.all_keys();
+    let set = run(
+        &server,
+        &[
+            "coalesce", "set", "plain", "--key", "page", "--sum", "views",
+        ],
+        "",
+    );
+    assert!(!set.status.success());
+    let err = text(&set.stderr);
+    assert!(
+        err.contains("plain") && err.contains("1 live record") && err.contains("drain it first"),
+        "{err}"
+    );
+    assert_eq!(server.all_keys(), keys, "nothing written");
+    let list = run(&server, &["coalesce", "list"], "");
+    assert!(text(&list.stdout).contains("(no coalescing stores)"));
+
+    let set = run(
+        &server,
+        &[
+            "coalesce", "set", "views", "--key", "page", "--sum", "views",
+        ],
+        "",
+    );
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let keys = server.all_keys();
+    let object = run(
+        &server,
+        &["push", "views"],
+        "{\"page\":{\"path\":\"/\"},\"views\":1}\n",
+    );
+    assert_eq!(object.status.code(), Some(2), "{}", text(&object.stderr));
+    let err = text(&object.stderr);
+    assert!(
+        err.contains("line 1: field \"page\" (rule key)")
+            && err.contains("the key must be a string or an integer"),
+        "{err}"
+    );
+    assert_eq!(server.all_keys(), keys, "nothing merged");
+}

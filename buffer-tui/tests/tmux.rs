@@ -210,8 +210,14 @@ fn assert_demo_output_adds_up(screen: &str, out: &std::path::Path) -> u64 {
         .flat_map(|(_, records)| records)
         .collect();
     assert!(merged > 0 && !rows.is_empty(), "{screen}");
-    let writes: u64 = rows.iter().map(|row| row["_writes"].as_u64().unwrap()).sum();
-    assert_eq!(writes, merged, "every merged page view is in exactly one row");
+    let writes: u64 = rows
+        .iter()
+        .map(|row| row["_writes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        writes, merged,
+        "every merged page view is in exactly one row"
+    );
     let views: u64 = rows.iter().map(|row| row["views"].as_u64().unwrap()).sum();
     assert_eq!(views, merged, "each page view adds 1 to its page's views");
     assert_eq!(

@@ -839,3 +839,138 @@ async fn the_top_entities_are_the_largest_sums_and_the_writes_are_counted() {
     let view = buffer.coalesced_view("pages", Some("views")).await.unwrap();
     assert_eq!((view.writes, view.top.len(), view.top_exact), (0, 0, true));
 }
+
+/// Someone writes junk into the rules hash (`HSET` by hand, a foreign writer): every
+/// producer, the one holding the old rules in its cache included, gets a clear error naming
+/// the store and what is wrong (the field and its unknown rule), and nothing is merged; the
+/// listing skips the entry; rules put right make pushes work again. An unknown rule's name
+/// given to the library is refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_the_rules_hash_is_a_clear_error_naming_the_store_and_field() {
+    let server = RedisServer::start();
+    let cached = server.buffer().await;
+    cached.set_coalesce("views", &page_views()).await.unwrap();
+    cached
+        .push("views", &json!({"page": "/", "views": 1}))
+        .await
+        .unwrap();
+    drain_rows(&cached, "views", "page").await;
+    let rules_key = server
+        .all_keys()
+        .into_iter()
+        .find(|key| key.ends_with(":coalesce"))
+        .unwrap();
+    let keys_before = server.all_keys();
+    let mut conn = server.conn();
+    let cases = [
+        (
+            r#"{"key":"page","fields":{"views":"avg"}}"#,
+            "field \"views\": unknown rule \"avg\": the rules are sum, max",
+        ),
+        ("not json", "not rules as JSON"),
+        (r#"{"key":"_page"}"#, "starts with '_'"),
+    ];
+    for (junk, reason) in cases {
+        let _: () = redis::cmd("HSET")
+            .arg(&rules_key)
+            .arg("views")
+            .arg(junk)
+            .query(&mut conn)
+            .unwrap();
+        let fresh = server.buffer().await;
+        for (who, buffer) in [("cached", &cached), ("fresh", &fresh)] {
+            let err = buffer
+                .push("views", &json!({"page": "/", "views": 1}))
+                .await
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, Error::Corrupt { .. }), "{who}: {text}");
+            assert!(!err.is_transient(), "{who}: {text}");
+            assert!(text.contains("store \"views\""), "{who}: {text}");
+            assert!(text.contains(reason), "{who}: {reason:?} in {text}");
+        }
+        let err = fresh.coalesce_rules("views").await.unwrap_err();
+        assert!(err.to_string().contains("store \"views\""), "{err}");
+        assert!(fresh.all_coalesce_rules().await.unwrap().is_empty());
+        assert_eq!(server.all_keys(), keys_before, "nothing was merged");
+    }
+    let err = "avg".parse::<MergeRule>().unwrap_err();
+    assert!(err.contains("unknown rule \"avg\""), "{err}");
+    // Rules put right: pushes merge again, also for the producer that saw the junk.
+    let _: () = redis::cmd("HSET")
+        .arg(&rules_key)
+        .arg("views")
+        .arg(r#"{"key":"page","fields":{"views":"sum"}}"#)
+        .query(&mut conn)
+        .unwrap();
+    for _ in 0..2 {
+        cached
+            .push("views", &json!({"page": "/", "views": 2}))
+            .await
+            .unwrap();
+    }
+    let rows = drain_rows(&cached, "views", "page").await;
+    assert_eq!(rows["\"/\""]["views"], json!(4));
+}
+
+/// A producer merging while Redis is frozen (SIGSTOP): its pushes time out with an error
+/// that says the outcome is unknown; once Redis runs again (SIGCONT), every push is applied
+/// whole or not at all (each adds 1 to three entities, so their sums stay equal), and the
+/// sums are at least the acknowledged pushes and at most those plus the unknown ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merges_into_a_frozen_redis_time_out_unknown_and_are_never_half_applied() {
+    let server = RedisServer::start();
+    let config = server
+        .config()
+        .response_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(300));
+    let buffer = buffer_core::Buffer::connect(config).await.unwrap();
+    buffer
+        .set_coalesce("frozen", &CoalesceRules::new("k").with("n", MergeRule::Sum))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (buffer, stop) = (buffer.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut acknowledged, mut unknown) = (0u64, 0u64);
+            let records: Vec<_> = ["a", "b", "c"]
+                .iter()
+                .map(|k| json!({"k": k, "n": 1}))
+                .collect();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match buffer.push_many("frozen", &records).await {
+                    Ok(_) => acknowledged += 1,
+                    Err(err) if err.is_outcome_unknown() => unknown += 1,
+                    Err(err) => panic!("a push failed other than with an unknown outcome: {err}"),
+                }
+            }
+            (acknowledged, unknown)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal("STOP");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.signal("CONT");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (acknowledged, unknown) = producer.await.unwrap();
+    assert!(unknown >= 1, "no push met the frozen Redis");
+    assert!(acknowledged >= 2, "pushes before and after: {acknowledged}");
+    let rows = drain_rows(&buffer, "frozen", "k").await;
+    let sums: Vec<u64> = ["\"a\"", "\"b\"", "\"c\""]
+        .iter()
+        .map(|k| rows[*k]["n"].as_u64().unwrap())
+        .collect();
+    assert!(
+        sums.iter().all(|sum| *sum == sums[0]),
+        "a push was half-applied: {sums:?}"
+    );
+    assert!(
+        (acknowledged..=acknowledged + unknown).contains(&sums[0]),
+        "sum {} outside [{acknowledged}, {}]",
+        sums[0],
+        acknowledged + unknown
+    );
+    assert_eq!(rows["\"a\""]["_writes"].as_u64(), Some(sums[0]));
+}
