@@ -409,7 +409,10 @@ fn command_counts(server: &RedisServer) -> std::collections::BTreeMap<String, u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepare_of_a_million_entities_is_a_constant_number_of_fast_commands() {
     let server = RedisServer::start();
-    let buffer = server.buffer().await;
+    // Filling the store takes 100 pushes of 10 000 merges: on a machine loaded by other
+    // builds one can take seconds, and their speed is not what this test is about.
+    let config = server.config().response_timeout(Duration::from_secs(60));
+    let buffer = buffer_core::Buffer::connect(config).await.unwrap();
     let rules = CoalesceRules::new("u").with("n", MergeRule::Sum);
     for store in ["small", "large"] {
         buffer.set_coalesce(store, &rules).await.unwrap();
