@@ -251,4 +251,37 @@ impl Buffer {
             what: format!("the failure record of {field:?} changed at every one of 8 attempts"),
         })
     }
+
+    /// Whether this connection's Redis user may run the operator's actions (pause, limits,
+    /// retry, flush), so a dashboard can leave them out rather than have them refused. Asked
+    /// of the server with `redis.acl_check_cmd` inside one script, on keys of the namespace,
+    /// without writing anything. A user that may not run scripts at all cannot act either.
+    /// A server too old to check (before Redis 7) is taken to allow them.
+    ///
+    /// # Errors
+    /// Transient errors.
+    pub async fn can_operate(&self) -> Result<bool> {
+        let probe = StoreName::new("buffer-tui-access-probe")?;
+        let layout = self.layout();
+        let group = layout.group_for(&probe);
+        let mut invocation = scripts::CAN_OPERATE.key(&group.paused);
+        invocation
+            .key(&group.limits)
+            .key(&group.failures)
+            .key(layout.store_lock(&probe))
+            .key(layout.live(&probe).records)
+            .key(layout.batch(&probe, &BatchId::new(0)).records);
+        let mut conn = self.conn();
+        match self
+            .run("check access", "", async move {
+                invocation.invoke_async::<i64>(&mut conn).await
+            })
+            .await
+        {
+            Ok(allowed) => Ok(allowed == 1),
+            Err(err) if err.is_command_refused() => Ok(false),
+            Err(err) if err.to_string().contains("acl_check_cmd") => Ok(true),
+            Err(err) => Err(err),
+        }
+    }
 }

@@ -39,6 +39,18 @@ pub struct PersisterInfo {
     pub batches_persisted: u64,
     /// Records it persisted since it started.
     pub records_persisted: u64,
+    /// Its version (`buffer-persist`'s crate version); `None` from versions that did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Its poll interval, so a reader can tell a silent persister from a slow one (it
+    /// announces once per poll); `None` from versions that did not say.
+    #[serde(
+        default,
+        rename = "interval_ms",
+        with = "optional_duration_as_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
 }
 
 impl Buffer {
@@ -132,6 +144,29 @@ mod duration_as_ms {
     }
 }
 
+/// An optional `Duration` as whole milliseconds on the wire.
+mod optional_duration_as_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => serializer.serialize_u64(crate::clock::millis(*value)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<u64>::deserialize(deserializer).map(|ms| ms.map(Duration::from_millis))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,9 +182,15 @@ mod tests {
             heartbeat_ms: 7,
             batches_persisted: 0,
             records_persisted: 0,
+            version: Some("1.2.3".into()),
+            interval: Some(Duration::from_millis(250)),
         };
         let json = serde_json::to_string(&info).unwrap();
         assert!(json.contains("\"max_age_ms\":1500"), "{json}");
+        assert!(json.contains("\"interval_ms\":250"), "{json}");
+        let older = json.replace(",\"version\":\"1.2.3\",\"interval_ms\":250", "");
+        let read: PersisterInfo = serde_json::from_str(&older).unwrap();
+        assert_eq!((read.version, read.interval), (None, None), "{older}");
         // What an older persister wrote parses as before.
         let back: PersisterInfo = serde_json::from_str(&json).unwrap();
         assert_eq!(back, info);

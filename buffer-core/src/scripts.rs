@@ -370,6 +370,29 @@ return 1
     )
 });
 
+/// Whether the calling user may run the commands of the operator's actions on these keys,
+/// checked with `redis.acl_check_cmd` (Redis 7), writing nothing. Keys: 1 paused hash, 2
+/// limits hash, 3 failures hash, 4 a store lock, 5 a live records list, 6 a batch's records
+/// list. Returns 1 or 0.
+pub(crate) static CAN_OPERATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local checks = {
+  {'HSET', KEYS[1], 'f', 'v'}, {'HDEL', KEYS[1], 'f'},
+  {'HSET', KEYS[2], 'f', 'v'}, {'HSET', KEYS[3], 'f', 'v'},
+  {'SET', KEYS[4], 'v', 'NX', 'PX', '1'}, {'DEL', KEYS[4]},
+  {'RENAME', KEYS[5], KEYS[6]}, {'EVALSHA', '0', '0'},
+}
+for _, check in ipairs(checks) do
+  if not redis.acl_check_cmd(unpack(check)) then
+    return 0
+  end
+end
+return 1
+"#,
+    )
+});
+
 /// Removes a failure record whose batch (or live store) no longer exists.
 ///
 /// Uses only EXISTS and HDEL, so it works when Redis is out of memory.

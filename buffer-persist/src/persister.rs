@@ -326,6 +326,8 @@ impl Persister {
             heartbeat_ms: self.buffer.now_ms(),
             batches_persisted: stats.batches_persisted,
             records_persisted: stats.records_persisted,
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            interval: Some(self.config.interval),
         };
         if let Err(err) = self.buffer.announce_persister(&info).await {
             tracing::debug!(error = %err, "could not announce the persister");

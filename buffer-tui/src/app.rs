@@ -9,7 +9,10 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use buffer_core::{Event, EventKind, MasterStatus, PersisterInfo, ServerInfo, StoreName};
+use buffer_core::{
+    BatchId, Event, EventKind, MasterStatus, PersisterInfo, ServerInfo, StoreLimits, StoreName,
+};
+use buffer_persist::OperatorAction;
 
 use crate::snapshot::{FocusDetail, Snapshot, StoreDetail};
 
@@ -88,7 +91,133 @@ pub(crate) enum Action {
     Help,
     /// Leave the dashboard.
     Quit,
+    /// Ask to flush the selected store now.
+    Flush,
+    /// Ask to retry the selected store's failing batch now.
+    Retry,
+    /// Ask to pause the selected store, or to resume it when paused.
+    PauseResume,
+    /// Open the selected store's limits form.
+    EditLimits,
+    /// Show the persisters screen, or go back from it.
+    Persisters,
+    /// Do the action waiting for confirmation.
+    Confirm,
+    /// Drop the action waiting for confirmation, or close the form.
+    Cancel,
+    /// The form's next field.
+    FormNext,
+    /// The form's previous field.
+    FormPrevious,
+    /// A character typed into the form's field.
+    FormInput(char),
+    /// Delete the last character of the form's field.
+    FormBackspace,
+    /// Submit the form: its action waits for confirmation.
+    FormSubmit,
+    /// A confirmed action finished: what it did, or why it failed.
+    Done {
+        /// The line to show.
+        text: String,
+        /// Whether it failed.
+        failed: bool,
+    },
+    /// Whether Redis lets this dashboard act (found once at start).
+    Access(Access),
+    /// A click on the `n`th row of the table on screen (0 = the top row).
+    ClickRow(usize),
+    /// The mouse wheel: rows to move, down when positive.
+    Scroll(isize),
 }
+
+/// Whether the dashboard may act on Redis: its actions are shown only when it may.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Not known yet (actions hidden meanwhile).
+    Unknown,
+    /// The Redis user may run every action.
+    ReadWrite,
+    /// Actions hidden: why (`--read-only`, or the Redis user lacks write rights).
+    ReadOnly(String),
+}
+
+/// The limits form: three fields, empty = no limit of that kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LimitsForm {
+    /// The store whose limits are edited.
+    pub(crate) store: StoreName,
+    /// Max records, max bytes, max records per second, as typed.
+    pub(crate) fields: [String; 3],
+    /// The field being typed in.
+    pub(crate) focus: usize,
+    /// Why the last submit was refused.
+    pub(crate) error: Option<String>,
+}
+
+impl LimitsForm {
+    /// The field labels, in order.
+    pub(crate) const LABELS: [&'static str; 3] = ["max records", "max bytes", "max rate /s"];
+
+    fn new(store: StoreName, limits: Option<StoreLimits>) -> Self {
+        let text = |value: Option<u64>| value.map(|v| v.to_string()).unwrap_or_default();
+        let limits = limits.unwrap_or_default();
+        Self {
+            store,
+            fields: [
+                text(limits.max_records),
+                text(limits.max_bytes),
+                text(limits.max_rate),
+            ],
+            focus: 0,
+            error: None,
+        }
+    }
+
+    /// The action the form asks for: set these limits, or clear them when every field is
+    /// empty; an error naming the field that is not a whole number.
+    fn action(&self) -> Result<OperatorAction, String> {
+        let mut values = [None; 3];
+        for (i, text) in self.fields.iter().enumerate() {
+            let text = text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            match text.parse::<u64>() {
+                Ok(value) if value > 0 && value <= buffer_core::MAX_LIMIT => {
+                    values[i] = Some(value);
+                }
+                _ => {
+                    return Err(format!(
+                        "{}: {text:?} is not a whole number from 1 to 2^53 (empty = no limit)",
+                        Self::LABELS[i]
+                    ));
+                }
+            }
+        }
+        let limits = StoreLimits {
+            max_records: values[0],
+            max_bytes: values[1],
+            max_rate: values[2],
+        };
+        Ok(if limits.is_empty() {
+            OperatorAction::ClearLimits(self.store.clone())
+        } else {
+            OperatorAction::SetLimits(self.store.clone(), limits)
+        })
+    }
+}
+
+/// The outcome of the last action, shown in the footer for a while.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Notice {
+    pub(crate) text: String,
+    pub(crate) failed: bool,
+    /// When it came (Unix ms).
+    pub(crate) at_ms: u64,
+}
+
+/// How long an action's outcome stays in the footer.
+pub(crate) const NOTICE_FOR_MS: u64 = 10_000;
 
 /// The demo's counters, shown in the header.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -114,6 +243,10 @@ pub(crate) struct AppConfig {
     pub(crate) demo_out: Option<String>,
     /// The time at start (Unix ms).
     pub(crate) now_ms: u64,
+    /// `--read-only`: no action, whatever Redis allows.
+    pub(crate) read_only: bool,
+    /// `NO_COLOR` is set: no colours, only bold, dim and reverse.
+    pub(crate) no_color: bool,
 }
 
 /// The state of the connection to Redis, as the last poll left it.
@@ -152,6 +285,10 @@ pub(crate) enum Mode {
     Filter,
     /// The help is shown.
     Help,
+    /// An action waits for `y` (or Enter) or `n` (or Esc).
+    Confirm,
+    /// Typing into the limits form.
+    Form,
 }
 
 /// What fills the screen.
@@ -161,6 +298,8 @@ pub(crate) enum Screen {
     Table,
     /// The selected store in full (after Enter).
     Store,
+    /// Every running persister and the batches it holds.
+    Persisters,
 }
 
 /// A column of the stores table; each one sorts.
@@ -270,6 +409,8 @@ pub(crate) struct StoreRow {
     pub(crate) failing: usize,
     /// Details, known for the rows that were visible at the last poll.
     pub(crate) detail: Option<StoreDetail>,
+    /// Whether persisting it is paused (`buffer-persist pause`).
+    pub(crate) paused: bool,
 }
 
 /// A live store's counts from the indexes.
@@ -364,6 +505,8 @@ pub(crate) struct ViewRequest {
     /// Which summed field a coalescing store's top entities rank by: the n-th, wrapping
     /// (see `snapshot::top_field`); moved on by [`Action::NextTopField`].
     pub(crate) top_by: usize,
+    /// Whether the persisters screen is shown (the poller then reads every lock).
+    pub(crate) persisters: bool,
 }
 
 /// The whole dashboard state.
@@ -414,6 +557,22 @@ pub(crate) struct App {
     pub(crate) prepared_total: usize,
     /// Batches and stores failing to persist, over every store.
     pub(crate) failing_total: usize,
+    /// Whether actions are offered.
+    pub(crate) access: Access,
+    /// `NO_COLOR`: drawn without colours.
+    pub(crate) no_color: bool,
+    /// The action waiting for confirmation (in [`Mode::Confirm`]).
+    pub(crate) pending: Option<OperatorAction>,
+    /// The limits form (in [`Mode::Form`]).
+    pub(crate) form: Option<LimitsForm>,
+    /// Confirmed actions for the dashboard loop to run ([`App::take_commands`]).
+    commands: Vec<OperatorAction>,
+    /// The outcome of the last action.
+    pub(crate) notice: Option<Notice>,
+    /// Locks held on every store and batch, read while the persisters screen is shown.
+    pub(crate) held: Vec<crate::snapshot::HeldBy>,
+    /// The screen to go back to from the persisters screen.
+    before_persisters: Screen,
 }
 
 impl App {
@@ -452,7 +611,83 @@ impl App {
             events: VecDeque::new(),
             prepared_total: 0,
             failing_total: 0,
+            access: if config.read_only {
+                Access::ReadOnly("--read-only".into())
+            } else {
+                Access::Unknown
+            },
+            no_color: config.no_color,
+            pending: None,
+            form: None,
+            commands: Vec::new(),
+            notice: None,
+            held: Vec::new(),
+            before_persisters: Screen::Table,
         }
+    }
+
+    /// Whether actions are offered: only once Redis said this user may run them, and never
+    /// with `--read-only`.
+    pub(crate) fn can_act(&self) -> bool {
+        self.access == Access::ReadWrite
+    }
+
+    /// The confirmed actions, for the dashboard loop to run (each once).
+    pub(crate) fn take_commands(&mut self) -> Vec<OperatorAction> {
+        std::mem::take(&mut self.commands)
+    }
+
+    /// The persisters whose announcement is recent enough to trust: silent ones are shown
+    /// (marked) on the persisters screen but not used for thresholds.
+    pub(crate) fn live_persisters(&self) -> impl Iterator<Item = &PersisterInfo> {
+        self.persisters.iter().filter(|p| !self.is_silent(p))
+    }
+
+    /// Whether `persister` missed its announcements: nothing for three of its poll intervals
+    /// (at least 10 s), or for 60 s when it did not say its interval.
+    pub(crate) fn is_silent(&self, persister: &PersisterInfo) -> bool {
+        let limit = persister.interval.map_or(60_000, |interval| {
+            buffer_core::millis(interval).saturating_mul(3).max(10_000)
+        });
+        self.now_ms.saturating_sub(persister.heartbeat_ms) > limit
+    }
+
+    /// The batch of the selected store to retry: its first failing batch still waiting for
+    /// its retry, else its first failing batch, else the live store when it cannot be
+    /// prepared.
+    fn retry_target(&self) -> Option<(StoreName, Option<BatchId>)> {
+        let focus = self.focus.as_ref()?;
+        let failing = || focus.batches.iter().filter(|b| b.failure.is_some());
+        let waiting = failing().find(|b| {
+            b.failure
+                .as_ref()
+                .is_some_and(|f| f.next_retry_ms > self.now_ms)
+        });
+        if let Some(batch) = waiting.or_else(|| failing().next()) {
+            return Some((focus.store.clone(), Some(batch.id.clone())));
+        }
+        focus.failure.as_ref().map(|_| (focus.store.clone(), None))
+    }
+
+    /// Asks for `action` to be confirmed.
+    fn ask(&mut self, action: OperatorAction) {
+        self.pending = Some(action);
+        self.mode = Mode::Confirm;
+    }
+
+    fn notify(&mut self, text: String, failed: bool) {
+        self.notice = Some(Notice {
+            text,
+            failed,
+            at_ms: self.now_ms,
+        });
+    }
+
+    /// The outcome line to show now, if any.
+    pub(crate) fn current_notice(&self) -> Option<&Notice> {
+        self.notice
+            .as_ref()
+            .filter(|n| self.now_ms.saturating_sub(n.at_ms) < NOTICE_FOR_MS)
     }
 
     /// Whether the dashboard keeps running.
@@ -470,6 +705,7 @@ impl App {
                 .collect(),
             selected: self.selected.clone(),
             top_by: self.top_by,
+            persisters: self.screen == Screen::Persisters,
         }
     }
 
@@ -560,11 +796,13 @@ impl App {
                 self.screen = match self.screen {
                     Screen::Table if self.selected.is_some() => Screen::Store,
                     Screen::Table | Screen::Store => Screen::Table,
+                    Screen::Persisters => self.before_persisters,
                 };
             }
             Action::Back => match (self.mode, self.screen) {
                 (Mode::Help, _) => self.mode = Mode::Normal,
                 (_, Screen::Store) => self.screen = Screen::Table,
+                (_, Screen::Persisters) => self.screen = self.before_persisters,
                 (_, Screen::Table) if !self.filter.is_empty() => {
                     self.filter.clear();
                     self.rebuild_view();
@@ -625,10 +863,140 @@ impl App {
             Action::Help => {
                 self.mode = match self.mode {
                     Mode::Help => Mode::Normal,
-                    Mode::Normal | Mode::Filter => Mode::Help,
+                    Mode::Normal | Mode::Filter | Mode::Confirm | Mode::Form => Mode::Help,
                 };
             }
             Action::Quit => self.running = Running::Quit,
+            Action::Flush
+            | Action::Retry
+            | Action::PauseResume
+            | Action::EditLimits
+            | Action::Confirm
+            | Action::FormSubmit => self.act(action),
+            Action::Persisters => {
+                if self.screen == Screen::Persisters {
+                    self.screen = self.before_persisters;
+                } else {
+                    self.before_persisters = self.screen;
+                    self.screen = Screen::Persisters;
+                }
+            }
+            Action::Cancel => {
+                self.pending = None;
+                self.form = None;
+                self.mode = Mode::Normal;
+            }
+            Action::FormNext | Action::FormPrevious => {
+                if let Some(form) = &mut self.form {
+                    let n = LimitsForm::LABELS.len();
+                    form.focus = match action {
+                        Action::FormNext => (form.focus + 1) % n,
+                        _ => (form.focus + n - 1) % n,
+                    };
+                }
+            }
+            Action::FormInput(c) => {
+                if let Some(form) = &mut self.form
+                    && !c.is_control()
+                    && form.fields[form.focus].len() < 20
+                {
+                    form.fields[form.focus].push(c);
+                    form.error = None;
+                }
+            }
+            Action::FormBackspace => {
+                if let Some(form) = &mut self.form {
+                    form.fields[form.focus].pop();
+                    form.error = None;
+                }
+            }
+            Action::Done { text, failed } => self.notify(text, failed),
+            Action::Access(access) => {
+                // `--read-only` stays read-only whatever Redis allows.
+                if !matches!(&self.access, Access::ReadOnly(why) if why == "--read-only") {
+                    self.access = access;
+                }
+                if !self.can_act() {
+                    self.pending = None;
+                    self.form = None;
+                    if matches!(self.mode, Mode::Confirm | Mode::Form) {
+                        self.mode = Mode::Normal;
+                    }
+                }
+            }
+            Action::ClickRow(row) => {
+                if self.screen == Screen::Table && self.offset + row < self.view.len() {
+                    self.cursor = self.offset + row;
+                    self.select_cursor();
+                    self.scroll_to_cursor();
+                }
+            }
+            Action::Scroll(by) => self.move_cursor(by),
+        }
+    }
+
+    /// The actions that change Redis: each one asks for confirmation first, and none is
+    /// possible without the rights ([`App::can_act`]).
+    fn act(&mut self, action: Action) {
+        if !self.can_act() {
+            return;
+        }
+        let selected = self.selected.clone();
+        match action {
+            Action::Flush => {
+                if let Some(store) = selected {
+                    self.ask(OperatorAction::Flush(store));
+                }
+            }
+            Action::Retry => match self.retry_target() {
+                Some((store, batch)) => self.ask(OperatorAction::Retry(store, batch)),
+                None => {
+                    if let Some(store) = selected {
+                        self.notify(format!("{store}: nothing failing to retry"), false);
+                    }
+                }
+            },
+            Action::PauseResume => {
+                if let Some(row) = self.selected_row() {
+                    let store = row.name.clone();
+                    self.ask(if row.paused {
+                        OperatorAction::Resume(store)
+                    } else {
+                        OperatorAction::Pause(store)
+                    });
+                }
+            }
+            Action::EditLimits => {
+                if let Some(store) = selected {
+                    let limits = self
+                        .focus
+                        .as_ref()
+                        .filter(|f| f.store == store)
+                        .and_then(|f| f.limits)
+                        .map(|l| l.limits);
+                    self.form = Some(LimitsForm::new(store, limits));
+                    self.mode = Mode::Form;
+                }
+            }
+            Action::FormSubmit => {
+                if let Some(form) = &mut self.form {
+                    match form.action() {
+                        Ok(action) => {
+                            self.form = None;
+                            self.ask(action);
+                        }
+                        Err(error) => form.error = Some(error),
+                    }
+                }
+            }
+            Action::Confirm => {
+                if let Some(action) = self.pending.take() {
+                    self.notify(format!("{}: working…", action.store()), false);
+                    self.commands.push(action);
+                }
+                self.mode = Mode::Normal;
+            }
+            _ => {}
         }
     }
 
@@ -642,8 +1010,12 @@ impl App {
             mut details,
             focus,
             persisters,
+            paused,
+            held,
         } = snapshot;
         self.persisters = persisters;
+        self.held = held;
+        let paused: HashSet<StoreName> = paused.into_iter().collect();
         self.connection = Connection::Connected;
         self.server = Some(server);
         self.snapshot_at_ms = taken_at_ms;
@@ -677,6 +1049,7 @@ impl App {
         let mut rows: Vec<StoreRow> = Vec::with_capacity(stores.len() + batches.len());
         for store in stores {
             rows.push(StoreRow {
+                paused: paused.contains(&store.store),
                 prepared: batches.remove(&store.store).unwrap_or(0),
                 failing: failing.get(&store.store).copied().unwrap_or(0),
                 detail: details.remove(&store.store),
@@ -692,6 +1065,7 @@ impl App {
         // persister is at work.
         for (name, prepared) in batches {
             rows.push(StoreRow {
+                paused: paused.contains(&name),
                 detail: details.remove(&name),
                 failing: failing.get(&name).copied().unwrap_or(0),
                 name,
@@ -781,8 +1155,7 @@ impl App {
     /// running persisters announce (the first of them to act), else unknown.
     pub(crate) fn max_age_ms(&self) -> Option<u64> {
         self.configured_max_age_ms.or_else(|| {
-            self.persisters
-                .iter()
+            self.live_persisters()
                 .map(|p| buffer_core::millis(p.max_age))
                 .min()
         })
@@ -793,8 +1166,7 @@ impl App {
     pub(crate) fn flush_in_ms(&self, live: &LiveCounts) -> Option<u64> {
         let max_age = self.max_age_ms()?;
         let over = |threshold: fn(&PersisterInfo) -> Option<u64>, value: u64| {
-            self.persisters
-                .iter()
+            self.live_persisters()
                 .filter_map(threshold)
                 .any(|limit| value >= limit)
         };
@@ -867,6 +1239,8 @@ mod tests {
             max_age: Some(Duration::from_secs(60)),
             demo_out: None,
             now_ms: T0,
+            read_only: false,
+            no_color: false,
         });
         app.update(Action::Viewport { table_rows: 30 });
         app
@@ -1149,6 +1523,8 @@ mod tests {
             max_age: None,
             demo_out: None,
             now_ms: T0,
+            read_only: false,
+            no_color: false,
         });
         let persister = |holder: &str, max_age_ms, max_records| PersisterInfo {
             holder: holder.into(),
@@ -1159,6 +1535,8 @@ mod tests {
             heartbeat_ms: T0,
             batches_persisted: 0,
             records_persisted: 0,
+            version: None,
+            interval: None,
         };
         let live = LiveCounts {
             first_write_ms: T0 - 4_000,

@@ -45,6 +45,10 @@ pub struct Cli {
     /// Where the demo's persister writes its files.
     #[arg(long, default_value = "demo-out", requires = "demo")]
     pub out: PathBuf,
+    /// Show no action (flush, retry, pause, limits): only watch. Also the default when the
+    /// Redis user lacks write rights.
+    #[arg(long)]
+    pub read_only: bool,
     /// Write logs (the persister's, in the demo) to this file; the screen belongs to the
     /// dashboard.
     #[arg(long, env = "BUFFER_TUI_LOG")]
@@ -93,12 +97,19 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         max_age: cli.max_age,
         demo_out: None,
         now_ms: buffer.now_ms(),
+        read_only: cli.read_only,
+        no_color: no_color(),
     });
     Dashboard::new(buffer, app, cli.interval)
         .run(shutdown)
         .await
         .context("dashboard")?;
     Ok(())
+}
+
+/// Whether `NO_COLOR` asks for no colours (set and not empty: no-color.org).
+pub(crate) fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
 }
 
 fn init_logging(path: &std::path::Path) -> anyhow::Result<()> {

@@ -4,19 +4,21 @@
 use std::time::Duration;
 
 use buffer_core::Buffer;
-use crossterm::event::{Event as TermEvent, EventStream};
+use crossterm::event::{Event as TermEvent, EventStream, MouseEventKind};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Action, App, Running};
+use crate::app::{Access, Action, App, Running};
 use crate::error::{Error, Result};
 use crate::poller::{follow_events, poll_loop};
 use crate::terminal::TerminalGuard;
 
 /// How often the clock ticks: TTLs and ages count on between polls.
 const TICK: Duration = Duration::from_millis(250);
+/// Rows one notch of the mouse wheel moves.
+const SCROLL_ROWS: isize = 3;
 /// Actions applied between two draws at most, so a flood of events cannot starve drawing.
 const ACTIONS_PER_DRAW: usize = 256;
 /// How long quitting waits for the background tasks to drop their connections, after
@@ -90,14 +92,31 @@ impl Dashboard {
             sender.clone(),
             tasks.clone(),
         ));
-        running.spawn(follow_events(buffer.clone(), sender, tasks.clone()));
+        running.spawn(follow_events(buffer.clone(), sender.clone(), tasks.clone()));
+        // Whether this Redis user may act: the actions stay hidden until it says so.
+        if app.access == Access::Unknown {
+            let (buffer, sender) = (buffer.clone(), sender.clone());
+            running.spawn(async move {
+                let access = loop {
+                    match buffer.can_operate().await {
+                        Ok(true) => break Access::ReadWrite,
+                        Ok(false) => {
+                            break Access::ReadOnly("the Redis user lacks write rights".into());
+                        }
+                        // Redis away: ask again once it answers.
+                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    }
+                };
+                let _ = sender.send(Action::Access(access));
+            });
+        }
 
         let result = event_loop(
             &mut guard,
             &mut app,
             size,
             &buffer,
-            &mut receiver,
+            (&sender, &mut receiver),
             &view_sender,
             &shutdown,
         )
@@ -128,7 +147,10 @@ async fn event_loop(
     app: &mut App,
     mut size: (u16, u16),
     buffer: &Buffer,
-    receiver: &mut mpsc::UnboundedReceiver<Action>,
+    (sender, receiver): (
+        &mpsc::UnboundedSender<Action>,
+        &mut mpsc::UnboundedReceiver<Action>,
+    ),
     view_sender: &watch::Sender<crate::app::ViewRequest>,
     shutdown: &CancellationToken,
 ) -> Result<()> {
@@ -157,7 +179,22 @@ async fn event_loop(
             }
             event = keys.next() => match event {
                 Some(Ok(TermEvent::Key(key))) => {
-                    if let Some(action) = crate::keys::action_for(app.mode(), &key) {
+                    if let Some(action) = crate::keys::action_for(app.mode(), &key, app.can_act()) {
+                        app.update(action);
+                        moved = true;
+                    }
+                }
+                Some(Ok(TermEvent::Mouse(mouse))) => {
+                    let action = match mouse.kind {
+                        MouseEventKind::ScrollDown => Some(Action::Scroll(SCROLL_ROWS)),
+                        MouseEventKind::ScrollUp => Some(Action::Scroll(-SCROLL_ROWS)),
+                        MouseEventKind::Down(_) => {
+                            crate::layout::table_row_at(app, size, mouse.column, mouse.row)
+                                .map(Action::ClickRow)
+                        }
+                        _ => None,
+                    };
+                    if let Some(action) = action {
                         app.update(action);
                         moved = true;
                     }
@@ -173,6 +210,24 @@ async fn event_loop(
         }
         if app.running() == Running::Quit {
             return Ok(());
+        }
+        // Confirmed actions run beside the loop; each sends back what it did.
+        for command in app.take_commands() {
+            let (buffer, sender) = (buffer.clone(), sender.clone());
+            tokio::spawn(async move {
+                let done = match command.execute(&buffer).await {
+                    Ok(text) => Action::Done {
+                        text,
+                        failed: false,
+                    },
+                    Err(err) => Action::Done {
+                        text: format!("{}: {err}", command.store()),
+                        failed: true,
+                    },
+                };
+                let _ = sender.send(done);
+            });
+            moved = true;
         }
         // Before the poller reads the rows on screen and before the next draw.
         sync_viewport(app, size);

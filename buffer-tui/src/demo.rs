@@ -441,6 +441,8 @@ async fn run_with_redis(
         max_age: Some(DEMO_MAX_AGE),
         demo_out: Some(options.out.display().to_string()),
         now_ms: view_buffer.now_ms(),
+        read_only: false,
+        no_color: crate::cli::no_color(),
     });
     let dashboard = Dashboard::new(view_buffer.clone(), app, options.interval);
     tracker.spawn(report_stats(

@@ -130,6 +130,25 @@ pub(crate) fn table_rows(chrome: Chrome, width: u16, height: u16) -> usize {
     usize::from(areas.table.height.saturating_sub(3))
 }
 
+/// The table row (0 = the top row on screen) at column `x`, row `y` of a terminal of `size`,
+/// when the stores table is shown there and a store is listed on that row.
+pub(crate) fn table_row_at(
+    app: &App,
+    (width, height): (u16, u16),
+    x: u16,
+    y: u16,
+) -> Option<usize> {
+    if app.screen != crate::app::Screen::Table || app.mode != crate::app::Mode::Normal {
+        return None;
+    }
+    let table = areas(Chrome::of(app), Rect::new(0, 0, width, height)).table;
+    // Inside the border, below the header row.
+    let first = table.y + 2;
+    let inside = x > table.x && x + 1 < table.right() && y >= first && y + 1 < table.bottom();
+    let row = usize::from(y.checked_sub(first)?);
+    (inside && app.offset + row < app.view.len()).then_some(row)
+}
+
 /// The [`Action::Viewport`] that tells `app` its table's size on a `width` x `height`
 /// terminal, or `None` when it already knows. The dashboard applies it after every batch of
 /// actions (any of them may change the chrome) and before drawing.
@@ -230,6 +249,8 @@ mod tests {
             max_age: None,
             demo_out: None,
             now_ms: 0,
+            read_only: false,
+            no_color: false,
         });
         let rows = table_rows(Chrome::of(&app), 80, 24);
         assert_eq!(

@@ -2,7 +2,8 @@
 //!
 //! The poller reads the cheap index data for every store (`stores`, `get_prepared`), then
 //! details (key counts, locks) only for the rows on screen and the selected store, so a
-//! refresh costs the same with 10 stores or 10 000. It never writes to Redis.
+//! refresh costs the same with 10 stores or 10 000. It never writes to Redis (the actions a
+//! person confirms are run by the dashboard loop, through `buffer_persist::OperatorAction`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{Action, ViewRequest};
 use crate::snapshot::{
-    BatchDetail, BatchSize, CoalescedFocus, FocusDetail, HeldLock, LimitUse, Snapshot, StoreDetail,
+    BatchDetail, BatchSize, CoalescedFocus, FocusDetail, HeldBy, HeldLock, LimitUse, Snapshot,
+    StoreDetail,
 };
 /// Keys listed for the selected store.
 const FOCUS_KEYS: usize = 200;
@@ -28,9 +30,13 @@ const LATEST_RECORDS: usize = 8;
 const BATCH_LOCKS_PER_STORE: usize = 4;
 /// Batches of the selected store that are detailed.
 const FOCUS_BATCHES: usize = 20;
-/// A persister silent for longer than this is not counted (it announces at every poll, and a
-/// poll can take a while when batches are big).
-const PERSISTER_SILENCE: Duration = Duration::from_secs(60);
+/// Persisters silent for longer than this are not listed at all (the app marks and leaves out
+/// of its thresholds those silent for a few of their intervals): as long as an announcement
+/// is kept in Redis.
+const PERSISTER_SILENCE: Duration = buffer_core::FORGET_SILENT_PERSISTERS_AFTER;
+/// At most this many locks are read for the persisters screen (stores and batches, in name
+/// order): one pipeline of GET + PTTL each.
+const HELD_LOCKS_READ: usize = 2_000;
 /// The shortest time between two polls, when the rows on screen change quickly.
 const MIN_GAP: Duration = Duration::from_millis(150);
 /// The rest between two attempts to subscribe to events when no node took the last one.
@@ -211,10 +217,11 @@ pub(crate) async fn poll_once(
             buffer.failures(),
             buffer.all_limits(),
             buffer.all_coalesce_rules(),
+            buffer.paused_stores(),
         )
     };
     let ((masters, server), indexes) = futures::join!(masters_and_server, indexes);
-    let (stores, prepared, persisters, failures, limits, coalescing) = indexes?;
+    let (stores, prepared, persisters, failures, limits, coalescing, paused) = indexes?;
     let rules_of: HashMap<&StoreName, &CoalesceRules> = coalescing
         .iter()
         .map(|(store, rules)| (store, rules))
@@ -253,12 +260,38 @@ pub(crate) async fn poll_once(
         .filter(|store| rules_of.contains_key(store))
         .cloned()
         .collect();
-    let (locks, key_counts, merged, focus) = futures::try_join!(
+    // Every lock, for the persisters screen only: the batches in each persister's hands.
+    let mut every_lock: Vec<LockTarget> = Vec::new();
+    if request.persisters {
+        every_lock.extend(
+            prepared
+                .iter()
+                .map(|b| LockTarget::Batch(b.store.clone(), b.id.clone())),
+        );
+        every_lock.extend(stores.iter().map(|s| LockTarget::Store(s.store.clone())));
+        every_lock.truncate(HELD_LOCKS_READ);
+    }
+    let (locks, key_counts, merged, focus, every_held) = futures::try_join!(
         buffer.lock_infos(&targets),
         buffer.store_key_counts(&counted),
         buffer.coalesced_writes(&merging),
-        focus_detail(buffer, request, &batches_of, &failures, &limits, &rules_of,)
+        focus_detail(buffer, request, &batches_of, &failures, &limits, &rules_of,),
+        buffer.lock_infos(&every_lock),
     )?;
+    let locks_held: Vec<HeldBy> = every_lock
+        .iter()
+        .zip(every_held)
+        .filter_map(|(target, lock)| {
+            let (store, batch) = match target {
+                LockTarget::Store(store) => (store, None),
+                LockTarget::Batch(store, batch) => (store, Some(batch.clone())),
+            };
+            lock.map(|lock| HeldBy {
+                store: store.clone(),
+                lock: HeldLock::new(lock, batch),
+            })
+        })
+        .collect();
     let key_count_of: HashMap<&StoreName, u64> = counted.iter().zip(key_counts).collect();
     let merged_of: HashMap<&StoreName, u64> = merging.iter().zip(merged).collect();
     // The node holding each shown store, on a cluster: read from the slot map the masters'
@@ -311,6 +344,8 @@ pub(crate) async fn poll_once(
         details,
         focus,
         persisters,
+        paused: paused.into_iter().map(|(store, _)| store).collect(),
+        held: locks_held,
     })
 }
 
@@ -575,6 +610,7 @@ mod tests {
             visible: stores.clone(),
             selected: Some(stores[1].clone()),
             top_by: 0,
+            persisters: false,
         };
         let snapshot = poll_once(&buffer, &request, async { None }).await.unwrap();
         assert_eq!(snapshot.details[&stores[0]].merged_writes, None);

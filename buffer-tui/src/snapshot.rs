@@ -27,8 +27,21 @@ pub(crate) struct Snapshot {
     /// Everything shown about the selected store.
     pub(crate) focus: Option<FocusDetail>,
     /// The persisters that announced themselves recently (their thresholds give the time
-    /// until a store's flush).
+    /// until a store's flush); silent ones too, for the persisters screen to mark.
     pub(crate) persisters: Vec<PersisterInfo>,
+    /// The paused stores.
+    pub(crate) paused: Vec<StoreName>,
+    /// Every held lock of a store or batch, read only while the persisters screen is shown.
+    pub(crate) held: Vec<HeldBy>,
+}
+
+/// A lock held on a store or batch: what the persisters screen lists under its holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HeldBy {
+    /// The store.
+    pub(crate) store: StoreName,
+    /// The lock, with the batch it protects (`None`: the store lock).
+    pub(crate) lock: HeldLock,
 }
 
 /// What the table shows for a visible row beyond the index data.

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossterm::ExecutableCommand;
 use crossterm::cursor::Show;
+use crossterm::event::{DisableMouseCapture, EnableMouseCapture};
 use crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
@@ -29,6 +30,12 @@ impl TerminalGuard {
         TAKEN.store(true, Ordering::SeqCst);
         let mut stdout = io::stdout();
         if let Err(err) = stdout.execute(EnterAlternateScreen) {
+            restore();
+            return Err(err);
+        }
+        // Clicks select rows and the wheel scrolls (the terminal's own selection then needs
+        // Shift, as in every mouse-aware terminal program).
+        if let Err(err) = stdout.execute(EnableMouseCapture) {
             restore();
             return Err(err);
         }
@@ -70,6 +77,7 @@ pub(crate) fn restore() {
     }
     let _ = disable_raw_mode();
     let mut stdout = io::stdout();
+    let _ = stdout.execute(DisableMouseCapture);
     let _ = stdout.execute(LeaveAlternateScreen);
     let _ = stdout.execute(Show);
 }

@@ -3,11 +3,13 @@
 //! `layout` says where each part goes; each panel has its module here and takes its colours
 //! from `theme`. Rendering reads the state and never changes it.
 
+mod actions;
 mod banner;
 mod events;
 mod footer;
 mod header;
 mod help;
+mod persisters;
 mod rates;
 mod shared;
 mod store_panel;
@@ -52,10 +54,35 @@ impl Widget for &App {
                 }
             }
             Screen::Store => store_screen::render_store_screen(self, areas.main, buf),
+            Screen::Persisters => persisters::render_persisters(self, areas.main, buf),
         }
         footer::render_footer(self, areas.footer, buf);
-        if self.mode == Mode::Help {
-            help::render_help(area, buf);
+        match self.mode {
+            Mode::Help => help::render_help(self, area, buf),
+            Mode::Confirm => actions::render_confirmation(self, areas.main, buf),
+            Mode::Form => actions::render_limits_form(self, areas.main, buf),
+            Mode::Normal | Mode::Filter => {}
+        }
+        if self.no_color {
+            without_colours(area, buf);
+        }
+    }
+}
+
+/// `NO_COLOR` (no-color.org): every colour taken out after drawing, so no panel can forget
+/// it. Bold, dim, underline and reverse stay; what was told apart by a painted background
+/// (the disconnected banner) is reversed instead.
+fn without_colours(area: Rect, buf: &mut Buffer) {
+    use ratatui::style::{Color, Modifier};
+    for y in area.top()..area.bottom() {
+        for x in area.left()..area.right() {
+            if let Some(cell) = buf.cell_mut((x, y)) {
+                if cell.bg != Color::Reset {
+                    cell.modifier |= Modifier::REVERSED;
+                }
+                cell.fg = Color::Reset;
+                cell.bg = Color::Reset;
+            }
         }
     }
 }

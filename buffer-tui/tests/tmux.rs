@@ -12,6 +12,9 @@ use buffer_tests::RedisServer;
 use buffer_tests::cluster::TestCluster;
 use serde_json::json;
 
+#[path = "tmux/actions.rs"]
+mod actions;
+
 /// A tmux server on its own socket, killed on drop (and only that one).
 struct Tmux {
     socket: String,

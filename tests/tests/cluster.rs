@@ -282,6 +282,8 @@ async fn announcements_and_server_info_cover_every_master() {
         heartbeat_ms: buffer.now_ms(),
         batches_persisted: 0,
         records_persisted: 0,
+        version: None,
+        interval: None,
     };
     buffer.announce_persister(&info).await.unwrap();
     assert_eq!(

@@ -1129,6 +1129,8 @@ async fn persister_announcements_are_listed_retired_and_forgotten_after_silence(
         heartbeat_ms,
         batches_persisted: 0,
         records_persisted: 0,
+        version: None,
+        interval: None,
     };
     let forget_ms = FORGET_SILENT_PERSISTERS_AFTER.as_millis() as u64;
     let now = 10_000_000_000;

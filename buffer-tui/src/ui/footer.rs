@@ -23,9 +23,30 @@ pub(super) fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
                 Span::raw("   "),
             ],
         ),
-        Mode::Normal | Mode::Help => Part::new(u8::MAX, vec![Span::raw(" ")]),
+        Mode::Confirm => Part::new(
+            u8::MAX,
+            vec![Span::styled(" Confirm? ", theme::ATTENTION_STRONG)],
+        ),
+        Mode::Normal | Mode::Help | Mode::Form => Part::new(u8::MAX, vec![Span::raw(" ")]),
     }];
-    for (i, (keys, what)) in crate::keys::footer_hints(app.mode, app.screen).enumerate() {
+    // What the last action did, for a while, before the hints (which make room for it).
+    if let Some(notice) = app.current_notice() {
+        let style = if notice.failed {
+            theme::FAILING
+        } else {
+            theme::GOOD
+        };
+        let room = usize::from(area.width).saturating_sub(12);
+        parts.push(Part::new(
+            u8::MAX - 1,
+            vec![
+                Span::styled(fit(&clean(&notice.text), room), style),
+                Span::raw("  "),
+            ],
+        ));
+    }
+    let hints = crate::keys::footer_hints(app.mode, app.screen, app.can_act());
+    for (i, (keys, what)) in hints.enumerate() {
         let keep = if keys == "?" {
             u8::MAX - 1
         } else {

@@ -41,6 +41,12 @@ pub(super) fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
             vec![Span::raw(format!(" {}", clean(&server.mode)))],
         ));
     }
+    if let crate::app::Access::ReadOnly(_) = &app.access {
+        first.push(Part::new(
+            6,
+            vec![Span::styled("  read-only", theme::ATTENTION)],
+        ));
+    }
     if let Some(masters) = &app.masters {
         let down = masters.iter().filter(|m| !m.is_up()).count();
         first.push(Part::new(
@@ -104,7 +110,11 @@ pub(super) fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
                 )],
             ));
         }
-        second.push(item(7, "persisters", app.persisters.len().to_string()));
+        second.push(item(
+            7,
+            "persisters",
+            app.live_persisters().count().to_string(),
+        ));
     }
     // The flush column already counts down to it.
     if let Some(max_age) = app.max_age_ms() {

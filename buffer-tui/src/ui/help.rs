@@ -6,10 +6,12 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Widget};
 
 use super::theme;
+use crate::app::App;
 
-pub(super) fn render_help(area: Rect, buf: &mut Buffer) {
-    // Every key from the key table, then what the columns mean.
-    let mut rows: Vec<(String, &str)> = crate::keys::help_lines().collect();
+pub(super) fn render_help(app: &App, area: Rect, buf: &mut Buffer) {
+    // Every key from the key table (the actions only when the dashboard may act), then what
+    // the columns mean.
+    let mut rows: Vec<(String, &str)> = crate::keys::help_lines(app.can_act()).collect();
     rows.push((String::new(), ""));
     let columns: &[(&str, &str)] = &[
         (
@@ -22,8 +24,14 @@ pub(super) fn render_help(area: Rect, buf: &mut Buffer) {
         ),
         ("Batches", "prepared batches waiting to be written"),
         ("✗n", "n failing: retried later, waiting longer each time"),
+        ("‖ paused", "not persisted until resumed; still pushed to"),
     ];
-    rows.extend(columns.iter().map(|(k, what)| ((*k).to_owned(), *what)));
+    // The keys first: what the columns mean only when the terminal has the room.
+    if rows.len() + 2 + columns.len() <= usize::from(area.height) {
+        rows.extend(columns.iter().map(|(k, what)| ((*k).to_owned(), *what)));
+    } else {
+        rows.pop();
+    }
     let width = 74.min(area.width);
     let height = (rows.len() as u16 + 2).min(area.height);
     let popup = Rect {

@@ -49,7 +49,9 @@ pub(super) fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
         }
         lines.push(Line::from(bytes(live.bytes)));
         lines.push(Line::from(format!("age {}", age_ms(app.age_ms(&live)))));
-        if let Some(flush) = app.flush_in_ms(&live) {
+        if row.paused {
+            lines.push(Line::styled("paused", theme::ATTENTION_STRONG));
+        } else if let Some(flush) = app.flush_in_ms(&live) {
             lines.push(Line::from(if flush == 0 {
                 "flush due".to_owned()
             } else {

@@ -213,6 +213,10 @@ pub(super) fn render_empty(app: &App, area: Rect, buf: &mut Buffer) {
 pub(super) fn cell(app: &App, row: &StoreRow, column: Column, width: usize) -> Cell<'static> {
     let unknown = || Cell::from(Line::from("·").alignment(Alignment::Right)).style(theme::DIM);
     match column {
+        Column::Name if row.paused => Cell::from(Line::from(vec![
+            Span::styled("‖ ", theme::ATTENTION_STRONG),
+            Span::raw(fit(row.name.as_str(), width.saturating_sub(2))),
+        ])),
         Column::Name => Cell::from(fit(row.name.as_str(), width)),
         Column::Records => right(match (row.live, merged_writes(row)) {
             (Some(live), Some(writes)) => format!("{} ({})", count(live.records), count(writes)),
@@ -225,6 +229,7 @@ pub(super) fn cell(app: &App, row: &StoreRow, column: Column, width: usize) -> C
             None => unknown(),
         },
         Column::Age => right(row.live.map_or("-".into(), |l| age_ms(app.age_ms(&l)))),
+        Column::Flush if row.paused => right("paused".into()).style(theme::ATTENTION_STRONG),
         Column::Flush => match row.live.and_then(|l| app.flush_in_ms(&l)) {
             Some(0) => right("due".into()).style(theme::ATTENTION_STRONG),
             Some(ms) => right(age_ms(ms + 999)),

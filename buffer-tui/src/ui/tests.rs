@@ -32,6 +32,8 @@ fn new_app(width: u16, height: u16) -> App {
         max_age: Some(Duration::from_secs(60)),
         demo_out: None,
         now_ms: T0,
+        read_only: false,
+        no_color: false,
     });
     fit(&mut app, width, height);
     app
@@ -108,6 +110,8 @@ fn populated(width: u16, height: u16) -> App {
             heartbeat_ms: T0,
             batches_persisted: 10,
             records_persisted: 30_000,
+            version: None,
+            interval: None,
         }],
         failures: vec![
             FailingWork::new(
@@ -412,6 +416,8 @@ fn demo_header() {
             max_age: Some(Duration::from_secs(10)),
             demo_out: Some("demo-out".into()),
             now_ms: T0,
+            read_only: false,
+            no_color: false,
         });
         fit(&mut app, w, h);
         app.update(Action::Snapshot(Box::new(Snapshot {
@@ -784,6 +790,8 @@ fn the_persisters_output_is_on_a_header_line_of_its_own() {
         heartbeat_ms: T0,
         batches_persisted: batches,
         records_persisted: records,
+        version: None,
+        interval: None,
     };
     let database = "postgres://app:***@db.internal:5432/shop";
     for (width, height) in SIZES {
@@ -834,4 +842,261 @@ fn the_persisters_output_is_on_a_header_line_of_its_own() {
     let screen = draw(&mut app, 80, 24);
     assert!(!screen.contains(" out "), "{screen}");
     assert_eq!(app.page(), with_line + 1);
+}
+
+/// The sizes the operator console is checked at: the smallest terminal and a big one.
+const CONSOLE_SIZES: [(u16, u16); 2] = [(80, 24), (200, 50)];
+
+fn check_console(name: &str, make: impl Fn(u16, u16) -> App) {
+    for (width, height) in CONSOLE_SIZES {
+        let mut app = make(width, height);
+        insta::assert_snapshot!(
+            format!("{name}_{width}x{height}"),
+            draw(&mut app, width, height)
+        );
+    }
+}
+
+/// The populated dashboard of a Redis user that may act, with "metrics/cpu" paused, two
+/// persisters (one silent for a minute) and the locks they hold.
+fn operator(width: u16, height: u16) -> App {
+    let mut app = populated(width, height);
+    app.update(Action::Access(crate::app::Access::ReadWrite));
+    let mut snapshot = Snapshot {
+        taken_at_ms: T0 + 1_000,
+        server: server(),
+        stores: vec![
+            store("audit log", 12, 4_800, 59_200),
+            store("clicks", 48_210, 9_400_000, 13_000),
+            store("metrics/cpu", 730, 88_000, 95_000),
+            store("orders", 1_520, 402_000, 76_000),
+            store("signups", 3, 410, 3_000),
+        ],
+        paused: vec![name("metrics/cpu")],
+        persisters: vec![
+            PersisterInfo {
+                holder: "persist-1/4242".into(),
+                max_age: Duration::from_secs(60),
+                max_bytes: Some(64 << 20),
+                max_records: Some(50_000),
+                out: "s3://warehouse/buffer".into(),
+                heartbeat_ms: T0,
+                batches_persisted: 10,
+                records_persisted: 30_000,
+                version: Some("0.1.0".into()),
+                interval: Some(Duration::from_secs(1)),
+            },
+            PersisterInfo {
+                holder: "persist-2/77".into(),
+                max_age: Duration::from_secs(30),
+                max_bytes: None,
+                max_records: None,
+                out: "/var/lib/buffer".into(),
+                heartbeat_ms: T0 - 60_000,
+                batches_persisted: 3,
+                records_persisted: 900,
+                version: Some("0.1.0".into()),
+                interval: Some(Duration::from_secs(1)),
+            },
+        ],
+        held: vec![
+            crate::snapshot::HeldBy {
+                store: name("orders"),
+                lock: HeldLock {
+                    holder: "persist-1/4242".into(),
+                    ttl_ms: Some(27_400),
+                    batch: Some(batch_id(T0 - 4_000, 0xab12)),
+                },
+            },
+            crate::snapshot::HeldBy {
+                store: name("clicks"),
+                lock: HeldLock {
+                    holder: "app-server/12".into(),
+                    ttl_ms: Some(9_000),
+                    batch: None,
+                },
+            },
+        ],
+        ..Snapshot::default()
+    };
+    snapshot.prepared = vec![PreparedSummary::new(
+        name("orders"),
+        batch_id(T0 - 4_000, 0xab12),
+    )];
+    app.update(Action::Snapshot(Box::new(snapshot)));
+    app.update(Action::Tick { now_ms: T0 + 1_500 });
+    app
+}
+
+#[test]
+fn a_paused_store_is_marked_in_the_table_and_the_actions_are_in_the_footer() {
+    check_console("operator", operator);
+    let mut app = operator(80, 24);
+    let screen = draw(&mut app, 80, 24);
+    assert!(screen.contains("‖ metrics/cpu"), "{screen}");
+    assert!(screen.contains("paused"), "{screen}");
+    let footer = screen_lines(&screen).pop().unwrap();
+    for hint in ["f flush", "p pause", "? help"] {
+        assert!(footer.contains(hint), "{footer}");
+    }
+}
+
+#[test]
+fn an_action_waits_behind_a_confirmation_that_says_what_will_happen() {
+    check_console("confirm_flush", |w, h| {
+        let mut app = operator(w, h);
+        app.update(Action::Flush);
+        app
+    });
+    let mut app = operator(80, 24);
+    app.update(Action::Top);
+    for _ in 0..10 {
+        if app.selected.as_ref().map(StoreName::as_str) == Some("metrics/cpu") {
+            break;
+        }
+        app.update(Action::Down);
+    }
+    app.update(Action::PauseResume);
+    let screen = draw(&mut app, 80, 24);
+    assert!(screen.contains("Resume \"metrics/cpu\""), "{screen}");
+    assert!(screen.contains("y or Enter do it"), "{screen}");
+    app.update(Action::Confirm);
+    assert_eq!(
+        app.take_commands(),
+        [buffer_persist::OperatorAction::Resume(name("metrics/cpu"))]
+    );
+    app.update(Action::Done {
+        text: "metrics/cpu: resumed".into(),
+        failed: false,
+    });
+    let screen = draw(&mut app, 80, 24);
+    assert!(
+        screen_lines(&screen)
+            .pop()
+            .unwrap()
+            .contains("metrics/cpu: resumed"),
+        "the outcome is in the footer: {screen}"
+    );
+}
+
+#[test]
+fn the_limits_form_edits_the_selected_stores_limits() {
+    check_console("limits_form", |w, h| {
+        let mut app = operator(w, h);
+        app.update(Action::EditLimits);
+        for c in "2000".chars() {
+            app.update(Action::FormInput(c));
+        }
+        app.update(Action::FormNext);
+        app.update(Action::FormInput('x'));
+        app.update(Action::FormSubmit);
+        app
+    });
+}
+
+#[test]
+fn the_persisters_screen_lists_each_persister_its_locks_and_marks_a_silent_one() {
+    check_console("persisters", |w, h| {
+        let mut app = operator(w, h);
+        app.update(Action::Persisters);
+        app
+    });
+    let mut app = operator(80, 24);
+    app.update(Action::Persisters);
+    let screen = draw(&mut app, 80, 24);
+    for shown in [
+        "persist-1/4242",
+        "s3://warehouse/buffer",
+        "max-age 1m00s",
+        "holds batch …0000ab12 of orders",
+        "SILENT for 1m",
+        "app-server/12",
+    ] {
+        assert!(screen.contains(shown), "{shown}: {screen}");
+    }
+    assert!(
+        screen_lines(&screen)[1].contains("persisters 1"),
+        "the silent one is not counted: {screen}"
+    );
+}
+
+#[test]
+fn read_only_shows_no_action_anywhere() {
+    let mut app = populated(80, 24);
+    app.update(Action::Access(crate::app::Access::ReadOnly(
+        "the Redis user lacks write rights".into(),
+    )));
+    app.update(Action::Flush);
+    app.update(Action::EditLimits);
+    assert_eq!(app.mode, crate::app::Mode::Normal, "nothing asked");
+    assert!(app.take_commands().is_empty());
+    let table = draw(&mut app, 80, 24);
+    app.update(Action::Help);
+    let help = draw(&mut app, 80, 24);
+    for screen in [&table, &help] {
+        for action in [
+            "f flush",
+            "p pause",
+            "l limits",
+            "flush now",
+            "pause persisting",
+            "its limits",
+            "retry its",
+        ] {
+            assert!(!screen.contains(action), "{action} shown: {screen}");
+        }
+    }
+    assert!(table.contains("read-only"), "{table}");
+    // The same dashboard allowed to act lists every action in its help, at 80x24.
+    let mut app = populated(80, 24);
+    app.update(Action::Access(crate::app::Access::ReadWrite));
+    app.update(Action::Help);
+    let help = draw(&mut app, 80, 24);
+    for action in [
+        "flush now",
+        "retry its failing batch",
+        "pause persisting",
+        "its limits (a form)",
+    ] {
+        assert!(help.contains(action), "{action}: {help}");
+    }
+}
+
+#[test]
+fn no_color_draws_without_a_single_colour() {
+    let mut app = operator(80, 24);
+    app.no_color = true;
+    app.update(Action::PollFailed {
+        error: "refused".into(),
+        at_ms: T0,
+    });
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    fit(&mut app, 80, 24);
+    terminal.draw(|frame| super::render(&app, frame)).unwrap();
+    let buffer = terminal.backend().buffer();
+    use ratatui::style::{Color, Modifier};
+    assert!(
+        buffer
+            .content()
+            .iter()
+            .all(|cell| cell.fg == Color::Reset && cell.bg == Color::Reset)
+    );
+    assert!(
+        buffer
+            .content()
+            .iter()
+            .any(|cell| cell.modifier.contains(Modifier::REVERSED)),
+        "the selection and the banner stay visible"
+    );
+    // Without NO_COLOR the same screen has colours.
+    app.no_color = false;
+    terminal.draw(|frame| super::render(&app, frame)).unwrap();
+    assert!(
+        terminal
+            .backend()
+            .buffer()
+            .content()
+            .iter()
+            .any(|cell| cell.fg != Color::Reset)
+    );
 }

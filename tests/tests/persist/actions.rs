@@ -342,3 +342,58 @@ async fn retry_now_raced_with_producers_and_two_failing_persisters_loses_and_dup
         "some backoff was cleared while batches failed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_redis_user_with_write_rights_can_operate() {
+    let server = RedisServer::start();
+    assert!(server.buffer().await.can_operate().await.unwrap());
+    server.command(&[
+        "ACL", "SETUSER", "viewer", "on", ">pw", "~*", "&*", "+@all", "-@write",
+    ]);
+    server.command(&[
+        "ACL",
+        "SETUSER",
+        "noscripts",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-@scripting",
+    ]);
+    server.command(&[
+        "ACL", "SETUSER", "operator", "on", ">pw", "~*", "&*", "+@all",
+    ]);
+    let as_user = |user: &str| {
+        let url = format!("redis://{user}:pw@127.0.0.1:{}", server.port());
+        Buffer::connect(buffer_core::BufferConfig::new(url))
+    };
+    assert!(
+        !as_user("viewer")
+            .await
+            .unwrap()
+            .can_operate()
+            .await
+            .unwrap()
+    );
+    assert!(
+        !as_user("noscripts")
+            .await
+            .unwrap()
+            .can_operate()
+            .await
+            .unwrap()
+    );
+    assert!(
+        as_user("operator")
+            .await
+            .unwrap()
+            .can_operate()
+            .await
+            .unwrap()
+    );
+    // The viewer is refused, as the check said: pause is a write.
+    let viewer = as_user("viewer").await.unwrap();
+    let refused = viewer.pause("orders").await.unwrap_err();
+    assert!(refused.to_string().contains("no permissions"), "{refused}");
+}
