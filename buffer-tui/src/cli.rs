@@ -98,18 +98,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         demo_out: None,
         now_ms: buffer.now_ms(),
         read_only: cli.read_only,
-        no_color: no_color(),
+        no_color: crate::terminal::no_color(),
     });
     Dashboard::new(buffer, app, cli.interval)
         .run(shutdown)
         .await
         .context("dashboard")?;
     Ok(())
-}
-
-/// Whether `NO_COLOR` asks for no colours (set and not empty: no-color.org).
-pub(crate) fn no_color() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
 }
 
 fn init_logging(path: &std::path::Path) -> anyhow::Result<()> {

@@ -442,7 +442,7 @@ async fn run_with_redis(
         demo_out: Some(options.out.display().to_string()),
         now_ms: view_buffer.now_ms(),
         read_only: false,
-        no_color: crate::cli::no_color(),
+        no_color: crate::terminal::no_color(),
     });
     let dashboard = Dashboard::new(view_buffer.clone(), app, options.interval);
     tracker.spawn(report_stats(

@@ -64,6 +64,11 @@ impl Drop for TerminalGuard {
     }
 }
 
+/// Whether `NO_COLOR` asks for no colours (set and not empty: no-color.org).
+pub(crate) fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
+}
+
 /// Whether the terminal is in raw mode on the alternate screen because of us.
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
