@@ -1100,3 +1100,45 @@ fn no_color_draws_without_a_single_colour() {
             .any(|cell| cell.fg != Color::Reset)
     );
 }
+
+/// A click on a table row selects that store; clicks elsewhere (the border, the header row,
+/// below the last store, another screen) select nothing; the wheel moves the selection.
+#[test]
+fn a_click_selects_the_row_under_it_and_the_wheel_scrolls() {
+    let mut app = operator(80, 24);
+    let screen = draw(&mut app, 80, 24);
+    let lines = screen_lines(&screen);
+    let y = lines
+        .iter()
+        .position(|l| l.contains("metrics/cpu"))
+        .unwrap() as u16;
+    let row = crate::layout::table_row_at(&app, (80, 24), 10, y).expect("a row");
+    app.update(Action::ClickRow(row));
+    assert_eq!(app.selected.as_ref().unwrap().as_str(), "metrics/cpu");
+    let header = lines.iter().position(|l| l.contains("Store▲")).unwrap() as u16;
+    assert_eq!(
+        crate::layout::table_row_at(&app, (80, 24), 10, header),
+        None
+    );
+    assert_eq!(
+        crate::layout::table_row_at(&app, (80, 24), 0, y),
+        None,
+        "the border"
+    );
+    let below = lines.iter().position(|l| l.contains("signups")).unwrap() as u16 + 1;
+    assert_eq!(crate::layout::table_row_at(&app, (80, 24), 10, below), None);
+    app.update(Action::Scroll(3));
+    assert_eq!(
+        app.selected.as_ref().unwrap().as_str(),
+        "signups",
+        "clamped at the end"
+    );
+    app.update(Action::Scroll(-3));
+    assert_eq!(app.selected.as_ref().unwrap().as_str(), "clicks", "three rows up");
+    app.update(Action::Enter);
+    assert_eq!(
+        crate::layout::table_row_at(&app, (80, 24), 10, y),
+        None,
+        "store screen"
+    );
+}
