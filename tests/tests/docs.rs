@@ -270,3 +270,58 @@ fn a_bash_block_is_a_violation_and_an_unclosed_fence_is_reported() {
         vec!["line 2: a fence that is never closed".to_string()]
     );
 }
+
+/// The install recipe of docs/operations.md ("Installing") names real things: a `dist`
+/// profile that strips, and a systemd unit whose command is `buffer-persist run` and whose
+/// every `BUFFER_*` setting is one `buffer-persist run` reads. (The dist build itself is not
+/// run here: CI never builds it; its figures are measured by hand, as the chapter says.)
+#[test]
+fn the_install_recipe_names_a_dist_profile_and_a_unit_the_binary_understands() {
+    let root = repo_root();
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let dist = manifest
+        .split("[profile.dist]")
+        .nth(1)
+        .expect("Cargo.toml has a [profile.dist]");
+    let dist = dist.split("\n[").next().unwrap();
+    for setting in ["inherits = \"release\"", "strip = true", "lto = "] {
+        assert!(
+            dist.contains(setting),
+            "[profile.dist] lacks {setting}: {dist}"
+        );
+    }
+    let unit =
+        std::fs::read_to_string(root.join("buffer-persist/deploy/buffer-persist.service")).unwrap();
+    assert!(
+        unit.lines()
+            .any(|line| line == "ExecStart=/usr/local/bin/buffer-persist run"),
+        "{unit}"
+    );
+    let help = Command::new(binaries_dir().join("buffer-persist"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for line in unit.lines().filter(|line| line.starts_with("Environment=")) {
+        let name = line
+            .trim_start_matches("Environment=")
+            .split('=')
+            .next()
+            .unwrap();
+        assert!(
+            help.contains(&format!("env: {name}=")) || help.contains(&format!("env: {name}]")),
+            "{name} of the unit is not read by `buffer-persist run`:\n{help}"
+        );
+    }
+    let operations = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    for command in [
+        "cargo install --locked --profile dist --path buffer-persist",
+        "cargo install --locked --profile dist --path buffer-tui",
+        "buffer-persist/deploy/buffer-persist.service",
+    ] {
+        assert!(
+            operations.contains(command),
+            "docs/operations.md lacks {command}"
+        );
+    }
+}
