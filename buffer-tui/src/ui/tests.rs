@@ -1134,7 +1134,11 @@ fn a_click_selects_the_row_under_it_and_the_wheel_scrolls() {
         "clamped at the end"
     );
     app.update(Action::Scroll(-3));
-    assert_eq!(app.selected.as_ref().unwrap().as_str(), "clicks", "three rows up");
+    assert_eq!(
+        app.selected.as_ref().unwrap().as_str(),
+        "clicks",
+        "three rows up"
+    );
     app.update(Action::Enter);
     assert_eq!(
         crate::layout::table_row_at(&app, (80, 24), 10, y),
