@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use buffer_core::{Buffer, BufferConfig};
 use buffer_persist::{PersistConfig, Persister};
 use buffer_tests::{
-    FaultProxy, Ledger, RedisServer, eventually, files_under, output_records, produce,
+    FaultProxy, KillOnDrop, Ledger, RedisServer, eventually, files_under, output_records, produce,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -173,11 +173,14 @@ async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
     let server = RedisServer::start();
     let out = tempfile::tempdir().unwrap();
     let buffer = server.buffer().await;
-    let mut runners: Vec<Child> = vec![
+    let mut runners: Vec<KillOnDrop> = [
         spawn_stopping_runner(&server, out.path()),
         spawn_runner(&server, out.path()),
         spawn_runner(&server, out.path()),
-    ];
+    ]
+    .into_iter()
+    .map(KillOnDrop::new)
+    .collect();
     let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
     let total = 20_000u64;
     let producers: Vec<_> = (0..4)
@@ -201,7 +204,7 @@ async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
         if buffer_tests::process_state(runners[0].id()) == Some('T') {
             runners[0].kill().unwrap();
             runners[0].wait().unwrap();
-            runners[0] = spawn_stopping_runner(&server, out.path());
+            runners[0] = KillOnDrop::new(spawn_stopping_runner(&server, out.path()));
             kills_mid_batch += 1;
             kills += 1;
         }
@@ -209,7 +212,7 @@ async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
         let victim = rng.random_range(1..runners.len());
         runners[victim].kill().unwrap();
         runners[victim].wait().unwrap();
-        runners[victim] = spawn_runner(&server, out.path());
+        runners[victim] = KillOnDrop::new(spawn_runner(&server, out.path()));
         kills += 1;
     }
     for producer in producers {
@@ -222,7 +225,7 @@ async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
     }
     runners[0].kill().unwrap();
     runners[0].wait().unwrap();
-    runners[0] = spawn_runner(&server, out.path());
+    runners[0] = KillOnDrop::new(spawn_runner(&server, out.path()));
     kills += 1;
     // Let the survivors catch up (recovering what the killed ones held), then stop them
     // cleanly; the final drain must find nothing left to do.

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use buffer_tests::http_proxy::{HttpFault, HttpFaultProxy};
 use buffer_tests::s3::S3Server;
-use buffer_tests::{Ledger, PeakRun, RedisServer, eventually, produce, wait_with_peak_rss};
+use buffer_tests::{
+    KillOnDrop, Ledger, PeakRun, RedisServer, eventually, produce, wait_with_peak_rss,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -241,11 +243,12 @@ async fn three_persisters_without_a_shared_disk_killed_with_9_land_every_record_
         if let Some(failpoint) = failpoint {
             command.env("BUFFER_FAILPOINT", failpoint);
         }
-        (command.spawn().unwrap(), work)
+        (KillOnDrop::new(command.spawn().unwrap()), work)
     };
     let spawn = || spawn_with(None);
     let spawn_stopping = || spawn_with(Some("after-part:stop"));
-    let mut runners: Vec<(Child, tempfile::TempDir)> = vec![spawn_stopping(), spawn(), spawn()];
+    let mut runners: Vec<(KillOnDrop, tempfile::TempDir)> =
+        vec![spawn_stopping(), spawn(), spawn()];
     let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
     let total = 6_000u64;
     let producers: Vec<_> = (0..3)
@@ -343,6 +346,18 @@ async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
     })
     .await;
     assert!(up, "no runner published the marker");
+    // Every runner past its start (the marker checked, announced after its first poll), so
+    // the pause meets their uploads, not their start-up.
+    let running = eventually(Duration::from_secs(60), || async {
+        buffer
+            .persisters(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len()
+            >= 3
+    })
+    .await;
+    assert!(running, "the three runners never all announced themselves");
     s3.pause();
     let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
     let producers: Vec<_> = (0..3)

@@ -611,6 +611,49 @@ pub fn stop_and_expect_success(mut child: std::process::Child) {
 /// hanging CI.
 pub const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
 
+/// A child process (a persister, a helper) killed if the test ends before it is stopped,
+/// e.g. by a failed assertion: no process outlives its test. Derefs to the `Child`.
+pub struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The child, no longer guarded (to stop it cleanly and check its exit).
+    pub fn take(mut self) -> std::process::Child {
+        self.0.take().expect("a guarded child")
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("a guarded child")
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("a guarded child")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // A stopped child must go on before SIGKILL's clean-up can end it.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// [`Command::output`] and [`Command::status`] with [`COMMAND_DEADLINE`]: a command that
 /// hangs is killed and fails its test, instead of hanging the suite (and CI) for good.
 pub trait CommandWithin {

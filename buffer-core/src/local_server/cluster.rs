@@ -268,21 +268,36 @@ impl LocalCluster {
         if let Some(password) = &self.password {
             command.args(["-a", password, "--no-auth-warning"]);
         }
+        // A frozen node (SIGSTOP) still accepts the connection and never answers, and
+        // redis-cli has no reply timeout: past the deadline it is killed and this is an error,
+        // so `topology` goes on to the next node. `--cluster` commands wait on the whole
+        // cluster and get longer.
+        let deadline = if args.first().is_some_and(|arg| *arg == "--cluster") {
+            Duration::from_secs(300)
+        } else {
+            CLI_DEADLINE
+        };
+        command.args(args).stdin(Stdio::null());
         let output =
-            command
-                .args(args)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|source| match source.kind() {
-                    std::io::ErrorKind::NotFound => LocalServerError::NotFound {
-                        binary: binary.clone(),
-                    },
-                    _ => LocalServerError::Io {
-                        action: "running",
-                        path: binary.clone(),
-                        source,
-                    },
-                })?;
+            output_within(&mut command, deadline).map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => LocalServerError::NotFound {
+                    binary: binary.clone(),
+                },
+                _ => LocalServerError::Io {
+                    action: "running",
+                    path: binary.clone(),
+                    source,
+                },
+            })?;
+        let Some(output) = output else {
+            return Err(LocalServerError::DidNotStart {
+                reason: format!(
+                    "redis-cli {} got no answer within {deadline:?} (node frozen?)",
+                    args.join(" ")
+                ),
+                log: self.log_tail(10),
+            });
+        };
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         // redis-cli exits 0 after an error reply when not on a terminal: look at the text too.
         let refused =
@@ -416,6 +431,53 @@ impl LocalCluster {
             None => Ok(false),
         }
     }
+}
+
+/// How long a `redis-cli` command of one node may take before the node is taken as not
+/// answering.
+const CLI_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Runs `command` to its end with its output captured, like [`Command::output`]; `Ok(None)`
+/// (the process killed) when it is still running after `limit`.
+fn output_within(
+    command: &mut Command,
+    limit: Duration,
+) -> std::io::Result<Option<std::process::Output>> {
+    use std::io::Read;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(status.map(|status| std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }))
 }
 
 #[cfg(test)]
