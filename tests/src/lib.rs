@@ -647,6 +647,7 @@ impl Drop for KillOnDrop {
             let _ = Command::new("kill")
                 .arg("-CONT")
                 .arg(child.id().to_string())
+                .stderr(std::process::Stdio::null())
                 .status();
             let _ = child.kill();
             let _ = child.wait();
