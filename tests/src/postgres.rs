@@ -206,6 +206,50 @@ impl PostgresServer {
         self.dir.path()
     }
 
+    /// A path in the server's private directory, for a file the server itself reads (a
+    /// server-side `COPY … FROM '<path>'`): the `postgres` user can enter that directory, and a
+    /// file written there with the default mode is readable to it.
+    pub fn file_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The CPU time (user + system) the server has used so far: the postmaster's own and that
+    /// of the children it has reaped (backends that ended), from `/proc/<pid>/stat`, plus
+    /// that of its children still running. A backend's work counts once its connection
+    /// ended, so measure around whole connections.
+    pub fn cpu_time(&self) -> Duration {
+        let Some(postmaster) = self.pid() else {
+            return Duration::ZERO;
+        };
+        // utime stime cutime cstime are fields 14-17 of stat, 12-15 after `(comm)`'s end.
+        let ticks = |pid: u32, with_children: bool| -> u64 {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return 0;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return 0;
+            };
+            let fields: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(4)
+                .filter_map(|field| field.parse().ok())
+                .collect();
+            let take = if with_children { 4 } else { 2 };
+            fields.iter().take(take).sum()
+        };
+        let mut total = ticks(postmaster, true);
+        for pid in self
+            .server_pids()
+            .into_iter()
+            .filter(|pid| *pid != postmaster)
+        {
+            total += ticks(pid, false);
+        }
+        // Linux reports in USER_HZ, 100 per second on every architecture it runs on.
+        Duration::from_millis(total * 10)
+    }
+
     /// The postmaster's pid (None while stopped).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

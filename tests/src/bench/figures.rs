@@ -41,6 +41,10 @@ pub struct Sizes {
     /// The length of a trial of the sustained figure's search, and of its confirming trial.
     pub sustained_search: Duration,
     pub sustained_confirm: Duration,
+    /// Records of the append batch loaded into PostgreSQL.
+    pub postgres_records: usize,
+    /// Entities of the coalescing store merged into PostgreSQL.
+    pub upsert_entities: usize,
 }
 
 impl Sizes {
@@ -61,6 +65,8 @@ impl Sizes {
                 pipeline_calls: 3_000,
                 sustained_search: Duration::from_secs(2),
                 sustained_confirm: Duration::from_secs(5),
+                postgres_records: 150_000,
+                upsert_entities: 20_000,
             }
         } else {
             Self {
@@ -77,6 +83,8 @@ impl Sizes {
                 pipeline_calls: 10_000,
                 sustained_search: Duration::from_secs(10),
                 sustained_confirm: Duration::from_secs(60),
+                postgres_records: 1_000_000,
+                upsert_entities: 100_000,
             }
         }
     }

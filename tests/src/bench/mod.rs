@@ -6,7 +6,9 @@
 //!   targets and what limits them; `drain`: the drain figures (`buffer-persist drain` as a
 //!   process: two sizes, CPU per record, other formats); `sustained`: the sustained
 //!   end-to-end rate with `buffer-persist run` processes; `http`: records/s through
-//!   `buffer-persist serve` against `push_many` in process.
+//!   `buffer-persist serve` against `push_many` in process; `postgres`: `buffer-persist drain
+//!   --out postgres://…` against server-side `COPY` and `INSERT … ON CONFLICT` from a file, and
+//!   COPY's binary format against its text format.
 //! - `tools`: the benchmark records, `redis-benchmark` and `dd` runs, Redis counters, and the
 //!   peak RSS of a child process.
 //! - `report`: the table on stdout and BENCHMARKS.md.
@@ -18,6 +20,7 @@ mod figures;
 mod http;
 mod memory;
 mod msgpack;
+mod postgres;
 mod report;
 mod sustained;
 mod tools;
@@ -48,12 +51,13 @@ pub fn default_report_path() -> PathBuf {
     tests.parent().unwrap_or(tests).join("BENCHMARKS.md")
 }
 
-const IDS: [&str; 9] = [
+const IDS: [&str; 10] = [
     "push",
     "push_many",
     "http",
     "pipeline",
     "drain",
+    "postgres",
     "sustained",
     "rss",
     "memory",
@@ -77,7 +81,7 @@ pub async fn run(options: Options) -> Result<()> {
     let runs = options.runs;
     // Built before anything is measured, so the compile does not compete with a figure.
     let started = Instant::now();
-    let persist = if ["drain", "rss", "sustained", "http"]
+    let persist = if ["drain", "rss", "sustained", "http", "postgres"]
         .iter()
         .any(|id| wanted(id))
     {
@@ -121,6 +125,11 @@ pub async fn run(options: Options) -> Result<()> {
         let started = Instant::now();
         measured.extend(drain::drains(&sizes, runs, persist).await?);
         took("drain", started);
+    }
+    if let (true, Some(persist)) = (wanted("postgres"), &persist) {
+        let started = Instant::now();
+        measured.extend(postgres::postgres(&sizes, runs, persist).await?);
+        took("postgres", started);
     }
     if let (true, Some(persist)) = (wanted("sustained"), &persist) {
         let started = Instant::now();

@@ -26,7 +26,7 @@ struct Cli {
     /// Runs per figure; each figure reports the median (default 3, or 5 without --quick).
     #[arg(long)]
     runs: Option<usize>,
-    /// Only these figures (comma-separated ids: push, push_many, http, pipeline, drain, sustained,
+    /// Only these figures (comma-separated ids: push, push_many, http, pipeline, drain, postgres, sustained,
     /// rss, memory, dashboard). A partial run writes no report unless --out is given, except
     /// that `memory` always brings BENCHMARKS.md's "Redis memory per record" section up to
     /// date in place.
