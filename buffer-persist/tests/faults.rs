@@ -25,29 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
 
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("BUFFER_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("{test}: seed {seed} (replay with BUFFER_FAULT_SEED={seed})");
-    seed
-}
-
-fn require_failpoints() {
-    let compiled_in = cfg!(feature = "failpoints");
-    if !compiled_in {
-        panic!(
-            "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
-        );
-    }
-}
-
 /// Reads every record id in the output, checks the exactly-once property against the ledger
 /// and that nothing is left behind; prints and returns the persisted count.
 fn check_exactly_once(test: &str, out: &Path, server: &RedisServer, ledger: &Ledger) -> usize {
@@ -168,7 +145,7 @@ fn drain(server_url: &str, out: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
-    let seed = seed("kill -9 persisters");
+    let seed = buffer_tests::fault_seed("kill -9 persisters");
     let mut rng = StdRng::seed_from_u64(seed);
     let server = RedisServer::start();
     let out = tempfile::tempdir().unwrap();
@@ -288,7 +265,7 @@ async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_every_step_recovers_exactly_once() {
-    require_failpoints();
+    buffer_tests::require_failpoints!();
     let steps = [
         "after-lock",
         "after-prepare",
@@ -331,7 +308,7 @@ async fn a_crash_at_every_step_recovers_exactly_once() {
 /// recovers exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_failpoint_fires_only_at_the_step_it_names() {
-    require_failpoints();
+    buffer_tests::require_failpoints!();
     let server = RedisServer::start();
     let buffer = server.buffer().await;
     for (round, step) in ["after-dir-fsync", "after-dir-create", "after-marker"]
@@ -381,7 +358,7 @@ async fn each_failpoint_fires_only_at_the_step_it_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_holder_past_its_ttl_neither_publishes_nor_deletes() {
-    require_failpoints();
+    buffer_tests::require_failpoints!();
     for step in ["after-temp-write", "after-fsync", "after-link"] {
         let server = RedisServer::start();
         let buffer = server.buffer().await;
@@ -445,7 +422,7 @@ async fn a_paused_holder_past_its_ttl_neither_publishes_nor_deletes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_push_keeps_every_acknowledged_push() {
-    let seed = seed("redis kill -9");
+    let seed = buffer_tests::fault_seed("redis kill -9");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let config = BufferConfig::new(server.url())
@@ -807,7 +784,7 @@ async fn sigterm_mid_batch_abandons_it_cleanly_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_across_many_batches_keeps_exactly_once() {
-    let seed = seed("disk full");
+    let seed = buffer_tests::fault_seed("disk full");
     let mut rng = StdRng::seed_from_u64(seed);
     let server = RedisServer::start();
     let buffer = Buffer::connect(server.config().page_size(50))
@@ -1119,7 +1096,7 @@ async fn slow_and_truncated_redis_replies_are_unknown_outcomes_and_push_once_lan
 /// finds the batch busy at every try, and the batch lands once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_publish_step_slower_than_the_lock_ttl_keeps_the_lock_and_lands_once() {
-    require_failpoints();
+    buffer_tests::require_failpoints!();
     for step in ["before-fsync", "after-link", "after-dir-fsync"] {
         let server = RedisServer::start();
         let buffer = server.buffer().await;
@@ -1212,7 +1189,7 @@ impl Drop for ImmutableDir {
 /// directory takes names again, the next drain lands it once and removes the stale temp file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_the_file_system_refuses_keeps_the_batch_and_the_next_drain_lands_it_once() {
-    require_failpoints();
+    buffer_tests::require_failpoints!();
     let server = RedisServer::start();
     let buffer = server.buffer().await;
     let records: Vec<Value> = (0..500).map(|id| json!({"id": id})).collect();

@@ -24,29 +24,6 @@ const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
 /// The prefix the persisters write under; nothing may land outside it.
 const PREFIX: &str = "land/x";
 
-fn require_failpoints() {
-    let compiled_in = cfg!(feature = "failpoints");
-    if !compiled_in {
-        panic!(
-            "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
-        );
-    }
-}
-
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("BUFFER_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("{test}: seed {seed} (replay with BUFFER_FAULT_SEED={seed})");
-    seed
-}
-
 /// A persister command writing to `s3://<bucket>/<PREFIX>`, run in a fresh working directory
 /// of its own (kept alive by the returned guard).
 fn persist_command(
@@ -215,8 +192,8 @@ async fn an_out_with_an_unsupported_scheme_is_refused_at_start_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_persisters_without_a_shared_disk_killed_with_9_land_every_record_exactly_once() {
-    require_failpoints();
-    let seed = seed("s3 kill -9 persisters");
+    buffer_tests::require_failpoints!();
+    let seed = buffer_tests::fault_seed("s3 kill -9 persisters");
     let mut rng = StdRng::seed_from_u64(seed);
     let redis = RedisServer::start();
     let s3 = S3Server::start();
@@ -436,7 +413,7 @@ async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_larger_than_the_part_size_lands_as_parts_and_a_crash_between_parts_is_recovered_exactly_once()
  {
-    require_failpoints();
+    buffer_tests::require_failpoints!();
     let redis = RedisServer::start();
     let s3 = S3Server::start();
     let buffer = redis.buffer().await;

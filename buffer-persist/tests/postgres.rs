@@ -10,22 +10,15 @@ use std::time::{Duration, Instant};
 use buffer_core::{Buffer, CoalesceRules, MergeRule};
 use buffer_persist::{PersistConfig, Persister, PostgresStats};
 use buffer_tests::postgres::PostgresServer;
-use buffer_tests::{CommandWithin, Ledger, RedisServer, eventually, produce};
+use buffer_tests::{
+    CommandWithin, KillOnDrop, Ledger, RedisServer, eventually, process_state, produce,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
-
-fn require_failpoints() {
-    let compiled_in = cfg!(feature = "failpoints");
-    if !compiled_in {
-        panic!(
-            "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
-        );
-    }
-}
 
 /// `buffer-persist drain` into `url` with `extra` arguments (a 5 s lock TTL and a 10 s
 /// statement timeout unless `extra` sets them), to be run.
@@ -181,7 +174,7 @@ async fn append_batch_lands_once() {
 
 #[tokio::test]
 async fn a_kill_between_commit_and_the_redis_delete_is_a_ledger_hit_not_applied_again() {
-    require_failpoints();
+    buffer_tests::require_failpoints!();
     let redis = RedisServer::start();
     let pg = PostgresServer::start();
     pg.query("CREATE TABLE s (id bigint, name text)");
@@ -221,7 +214,7 @@ async fn a_kill_between_commit_and_the_redis_delete_is_a_ledger_hit_not_applied_
 
 #[tokio::test]
 async fn a_kill_before_commit_applies_nothing_and_the_retry_applies_once() {
-    require_failpoints();
+    buffer_tests::require_failpoints!();
     let redis = RedisServer::start();
     let pg = PostgresServer::start();
     pg.query("CREATE TABLE s (id bigint, name text)");
@@ -578,15 +571,9 @@ async fn a_statement_over_the_timeout_is_cancelled_and_the_batch_lands_later() {
     assert_eq!(records_in_redis(&buffer).await, 0);
 }
 
-/// The state letter of a process (`T` when stopped), or None when it is gone.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
 #[tokio::test]
 async fn a_frozen_postgres_times_out_and_a_commit_it_took_is_found_in_the_ledger_after() {
-    require_failpoints();
+    buffer_tests::require_failpoints!();
     let redis = RedisServer::start();
     let pg = PostgresServer::start();
     pg.query("CREATE TABLE f (id bigint, name text)");
@@ -690,16 +677,7 @@ fn spawn_runner(redis: &RedisServer, url: &str) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persisters_killed_with_9_and_postgres_restarted_mid_run_apply_every_record_once() {
-    let seed = std::env::var("BUFFER_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("seed {seed} (replay with BUFFER_FAULT_SEED={seed})");
+    let seed = buffer_tests::fault_seed("postgres kill -9");
     let mut rng = StdRng::seed_from_u64(seed);
     let redis = RedisServer::start();
     let mut pg = PostgresServer::start();
@@ -718,7 +696,10 @@ async fn persisters_killed_with_9_and_postgres_restarted_mid_run_apply_every_rec
         )
         .await
         .unwrap();
-    let mut runners: Vec<Child> = (0..3).map(|_| spawn_runner(&redis, &url)).collect();
+    // Guarded: a failed assertion kills them rather than leave them running.
+    let mut runners: Vec<KillOnDrop> = (0..3)
+        .map(|_| KillOnDrop::new(spawn_runner(&redis, &url)))
+        .collect();
     let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
     let total = 12_000u64;
     let producers: Vec<_> = (0..4)
@@ -779,7 +760,7 @@ async fn persisters_killed_with_9_and_postgres_restarted_mid_run_apply_every_rec
         }
         let victim = rng.random_range(0..runners.len());
         kill_9(&mut runners[victim]);
-        runners[victim] = spawn_runner(&redis, &url);
+        runners[victim] = KillOnDrop::new(spawn_runner(&redis, &url));
         kills += 1;
     }
     for producer in producers {
@@ -943,7 +924,7 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
 
 #[tokio::test]
 async fn a_coalescing_store_is_merged_by_each_fields_rule_exactly_once() {
-    require_failpoints();
+    buffer_tests::require_failpoints!();
     let redis = RedisServer::start();
     let pg = PostgresServer::start();
     // No _first_write column: that metadata field is left out.
@@ -1121,7 +1102,7 @@ async fn a_record_without_a_key_takes_the_columns_default_and_a_null_stays_null(
 
 #[tokio::test]
 async fn a_holder_that_lost_its_lock_mid_transaction_rolls_back_and_the_new_holder_applies_once() {
-    require_failpoints();
+    buffer_tests::require_failpoints!();
     let redis = RedisServer::start();
     let pg = PostgresServer::start();
     pg.query("CREATE TABLE r (id bigint, name text)");

@@ -26,17 +26,6 @@ fn ids(out: &Path) -> Vec<u64> {
         .collect()
 }
 
-/// Failpoint tests need the binary built with the `failpoints` feature, which
-/// `cargo test --workspace` does; say so plainly instead of failing obscurely.
-fn require_failpoints() {
-    let compiled_in = cfg!(feature = "failpoints");
-    if !compiled_in {
-        panic!(
-            "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
-        );
-    }
-}
-
 fn persist_command(server: &RedisServer, out: &Path, subcommand: &str) -> Command {
     let mut command = Command::new(BINARY);
     command
@@ -126,7 +115,7 @@ async fn three_persister_processes_never_write_a_batch_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_left_by_a_killed_persister_is_recovered_by_the_next_run() {
-    require_failpoints();
+    buffer_tests::require_failpoints!();
     let server = RedisServer::start();
     let out = tempfile::tempdir().unwrap();
     let buffer = server.buffer().await;

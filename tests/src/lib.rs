@@ -508,6 +508,35 @@ pub fn wait_with_peak_rss(mut child: std::process::Child) -> PeakRun {
     }
 }
 
+/// The seed of a randomized fault test: `BUFFER_FAULT_SEED` when set (to replay a failure),
+/// else the clock; printed with the line that replays it.
+pub fn fault_seed(test: &str) -> u64 {
+    let seed = std::env::var("BUFFER_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+        });
+    println!("{test}: seed {seed} (replay with BUFFER_FAULT_SEED={seed})");
+    seed
+}
+
+/// Fails the calling test, saying how to run it, unless the crate it expands in was built
+/// with its `failpoints` feature (a macro, so `cfg!` reads the caller's features: the
+/// failpoints are buffer-persist's, which `cargo test --workspace` turns on).
+#[macro_export]
+macro_rules! require_failpoints {
+    () => {
+        if !cfg!(feature = "failpoints") {
+            panic!(
+                "this test needs buffer-persist built with --features failpoints (cargo test --workspace does that)"
+            );
+        }
+    };
+}
+
 /// The state letter of a process from `/proc/PID/stat` (`R` running, `S` sleeping, `T`
 /// stopped, `Z` zombie…), or `None` once it is gone. Tests use it to see that a process a
 /// failpoint stopped (SIGSTOP) is stopped before they act on it.

@@ -356,13 +356,22 @@ impl PostgresServer {
     /// Returns how many processes were stopped.
     pub fn freeze(&self) -> usize {
         let pids = self.server_pids();
-        let status = Command::new("kill")
-            .arg("-STOP")
-            .args(pids.iter().map(ToString::to_string))
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -STOP {pids:?} failed");
-        pids.len()
+        // A backend may end between reading /proc and the signal (a query's connection just
+        // closed): kill then fails for that pid alone. What counts is that the postmaster and
+        // every process still there are stopped.
+        self.signal_all("STOP");
+        let postmaster = self.pid().expect("postgres is not running");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while crate::process_state(postmaster) != Some('T') {
+            assert!(
+                Instant::now() < deadline,
+                "the postmaster {postmaster} did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        pids.iter()
+            .filter(|pid| crate::process_state(**pid) == Some('T'))
+            .count()
     }
 
     /// Resumes a server [`PostgresServer::freeze`] froze.
