@@ -361,11 +361,20 @@ impl PostgresServer {
         // every process still there are stopped.
         self.signal_all("STOP");
         let postmaster = self.pid().expect("postgres is not running");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while crate::process_state(postmaster) != Some('T') {
+        // A signal takes effect when the process is next scheduled: wait until each one is
+        // stopped (or gone), the postmaster above all.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let settled = pids.iter().all(|pid| {
+                matches!(crate::process_state(*pid), Some('T') | None)
+                    && (*pid != postmaster || crate::process_state(*pid) == Some('T'))
+            });
+            if settled {
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
-                "the postmaster {postmaster} did not stop"
+                "the server's processes {pids:?} did not all stop"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
