@@ -25,7 +25,7 @@
 //! Each row also holds [`WRITES_FIELD`] (how many writes were merged into it),
 //! [`FIRST_WRITE_FIELD`] and [`LAST_WRITE_FIELD`] (Unix ms on Redis's clock).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -41,6 +41,7 @@ use crate::receipt::PushReceipt;
 use crate::record::EncodedRecord;
 use crate::replicas::ScriptCall;
 use crate::scripts;
+use crate::store_settings::StoreSetting;
 
 /// The row field counting the writes merged into it.
 pub const WRITES_FIELD: &str = "_writes";
@@ -562,17 +563,8 @@ impl Buffer {
         let text = match self.rules_cache().get(store) {
             Some(text) => text,
             None => {
-                let key = self.layout().group_for(store).coalesce;
-                let mut conn = self.conn();
-                let field = store.encoded().to_owned();
-                let text: Option<String> = self
-                    .run("coalesce_rules", store.as_str(), async move {
-                        redis::cmd("HGET")
-                            .arg(key)
-                            .arg(field)
-                            .query_async(&mut conn)
-                            .await
-                    })
+                let text = self
+                    .store_setting(StoreSetting::CoalesceRules, "coalesce_rules", store)
                     .await?;
                 let text: Option<Arc<str>> = text.map(Arc::from);
                 self.rules_cache().set(store, text.clone());
@@ -799,17 +791,8 @@ impl Buffer {
         S: TryInto<StoreName, Error = Error>,
     {
         let store = store.try_into()?;
-        let key = self.layout().group_for(&store).coalesce;
-        let mut conn = self.conn();
-        let field = store.encoded().to_owned();
-        let text: Option<String> = self
-            .run("coalesce_rules", store.as_str(), async move {
-                redis::cmd("HGET")
-                    .arg(key)
-                    .arg(field)
-                    .query_async(&mut conn)
-                    .await
-            })
+        let text = self
+            .store_setting(StoreSetting::CoalesceRules, "coalesce_rules", &store)
             .await?;
         text.map(|text| {
             CoalesceRules::parse_stored(&text)
@@ -917,34 +900,12 @@ impl Buffer {
     /// # Errors
     /// Transient errors.
     pub async fn all_coalesce_rules(&self) -> Result<Vec<(StoreName, CoalesceRules)>> {
-        let layout = self.layout();
-        let mut pipe = redis::pipe();
-        for g in 0..layout.groups() {
-            pipe.hgetall(layout.group(g).coalesce);
-        }
-        let mut conn = self.conn();
-        let groups: Vec<HashMap<String, String>> = self
-            .run("all_coalesce_rules", "", async move {
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
-        let mut out = Vec::new();
-        for (field, text) in groups.into_iter().flatten() {
-            match (
-                StoreName::from_encoded(&field),
-                CoalesceRules::parse_stored(&text),
-            ) {
-                (Ok(store), Ok(rules)) => out.push((store, rules)),
-                (_, Err(reason)) => tracing::warn!(
-                    %field, %text, %reason, "skipping a malformed coalescing rules entry"
-                ),
-                (Err(err), _) => {
-                    tracing::warn!(%field, %err, "skipping a coalescing rules entry of no store");
-                }
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        self.all_store_settings(
+            StoreSetting::CoalesceRules,
+            "all_coalesce_rules",
+            CoalesceRules::parse_stored,
+        )
+        .await
     }
 }
 

@@ -166,6 +166,7 @@ mod receipt;
 mod record;
 mod replicas;
 mod scripts;
+mod store_settings;
 mod transaction;
 
 /// The README's Rust examples, compiled as doctests so they stay true.

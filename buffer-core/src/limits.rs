@@ -24,8 +24,6 @@
 //! backpressure"). Pushes that go through the script never overshoot together, however many
 //! producers run them.
 
-use std::collections::HashMap;
-
 use redis::{Cmd, Value};
 use serde::Serialize;
 
@@ -36,6 +34,7 @@ use crate::receipt::PushReceipt;
 use crate::record::{self, EncodedRecord};
 use crate::replicas::ScriptCall;
 use crate::scripts;
+use crate::store_settings::StoreSetting;
 
 /// The largest value a limit may have: Lua, which checks the limits, counts in doubles, exact
 /// up to 2^53.
@@ -328,17 +327,8 @@ impl Buffer {
         S: TryInto<StoreName, Error = Error>,
     {
         let store = store.try_into()?;
-        let key = self.layout().group_for(&store).limits;
-        let mut conn = self.conn();
-        let field = store.encoded().to_owned();
-        let text: Option<String> = self
-            .run("limits", store.as_str(), async move {
-                redis::cmd("HGET")
-                    .arg(key)
-                    .arg(field)
-                    .query_async(&mut conn)
-                    .await
-            })
+        let text = self
+            .store_setting(StoreSetting::Limits, "limits", &store)
             .await?;
         text.map(|text| {
             StoreLimits::parse(&text).ok_or_else(|| Error::Corrupt {
@@ -355,26 +345,11 @@ impl Buffer {
     /// # Errors
     /// Transient errors.
     pub async fn all_limits(&self) -> Result<Vec<(StoreName, StoreLimits)>> {
-        let layout = self.layout();
-        let mut pipe = redis::pipe();
-        for g in 0..layout.groups() {
-            pipe.hgetall(layout.group(g).limits);
-        }
-        let mut conn = self.conn();
-        let groups: Vec<HashMap<String, String>> = self
-            .run("all_limits", "", async move {
-                pipe.query_async(&mut conn).await
-            })
-            .await?;
-        let mut out = Vec::new();
-        for (field, text) in groups.into_iter().flatten() {
-            match (StoreName::from_encoded(&field), StoreLimits::parse(&text)) {
-                (Ok(store), Some(limits)) => out.push((store, limits)),
-                _ => tracing::warn!(%field, %text, "skipping a malformed limits entry"),
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        self.all_store_settings(StoreSetting::Limits, "all_limits", |text| {
+            StoreLimits::parse(text)
+                .ok_or_else(|| "not of the form records=N,bytes=N,rate=N".to_owned())
+        })
+        .await
     }
 
     /// Removes a store's limits. Returns whether it had any.

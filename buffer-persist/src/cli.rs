@@ -24,11 +24,13 @@ mod limits;
 mod operate;
 mod push;
 mod serve;
+mod store_setting;
 pub use coalesce::{CoalesceAction, CoalesceArgs, CoalesceSetArgs};
 pub use limits::{LimitsAction, LimitsArgs, SetArgs};
 pub use operate::{RetryArgs, StoreActionArgs};
 pub use push::{EXIT_BAD_LINES, EXIT_LIMITED, PushArgs};
 pub use serve::ServeArgs;
+pub use store_setting::{ClearArgs, ListArgs};
 
 /// Drains buffer stores from Redis into files, exactly once.
 #[derive(Debug, Parser)]

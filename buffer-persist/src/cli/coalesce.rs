@@ -7,6 +7,7 @@ use buffer_core::{CoalesceRules, MergeRule, StoreName};
 use clap::{Args, Subcommand};
 
 use super::RedisArgs;
+use super::store_setting::{ClearArgs, ListArgs, Listing};
 
 /// `coalesce`'s arguments.
 #[derive(Debug, Args)]
@@ -22,22 +23,9 @@ pub enum CoalesceAction {
     /// Make a store coalescing (or change its rules): refused while it holds records.
     Set(CoalesceSetArgs),
     /// List every coalescing store and its rules.
-    List {
-        /// How to reach Redis.
-        #[command(flatten)]
-        redis: RedisArgs,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    List(ListArgs),
     /// Make a store an append store again: refused while it holds records.
-    Clear {
-        /// How to reach Redis.
-        #[command(flatten)]
-        redis: RedisArgs,
-        /// The store.
-        store: String,
-    },
+    Clear(ClearArgs),
 }
 
 /// `coalesce set`'s arguments. Fields no rule names are last-write-wins.
@@ -92,28 +80,22 @@ pub(crate) async fn coalesce(args: CoalesceArgs) -> anyhow::Result<i32> {
             buffer.set_coalesce(&store, &rules).await?;
             writeln!(out, "{}: {rules}", store.as_str())?;
         }
-        CoalesceAction::List { redis, json } => {
+        CoalesceAction::List(ListArgs { redis, json }) => {
             let all = redis.connect().await?.all_coalesce_rules().await?;
-            if json {
-                let entries: Vec<_> = all
-                    .iter()
-                    .map(|(store, rules)| {
-                        serde_json::json!({"store": store.as_str(), "key": rules.key,
-                            "fields": rules.fields})
-                    })
-                    .collect();
-                writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
-                return Ok(0);
+            Listing {
+                header: format!("{:<32} RULES", "STORE"),
+                none: "(no coalescing stores)",
+                json: |store: &StoreName, rules: &CoalesceRules| {
+                    serde_json::json!({"store": store.as_str(), "key": rules.key,
+                        "fields": rules.fields})
+                },
+                line: |store: &StoreName, rules: &CoalesceRules| {
+                    format!("{:<32} {rules}", store.as_str())
+                },
             }
-            writeln!(out, "{:<32} RULES", "STORE")?;
-            for (store, rules) in &all {
-                writeln!(out, "{:<32} {rules}", store.as_str())?;
-            }
-            if all.is_empty() {
-                writeln!(out, "(no coalescing stores)")?;
-            }
+            .print(&mut out, json, &all)?;
         }
-        CoalesceAction::Clear { redis, store } => {
+        CoalesceAction::Clear(ClearArgs { redis, store }) => {
             if redis
                 .connect()
                 .await?

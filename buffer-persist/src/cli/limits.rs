@@ -7,6 +7,7 @@ use anyhow::bail;
 use buffer_core::{LimitKind, StoreLimits, StoreName};
 use clap::{Args, Subcommand};
 
+use super::store_setting::{ClearArgs, ListArgs, Listing};
 use super::{RedisArgs, size};
 use crate::operator::OperatorAction;
 
@@ -24,22 +25,9 @@ pub enum LimitsAction {
     /// Set a store's limits, replacing any it had (at least one flag).
     Set(SetArgs),
     /// List every store that has limits.
-    List {
-        /// How to reach Redis.
-        #[command(flatten)]
-        redis: RedisArgs,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    List(ListArgs),
     /// Remove a store's limits.
-    Clear {
-        /// How to reach Redis.
-        #[command(flatten)]
-        redis: RedisArgs,
-        /// The store.
-        store: String,
-    },
+    Clear(ClearArgs),
 }
 
 /// `limits set`'s arguments.
@@ -96,47 +84,39 @@ pub(crate) async fn limits(args: LimitsArgs) -> anyhow::Result<i32> {
                 .await?;
             writeln!(out, "{done}")?;
         }
-        LimitsAction::List { redis, json } => {
+        LimitsAction::List(ListArgs { redis, json }) => {
             let all = redis.connect().await?.all_limits().await?;
-            if json {
-                let entries: Vec<_> = all
-                    .iter()
-                    .map(|(store, limits)| {
-                        serde_json::json!({
-                            "store": store.as_str(), "max_records": limits.max_records,
-                            "max_bytes": limits.max_bytes, "max_rate": limits.max_rate,
-                        })
-                    })
-                    .collect();
-                writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
-                return Ok(0);
-            }
-            writeln!(
-                out,
-                "{:<32} {:>14} {:>14} {:>12}",
-                "STORE", "MAX-RECORDS", "MAX-BYTES", "MAX-RATE"
-            )?;
-            for (store, limits) in &all {
-                let cell = |kind: LimitKind| {
-                    limits.get(kind).map_or("-".to_owned(), |max| match kind {
-                        LimitKind::Rate => format!("{max}/s"),
-                        _ => max.to_string(),
-                    })
-                };
-                writeln!(
-                    out,
+            Listing {
+                header: format!(
                     "{:<32} {:>14} {:>14} {:>12}",
-                    store.as_str(),
-                    cell(LimitKind::Records),
-                    cell(LimitKind::Bytes),
-                    cell(LimitKind::Rate)
-                )?;
+                    "STORE", "MAX-RECORDS", "MAX-BYTES", "MAX-RATE"
+                ),
+                none: "(no limits)",
+                json: |store: &StoreName, limits: &StoreLimits| {
+                    serde_json::json!({
+                        "store": store.as_str(), "max_records": limits.max_records,
+                        "max_bytes": limits.max_bytes, "max_rate": limits.max_rate,
+                    })
+                },
+                line: |store: &StoreName, limits: &StoreLimits| {
+                    let cell = |kind: LimitKind| {
+                        limits.get(kind).map_or("-".to_owned(), |max| match kind {
+                            LimitKind::Rate => format!("{max}/s"),
+                            _ => max.to_string(),
+                        })
+                    };
+                    format!(
+                        "{:<32} {:>14} {:>14} {:>12}",
+                        store.as_str(),
+                        cell(LimitKind::Records),
+                        cell(LimitKind::Bytes),
+                        cell(LimitKind::Rate)
+                    )
+                },
             }
-            if all.is_empty() {
-                writeln!(out, "(no limits)")?;
-            }
+            .print(&mut out, json, &all)?;
         }
-        LimitsAction::Clear { redis, store } => {
+        LimitsAction::Clear(ClearArgs { redis, store }) => {
             let buffer = redis.connect().await?;
             let done = OperatorAction::ClearLimits(StoreName::new(store.as_str())?)
                 .execute(&buffer)

@@ -8,13 +8,15 @@
 //!   end-to-end rate with `buffer-persist run` processes; `http`: records/s through
 //!   `buffer-persist serve` against `push_many` in process; `postgres`: `buffer-persist drain
 //!   --out postgres://…` against server-side `COPY` and `INSERT … ON CONFLICT` from a file, and
-//!   COPY's binary format against its text format.
+//!   COPY's binary format against its text format; `coalesce`: the coalescing push rate
+//!   against the raw commands of a hand-merged write buffer, and memory per entity.
 //! - `tools`: the benchmark records, `redis-benchmark` and `dd` runs, Redis counters, and the
 //!   peak RSS of a child process.
 //! - `report`: the table on stdout and BENCHMARKS.md.
 //! - `memory`: the Redis memory study of `--only memory` (per record, per key, per shape) and
 //!   `msgpack`, the compact-encoding prototype it measures.
 
+mod coalesce;
 mod drain;
 mod figures;
 mod http;
@@ -51,7 +53,7 @@ pub fn default_report_path() -> PathBuf {
     tests.parent().unwrap_or(tests).join("BENCHMARKS.md")
 }
 
-const IDS: [&str; 10] = [
+const IDS: [&str; 11] = [
     "push",
     "push_many",
     "http",
@@ -62,6 +64,7 @@ const IDS: [&str; 10] = [
     "rss",
     "memory",
     "dashboard",
+    "coalesce",
 ];
 
 /// Measures the selected figures, prints the table and writes the report.
@@ -152,6 +155,12 @@ pub async fn run(options: Options) -> Result<()> {
         let started = Instant::now();
         measured.extend(figures::dashboard(&sizes, runs).await?);
         took("dashboard", started);
+    }
+
+    if wanted("coalesce") {
+        let started = Instant::now();
+        measured.extend(coalesce::coalesce(&sizes, runs).await?);
+        took("coalesce", started);
     }
 
     println!("\n{}", report::table(&measured));
