@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use buffer_core::{Buffer, CoalesceRules, MergeRule};
 use buffer_persist::{PersistConfig, Persister, PostgresStats};
-use buffer_tests::postgres::PostgresServer;
+use buffer_tests::postgres::{PostgresServer, TestCertificates, TlsPolicy};
 use buffer_tests::{
     CommandWithin, KillOnDrop, Ledger, RedisServer, eventually, process_state, produce,
 };
@@ -449,11 +449,23 @@ async fn url_forms_unix_socket_schema_and_pgpassword() {
     assert_eq!(pg.query("SELECT count(*) FROM app.u"), "10");
     assert_eq!(pg.query("SELECT count(*) FROM app.buffer_batches"), "1");
 
-    // A TLS mode this build cannot honour is refused before anything is done, with the fix.
+    // A unix socket is never encrypted (as libpq): verify-full there needs no certificate.
+    push_ids(&buffer, "u", 10..12).await;
+    let url = format!(
+        "postgresql://postgres@{socket}:{}/postgres?schema=app&sslmode=verify-full",
+        pg.port()
+    );
+    let output = drain(&redis, &url, &[], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    // `require` against a server without TLS: refused naming the mode and the fix, without
+    // printing the password; nothing lost, and the records land with `prefer`, which (like
+    // `allow`) connects without TLS to a server that offers none.
+    push_ids(&buffer, "u", 12..15).await;
     let output = drain(
         &redis,
         &format!(
-            "postgres://postgres:secret@127.0.0.1:{}/postgres?sslmode=require",
+            "postgres://postgres:secret@127.0.0.1:{}/postgres?schema=app&sslmode=require",
             pg.port()
         ),
         &[],
@@ -462,14 +474,12 @@ async fn url_forms_unix_socket_schema_and_pgpassword() {
     assert!(!output.status.success());
     let text = stderr(&output);
     assert!(
-        text.contains("sslmode=require: this build connects without TLS"),
+        text.contains("server does not support TLS; sslmode=require needs TLS, which this server does not offer"),
         "{text}"
     );
     assert!(!text.contains("secret"), "the password leaked: {text}");
-
-    // `prefer` (and `allow`) connect without TLS, as libpq does with a server that offers
-    // none; every mode that needs TLS is refused naming itself.
-    for (mode, ids) in [("prefer", 10..15), ("allow", 15..20)] {
+    assert_eq!(records_in_redis(&buffer).await, 3);
+    for (mode, ids) in [("prefer", 15..17), ("allow", 17..20)] {
         push_ids(&buffer, "u", ids).await;
         let url = format!(
             "postgres://postgres@127.0.0.1:{}/postgres?schema=app&sslmode={mode}",
@@ -479,6 +489,10 @@ async fn url_forms_unix_socket_schema_and_pgpassword() {
         assert!(output.status.success(), "{mode}: {}", stderr(&output));
     }
     assert_eq!(pg.query("SELECT count(DISTINCT id) FROM app.u"), "20");
+    assert_eq!(pg.query("SELECT count(*) FROM app.u"), "20");
+    // The verifying modes need root certificates: refused at start naming sslrootcert (HOME
+    // elsewhere, so no ~/.postgresql/root.crt is found).
+    let home = tempfile::tempdir().unwrap();
     for mode in ["verify-ca", "verify-full"] {
         let output = drain(
             &redis,
@@ -487,12 +501,12 @@ async fn url_forms_unix_socket_schema_and_pgpassword() {
                 pg.port()
             ),
             &[],
-            &[],
+            &[("HOME", home.path().to_str().unwrap())],
         );
         assert!(!output.status.success());
         let text = stderr(&output);
         assert!(
-            text.contains(&format!("sslmode={mode}: this build connects without TLS")),
+            text.contains(&format!("sslmode={mode} verifies the server's certificate, so it needs the CA certificates to trust: give sslrootcert=")),
             "{text}"
         );
         assert!(!text.contains("secret"), "the password leaked: {text}");
@@ -1220,4 +1234,224 @@ async fn a_running_persister_announces_its_database_with_the_password_hidden() {
         )
     );
     assert!(!everything.contains("s3cret"), "{everything}");
+}
+
+/// A TLS-only server (`hostssl` in pg_hba.conf) with a certificate from a private CA:
+/// verify-full lands batches (so over TLS), with the root from the URL or `PGSSLROOTCERT`;
+/// a wrong CA, a host name the certificate does not hold, and a plaintext URL each fail
+/// naming what was wrong, the records waiting in Redis, and land once the URL is right.
+#[tokio::test]
+async fn tls_verify_full_lands_and_a_wrong_ca_host_name_or_plaintext_fails_naming_it() {
+    let certificates = TestCertificates::make();
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start_with_tls(Some(&certificates), TlsPolicy::Required);
+    pg.query("CREATE TABLE t (id bigint, name text)");
+    let buffer = redis.buffer().await;
+    let port = pg.port();
+    let ca = certificates.ca().display().to_string();
+    let other_ca = certificates.other_ca().display().to_string();
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path().to_str().unwrap();
+    let home_dir_with_root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home_dir_with_root.path().join(".postgresql")).unwrap();
+    std::fs::copy(
+        certificates.ca(),
+        home_dir_with_root.path().join(".postgresql/root.crt"),
+    )
+    .unwrap();
+    let home_with_root = home_dir_with_root.path().display().to_string();
+    push_ids(&buffer, "t", 0..10).await;
+
+    let failing = [
+        (
+            format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={other_ca}"),
+            format!("error performing TLS handshake: the server's certificate is not signed by a CA of sslrootcert={other_ca} (invalid peer certificate: UnknownIssuer)"),
+        ),
+        (
+            // hostaddr connects to the server; the name checked is the host's.
+            format!("postgres://postgres@db.invalid:{port}/postgres?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={ca}"),
+            "the server's certificate does not name the host \"db.invalid\" of the URL (invalid peer certificate: certificate not valid for name \"db.invalid\"; certificate is only valid for DnsName(\"localhost\") or IpAddress(127.0.0.1)); sslmode=verify-full checks it".to_owned(),
+        ),
+        (
+            // require checks the chain too when given roots (as libpq).
+            format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=require&sslrootcert={other_ca}"),
+            format!("the server's certificate is not signed by a CA of sslrootcert={other_ca}"),
+        ),
+        (
+            // The system's roots do not hold the private CA.
+            format!("postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert=system"),
+            "sslrootcert=system".to_owned(),
+        ),
+        (
+            // Channel binding is not offered, so a URL that requires it cannot connect.
+            format!("postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={ca}&channel_binding=require"),
+            "server did not use channel binding".to_owned(),
+        ),
+        (
+            format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"),
+            "no pg_hba.conf entry for host \"127.0.0.1\", user \"postgres\", database \"postgres\", no encryption (SQLSTATE 28000); the server takes this connection over TLS only (a hostssl line in its pg_hba.conf), and sslmode=disable did not encrypt it".to_owned(),
+        ),
+    ];
+    // PGSSLMODE stands for a URL without sslmode.
+    let output = drain(
+        &redis,
+        &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        &[],
+        &[("HOME", home), ("PGSSLMODE", "disable")],
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("and sslmode=disable did not encrypt it"),
+        "{}",
+        stderr(&output)
+    );
+    for (url, expected) in &failing {
+        let output = drain(&redis, url, &[], &[("HOME", home)]);
+        let text = stderr(&output);
+        assert!(!output.status.success(), "{url}: {text}");
+        assert!(text.contains(expected.as_str()), "{url}: {text}");
+        assert_eq!(records_in_redis(&buffer).await, 10, "{url}");
+    }
+    assert_eq!(pg.query("SELECT count(*) FROM t"), "0");
+
+    // Fixed: verify-full with the right CA, by host name and by IP address (the
+    // certificate holds both), from the URL and from PGSSLROOTCERT; verify-ca to a host the
+    // certificate does not name; allow, which falls back to TLS when refused without.
+    let landing = [
+        (
+            format!(
+                "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={ca}"
+            ),
+            vec![],
+        ),
+        (
+            format!("postgres://postgres@localhost:{port}/postgres?sslmode=verify-full"),
+            vec![("PGSSLROOTCERT", ca.as_str())],
+        ),
+        (
+            format!(
+                "postgres://postgres@db.invalid:{port}/postgres?hostaddr=127.0.0.1&sslmode=verify-ca&sslrootcert={ca}"
+            ),
+            vec![],
+        ),
+        // libpq's default root file, ~/.postgresql/root.crt.
+        (
+            format!("postgres://postgres@localhost:{port}/postgres?sslmode=verify-full"),
+            vec![("HOME", home_with_root.as_str())],
+        ),
+        (
+            format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=allow"),
+            vec![],
+        ),
+        (
+            format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            vec![],
+        ),
+    ];
+    for (round, (url, env)) in landing.iter().enumerate() {
+        if round > 0 {
+            let first = 10 * round as u64;
+            push_ids(&buffer, "t", first..first + 10).await;
+        }
+        let mut env = env.clone();
+        if !env.iter().any(|(key, _)| *key == "HOME") {
+            env.push(("HOME", home));
+        }
+        let output = drain(&redis, url, &[], &env);
+        assert!(output.status.success(), "{url}: {}", stderr(&output));
+        assert_eq!(records_in_redis(&buffer).await, 0, "{url}");
+    }
+    assert_eq!(
+        pg.query("SELECT count(*), count(DISTINCT id) FROM t"),
+        "60|60"
+    );
+    assert_eq!(
+        pg.query("SELECT count(*), sum(rows) FROM buffer_batches"),
+        "6|60"
+    );
+}
+
+/// Relays TCP connections from a local port to `target`, but passes only the first byte
+/// the server sends (PostgreSQL's `S`, yes to TLS) and none after: the server's side of the
+/// TLS handshake never arrives, as from a server that hangs mid-handshake. Returns the port.
+fn relay_that_stalls_after_the_first_byte(target: u16) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                return;
+            };
+            let (mut client_reader, mut server_writer) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_reader, &mut server_writer);
+            });
+            std::thread::spawn(move || {
+                let mut first = [0u8; 1];
+                if server.read_exact(&mut first).is_ok() && client.write_all(&first).is_ok() {
+                    // Read and drop the rest until either side closes.
+                    let _ = std::io::copy(&mut server, &mut std::io::sink());
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A server that hangs during TLS negotiation, frozen (SIGSTOP) before its answer to the
+/// TLS request or silent after its yes, is given up on within the connection's bound (the
+/// statement timeout plus as much again), naming the connection; nothing is lost, and the
+/// records land once it answers.
+#[tokio::test]
+async fn a_server_that_hangs_during_the_tls_handshake_is_given_up_on_in_bounded_time() {
+    let certificates = TestCertificates::make();
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start_with_tls(Some(&certificates), TlsPolicy::Offered);
+    pg.query("CREATE TABLE h (id bigint, name text)");
+    let buffer = redis.buffer().await;
+    push_ids(&buffer, "h", 0..10).await;
+    let ca = certificates.ca().display().to_string();
+    let stalled = relay_that_stalls_after_the_first_byte(pg.port());
+    let url_to = |port: u16| {
+        format!(
+            "postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={ca}"
+        )
+    };
+    for frozen in [true, false] {
+        let url = if frozen {
+            url_to(pg.port())
+        } else {
+            url_to(stalled)
+        };
+        if frozen {
+            pg.freeze();
+        }
+        let started = Instant::now();
+        let output = drain(&redis, &url, &["--statement-timeout", "1s"], &[]);
+        let took = started.elapsed();
+        if frozen {
+            pg.thaw();
+        }
+        let text = stderr(&output);
+        assert!(!output.status.success(), "{text}");
+        assert!(
+            text.contains(&format!("connecting to {url}: no answer within 2s")),
+            "{text}"
+        );
+        // 2 s per attempt to connect, one attempt; three times that for a loaded machine.
+        assert!(
+            took < Duration::from_secs(8),
+            "frozen {frozen}: took {took:?}"
+        );
+        assert_eq!(records_in_redis(&buffer).await, 10);
+    }
+    let output = drain(&redis, &url_to(pg.port()), &[], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        pg.query("SELECT count(DISTINCT id), count(*) FROM h"),
+        "10|10"
+    );
 }

@@ -32,20 +32,144 @@ pub fn postgres_bindir() -> PathBuf {
     from_pg_config.unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
+/// Certificates for the TLS tests, made with `openssl` in a temporary directory: a CA, a
+/// server certificate it signed for `localhost` and 127.0.0.1 (EC P-256), and a second CA
+/// that signed nothing (a wrong root to trust).
+pub struct TestCertificates {
+    dir: tempfile::TempDir,
+}
+
+impl TestCertificates {
+    /// Makes them; panics with openssl's message when it cannot.
+    pub fn make() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("buffer-pg-certs-")
+            .tempdir()
+            .unwrap();
+        let run = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl (Debian's `openssl` package) runs");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let new_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for (name, subject) in [("ca", "/CN=buffer test CA"), ("other-ca", "/CN=another CA")] {
+            let (key, cert) = (format!("{name}.key"), format!("{name}.crt"));
+            let mut args = vec!["req", "-x509"];
+            args.extend(new_key);
+            args.extend([
+                "-keyout", &key, "-out", &cert, "-days", "3", "-subj", subject,
+            ]);
+            args.extend([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+            run(&args);
+        }
+        let mut args = vec!["req"];
+        args.extend(new_key);
+        args.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        run(&args);
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "3",
+            "-extfile",
+            "server.ext",
+        ]);
+        Self { dir }
+    }
+
+    /// The CA that signed the server's certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// A CA that signed nothing the server has (PEM).
+    pub fn other_ca(&self) -> PathBuf {
+        self.dir.path().join("other-ca.crt")
+    }
+
+    fn server_files(&self) -> [PathBuf; 2] {
+        [
+            self.dir.path().join("server.crt"),
+            self.dir.path().join("server.key"),
+        ]
+    }
+}
+
+/// How a private server takes TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// `ssl = off`: no TLS offered.
+    Off,
+    /// `ssl = on`: TLS offered, plain connections taken too.
+    Offered,
+    /// `ssl = on` and `hostssl` lines only in `pg_hba.conf`: a TCP connection without TLS
+    /// is refused (unix socket connections still taken).
+    Required,
+}
+
 /// A private PostgreSQL server, stopped on drop.
 pub struct PostgresServer {
-    /// The temporary directory: `data/` (the cluster), the socket, `postgres.log`.
+    /// The temporary directory: `data/` (the cluster), the socket, `postgres.log`, and the
+    /// server's certificate and key when it takes TLS.
     dir: tempfile::TempDir,
     bindir: PathBuf,
     port: u16,
     child: Option<Child>,
     /// True when running as root: commands run as the `postgres` OS user.
     as_postgres_user: bool,
+    /// `-c` settings beyond the defaults (TLS's), kept for a restart.
+    settings: Vec<String>,
 }
 
 impl PostgresServer {
     /// Makes a new cluster and starts its server; panics (with the log) when it cannot.
     pub fn start() -> Self {
+        Self::start_with_tls(None, TlsPolicy::Off)
+    }
+
+    /// Like [`PostgresServer::start`], with TLS by `policy` on the server certificate of
+    /// `certificates` (which `Offered` and `Required` need).
+    pub fn start_with_tls(certificates: Option<&TestCertificates>, policy: TlsPolicy) -> Self {
         let bindir = postgres_bindir();
         assert!(
             bindir.join("initdb").exists(),
@@ -79,6 +203,7 @@ impl PostgresServer {
             port: 0,
             child: None,
             as_postgres_user,
+            settings: Vec::new(),
         };
         let output = server
             .command("initdb")
@@ -99,6 +224,47 @@ impl PostgresServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        if policy != TlsPolicy::Off {
+            let certificates = certificates.expect("TLS needs the test certificates");
+            // The key must belong to the server's user and be private to it.
+            for (source, name) in certificates
+                .server_files()
+                .iter()
+                .zip(["server.crt", "server.key"])
+            {
+                let target = server.dir.path().join(name);
+                std::fs::copy(source, &target).unwrap();
+                std::fs::set_permissions(
+                    &target,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .unwrap();
+                if server.as_postgres_user {
+                    let status = Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(&target)
+                        .status()
+                        .unwrap();
+                    assert!(status.success());
+                }
+                let setting = if name == "server.crt" {
+                    "ssl_cert_file"
+                } else {
+                    "ssl_key_file"
+                };
+                server
+                    .settings
+                    .push(format!("{setting}={}", target.display()));
+            }
+            server.settings.push("ssl=on".to_owned());
+        }
+        if policy == TlsPolicy::Required {
+            std::fs::write(
+                server.data_dir().join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+            )
+            .unwrap();
+        }
         server.port = crate::free_port();
         server.launch();
         server
@@ -125,6 +291,11 @@ impl PostgresServer {
         command
             .current_dir(self.dir.path())
             .env_remove("PGPASSWORD");
+        if self.as_postgres_user {
+            // libpq reads ~/.postgresql (client certificates) from HOME, which would be root's,
+            // unreadable to that user: a TLS connection of psql would fail on it.
+            command.env("HOME", self.dir.path());
+        }
         command
     }
 
@@ -173,6 +344,11 @@ impl PostgresServer {
                 "-c",
                 "max_connections=60",
             ])
+            .args(
+                self.settings
+                    .iter()
+                    .flat_map(|setting| ["-c", setting.as_str()]),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -27,6 +27,7 @@ use crate::writer::{self, BatchFile, FileLayout, Published, SinkFactory};
 pub(crate) mod local;
 pub(crate) mod object;
 pub(crate) mod postgres;
+pub(crate) mod postgres_tls;
 
 pub(crate) use object::ObjectOutput;
 

@@ -22,12 +22,14 @@ use buffer_core::{Buffer, CoalesceRules, LockGuard, MergeRule, Page, PreparedBat
 use bytes::Bytes;
 use futures::SinkExt;
 use serde_json::value::RawValue;
+use tokio_postgres::config::SslMode as DriverSslMode;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PersistConfig;
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
+use crate::output::postgres_tls::{MakeRustlsConnect, RootCertificates, SslMode};
 use crate::parquet::{ColumnType, ParquetLayout};
 use crate::writer::Published;
 
@@ -99,6 +101,11 @@ pub(crate) struct PostgresOutput {
     statement_timeout: Duration,
     /// The URL without its password, for messages.
     display: String,
+    /// libpq's `sslmode` (the URL's, else `PGSSLMODE`, else `prefer`).
+    sslmode: SslMode,
+    /// The TLS connector of `sslmode`, or None when the connection is never encrypted
+    /// (`disable`, a unix socket).
+    tls: Option<MakeRustlsConnect>,
     counters: PostgresCounters,
 }
 
@@ -199,6 +206,8 @@ impl PostgresOutput {
         let bad = |what: String| Error::Config(format!("--out {display}: {what}"));
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut schema = None;
+        let mut sslmode = None;
+        let mut sslrootcert = None;
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -213,21 +222,21 @@ impl PostgresOutput {
                         .map_err(|why| bad(format!("schema {decoded:?} {why}")))?;
                     schema = Some(decoded);
                 }
-                // libpq's modes: `disable`, `allow` and `prefer` connect without TLS to a
-                // server that offers none (the driver knows `allow` not, so it is given as
-                // `disable`, which is what it comes to without TLS); the others need TLS.
-                "sslmode" => match decoded.as_str() {
-                    "disable" | "prefer" => kept.push(pair),
-                    "allow" => kept.push("sslmode=disable"),
-                    _ => {
-                        return Err(bad(format!(
-                            "sslmode={decoded}: this build connects without TLS; use sslmode=disable, allow or prefer (a TLS-terminating proxy or a unix socket for encryption)"
-                        )));
-                    }
-                },
+                // libpq's TLS settings are ours (postgres_tls.rs): the driver knows only
+                // disable, prefer and require, and no root certificates.
+                "sslmode" => sslmode = Some(decoded),
+                "sslrootcert" => sslrootcert = Some(decoded),
                 _ => kept.push(pair),
             }
         }
+        let sslmode = match sslmode.or_else(|| std::env::var("PGSSLMODE").ok()) {
+            None => SslMode::Prefer,
+            Some(text) => SslMode::parse(&text).ok_or_else(|| {
+                bad(format!(
+                    "sslmode={text} is not a mode; use disable, allow, prefer, require, verify-ca or verify-full"
+                ))
+            })?,
+        };
         let stripped = if kept.is_empty() {
             base.to_owned()
         } else {
@@ -235,7 +244,7 @@ impl PostgresOutput {
         };
         let mut connect: tokio_postgres::Config = stripped
             .parse()
-            .map_err(|err| bad(format!("not a PostgreSQL URL ({err}); write postgres://user[:password]@host[:port]/database[?sslmode=…&schema=…]")))?;
+            .map_err(|err| bad(format!("not a PostgreSQL URL ({}); write postgres://user[:password]@host[:port]/database[?sslmode=…&schema=…]", error_chain(&err))))?;
         if connect.get_password().is_none()
             && let Ok(password) = std::env::var("PGPASSWORD")
         {
@@ -251,6 +260,28 @@ impl PostgresOutput {
             connect.connect_timeout(config.statement_timeout.min(Duration::from_secs(10)));
         }
         connect.application_name("buffer-persist");
+        // libpq never encrypts a unix socket connection, whatever the mode (PostgreSQL does
+        // not offer TLS there).
+        let unix_only = connect.get_hostaddrs().is_empty()
+            && connect
+                .get_hosts()
+                .iter()
+                .all(|host| !matches!(host, tokio_postgres::config::Host::Tcp(_)));
+        let tls = if sslmode == SslMode::Disable || unix_only {
+            connect.ssl_mode(DriverSslMode::Disable);
+            None
+        } else {
+            connect.ssl_mode(match sslmode {
+                // `allow` first connects without TLS, then with (`connect`).
+                SslMode::Disable | SslMode::Allow => DriverSslMode::Disable,
+                SslMode::Prefer => DriverSslMode::Prefer,
+                SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                    DriverSslMode::Require
+                }
+            });
+            let roots = RootCertificates::locate(sslrootcert.as_deref());
+            Some(MakeRustlsConnect::new(sslmode, roots).map_err(bad)?)
+        };
         if !config.table_template.contains("{store}") {
             return Err(Error::Config(format!(
                 "--table-template {:?} has no {{store}}: every store would share one table",
@@ -273,6 +304,8 @@ impl PostgresOutput {
             create_tables: config.create_tables,
             statement_timeout: config.statement_timeout,
             display,
+            sslmode,
+            tls,
             counters: PostgresCounters::default(),
         })
     }
@@ -334,14 +367,38 @@ impl PostgresOutput {
     /// A new connection with the statement timeout set.
     async fn connect(&self) -> Result<Client> {
         let action = || format!("connecting to {}", self.display);
-        let (client, connection) = self.bounded(action, self.connect.connect(NoTls)).await?;
-        // The connection's I/O runs on its own task; it ends when `client` is dropped (and a
-        // transaction still open then is rolled back by the server).
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "PostgreSQL connection ended");
+        let client = match (&self.tls, self.sslmode) {
+            (None, _) => spawn_connection(
+                self.bounded(action, self.connect.connect(NoTls))
+                    .await
+                    .map_err(|err| self.with_tls_hint(err))?,
+            ),
+            // libpq's `allow`: without TLS first, with TLS (as `require`) when that fails.
+            (Some(tls), SslMode::Allow) => {
+                match self.bounded(action, self.connect.connect(NoTls)).await {
+                    Ok(connected) => spawn_connection(connected),
+                    Err(plain) => {
+                        let mut encrypted = self.connect.clone();
+                        encrypted.ssl_mode(DriverSslMode::Require);
+                        let connected = self
+                            .bounded(action, encrypted.connect(tls.clone()))
+                            .await
+                            .map_err(|err| {
+                                append(
+                                    self.with_tls_hint(err),
+                                    &format!(" (sslmode=allow tried without TLS first: {plain})"),
+                                )
+                            })?;
+                        spawn_connection(connected)
+                    }
+                }
             }
-        });
+            (Some(tls), _) => spawn_connection(
+                self.bounded(action, self.connect.connect(tls.clone()))
+                    .await
+                    .map_err(|err| self.with_tls_hint(err))?,
+            ),
+        };
         let millis = self.statement_timeout.as_millis();
         self.bounded(
             || "setting statement_timeout".to_owned(),
@@ -349,6 +406,31 @@ impl PostgresOutput {
         )
         .await?;
         Ok(client)
+    }
+
+    /// `err` (a failed connection) with what to change when TLS decided it: a mode needing
+    /// TLS against a server without it, or no TLS against a server that requires it.
+    fn with_tls_hint(&self, err: Error) -> Error {
+        let Error::Postgres {
+            sqlstate, message, ..
+        } = &err
+        else {
+            return err;
+        };
+        let hint = if message.contains("server does not support TLS") {
+            format!(
+                "; sslmode={} needs TLS, which this server does not offer (ssl = off in its postgresql.conf); sslmode=prefer falls back to an unencrypted connection",
+                self.sslmode.as_str()
+            )
+        } else if sqlstate.as_deref() == Some("28000") && message.contains("no encryption") {
+            format!(
+                "; the server takes this connection over TLS only (a hostssl line in its pg_hba.conf), and sslmode={} did not encrypt it: use sslmode=verify-full (or require, verify-ca, prefer)",
+                self.sslmode.as_str()
+            )
+        } else {
+            return err;
+        };
+        append(err, &hint)
     }
 
     /// Sets the output up before any batch: connects, and creates the ledger table when it
@@ -844,6 +926,45 @@ fn sql_type(column_type: ColumnType) -> &'static str {
     }
 }
 
+/// `err` and its causes, `: `-separated (the driver's "invalid connection string" names the
+/// option only in its cause).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(current) = cause {
+        text.push_str(": ");
+        text.push_str(&current.to_string());
+        cause = current.source();
+    }
+    text
+}
+
+/// Spawns the I/O task of a new connection and returns its client.
+fn spawn_connection<S, T>(
+    (client, connection): (Client, tokio_postgres::Connection<S, T>),
+) -> Client
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // The connection's I/O runs on its own task; it ends when `client` is dropped (and a
+    // transaction still open then is rolled back by the server).
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "PostgreSQL connection ended");
+        }
+    });
+    client
+}
+
+/// `err` with `text` added to its message (an [`Error::Postgres`]; others as they are).
+fn append(mut err: Error, text: &str) -> Error {
+    if let Error::Postgres { message, .. } = &mut err {
+        message.push_str(text);
+    }
+    err
+}
+
 /// Why `name` cannot be an identifier, if it cannot.
 fn check_identifier(name: &str) -> std::result::Result<(), String> {
     if name.is_empty() {
@@ -1066,24 +1187,45 @@ mod tests {
     }
 
     #[test]
-    fn only_the_sslmodes_that_need_no_tls_are_taken() {
+    fn every_libpq_sslmode_is_taken_and_others_are_refused_naming_them() {
         let config = PersistConfig::new("postgres://u@h/db");
-        for mode in ["disable", "allow", "prefer"] {
+        for mode in ["disable", "allow", "prefer", "require"] {
             let url = format!("postgres://u:pw@h/db?sslmode={mode}");
             assert!(PostgresOutput::check(&url, &config).is_ok(), "{mode}");
         }
-        for mode in ["require", "verify-ca", "verify-full", "bogus"] {
-            let url = format!("postgres://u:pw@h/db?sslmode={mode}&schema=s");
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.crt");
+        for mode in ["verify-ca", "verify-full"] {
+            let url = format!(
+                "postgres://u:pw@h/db?sslmode={mode}&sslrootcert={}",
+                missing.display()
+            );
             let err = PostgresOutput::check(&url, &config)
                 .unwrap_err()
                 .to_string();
             assert!(
                 err.contains(&format!(
-                    "--out postgres://u:***@h/db?sslmode={mode}&schema=s: sslmode={mode}: this build connects without TLS"
+                    "sslrootcert={}: cannot read it",
+                    missing.display()
                 )),
                 "{err}"
             );
+            assert!(!err.contains("pw@"), "{err}");
         }
+        // Client certificates are not supported: the driver refuses the option, naming it.
+        let err = PostgresOutput::check("postgres://u:pw@h/db?sslcert=c.crt&sslkey=c.key", &config)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown option `sslcert`"), "{err}");
+        let err = PostgresOutput::check("postgres://u:pw@h/db?sslmode=bogus&schema=s", &config)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "--out postgres://u:***@h/db?sslmode=bogus&schema=s: sslmode=bogus is not a mode"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
