@@ -192,7 +192,8 @@ async fn a_frozen_master_stalls_neither_the_healthy_masters_nor_the_failover() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let runner = buffer_tests::KillOnDrop::new(runner);
+    let mut runner = buffer_tests::KillOnDrop::new(runner);
+    let runner_log = buffer_tests::StderrLog::capture(&mut runner);
     let buffer = Buffer::connect(
         BufferConfig::new(urls.as_str())
             .response_timeout(Duration::from_secs(1))
@@ -293,7 +294,8 @@ async fn a_frozen_master_stalls_neither_the_healthy_masters_nor_the_failover() {
     // The first poll after the freeze waits one timeout for the frozen node (then it is
     // avoided): the bound is checked from one redis-timeout after the freeze.
     let bound = INTERVAL * 2 + MAX_AGE;
-    let mut worst = Duration::ZERO;
+    // The oldest healthy store seen: its age, its name, and when (into the freeze).
+    let mut worst = (Duration::ZERO, String::new(), Duration::ZERO);
     let mut samples = 0usize;
     let mut failed_over_at = None;
     while frozen_at.elapsed() < FREEZE {
@@ -307,9 +309,10 @@ async fn a_frozen_master_stalls_neither_the_healthy_masters_nor_the_failover() {
                 .iter()
                 .filter(|s| healthy.contains(&s.store.to_string()))
             {
-                worst = worst.max(Duration::from_millis(
-                    now.saturating_sub(summary.first_write_ms),
-                ));
+                let age = Duration::from_millis(now.saturating_sub(summary.first_write_ms));
+                if age > worst.0 {
+                    worst = (age, summary.store.to_string(), frozen_at.elapsed());
+                }
             }
         }
         if failed_over_at.is_none() && !serves_slots(&cluster, frozen) {
@@ -322,9 +325,12 @@ async fn a_frozen_master_stalls_neither_the_healthy_masters_nor_the_failover() {
         samples > 100,
         "only {samples} reads of the stores answered within 1 s during the freeze"
     );
+    let (worst_age, worst_store, worst_at) = worst;
     assert!(
-        worst <= bound + Duration::from_millis(300),
-        "a store on a healthy master waited {worst:?} (bound {bound:?} + sampling)"
+        worst_age <= bound + Duration::from_millis(300),
+        "healthy store {worst_store} waited {worst_age:?} (bound {bound:?} + sampling), seen \
+         {worst_at:?} into the freeze (failover {failed_over_at:?} into it); persister log:\n{}",
+        runner_log.text()
     );
     let failed_over_at = failed_over_at.expect("the frozen master's replica took over");
     // After the failover, the frozen master's stores drained too, with the persister that
@@ -375,11 +381,14 @@ async fn a_frozen_master_stalls_neither_the_healthy_masters_nor_the_failover() {
         producer.await.unwrap();
     }
     let empty = eventually(Duration::from_secs(30), || async {
-        watcher.stores().await.is_ok_and(|s| s.is_empty())
-            && watcher.get_prepared().await.is_ok_and(|p| p.is_empty())
+        buffer_tests::buffer_is_drained(&watcher).await
     })
     .await;
-    assert!(empty, "the persister drained everything after the freeze");
+    assert!(
+        empty,
+        "the persister did not drain everything after the freeze; its log:\n{}",
+        runner_log.text()
+    );
     stop_and_expect_success(runner.take());
 
     let mut written: Vec<u64> = published_records(out.path())

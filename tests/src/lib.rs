@@ -160,6 +160,18 @@ impl Drop for RedisServer {
     }
 }
 
+/// True when the buffer holds no live store and no prepared batch, as read from *every* slot
+/// group: the tolerant reads (`stores`, `get_prepared`) leave out the groups of a master that
+/// does not answer, so "empty" from them can mean "not looked at" (a test once called a
+/// buffer drained while a promoted master's batches were merely unread).
+pub async fn buffer_is_drained(buffer: &buffer_core::Buffer) -> bool {
+    let stores = buffer.stores_partial().await;
+    let prepared = buffer.get_prepared_partial().await;
+    matches!((stores, prepared), (Ok(stores), Ok(prepared))
+        if stores.is_complete() && stores.found.is_empty()
+            && prepared.is_complete() && prepared.found.is_empty())
+}
+
 /// Polls `check` until it returns true or `timeout` passes; returns whether it did.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
@@ -681,6 +693,35 @@ impl Drop for KillOnDrop {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A long-running child's piped stderr, read by a thread as it comes: a pipe nobody reads
+/// fills after 64 KiB and then blocks the child on its next log line (a persister stalled
+/// that way looks like a bug of the persister). What it printed so far is in [`Self::text`],
+/// for failure messages.
+pub struct StderrLog(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl StderrLog {
+    /// Takes `child`'s stderr (which must be piped) and reads it to the end in a thread.
+    pub fn capture(child: &mut std::process::Child) -> Self {
+        let mut pipe = child.stderr.take().expect("the child's stderr is piped");
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(read @ 1..) = pipe.read(&mut chunk) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..read]));
+            }
+        });
+        Self(text)
+    }
+
+    /// Everything the child printed to stderr so far.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
     }
 }
 
