@@ -549,3 +549,89 @@ fn serves_slots(cluster: &TestCluster, port: u16) -> bool {
     }
     true
 }
+
+/// (4) A master whose only replica hangs: its writes' `WAIT`s time out and, queued on their
+/// own connection, some pass the response timeout; but the master answers everything else,
+/// so it is not put under suspicion and reads from the same client keep seeing its stores
+/// while the pushes go on. Before the fix a `WAIT` timeout marked the master as not
+/// answering, and its stores vanished from `stores()` for as long as the replica hung (a
+/// failover test then took the buffer for drained while a promoted master still held
+/// batches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_does_not_hide_its_live_master_from_reads() {
+    let cluster = TestCluster::start_with(3, 1, None);
+    wait_for_replicas(&cluster).await;
+    let buffer = Buffer::connect(
+        BufferConfig::new(cluster.urls().join(","))
+            .response_timeout(Duration::from_secs(1))
+            .wait_replicas(1, Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+    let store = StoreName::new("replica-hangs").unwrap();
+    let master = port_of(&buffer.node_of(&store).await.unwrap().unwrap());
+    let replica = replica_of(&cluster, master);
+    buffer.push(&store, &json!({"n": 0})).await.unwrap();
+
+    cluster.signal(replica, "STOP");
+    // Four producers at once: each WAIT waits out its 400 ms, so the queue on the WAIT
+    // connection passes the 1 s response timeout within the first round.
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(std::sync::Mutex::new(BTreeMap::<String, usize>::new()));
+    let mut producers = Vec::new();
+    for _ in 0..4 {
+        let (buffer, store, stop, outcomes) = (
+            buffer.clone(),
+            store.clone(),
+            stop.clone(),
+            outcomes.clone(),
+        );
+        producers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let outcome = match buffer.push(&store, &json!({"n": 1})).await {
+                    Ok(_) => "acknowledged".to_string(),
+                    Err(err) if err.is_outcome_unknown() => "unknown".to_string(),
+                    Err(err) => format!("refused: {err}"),
+                };
+                *outcomes.lock().unwrap().entry(outcome).or_default() += 1;
+            }
+        }));
+    }
+    let started = Instant::now();
+    let (mut reads, mut incomplete) = (0usize, Vec::new());
+    while started.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let read = buffer.stores_partial().await.unwrap();
+        reads += 1;
+        let seen = read.found.iter().any(|s| s.store == store);
+        if !read.is_complete() || !seen {
+            incomplete.push(format!(
+                "{:?}: seen={seen} missed={:?}",
+                started.elapsed(),
+                read.missed
+            ));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    cluster.signal(replica, "CONT");
+    let outcomes = outcomes.lock().unwrap().clone();
+    // The fault was hit: pushes ran into the hung replica (no push is acknowledged while it
+    // hangs) and some waited past the response timeout.
+    assert!(
+        outcomes.get("unknown").copied().unwrap_or(0) >= 4,
+        "the hung replica was not felt: {outcomes:?}"
+    );
+    assert!(
+        !outcomes.contains_key("acknowledged"),
+        "a push was acknowledged without its replica: {outcomes:?}"
+    );
+    assert!(reads >= 20, "only {reads} reads in 4 s");
+    assert!(
+        incomplete.is_empty(),
+        "reads left the live master out while its replica hung ({} of {reads}; pushes {outcomes:?}): {incomplete:#?}",
+        incomplete.len()
+    );
+}
