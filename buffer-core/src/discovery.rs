@@ -82,9 +82,54 @@ impl<T> Partial<T> {
     /// What was found, logging what was missed: the tolerant reads (`stores`, `get_old`, …).
     pub(crate) fn tolerated(self, op: &str) -> T {
         for err in &self.missed {
-            tracing::warn!(op, error = %err, "some slot groups were not read; their stores are left out of this read");
+            warn_missed(op, err);
         }
         self.found
+    }
+}
+
+/// How often the same missed read (operation and error) is logged as a warning; the repeats
+/// in between go to debug. A persister polls several times a second and each poll makes
+/// four tolerant reads: a master down for a minute used to write thousands of identical
+/// warnings, burying the one line that says it went down.
+const MISSED_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Logs that `op` left out the slot groups `err` kept it from reading: a warning the first
+/// time, and again at most every [`MISSED_WARNING_EVERY`] with how many repeats it
+/// summarizes.
+fn warn_missed(op: &str, err: &Error) {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    use std::time::Instant;
+    // (op, error text) -> when last warned, repeats since.
+    static LAST: LazyLock<Mutex<HashMap<(String, String), (Instant, u64)>>> =
+        LazyLock::new(Default::default);
+    let key = (op.to_owned(), err.to_string());
+    let now = Instant::now();
+    let repeats = {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        last.retain(|_, (at, _)| now.duration_since(*at) < MISSED_WARNING_EVERY * 10);
+        match last.get_mut(&key) {
+            Some((at, repeats)) if now.duration_since(*at) < MISSED_WARNING_EVERY => {
+                *repeats += 1;
+                None
+            }
+            Some((at, repeats)) => {
+                let summarized = *repeats;
+                (*at, *repeats) = (now, 0);
+                Some(summarized)
+            }
+            None => {
+                last.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    };
+    match repeats {
+        Some(repeats) => tracing::warn!(op, error = %err, repeats_since_last_warning = repeats,
+            "some slot groups were not read; their stores are left out of this read"),
+        None => tracing::debug!(op, error = %err,
+            "some slot groups were not read; their stores are left out of this read"),
     }
 }
 
@@ -372,7 +417,7 @@ impl Buffer {
             }
         }
         for err in &read.missed {
-            tracing::warn!(error = %err, "some slot groups were not read; their stores are left out of this selection");
+            warn_missed("select stores", err);
         }
         if selected.is_empty() {
             return Ok(Vec::new());

@@ -532,6 +532,30 @@ async fn healthy_masters_work_with_the_slot_0_master_dead_and_scripts_flushed() 
         "{}",
         text(&drained)
     );
+
+    // A persister polling every 50 ms for 3 s with the master dead: each poll's reads leave
+    // its groups out, but the warning comes once per read kind (and again every 30 s), not
+    // once per poll (about 6 reads × 60 polls used to print some 360 lines).
+    let mut runner = persist(&urls, out.path(), "run")
+        .args(["--interval", "50ms", "--redis-timeout", "2s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = buffer_tests::StderrLog::capture(&mut runner);
+    let runner = buffer_tests::KillOnDrop::new(runner);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_and_expect_success(runner.take());
+    let left_out = log
+        .text()
+        .lines()
+        .filter(|line| line.contains("slot groups were not read"))
+        .count();
+    assert!(
+        (1..=24).contains(&left_out),
+        "{left_out} warnings about left-out slot groups in 3 s:\n{}",
+        log.text()
+    );
 }
 
 /// Whether the node on `port` still serves slots, as the other nodes see it (`CLUSTER NODES`
