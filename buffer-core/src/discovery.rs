@@ -101,9 +101,9 @@ fn warn_missed(op: &str, err: &Error) {
     use std::collections::HashMap;
     use std::sync::{LazyLock, Mutex};
     use std::time::Instant;
-    // (op, error text) -> when last warned, repeats since.
-    static LAST: LazyLock<Mutex<HashMap<(String, String), (Instant, u64)>>> =
-        LazyLock::new(Default::default);
+    /// (operation, error text) → when it was last warned about, and the repeats since.
+    type Warned = HashMap<(String, String), (Instant, u64)>;
+    static LAST: LazyLock<Mutex<Warned>> = LazyLock::new(Default::default);
     let key = (op.to_owned(), err.to_string());
     let now = Instant::now();
     let repeats = {
