@@ -98,3 +98,7 @@ struct PrivateSurface;
 pub use paths::{batch_file_name, batch_path, store_dir};
 #[cfg(feature = "test-hooks")]
 pub use writer::{FileSink, SinkFactory, open_decoded};
+// The PostgreSQL output's COPY text encoding, for the bench (its baseline's COPY file and its
+// text-against-binary figure use the persister's own).
+#[cfg(feature = "test-hooks")]
+pub use output::copy_text::{CopyTextEncoder, RowError, escape_copy_text};

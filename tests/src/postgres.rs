@@ -541,8 +541,10 @@ impl PostgresServer {
         // stopped (or gone), the postmaster above all.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            // A zombie ('Z', a backend that ended as the postmaster stopped, so it cannot be
+            // reaped until the thaw) is as good as gone.
             let settled = pids.iter().all(|pid| {
-                matches!(crate::process_state(*pid), Some('T') | None)
+                matches!(crate::process_state(*pid), Some('T' | 'Z') | None)
                     && (*pid != postmaster || crate::process_state(*pid) == Some('T'))
             });
             if settled {

@@ -24,6 +24,7 @@ use crate::config::{OutputLocation, PersistConfig};
 use crate::error::{Error, Result};
 use crate::writer::{self, BatchFile, FileLayout, Published, SinkFactory};
 
+pub(crate) mod copy_text;
 pub(crate) mod local;
 pub(crate) mod object;
 pub(crate) mod postgres;

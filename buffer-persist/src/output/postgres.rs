@@ -13,7 +13,6 @@
 //! before COMMIT (as the file output does before `link`), and the heartbeat keeps it through
 //! the transaction; a lost lock rolls the transaction back.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,7 +20,6 @@ use std::time::Duration;
 use buffer_core::{Buffer, CoalesceRules, LockGuard, MergeRule, Page, PreparedBatch, StoreName};
 use bytes::Bytes;
 use futures::SinkExt;
-use serde_json::value::RawValue;
 use tokio_postgres::config::SslMode as DriverSslMode;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::PersistConfig;
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
+use crate::output::copy_text::{CopyTextEncoder, RowError};
 use crate::output::postgres_tls::{MakeRustlsConnect, RootCertificates, SslMode};
 use crate::parquet::{ColumnType, ParquetLayout};
 use crate::writer::Published;
@@ -593,12 +592,19 @@ impl PostgresOutput {
             None if !defaulted.is_empty() => Some(defaults_statement(&table, &named, rest)),
             None => None,
         };
+        let has_defaults = !defaulted.is_empty();
         let mapping = Mapping {
             table: table.clone(),
-            columns: named,
-            rest,
-            dropped,
-            defaulted,
+            encoder: CopyTextEncoder::new(
+                named
+                    .iter()
+                    .map(|column| (column.name.clone(), column.json))
+                    .collect(),
+                rest,
+                dropped,
+                defaulted,
+            ),
+            has_defaults,
         };
         self.bounded(|| "BEGIN".to_owned(), client.batch_execute("BEGIN"))
             .await?;
@@ -606,7 +612,7 @@ impl PostgresOutput {
         // merged into the table by one INSERT … ON CONFLICT; an append batch straight in, or
         // through the staging table when defaults are to be filled in.
         let mut copy_list = list.clone();
-        if !mapping.defaulted.is_empty() {
+        if mapping.has_defaults {
             copy_list.push(quote(MISSING_COLUMN));
         }
         let target = if merge.is_some() {
@@ -614,7 +620,7 @@ impl PostgresOutput {
                 "CREATE TEMP TABLE {STAGE_TABLE} ON COMMIT DROP AS SELECT {} FROM {table} WITH NO DATA",
                 list.join(", ")
             );
-            if !mapping.defaulted.is_empty() {
+            if mapping.has_defaults {
                 stage.push_str(&format!(
                     "; ALTER TABLE pg_temp.{STAGE_TABLE} ADD COLUMN {} int[]",
                     quote(MISSING_COLUMN)
@@ -647,7 +653,8 @@ impl PostgresOutput {
             }
             let first = index;
             index += page.len() as u64;
-            let encoded = mapping.encode_page(&page, first)?;
+            let mut encoded = Vec::new();
+            mapping.encode_page(&page, first, &mut encoded)?;
             self.bounded(copy_action, sink.send(Bytes::from(encoded)))
                 .await?;
             guard.check_held()?;
@@ -984,120 +991,38 @@ fn check_identifier(name: &str) -> std::result::Result<(), String> {
 /// How a batch's records become COPY rows of one table.
 struct Mapping {
     table: TableName,
-    /// The columns of the COPY, in its order (then `_rest` when `rest`).
-    columns: Vec<Column>,
-    rest: bool,
-    /// Keys left out of every row (a coalesced row's metadata fields the table has no
-    /// column for).
-    dropped: Vec<String>,
-    /// The positions in `columns` of those with a default: each row ends with the list of
-    /// those its record lacks (an `int[]`), when there are any.
-    defaulted: Vec<usize>,
+    /// The COPY's columns (then `_rest`), their keys dropped or defaulted: the encoder.
+    encoder: CopyTextEncoder,
+    /// Some named column has a default: rows end with the `int[]` of those missing.
+    has_defaults: bool,
 }
 
 impl Mapping {
-    /// The page's records as COPY text rows; `first` is the index in the batch of its first
-    /// record (for messages).
-    fn encode_page(&self, page: &Page, first: u64) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(page.text_bytes() + page.len() * 8);
-        for (offset, record) in page.iter().enumerate() {
-            let index = first + offset as u64;
-            let fields: BTreeMap<String, &RawValue> =
-                serde_json::from_str(record).map_err(|err| Error::Postgres {
-                    action: format!("loading table {}", self.table),
-                    sqlstate: None,
-                    message: format!(
+    /// Appends the page's records to `out` as COPY text rows; `first` is the index in the
+    /// batch of its first record (for messages).
+    fn encode_page(&self, page: &Page, first: u64, out: &mut Vec<u8>) -> Result<()> {
+        out.reserve(page.text_bytes() + page.len() * 8);
+        self.encoder
+            .encode(page.iter(), out)
+            .map_err(|(offset, why)| {
+                let index = first + offset as u64;
+                let record = page.iter().nth(offset).unwrap_or_default();
+                let message = match why {
+                    RowError::NotAnObject(err) => format!(
                         "record {index} of the batch is not a JSON object ({err}): {record}"
                     ),
-                    transient: false,
-                })?;
-            let mut fields = fields;
-            for key in &self.dropped {
-                fields.remove(key);
-            }
-            let mut missing = Vec::new();
-            for (position, column) in self.columns.iter().enumerate() {
-                if position > 0 {
-                    out.push(b'\t');
-                }
-                match fields.remove(&column.name) {
-                    None => {
-                        out.extend_from_slice(b"\\N");
-                        missing.push(position);
-                    }
-                    Some(value) => encode_value(&mut out, value.get(), column.json),
-                }
-            }
-            if self.rest {
-                if !self.columns.is_empty() {
-                    out.push(b'\t');
-                }
-                if fields.is_empty() {
-                    out.extend_from_slice(b"\\N");
-                } else {
-                    let mut object = String::from("{");
-                    for (position, (key, value)) in fields.iter().enumerate() {
-                        if position > 0 {
-                            object.push(',');
-                        }
-                        object.push_str(&serde_json::to_string(key).unwrap_or_default());
-                        object.push(':');
-                        object.push_str(value.get());
-                    }
-                    object.push('}');
-                    escape_into(&mut out, &object);
-                }
-            } else if let Some(key) = fields.keys().next() {
-                return Err(Error::Postgres {
-                    action: format!("loading table {}", self.table),
-                    sqlstate: None,
-                    message: format!(
+                    RowError::UnknownKey(key) => format!(
                         "record {index} of the batch has the key {key:?}, which names no column of {} (and it has no {REST_COLUMN} jsonb column for such keys): {record}",
                         self.table
                     ),
+                };
+                Error::Postgres {
+                    action: format!("loading table {}", self.table),
+                    sqlstate: None,
+                    message,
                     transient: false,
-                });
-            }
-            if !self.defaulted.is_empty() {
-                out.extend_from_slice(b"\t{");
-                let lacking: Vec<String> = missing
-                    .iter()
-                    .filter(|position| self.defaulted.contains(position))
-                    .map(ToString::to_string)
-                    .collect();
-                out.extend_from_slice(lacking.join(",").as_bytes());
-                out.push(b'}');
-            }
-            out.push(b'\n');
-        }
-        Ok(out)
-    }
-}
-
-/// Appends one JSON value as a COPY text field: null as `\N`; a string unquoted (its JSON
-/// text when the column is json/jsonb); numbers, booleans and nested values as their JSON
-/// text, which PostgreSQL parses as the column's type.
-fn encode_value(out: &mut Vec<u8>, text: &str, json_column: bool) {
-    match text.as_bytes().first() {
-        Some(b'n') => out.extend_from_slice(b"\\N"),
-        Some(b'"') if !json_column => {
-            let unquoted: String = serde_json::from_str(text).unwrap_or_else(|_| text.to_owned());
-            escape_into(out, &unquoted);
-        }
-        _ => escape_into(out, text),
-    }
-}
-
-/// Appends `text` escaped for COPY's text format.
-fn escape_into(out: &mut Vec<u8>, text: &str) {
-    for byte in text.bytes() {
-        match byte {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            other => out.push(other),
-        }
+                }
+            })
     }
 }
 
@@ -1226,18 +1151,5 @@ mod tests {
             ),
             "{err}"
         );
-    }
-
-    #[test]
-    fn values_are_escaped_for_copy() {
-        let mut out = Vec::new();
-        encode_value(&mut out, "\"a\\tb\\\\c\\n\"", false);
-        assert_eq!(out, b"a\\tb\\\\c\\n");
-        out.clear();
-        encode_value(&mut out, "\"x\"", true);
-        assert_eq!(out, b"\"x\"");
-        out.clear();
-        encode_value(&mut out, "null", false);
-        assert_eq!(out, b"\\N");
     }
 }

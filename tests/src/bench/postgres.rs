@@ -6,8 +6,10 @@
 //! - the merge-upsert of a coalescing store's entities into rows already there, against the
 //!   same `INSERT … ON CONFLICT` run server-side from a file;
 //! - `COPY` in text format (what the persister sends) against binary format, both sent from
-//!   this process with the persister's per-record work (parse each record, encode its fields),
-//!   which is what decided the persister's format.
+//!   this process with the same per-record work for both (parse each record into a map of
+//!   its fields, encode them; the persister's parse before it wrote COPY text straight from
+//!   the JSON, `buffer-persist/src/output/copy_text.rs`), which is what decided the
+//!   persister's format.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use buffer_core::{Buffer, BufferConfig, CoalesceRules, MergeRule};
+use buffer_persist::escape_copy_text;
 use buffer_tests::RedisServer;
 use buffer_tests::postgres::PostgresServer;
 use bytes::Bytes;
@@ -61,19 +64,6 @@ fn create_bench_table(name: &str) -> String {
     format!("CREATE TABLE {name} ({})", columns.join(", "))
 }
 
-/// Appends `text` escaped for COPY's text format.
-fn escape_into(out: &mut Vec<u8>, text: &str) {
-    for byte in text.bytes() {
-        match byte {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            other => out.push(other),
-        }
-    }
-}
-
 /// One bench record as a COPY text row of [`COLUMNS`].
 fn text_row(out: &mut Vec<u8>, record: &Value) {
     for (position, (column, _)) in COLUMNS.iter().enumerate() {
@@ -82,8 +72,8 @@ fn text_row(out: &mut Vec<u8>, record: &Value) {
         }
         match &record[*column] {
             Value::Null => out.extend_from_slice(b"\\N"),
-            Value::String(text) => escape_into(out, text),
-            other => escape_into(out, &other.to_string()),
+            Value::String(text) => escape_copy_text(out, text),
+            other => escape_copy_text(out, &other.to_string()),
         }
     }
     out.push(b'\n');
@@ -263,9 +253,9 @@ fn binary_figure(sizes: &Sizes) -> Figure {
         method: format!(
             "{n} bench records (JSON texts in memory) sent from this process by `COPY … FROM \
              STDIN` into an emptied table of the matching types, in pages of {PAGE_RECORDS} \
-             records, each page encoded right before it is sent the way the persister does it \
-             (each record parsed into its fields as raw JSON texts, then each field written \
-             out). Ours: binary format (a string unquoted, the integer as 8 bytes, the float's \
+             records, each page encoded right before it is sent, both formats the same way \
+             (each record parsed into a map of its fields as raw JSON texts, as the persister \
+             did before its borrowed parse, then each field written out). Ours: binary format (a string unquoted, the integer as 8 bytes, the float's \
              bits, the boolean as a byte, each with its length). Baseline: text format (a \
              string unquoted and escaped, numbers and booleans as their JSON text, which the \
              server parses). Both timed from the COPY's start to its row count; the detail \
@@ -531,7 +521,8 @@ enum CopyFormat {
 const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
 /// Encodes `page` (JSON texts) as `format` COPY data, parsing each record into its fields as
-/// the persister does (a map of key → raw JSON text).
+/// the persister did before its borrowed parse (a map of key → raw JSON text), so that both
+/// formats pay the same parse.
 fn encode_page(page: &[String], format: CopyFormat, out: &mut Vec<u8>) -> Result<()> {
     for record in page {
         let fields: BTreeMap<String, &RawValue> = serde_json::from_str(record)?;
@@ -545,9 +536,9 @@ fn encode_page(page: &[String], format: CopyFormat, out: &mut Vec<u8>) -> Result
                         None | Some("null") => out.extend_from_slice(b"\\N"),
                         Some(text) if text.starts_with('"') => {
                             let unquoted: String = serde_json::from_str(text)?;
-                            escape_into(out, &unquoted);
+                            escape_copy_text(out, &unquoted);
                         }
-                        Some(text) => escape_into(out, text),
+                        Some(text) => escape_copy_text(out, text),
                     }
                 }
                 out.push(b'\n');
