@@ -17,8 +17,9 @@
 //! field's JSON text) and one operation per field, refusing a record a rule cannot take
 //! before anything is sent ([`Error::CoalesceRecordRefused`]); the script computes every
 //! merge first and writes only when none was refused. The rows live in the store's `rows`
-//! hash (`<entity>\x1f<field>` → value) and the entities, in the order first written, in its
-//! `entities` list; prepare renames both with the other data keys, so it stays a fixed number
+//! hash, one field per entity (`<entity>` → its packed row, see [`render_row`]: one entry per
+//! entity keeps the hash small, and a merge reads and writes its entity once), and the
+//! entities, in the order first written, in its `entities` list; prepare renames both with the other data keys, so it stays a fixed number
 //! of RENAMEs. A batch's rows are read by the `BatchReader` in pages of whole entities
 //! ([`render_row`] makes each row one JSON object).
 //!
@@ -198,6 +199,15 @@ fn record_ops(
     let mut ops = Vec::with_capacity(fields.len());
     for (name, value) in fields {
         let text = value.get();
+        if name.contains([ROW_SEPARATOR, NAME_SEPARATOR]) {
+            return Err(refuse(
+                &name,
+                "name",
+                "the name holds the control character U+001E or U+001F, which a coalesced \
+                 row uses to separate its fields"
+                    .to_owned(),
+            ));
+        }
         if METADATA.contains(&name.as_str()) {
             return Err(refuse(
                 &name,
@@ -269,16 +279,46 @@ fn shorten(text: &str) -> String {
     crate::name::shorten(text)
 }
 
-/// A row as one JSON object: each field of `fields` whose value is present, in that order,
-/// a union's state (`\n`-separated element texts) as a JSON array.
-pub(crate) fn render_row(fields: &[String], values: &[Option<String>]) -> String {
-    let mut row = String::from("{");
-    for (field, value) in fields.iter().zip(values) {
-        let Some(value) = value else { continue };
+/// Separates the fields of a packed row (`scripts::COALESCE_PUSH`).
+const ROW_SEPARATOR: char = '\x1e';
+/// Separates a packed row's field name from its value, and the row's header values.
+const NAME_SEPARATOR: char = '\x1f';
+
+/// A packed row (`<writes>\x1f<first ms>\x1f<last ms>` then `\x1e<name>\x1f<value>` per
+/// field, as `scripts::COALESCE_PUSH` writes it) as one JSON object: its fields in the order of
+/// their names, the metadata fields among them, a union's state (`\n`-separated element
+/// texts) as a JSON array. `None` when the text is not a packed row.
+pub(crate) fn render_row(packed: &str) -> Option<String> {
+    let mut parts = packed.split(ROW_SEPARATOR);
+    let mut header = parts.next()?.split(NAME_SEPARATOR);
+    let (writes, first, last) = (header.next()?, header.next()?, header.next()?);
+    if header.next().is_some()
+        || ![writes, first, last]
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    let mut fields: Vec<(&str, &str)> = vec![
+        (WRITES_FIELD, writes),
+        (FIRST_WRITE_FIELD, first),
+        (LAST_WRITE_FIELD, last),
+    ];
+    for part in parts {
+        let (name, value) = part.split_once(NAME_SEPARATOR)?;
+        if value.is_empty() {
+            return None;
+        }
+        fields.push((name, value));
+    }
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut row = String::with_capacity(packed.len() + 16 * fields.len());
+    row.push('{');
+    for (name, value) in fields {
         if row.len() > 1 {
             row.push(',');
         }
-        row.push_str(&serde_json::to_string(field).unwrap_or_default());
+        row.push_str(&serde_json::to_string(name).ok()?);
         row.push(':');
         if let Some(elements) = value.strip_prefix('\n') {
             row.push('[');
@@ -290,12 +330,7 @@ pub(crate) fn render_row(fields: &[String], values: &[Option<String>]) -> String
         }
     }
     row.push('}');
-    row
-}
-
-/// The hash field of one entity's field in a rows hash.
-pub(crate) fn row_field(entity: &str, field: &str) -> String {
-    format!("{entity}\x1f{field}")
+    Some(row)
 }
 
 /// Reads the `HEXISTS` of the store's rules in a MULTI/EXEC push's results (third from the
@@ -968,6 +1003,30 @@ mod tests {
         assert_eq!(parse_top("=\n1\x1f2.5\n2\x1f10").unwrap().1[0].entity, "2");
         for garbage in ["", "x", "=junk", "=\nno-separator", "=\n1\x1fmany"] {
             assert_eq!(parse_top(garbage), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn packed_rows_render_as_one_object_in_name_order() {
+        let packed = "3\x1f100\x1f250\x1epage\x1f\"/a\"\x1eviews\x1f7\x1erefs\x1f\n\"x\"\n1\n\
+                      \x1eB\x1f{\"k\":[1]}\x1eq\\\"\x1f\n";
+        assert_eq!(
+            render_row(packed).unwrap(),
+            r#"{"B":{"k":[1]},"_first_write":100,"_last_write":250,"_writes":3,"page":"/a","q\\\"":[],"refs":["x",1],"views":7}"#
+        );
+        assert_eq!(
+            render_row("1\x1f2\x1f3").unwrap(),
+            r#"{"_first_write":2,"_last_write":3,"_writes":1}"#
+        );
+        for garbage in [
+            "",
+            "1\x1f2",
+            "1\x1f2\x1f3\x1f4",
+            "x\x1f2\x1f3",
+            "1\x1f2\x1f3\x1enovalue",
+            "1\x1f2\x1f3\x1eempty\x1f",
+        ] {
+            assert_eq!(render_row(garbage), None, "{garbage:?}");
         }
     }
 

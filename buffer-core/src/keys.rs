@@ -42,7 +42,7 @@ pub(crate) struct DataKeys {
     /// A coalescing store's entities (LIST of each entity's key as JSON text, in the order
     /// they were first written), see `crate::coalesce`.
     pub entities: String,
-    /// A coalescing store's rows (HASH `<entity JSON>\x1f<field>` → merged value), see
+    /// A coalescing store's rows (HASH `<entity JSON>` → its packed row), see
     /// `crate::coalesce`.
     pub rows: String,
 }

@@ -49,6 +49,7 @@ impl Buffer {
             runs_key: keys.runs,
             entities_key: keys.entities,
             rows_key: keys.rows,
+            keys_key: keys.keys,
             rows: None,
             store: batch.store.clone(),
             batch: batch.id.clone(),
@@ -245,6 +246,8 @@ pub struct BatchReader {
     runs_key: String,
     entities_key: String,
     rows_key: String,
+    /// The batch's key set: its size bounds the fields of a row.
+    keys_key: String,
     /// How the batch splits into appended records and coalesced rows, read at the first page.
     rows: Option<RowsPlan>,
     store: StoreName,
@@ -267,11 +270,12 @@ struct RowsPlan {
     appended: u64,
     /// Entities, one row each.
     entities: u64,
-    /// The batch's field names (its key set), sorted: the fields asked of every entity.
-    fields: Vec<String>,
+    /// How many field names the batch has (its key set): no row has more fields.
+    fields: u64,
 }
 
-/// At most this many values (entities × fields) are asked for in one page of rows.
+/// At most this many field values (entities × the batch's field names) are asked for in one
+/// page of rows.
 const ROW_VALUES_PER_PAGE: u64 = 65_536;
 
 /// How many run entries one read of the run list fetches (about 20 bytes each).
@@ -421,26 +425,19 @@ impl BatchReader {
     }
 
     /// How the batch splits into appended records and coalesced rows: one round trip
-    /// (`LLEN`, `LLEN`), and the key set (SSCAN) when it has rows.
+    /// (`LLEN`, `LLEN`, `SCARD` of the key set).
     async fn rows_plan(&self) -> Result<RowsPlan> {
         let mut pipe = redis::pipe();
-        pipe.llen(&self.key).llen(&self.entities_key);
+        pipe.llen(&self.key)
+            .llen(&self.entities_key)
+            .scard(&self.keys_key);
         let mut conn = self.buffer.conn();
-        let (appended, entities): (u64, u64) = self
+        let (appended, entities, fields): (u64, u64, u64) = self
             .buffer
             .run("read batch", self.store.as_str(), async move {
                 pipe.query_async(&mut conn).await
             })
             .await?;
-        let fields = if entities > 0 {
-            self.buffer
-                .batch_keys(&self.store, &self.batch)
-                .await?
-                .into_iter()
-                .collect()
-        } else {
-            Vec::new()
-        };
         if appended + entities != self.total {
             return Err(Error::BatchNotFound {
                 store: self.store.to_string(),
@@ -455,7 +452,7 @@ impl BatchReader {
     }
 
     /// The next page of coalesced rows: whole entities (`LRANGE` of the entities, then one
-    /// `HMGET` of their fields), each rendered as one JSON object.
+    /// `HMGET` of their packed rows), each rendered as one JSON object.
     async fn next_rows(&mut self, appended: u64) -> Result<Option<Page>> {
         let Some(plan) = &self.rows else {
             return Ok(None);
@@ -464,8 +461,7 @@ impl BatchReader {
         if start >= plan.entities {
             return Ok(None);
         }
-        let fields = plan.fields.clone();
-        let per_page = (ROW_VALUES_PER_PAGE / (fields.len() as u64).max(1)).max(1);
+        let per_page = (ROW_VALUES_PER_PAGE / plan.fields.max(1)).max(1);
         let want = self
             .page_size
             .min(per_page)
@@ -491,23 +487,30 @@ impl BatchReader {
             });
         }
         let mut hmget = redis::cmd("HMGET");
-        hmget.arg(&rows_key);
-        for entity in &entities {
-            for field in &fields {
-                hmget.arg(crate::coalesce::row_field(entity, field));
-            }
-        }
+        hmget.arg(&rows_key).arg(&entities[..]);
         let mut conn = self.buffer.conn();
-        let values: Vec<Option<String>> = self
+        let packed: Vec<Option<String>> = self
             .buffer
             .run("read batch", self.store.as_str(), async move {
                 hmget.query_async(&mut conn).await
             })
             .await?;
-        let rows: Vec<String> = values
-            .chunks(fields.len().max(1))
-            .map(|values| crate::coalesce::render_row(&fields, values))
-            .collect();
+        let mut rows = Vec::with_capacity(entities.len());
+        for (entity, packed) in entities.iter().zip(&packed) {
+            let row = packed.as_deref().and_then(crate::coalesce::render_row);
+            rows.push(row.ok_or_else(|| Error::Corrupt {
+                what: format!(
+                    "the row of entity {} in batch {} of coalescing store {:?} is {}",
+                    crate::name::shorten(entity),
+                    self.batch,
+                    self.store.as_str(),
+                    match packed {
+                        None => "missing".to_owned(),
+                        Some(text) => format!("not a row: {:?}", crate::name::shorten(text)),
+                    }
+                ),
+            })?);
+        }
         self.next += want;
         Ok(Some(Page::from_strings(&rows)))
     }

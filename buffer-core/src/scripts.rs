@@ -462,15 +462,19 @@ return {1, 1}
 /// key field), `1` first, `s` sum (an i64 in decimal, or a float's JSON text), `x` max, `n`
 /// min (a number's JSON text), `u` union (one element's JSON text, or "" for none).
 ///
-/// A row's fields are `<entity>\x1f<field>` in the rows hash (compact JSON never holds a raw
-/// control character, so the first `\x1f` ends the entity). Integer sums are exact decimal
-/// string arithmetic within i64 (Lua numbers are doubles, exact only to 2^53); a sum with a
-/// float operand is a double. A union is `\n`-separated element texts, `\n` first and last.
-/// Two kinds of field start with `\x1f` (no entity's does): `\x1fwrites`, the writes merged
-/// into the live rows, and `\x1ftop\x1f<field>` per summed field, its top 10 entities
-/// (`crate::coalesce::CoalescedView`), kept up to date by every merge at a cost of O(1)
-/// per summed value (a lookup, a comparison with the list's smallest sum), so a dashboard
-/// reads the top entities with one `HGET` however many entities there are.
+/// An entity's row is one field of the rows hash, `<entity>` → its packed row
+/// `<writes>\x1f<first ms>\x1f<last ms>` then `\x1e<name>\x1f<value>` per field
+/// (`crate::coalesce::render_row` reads it): a merge reads its entity with one `HGET` and
+/// writes it with one field of one `HSET`, and the hash holds one entry per entity. Integer
+/// sums are exact within i64: added as doubles below 16 characters (exact there, the sum
+/// stays below 2^53), by decimal string arithmetic beyond (Lua numbers are doubles, exact
+/// only to 2^53); a sum with a float operand is a double. A union is `\n`-separated element
+/// texts, `\n` first and last. Two kinds of field start with `\x1f` (no entity's does):
+/// `\x1fwrites`, the writes merged into the live rows, and `\x1ftop\x1f<field>` per summed
+/// field, its top 10 entities (`crate::coalesce::CoalescedView`), kept up to date by every
+/// merge at a cost of O(1) per summed value (a lookup, a comparison with the list's smallest
+/// sum), so a dashboard reads the top entities with one `HGET` however many entities there
+/// are.
 ///
 /// Returns `{0, entities, bytes, keys, first}` (or `{1, …}` for a push id already applied),
 /// `{-1, …}` when a limit refused it (see `admit`), `{-3}` when the stored rules are not the
@@ -582,18 +586,72 @@ local function compare(a, b)
   return 0
 end
 
-local state, changed, new_entities = {}, {}, {}
-local function get(field)
-  local v = state[field]
-  if v == nil then
-    v = redis.call('HGET', KEYS[11], field) or false
-    state[field] = v
+-- Below 16 characters a number's text is a double exactly when it is an integer (|n| < 2^53);
+-- compare() handles the rest.
+local function order(a, b)
+  if #a < 16 and #b < 16 then
+    local x, y = tonumber(a), tonumber(b)
+    if x < y then return -1 elseif x > y then return 1 end
+    return 0
   end
-  return v
+  return compare(a, b)
 end
-local function put(field, value)
-  state[field] = value
-  changed[field] = true
+-- A sum of two numbers' texts, or nil when it leaves i64 (integers) or is not finite.
+-- Integers below 16 characters are added as doubles, exact there (the sum stays below 2^53);
+-- longer ones by the decimal digit loop.
+local function add(current, value)
+  if is_int(current) and is_int(value) then
+    if #current < 16 and #value < 16 then
+      return string.format('%.0f', tonumber(current) + tonumber(value))
+    end
+    return add_int(current, value)
+  end
+  return add_float(current, value)
+end
+
+-- Each entity's row is one field of the rows hash, <entity> -> its packed row:
+-- '<writes>\31<first write ms>\31<last write ms>', then '\30<name>\31<value>' per field in
+-- the order first written (a name holds no \30 nor \31: the producer refuses such names;
+-- a value is compact JSON text, a union '\n'-separated element texts with '\n' first and
+-- last, never a raw control character but '\n'). One field per entity rather than one per
+-- entity and field: a merge reads and writes its entity once, and the hash keeps one entry
+-- per entity (see BENCHMARKS.md, memory per coalesced entity).
+local rows, touched, new_entities = {}, {}, {}
+local function row_of(entity)
+  local row = rows[entity]
+  if row then return row end
+  local text = redis.call('HGET', KEYS[11], entity)
+  if text then
+    local writes, first, last, rest = string.match(text, '^(%d+)\31(%d+)\31(%d+)(.*)$')
+    if not writes then
+      error('the coalesced row of entity ' .. entity .. ' in ' .. KEYS[11] .. ' is not a row')
+    end
+    row = {writes = tonumber(writes), first = first, last = last, names = {}, values = {}}
+    local names, values = row.names, row.values
+    for name, value in string.gmatch(rest, '\30([^\31\30]*)\31([^\30]*)') do
+      names[#names + 1] = name
+      values[name] = value
+    end
+  else
+    row = {writes = 0, first = ARGV[1], last = ARGV[1], names = {}, values = {}}
+    new_entities[#new_entities + 1] = entity
+  end
+  rows[entity] = row
+  touched[#touched + 1] = entity
+  return row
+end
+local function set(row, name, value)
+  if row.values[name] == nil then row.names[#row.names + 1] = name end
+  row.values[name] = value
+end
+local function packed(row)
+  local parts = {string.format('%d', row.writes), '\31', row.first, '\31', row.last}
+  local values = row.values
+  for _, name in ipairs(row.names) do
+    parts[#parts + 1] = '\30' .. name .. '\31'
+    parts[#parts + 1] = values[name]
+  end
+  return table.concat(parts)
 end
 
 -- The store's top entities by each summed field, kept in the rows hash under
@@ -610,7 +668,7 @@ local function top_of(name)
     -- at: entity -> its position in entries; low: the position of the smallest sum, or nil
     -- when it must be found again.
     t = {exact = true, entries = {}, at = {}, low = nil}
-    local text = get('\31top\31' .. name)
+    local text = redis.call('HGET', KEYS[11], '\31top\31' .. name)
     if text then
       t.exact = string.sub(text, 1, 1) == '='
       for entity, sum in string.gmatch(text, '\n([^\n\31]+)\31([^\n]+)') do
@@ -621,16 +679,6 @@ local function top_of(name)
     tops[name] = t
   end
   return t
-end
--- Below 16 characters a number's text is a double exactly when it is an integer (|n| < 2^53);
--- compare() handles the rest.
-local function order(a, b)
-  if #a < 16 and #b < 16 then
-    local x, y = tonumber(a), tonumber(b)
-    if x < y then return -1 elseif x > y then return 1 end
-    return 0
-  end
-  return compare(a, b)
 end
 local function top_update(name, entity, sum, decreased)
   local t = top_of(name)
@@ -668,55 +716,44 @@ while i <= #ARGV do
   local entity = ARGV[i]
   local ops = tonumber(ARGV[i + 1])
   i = i + 2
-  local writes_field = entity .. '\31_writes'
-  local writes = get(writes_field)
-  if not writes then
-    new_entities[#new_entities + 1] = entity
-    put(entity .. '\31_first_write', ARGV[1])
-    writes = '0'
-  end
-  put(writes_field, string.format('%d', tonumber(writes) + 1))
-  put(entity .. '\31_last_write', ARGV[1])
+  local row = row_of(entity)
+  row.writes = row.writes + 1
+  row.last = ARGV[1]
+  local values = row.values
   for _ = 1, ops do
     local op, name, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     i = i + 3
-    local field = entity .. '\31' .. name
+    local current = values[name]
     if op == 'l' then
-      put(field, value)
+      set(row, name, value)
     elseif op == '1' then
-      if not get(field) then put(field, value) end
+      if current == nil then set(row, name, value) end
     elseif op == 's' then
-      local current = get(field)
       local sum = value
       if current then
-        if is_int(current) and is_int(value) then
-          sum = add_int(current, value)
-          if not sum then
+        sum = add(current, value)
+        if not sum then
+          if is_int(current) and is_int(value) then
             return {-4, index, name, 'sum', 'the sum ' .. current .. ' + ' .. value .. ' overflows a 64-bit integer'}
           end
-        else
-          sum = add_float(current, value)
-          if not sum then
-            return {-4, index, name, 'sum', 'the sum ' .. current .. ' + ' .. value .. ' is not a finite number'}
-          end
+          return {-4, index, name, 'sum', 'the sum ' .. current .. ' + ' .. value .. ' is not a finite number'}
         end
       end
-      put(field, sum)
+      set(row, name, sum)
       top_update(name, entity, sum, string.sub(value, 1, 1) == '-' and tonumber(value) ~= 0)
     elseif op == 'x' or op == 'n' then
-      local current = get(field)
-      if not current then
-        put(field, value)
+      if current == nil then
+        set(row, name, value)
       else
-        local c = compare(value, current)
-        if (op == 'x' and c > 0) or (op == 'n' and c < 0) then put(field, value) end
+        local c = order(value, current)
+        if (op == 'x' and c > 0) or (op == 'n' and c < 0) then set(row, name, value) end
       end
     elseif op == 'u' then
-      local current = get(field) or '\n'
+      current = current or '\n'
       if value ~= '' and not string.find(current, '\n' .. value .. '\n', 1, true) then
         current = current .. value .. '\n'
       end
-      put(field, current)
+      set(row, name, current)
     else
       return redis.error_reply('ERR unknown coalescing operation ' .. tostring(op))
     end
@@ -729,18 +766,20 @@ if refusal then return refusal end
 if ARGV[6] ~= '' then
   redis.call('SET', KEYS[13], '1', 'PX', ARGV[6])
 end
-put('\31writes', string.format('%d', tonumber(get('\31writes') or '0') + index))
+local pairs_out = {}
+for _, entity in ipairs(touched) do
+  pairs_out[#pairs_out + 1] = entity
+  pairs_out[#pairs_out + 1] = packed(rows[entity])
+end
+pairs_out[#pairs_out + 1] = '\31writes'
+pairs_out[#pairs_out + 1] = string.format('%d', tonumber(redis.call('HGET', KEYS[11], '\31writes') or '0') + index)
 for name, t in pairs(tops) do
   local parts = {t.exact and '=' or '~'}
   for _, entry in ipairs(t.entries) do
     parts[#parts + 1] = '\n' .. entry[1] .. '\31' .. entry[2]
   end
-  put('\31top\31' .. name, table.concat(parts))
-end
-local pairs_out = {}
-for field in pairs(changed) do
-  pairs_out[#pairs_out + 1] = field
-  pairs_out[#pairs_out + 1] = state[field]
+  pairs_out[#pairs_out + 1] = '\31top\31' .. name
+  pairs_out[#pairs_out + 1] = table.concat(parts)
 end
 for j = 1, #pairs_out, 2000 do
   redis.call('HSET', KEYS[11], unpack(pairs_out, j, math.min(j + 1999, #pairs_out)))

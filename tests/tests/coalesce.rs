@@ -236,6 +236,12 @@ async fn bad_records_are_refused_whole_and_named() {
             "metadata",
             "kept",
         ),
+        (
+            json!({"id": 3, "n": 1, "a\u{1e}b": 4}),
+            "a\u{1e}b",
+            "name",
+            "control character",
+        ),
     ];
     for (bad, field_name, rule_name, words) in cases {
         let err = buffer
@@ -258,6 +264,61 @@ async fn bad_records_are_refused_whole_and_named() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows["1"]["n"], json!(i64::MAX - 1));
     assert_eq!(rows["1"]["_writes"], json!(1));
+}
+
+/// Small integers are summed and compared as doubles in the merge script (exact below 2^53),
+/// longer ones digit by digit: sums and maxima crossing from one to the other stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sums_and_maxima_stay_exact_across_the_fast_and_the_digit_paths() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let rules = CoalesceRules::new("id")
+        .with("n", MergeRule::Sum)
+        .with("hi", MergeRule::Max)
+        .with("lo", MergeRule::Min);
+    buffer.set_coalesce("exact", &rules).await.unwrap();
+    let values: [i64; 8] = [
+        999_999_999_999_999,
+        999_999_999_999_999,
+        7,
+        9_007_199_254_740_993,
+        -9_007_199_254_740_993,
+        -1_000_000_000_000_001,
+        3,
+        1 << 60,
+    ];
+    let mut sum: i64 = 0;
+    for (i, n) in values.iter().enumerate() {
+        sum += n;
+        let record = json!({"id": 1, "n": n, "hi": n, "lo": n});
+        if i % 2 == 0 {
+            buffer.push("exact", &record).await.unwrap();
+        } else {
+            // Two writes of one entity in one push merge in the script's own table.
+            buffer
+                .push_many("exact", &[record, json!({"id": 1, "n": 0})])
+                .await
+                .unwrap();
+        }
+    }
+    // Both sides of 2^53 by one: a double would call them equal.
+    buffer
+        .push_many(
+            "exact",
+            &[
+                json!({"id": 2, "hi": 9_007_199_254_740_992_i64, "lo": 9_007_199_254_740_993_i64}),
+                json!({"id": 2, "hi": 9_007_199_254_740_993_i64, "lo": 9_007_199_254_740_992_i64}),
+            ],
+        )
+        .await
+        .unwrap();
+    let rows = drain_rows(&buffer, "exact", "id").await;
+    assert_eq!(rows["1"]["n"], json!(sum), "{:?}", rows["1"]);
+    assert_eq!(rows["1"]["hi"], json!(1_i64 << 60));
+    assert_eq!(rows["1"]["lo"], json!(-9_007_199_254_740_993_i64));
+    assert_eq!(rows["1"]["_writes"], json!(12));
+    assert_eq!(rows["2"]["hi"], json!(9_007_199_254_740_993_i64));
+    assert_eq!(rows["2"]["lo"], json!(9_007_199_254_740_992_i64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

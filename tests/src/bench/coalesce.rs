@@ -44,6 +44,65 @@ async fn connect(server: &RedisServer) -> Result<Buffer> {
     Ok(Buffer::connect(config).await?)
 }
 
+/// Where a side's time went: redis-server's user+sys CPU (`INFO cpu`), of it the time inside
+/// `EVALSHA` (`INFO commandstats`, reset by `CONFIG RESETSTAT`), and this process's CPU (the
+/// client: encoding records, building each script call), all from the moment it is taken.
+struct CpuSplit {
+    server_s: f64,
+    script_us: f64,
+    client: std::time::Duration,
+}
+
+impl CpuSplit {
+    fn take(server: &RedisServer) -> Result<Self> {
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query::<()>(&mut server.conn())?;
+        Ok(Self {
+            server_s: server_cpu_s(server)?,
+            script_us: 0.0,
+            client: process_cpu(),
+        })
+    }
+
+    /// µs per record: (redis-server CPU, of it in EVALSHA, client CPU).
+    fn per_record(&self, server: &RedisServer, records: usize) -> Result<(f64, f64, f64)> {
+        let records = records.max(1) as f64;
+        let server_s = server_cpu_s(server)? - self.server_s;
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut server.conn())?;
+        let script_us = stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
+            .and_then(|line| {
+                line.split(',')
+                    .find_map(|part| part.strip_prefix("usec="))
+                    .and_then(|usec| usec.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+            - self.script_us;
+        let client = process_cpu().saturating_sub(self.client);
+        Ok((
+            server_s * 1e6 / records,
+            script_us / records,
+            client.as_secs_f64() * 1e6 / records,
+        ))
+    }
+}
+
+fn server_cpu_s(server: &RedisServer) -> Result<f64> {
+    let user: f64 = tools::info_field(server, "cpu", "used_cpu_user")?.parse()?;
+    let sys: f64 = tools::info_field(server, "cpu", "used_cpu_sys")?.parse()?;
+    Ok(user + sys)
+}
+
+/// This process's user+sys CPU time, all threads.
+fn process_cpu() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// Pages the push figure's views fall on.
 const PUSH_PAGES: usize = 1_000;
 
@@ -146,10 +205,16 @@ async fn push(sizes: &Sizes, runs: usize) -> Result<Figure> {
                     rates.push(format!("{} {:.0}/s", command[0], rate));
                 }
                 baseline = 1.0 / seconds_per_record;
-                detail = format!("raw commands: {}", rates.join(", "));
+                detail.push_str(&format!("raw commands: {}; ", rates.join(", ")));
             } else {
                 buffer.set_coalesce("pageviews", &rules).await?;
+                let cpu = CpuSplit::take(&server)?;
                 ours = tools::push_rate(&buffer, "pageviews", batches.clone(), calls, 50).await?;
+                let (server_us, script_us, client_us) = cpu.per_record(&server, records)?;
+                detail.push_str(&format!(
+                    "per record: redis-server {server_us:.1} µs CPU (in EVALSHA \
+                     {script_us:.1} µs), client {client_us:.1} µs CPU; "
+                ));
                 let view = buffer.coalesced_view("pageviews", Some("views")).await?;
                 ensure!(
                     view.writes == records as u64,
@@ -159,10 +224,11 @@ async fn push(sizes: &Sizes, runs: usize) -> Result<Figure> {
             }
         }
         progress(figure.id, run, runs, figure.unit, ours, Some(baseline));
+        eprintln!("  {detail}");
         figure.runs.push(Run {
             ours,
             baseline: Some(baseline),
-            detail,
+            detail: detail.trim_end_matches("; ").to_owned(),
         });
     }
     Ok(figure)
