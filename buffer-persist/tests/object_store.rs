@@ -6,7 +6,7 @@
 use buffer_tests::CommandWithin;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -265,9 +265,9 @@ async fn three_persisters_without_a_shared_disk_killed_with_9_land_every_record_
         producer.await.unwrap();
     }
     // Runner 0 would stop again at its next upload: a plain runner takes its place.
-    runners[0].0.kill().unwrap();
-    runners[0].0.wait().unwrap();
-    runners[0] = spawn();
+    let mut killed = std::mem::replace(&mut runners[0], spawn()).0.take();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
     // The runners must land everything themselves (recovering what the kills left); the
     // final drain then finds nothing to write.
     let persisted_by_runners = eventually(Duration::from_secs(60), || async {
@@ -313,9 +313,10 @@ async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
             ])
             .args(["--part-size", "4KiB"])
             .stderr(Stdio::null());
-        (command.spawn().unwrap(), work)
+        (KillOnDrop::new(command.spawn().unwrap()), work)
     };
-    let mut runners: Vec<(Child, tempfile::TempDir)> = (0..3).map(|_| spawn()).collect();
+    // Guarded: a failed assertion must not leave three runners polling a dead server.
+    let mut runners: Vec<(KillOnDrop, tempfile::TempDir)> = (0..3).map(|_| spawn()).collect();
     // The marker is published once a runner is up: wait for it, then stop the server.
     let marker = format!("{PREFIX}/.buffer-persist");
     let up = eventually(Duration::from_secs(20), || async {
@@ -397,10 +398,8 @@ async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
         buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
     })
     .await;
-    for (mut runner, _work) in runners {
-        runner.kill().unwrap();
-        runner.wait().unwrap();
-    }
+    // Dropping the guards kills and reaps the runners.
+    drop(runners);
     assert!(
         landed,
         "the batches did not land after the server came back"

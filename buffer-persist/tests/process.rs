@@ -3,7 +3,7 @@
 //! the same features (`failpoints` comes in through buffer-tests' dev-dependency when the
 //! whole workspace is tested).
 
-use buffer_tests::CommandWithin;
+use buffer_tests::{CommandWithin, KillOnDrop};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,8 +63,8 @@ async fn three_persister_processes_never_write_a_batch_twice() {
     let server = RedisServer::start();
     let out = tempfile::tempdir().unwrap();
     let buffer = server.buffer().await;
-    let runners: Vec<Child> = (0..3)
-        .map(|_| spawn_runner(&server, out.path(), &[]))
+    let runners: Vec<KillOnDrop> = (0..3)
+        .map(|_| KillOnDrop::new(spawn_runner(&server, out.path(), &[])))
         .collect();
     let total = 12_000u64;
     let mut producers = Vec::new();
@@ -91,7 +91,7 @@ async fn three_persister_processes_never_write_a_batch_twice() {
     .await;
     assert!(persisted_by_runners, "the runners left records for 30 s");
     for runner in runners {
-        stop(runner);
+        stop(runner.take());
     }
     let files_by_runners = files_under(out.path()).len();
     let drained = buffer_tests::output_within(
