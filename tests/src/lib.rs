@@ -160,6 +160,56 @@ impl Drop for RedisServer {
     }
 }
 
+/// One command's counters in `INFO commandstats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandStat {
+    /// `calls`: every call, failed or not.
+    pub calls: u64,
+    /// `failed_calls`: calls that ran and returned an error.
+    pub failed_calls: u64,
+}
+
+impl CommandStat {
+    /// Calls that ran to a reply that was not an error.
+    pub fn ran(&self) -> u64 {
+        self.calls - self.failed_calls
+    }
+}
+
+/// `INFO commandstats` parsed: each command by its name as Redis spells it (lowercase,
+/// subcommands as `cluster|slots`), a script's own commands included. One parser for every
+/// test that counts commands.
+pub fn parse_commandstats(info: &str) -> std::collections::BTreeMap<String, CommandStat> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |wanted: &str| {
+                fields
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(wanted)?.strip_prefix('='))
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(0)
+            };
+            let stat = CommandStat {
+                calls: field("calls"),
+                failed_calls: field("failed_calls"),
+            };
+            Some((name.to_owned(), stat))
+        })
+        .collect()
+}
+
+/// The command counters of the server behind `conn` (`INFO commandstats`, parsed).
+pub fn command_stats(
+    conn: &mut impl redis::ConnectionLike,
+) -> std::collections::BTreeMap<String, CommandStat> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(conn)
+        .expect("INFO commandstats");
+    parse_commandstats(&info)
+}
+
 /// True when the buffer holds no live store and no prepared batch, as read from *every* slot
 /// group: the tolerant reads (`stores`, `get_prepared`) leave out the groups of a master that
 /// does not answer, so "empty" from them can mean "not looked at" (a test once called a
@@ -808,5 +858,23 @@ pub fn wait_within(
             return None;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod commandstats_tests {
+    use super::*;
+
+    #[test]
+    fn commandstats_lines_parse_into_calls_and_failures() {
+        let info = "# Commandstats\r\n\
+            cmdstat_evalsha:calls=7,usec=70,usec_per_call=10.00,rejected_calls=1,failed_calls=2\r\n\
+            cmdstat_cluster|slots:calls=3,usec=9,usec_per_call=3.00,rejected_calls=0,failed_calls=0\r\n\
+            not a stat line\r\n";
+        let stats = parse_commandstats(info);
+        assert_eq!(stats.len(), 2);
+        assert_eq!(stats["evalsha"].calls, 7);
+        assert_eq!(stats["evalsha"].ran(), 5);
+        assert_eq!(stats["cluster|slots"].calls, 3);
     }
 }

@@ -572,30 +572,17 @@ async fn a_push_to_a_frozen_master_is_an_unknown_outcome_and_is_never_resent() {
         2,
         "applied once, not twice"
     );
-    let stats = cluster
-        .inner()
-        .cli(Some(master), &["INFO", "commandstats"])
-        .unwrap();
-    let ran = |command: &str| -> u64 {
-        let field = |name: &str| -> u64 {
-            stats
-                .lines()
-                .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:")))
-                .and_then(|rest| {
-                    rest.split(',')
-                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))?
-                        .trim()
-                        .parse()
-                        .ok()
-                })
-                .unwrap_or(0)
-        };
-        field("calls") - field("failed_calls")
-    };
+    let stats = buffer_tests::parse_commandstats(
+        &cluster
+            .inner()
+            .cli(Some(master), &["INFO", "commandstats"])
+            .unwrap(),
+    );
+    let ran = |command: &str| stats.get(command).map_or(0, |stat| stat.ran());
     assert_eq!(
         ran("evalsha") + ran("eval") + ran("exec"),
         1,
-        "the frozen master ran the push once: {stats}"
+        "the frozen master ran the push once: {stats:?}"
     );
 }
 
@@ -807,13 +794,9 @@ fn cluster_slots_calls(cluster: &TestCluster) -> u64 {
                 .inner()
                 .cli(Some(port), &["INFO", "commandstats"])
                 .unwrap_or_default();
-            stats
-                .lines()
-                .find(|line| line.starts_with("cmdstat_cluster|slots:"))
-                .and_then(|line| line.split("calls=").nth(1))
-                .and_then(|rest| rest.split(',').next())
-                .and_then(|calls| calls.parse::<u64>().ok())
-                .unwrap_or(0)
+            buffer_tests::parse_commandstats(&stats)
+                .get("cluster|slots")
+                .map_or(0, |stat| stat.calls)
         })
         .sum()
 }

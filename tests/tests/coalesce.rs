@@ -350,14 +350,7 @@ async fn push_once_merges_once_and_prepare_is_a_constant_number_of_commands() {
 }
 
 fn rename_calls(server: &RedisServer) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut server.conn())
-        .unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_rename:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
+    command_counts(server).get("rename").copied().unwrap_or(0)
 }
 
 /// Merges and prepares interleave freely: producers push while batches are prepared, read and
@@ -453,15 +446,9 @@ async fn merges_and_prepares_interleaved_split_writes_across_batches_exactly() {
 /// Every command Redis ran since the last `CONFIG RESETSTAT`, by name (a script's own
 /// commands included), from INFO commandstats.
 fn command_counts(server: &RedisServer) -> std::collections::BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut server.conn())
-        .unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
-        })
+    buffer_tests::command_stats(&mut server.conn())
+        .into_iter()
+        .map(|(name, stat)| (name, stat.calls))
         .collect()
 }
 

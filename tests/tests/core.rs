@@ -1426,23 +1426,8 @@ fn reset_command_stats(server: &RedisServer) {
 /// How many atomic units the server ran since its stats were last reset: EXECs plus
 /// scripts that ran (an EVALSHA refused with NOSCRIPT, then loaded and sent again, ran once).
 fn atomic_units_run(server: &RedisServer) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut server.conn())
-        .unwrap();
-    let field = |command: &str, name: &str| -> u64 {
-        stats
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:")))
-            .and_then(|rest| {
-                rest.split(',')
-                    .find_map(|kv| kv.strip_prefix(&format!("{name}=")))?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
-    };
-    let ran = |command: &str| field(command, "calls") - field(command, "failed_calls");
+    let stats = buffer_tests::command_stats(&mut server.conn());
+    let ran = |command: &str| stats.get(command).map_or(0, |stat| stat.ran());
     ran("exec") + ran("evalsha") + ran("eval")
 }
 
@@ -1719,21 +1704,15 @@ async fn the_oldest_first_write_is_read_with_one_command_per_group() {
         .query(&mut conn)
         .unwrap();
     let oldest = buffer.oldest_first_write_ms().await.unwrap();
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn)
-        .unwrap();
+    let stats = buffer_tests::command_stats(&mut conn);
     assert!(expected.is_some());
     assert_eq!(oldest, expected);
     let calls: Vec<(String, u64)> = stats
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
-        })
-        .filter(|(name, _)| name != "info" && name != "config|resetstat")
+        .iter()
+        .filter(|(name, _)| *name != "info" && *name != "config|resetstat")
+        .map(|(name, stat)| (name.clone(), stat.calls))
         .collect();
-    assert_eq!(calls, [("zrange".to_owned(), 256)], "{stats}");
+    assert_eq!(calls, [("zrange".to_owned(), 256)], "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
