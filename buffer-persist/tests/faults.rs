@@ -92,43 +92,81 @@ fn persist_command(server_url: &str, out: &Path, subcommand: &str) -> Command {
     command
 }
 
+/// A `run` persister polling every 20 ms with `lock_ttl`, and `failpoint` set when given.
+fn spawn_runner_with(
+    server: &RedisServer,
+    out: &Path,
+    lock_ttl: &str,
+    failpoint: Option<&str>,
+) -> Child {
+    let mut command = persist_command(&server.url(), out, "run");
+    command
+        .args(["--interval", "20ms", "--max-age", "50ms"])
+        .args(["--max-records", "100", "--lock-ttl", lock_ttl])
+        .args(["--redis-timeout", "1s"]);
+    if let Some(failpoint) = failpoint {
+        command.env("BUFFER_FAILPOINT", failpoint);
+    }
+    command.spawn().unwrap()
+}
+
 fn spawn_runner(server: &RedisServer, out: &Path) -> Child {
-    persist_command(&server.url(), out, "run")
-        .args([
-            "--interval",
-            "20ms",
-            "--max-age",
-            "50ms",
-            "--max-records",
-            "100",
-            "--lock-ttl",
-            "500ms",
-        ])
-        .args(["--redis-timeout", "1s"])
-        .spawn()
-        .unwrap()
+    spawn_runner_with(server, out, "500ms", None)
 }
 
 /// A runner like [`spawn_runner`] that stops itself (SIGSTOP) after writing its first
 /// batch's temp file: it holds that batch until someone kills or continues it.
+///
+/// Its TTL is longer than the others': its temp file must be written while it still holds
+/// the lock. A writer that lost its lock before writing its temp file, and is killed after,
+/// leaves a temp file no recovery removes (the batch was done before it existed);
+/// docs/faults.md names that residue.
 fn spawn_stopping_runner(server: &RedisServer, out: &Path) -> Child {
-    persist_command(&server.url(), out, "run")
-        .args([
-            "--interval",
-            "20ms",
-            "--max-age",
-            "50ms",
-            "--max-records",
-            "100",
-        ])
-        // A longer TTL than the others: its temp file must be written while it still holds
-        // the lock. A writer that lost its lock before writing its temp file, and is killed
-        // after, leaves a temp file no recovery removes (the batch was done before it
-        // existed); docs/faults.md names that residue.
-        .args(["--lock-ttl", "3s", "--redis-timeout", "1s"])
-        .env("BUFFER_FAILPOINT", "after-temp-write:stop")
+    spawn_runner_with(server, out, "3s", Some("after-temp-write:stop"))
+}
+
+/// Pushes `{"id": 0..500}` to `store` and starts a `drain` with `lock_ttl` whose step
+/// `failpoint` (e.g. `before-fsync:sleep=2000`) fires, its stderr piped: the start of the
+/// slow-step tests.
+async fn drain_with_failpoint(
+    server: &RedisServer,
+    store: &str,
+    out: &Path,
+    lock_ttl: &str,
+    failpoint: &str,
+) -> Child {
+    let records: Vec<Value> = (0..500).map(|id| json!({"id": id})).collect();
+    server
+        .buffer()
+        .await
+        .push_many(store, &records)
+        .await
+        .unwrap();
+    persist_command(&server.url(), out, "drain")
+        .args(["--lock-ttl", lock_ttl])
+        .env("BUFFER_FAILPOINT", failpoint)
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Waits for `child` (within the suite's deadline) and returns its status and stderr.
+fn status_and_stderr(child: &mut Child, what: &str) -> (std::process::ExitStatus, String) {
+    let status = buffer_tests::wait_within(child, buffer_tests::COMMAND_DEADLINE)
+        .unwrap_or_else(|| panic!("{what} never ended"));
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+    }
+    (status, stderr)
+}
+
+/// A ledger of `0..n`, every one acknowledged.
+fn all_acknowledged(n: u64) -> Ledger {
+    Ledger {
+        acknowledged: (0..n).collect(),
+        unknown: BTreeSet::new(),
+    }
 }
 
 fn drain(server_url: &str, out: &Path) {
@@ -407,10 +445,7 @@ async fn a_paused_holder_past_its_ttl_neither_publishes_nor_deletes() {
             .map(|p| std::fs::read(p).unwrap())
             .collect();
         assert_eq!(bytes_now, bytes_after_b, "B's file untouched");
-        let ledger = Ledger {
-            acknowledged: (0..1000).collect(),
-            unknown: BTreeSet::new(),
-        };
+        let ledger = all_acknowledged(1000);
         check_exactly_once(
             &format!("paused holder at {step}"),
             out.path(),
@@ -728,9 +763,7 @@ async fn sigterm_mid_batch_abandons_it_cleanly_and_exits_zero() {
     let mut seen_temp = false;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline && !seen_temp {
-        seen_temp = files_under(out.path())
-            .iter()
-            .any(|p| p.to_string_lossy().ends_with(".tmp") && p.parent() != Some(out.path()));
+        seen_temp = !buffer_tests::batch_temp_files(out.path()).is_empty();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let terminated = Command::new("kill")
@@ -775,10 +808,7 @@ async fn sigterm_mid_batch_abandons_it_cleanly_and_exits_zero() {
         "the abandoned batch's temp file was removed"
     );
     drain(&server.url(), out.path());
-    let ledger = Ledger {
-        acknowledged: (0..200_000).collect(),
-        unknown: BTreeSet::new(),
-    };
+    let ledger = all_acknowledged(200_000);
     check_exactly_once("sigterm", out.path(), &server, &ledger);
 }
 
@@ -990,10 +1020,7 @@ async fn a_really_full_tmpfs_keeps_the_batch_and_a_drain_after_space_returns_lan
         "{}",
         String::from_utf8_lossy(&landed.stderr)
     );
-    let ledger = Ledger {
-        acknowledged: (0..6000).collect(),
-        unknown: BTreeSet::new(),
-    };
+    let ledger = all_acknowledged(6000);
     check_exactly_once("full tmpfs", disk.path(), &server, &ledger);
 }
 
@@ -1083,10 +1110,7 @@ async fn slow_and_truncated_redis_replies_are_unknown_outcomes_and_push_once_lan
         .drain()
         .await
         .unwrap();
-    let ledger = Ledger {
-        acknowledged: (0..4).collect(),
-        unknown: BTreeSet::new(),
-    };
+    let ledger = all_acknowledged(4);
     check_exactly_once("slow and truncated replies", out.path(), &server, &ledger);
 }
 
@@ -1100,25 +1124,18 @@ async fn each_publish_step_slower_than_the_lock_ttl_keeps_the_lock_and_lands_onc
     for step in ["before-fsync", "after-link", "after-dir-fsync"] {
         let server = RedisServer::start();
         let buffer = server.buffer().await;
-        let records: Vec<Value> = (0..500).map(|id| json!({"id": id})).collect();
-        buffer.push_many("slow", &records).await.unwrap();
         let out = tempfile::tempdir().unwrap();
         let started = Instant::now();
-        let mut slow = persist_command(&server.url(), out.path(), "drain")
-            .args(["--lock-ttl", "300ms"])
-            .env("BUFFER_FAILPOINT", format!("{step}:sleep=1500"))
-            .env("RUST_LOG", "error")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let failpoint = format!("{step}:sleep=1500");
+        let mut slow = drain_with_failpoint(&server, "slow", out.path(), "300ms", &failpoint).await;
         let mut rival_config = PersistConfig::new(out.path());
         rival_config.lock_ttl = Duration::from_millis(300);
         let rival = Persister::new(server.buffer().await, rival_config);
         let store = buffer_core::StoreName::new("slow").unwrap();
         let mut busy = 0;
-        let status = loop {
-            if let Some(status) = slow.try_wait().unwrap() {
-                break status;
+        loop {
+            if slow.try_wait().unwrap().is_some() {
+                break;
             }
             assert!(
                 started.elapsed() < buffer_tests::COMMAND_DEADLINE,
@@ -1136,9 +1153,8 @@ async fn each_publish_step_slower_than_the_lock_ttl_keeps_the_lock_and_lands_onc
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut slow.stderr.take().unwrap(), &mut stderr).unwrap();
+        }
+        let (status, stderr) = status_and_stderr(&mut slow, step);
         assert!(status.success(), "{step}: {stderr}");
         // The fault hit: the step slept, and the rival met the held lock throughout.
         assert!(
@@ -1147,11 +1163,7 @@ async fn each_publish_step_slower_than_the_lock_ttl_keeps_the_lock_and_lands_onc
         );
         assert!(started.elapsed() >= Duration::from_millis(1500));
         assert!(busy >= 10, "{step}: the rival tried {busy} times");
-        let ledger = Ledger {
-            acknowledged: (0..500).collect(),
-            unknown: BTreeSet::new(),
-        };
-        check_exactly_once(step, out.path(), &server, &ledger);
+        check_exactly_once(step, out.path(), &server, &all_acknowledged(500));
     }
 }
 
@@ -1192,25 +1204,21 @@ async fn a_link_the_file_system_refuses_keeps_the_batch_and_the_next_drain_lands
     buffer_tests::require_failpoints!();
     let server = RedisServer::start();
     let buffer = server.buffer().await;
-    let records: Vec<Value> = (0..500).map(|id| json!({"id": id})).collect();
-    buffer.push_many("refused", &records).await.unwrap();
     let out = tempfile::tempdir().unwrap();
     // The drain holds 2 s before its fsync, with the temp file written: the window in which
     // the directory is made immutable.
-    let mut first = persist_command(&server.url(), out.path(), "drain")
-        .args(["--lock-ttl", "2s"])
-        .env("BUFFER_FAILPOINT", "before-fsync:sleep=2000")
-        .env("RUST_LOG", "error")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut first = drain_with_failpoint(
+        &server,
+        "refused",
+        out.path(),
+        "2s",
+        "before-fsync:sleep=2000",
+    )
+    .await;
     let store_dir = {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let temp = files_under(out.path())
-                .into_iter()
-                .find(|p| p.to_string_lossy().ends_with(".tmp") && p.parent() != Some(out.path()));
-            if let Some(temp) = temp {
+            if let Some(temp) = buffer_tests::batch_temp_files(out.path()).pop() {
                 break temp.parent().unwrap().to_owned();
             }
             assert!(
@@ -1230,10 +1238,7 @@ async fn a_link_the_file_system_refuses_keeps_the_batch_and_the_next_drain_lands
             return;
         }
     };
-    let status = buffer_tests::wait_within(&mut first, buffer_tests::COMMAND_DEADLINE)
-        .expect("the first drain never ended");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut first.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = status_and_stderr(&mut first, "the first drain");
     assert!(
         !status.success(),
         "a refused link is a failed batch: {stderr}"
@@ -1261,10 +1266,6 @@ async fn a_link_the_file_system_refuses_keeps_the_batch_and_the_next_drain_lands
         "{}",
         String::from_utf8_lossy(&retry.stderr)
     );
-    let ledger = Ledger {
-        acknowledged: (0..500).collect(),
-        unknown: BTreeSet::new(),
-    };
     // Also fails on the stale temp file, had it been left.
-    check_exactly_once("refused link", out.path(), &server, &ledger);
+    check_exactly_once("refused link", out.path(), &server, &all_acknowledged(500));
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use buffer_tests::{RedisServer, files_under, output_records};
+use buffer_tests::{RedisServer, output_records};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_buffer-persist");
@@ -101,10 +101,7 @@ async fn a_signal_during_a_drain_leaves_nothing_locked(signal_name: &str, code: 
     // directory: the marker's temporary file, at the top of OUT, comes before any batch),
     // then stop it.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !files_under(out.path())
-        .iter()
-        .any(|p| p.to_string_lossy().ends_with(".tmp") && p.parent() != Some(out.path()))
-    {
+    while buffer_tests::batch_temp_files(out.path()).is_empty() {
         assert!(Instant::now() < deadline, "the drain never started writing");
         assert!(
             drain.try_wait().unwrap().is_none(),

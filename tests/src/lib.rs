@@ -459,6 +459,16 @@ fn is_marker_temp(name: &str) -> bool {
         .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// The temporary files of batches being written under `out`: `.tmp` files in a store's
+/// directory. The marker's temporary file sits at the top of `out` and is written before any
+/// batch, so a test waiting for "a batch is being written" must not take it for one.
+pub fn batch_temp_files(out: &Path) -> Vec<PathBuf> {
+    files_under(out)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp") && p.parent() != Some(out))
+        .collect()
+}
+
 /// The records of every batch file under `out`, by the directory (store) they are in.
 /// Decodes `.gz` and `.zst` by name. Fails the test on a temporary file left behind (any
 /// other dot-file except the persister's marker and a marker temporary file of a killed
