@@ -128,6 +128,27 @@ fn shorten(text: &str, max: usize) -> String {
 }
 
 impl Buffer {
+    /// The failure record of `field` in the failures hash `key`, as stored (JSON text), or
+    /// `None` when there is none: the read before a record is replaced (`record_failure`,
+    /// `retry_now`), whose script then checks it is still the same.
+    pub(crate) async fn failure_record_text(
+        &self,
+        store: &StoreName,
+        key: &str,
+        field: &str,
+    ) -> Result<Option<String>> {
+        let (key, field) = (key.to_owned(), field.to_owned());
+        let mut conn = self.conn();
+        self.run("read failure", store.as_str(), async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg(field)
+                .query_async(&mut conn)
+                .await
+        })
+        .await
+    }
+
     /// The key whose existence tells whether a batch (or live store) is still there: its
     /// first-write stamp, which every push writes (appended or merged, see `crate::coalesce`),
     /// so a coalesced batch, which has no records list, is covered too.
@@ -158,18 +179,7 @@ impl Buffer {
     ) -> Result<Option<FailureRecord>> {
         let key = self.layout().group_for(store).failures;
         let field = field(store, batch);
-        let previous: Option<String> = {
-            let (key, field) = (key.clone(), field.clone());
-            let mut conn = self.conn();
-            self.run("read failure", store.as_str(), async move {
-                redis::cmd("HGET")
-                    .arg(key)
-                    .arg(field)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?
-        };
+        let previous = self.failure_record_text(store, &key, &field).await?;
         // A record that does not parse (a foreign write) counts as no record.
         let attempts = previous
             .and_then(|json| serde_json::from_str::<FailureRecord>(&json).ok())

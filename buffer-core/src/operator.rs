@@ -207,18 +207,7 @@ impl Buffer {
         let subject = self.failure_subject_key(&store, batch);
         // A persister may record a new failure between the read and the write: then read again.
         for _attempt in 0..8 {
-            let current: Option<String> = {
-                let (key, field) = (key.clone(), field.clone());
-                let mut conn = self.conn();
-                self.run("read failure", store.as_str(), async move {
-                    redis::cmd("HGET")
-                        .arg(key)
-                        .arg(field)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?
-            };
+            let current = self.failure_record_text(&store, &key, &field).await?;
             let Some(current) = current else {
                 return Ok(RetryOutcome::NotFailing);
             };
