@@ -596,17 +596,34 @@ local function order(a, b)
   end
   return compare(a, b)
 end
--- A sum of two numbers' texts, or nil when it leaves i64 (integers) or is not finite.
--- Integers below 16 characters are added as doubles, exact there (the sum stays below 2^53);
--- longer ones by the decimal digit loop.
+-- A number's text as order() compares it: the double below 16 characters, else nil (then
+-- compare() reads the text).
+local function as_number(text)
+  if #text < 16 then return tonumber(text) end
+  return nil
+end
+-- order() of two numbers' texts given with their as_number().
+local function order_n(a, x, b, y)
+  if x and y then
+    if x < y then return -1 elseif x > y then return 1 end
+    return 0
+  end
+  return compare(a, b)
+end
+-- A sum of two numbers' texts and its as_number(), or nil when it leaves i64 (integers) or is
+-- not finite. Integers below 16 characters are added as doubles, exact there (the sum stays
+-- below 2^53); longer ones by the decimal digit loop.
 local function add(current, value)
   if is_int(current) and is_int(value) then
     if #current < 16 and #value < 16 then
-      return string.format('%.0f', tonumber(current) + tonumber(value))
+      local n = tonumber(current) + tonumber(value)
+      return string.format('%.0f', n), n
     end
-    return add_int(current, value)
+    local sum = add_int(current, value)
+    return sum, sum and as_number(sum)
   end
-  return add_float(current, value)
+  local sum = add_float(current, value)
+  return sum, sum and as_number(sum)
 end
 
 -- Each entity's row is one field of the rows hash, <entity> -> its packed row:
@@ -644,12 +661,20 @@ local function set(row, name, value)
   if row.values[name] == nil then row.names[#row.names + 1] = name end
   row.values[name] = value
 end
+-- '\30<name>\31' per field name, made once per push rather than once per row written.
+local heads = {}
 local function packed(row)
   local parts = {string.format('%d', row.writes), '\31', row.first, '\31', row.last}
-  local values = row.values
+  local n, values = 5, row.values
   for _, name in ipairs(row.names) do
-    parts[#parts + 1] = '\30' .. name .. '\31'
-    parts[#parts + 1] = values[name]
+    local head = heads[name]
+    if not head then
+      head = '\30' .. name .. '\31'
+      heads[name] = head
+    end
+    parts[n + 1] = head
+    parts[n + 2] = values[name]
+    n = n + 2
   end
   return table.concat(parts)
 end
@@ -665,14 +690,14 @@ local tops = {}
 local function top_of(name)
   local t = tops[name]
   if t == nil then
-    -- at: entity -> its position in entries; low: the position of the smallest sum, or nil
-    -- when it must be found again.
+    -- entries: {entity, sum, as_number(sum)}; at: entity -> its position in entries; low:
+    -- the position of the smallest sum, or nil when it must be found again.
     t = {exact = true, entries = {}, at = {}, low = nil}
     local text = redis.call('HGET', KEYS[11], '\31top\31' .. name)
     if text then
       t.exact = string.sub(text, 1, 1) == '='
       for entity, sum in string.gmatch(text, '\n([^\n\31]+)\31([^\n]+)') do
-        t.entries[#t.entries + 1] = {entity, sum}
+        t.entries[#t.entries + 1] = {entity, sum, as_number(sum)}
         t.at[entity] = #t.entries
       end
     end
@@ -680,31 +705,42 @@ local function top_of(name)
   end
   return t
 end
-local function top_update(name, entity, sum, decreased)
+-- Numbers are compared as their as_number() (num) when both have one, so a merge costs no
+-- text-to-number conversion here.
+local function top_update(name, entity, sum, num, decreased)
   local t = top_of(name)
   local entries = t.entries
   local at = t.at[entity]
   if at then
-    entries[at][2] = sum
-    if decreased and #entries >= TOP then t.exact = false end
-    if decreased or at == t.low then t.low = nil end
+    local entry = entries[at]
+    entry[2], entry[3] = sum, num
+    if decreased then
+      if #entries >= TOP then t.exact = false end
+      t.low = nil
+    elseif at == t.low then
+      t.low = nil
+    end
     return
   end
   if #entries < TOP then
-    entries[#entries + 1] = {entity, sum}
+    entries[#entries + 1] = {entity, sum, num}
     t.at[entity] = #entries
     t.low = nil
     return
   end
-  if t.low == nil then
+  local low = t.low
+  if low == nil then
     for k = 1, #entries do
-      if t.low == nil or order(entries[k][2], entries[t.low][2]) < 0 then t.low = k end
+      local e = entries[k]
+      if low == nil or order_n(e[2], e[3], entries[low][2], entries[low][3]) < 0 then low = k end
     end
+    t.low = low
   end
-  if order(sum, entries[t.low][2]) > 0 then
-    t.at[entries[t.low][1]] = nil
-    entries[t.low] = {entity, sum}
-    t.at[entity] = t.low
+  local lowest = entries[low]
+  if order_n(sum, num, lowest[2], lowest[3]) > 0 then
+    t.at[lowest[1]] = nil
+    entries[low] = {entity, sum, num}
+    t.at[entity] = low
     t.low = nil
   end
 end
@@ -729,9 +765,9 @@ while i <= #ARGV do
     elseif op == '1' then
       if current == nil then set(row, name, value) end
     elseif op == 's' then
-      local sum = value
+      local sum, num = value, nil
       if current then
-        sum = add(current, value)
+        sum, num = add(current, value)
         if not sum then
           if is_int(current) and is_int(value) then
             return {-4, index, name, 'sum', 'the sum ' .. current .. ' + ' .. value .. ' overflows a 64-bit integer'}
@@ -739,8 +775,10 @@ while i <= #ARGV do
           return {-4, index, name, 'sum', 'the sum ' .. current .. ' + ' .. value .. ' is not a finite number'}
         end
       end
+      if not current then num = as_number(sum) end
       set(row, name, sum)
-      top_update(name, entity, sum, string.sub(value, 1, 1) == '-' and tonumber(value) ~= 0)
+      -- 45 is '-': a negative operand (not -0) may lower the sum.
+      top_update(name, entity, sum, num, string.byte(value) == 45 and tonumber(value) ~= 0)
     elseif op == 'x' or op == 'n' then
       if current == nil then
         set(row, name, value)
