@@ -425,8 +425,10 @@ pub(crate) struct LiveCounts {
 /// Push and persist rates, one sample per second or more.
 ///
 /// Pushes are not counted by Redis, so the push rate is inferred: the growth of the live
-/// records plus the records that left them in prepared batches (announced by `prepared`
-/// events). The persist rate is the records of `persisted` events.
+/// records of append stores plus the records that left them in prepared batches (announced
+/// by `prepared` events), plus the growth of the writes merged into coalescing stores' live
+/// rows (whose records are entities: a write to an existing entity adds no record). The
+/// persist rate is the records of `persisted` events: for a coalescing store, its rows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Rates {
     /// Start of the current window: (Unix ms, live records then).
@@ -435,6 +437,8 @@ pub(crate) struct Rates {
     prepared: u64,
     /// Records persisted since the window started.
     persisted: u64,
+    /// Writes merged into coalescing stores since the window started.
+    merged: u64,
     /// Push records/s, oldest first.
     pub(crate) push: VecDeque<u64>,
     /// Persist records/s, oldest first.
@@ -451,25 +455,29 @@ impl Rates {
         }
     }
 
-    /// Takes the live record total of a poll; closes the window and adds a sample when at
+    /// Takes a poll's live record total of append stores and the writes merged into
+    /// coalescing stores since the previous poll; closes the window and adds a sample when at
     /// least a second has passed since it opened.
-    pub(crate) fn on_poll(&mut self, at_ms: u64, live_records: u64) {
+    pub(crate) fn on_poll(&mut self, at_ms: u64, live_records: u64, merged_writes: u64) {
         let Some((start_ms, start_records)) = self.window else {
             self.window = Some((at_ms, live_records));
             self.prepared = 0;
             self.persisted = 0;
+            self.merged = 0;
             return;
         };
+        self.merged += merged_writes;
         let elapsed = at_ms.saturating_sub(start_ms);
         if elapsed < 1000 {
             return;
         }
-        let pushed = (live_records + self.prepared).saturating_sub(start_records);
+        let pushed = (live_records + self.prepared).saturating_sub(start_records) + self.merged;
         push_capped(&mut self.push, pushed * 1000 / elapsed);
         push_capped(&mut self.persist, self.persisted * 1000 / elapsed);
         self.window = Some((at_ms, live_records));
         self.prepared = 0;
         self.persisted = 0;
+        self.merged = 0;
     }
 
     /// Forgets the window (after an outage the first poll starts a new one).
@@ -549,6 +557,8 @@ pub(crate) struct App {
     pub(crate) selected: Option<StoreName>,
     pub(crate) focus: Option<FocusDetail>,
     pub(crate) rates: Rates,
+    /// Each live coalescing store's merged writes at the last poll, for the push rate.
+    merged_seen: HashMap<StoreName, u64>,
     /// Which summed field a coalescing store's top entities rank by (see
     /// [`ViewRequest::top_by`]).
     pub(crate) top_by: usize,
@@ -607,6 +617,7 @@ impl App {
             selected: None,
             focus: None,
             rates: Rates::default(),
+            merged_seen: HashMap::new(),
             top_by: 0,
             events: VecDeque::new(),
             prepared_total: 0,
@@ -779,7 +790,13 @@ impl App {
             Action::EventsLive => self.feed = EventFeed::Live,
             Action::EventsLost { error } => self.feed = EventFeed::Lost(error),
             Action::Event(event) => {
-                self.rates.on_event(&event);
+                // A coalescing store's prepare moves its writes out of the live rows, which
+                // the push rate counts by their growth, not by the rows the event names.
+                let coalescing = event.kind == EventKind::Prepared
+                    && self.merged_seen.keys().any(|s| s.as_str() == event.store);
+                if !coalescing {
+                    self.rates.on_event(&event);
+                }
                 if self.events.len() == EVENT_HISTORY {
                     self.events.pop_back();
                 }
@@ -1012,6 +1029,7 @@ impl App {
             persisters,
             paused,
             held,
+            merged_writes,
         } = snapshot;
         self.persisters = persisters;
         self.held = held;
@@ -1022,8 +1040,27 @@ impl App {
         self.now_ms = self.now_ms.max(taken_at_ms);
         self.prepared_total = prepared.len();
 
-        let live_total: u64 = stores.iter().map(|s| s.records).sum();
-        self.rates.on_poll(taken_at_ms, live_total);
+        // The push rate: append stores by their live records, coalescing stores by the
+        // writes merged since the last poll (a counter that restarts at 0 when the store is
+        // prepared: then the writes merged since, and those between the last poll and the
+        // prepare are not seen).
+        let coalescing: HashSet<&StoreName> = merged_writes.iter().map(|(s, _)| s).collect();
+        let live_total: u64 = stores
+            .iter()
+            .filter(|s| !coalescing.contains(&s.store))
+            .map(|s| s.records)
+            .sum();
+        let mut merged_since = 0;
+        for (store, writes) in &merged_writes {
+            let before = self.merged_seen.get(store).copied().unwrap_or(0);
+            merged_since += if *writes >= before {
+                writes - before
+            } else {
+                *writes
+            };
+        }
+        self.merged_seen = merged_writes.into_iter().collect();
+        self.rates.on_poll(taken_at_ms, live_total, merged_since);
 
         // Failure records count only while their batch is prepared (or their store live): a
         // record can outlive its batch until a persister sweeps it.
@@ -1580,23 +1617,59 @@ mod tests {
     #[test]
     fn rates_count_live_growth_plus_prepared_records_per_second() {
         let mut rates = Rates::default();
-        rates.on_poll(T0, 100);
-        rates.on_poll(T0 + 500, 150);
+        rates.on_poll(T0, 100, 0);
+        rates.on_poll(T0 + 500, 150, 0);
         assert!(rates.push.is_empty(), "a window lasts at least a second");
         // In two seconds 400 records arrived while 300 left in a prepared batch that was
         // persisted: live grew by 100.
         rates.on_event(&event(EventKind::Prepared, 300));
         rates.on_event(&event(EventKind::Persisted, 300));
         rates.on_event(&event(EventKind::Recovered, 999));
-        rates.on_poll(T0 + 2_000, 200);
+        rates.on_poll(T0 + 2_000, 200, 0);
         assert_eq!(rates.push_now(), Some(200));
         assert_eq!(rates.persist_now(), Some(150));
-        rates.on_poll(T0 + 3_000, 100);
+        rates.on_poll(T0 + 3_000, 100, 0);
         assert_eq!(rates.push_now(), Some(0), "never negative");
         for i in 0..RATE_HISTORY as u64 + 10 {
-            rates.on_poll(T0 + 4_000 + i * 1_000, 100);
+            rates.on_poll(T0 + 4_000 + i * 1_000, 100, 0);
         }
         assert_eq!(rates.push.len(), RATE_HISTORY);
+    }
+
+    /// A coalescing store's writes count as pushed records, though its records (entities)
+    /// do not grow; its prepare event (rows, not writes) is not counted again.
+    #[test]
+    fn the_push_rate_counts_writes_merged_into_coalescing_stores() {
+        let mut app = app();
+        let poll = |app: &mut App, at: u64, clicks: u64, merged: Option<u64>| {
+            let mut stores = vec![summary("clicks", clicks, 1_000, 0)];
+            let mut merged_writes = Vec::new();
+            if let Some(writes) = merged {
+                stores.push(summary("pageviews", 3, 1_000, 0));
+                merged_writes.push((StoreName::new("pageviews").unwrap(), writes));
+            }
+            app.update(Action::Snapshot(Box::new(Snapshot {
+                taken_at_ms: at,
+                merged_writes,
+                ..snapshot(stores)
+            })));
+        };
+        poll(&mut app, T0, 100, Some(50));
+        // A second later: 30 clicks, 300 writes merged into the same 3 entities.
+        poll(&mut app, T0 + 1_000, 130, Some(350));
+        assert_eq!(app.rates.push_now(), Some(330));
+        // The store is prepared (its 3 rows leave, with the 400 writes merged into them), then
+        // 20 writes make new rows: those count, the prepared rows do not.
+        let mut prepared = event(EventKind::Prepared, 3);
+        prepared.store = "pageviews".into();
+        app.update(Action::Event(prepared));
+        poll(&mut app, T0 + 2_000, 130, Some(20));
+        assert_eq!(app.rates.push_now(), Some(20));
+        // Gone from the live stores (nothing merged since), then back with 5 writes.
+        poll(&mut app, T0 + 3_000, 130, None);
+        assert_eq!(app.rates.push_now(), Some(0));
+        poll(&mut app, T0 + 4_000, 130, Some(5));
+        assert_eq!(app.rates.push_now(), Some(5));
     }
 
     #[test]

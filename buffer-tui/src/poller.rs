@@ -253,13 +253,18 @@ pub(crate) async fn poll_once(
     {
         counted.push(selected.clone());
     }
-    // Merged writes of the visible coalescing stores, in one HGET pipeline.
-    let merging: Vec<StoreName> = request
-        .visible
+    // Merged writes of the live and the visible coalescing stores, in one HGET pipeline: the
+    // rows show them, the push rate counts them. (One per coalescing store, as the rules
+    // themselves are read in full every poll.)
+    let mut merging: Vec<StoreName> = stores
         .iter()
+        .map(|summary| &summary.store)
+        .chain(&request.visible)
         .filter(|store| rules_of.contains_key(store))
         .cloned()
         .collect();
+    merging.sort();
+    merging.dedup();
     // Every lock, for the persisters screen only: the batches in each persister's hands.
     let mut every_lock: Vec<LockTarget> = Vec::new();
     if request.persisters {
@@ -294,6 +299,12 @@ pub(crate) async fn poll_once(
         .collect();
     let key_count_of: HashMap<&StoreName, u64> = counted.iter().zip(key_counts).collect();
     let merged_of: HashMap<&StoreName, u64> = merging.iter().zip(merged).collect();
+    let live: std::collections::HashSet<&StoreName> = stores.iter().map(|s| &s.store).collect();
+    let merged_writes: Vec<(StoreName, u64)> = merging
+        .iter()
+        .filter(|store| live.contains(store))
+        .map(|store| (store.clone(), merged_of.get(store).copied().unwrap_or(0)))
+        .collect();
     // The node holding each shown store, on a cluster: read from the slot map the masters'
     // listing just refreshed, so it costs no round trip. A slot no master serves (the map
     // being rebuilt) leaves the node unknown rather than failing the poll.
@@ -346,6 +357,7 @@ pub(crate) async fn poll_once(
         persisters,
         paused: paused.into_iter().map(|(store, _)| store).collect(),
         held: locks_held,
+        merged_writes,
     })
 }
 

@@ -33,6 +33,10 @@ pub(crate) struct Snapshot {
     pub(crate) paused: Vec<StoreName>,
     /// Every held lock of a store or batch, read only while the persisters screen is shown.
     pub(crate) held: Vec<HeldBy>,
+    /// Every live coalescing store with the writes merged into its live rows: the push rate
+    /// counts these writes (a coalescing store's records are its entities, which grow only
+    /// when a write is a new entity's first).
+    pub(crate) merged_writes: Vec<(StoreName, u64)>,
 }
 
 /// A lock held on a store or batch: what the persisters screen lists under its holder.

@@ -88,6 +88,13 @@ fn without_colours(area: Rect, buf: &mut Buffer) {
 }
 
 fn render_bottom(app: &App, area: Rect, buf: &mut Buffer) {
+    // A coalescing store's top entities need more room than the panel has on a small
+    // terminal (80×24 leaves it 6 lines): the panel then takes the whole width, the rates and
+    // the events giving way, and lists the entities in columns.
+    if store_panel::wants_full_width(app, area) {
+        store_panel::render_store_panel(app, area, buf);
+        return;
+    }
     let [store, side] =
         Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
     store_panel::render_store_panel(app, store, buf);

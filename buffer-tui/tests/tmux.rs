@@ -834,3 +834,79 @@ async fn a_coalescing_store_shows_its_top_entities_live_and_t_changes_the_field(
     });
     assert!(screen.contains("EXIT=0"), "{screen}");
 }
+
+/// On an 80×24 terminal: writes merged into a coalescing store count in the push rate (its
+/// entities do not grow), and its top 10 entities are all on screen, on the main screen (the
+/// store's panel then takes the whole width) and on its own screen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_80x24_a_coalescing_store_shows_its_top_ten_and_its_writes_count_in_the_push_rate() {
+    use buffer_core::{CoalesceRules, MergeRule};
+    let redis = RedisServer::start();
+    let buffer = redis.buffer().await;
+    let rules = CoalesceRules::new("page").with("views", MergeRule::Sum);
+    buffer.set_coalesce("pageviews", &rules).await.unwrap();
+    // Page k has 100 + k views: the top 10 are /p11 (111) down to /p2 (102).
+    let pages: Vec<_> = (0..12)
+        .map(|k| json!({"page": format!("/p{k}"), "views": 100 + k}))
+        .collect();
+    buffer.push_many("pageviews", &pages).await.unwrap();
+    // An append store, listed first and so selected: its panel leaves the rates on screen.
+    buffer.push("other", &json!({"n": 1})).await.unwrap();
+    let tmux = dashboard_in_tmux(&redis.url(), 80, 24);
+    tmux.wait_for("both stores", Duration::from_secs(20), |s| {
+        s.contains("12 (12)") && s.contains("Rates, records/s")
+    });
+    // Writes to an existing entity: the entities stay 12, the push rate must not stay 0.
+    let producer = {
+        let buffer = buffer.clone();
+        tokio::spawn(async move {
+            for _ in 0..600 {
+                let view = json!({"page": "/p0", "views": 0});
+                buffer.push("pageviews", &view).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let push_rate = |screen: &str| -> Option<String> {
+        let line = screen.lines().find(|line| line.contains("push "))?;
+        let at = line.find("push ")? + 5;
+        let rest = line[at..].trim_start();
+        Some(rest[..rest.find("/s")?].trim().to_owned())
+    };
+    let screen = tmux.wait_for(
+        "merged writes in the push rate",
+        Duration::from_secs(20),
+        |s| {
+            s.lines()
+                .any(|l| l.contains("pageviews") && l.contains("12 ("))
+                && push_rate(s).is_some_and(|rate| rate != "0" && rate != "–")
+        },
+    );
+    assert!(!screen.contains(" 13 ("), "no entity was added:\n{screen}");
+    producer.abort();
+    // The coalescing store: its top 10, ranked, across the whole width.
+    tmux.send(&["Down"]);
+    let screen = tmux.wait_for("the top 10 in the panel", Duration::from_secs(10), |s| {
+        s.contains("top by views")
+    });
+    for (rank, page) in (1..=10).zip((2..=11).rev()) {
+        let cell = format!("{rank} /p{page} ");
+        assert!(screen.contains(&cell), "{cell:?} in\n{screen}");
+    }
+    assert!(!screen.contains("/p1 "), "11th is not listed:\n{screen}");
+    tmux.send(&["Enter"]);
+    let screen = tmux.wait_for("the store screen", Duration::from_secs(10), |s| {
+        s.contains("Top 10 entities by views")
+    });
+    for page in 2..=11 {
+        assert!(
+            screen.contains(&format!("/p{page} ")),
+            "/p{page} in\n{screen}"
+        );
+    }
+    tmux.send(&["q"]);
+    let screen = tmux.wait_for("the dashboard to exit", Duration::from_secs(10), |s| {
+        s.contains(REPORT_END)
+    });
+    assert!(screen.contains("EXIT=0"), "{screen}");
+}

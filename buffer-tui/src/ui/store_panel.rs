@@ -13,6 +13,20 @@ use crate::format::{age_ms, bytes, clean, count, fit};
 use crate::snapshot::LimitUse;
 
 /// The selected store, compact: keys, prepared batches, latest records one per line.
+/// Lines a coalescing store's panel shows above its top entities: keys, batches, rules and
+/// the ranking's heading.
+const COALESCED_HEAD_LINES: u16 = 4;
+
+/// Whether the bottom `area` is too short for the selected coalescing store's top entities in
+/// one column beside the rates: then its panel takes the whole width.
+pub(super) fn wants_full_width(app: &App, area: Rect) -> bool {
+    let Some(coalesced) = app.focus.as_ref().and_then(|f| f.coalesced.as_ref()) else {
+        return false;
+    };
+    let wanted = COALESCED_HEAD_LINES + coalesced.view.top.len().max(1) as u16 + 2;
+    area.height < wanted
+}
+
 pub(super) fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
     let block = Block::bordered().title(store_title(app));
     let inner = block.inner(area);
@@ -26,6 +40,11 @@ pub(super) fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
         return;
     };
     let mut lines: Vec<Line<'static>> = Vec::new();
+    // Short, a coalescing store's panel gives its top entities the lines of its keys (its
+    // field names: the rules say more, Enter lists them) and of its batches (counted).
+    let short_coalesced = focus.coalesced.as_ref().is_some_and(|coalesced| {
+        inner.height < COALESCED_HEAD_LINES + coalesced.view.top.len() as u16
+    });
     let key_count = count(focus.key_count);
     let keys = focus
         .keys
@@ -33,10 +52,12 @@ pub(super) fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
         .map(|k| clean(k).into_owned())
         .collect::<Vec<_>>()
         .join(", ");
-    lines.push(Line::from(vec![
-        Span::styled(format!("keys ({key_count}) "), theme::STRONG),
-        Span::raw(fit(&keys, width.saturating_sub(8 + key_count.len()))),
-    ]));
+    if !short_coalesced {
+        lines.push(Line::from(vec![
+            Span::styled(format!("keys ({key_count}) "), theme::STRONG),
+            Span::raw(fit(&keys, width.saturating_sub(8 + key_count.len()))),
+        ]));
+    }
     if let Some(limits) = &focus.limits {
         let line = limits_line(row.live.as_ref(), limits, width);
         // Cut like every other line of the panel when even the percentages do not fit.
@@ -58,14 +79,18 @@ pub(super) fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
             theme::DIM,
         ),
     ]));
-    let batch_lines = (inner.height as usize)
-        .saturating_sub(4)
-        .min(focus.batches.len())
-        .min(3);
+    let batch_lines = if short_coalesced {
+        0
+    } else {
+        (inner.height as usize)
+            .saturating_sub(4)
+            .min(focus.batches.len())
+            .min(3)
+    };
     for batch in focus.batches.iter().take(batch_lines) {
         lines.push(batch_line(app, batch, width));
     }
-    if focus.batches.len() > batch_lines {
+    if focus.batches.len() > batch_lines && !short_coalesced {
         lines.push(Line::styled(
             format!(
                 "  … {} more (Enter shows all)",
@@ -93,12 +118,7 @@ pub(super) fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
             }
             lines.push(Line::from(spans));
             let room = (inner.height as usize).saturating_sub(lines.len());
-            for entity in view.top.iter().take(room) {
-                let name = super::store_screen::entity_text(&entity.entity);
-                let sum_width = entity.sum.len();
-                let name = fit(&name, width.saturating_sub(sum_width + 3));
-                lines.push(Line::from(format!("  {name} {}", entity.sum)));
-            }
+            lines.extend(top_columns(&view.top, room, width));
         }
         Paragraph::new(lines).render(inner, buf);
         return;
@@ -115,6 +135,52 @@ pub(super) fn render_store_panel(app: &App, area: Rect, buf: &mut Buffer) {
         )));
     }
     Paragraph::new(lines).render(inner, buf);
+}
+
+/// The top entities on `rows` lines of `width` columns, ranked (`1 /home 950`): one column
+/// when they fit, else as many columns as they need (filled top to bottom, then left to
+/// right) while each keeps room for its rank, its sum and a few characters of its name;
+/// what does not fit is left out.
+fn top_columns(top: &[buffer_core::TopEntity], rows: usize, width: usize) -> Vec<Line<'static>> {
+    if rows == 0 || top.is_empty() {
+        return Vec::new();
+    }
+    let cells: Vec<(String, &str)> = top
+        .iter()
+        .map(|t| (super::store_screen::entity_text(&t.entity), t.sum.as_str()))
+        .collect();
+    let rank_width = top.len().to_string().len();
+    let sum_width = cells.iter().map(|(_, sum)| sum.len()).max().unwrap_or(0);
+    let name_width = cells
+        .iter()
+        .map(|(name, _)| crate::format::width(name))
+        .max()
+        .unwrap_or(0);
+    // "  " + rank + " " + name + " " + sum, two spaces between columns.
+    let fixed = 2 + rank_width + 1 + 1 + sum_width;
+    let columns = top.len().div_ceil(rows);
+    let fitting = (width / (fixed + 6).max(1)).max(1);
+    let columns = columns.min(fitting);
+    let column_width = width / columns;
+    let name_room = column_width.saturating_sub(fixed).min(name_width).max(1);
+    let mut lines = vec![String::new(); rows.min(top.len())];
+    for (i, (name, sum)) in cells.iter().enumerate().take(rows * columns) {
+        let line = &mut lines[i % rows];
+        let cell = format!(
+            "  {:>rank_width$} {:<name_room$} {:>sum_width$}",
+            i + 1,
+            fit(name, name_room),
+            sum
+        );
+        line.push_str(&cell);
+        // Pad to the next column.
+        let pad = column_width.saturating_sub(crate::format::width(&cell));
+        line.push_str(&" ".repeat(pad));
+    }
+    lines
+        .into_iter()
+        .map(|line| Line::from(line.trim_end().to_owned()))
+        .collect()
 }
 
 /// One limit of a store and its use of it.

@@ -85,8 +85,20 @@ pub(super) fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
         buf,
     );
 
-    // Right: prepared batches, then the latest records, pretty.
-    let batch_rows = focus.batches.len().clamp(1, 8) as u16;
+    // Right: prepared batches, then the latest records, pretty (a coalescing store: its top
+    // entities, which keep their lines, heading and header included: the batches shown give
+    // way on a small terminal, their count stays in the title).
+    let limit_lines = limit_lines(app, focus);
+    // The list's lines: its heading, its header and its entities.
+    let kept_for_records: u16 = match coalesced {
+        Some(coalesced) => coalesced.view.top.len().clamp(1, buffer_core::TOP_ENTITIES) as u16 + 2,
+        None => 3,
+    };
+    let batch_rows = (focus.batches.len().clamp(1, 8) as u16).min(
+        rest.height
+            .saturating_sub(2 + limit_lines.len() as u16 + kept_for_records)
+            .max(1),
+    );
     // Under the table, each failing batch (and a store that cannot be prepared) with its
     // last error wrapped whole: a cut error cannot be acted on. They take what they need, but
     // leave the latest records a few lines.
@@ -121,10 +133,9 @@ pub(super) fn render_store_screen(app: &App, area: Rect, buf: &mut Buffer) {
             );
         }
     }
-    let limit_lines = limit_lines(app, focus);
     let failure_room = rest
         .height
-        .saturating_sub(batch_rows + 2 + limit_lines.len() as u16 + 3);
+        .saturating_sub(batch_rows + 2 + limit_lines.len() as u16 + kept_for_records);
     let failure_height = (failure_lines.len() as u16).min(failure_room);
     let [batches_area, failures_area, limits_area, records_area] = Layout::vertical([
         Constraint::Length(batch_rows + 2),

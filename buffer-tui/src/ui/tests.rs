@@ -749,9 +749,16 @@ fn a_coalescing_store_shows_its_rules_writes_and_top_entities() {
             "{screen}"
         );
         assert!(screen.contains("top by ms"), "{screen}");
-        if height >= 40 {
-            assert!(screen.contains("  /pricing 9007199254740993"), "{screen}");
+        // Every entity of the top list, ranked, at 80×24 too (the panel then takes the
+        // whole width: the rates and events give way).
+        for ranked in ["1 /pricing 9007199254740993", "2 /docs", "3 404"] {
+            assert!(screen.contains(ranked), "{ranked:?} in\n{screen}");
         }
+        assert_eq!(
+            screen.contains("Rates, records/s"),
+            height >= 40,
+            "{screen}"
+        );
         app.update(Action::Enter);
         let screen = draw(&mut app, width, height);
         for text in [
