@@ -702,9 +702,23 @@ async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
         if let Some(record) = report.failure(&s.store, None) {
             writeln!(out, "{}", failure_text(record, now))?;
         }
+        if let Some(since) = report.paused_since(&s.store) {
+            writeln!(out, "{}", paused_text(&s.store, since, now))?;
+        }
     }
     if report.stores.is_empty() {
         writeln!(out, "(no live stores)")?;
+    }
+    // A paused store without live records is not in the table, but still paused.
+    for (store, since) in &report.paused {
+        if !report.stores.iter().any(|(s, _)| &s.store == store) {
+            writeln!(
+                out,
+                "{:<32} (no live records){}",
+                shorten(store.as_str(), 32),
+                paused_text(store, *since, now)
+            )?;
+        }
     }
     writeln!(out)?;
     writeln!(
@@ -731,6 +745,15 @@ async fn stores(args: StoresArgs) -> anyhow::Result<i32> {
         writeln!(out, "(no prepared batches)")?;
     }
     Ok(0)
+}
+
+/// The line under a paused store: for how long, and how to undo it.
+fn paused_text(store: &buffer_core::StoreName, since: u64, now: u64) -> String {
+    format!(
+        "    paused for {}: persisters leave it until `buffer-persist resume {}`",
+        short_duration(now.saturating_sub(since)),
+        store.as_str()
+    )
 }
 
 /// The line under a failing store or batch: attempts, when it is retried, the last error.

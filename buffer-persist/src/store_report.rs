@@ -1,5 +1,5 @@
 //! What `stores` shows and `GET /v1/stores` returns: live stores and prepared batches with
-//! their locks and failure records, read once and printed as a table or JSON.
+//! their locks, failure records and pauses, read once and printed as a table or JSON.
 
 use std::collections::HashMap;
 
@@ -13,6 +13,9 @@ pub(crate) struct StoresReport {
     pub(crate) stores: Vec<(StoreSummary, Option<LockInfo>)>,
     pub(crate) prepared: Vec<(PreparedSummary, Option<LockInfo>, Option<PreparedBatch>)>,
     failures: HashMap<(StoreName, Option<BatchId>), FailureRecord>,
+    /// Paused stores (`buffer-persist pause`), with when they were paused (Unix ms): listed
+    /// whether or not they hold live records.
+    pub(crate) paused: Vec<(StoreName, u64)>,
     /// Redis's time when read (ms), which ages are counted from.
     pub(crate) now: u64,
 }
@@ -47,6 +50,7 @@ impl StoresReport {
             .into_iter()
             .map(|f| ((f.store, f.batch), f.record))
             .collect();
+        let paused = buffer.paused_stores().await?;
         let stores = stores
             .into_iter()
             .map(|s| (s, locks.next().flatten()))
@@ -60,6 +64,7 @@ impl StoresReport {
             stores,
             prepared,
             failures,
+            paused,
             now: buffer.now_ms(),
         })
     }
@@ -68,6 +73,14 @@ impl StoresReport {
     pub(crate) fn retain(&mut self, keep: impl Fn(&StoreName) -> bool) {
         self.stores.retain(|(s, _)| keep(&s.store));
         self.prepared.retain(|(p, _, _)| keep(&p.store));
+        self.paused.retain(|(store, _)| keep(store));
+    }
+
+    /// When `store` was paused (Unix ms), if it is.
+    pub(crate) fn paused_since(&self, store: &StoreName) -> Option<u64> {
+        self.paused
+            .iter()
+            .find_map(|(paused, since)| (paused == store).then_some(*since))
     }
 
     /// The failure record of `store`'s live store (`batch` `None`) or of one of its batches.
@@ -96,12 +109,17 @@ impl StoresReport {
                 "store": s.store.as_str(), "records": s.records, "bytes": s.bytes,
                 "first_write_ms": s.first_write_ms, "age_ms": now.saturating_sub(s.first_write_ms), "lock": lock,
                 "failure": failure_json(self.failure(&s.store, None)),
+                "paused_since_ms": self.paused_since(&s.store),
             })).collect::<Vec<_>>(),
             "prepared": self.prepared.iter().map(|(p, lock, info)| serde_json::json!({
                 "store": p.store.as_str(), "batch": p.id.to_string(),
                 "records": info.as_ref().map(|i| i.records), "bytes": info.as_ref().map(|i| i.bytes),
                 "age_ms": now.saturating_sub(p.id.created_ms()), "lock": lock,
                 "failure": failure_json(self.failure(&p.store, Some(&p.id))),
+            })).collect::<Vec<_>>(),
+            "paused": self.paused.iter().map(|(store, since)| serde_json::json!({
+                "store": store.as_str(), "since_ms": since,
+                "for_ms": now.saturating_sub(*since),
             })).collect::<Vec<_>>(),
         })
     }
