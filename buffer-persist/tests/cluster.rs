@@ -200,8 +200,8 @@ async fn hostile_stores_from_concurrent_producers_land_exactly_once_on_a_cluster
     let load = Load::start(&buffer, 100);
     let acknowledged = load.join().await;
     assert_eq!(acknowledged.len(), 4 * 100 * 20);
-    let persisted_by_runners = eventually(Duration::from_secs(30), || async {
-        buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
+    let persisted_by_runners = eventually(Duration::from_secs(30), || {
+        buffer_tests::buffer_is_drained(&buffer)
     })
     .await;
     assert!(persisted_by_runners, "the runners left records for 30 s");
@@ -298,9 +298,8 @@ async fn slots_moving_between_masters_under_load_lose_and_duplicate_nothing() {
     }
     let acknowledged = load.finish().await;
     assert!(
-        eventually(Duration::from_secs(30), || async {
-            buffer.stores().await.unwrap().is_empty()
-                && buffer.get_prepared().await.unwrap().is_empty()
+        eventually(Duration::from_secs(30), || {
+            buffer_tests::buffer_is_drained(&buffer)
         })
         .await,
         "the runners persist everything after the moves"
