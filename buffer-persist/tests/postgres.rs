@@ -1455,3 +1455,49 @@ async fn a_server_that_hangs_during_the_tls_handshake_is_given_up_on_in_bounded_
         "10|10"
     );
 }
+
+/// A batch of several pages (5 000 records each): each page is read while the one before is
+/// encoded and sent. A record on the third page with a key no column has fails the batch
+/// naming its index in the batch; nothing is applied; once the column exists, every record
+/// lands once.
+#[tokio::test]
+async fn a_batch_of_several_pages_lands_whole_and_a_bad_record_is_named_by_its_index() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    pg.query("CREATE TABLE pages (id bigint, name text)");
+    let buffer = redis.buffer().await;
+    let total: u64 = 12_345;
+    let bad: u64 = 11_000;
+    for chunk in (0..total).collect::<Vec<_>>().chunks(1000) {
+        let records: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|id| {
+                if *id == bad {
+                    json!({"id": id, "name": format!("n{id}"), "surprise": 1})
+                } else {
+                    json!({"id": id, "name": format!("n\t{id}")})
+                }
+            })
+            .collect();
+        buffer.push_many("pages", &records).await.unwrap();
+    }
+    let output = drain(&redis, &pg.url(), &[], &[]);
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!(
+            "record {bad} of the batch has the key \"surprise\", which names no column of \"pages\""
+        )),
+        "{text}"
+    );
+    assert_eq!(pg.query("SELECT count(*) FROM pages"), "0");
+    assert_eq!(records_in_redis(&buffer).await, total);
+    pg.query("ALTER TABLE pages ADD COLUMN surprise int");
+    let output = drain(&redis, &pg.url(), &[], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        pg.query("SELECT count(*), count(DISTINCT id), sum(id), count(surprise), bool_and(name = 'n' || chr(9) || id OR id = 11000) FROM pages"),
+        format!("{total}|{total}|{}|1|t", total * (total - 1) / 2)
+    );
+    assert_eq!(records_in_redis(&buffer).await, 0);
+}

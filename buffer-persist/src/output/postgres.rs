@@ -643,7 +643,8 @@ impl PostgresOutput {
         futures::pin_mut!(sink);
         let mut reader = buffer.reader(batch);
         let mut index: u64 = 0;
-        while let Some(page) = reader.next_records().await? {
+        let mut current = reader.next_records().await?;
+        while let Some(page) = current {
             if shutdown.is_cancelled() {
                 // Dropping the client ends the connection; the server rolls back.
                 return Err(Error::Abandoned {
@@ -653,11 +654,20 @@ impl PostgresOutput {
             }
             let first = index;
             index += page.len() as u64;
-            let mut encoded = Vec::new();
-            mapping.encode_page(&page, first, &mut encoded)?;
-            self.bounded(copy_action, sink.send(Bytes::from(encoded)))
-                .await?;
+            // The next page is asked for first and read while this one is encoded and sent,
+            // so Redis, this process and PostgreSQL work at once rather than in turn (two
+            // pages in memory at most, as the invariant allows).
+            let send = async {
+                let mut encoded = Vec::new();
+                mapping.encode_page(&page, first, &mut encoded)?;
+                drop(page);
+                self.bounded(copy_action, sink.send(Bytes::from(encoded)))
+                    .await
+            };
+            let (next, sent) = tokio::join!(reader.next_records(), send);
+            sent?;
             guard.check_held()?;
+            current = next?;
         }
         let rows = self.bounded(copy_action, sink.as_mut().finish()).await?;
         if rows != batch.records {
