@@ -59,16 +59,16 @@ impl CpuSplit {
             .arg("RESETSTAT")
             .query::<()>(&mut server.conn())?;
         Ok(Self {
-            server_s: server_cpu_s(server)?,
+            server_s: tools::server_cpu_s(server)?,
             script_us: 0.0,
-            client: process_cpu(),
+            client: tools::process_cpu(),
         })
     }
 
     /// µs per record: (redis-server CPU, of it in EVALSHA, client CPU).
     fn per_record(&self, server: &RedisServer, records: usize) -> Result<(f64, f64, f64)> {
         let records = records.max(1) as f64;
-        let server_s = server_cpu_s(server)? - self.server_s;
+        let server_s = tools::server_cpu_s(server)? - self.server_s;
         let stats: String = redis::cmd("INFO")
             .arg("commandstats")
             .query(&mut server.conn())?;
@@ -82,25 +82,13 @@ impl CpuSplit {
             })
             .unwrap_or(0.0)
             - self.script_us;
-        let client = process_cpu().saturating_sub(self.client);
+        let client = tools::process_cpu().saturating_sub(self.client);
         Ok((
             server_s * 1e6 / records,
             script_us / records,
             client.as_secs_f64() * 1e6 / records,
         ))
     }
-}
-
-fn server_cpu_s(server: &RedisServer) -> Result<f64> {
-    let user: f64 = tools::info_field(server, "cpu", "used_cpu_user")?.parse()?;
-    let sys: f64 = tools::info_field(server, "cpu", "used_cpu_sys")?.parse()?;
-    Ok(user + sys)
-}
-
-/// This process's user+sys CPU time, all threads.
-fn process_cpu() -> std::time::Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
-    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Pages the push figure's views fall on.

@@ -2,6 +2,7 @@
 //! its baseline on the same private server, in alternating order so that a slow spell of the
 //! machine does not always fall on the same side.
 
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -634,7 +635,11 @@ pub async fn dashboard(sizes: &Sizes, runs: usize) -> Result<Vec<Figure>> {
         method: format!(
             "After the timed refreshes: `CONFIG SET slowlog-log-slower-than 0`, `SLOWLOG \
              RESET`, {refreshes} more refreshes, then the longest duration in `SLOWLOG GET` \
-             (SLOWLOG and CONFIG themselves excluded). The worst run counts."
+             (SLOWLOG and CONFIG themselves excluded). The worst run counts. During these \
+             refreshes redis-server runs pinned to CPU 0 and this harness (every thread) to \
+             CPU 1 (`taskset -a -p`), so the slow log measures Redis's work rather than \
+             redis-server waiting for a core the harness holds; each run's detail says \
+             whether the pinning took."
         ),
         target: Target::AtMost(1000.0),
         aggregate: Aggregate::Max,
@@ -676,11 +681,14 @@ pub async fn dashboard(sizes: &Sizes, runs: usize) -> Result<Vec<Figure>> {
             .arg("slowlog-log-slower-than")
             .arg(0)
             .query::<()>(&mut conn)?;
+        let pinned = Pinned::apart(server.pid());
         redis::cmd("SLOWLOG").arg("RESET").query::<()>(&mut conn)?;
         for _ in 0..refreshes {
             refresh(&buffer, stores).await?;
         }
         let (micros, detail) = slowest_logged(&mut conn)?;
+        let detail = format!("{detail}; {}", pinned.describe());
+        drop(pinned);
         progress(slowest.id, run, runs, slowest.unit, micros, None);
         slowest.runs.push(Run {
             ours: micros,
@@ -689,6 +697,50 @@ pub async fn dashboard(sizes: &Sizes, runs: usize) -> Result<Vec<Figure>> {
         });
     }
     Ok(vec![time, slowest])
+}
+
+/// redis-server and this harness on separate CPUs (`taskset -a -p`, every thread) while it
+/// lives; the harness gets every CPU back on drop. Without `taskset` or a second CPU, nothing
+/// is pinned and [`Pinned::describe`] says so.
+struct Pinned {
+    taken: bool,
+    cpus: usize,
+}
+
+impl Pinned {
+    fn apart(redis_pid: u32) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let pin = |cpu: &str, pid: u32| {
+            Command::new("taskset")
+                .args(["-a", "-p", "-c", cpu, &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        let taken = cpus >= 2 && pin("0", redis_pid) && pin("1", std::process::id());
+        Self { taken, cpus }
+    }
+
+    fn describe(&self) -> &'static str {
+        if self.taken {
+            "redis-server pinned to CPU 0, the harness to CPU 1"
+        } else {
+            "not pinned (no taskset, or one CPU)"
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if self.taken {
+            let all = format!("0-{}", self.cpus - 1);
+            let _ = Command::new("taskset")
+                .args(["-a", "-p", "-c", &all, &std::process::id().to_string()])
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// Pushes one record into each of `count` stores, 50 at a time.

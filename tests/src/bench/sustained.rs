@@ -24,8 +24,10 @@ const SLACK: Duration = Duration::from_secs(1);
 const INTERVAL: &str = "200ms";
 /// Stores the producers spread their records over (a service writes to a few).
 const STORES: usize = 8;
-/// Producer tasks, and records per `push_many` call.
-const PRODUCERS: usize = 4;
+/// Producer tasks, and records per `push_json` call. The producers push texts serialized
+/// once before the trial, so a record costs the harness what a push costs and nothing more:
+/// the figure measures the persisters, not the load generator (which shares the 2 cores).
+const PRODUCERS: usize = 8;
 const PER_CALL: usize = 100;
 /// How often the oldest age is sampled.
 const SAMPLE: Duration = Duration::from_millis(100);
@@ -42,6 +44,26 @@ struct Trial {
     pushed_rate: f64,
     /// The oldest age of a record not yet persisted, at any sample.
     worst_age: Duration,
+    /// CPU seconds per second of the trial used by the producers (this process), by the
+    /// persisters together and by redis-server: who had the 2 cores.
+    cpu: CpuShare,
+}
+
+/// CPU seconds per wall second of each party during a trial (2.0 is both cores).
+#[derive(Clone, Copy, Default)]
+struct CpuShare {
+    producers: f64,
+    persisters: f64,
+    redis: f64,
+}
+
+impl CpuShare {
+    fn describe(&self) -> String {
+        format!(
+            "CPU producers {:.2}, persisters {:.2}, redis {:.2} core(s)",
+            self.producers, self.persisters, self.redis
+        )
+    }
 }
 
 impl Trial {
@@ -52,10 +74,11 @@ impl Trial {
 
     fn describe(&self) -> String {
         format!(
-            "{} rec/s asked, {} pushed, oldest {:.2} s: {}",
+            "{} rec/s asked, {} pushed, oldest {:.2} s, {}: {}",
             thousands(self.rate),
             thousands(self.pushed_rate),
             self.worst_age.as_secs_f64(),
+            self.cpu.describe(),
             if self.held() { "held" } else { "not held" }
         )
     }
@@ -65,6 +88,14 @@ impl Trial {
 struct Persisters(Vec<Child>);
 
 impl Persisters {
+    /// Their CPU time so far, together.
+    fn cpu(&self) -> Duration {
+        self.0
+            .iter()
+            .map(|child| tools::child_cpu(child.id()))
+            .sum()
+    }
+
     fn start(persist: &Path, server: &RedisServer, out: &Path, count: usize) -> Result<Self> {
         let mut children = Vec::new();
         for _ in 0..count {
@@ -131,11 +162,21 @@ async fn trial(
     let out = tempfile::tempdir()?;
     let running = Persisters::start(persist, server, out.path(), persisters)?;
     let buffer = Buffer::connect(BufferConfig::new(server.url())).await?;
-    let batch: Arc<Vec<Value>> = Arc::new(tools::records(0, PER_CALL));
+    let batch: Arc<Vec<String>> = Arc::new(
+        tools::records(0, PER_CALL)
+            .iter()
+            .map(Value::to_string)
+            .collect(),
+    );
     let pushed = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let per_task = rate / PRODUCERS as f64;
     let period = Duration::from_secs_f64(PER_CALL as f64 / per_task);
+    let cpu_before = (
+        tools::process_cpu(),
+        running.cpu(),
+        tools::server_cpu_s(server)?,
+    );
     let started = Instant::now();
     let mut producers = tokio::task::JoinSet::new();
     for task in 0..PRODUCERS {
@@ -150,7 +191,7 @@ async fn trial(
             while !stop.load(Ordering::Relaxed) {
                 ticks.tick().await;
                 let store = format!("sustained-{}", call % STORES);
-                buffer.push_many(store.as_str(), &batch).await?;
+                buffer.push_json(store.as_str(), &batch).await?;
                 pushed.fetch_add(PER_CALL, Ordering::Relaxed);
                 call += PRODUCERS;
             }
@@ -168,6 +209,12 @@ async fn trial(
     }
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let seconds = elapsed.as_secs_f64();
+    let cpu = CpuShare {
+        producers: (tools::process_cpu() - cpu_before.0).as_secs_f64() / seconds,
+        persisters: (running.cpu() - cpu_before.1).as_secs_f64() / seconds,
+        redis: (tools::server_cpu_s(server)? - cpu_before.2) / seconds,
+    };
     while let Some(joined) = producers.join_next().await {
         joined.context("a producer task panicked")??;
     }
@@ -177,6 +224,7 @@ async fn trial(
         rate,
         pushed_rate,
         worst_age: worst,
+        cpu,
     };
     eprintln!(
         "[sustained] {persisters} persister(s), {:.0} s: {}",
@@ -294,8 +342,9 @@ pub async fn sustained(sizes: &Sizes, persist: &Path) -> Result<Vec<Figure>> {
             unit: Unit::RecordsPerSec,
             baseline_label: "RPUSH ×100 + LRANGE 600 alone: 1 ÷ (1/push + 1/read)",
             method: format!(
-                "{PRODUCERS} producer tasks in this process push `push_many` calls of \
-                 {PER_CALL} records of 200 B, on a fixed schedule, round-robin over {STORES} \
+                "{PRODUCERS} producer tasks in this process push `push_json` calls of \
+                 {PER_CALL} records of 200 B (texts serialized once before the trial, so the \
+                 load generator costs little), on a fixed schedule, round-robin over {STORES} \
                  stores, while {persisters} `buffer-persist run --max-age 1s --interval \
                  {INTERVAL}` process(es) (release build) write JSON Lines to a temporary \
                  directory. Every {} ms the harness reads the age of the oldest record not \
@@ -307,7 +356,9 @@ pub async fn sustained(sizes: &Sizes, persist: &Path) -> Result<Vec<Figure>> {
                  One search per row, not a median: each is about {} trials. Baseline: \
                  `redis-benchmark -c 50 RPUSH key v1..v100` records/s and `-t lrange_600` \
                  elements/s combined as 1 ÷ (1/push + 1/read) (Redis runs one command at a \
-                 time), measured before and after the search, averaged.",
+                 time), measured before and after the search, averaged. Each trial also \
+                 gives the CPU (cores) the producers, the persisters and redis-server used \
+                 during it.",
                 SAMPLE.as_millis(),
                 thousands(FIRST_RATE),
                 short.as_secs(),

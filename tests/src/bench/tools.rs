@@ -232,6 +232,39 @@ pub fn info_field(server: &RedisServer, section: &str, field: &str) -> Result<St
 }
 
 /// Redis' `used_memory`, in bytes.
+/// redis-server's user+sys CPU seconds so far (`INFO cpu`).
+pub fn server_cpu_s(server: &RedisServer) -> Result<f64> {
+    let user: f64 = info_field(server, "cpu", "used_cpu_user")?.parse()?;
+    let sys: f64 = info_field(server, "cpu", "used_cpu_sys")?.parse()?;
+    Ok(user + sys)
+}
+
+/// This process's user+sys CPU time, all threads.
+pub fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Another process's user+sys CPU time so far (`/proc/<pid>/stat`, in USER_HZ: 100 per
+/// second on every architecture Linux runs on), or zero once it is gone.
+pub fn child_cpu(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // utime and stime are fields 14 and 15, the 12th and 13th after the command's ')'.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|field| field.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 pub fn used_memory(server: &RedisServer) -> Result<u64> {
     Ok(info_field(server, "memory", "used_memory")?.parse()?)
 }
