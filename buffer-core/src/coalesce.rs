@@ -39,7 +39,7 @@ use crate::buffer::Buffer;
 use crate::error::{Error, Result};
 use crate::name::StoreName;
 use crate::receipt::PushReceipt;
-use crate::record::EncodedRecord;
+use crate::record::EncodedRecords;
 use crate::replicas::ScriptCall;
 use crate::scripts;
 use crate::store_settings::StoreSetting;
@@ -625,7 +625,7 @@ impl Buffer {
     pub(crate) async fn merge_if_coalescing(
         &self,
         store: &StoreName,
-        records: &[EncodedRecord],
+        records: &EncodedRecords,
         now: u64,
         push_id: Option<&str>,
     ) -> Result<Option<Merged>> {
@@ -635,15 +635,20 @@ impl Buffer {
             };
             let mut names = BTreeSet::new();
             let ops = records
-                .iter()
+                .texts()
                 .enumerate()
-                .map(|(index, record)| record_ops(store, &rules, index, &record.json, &mut names))
+                .map(|(index, text)| {
+                    let text = std::str::from_utf8(text).map_err(|err| Error::Corrupt {
+                        what: format!("an encoded record is not UTF-8: {err}"),
+                    })?;
+                    record_ops(store, &rules, index, text, &mut names)
+                })
                 .collect::<Result<Vec<_>>>()?;
             names.extend(METADATA.iter().map(|name| (*name).to_owned()));
             let layout = self.layout();
             let live = layout.live(store);
             let group = layout.group_for(store);
-            let bytes: usize = records.iter().map(|r| r.json.len()).sum();
+            let bytes = records.bytes();
             let mut call = ScriptCall::new(&scripts::COALESCE_PUSH);
             call.key(&live.entities)
                 .key(&live.first)

@@ -31,7 +31,7 @@ use crate::buffer::Buffer;
 use crate::error::{Error, Result};
 use crate::name::StoreName;
 use crate::receipt::PushReceipt;
-use crate::record::{self, EncodedRecord};
+use crate::record::EncodedRecords;
 use crate::replicas::ScriptCall;
 use crate::scripts;
 use crate::store_settings::StoreSetting;
@@ -181,14 +181,12 @@ pub(crate) fn observe_probe(buffer: &Buffer, store: &StoreName, results: &[Value
 pub(crate) fn invocation(
     buffer: &Buffer,
     store: &StoreName,
-    records: Vec<EncodedRecord>,
+    records: EncodedRecords,
     now: u64,
-) -> Result<ScriptCall<'static>> {
+) -> ScriptCall<'static> {
     let layout = buffer.layout();
     let live = layout.live(store);
     let group = layout.group_for(store);
-    let bytes: usize = records.iter().map(|r| r.json.len()).sum();
-    let keys = record::unique_keys(&records)?;
     let mut invocation = ScriptCall::new(&scripts::PUSH_LIMITED);
     for key in live.all() {
         invocation.key(key);
@@ -201,15 +199,16 @@ pub(crate) fn invocation(
         .key(layout.rate(store))
         .arg(now)
         .arg(store.encoded())
-        .arg(bytes)
+        .arg(records.bytes())
         .arg(records.len())
-        .arg(keys.len())
-        .arg(&keys);
-    drop(keys);
-    for record in records {
-        invocation.arg(record.json);
+        .arg(records.keys().len());
+    for key in records.keys() {
+        invocation.arg(key);
     }
-    Ok(invocation)
+    for text in records.texts() {
+        invocation.arg(text);
+    }
+    invocation
 }
 
 /// The receipt in a `PUSH_LIMITED` reply, or the refusal it holds; records in the cache
@@ -433,12 +432,12 @@ impl Buffer {
     pub(crate) async fn push_limited(
         &self,
         store: &StoreName,
-        records: Vec<EncodedRecord>,
+        records: EncodedRecords,
         now: u64,
     ) -> Result<PushReceipt> {
         // One script call, then WAIT on the same connection when the buffer waits for
         // replicas (a refusal wrote nothing, and its WAIT returns at once).
-        let reply: Value = invocation(self, store, records, now)?
+        let reply: Value = invocation(self, store, records, now)
             .invoke(self, "push", store.as_str())
             .await?;
         read_reply(self, store, reply)

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::limits;
 use crate::name::StoreName;
 use crate::push::{PushReceipt, PushReplies};
-use crate::record::EncodedRecord;
+use crate::record::EncodedRecords;
 use crate::replicas::ReplicaWait;
 use crate::scripts;
 use crate::transaction::{self, Block};
@@ -73,7 +73,7 @@ pub struct PushPipeline {
 /// A push waiting for its pipeline to run.
 struct Queued {
     store: StoreName,
-    records: Vec<EncodedRecord>,
+    records: EncodedRecords,
     slot: Slot,
 }
 
@@ -166,7 +166,7 @@ impl PushPipeline {
     fn add<S>(
         &mut self,
         store: S,
-        encode: impl FnOnce(&Buffer, &StoreName) -> Result<Vec<EncodedRecord>>,
+        encode: impl FnOnce(&Buffer, &StoreName) -> Result<EncodedRecords>,
     ) -> PushHandle
     where
         S: TryInto<StoreName>,
@@ -288,36 +288,23 @@ impl PushPipeline {
         let wait = ReplicaWait::of(&buffer);
         for push in pushes {
             let how = if buffer.limit_cache().needs_script(&push.store) {
-                limits::invocation(&buffer, &push.store, push.records, now).map(|invocation| {
-                    invocation.queue(&mut pipe);
-                    SentAs::Limited
-                })
+                limits::invocation(&buffer, &push.store, push.records, now).queue(&mut pipe);
+                SentAs::Limited
             } else {
-                buffer.push_transaction(&push.store, push.records, now).map(
-                    |(commands, replies)| SentAs::Transaction {
-                        block: transaction::queue(&mut pipe, commands),
-                        replies,
-                    },
-                )
+                let (commands, replies) = buffer.push_transaction(&push.store, push.records, now);
+                SentAs::Transaction {
+                    block: transaction::queue(&mut pipe, commands),
+                    replies,
+                }
             };
-            if how.is_ok()
-                && let Some(wait) = wait
-            {
+            if let Some(wait) = wait {
                 wait.queue(&mut pipe);
             }
-            match how {
-                Ok(how) => sent.push(Sent {
-                    store: push.store,
-                    how,
-                    slot: push.slot,
-                }),
-                Err(err) => {
-                    let _ = push.slot.set(Err(err));
-                }
-            }
-        }
-        if sent.is_empty() {
-            return Ok(());
+            sent.push(Sent {
+                store: push.store,
+                how,
+                slot: push.slot,
+            });
         }
         let mut conn = buffer.conn();
         let outcome: Result<Vec<Value>> = buffer

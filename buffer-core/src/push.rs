@@ -8,19 +8,9 @@ use crate::buffer::{Buffer, millis};
 use crate::error::{Error, Result};
 use crate::name::StoreName;
 pub use crate::receipt::{PushOnceOutcome, PushReceipt};
-use crate::record::{self, EncodedRecord};
+use crate::record::{self, EncodedRecords};
 use crate::replicas::{self, ScriptCall};
 use crate::scripts;
-
-/// `records`, unless there are none ([`Error::NoRecords`]: a push adds at least one).
-fn not_empty(store: &StoreName, records: Vec<EncodedRecord>) -> Result<Vec<EncodedRecord>> {
-    if records.is_empty() {
-        return Err(Error::NoRecords {
-            store: store.to_string(),
-        });
-    }
-    Ok(records)
-}
 
 /// Where a push's totals are among the results of its MULTI/EXEC (which depends on whether
 /// it added keys), and the stamp it wrote as first-write time if the store had none.
@@ -168,17 +158,7 @@ impl Buffer {
                 id: crate::name::shorten(push_id),
             });
         }
-        let max = self.config().max_record_bytes;
-        let records = records
-            .iter()
-            .enumerate()
-            .map(|(index, record)| record::encode(&store, index, record, max))
-            .collect::<Result<Vec<_>>>()?;
-        if records.is_empty() {
-            return Err(Error::NoRecords {
-                store: store.to_string(),
-            });
-        }
+        let records = record::encode_all(&store, records, self.config().max_record_bytes)?;
         let now = self.stamp_ms().await?;
         if let Some((receipt, duplicate)) = self
             .merge_if_coalescing(&store, &records, now, Some(push_id))
@@ -189,8 +169,6 @@ impl Buffer {
         let layout = self.layout();
         let live = layout.live(&store);
         let group = layout.group_for(&store);
-        let bytes: usize = records.iter().map(|r| r.json.len()).sum();
-        let keys = record::unique_keys(&records)?;
         let mut invocation = ScriptCall::new(&scripts::PUSH_ONCE);
         for key in live.all() {
             invocation.key(key);
@@ -204,14 +182,15 @@ impl Buffer {
             .key(layout.rate(&store))
             .arg(now)
             .arg(store.encoded())
-            .arg(bytes)
+            .arg(records.bytes())
             .arg(records.len())
             .arg(millis(self.config().push_id_ttl).max(1))
-            .arg(keys.len())
-            .arg(&keys);
-        drop(keys);
-        for record in records {
-            invocation.arg(record.json);
+            .arg(records.keys().len());
+        for key in records.keys() {
+            invocation.arg(key);
+        }
+        for text in records.texts() {
+            invocation.arg(text);
         }
         let reply: Vec<i64> = invocation.invoke(self, "push_once", store.as_str()).await?;
         if let Some(refused) = crate::limits::refusal(&store, &reply) {
@@ -245,7 +224,7 @@ impl Buffer {
     pub(crate) async fn push_encoded(
         &self,
         store: &StoreName,
-        records: Vec<EncodedRecord>,
+        records: EncodedRecords,
     ) -> Result<PushReceipt> {
         let now = self.stamp_ms().await?;
         if let Some((receipt, _)) = self.merge_if_coalescing(store, &records, now, None).await? {
@@ -254,7 +233,7 @@ impl Buffer {
         if self.limit_cache().needs_script(store) {
             return self.push_limited(store, records, now).await;
         }
-        let (commands, receipt) = self.push_transaction(store, records, now)?;
+        let (commands, receipt) = self.push_transaction(store, records, now);
         let replies = replicas::exec(self, "push", store.as_str(), commands).await?;
         crate::limits::observe_probe(self, store, &replies);
         crate::coalesce::observe_rules_probe(self, store, &replies);
@@ -266,9 +245,8 @@ impl Buffer {
         &self,
         store: &StoreName,
         record: &T,
-    ) -> Result<Vec<EncodedRecord>> {
-        let max = self.config().max_record_bytes;
-        Ok(vec![record::encode(store, 0, record, max)?])
+    ) -> Result<EncodedRecords> {
+        record::encode_one(store, record, self.config().max_record_bytes)
     }
 
     /// The encoded records of a `push_many`, every one checked before anything is sent.
@@ -276,14 +254,8 @@ impl Buffer {
         &self,
         store: &StoreName,
         records: &[T],
-    ) -> Result<Vec<EncodedRecord>> {
-        let max = self.config().max_record_bytes;
-        let encoded = records
-            .iter()
-            .enumerate()
-            .map(|(index, record)| record::encode(store, index, record, max))
-            .collect::<Result<Vec<_>>>()?;
-        not_empty(store, encoded)
+    ) -> Result<EncodedRecords> {
+        record::encode_all(store, records, self.config().max_record_bytes)
     }
 
     /// The encoded records of a `push_json`, every text checked before anything is sent.
@@ -291,41 +263,39 @@ impl Buffer {
         &self,
         store: &StoreName,
         texts: &[J],
-    ) -> Result<Vec<EncodedRecord>> {
-        let max = self.config().max_record_bytes;
-        let encoded = texts
-            .iter()
-            .enumerate()
-            .map(|(index, text)| record::parse(store, index, text.as_ref(), max))
-            .collect::<Result<Vec<_>>>()?;
-        not_empty(store, encoded)
+    ) -> Result<EncodedRecords> {
+        record::parse_all(store, texts, self.config().max_record_bytes)
     }
 
     /// The commands of one push's MULTI/EXEC, stamped `now`, and how to read its receipt
     /// from their results. The one place a push is spelled: [`Buffer::push`] and
     /// [`crate::PushPipeline`] both send exactly this, so their receipts agree.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`] if a record is not a JSON object, which encoding rules out.
     pub(crate) fn push_transaction(
         &self,
         store: &StoreName,
-        records: Vec<EncodedRecord>,
+        records: EncodedRecords,
         now: u64,
-    ) -> Result<(Vec<Cmd>, PushReplies)> {
+    ) -> (Vec<Cmd>, PushReplies) {
         let layout = self.layout();
         let live = layout.live(store);
         let group = layout.group_for(store);
-        let bytes: usize = records.iter().map(|r| r.json.len()).sum();
+        let bytes = records.bytes();
         let count = records.len();
-        let run = run_entry(&records);
-        // The SADD is built from borrowed keys (its arguments are copied into the command), so
-        // no key is cloned, and the record texts then move into the RPUSH without a copy.
-        let unique_keys = record::unique_keys(&records)?;
-        let add_keys =
-            (!unique_keys.is_empty()).then(|| redis::Cmd::sadd(&live.keys, &unique_keys));
-        drop(unique_keys);
-        let jsons: Vec<String> = records.into_iter().map(|r| r.json).collect();
+        let run = format!("{count}:{bytes}:{}", records.max_len());
+        let add_keys = (records.keys().len() > 0).then(|| {
+            let mut add_keys = redis::cmd("SADD");
+            add_keys.arg(&live.keys);
+            for key in records.keys() {
+                add_keys.arg(key);
+            }
+            add_keys
+        });
+        // One allocation for the command's arguments, the record texts copied once into it.
+        let mut append = Cmd::with_capacity(count + 2, 5 + live.records.len() + bytes);
+        append.arg("RPUSH").arg(&live.records);
+        for text in records.texts() {
+            append.arg(text);
+        }
 
         let mut set_first = redis::cmd("SET");
         set_first.arg(&live.first).arg(now).arg("NX").arg("GET");
@@ -336,7 +306,7 @@ impl Buffer {
             .arg(now)
             .arg(store.encoded());
         let mut commands = vec![
-            redis::Cmd::rpush(&live.records, jsons),
+            append,
             set_first,
             redis::Cmd::scard(&live.keys),
             redis::Cmd::incr(&live.bytes, bytes),
@@ -357,13 +327,6 @@ impl Buffer {
             // Before SCARD, so the count includes this push's keys.
             commands.insert(2, add_keys);
         }
-        Ok((commands, PushReplies { adds_keys, now }))
+        (commands, PushReplies { adds_keys, now })
     }
-}
-
-/// The entry of one push in its store's run list: `<count>:<bytes>:<max record bytes>`.
-fn run_entry(records: &[EncodedRecord]) -> String {
-    let bytes: usize = records.iter().map(|r| r.json.len()).sum();
-    let max = records.iter().map(|r| r.json.len()).max().unwrap_or(0);
-    format!("{}:{bytes}:{max}", records.len())
 }

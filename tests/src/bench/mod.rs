@@ -111,7 +111,7 @@ pub async fn run(options: Options) -> Result<()> {
     }
     if wanted("push_many") {
         let started = Instant::now();
-        measured.push(figures::push_many(&sizes, runs).await?);
+        measured.extend(figures::push_many(&sizes, runs).await?);
         took("push_many", started);
     }
     if let (true, Some(persist)) = (wanted("http"), &persist) {

@@ -85,6 +85,52 @@ pub async fn push_rate(
     Ok(records as f64 / started.elapsed().as_secs_f64())
 }
 
+/// What a user would write by hand instead of `push_many`: `calls` times, from `tasks`
+/// concurrent tasks sharing one multiplexed redis-rs connection, serialize a batch with
+/// `serde_json::to_string` and send it as one `RPUSH key text…`, cycling over `batches`.
+/// Returns records/s.
+pub async fn hand_rpush_rate(
+    conn: &redis::aio::MultiplexedConnection,
+    key: &str,
+    batches: Arc<Vec<Vec<Value>>>,
+    calls: usize,
+    tasks: usize,
+) -> Result<f64> {
+    ensure!(!batches.is_empty(), "no batches to push");
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let (mut conn, key, batches, next) =
+            (conn.clone(), key.to_owned(), batches.clone(), next.clone());
+        set.spawn(async move {
+            let mut records = 0usize;
+            loop {
+                let call = next.fetch_add(1, Ordering::Relaxed);
+                if call >= calls {
+                    return Ok::<usize, anyhow::Error>(records);
+                }
+                let batch = &batches[call % batches.len()];
+                let texts = batch
+                    .iter()
+                    .map(serde_json::to_string)
+                    .collect::<serde_json::Result<Vec<String>>>()?;
+                let _length: u64 = redis::cmd("RPUSH")
+                    .arg(&key)
+                    .arg(texts)
+                    .query_async(&mut conn)
+                    .await?;
+                records += batch.len();
+            }
+        });
+    }
+    let mut records = 0;
+    while let Some(joined) = set.join_next().await {
+        records += joined.context("a pusher task panicked")??;
+    }
+    Ok(records as f64 / started.elapsed().as_secs_f64())
+}
+
 /// Calls, from one task, `calls` times: one record into each of `stores`, either as one
 /// `PushPipeline` (one round trip) or as one `push` after the other (one round trip each),
 /// cycling over `samples`. Every push must succeed. Returns records/s.
