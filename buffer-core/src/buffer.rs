@@ -10,6 +10,7 @@ use crate::config::BufferConfig;
 use crate::connection::{Connection, ConnectionSettings};
 use crate::error::{Error, Result};
 use crate::keys::KeyLayout;
+use crate::name::StoreName;
 
 /// A shared handle to the buffer. Cheap to clone; clones share one multiplexed connection
 /// that reconnects on its own.
@@ -276,6 +277,27 @@ impl Buffer {
                 timeout: limit,
             }),
         }
+    }
+
+    /// One field of a hash (`HGET key field`) as text, `None` when it is absent: the read
+    /// behind every per-store setting and failure record. `op` names the operation and
+    /// `store` the store in errors and spans.
+    pub(crate) async fn hget_field(
+        &self,
+        op: &'static str,
+        store: &StoreName,
+        key: String,
+        field: String,
+    ) -> Result<Option<String>> {
+        let mut conn = self.conn();
+        self.run(op, store.as_str(), async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg(field)
+                .query_async(&mut conn)
+                .await
+        })
+        .await
     }
 
     /// Runs a pipeline of single-command reads under the response timeout and gives each

@@ -137,16 +137,8 @@ impl Buffer {
         key: &str,
         field: &str,
     ) -> Result<Option<String>> {
-        let (key, field) = (key.to_owned(), field.to_owned());
-        let mut conn = self.conn();
-        self.run("read failure", store.as_str(), async move {
-            redis::cmd("HGET")
-                .arg(key)
-                .arg(field)
-                .query_async(&mut conn)
-                .await
-        })
-        .await
+        self.hget_field("read failure", store, key.to_owned(), field.to_owned())
+            .await
     }
 
     /// The key whose existence tells whether a batch (or live store) is still there: its

@@ -48,16 +48,8 @@ impl Buffer {
         store: &StoreName,
     ) -> Result<Option<String>> {
         let key = setting.key(self.layout().group_for(store));
-        let mut conn = self.conn();
-        let field = store.encoded().to_owned();
-        self.run(op, store.as_str(), async move {
-            redis::cmd("HGET")
-                .arg(key)
-                .arg(field)
-                .query_async(&mut conn)
-                .await
-        })
-        .await
+        self.hget_field(op, store, key, store.encoded().to_owned())
+            .await
     }
 
     /// Every store that has a `setting`, decoded by `parse`, sorted by name. An entry that

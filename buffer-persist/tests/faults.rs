@@ -245,7 +245,7 @@ async fn kill_9_of_random_persisters_loses_and_duplicates_nothing() {
     // Let the survivors catch up (recovering what the killed ones held), then stop them
     // cleanly; the final drain must find nothing left to do.
     let emptied = eventually(Duration::from_secs(30), || async {
-        buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
+        buffer_tests::buffer_is_drained(&buffer).await
     })
     .await;
     assert!(

@@ -271,7 +271,7 @@ async fn three_persisters_without_a_shared_disk_killed_with_9_land_every_record_
     // The runners must land everything themselves (recovering what the kills left); the
     // final drain then finds nothing to write.
     let persisted_by_runners = eventually(Duration::from_secs(60), || async {
-        buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
+        buffer_tests::buffer_is_drained(&buffer).await
     })
     .await;
     assert!(persisted_by_runners, "the runners left records for 60 s");
@@ -395,7 +395,7 @@ async fn batches_wait_in_redis_while_the_s3_server_is_stopped_and_land_after() {
     );
     s3.resume();
     let landed = eventually(Duration::from_secs(120), || async {
-        buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
+        buffer_tests::buffer_is_drained(&buffer).await
     })
     .await;
     // Dropping the guards kills and reaps the runners.
@@ -1079,7 +1079,7 @@ async fn run_started_while_the_s3_server_is_stopped_waits_logging_each_retry_the
     let ledger = Arc::new(std::sync::Mutex::new(buffer_tests::Ledger::default()));
     produce(buffer.clone(), 0..300, 3, 30, ledger.clone()).await;
     let landed = eventually(Duration::from_secs(90), || async {
-        buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
+        buffer_tests::buffer_is_drained(&buffer).await
     })
     .await;
     assert!(

@@ -86,7 +86,7 @@ async fn three_persister_processes_never_write_a_batch_twice() {
     // The three runners must persist everything themselves: the final drain is only a
     // check that nothing is left, and it must find nothing to write.
     let persisted_by_runners = eventually(Duration::from_secs(30), || async {
-        buffer.stores().await.unwrap().is_empty() && buffer.get_prepared().await.unwrap().is_empty()
+        buffer_tests::buffer_is_drained(&buffer).await
     })
     .await;
     assert!(persisted_by_runners, "the runners left records for 30 s");
