@@ -182,7 +182,10 @@ impl MakeRustlsConnect {
             .with_safe_default_protocol_versions()
             .map_err(|err| format!("TLS set-up: {err}"))?;
         let verifier: Arc<dyn ServerCertVerifier> = match check {
-            Check::Nothing => Arc::new(NoCheck { provider }),
+            Check::Nothing => Arc::new(RelaxedCheck {
+                chain: None,
+                provider,
+            }),
             Check::Chain | Check::ChainAndName => {
                 let Some(source) = &roots else {
                     return Err(format!(
@@ -191,11 +194,15 @@ impl MakeRustlsConnect {
                     ));
                 };
                 let store = source.load()?;
-                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
-                    .build()
-                    .map_err(|err| format!("{source}: {err}"))?;
+                let webpki =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+                        .build()
+                        .map_err(|err| format!("{source}: {err}"))?;
                 if check == Check::Chain {
-                    Arc::new(ChainOnly { webpki })
+                    Arc::new(RelaxedCheck {
+                        chain: Some(webpki),
+                        provider,
+                    })
                 } else {
                     webpki
                 }
@@ -335,14 +342,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
     }
 }
 
-/// `verify-ca`: the chain checked by webpki, the name not. webpki checks the chain before
-/// the name, so a name error means the chain was good.
+/// The two checks libpq's modes relax, in one verifier so they share the handshake's
+/// signature checks (made against the certificate's key with the provider's algorithms, as
+/// webpki makes them): the session is encrypted to whoever holds that key either way.
 #[derive(Debug)]
-struct ChainOnly {
-    webpki: Arc<WebPkiServerVerifier>,
+struct RelaxedCheck {
+    /// `verify-ca`: the chain checked by webpki, the name not (webpki checks the chain before
+    /// the name, so a name error means the chain was good). `None` for `prefer`/`require`
+    /// without root certificates: any certificate, as libpq.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for RelaxedCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -351,61 +363,16 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.webpki.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some(webpki) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// `prefer`/`require` without root certificates: any certificate, as libpq. The handshake's
-/// signatures are still checked (against the certificate's key), so the session is
-/// encrypted to whoever holds that key.
-#[derive(Debug)]
-struct NoCheck {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for NoCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
