@@ -707,15 +707,13 @@ async fn binary_run(
     })
 }
 
-const WEAK_APPEND: &str = "Where the time goes (the run's details): the server's CPU is the same on both sides (about \
-    1.3 s for the million rows; PostgreSQL parses and stores the same rows), while the persister \
-    child adds about 1.6-2.0 s of CPU of its own (about 1.8 µs per record: reading the batch \
-    from Redis, about 0.2 µs, and encoding each record into a COPY row, which parses it into a \
-    map of owned key strings and unquotes every string value into a new String). On 2 cores that \
-    work competes with the server's instead of overlapping it, so ours takes 3.8-4.5 s against \
-    2.1-3.1 s. The lever is the encoder: a borrowed parse with no allocation per key or \
-    unescaped string would roughly halve the persister's CPU. Binary COPY is a smaller lever: in \
-    the text-against-binary row most of the time is the client's encoding, the same parse for \
-    both formats, and the difference between the two (median 1.20×, single runs 0.95-1.79×) is \
-    within this machine's noise. This run was taken with the machine's load average at 8.6 on \
-    its 2 cores (other engineers' builds), so the ratios moved between 0.48 and 0.77.";
+const WEAK_APPEND: &str = "Where the time goes (the run's details): the server's CPU is \
+    about the same on both sides (PostgreSQL parses and stores the same rows), and the \
+    persister child adds 0.6-0.9 µs of CPU per record of its own (reading the batch from \
+    Redis, and writing each record as a COPY text row straight from its JSON text, \
+    `buffer-persist/src/output/copy_text.rs`, with no allocation per record), on the same 2 \
+    cores as PostgreSQL and redis-server. The baseline's run-to-run spread is large on this \
+    machine (a server-side COPY of the same file moved between 410 000 and 760 000 rows/s \
+    within minutes), and the ratio with it: single runs ranged from 0.56× on a loaded machine \
+    to 1.00× on a quiet one. Binary COPY is no lever: the text-against-binary row gives about \
+    1.1×, within that noise.";
