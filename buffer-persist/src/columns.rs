@@ -1,14 +1,14 @@
 //! How a record's top-level fields become columns, shared by the CSV encoder (`writer.rs`) and
 //! the Parquet encoder (`parquet.rs`): the batch's [`CsvLayout`] (named columns and the
-//! trailing `_rest` column), the fields of a record as pushed ([`RecordFields`]), and the text
-//! of a CSV field.
+//! trailing `_rest` column), a record split into its columns' values as pushed
+//! ([`FieldSplitter`]), and the text of a CSV field.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
 use buffer_core::{Buffer, PreparedBatch};
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::error::Result;
@@ -70,58 +70,148 @@ impl CsvLayout {
             .chain(self.rest.as_deref())
     }
 
-    /// The CSV row of one record: named columns, then the trailing column.
-    pub(crate) fn row<'a>(&self, text: &'a str) -> Result<Vec<Cow<'a, str>>, String> {
-        let RecordFields(fields) =
-            serde_json::from_str(text).map_err(|err| format!("not a JSON object: {err}"))?;
-        let mut row: Vec<Cow<'a, str>> = vec![Cow::Borrowed(""); self.columns.len()];
-        let mut rest: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::new();
-        for (key, raw) in fields {
-            match self
-                .columns
-                .binary_search_by(|column| column.as_str().cmp(&key))
-            {
-                // A key given twice: the last one wins, as when a JSON object is read into a map.
-                Ok(column) => row[column] = csv_field(raw)?,
-                Err(_) => rest.push((key, raw)),
-            }
-        }
-        if self.rest.is_some() {
-            row.push(rest_object(rest)?);
-        } else if let Some((key, _)) = rest.first() {
-            // The key set in Redis is the union of the records' keys; a key missing from it
-            // would lose its values, so the batch is refused instead.
-            return Err(format!(
-                "key {key:?} is not in the batch's key set (no column for it)"
-            ));
-        }
-        Ok(row)
+    /// The named columns, sorted.
+    pub(crate) fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// True when the layout has the trailing column of the other keys.
+    pub(crate) fn has_rest(&self) -> bool {
+        self.rest.is_some()
     }
 }
 
-/// A record's top-level fields in their order: each key (borrowed unless it holds an escape)
-/// and its value's JSON text exactly as pushed. No `serde_json::Value` is built, so values
-/// are never reinterpreted (numbers keep every digit, and no key is special).
-pub(crate) struct RecordFields<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
+/// Splits records into the values of a fixed, sorted list of named columns and the other
+/// keys, in one borrowed pass: serde_json checks the record and hands each value over as its
+/// raw JSON text, which is placed in its column's slot. No `Value` and no `String` per field
+/// is built, and the slots are reused from record to record, so a record with no other keys
+/// costs no allocation (the CSV and Parquet encoders' hot path; the PostgreSQL output's
+/// `copy_text.rs` does the same for its rows).
+#[derive(Debug)]
+pub(crate) struct FieldSplitter {
+    /// The named columns, sorted.
+    columns: Vec<String>,
+    /// Per column, where its value's JSON text is in the record being split (start, end).
+    slots: Vec<Option<(usize, usize)>>,
+}
 
-impl<'de> Deserialize<'de> for RecordFields<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor;
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = RecordFields<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some(KeyText(key)) = map.next_key()? {
-                    let raw: &'de RawValue = map.next_value()?;
-                    fields.push((key, raw));
+/// One record split by a [`FieldSplitter`].
+pub(crate) struct SplitRecord<'s, 'r> {
+    record: &'r str,
+    slots: &'s [Option<(usize, usize)>],
+    /// The keys that name no column, with their values as pushed, in the record's order.
+    pub(crate) rest: Vec<(Cow<'r, str>, &'r RawValue)>,
+}
+
+impl<'r> SplitRecord<'_, 'r> {
+    /// The JSON text of column `column`'s value, `None` when the record lacks the key (a key
+    /// given twice: its last value, as when a JSON object is read into a map).
+    pub(crate) fn value(&self, column: usize) -> Option<&'r str> {
+        self.slots
+            .get(column)
+            .copied()
+            .flatten()
+            .map(|(start, end)| &self.record[start..end])
+    }
+
+    /// The error for a record with a key outside the batch's key set, when the layout has no
+    /// trailing column: `None` when there is none.
+    pub(crate) fn unknown_key(&self) -> Option<String> {
+        self.rest.first().map(|(key, _)| {
+            // The key set in Redis is the union of the records' keys; a key missing from it
+            // would lose its values, so the batch is refused instead.
+            format!("key {key:?} is not in the batch's key set (no column for it)")
+        })
+    }
+}
+
+impl FieldSplitter {
+    /// A splitter for `columns`, which must be sorted.
+    pub(crate) fn new(columns: Vec<String>) -> Self {
+        let slots = vec![None; columns.len()];
+        Self { columns, slots }
+    }
+
+    /// The named columns, sorted.
+    pub(crate) fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// Splits `record` (a JSON object's text).
+    ///
+    /// # Errors
+    /// Why the record is not a JSON object (serde_json's message).
+    pub(crate) fn split<'s, 'r>(
+        &'s mut self,
+        record: &'r str,
+    ) -> Result<SplitRecord<'s, 'r>, String> {
+        self.slots.fill(None);
+        let mut rest = Vec::new();
+        let mut deserializer = serde_json::Deserializer::from_str(record);
+        SplitSeed {
+            columns: &self.columns,
+            slots: &mut self.slots,
+            rest: &mut rest,
+            base: record.as_ptr() as usize,
+        }
+        .deserialize(&mut deserializer)
+        .and_then(|()| deserializer.end())
+        .map_err(|err| format!("not a JSON object: {err}"))?;
+        Ok(SplitRecord {
+            record,
+            slots: &self.slots,
+            rest,
+        })
+    }
+}
+
+/// Parses one record into a [`FieldSplitter`]'s slots.
+struct SplitSeed<'a, 'r> {
+    columns: &'a [String],
+    slots: &'a mut [Option<(usize, usize)>],
+    rest: &'a mut Vec<(Cow<'r, str>, &'r RawValue)>,
+    /// The address of the record's first byte: a value's slot is its offset from it.
+    base: usize,
+}
+
+impl<'r> DeserializeSeed<'r> for SplitSeed<'_, 'r> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'r>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'r> Visitor<'r> for SplitSeed<'_, 'r> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'r>>(self, mut map: A) -> Result<(), A::Error> {
+        // The column after the last one found: records usually list their keys sorted (a
+        // `serde_json::Map` does), as the columns are, so one comparison finds most.
+        let mut next = 0;
+        while let Some(KeyText(key)) = map.next_key()? {
+            let raw: &'r RawValue = map.next_value()?;
+            let position = match self.columns.get(next) {
+                Some(column) if *column == key => Ok(next),
+                _ => self
+                    .columns
+                    .binary_search_by(|column| column.as_str().cmp(&key)),
+            };
+            match position {
+                Ok(position) => {
+                    // A slice of the record (serde_json borrows raw values from a `&str`).
+                    let start = raw.get().as_ptr() as usize - self.base;
+                    self.slots[position] = Some((start, start + raw.get().len()));
+                    next = position + 1;
                 }
-                Ok(RecordFields(fields))
+                Err(_) => self.rest.push((key, raw)),
             }
         }
-        deserializer.deserialize_map(FieldsVisitor)
+        Ok(())
     }
 }
 
@@ -150,16 +240,20 @@ impl<'de> Deserialize<'de> for KeyText<'de> {
     }
 }
 
-/// A CSV field for a JSON value's text: a string unescaped, `null` empty, any other value
-/// (number, boolean, array, object) its JSON text exactly as pushed (compact, as the buffer
-/// stores records).
-pub(crate) fn csv_field(raw: &RawValue) -> Result<Cow<'_, str>, String> {
-    let text = raw.get();
+/// A CSV field for a JSON value's text, which must be valid JSON (a value a
+/// [`FieldSplitter`] handed over): a string unescaped, `null` empty, any other value (number,
+/// boolean, array, object) its JSON text exactly as pushed (compact, as the buffer stores
+/// records).
+pub(crate) fn csv_text(text: &str) -> Result<Cow<'_, str>, String> {
     if text.starts_with('"') {
-        // Borrowed when the string holds no escape, unescaped into a new string otherwise.
-        return serde_json::from_str::<&str>(text)
-            .map(Cow::Borrowed)
-            .or_else(|_| serde_json::from_str::<String>(text).map(Cow::Owned))
+        // Valid JSON holds no control character in a string, so a string without a backslash
+        // is its text between the quotes; one with an escape is unescaped into a new string.
+        let inner = &text[1..text.len().saturating_sub(1).max(1)];
+        if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
+            return Ok(Cow::Borrowed(inner));
+        }
+        return serde_json::from_str::<String>(text)
+            .map(Cow::Owned)
             .map_err(|err| format!("a string value is not valid JSON: {err}"));
     }
     Ok(if text == "null" {
@@ -206,4 +300,58 @@ pub(crate) fn rest_object<'a>(
     }
     object.push('}');
     Ok(Cow::Owned(object))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_all(splitter: &mut FieldSplitter, record: &str) -> (Vec<Option<String>>, String) {
+        let columns = splitter.columns().len();
+        let split = splitter.split(record).unwrap();
+        let values = (0..columns)
+            .map(|column| split.value(column).map(str::to_owned))
+            .collect();
+        (values, rest_object(split.rest).unwrap().into_owned())
+    }
+
+    #[test]
+    fn a_record_splits_into_its_columns_values_as_pushed_and_the_other_keys() {
+        let mut splitter = FieldSplitter::new(vec!["a".into(), "b".into(), "c".into()]);
+        let (values, rest) = split_all(
+            &mut splitter,
+            r#"{"c":"x\"y","z":[1, 2],"a":1e400,"\u0062":{"k":null},"y":1,"z":3}"#,
+        );
+        assert_eq!(
+            values,
+            [
+                Some("1e400".to_owned()),
+                Some(r#"{"k":null}"#.to_owned()),
+                Some(r#""x\"y""#.to_owned())
+            ]
+        );
+        // The other keys in the record's order, a repeated one keeping its last value.
+        assert_eq!(rest, r#"{"y":1,"z":3}"#);
+        // The slots are reset for the next record; a repeated column keeps its last value.
+        let (values, rest) = split_all(&mut splitter, r#"{"b":1,"b":2}"#);
+        assert_eq!(values, [None, Some("2".to_owned()), None]);
+        assert_eq!(rest, "");
+        for bad in ["[1]", r#"{"a":1} x"#, r#"{"a":}"#, ""] {
+            let err = splitter.split(bad).err().unwrap();
+            assert!(err.starts_with("not a JSON object"), "{bad}: {err}");
+        }
+        let split = splitter.split(r#"{"a":1,"new":2}"#).unwrap();
+        assert!(split.unknown_key().unwrap().contains("\"new\""));
+    }
+
+    #[test]
+    fn a_csv_field_is_a_string_unescaped_an_empty_null_or_the_json_text() {
+        assert_eq!(csv_text(r#""plain, text""#).unwrap(), "plain, text");
+        assert!(matches!(csv_text(r#""plain""#).unwrap(), Cow::Borrowed(_)));
+        assert_eq!(csv_text(r#""a\"b\\c\u00e9\n""#).unwrap(), "a\"b\\cé\n");
+        assert_eq!(csv_text(r#""""#).unwrap(), "");
+        assert_eq!(csv_text("null").unwrap(), "");
+        assert_eq!(csv_text("-1.50e3").unwrap(), "-1.50e3");
+        assert_eq!(csv_text(r#"{"a":[1,"b"]}"#).unwrap(), r#"{"a":[1,"b"]}"#);
+    }
 }

@@ -71,6 +71,23 @@ pub enum Error {
         /// Why the encoder refused it (for CSV, a value that is not a scalar, say).
         reason: String,
     },
+    /// A Parquet file whose column types were inferred from its batch's first page met a
+    /// later value its column's type does not hold. The persister handles it itself: it
+    /// writes the file again with the types of the whole batch (`ParquetLayout::of_batch`),
+    /// so it is never a batch's outcome.
+    #[error(
+        "batch {batch} of store {store:?}: record {index} does not fit the column types of the batch's first page: {reason}"
+    )]
+    SampleMisfit {
+        /// The store.
+        store: String,
+        /// The batch id.
+        batch: String,
+        /// The record's position in the batch.
+        index: u64,
+        /// Which value does not fit which type.
+        reason: String,
+    },
     /// The output directory was set up by persisters with another format or compression.
     #[error("{}: {reason}", path.display())]
     OutputMismatch {

@@ -2,7 +2,9 @@
 //! encoded column by column through the Arrow writer of the `parquet` crate.
 //!
 //! The unit is self-contained: [`ParquetLayout::of_batch`] reads a batch once to infer its
-//! columns, and [`ParquetEncoder`] writes a complete Parquet file into any `Write + Send` sink
+//! columns, [`ParquetLayout::of_sample`] infers them from the batch's first page alone (the
+//! encoder then says when a later value does not fit, and the file is written again with
+//! `of_batch`'s types), and [`ParquetEncoder`] writes a complete Parquet file into any `Write + Send` sink
 //! and hands the sink back from [`ParquetEncoder::finish`]. It is one arm of the writer's
 //! `EncodedStream` (`writer.rs`), so every output writes Parquet: the local output into the
 //! temporary file, the object output into each part's buffer (each part a complete file).
@@ -18,8 +20,9 @@
 //! pushed, so nothing is lost. `null` and a missing key are both a Parquet null.
 //!
 //! The bytes written depend only on the batch's records (rows are cut into Arrow batches by
-//! record count and text size, never by how the records were paged out of Redis), so every
-//! attempt at a batch writes the same file and the publisher can compare files byte for byte.
+//! record count and text size, never by how the records were paged out of Redis; a sampled
+//! layout is used only when it gives every column the whole batch's type), so every attempt
+//! at a batch writes the same file and the publisher can compare files byte for byte.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -33,9 +36,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{GzipLevel, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
-use serde_json::value::RawValue;
 
-use crate::columns::{CsvLayout, RecordFields, csv_field, rest_object};
+use crate::columns::{CsvLayout, FieldSplitter, csv_text, rest_object};
 use crate::config::Compression;
 use crate::error::{Error, Result};
 
@@ -167,6 +169,37 @@ fn float_of_text(text: &str) -> Option<f64> {
     if !float.is_finite() {
         return None;
     }
+    // A decimal of at most 15 significant digits whose `f64` is normal survives the
+    // trip to `f64` and back to 15 digits unchanged (15 = f64's DIGITS), so no other decimal
+    // of 15 digits or fewer has that `f64`: the shortest form is the text's own decimal. The
+    // usual case (`12.34`), decided without formatting; `exact_slow` below gives the same
+    // answer (a unit test compares the two).
+    // (A text of zeros is zero; a tiny decimal that underflows to zero is not exact.)
+    let digits = significant_digits(text);
+    if digits == 0 || (digits <= 15 && float.abs() >= f64::MIN_POSITIVE) {
+        return Some(float);
+    }
+    exact_slow(text, float)
+}
+
+/// The significant digits of a JSON number's text: its mantissa's digits without the
+/// leading and trailing zeros (`0.0120e5` has 2).
+fn significant_digits(text: &str) -> usize {
+    let mantissa = text
+        .as_bytes()
+        .split(|byte| matches!(byte, b'e' | b'E'))
+        .next()
+        .unwrap_or_default();
+    let digits = || mantissa.iter().filter(|byte| byte.is_ascii_digit());
+    let leading = digits().take_while(|digit| **digit == b'0').count();
+    let total = digits().count();
+    let trailing = digits().rev().take_while(|digit| **digit == b'0').count();
+    total.saturating_sub(leading + trailing)
+}
+
+/// [`float_of_text`] by its definition: `float` when its shortest decimal form has the same
+/// digits and power of ten as `text`.
+fn exact_slow(text: &str, float: f64) -> Option<f64> {
     let shortest = format!("{float:e}");
     (decimal(text)? == decimal(&shortest)?).then_some(float)
 }
@@ -205,6 +238,11 @@ pub(crate) struct ParquetLayout {
     /// Encoded bytes per row group at most: [`ROW_GROUP_BYTES`], or less for an output that
     /// splits a batch into parts (a part ends at a row group).
     row_group_bytes: usize,
+    /// True when the types were inferred from a sample of the batch (its first page) rather
+    /// than from all of it: a later value that does not fit its column is then
+    /// [`ParquetFailure::SampleMisfit`], and the file is written again with
+    /// [`ParquetLayout::of_batch`].
+    sampled: bool,
 }
 
 impl ParquetLayout {
@@ -219,14 +257,7 @@ impl ParquetLayout {
         batch: &PreparedBatch,
         max_columns: usize,
     ) -> Result<Self> {
-        let (names, rest) = CsvLayout::of_batch(buffer, batch, max_columns)
-            .await?
-            .into_parts();
-        let mut inference = Inference {
-            seen: vec![Seen::default(); names.len()],
-            names,
-            records: 0,
-        };
+        let mut inference = Inference::of_key_set(buffer, batch, max_columns).await?;
         let mut reader = buffer.reader(batch);
         while let Some(page) = reader.next_records().await? {
             // Parsing is CPU work: off the async threads, as the encoder's.
@@ -235,23 +266,40 @@ impl ParquetLayout {
             })
             .await
             .map_err(|err| Error::Task(format!("parquet schema inference: {err}")))?
-            .map_err(|(index, reason)| Error::Encode {
-                store: batch.store.to_string(),
-                batch: batch.id.to_string(),
-                index,
-                reason,
-            })?;
+            .map_err(|(index, reason)| encode_error(batch, index, reason))?;
         }
-        let columns = inference
-            .names
-            .into_iter()
-            .zip(inference.seen.iter().map(|seen| seen.column_type()))
-            .collect();
-        Ok(Self {
-            columns,
-            rest,
-            row_group_bytes: ROW_GROUP_BYTES,
+        Ok(inference.into_layout(false))
+    }
+
+    /// The layout of `batch`'s file with the types inferred from `sample` alone, the batch's
+    /// first page, which the writer then writes first: no read of the batch beyond the one
+    /// that writes it. Marked as sampled: a later record whose value does not fit its column
+    /// (the whole batch would have given the column another type) makes the encoder fail
+    /// with [`ParquetFailure::SampleMisfit`], and the file is started again with
+    /// [`ParquetLayout::of_batch`]. When no record misfits, every column's type is the one
+    /// the whole batch gives (a value that fits a column's type never changes what the
+    /// values so far infer), so the file's bytes are those of the full inference.
+    ///
+    /// # Errors
+    /// Redis errors; [`Error::Encode`] naming the first record of the sample that is not a
+    /// JSON object.
+    pub(crate) async fn of_sample(
+        buffer: &Buffer,
+        batch: &PreparedBatch,
+        max_columns: usize,
+        sample: Page,
+    ) -> Result<(Self, Page)> {
+        let mut inference = Inference::of_key_set(buffer, batch, max_columns).await?;
+        // Parsing is CPU work: off the async threads, as the encoder's.
+        let (layout, sample) = tokio::task::spawn_blocking(move || {
+            inference
+                .observe_page(&sample)
+                .map(|()| (inference.into_layout(true), sample))
         })
+        .await
+        .map_err(|err| Error::Task(format!("parquet schema inference: {err}")))?
+        .map_err(|(index, reason)| encode_error(batch, index, reason))?;
+        Ok((layout, sample))
     }
 
     /// The named columns with their types, sorted by name (the PostgreSQL output creates
@@ -312,27 +360,72 @@ fn field(name: &str, column: ColumnType) -> Field {
     }
 }
 
+fn encode_error(batch: &PreparedBatch, index: u64, reason: String) -> Error {
+    Error::Encode {
+        store: batch.store.to_string(),
+        batch: batch.id.to_string(),
+        index,
+        reason,
+    }
+}
+
 /// The type pass's state: one [`Seen`] per named column.
 struct Inference {
-    names: Vec<String>,
+    splitter: FieldSplitter,
+    rest: Option<String>,
     seen: Vec<Seen>,
     records: u64,
 }
 
 impl Inference {
+    /// No record seen yet, the columns from `batch`'s key set.
+    async fn of_key_set(
+        buffer: &Buffer,
+        batch: &PreparedBatch,
+        max_columns: usize,
+    ) -> Result<Self> {
+        let (names, rest) = CsvLayout::of_batch(buffer, batch, max_columns)
+            .await?
+            .into_parts();
+        Ok(Self::new(names, rest))
+    }
+
+    /// No record seen yet: `names` (sorted) and the trailing column `rest`, if any.
+    fn new(names: Vec<String>, rest: Option<String>) -> Self {
+        Self {
+            seen: vec![Seen::default(); names.len()],
+            splitter: FieldSplitter::new(names),
+            rest,
+            records: 0,
+        }
+    }
+
     /// Observes a page of records; on error, the failing record's index and why.
     fn observe_page(&mut self, page: &Page) -> std::result::Result<(), (u64, String)> {
         for text in page.iter() {
-            let RecordFields(fields) = serde_json::from_str(text)
-                .map_err(|err| (self.records, format!("not a JSON object: {err}")))?;
-            for (key, raw) in fields {
-                if let Ok(column) = self.names.binary_search_by(|name| name.as_str().cmp(&key)) {
-                    self.seen[column].observe(raw.get());
+            let split = self
+                .splitter
+                .split(text)
+                .map_err(|reason| (self.records, reason))?;
+            for (column, seen) in self.seen.iter_mut().enumerate() {
+                if let Some(value) = split.value(column) {
+                    seen.observe(value);
                 }
             }
             self.records += 1;
         }
         Ok(())
+    }
+
+    fn into_layout(self, sampled: bool) -> ParquetLayout {
+        let types = self.seen.iter().map(|seen| seen.column_type());
+        let columns = self.splitter.columns().iter().cloned().zip(types).collect();
+        ParquetLayout {
+            columns,
+            rest: self.rest,
+            row_group_bytes: ROW_GROUP_BYTES,
+            sampled,
+        }
     }
 }
 
@@ -356,9 +449,9 @@ impl ColumnBuilder {
         }
     }
 
-    /// Appends one record's value (`None`: the key is missing).
-    fn append(&mut self, raw: Option<&RawValue>) -> std::result::Result<(), String> {
-        let text = match raw.map(RawValue::get) {
+    /// Appends one record's value, its JSON text (`None`: the key is missing).
+    fn append(&mut self, value: Option<&str>) -> std::result::Result<(), String> {
+        let text = match value {
             None | Some("null") => {
                 match self {
                     Self::Int64(b) => b.append_null(),
@@ -370,9 +463,10 @@ impl ColumnBuilder {
             }
             Some(text) => text,
         };
-        // The type pass saw every value, so a value that does not fit its column means the
-        // batch changed between the passes, which a prepared batch never does: refuse the
-        // batch rather than write something else.
+        // A full type pass saw every value, so a value that does not fit its column means the
+        // batch changed between the passes, which a prepared batch never does: the batch is
+        // refused rather than written otherwise. After a sampled pass it means the sample
+        // did not show the column's type: the file is written again (`SampleMisfit`).
         let misfit = |expected: &str| {
             format!("value {text} is not {expected} (the type pass saw otherwise)")
         };
@@ -398,7 +492,7 @@ impl ColumnBuilder {
                 if !text.starts_with('"') {
                     return Err(misfit("a string"));
                 }
-                b.append_value(csv_field(raw.ok_or_else(|| misfit("a string"))?)?);
+                b.append_value(csv_text(text)?);
             }
             Self::Json(b) => b.append_value(text),
         }
@@ -424,9 +518,11 @@ impl ColumnBuilder {
 pub(crate) struct ParquetEncoder<W: Write + Send> {
     writer: ArrowWriter<W>,
     schema: SchemaRef,
-    /// The named columns, sorted, to find a key's column.
-    names: Vec<String>,
+    /// Splits a record into the named columns' values.
+    splitter: FieldSplitter,
     has_rest: bool,
+    /// Whether the types come from a sample ([`ParquetLayout::of_sample`]).
+    sampled: bool,
     builders: Vec<ColumnBuilder>,
     chunk_rows: usize,
     chunk_text_bytes: usize,
@@ -473,8 +569,11 @@ impl<W: Write + Send> ParquetEncoder<W> {
         Ok(Self {
             writer,
             schema,
-            names: layout.columns.into_iter().map(|(name, _)| name).collect(),
+            splitter: FieldSplitter::new(
+                layout.columns.into_iter().map(|(name, _)| name).collect(),
+            ),
             has_rest,
+            sampled: layout.sampled,
             builders,
             chunk_rows: 0,
             chunk_text_bytes: 0,
@@ -485,37 +584,32 @@ impl<W: Write + Send> ParquetEncoder<W> {
     /// Appends one record (its JSON object text).
     ///
     /// # Errors
-    /// [`ParquetFailure::Record`] when the record is not a JSON object or a value does not fit
-    /// its column (nothing of the record is appended then: the batch is refused anyway);
-    /// the writer's error when a full chunk cannot be written.
+    /// [`ParquetFailure::Record`] when the record is not a JSON object or (after a full type
+    /// pass) a value does not fit its column; [`ParquetFailure::SampleMisfit`] when a value
+    /// does not fit a column whose type came from a sample; the writer's error when a full
+    /// chunk cannot be written. After an error the encoder holds part of the record: the
+    /// file is abandoned (the batch refused, or written again).
     pub(crate) fn write_record(&mut self, text: &str) -> std::result::Result<(), ParquetFailure> {
-        let RecordFields(fields) = serde_json::from_str(text)
-            .map_err(|err| ParquetFailure::Record(format!("not a JSON object: {err}")))?;
-        let mut values: Vec<Option<&RawValue>> = vec![None; self.names.len()];
-        let mut rest = Vec::new();
-        for (key, raw) in fields {
-            match self.names.binary_search_by(|name| name.as_str().cmp(&key)) {
-                // A key given twice: the last one wins, as when a JSON object is read into a map.
-                Ok(column) => values[column] = Some(raw),
-                Err(_) => rest.push((key, raw)),
-            }
-        }
+        let split = self.splitter.split(text).map_err(ParquetFailure::Record)?;
         if !self.has_rest
-            && let Some((key, _)) = rest.first()
+            && let Some(reason) = split.unknown_key()
         {
-            // The key set in Redis is the union of the records' keys; a key missing from it
-            // would lose its values, so the batch is refused instead.
-            return Err(ParquetFailure::Record(format!(
-                "key {key:?} is not in the batch's key set (no column for it)"
-            )));
+            return Err(ParquetFailure::Record(reason));
         }
-        for (builder, value) in self.builders.iter_mut().zip(values) {
-            builder.append(value).map_err(ParquetFailure::Record)?;
+        let sampled = self.sampled;
+        let named_columns = self.builders.len() - usize::from(self.has_rest);
+        let (named, rest) = self.builders.split_at_mut(named_columns);
+        for (column, builder) in named.iter_mut().enumerate() {
+            builder.append(split.value(column)).map_err(|reason| {
+                if sampled {
+                    ParquetFailure::SampleMisfit(reason)
+                } else {
+                    ParquetFailure::Record(reason)
+                }
+            })?;
         }
-        if self.has_rest
-            && let Some(builder) = self.builders.last_mut()
-        {
-            let object = rest_object(rest).map_err(ParquetFailure::Record)?;
+        if let Some(builder) = rest.first_mut() {
+            let object = rest_object(split.rest).map_err(ParquetFailure::Record)?;
             match builder {
                 ColumnBuilder::Json(b) if object.is_empty() => b.append_null(),
                 ColumnBuilder::Json(b) => b.append_value(object),
@@ -571,6 +665,9 @@ pub(crate) enum ParquetFailure {
     Io(std::io::Error),
     /// A record could not be encoded, or the writer refused what it was given.
     Record(String),
+    /// A value does not fit the type its column was given from a sample of the batch: the
+    /// file must be written again with the types of the whole batch.
+    SampleMisfit(String),
 }
 
 impl From<ParquetError> for ParquetFailure {
@@ -644,6 +741,7 @@ mod tests {
             columns: vec![("a".into(), ColumnType::Int64)],
             rest: Some("_rest".into()),
             row_group_bytes: ROW_GROUP_BYTES,
+            sampled: false,
         };
         assert_eq!(layout.column_type("a"), Some(ColumnType::Int64));
         let mut encoder = ParquetEncoder::new(Vec::new(), layout, Compression::Zstd).unwrap();
@@ -652,5 +750,156 @@ mod tests {
         let bytes = encoder.finish().unwrap();
         assert_eq!(&bytes[..4], b"PAR1");
         assert_eq!(&bytes[bytes.len() - 4..], b"PAR1");
+    }
+
+    /// `records` encoded with the layout inferred from the first `sample` of them (all of
+    /// them when `None`): the file's bytes, or the failure and the index of the record.
+    fn encode_with_layout_of(
+        records: &[String],
+        sample: Option<usize>,
+    ) -> std::result::Result<Vec<u8>, (usize, ParquetFailure)> {
+        let mut inference = Inference::new(vec!["s".into(), "v".into()], None);
+        let seen = &records[..sample.unwrap_or(records.len())];
+        inference.observe_page(&Page::from_strings(seen)).unwrap();
+        let layout = inference.into_layout(sample.is_some());
+        let mut encoder = ParquetEncoder::new(Vec::new(), layout, Compression::Zstd).unwrap();
+        for (index, record) in records.iter().enumerate() {
+            encoder
+                .write_record(record)
+                .map_err(|failure| (index, failure))?;
+        }
+        encoder.finish().map_err(|failure| (records.len(), failure))
+    }
+
+    #[test]
+    fn a_sampled_layout_writes_the_bytes_of_the_full_inference_or_names_the_misfit() {
+        // 20 000 records: several Arrow chunks. `v` is an integer, null or missing; the
+        // sample's first 10 records have only integers, so it infers Int64 as the whole does.
+        let records: Vec<String> = (0..20_000)
+            .map(|i| match i % 3 {
+                0 => format!(r#"{{"s":"r{i}","v":{i}}}"#),
+                1 => format!(r#"{{"v":null,"s":"r\n{i}"}}"#),
+                _ => format!(r#"{{"s":"r{i}"}}"#),
+            })
+            .collect();
+        let full = encode_with_layout_of(&records, None).unwrap();
+        let sampled = encode_with_layout_of(&records, Some(10)).unwrap();
+        assert!(
+            full == sampled,
+            "the sampled file differs from the full one"
+        );
+
+        // A decimal after the sample: the whole batch makes `v` Float64, the sample Int64.
+        let mut changed = records.clone();
+        changed[15_000] = r#"{"s":"late","v":0.5}"#.into();
+        let (index, failure) = encode_with_layout_of(&changed, Some(10)).unwrap_err();
+        assert_eq!(index, 15_000);
+        assert!(
+            matches!(&failure, ParquetFailure::SampleMisfit(reason) if reason.contains("0.5")),
+            "{failure:?}"
+        );
+        // The full inference writes it (the file the persister starts again with).
+        assert!(encode_with_layout_of(&changed, None).is_ok());
+        // A string where the sample saw only nulls and integers: also a misfit; without a
+        // sample, the column is JSON text.
+        changed[15_000] = r#"{"s":"late","v":"x"}"#.into();
+        let (index, failure) = encode_with_layout_of(&changed, Some(10)).unwrap_err();
+        assert_eq!(index, 15_000);
+        assert!(
+            matches!(failure, ParquetFailure::SampleMisfit(_)),
+            "{failure:?}"
+        );
+        assert!(encode_with_layout_of(&changed, None).is_ok());
+    }
+
+    #[test]
+    fn every_value_that_fits_a_column_type_keeps_the_type_the_values_before_gave() {
+        // The sampled layout's guarantee: a value its column's type accepts never changes the
+        // type the inference would give, so a file written without a misfit is the full one.
+        let values = [
+            "null",
+            "true",
+            "false",
+            "\"s\"",
+            "\"\"",
+            "0",
+            "-1",
+            "9007199254740993",
+            "9223372036854775807",
+            "18446744073709551616",
+            "0.5",
+            "-0.0",
+            "1e3",
+            "1E-3",
+            "0.1",
+            "3.14159265358979323846",
+            "1e400",
+            "{}",
+            "[1]",
+        ];
+        for first in values {
+            for second in values {
+                let mut seen = Seen::default();
+                seen.observe(first);
+                let column = seen.column_type();
+                let fits = ColumnBuilder::new(column).append(Some(second)).is_ok();
+                seen.observe(second);
+                if fits {
+                    assert_eq!(seen.column_type(), column, "{first} then {second}");
+                } else {
+                    assert_ne!(seen.column_type(), column, "{first} then {second}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_exactness_test_of_decimals_agrees_with_the_definition() {
+        // Decimals of 1 to 20 significant digits at exponents across f64's range, zeros and
+        // subnormals included, from a fixed pseudo-random sequence.
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut texts: Vec<String> = vec![
+            "0.0".into(),
+            "-0.0".into(),
+            "0e5".into(),
+            "2.2250738585072014e-308".into(),
+            "4.9e-324".into(),
+            "1.7976931348623157e308".into(),
+            "1.5e-310".into(),
+            "123456789012345.0".into(),
+            "1234567890123456.0".into(),
+            "0.30000000000000004".into(),
+        ];
+        for _ in 0..50_000 {
+            let digits = 1 + (next() % 20) as usize;
+            let mantissa: String = (0..digits)
+                .map(|_| char::from(b'0' + (next() % 10) as u8))
+                .collect();
+            let point = (next() % (digits as u64 + 1)) as usize;
+            let exponent = (next() % 640) as i64 - 330;
+            let sign = if next() % 2 == 0 { "" } else { "-" };
+            let (int_part, fraction) = mantissa.split_at(point);
+            let int_part = if int_part.is_empty() { "0" } else { int_part };
+            texts.push(format!("{sign}{int_part}.{fraction}0e{exponent}"));
+            texts.push(format!("{sign}{int_part}.{fraction}1"));
+        }
+        for text in &texts {
+            let slow = text
+                .parse::<f64>()
+                .ok()
+                .filter(|float| float.is_finite())
+                .and_then(|float| exact_slow(text, float));
+            assert_eq!(
+                float_of_text(text).map(f64::to_bits),
+                slow.map(f64::to_bits),
+                "{text}"
+            );
+        }
     }
 }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use buffer_core::{
-    Backoff, BatchId, Buffer, Event, EventKind, FailingWork, LockGuard, PersisterInfo,
-    PreparedBatch, StoreName,
+    Backoff, BatchId, BatchReader, Buffer, Event, EventKind, FailingWork, LockGuard, Page,
+    PersisterInfo, PreparedBatch, StoreName,
 };
 use futures::StreamExt;
 use serde::Serialize;
@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing::field::{Empty, display};
 
-use crate::config::PersistConfig;
+use crate::config::{Format, PersistConfig};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::histograms::BatchHistograms;
 use crate::output::Output;
+use crate::parquet::ParquetLayout;
 use crate::writer::{self, FileLayout, Published, SinkFactory};
 
 /// The longest a failing batch waits between two attempts. Its first retry waits one poll
@@ -773,25 +774,94 @@ impl Persister {
                 .write_batch(&self.buffer, guard, batch, config.lock_ttl, shutdown)
                 .await;
         }
-        let layout =
-            FileLayout::of_batch(&self.buffer, batch, config.format, config.csv_max_columns)
+        let mut reader = self.buffer.reader(batch);
+        // A Parquet file's column types come from the batch's first page, which is then
+        // written first, so the batch is read once, when the file is published only once
+        // complete (a local file): a later record that does not fit them starts the file
+        // again with the types of the whole batch, which a full pass reads. Object parts are
+        // published as they fill, before the last page is seen: their types come from a full
+        // pass first.
+        let (layout, first) = if config.format == Format::Parquet && self.output()?.is_local() {
+            let first = reader.next_records().await?;
+            let sample = first.unwrap_or_else(|| Page::from_strings::<&str>(&[]));
+            let (layout, sample) =
+                ParquetLayout::of_sample(&self.buffer, batch, config.csv_max_columns, sample)
+                    .await?;
+            (FileLayout::Parquet(layout), Some(sample))
+        } else {
+            let layout =
+                FileLayout::of_batch(&self.buffer, batch, config.format, config.csv_max_columns)
+                    .await?;
+            (layout, None)
+        };
+        match self
+            .write_pages(guard, batch, layout, reader, first, shutdown)
+            .await
+        {
+            Err(Error::SampleMisfit { index, reason, .. }) => {
+                tracing::info!(
+                    index,
+                    reason,
+                    "a value does not fit the Parquet column types of the batch's first page: \
+                     writing the file again with the types of the whole batch"
+                );
+                let layout = FileLayout::of_batch(
+                    &self.buffer,
+                    batch,
+                    config.format,
+                    config.csv_max_columns,
+                )
                 .await?;
+                let reader = self.buffer.reader(batch);
+                self.write_pages(guard, batch, layout, reader, None, shutdown)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Writes `batch` laid out as `layout` from `reader`, after `first` (the page already
+    /// read from it, if any), and publishes it.
+    async fn write_pages(
+        &self,
+        guard: &LockGuard,
+        batch: &PreparedBatch,
+        layout: FileLayout,
+        reader: BatchReader,
+        first: Option<Page>,
+        shutdown: &CancellationToken,
+    ) -> Result<Published> {
+        let config = &self.config;
         // Every name the batch gets is a pure function of the batch (its store, id and frozen
         // first write), so every attempt, by any persister, before or after a crash, writes
         // the same file or objects.
         let mut file = self.output()?.start(config, batch, layout).await?;
-        let mut reader = self.buffer.reader(batch);
         // Pages are fetched one ahead: while a page is encoded on a blocking thread, the next
         // LRANGE is already on its way.
-        let mut next = Some(tokio::spawn(async move {
-            let page = reader.next_records().await;
-            (reader, page)
-        }));
-        while let Some(fetch) = next.take() {
-            let (mut reader, page) = fetch
-                .await
-                .map_err(|err| Error::Task(format!("page reader: {err}")))?;
-            let Some(page) = page? else { break };
+        let fetch = |mut reader: BatchReader| {
+            tokio::spawn(async move {
+                let page = reader.next_records().await;
+                (reader, page)
+            })
+        };
+        let mut first = first;
+        let mut next = Some(fetch(reader));
+        while let Some(fetching) = next.take() {
+            let page = match first.take() {
+                // The page read before: the fetch just started reads the one after it.
+                Some(page) => {
+                    next = Some(fetching);
+                    page
+                }
+                None => {
+                    let (reader, page) = fetching
+                        .await
+                        .map_err(|err| Error::Task(format!("page reader: {err}")))?;
+                    let Some(page) = page? else { break };
+                    next = Some(fetch(reader));
+                    page
+                }
+            };
             if shutdown.is_cancelled() {
                 file.discard();
                 return Err(Error::Abandoned {
@@ -799,10 +869,6 @@ impl Persister {
                     batch: batch.id.to_string(),
                 });
             }
-            next = Some(tokio::spawn(async move {
-                let page = reader.next_records().await;
-                (reader, page)
-            }));
             file = file.write_page(page, guard, config.lock_ttl).await?;
             // The heartbeat keeps the lock alive; stop writing as soon as it says the lock is
             // gone (the temp file is removed, the parts in memory freed, when `file` drops).

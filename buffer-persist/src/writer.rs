@@ -13,13 +13,14 @@
 //! inside, is compared as it is: its encoder writes the same bytes for the same records);
 //! otherwise it is a [`Error::Conflict`] and the batch is kept in Redis.
 
+use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use buffer_core::{BatchId, Buffer, Page, PreparedBatch, StoreName};
 
-use crate::columns::CsvLayout;
+use crate::columns::{CsvLayout, FieldSplitter, csv_text, rest_object};
 use crate::config::{Compression, Format};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
@@ -322,7 +323,10 @@ enum Encoder {
     Csv {
         // Boxed: the CSV writer carries its own buffer and would make every Encoder large.
         writer: Box<csv::Writer<Compressor>>,
-        layout: CsvLayout,
+        /// The layout's named columns.
+        splitter: FieldSplitter,
+        /// Whether the layout has the trailing column of the other keys.
+        has_rest: bool,
     },
     /// Parquet compresses its own columns: its compressor is always `Plain`.
     Parquet(Box<ParquetEncoder<Compressor>>),
@@ -343,7 +347,8 @@ pub(crate) enum FileLayout {
 
 impl FileLayout {
     /// The layout of `batch`'s file in `format`: CSV and Parquet read the batch's key set (and
-    /// Parquet its records, once, for their types) from Redis.
+    /// Parquet its records, once, for their types) from Redis. (The persister lays a local
+    /// Parquet file out from the batch's first page instead: `ParquetLayout::of_sample`.)
     pub(crate) async fn of_batch(
         buffer: &Buffer,
         batch: &PreparedBatch,
@@ -440,7 +445,8 @@ impl EncodedStream {
                     .map_err(|err| csv_error(&label, store, batch, 0, err))?;
                 Encoder::Csv {
                     writer,
-                    layout: csv,
+                    has_rest: csv.has_rest(),
+                    splitter: FieldSplitter::new(csv.columns().to_vec()),
                 }
             }
         };
@@ -461,17 +467,38 @@ impl EncodedStream {
                     .and_then(|()| out.write_all(b"\n"))
                     .map_err(Error::io("write", &self.label))?;
             }
-            Encoder::Csv { writer, layout } => {
+            Encoder::Csv {
+                writer,
+                splitter,
+                has_rest,
+            } => {
                 let index = self.records;
-                let row = layout.row(text).map_err(|reason| Error::Encode {
+                let encode_error = |reason| Error::Encode {
                     store: self.store.to_string(),
                     batch: self.batch.to_string(),
                     index,
                     reason,
-                })?;
-                writer
-                    .write_record(row.iter().map(|field| field.as_bytes()))
-                    .map_err(|err| csv_error(&self.label, &self.store, &self.batch, index, err))?;
+                };
+                let csv_error = |err| csv_error(&self.label, &self.store, &self.batch, index, err);
+                let columns = splitter.columns().len();
+                let split = splitter.split(text).map_err(encode_error)?;
+                if !*has_rest && let Some(reason) = split.unknown_key() {
+                    return Err(encode_error(reason));
+                }
+                // Field by field into the CSV writer's buffer: the same bytes as a whole row
+                // handed over at once, without a row to build per record.
+                for column in 0..columns {
+                    let field = match split.value(column) {
+                        Some(value) => csv_text(value).map_err(encode_error)?,
+                        None => Cow::Borrowed(""),
+                    };
+                    writer.write_field(field.as_bytes()).map_err(csv_error)?;
+                }
+                if *has_rest {
+                    let object = rest_object(split.rest).map_err(encode_error)?;
+                    writer.write_field(object.as_bytes()).map_err(csv_error)?;
+                }
+                writer.write_record(None::<&[u8]>).map_err(csv_error)?;
             }
             Encoder::Parquet(encoder) => {
                 let index = self.records;
@@ -751,6 +778,12 @@ fn parquet_error(
             source,
         },
         ParquetFailure::Record(reason) => Error::Encode {
+            store: store.to_string(),
+            batch: batch.to_string(),
+            index,
+            reason,
+        },
+        ParquetFailure::SampleMisfit(reason) => Error::SampleMisfit {
             store: store.to_string(),
             batch: batch.to_string(),
             index,

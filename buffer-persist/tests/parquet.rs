@@ -420,3 +420,88 @@ async fn a_crash_after_publishing_a_parquet_file_is_recovered_exactly_once() {
         .collect();
     assert_eq!(read["rows"], json!(expected));
 }
+
+/// The LRANGE calls `server` has run so far.
+fn lranges(server: &RedisServer) -> u64 {
+    buffer_tests::command_stats(&mut server.conn())
+        .get("lrange")
+        .map_or(0, |stat| stat.calls)
+}
+
+/// Pushes `records` into `store` and drains it with a buffer reading pages of `page_size`
+/// records into `out` as `format`: the LRANGE calls the drain made.
+async fn drain_paged(
+    server: &RedisServer,
+    store: &str,
+    records: &[String],
+    page_size: usize,
+    out: &Path,
+    format: Format,
+) -> u64 {
+    let buffer = Buffer::connect(server.config().page_size(page_size))
+        .await
+        .unwrap();
+    buffer.push_json(store, records).await.unwrap();
+    let mut config = parquet_config(out, Compression::Zstd);
+    config.format = format;
+    let before = lranges(server);
+    drain(&buffer, config).await;
+    lranges(server) - before
+}
+
+/// The column types come from the batch's first page, which is then written first, so a
+/// Parquet batch is read from Redis once, as a JSON Lines one. A value after the first page
+/// that the whole batch would type otherwise (a decimal in an integer column) starts the
+/// file again with the whole batch's types: the file is exactly the one a batch read in one
+/// page gives, whatever the paging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_reads_a_batch_once_and_a_type_change_after_the_first_page_rewrites_it_whole() {
+    let server = RedisServer::start();
+    let integers: Vec<String> = (0..1000)
+        .map(|i| format!(r#"{{"id":{i},"v":{}}}"#, i * 2))
+        .collect();
+    let jsonl = tempfile::tempdir().unwrap();
+    let read_once = drain_paged(
+        &server,
+        "a",
+        &integers,
+        100,
+        jsonl.path(),
+        Format::JsonLines,
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let reads = drain_paged(&server, "b", &integers, 100, out.path(), Format::Parquet).await;
+    assert_eq!(
+        reads, read_once,
+        "Parquet read the batch more than JSON Lines did"
+    );
+    let read = python_json(PYARROW_READ, &[only_file(out.path()).to_str().unwrap()]);
+    assert_eq!(read["types"]["v"], "int64");
+
+    // Record 950 (page 10 of 10) holds a decimal: `v` is Float64 for the whole batch.
+    let mut changed = integers.clone();
+    changed[950] = r#"{"id":950,"v":0.5}"#.into();
+    let paged = tempfile::tempdir().unwrap();
+    let reads = drain_paged(&server, "c", &changed, 100, paged.path(), Format::Parquet).await;
+    assert!(reads > read_once, "no second read ({reads} LRANGEs)");
+    let whole = tempfile::tempdir().unwrap();
+    drain_paged(&server, "d", &changed, 5000, whole.path(), Format::Parquet).await;
+    // Only the published file: the first attempt's temporary file is gone.
+    let paged_file = only_file(paged.path());
+    assert!(
+        std::fs::read(&paged_file).unwrap() == std::fs::read(only_file(whole.path())).unwrap(),
+        "the rewritten file differs from the one-page batch's"
+    );
+    let read = python_json(PYARROW_READ, &[paged_file.to_str().unwrap()]);
+    assert_eq!(read["types"]["v"], "double");
+    let rows = read["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1000);
+    assert_eq!(rows[950], json!({"id": 950, "v": 0.5}));
+    assert_eq!(rows[999], json!({"id": 999, "v": 1998.0}));
+    assert!(
+        server.buffer_keys().is_empty(),
+        "{:?}",
+        server.buffer_keys()
+    );
+}
