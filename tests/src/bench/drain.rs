@@ -58,18 +58,18 @@ const FORMATS: [(&str, &str, &[&str], Option<f64>); 5] = [
         &["--compress", "gzip"],
         None,
     ),
-    ("drain_csv", "drain to CSV", &["--format", "csv"], None),
+    ("drain_csv", "drain to CSV", &["--format", "csv"], Some(0.6)),
     (
         "drain_parquet",
         "drain to Parquet (zstd columns)",
         &["--format", "parquet", "--compress", "zstd"],
-        None,
+        Some(0.4),
     ),
     (
         "drain_parquet_plain",
         "drain to Parquet (uncompressed)",
         &["--format", "parquet"],
-        None,
+        Some(0.4),
     ),
 ];
 
