@@ -907,13 +907,26 @@ const WEAK_PIPELINE: &str = "Not profiled (written with the figure). Each push o
     push for redis-benchmark, and the client encodes each record and builds its commands.";
 const WEAK_PUSH_MANY: &str = "The client, not Redis, is the bottleneck: redis-benchmark sends \
     a pre-built buffer and costs nothing, while our pushing process shares the 2 cores with \
-    redis-server. Records are now serialized once, straight to text, and a push's distinct keys \
-    are read back from the texts as borrowed strings into one set (this took the figure from \
-    about 300 000 to about 800 000 records/s). What remains under `perf` is essential work \
-    spread thin: serde_json serializing each record (`serialize_str` the top symbol at about \
-    6 %), re-reading the texts for their keys (about 10 %), hashing keys into the set (about \
-    5 %), allocation, and redis-rs copying every argument into the command buffer. Further \
-    levers: skip key extraction when a caller states the keys, or a cheaper hasher.";
+    redis-server. Against what a user would write by hand with redis-rs (the next row: \
+    `serde_json::to_string` per record and one RPUSH, no key set, counters or index), push_many \
+    ran at 0.75-0.76× (medians of 3, 2026-12-07, load average 2-3 on 2 cores). Round 3 \
+    (ac5e03f): a push's records are serialized once into one buffer through a serde_json \
+    `Formatter` that notes where each top-level key is written, so the texts are no longer \
+    re-read for their keys, and a key equal to the previous record's key at the same position \
+    is not hashed (records of one shape: 8 hashes per push, so a cheaper hasher has nothing \
+    left to save); the RPUSH is built in one allocation. Under callgrind the client went from \
+    8 260 to 6 563 instructions per record (-21 %), and against redis-benchmark from \
+    0.37-0.39× to 0.44-0.46× in the same runs (medians of 3, load average 2-3). What remains \
+    per record (callgrind, 20 000 records): serde_json writing the record, about 3 400 \
+    instructions, of which its per-byte string escaping about 2 200; noting the 8 keys, about \
+    800; redis-rs copying the texts into the command, the packed pipeline and its socket \
+    buffer (memcpy, about 550); its reply parser and multiplexed connection, about 900; \
+    malloc/free, about 450 (mostly per push: key names formatted, commands built). Tried and \
+    not kept: an escaper of our own for the strings of a plain object (8 bytes at a time, \
+    byte for byte serde_json's output) took only 3.7 % more off (6 319): on short strings the \
+    copying and bookkeeping cost as much as the escape check. Left: writing the MULTI/EXEC's \
+    RESP directly instead of through redis-rs's three copies, and a record serializer of our \
+    own for whole records.";
 
 const WEAK_RSS: &str = "Unexpected: the persister streams page by page (about 1 MiB per page, \
     one prefetched) through a 256 KiB file buffer; a large RSS means a page or a reply buffer \
