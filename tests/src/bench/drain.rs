@@ -424,6 +424,5 @@ const WEAK_FORMATS: &str = "A batch is encoded and compressed on one thread, so 
     million records/s, while the plain drain reaches about 2 million; on 2 cores the codec also \
     competes with redis-server and the page reader. zstd level 1 (about 490 MB/s, files about \
     8 % larger) would lift this figure; level 3 was kept because it meets the target in most \
-    runs. CSV parses every record into its columns (serde_json) and Parquet parses every \
-    record twice (types, then values) and builds Arrow arrays, about 1.5 µs and 3.5 µs of CPU \
-    per record: those two are CPU-bound in the encoder.";
+    runs. CSV and Parquet are CPU-bound in the encoder (their own rows below say where the \
+    time goes).";
