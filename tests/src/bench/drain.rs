@@ -386,17 +386,21 @@ fn compression_levels(runs: usize) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-const WEAK_DRAIN: &str = "Measured while writing this (2026-11-23, 1 000 000 records, release \
-    `buffer-persist drain` under `/usr/bin/time`): 0.37-0.46 s to disk, 0.30-0.35 s to tmpfs \
-    (`/dev/shm`), so the disk costs 0.05-0.15 s beyond the work itself, down from 0.2 s once a \
-    big file's pages start going to disk every 8 MiB instead of at the final fsync. The work \
-    itself is shared by 2 cores: redis-server spends about 120 ns per element in LRANGE \
-    (`INFO commandstats`: 360 ms of LRANGE for 3 000 000 records), and the persister about \
-    200 ns of CPU per record (next row), overlapped only page by page (one page read ahead). \
-    The baseline takes the better of Redis and the disk alone, never both at once, and not \
-    the process's start, connection and marker; and it moves a lot between runs (dd gave 500 \
-    to 600 MB/s within minutes). Next levers: read two pages ahead, or read with two page \
-    sockets at once so Redis's LRANGE and the parse overlap.";
+const WEAK_DRAIN: &str = "On a quiet machine LRANGE alone delivers 5-6 million elements/s \
+    here (`redis-benchmark -t lrange_600`; about 3 million when other builds share the 2 \
+    cores), so the drain is bound by Redis and the persister taking turns, not by the disk: \
+    redis-server spends about 120 ns per element building a page's reply, the persister about \
+    200 ns of CPU per record reading and writing it (next rows; about 130 ns of it the \
+    kernel's socket and page-cache copies). A page is read while the previous one is written, \
+    but a page's own reply is built by Redis, then parsed by the reader, one after the other. \
+    Tried on 2026-12-07 and not kept: each page of 256 records or more read as two LRANGEs \
+    sent at once on two page sockets and joined, so that Redis builds the second half while \
+    the first is parsed. 1 000 000 records, 5 runs each side alternating, quiet machine: tmpfs \
+    median 3.84 against 2.86 million records/s (+34 %), real disk 3.18 against 2.84; but 3 of \
+    the 10 split runs fell to 1.1-1.5 million (cause not found) and it raised the Parquet \
+    memory test's peak by about 15 MiB, so the slow runs must be understood first. Splice does \
+    not apply: the socket carries RESP, each record framed by its `$<length>` header, not the \
+    file's lines.";
 
 const WEAK_DRAIN_TMPFS: &str = "On tmpfs the disk costs nothing, so the baseline is LRANGE's \
     rate alone and the persister's own work is the bound: see the next rows (CPU per record) \

@@ -898,9 +898,13 @@ pub(super) fn side_order(run: usize) -> [Side; 2] {
 
 const WEAK_PUSH: &str = "A push is MULTI + 11 commands + EXEC (13 commands for Redis to parse, \
     queue and dispatch, against one EVALSHA), and the client's own work per record is not free \
-    (serializing it, reading its keys back, building 13 commands). With 2 cores, the client's \
-    CPU is taken from redis-server. The ratio moves by about ±0.15 between runs here (0.88× and \
-    0.78× in two full runs of the same push code), so a result within about 0.15 of the target is within noise.";
+    (serializing it, noting its keys, building 13 commands). With 2 cores, the client's CPU is \
+    taken from redis-server. The 50 tasks share one multiplexed connection where \
+    redis-benchmark opens 50. On a quiet machine (2026-12-07) the baseline ran at 44 000-54 000 \
+    pushes/s where the run of 2026-11-23, on a loaded one, measured 28 000, while ours stayed \
+    at 26 000-31 000 in both: what holds ours back when the machine is quiet was not \
+    investigated in this round (the one connection, and the client's CPU per push, are the \
+    first suspects).";
 
 const WEAK_PIPELINE: &str = "Not profiled (written with the figure). Each push of a \
     pipeline is still MULTI + 11 commands + EXEC for Redis to parse, against one EVALSHA per \
@@ -943,8 +947,11 @@ const WEAK_DASHBOARD: &str = "Not profiled (the target was met when this was wri
     sort, on a machine shared with redis-server.";
 
 const WEAK_SLOWEST: &str = "The slowest command is one group's ZRANGE WITHSCORES of about 40 \
-    members, microseconds of work: the p99 of the same commands (raw numbers below) is tens of \
-    µs, and only a handful of some 30 000 go over 1 ms. The slow log measures the wall time \
-    of a command, so these outliers are most likely redis-server being preempted on the 2 \
-    cores it shares with the harness (and other builds) rather than work the project asks \
-    for; the quick mode's runs saw maxima around 200 µs. Still a miss as measured.";
+    members, microseconds of work: the p99 of the same commands (raw numbers below) is 36-50 \
+    µs, and at most 2 of 30 720 go over 1 ms in a run. The slow log measures a command's wall \
+    time. Pinning redis-server to CPU 0 and this harness to CPU 1 (2026-12-07, quiet machine) \
+    did not remove the outliers: 3 of 5 runs stayed at or under 1 ms, 2 had one or two \
+    commands of 4.9-6.5 ms. So something still takes CPU 0 from redis-server for milliseconds \
+    (the kernel's work, other processes not pinned away, the VM's own scheduling): not work \
+    the project asks for, but a miss as measured. Not tried: redis-server's `LATENCY` monitor, \
+    to see where those milliseconds go, or a CPU isolated for it.";
