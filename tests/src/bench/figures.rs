@@ -896,15 +896,20 @@ pub(super) fn side_order(run: usize) -> [Side; 2] {
 // the first BENCHMARKS.md (see the report's "What is weak"). Each is printed only when its
 // target is missed in that run.
 
-const WEAK_PUSH: &str = "A push is MULTI + 11 commands + EXEC (13 commands for Redis to parse, \
-    queue and dispatch, against one EVALSHA), and the client's own work per record is not free \
-    (serializing it, noting its keys, building 13 commands). With 2 cores, the client's CPU is \
-    taken from redis-server. The 50 tasks share one multiplexed connection where \
-    redis-benchmark opens 50. On a quiet machine (2026-12-07) the baseline ran at 44 000-54 000 \
-    pushes/s where the run of 2026-11-23, on a loaded one, measured 28 000, while ours stayed \
-    at 26 000-31 000 in both: what holds ours back when the machine is quiet was not \
-    investigated in this round (the one connection, and the client's CPU per push, are the \
-    first suspects).";
+const WEAK_PUSH: &str = "The client, not Redis, bounds ours. Measured on 2026-12-07 (quiet \
+    machine, `top` once a second during `--only push`): while ours runs, the harness uses 0.9-1.2 \
+    cores and redis-server 0.3-0.45; during the baseline, redis-server uses 0.4-1.0 and \
+    redis-benchmark 0.3-0.5. At 29 000 pushes/s that is about 38 µs of client CPU per push \
+    against about 14 µs of redis-server's: each push builds a MULTI + 11 commands + EXEC block \
+    (13 commands, against one EVALSHA for the baseline), and sends and reads it back through \
+    redis-rs's multiplexed connection, which the 50 tasks share where redis-benchmark opens 50 \
+    connections. The harness stays near one core of the two, the same ceiling the sustained \
+    figure's producers reach on one connection, so the connection's own work may be the \
+    bound rather than the machine. The run of 2026-11-23 passed at 0.95× on a loaded machine \
+    where the baseline reached only 28 000/s; ours has been 26 000-31 000 in both. Levers: \
+    writing the block's RESP directly instead of through redis-rs's command builder (the \
+    push_many row's text measures what redis-rs costs per record), or more than one \
+    connection for many concurrent pushes.";
 
 const WEAK_PIPELINE: &str = "Not profiled (written with the figure). Each push of a \
     pipeline is still MULTI + 11 commands + EXEC for Redis to parse, against one EVALSHA per \
