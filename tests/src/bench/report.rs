@@ -302,14 +302,7 @@ const WEAK_PARQUET: &str = "The Parquet drains are bounded by the persister's CP
     Arrow arrays. Next levers, each of which changes the files' bytes (an earlier version's \
     file of the same batch would then be a conflict): no dictionary for columns whose values \
     are nearly all distinct, chunk statistics instead of page statistics, and a hand-written \
-    record scan. Memory is weak too, with values of several MiB: a batch of 200 000 tiny records \
-    then 40 of 4 MiB peaked at 110-145 MiB RSS in Parquet from run to run (105-120 MiB with \
-    `MALLOC_ARENA_MAX=1`), and 80 such records up to 176 MiB, so the peak grows with the \
-    number of big values (the Arrow array, encoded page, compressor window and statistics each \
-    copy the value, and glibc keeps freed 4 MiB blocks in per-thread arenas); its test, \
-    `a_large_mixed_size_batch_drains_to_parquet_in_bounded_memory`, is ignored until this is \
-    fixed (encoding a batch on one thread, and not copying a long value into statistics, are \
-    the next things to try).";
+    record scan.";
 
 const NOISE: &str = "Caveat for every figure: the machine has few cores, and the harness, \
     redis-server and redis-benchmark share them (other builds may also run on it). The \
