@@ -607,3 +607,46 @@ async fn json_logs_carry_the_batch_span_on_each_line_of_a_batch() {
         .unwrap();
     assert_eq!(ended["span"]["outcome"], "persisted", "{ended}");
 }
+
+/// The value of `name` in a live process's environment (`/proc/<pid>/environ`), or `None`.
+fn environment_value(pid: u32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    environ
+        .split(|&byte| byte == 0)
+        .filter_map(|entry| std::str::from_utf8(entry).ok())
+        .find_map(|entry| entry.strip_prefix(prefix.as_str()).map(str::to_owned))
+}
+
+/// The binary runs with glibc's mmap threshold fixed at 4 MiB, in the process that was started
+/// (it replaces itself, so the pid a supervisor holds is the persister's), and a threshold
+/// the user set is kept (main.rs; what it does for memory is checked by
+/// `a_large_mixed_size_batch_drains_to_parquet_in_bounded_memory` in parquet.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_with_a_fixed_mmap_threshold_and_keeps_the_users_own() {
+    let server = RedisServer::start();
+    for (given, expected) in [(None, "4194304"), (Some("1048576"), "1048576")] {
+        let out = tempfile::tempdir().unwrap();
+        let mut command = persist_command(&server, out.path(), "run");
+        command.env_remove("MALLOC_MMAP_THRESHOLD_");
+        if let Some(value) = given {
+            command.env("MALLOC_MMAP_THRESHOLD_", value);
+        }
+        let runner = command.spawn().unwrap();
+        let pid = runner.id();
+        // The new image's environment shows once it has replaced the first one; the output
+        // marker, once it is running (and handles SIGTERM).
+        let seen = eventually(Duration::from_secs(10), || async {
+            environment_value(pid, "MALLOC_MMAP_THRESHOLD_").as_deref() == Some(expected)
+                && out.path().join(".buffer-persist").exists()
+        })
+        .await;
+        let last = environment_value(pid, "MALLOC_MMAP_THRESHOLD_");
+        stop(runner);
+        assert!(
+            seen,
+            "given {given:?}, the persister (pid {pid}) ran with MALLOC_MMAP_THRESHOLD_={last:?}, \
+             not {expected}"
+        );
+    }
+}

@@ -618,6 +618,27 @@ pub fn process_state(pid: u32) -> Option<char> {
     stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
+/// The CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`, with that
+/// of the children it has reaped when `with_reaped_children`; zero once it is gone. Linux
+/// reports in USER_HZ, 100 per second on every architecture it runs on.
+pub fn process_cpu_time(pid: u32, with_reaped_children: bool) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // utime stime cutime cstime are fields 14-17 of stat, 12-15 after `(comm)`'s end.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let fields = if with_reaped_children { 4 } else { 2 };
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(fields)
+        .filter_map(|field| field.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
 /// The peak resident set (`VmHWM`, KiB) of a running process, or `None` once it has exited.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

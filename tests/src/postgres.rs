@@ -397,33 +397,15 @@ impl PostgresServer {
         let Some(postmaster) = self.pid() else {
             return Duration::ZERO;
         };
-        // utime stime cutime cstime are fields 14-17 of stat, 12-15 after `(comm)`'s end.
-        let ticks = |pid: u32, with_children: bool| -> u64 {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return 0;
-            };
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return 0;
-            };
-            let fields: Vec<u64> = rest
-                .split_whitespace()
-                .skip(11)
-                .take(4)
-                .filter_map(|field| field.parse().ok())
-                .collect();
-            let take = if with_children { 4 } else { 2 };
-            fields.iter().take(take).sum()
-        };
-        let mut total = ticks(postmaster, true);
+        let mut total = crate::process_cpu_time(postmaster, true);
         for pid in self
             .server_pids()
             .into_iter()
             .filter(|pid| *pid != postmaster)
         {
-            total += ticks(pid, false);
+            total += crate::process_cpu_time(pid, false);
         }
-        // Linux reports in USER_HZ, 100 per second on every architecture it runs on.
-        Duration::from_millis(total * 10)
+        total
     }
 
     /// The postmaster's pid (None while stopped).

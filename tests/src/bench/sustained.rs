@@ -92,7 +92,7 @@ impl Persisters {
     fn cpu(&self) -> Duration {
         self.0
             .iter()
-            .map(|child| tools::child_cpu(child.id()))
+            .map(|child| buffer_tests::process_cpu_time(child.id(), false))
             .sum()
     }
 

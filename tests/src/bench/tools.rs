@@ -50,39 +50,19 @@ pub async fn push_rate(
     calls: usize,
     tasks: usize,
 ) -> Result<f64> {
-    ensure!(!batches.is_empty(), "no batches to push");
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..tasks {
-        let (buffer, store, batches, next) = (
-            buffer.clone(),
-            store.to_owned(),
-            batches.clone(),
-            next.clone(),
-        );
-        set.spawn(async move {
-            let mut records = 0usize;
-            loop {
-                let call = next.fetch_add(1, Ordering::Relaxed);
-                if call >= calls {
-                    return Ok::<usize, buffer_core::Error>(records);
-                }
-                let batch = &batches[call % batches.len()];
-                if let [single] = batch.as_slice() {
-                    buffer.push(store.as_str(), single).await?;
-                } else {
-                    buffer.push_many(store.as_str(), batch).await?;
-                }
-                records += batch.len();
+    let (buffer, store) = (buffer.clone(), store.to_owned());
+    calls_rate(batches, calls, tasks, move |batch| {
+        let (buffer, store) = (buffer.clone(), store.clone());
+        async move {
+            if let [single] = batch.as_slice() {
+                buffer.push(store.as_str(), single).await?;
+            } else {
+                buffer.push_many(store.as_str(), &batch).await?;
             }
-        });
-    }
-    let mut records = 0;
-    while let Some(joined) = set.join_next().await {
-        records += joined.context("a pusher task panicked")??;
-    }
-    Ok(records as f64 / started.elapsed().as_secs_f64())
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// What a user would write by hand instead of `push_many`: `calls` times, from `tasks`
@@ -96,31 +76,57 @@ pub async fn hand_rpush_rate(
     calls: usize,
     tasks: usize,
 ) -> Result<f64> {
+    let (conn, key) = (conn.clone(), key.to_owned());
+    calls_rate(batches, calls, tasks, move |batch| {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        async move {
+            let texts = batch
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<serde_json::Result<Vec<String>>>()?;
+            let _length: u64 = redis::cmd("RPUSH")
+                .arg(&key)
+                .arg(texts)
+                .query_async(&mut conn)
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Makes `calls` calls of `call`, each with the next of `batches` (cycled), from `tasks`
+/// concurrent tasks that take the next call as they finish one. Returns records/s over the
+/// whole.
+async fn calls_rate<C, F>(
+    batches: Arc<Vec<Vec<Value>>>,
+    calls: usize,
+    tasks: usize,
+    call: C,
+) -> Result<f64>
+where
+    C: Fn(Arc<Vec<Value>>) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = Result<()>> + Send,
+{
     ensure!(!batches.is_empty(), "no batches to push");
+    // Each batch shared, so a call hands its future a batch without copying it.
+    let batches: Arc<Vec<Arc<Vec<Value>>>> =
+        Arc::new(batches.iter().cloned().map(Arc::new).collect());
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..tasks {
-        let (mut conn, key, batches, next) =
-            (conn.clone(), key.to_owned(), batches.clone(), next.clone());
+        let (batches, next, call) = (batches.clone(), next.clone(), call.clone());
         set.spawn(async move {
             let mut records = 0usize;
             loop {
-                let call = next.fetch_add(1, Ordering::Relaxed);
-                if call >= calls {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= calls {
                     return Ok::<usize, anyhow::Error>(records);
                 }
-                let batch = &batches[call % batches.len()];
-                let texts = batch
-                    .iter()
-                    .map(serde_json::to_string)
-                    .collect::<serde_json::Result<Vec<String>>>()?;
-                let _length: u64 = redis::cmd("RPUSH")
-                    .arg(&key)
-                    .arg(texts)
-                    .query_async(&mut conn)
-                    .await?;
+                let batch = batches[index % batches.len()].clone();
                 records += batch.len();
+                call(batch).await?;
             }
         });
     }
@@ -289,26 +295,6 @@ pub fn server_cpu_s(server: &RedisServer) -> Result<f64> {
 pub fn process_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
-
-/// Another process's user+sys CPU time so far (`/proc/<pid>/stat`, in USER_HZ: 100 per
-/// second on every architecture Linux runs on), or zero once it is gone.
-pub fn child_cpu(pid: u32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
-    };
-    // utime and stime are fields 14 and 15, the 12th and 13th after the command's ')'.
-    let ticks: u64 = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|field| field.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 pub fn used_memory(server: &RedisServer) -> Result<u64> {
