@@ -58,6 +58,9 @@ struct Inner {
     limits: crate::limit_cache::LimitCache,
     /// Which stores this producer knows to be coalescing, and under which rules.
     rules: crate::limit_cache::RulesCache,
+    /// The pushes to each coalescing store waiting for its merge script in flight
+    /// (coalesce_group.rs).
+    groups: crate::coalesce_group::GroupCommits,
     /// The batch reader's own sockets (page_socket.rs).
     pages: crate::page_socket::PageSockets,
 }
@@ -128,6 +131,7 @@ impl Buffer {
                 offset,
                 limits: Default::default(),
                 rules: Default::default(),
+                groups: Default::default(),
                 pages: Default::default(),
             }),
         })
@@ -233,6 +237,10 @@ impl Buffer {
 
     pub(crate) fn rules_cache(&self) -> &crate::limit_cache::RulesCache {
         &self.inner.rules
+    }
+
+    pub(crate) fn group_commits(&self) -> &crate::coalesce_group::GroupCommits {
+        &self.inner.groups
     }
 
     pub(crate) fn limit_cache(&self) -> &crate::limit_cache::LimitCache {

@@ -36,6 +36,7 @@ use serde_json::value::RawValue;
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::Buffer;
+use crate::coalesce_group::{MergeCall, MergeOutcome};
 use crate::error::{Error, Result};
 use crate::name::StoreName;
 use crate::receipt::PushReceipt;
@@ -137,9 +138,51 @@ fn parse_top(text: &str) -> Option<(bool, Vec<TopEntity>)> {
 }
 
 /// One record's merge: its entity and its operations `(op, field, value)`.
-struct RecordOps {
-    entity: String,
-    ops: Vec<(&'static str, String, String)>,
+pub(crate) struct RecordOps {
+    pub(crate) entity: String,
+    pub(crate) ops: Vec<(&'static str, String, String)>,
+}
+
+/// A push's records as merge operations, every one checked against the rules before anything
+/// is sent, with the field names they write (the metadata fields' included) and their bytes.
+pub(crate) struct PushOps {
+    pub(crate) records: Vec<RecordOps>,
+    pub(crate) names: BTreeSet<String>,
+    pub(crate) bytes: u64,
+}
+
+impl PushOps {
+    /// The operations of `records` under `rules`, or the error naming the first record, field
+    /// and rule that refuse one.
+    pub(crate) fn new(
+        store: &StoreName,
+        rules: &CoalesceRules,
+        records: &EncodedRecords,
+    ) -> Result<Self> {
+        let mut names = BTreeSet::new();
+        let records_ops = records
+            .texts()
+            .enumerate()
+            .map(|(index, text)| {
+                let text = std::str::from_utf8(text).map_err(|err| Error::Corrupt {
+                    what: format!("an encoded record is not UTF-8: {err}"),
+                })?;
+                record_ops(store, rules, index, text, &mut names)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        names.extend(METADATA.iter().map(|name| (*name).to_owned()));
+        Ok(Self {
+            records: records_ops,
+            names,
+            bytes: records.bytes() as u64,
+        })
+    }
+}
+
+pub(crate) fn is_small_integer_text(text: &str) -> bool {
+    // Below 16 characters an integer is a double exactly (|n| < 10^15 < 2^53), which is how
+    // the merge script compares and adds such texts.
+    text.len() < 16 && is_integer_text(text)
 }
 
 fn is_integer_text(text: &str) -> bool {
@@ -622,7 +665,34 @@ impl Buffer {
 
     /// Merges `records` into `store`'s rows if it is a coalescing store; `None` when it is not
     /// (the caller appends). With `push_id`, at most once per id, as `push_once`.
+    ///
+    /// A push without an id joins the store's group commit (`crate::coalesce_group`): while
+    /// one merge script of this producer is in flight for the store, the pushes that arrive
+    /// wait and are sent together, their records merged by entity first. A group refused as a
+    /// whole (a record Redis refuses, a limit) sends each of its pushes on its own again, so
+    /// each push is still applied or refused whole and by itself.
     pub(crate) async fn merge_if_coalescing(
+        &self,
+        store: &StoreName,
+        records: &EncodedRecords,
+        now: u64,
+        push_id: Option<&str>,
+    ) -> Result<Option<Merged>> {
+        let Some((text, rules)) = self.known_rules(store).await? else {
+            return Ok(None);
+        };
+        if push_id.is_none() && self.config().coalesce_group_entities > 0 {
+            let ops = PushOps::new(store, &rules, records)?;
+            if let Some(result) = crate::coalesce_group::submit(self, store, text, ops).await {
+                return result.map(Some);
+            }
+        }
+        self.merge_alone(store, records, now, push_id).await
+    }
+
+    /// One push as one merge script of its own, each record one entry (so a refusal names the
+    /// record); the rules read again and the push made again when they changed meanwhile.
+    async fn merge_alone(
         &self,
         store: &StoreName,
         records: &EncodedRecords,
@@ -633,124 +703,129 @@ impl Buffer {
             let Some((text, rules)) = self.known_rules(store).await? else {
                 return Ok(None);
             };
-            let mut names = BTreeSet::new();
-            let ops = records
-                .texts()
-                .enumerate()
-                .map(|(index, text)| {
-                    let text = std::str::from_utf8(text).map_err(|err| Error::Corrupt {
-                        what: format!("an encoded record is not UTF-8: {err}"),
-                    })?;
-                    record_ops(store, &rules, index, text, &mut names)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            names.extend(METADATA.iter().map(|name| (*name).to_owned()));
-            let layout = self.layout();
-            let live = layout.live(store);
-            let group = layout.group_for(store);
-            let bytes = records.bytes();
-            let mut call = ScriptCall::new(&scripts::COALESCE_PUSH);
-            call.key(&live.entities)
-                .key(&live.first)
-                .key(&live.keys)
-                .key(&live.bytes)
-                .key(&live.runs)
-                .key(&group.stores)
-                .key(&group.bytes)
-                .key(&group.count)
-                .key(&group.limits)
-                .key(layout.rate(store))
-                .key(&live.rows)
-                .key(&group.coalesce)
-                .key(layout.push_id(store, push_id.unwrap_or("-")))
-                .arg(now)
-                .arg(store.encoded())
-                .arg(bytes)
-                .arg(records.len())
-                .arg(&*text)
-                .arg(match push_id {
-                    Some(_) => crate::buffer::millis(self.config().push_id_ttl)
-                        .max(1)
-                        .to_string(),
-                    None => String::new(),
-                })
-                .arg(names.len())
-                .arg(&names);
-            for record in ops {
-                call.arg(record.entity).arg(record.ops.len());
-                for (op, field, value) in record.ops {
-                    call.arg(op).arg(field).arg(value);
-                }
+            let mut call = MergeCall::default();
+            call.add_records(PushOps::new(store, &rules, records)?);
+            match self
+                .run_merge_call(store, &text, &call, now, push_id)
+                .await?
+            {
+                MergeOutcome::Applied(merged) => return Ok(Some(merged)),
+                MergeOutcome::RulesChanged => continue,
+                MergeOutcome::Refused(err) => return Err(err),
             }
-            let op = if push_id.is_some() {
-                "push_once"
-            } else {
-                "push"
-            };
-            let reply: redis::Value = call.invoke(self, op, store.as_str()).await?;
-            let items: Vec<redis::Value> =
-                redis::from_redis_value(reply.clone()).map_err(|err| Error::Corrupt {
-                    what: format!("merge script replied {reply:?}: {err}"),
-                })?;
-            let code: i64 = items
-                .first()
-                .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                .unwrap_or(i64::MIN);
-            match code {
-                -3 => {
-                    // The rules changed since this producer read them: read them again.
-                    self.rules_cache().forget(store);
-                    continue;
-                }
-                -4 => {
-                    let text = |i: usize| -> String {
-                        items
-                            .get(i)
-                            .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                            .unwrap_or_default()
-                    };
-                    let index: i64 = items
-                        .get(1)
-                        .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                        .unwrap_or(0);
-                    return Err(Error::CoalesceRecordRefused {
-                        store: store.as_str().to_owned(),
-                        index: usize::try_from(index).unwrap_or(0),
-                        field: text(2),
-                        rule: text(3),
-                        reason: text(4),
-                    });
-                }
-                _ => {}
-            }
-            let numbers: Vec<i64> =
-                redis::from_redis_value(reply.clone()).map_err(|err| Error::Corrupt {
-                    what: format!("merge script replied {reply:?}: {err}"),
-                })?;
-            if let Some(refused) = crate::limits::refusal(store, &numbers) {
-                return Err(refused);
-            }
-            let counts: Option<Vec<u64>> = numbers.iter().map(|n| u64::try_from(*n).ok()).collect();
-            let Some([duplicate, entities, bytes, keys, first]) =
-                counts.as_deref().and_then(|c| <[u64; 5]>::try_from(c).ok())
-            else {
-                return Err(Error::Corrupt {
-                    what: format!("merge script replied {numbers:?}"),
-                });
-            };
-            return Ok(Some((
-                PushReceipt {
-                    bytes,
-                    records: entities,
-                    keys,
-                    first_write_ms: first,
-                },
-                duplicate == 1,
-            )));
         }
         Err(Error::Corrupt {
             what: format!("the coalescing rules of store {store:?} kept changing during a push"),
         })
+    }
+
+    /// Sends one merge script of `call`'s entries made under the rules `text`, and reads its
+    /// reply. `RulesChanged` forgets the cached rules.
+    pub(crate) async fn run_merge_call(
+        &self,
+        store: &StoreName,
+        text: &str,
+        call: &MergeCall,
+        now: u64,
+        push_id: Option<&str>,
+    ) -> Result<MergeOutcome> {
+        let layout = self.layout();
+        let live = layout.live(store);
+        let group = layout.group_for(store);
+        let mut script = ScriptCall::new(&scripts::COALESCE_PUSH);
+        script
+            .key(&live.entities)
+            .key(&live.first)
+            .key(&live.keys)
+            .key(&live.bytes)
+            .key(&live.runs)
+            .key(&group.stores)
+            .key(&group.bytes)
+            .key(&group.count)
+            .key(&group.limits)
+            .key(layout.rate(store))
+            .key(&live.rows)
+            .key(&group.coalesce)
+            .key(layout.push_id(store, push_id.unwrap_or("-")))
+            .arg(now)
+            .arg(store.encoded())
+            .arg(call.bytes())
+            .arg(call.records())
+            .arg(text)
+            .arg(match push_id {
+                Some(_) => crate::buffer::millis(self.config().push_id_ttl)
+                    .max(1)
+                    .to_string(),
+                None => String::new(),
+            })
+            .arg(call.names().len())
+            .arg(call.names());
+        call.write_entries(&mut script);
+        let op = if push_id.is_some() {
+            "push_once"
+        } else {
+            "push"
+        };
+        let reply: redis::Value = script.invoke(self, op, store.as_str()).await?;
+        let items: Vec<redis::Value> =
+            redis::from_redis_value(reply.clone()).map_err(|err| Error::Corrupt {
+                what: format!("merge script replied {reply:?}: {err}"),
+            })?;
+        let code: i64 = items
+            .first()
+            .and_then(|v| redis::from_redis_value(v.clone()).ok())
+            .unwrap_or(i64::MIN);
+        match code {
+            -3 => {
+                // The rules changed since this producer read them: read them again.
+                self.rules_cache().forget(store);
+                return Ok(MergeOutcome::RulesChanged);
+            }
+            -4 => {
+                let text = |i: usize| -> String {
+                    items
+                        .get(i)
+                        .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                        .unwrap_or_default()
+                };
+                let index: i64 = items
+                    .get(1)
+                    .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                    .unwrap_or(0);
+                return Ok(MergeOutcome::Refused(Error::CoalesceRecordRefused {
+                    store: store.as_str().to_owned(),
+                    index: usize::try_from(index).unwrap_or(0),
+                    field: text(2),
+                    rule: text(3),
+                    reason: text(4),
+                }));
+            }
+            _ => {}
+        }
+        let numbers: Vec<i64> =
+            redis::from_redis_value(reply.clone()).map_err(|err| Error::Corrupt {
+                what: format!("merge script replied {reply:?}: {err}"),
+            })?;
+        if let Some(refused) = crate::limits::refusal(store, &numbers) {
+            return Ok(MergeOutcome::Refused(refused));
+        }
+        let counts: Option<Vec<u64>> = numbers.iter().map(|n| u64::try_from(*n).ok()).collect();
+        let Some([duplicate, entities, bytes, keys, first]) =
+            counts.as_deref().and_then(|c| <[u64; 5]>::try_from(c).ok())
+        else {
+            return Err(Error::Corrupt {
+                what: format!("merge script replied {numbers:?}"),
+            });
+        };
+        Ok(MergeOutcome::Applied((
+            PushReceipt {
+                bytes,
+                records: entities,
+                keys,
+                first_write_ms: first,
+            },
+            duplicate == 1,
+        )))
     }
 
     /// Records `rules` as `store`'s coalescing rules (or replaces them). From then on every

@@ -138,6 +138,7 @@ mod batch;
 mod buffer;
 mod clock;
 mod coalesce;
+mod coalesce_group;
 mod config;
 mod connection;
 mod consumer;

@@ -457,8 +457,10 @@ return {1, 1}
 /// store's rate counter, 11 rows, 12 the group's coalesce hash, 13 the push-id marker.
 /// ARGV: 1 now ms, 2 encoded name, 3 bytes, 4 record count, 5 the rules' JSON text the
 /// operations were made under, 6 the marker's TTL in ms or "" (no push id), 7 the number k of
-/// field names, 8..7+k the names (for the key set), then per record: its entity (the key's
-/// JSON text), its number of operations n, and n × (op, field, value). Ops: `l` last (also the
+/// field names, 8..7+k the names (for the key set), then per entry: its entity (the key's
+/// JSON text), the writes it carries (1 for a record; more when the producer merged several
+/// records of the entity first, `crate::coalesce_group`), its number of operations n, and
+/// n × (op, field, value), applied in order. Ops: `l` last (also the
 /// key field), `1` first, `s` sum (an i64 in decimal, or a float's JSON text), `x` max, `n`
 /// min (a number's JSON text), `u` union (one element's JSON text, or "" for none).
 ///
@@ -479,7 +481,8 @@ return {1, 1}
 /// Returns `{0, entities, bytes, keys, first}` (or `{1, …}` for a push id already applied),
 /// `{-1, …}` when a limit refused it (see `admit`), `{-3}` when the stored rules are not the
 /// ones given (nothing written: the caller reads them again), `{-4, record index, field, rule,
-/// reason}` when a record cannot be merged (nothing written).
+/// reason}` when an entry cannot be merged (nothing written; the index counts entries, which
+/// are the records when each carries one write).
 pub(crate) static COALESCE_PUSH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         &[
@@ -750,12 +753,15 @@ end
 local nkeys = tonumber(ARGV[7])
 local i = 8 + nkeys
 local index = 0
+-- Per entity: its key text, the writes merged into this entry (1 per record, more when the
+-- producer merged a group's records of the entity first: coalesce_group.rs), its operations.
 while i <= #ARGV do
   local entity = ARGV[i]
-  local ops = tonumber(ARGV[i + 1])
-  i = i + 2
+  local writes = tonumber(ARGV[i + 1])
+  local ops = tonumber(ARGV[i + 2])
+  i = i + 3
   local row = row_of(entity)
-  row.writes = row.writes + 1
+  row.writes = row.writes + writes
   row.last = ARGV[1]
   local values = row.values
   for _ = 1, ops do
@@ -812,7 +818,7 @@ for _, entity in ipairs(touched) do
   pairs_out[#pairs_out + 1] = packed(rows[entity])
 end
 pairs_out[#pairs_out + 1] = '\31writes'
-pairs_out[#pairs_out + 1] = string.format('%d', tonumber(redis.call('HGET', KEYS[11], '\31writes') or '0') + index)
+pairs_out[#pairs_out + 1] = string.format('%d', tonumber(redis.call('HGET', KEYS[11], '\31writes') or '0') + tonumber(ARGV[4]))
 for name, t in pairs(tops) do
   local parts = {t.exact and '=' or '~'}
   for _, entry in ipairs(t.entries) do

@@ -964,8 +964,9 @@ async fn garbage_in_the_rules_hash_is_a_clear_error_naming_the_store_and_field()
     assert_eq!(rows["\"/\""]["views"], json!(4));
 }
 
-/// A producer merging while Redis is frozen (SIGSTOP): its pushes time out with an error
-/// that says the outcome is unknown; once Redis runs again (SIGCONT), every push is applied
+/// Four tasks of one producer merging while Redis is frozen (SIGSTOP), so their pushes go in
+/// group commits: pushes time out with an error that says the outcome is unknown (a group's
+/// timeout is each member's answer); once Redis runs again (SIGCONT), every push is applied
 /// whole or not at all (each adds 1 to three entities, so their sums stay equal), and the
 /// sums are at least the acknowledged pushes and at most those plus the unknown ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -981,31 +982,40 @@ async fn merges_into_a_frozen_redis_time_out_unknown_and_are_never_half_applied(
         .await
         .unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let producer = {
-        let (buffer, stop) = (buffer.clone(), stop.clone());
-        tokio::spawn(async move {
-            let (mut acknowledged, mut unknown) = (0u64, 0u64);
-            let records: Vec<_> = ["a", "b", "c"]
-                .iter()
-                .map(|k| json!({"k": k, "n": 1}))
-                .collect();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                match buffer.push_many("frozen", &records).await {
-                    Ok(_) => acknowledged += 1,
-                    Err(err) if err.is_outcome_unknown() => unknown += 1,
-                    Err(err) => panic!("a push failed other than with an unknown outcome: {err}"),
+    let producers: Vec<_> = (0..4)
+        .map(|_| {
+            let (buffer, stop) = (buffer.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut acknowledged, mut unknown) = (0u64, 0u64);
+                let records: Vec<_> = ["a", "b", "c"]
+                    .iter()
+                    .map(|k| json!({"k": k, "n": 1}))
+                    .collect();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match buffer.push_many("frozen", &records).await {
+                        Ok(_) => acknowledged += 1,
+                        Err(err) if err.is_outcome_unknown() => unknown += 1,
+                        Err(err) => {
+                            panic!("a push failed other than with an unknown outcome: {err}")
+                        }
+                    }
                 }
-            }
-            (acknowledged, unknown)
+                (acknowledged, unknown)
+            })
         })
-    };
+        .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.signal("STOP");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.signal("CONT");
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (acknowledged, unknown) = producer.await.unwrap();
+    let (mut acknowledged, mut unknown) = (0, 0);
+    for producer in producers {
+        let (a, u) = producer.await.unwrap();
+        acknowledged += a;
+        unknown += u;
+    }
     assert!(unknown >= 1, "no push met the frozen Redis");
     assert!(acknowledged >= 2, "pushes before and after: {acknowledged}");
     let rows = drain_rows(&buffer, "frozen", "k").await;
@@ -1024,4 +1034,364 @@ async fn merges_into_a_frozen_redis_time_out_unknown_and_are_never_half_applied(
         acknowledged + unknown
     );
     assert_eq!(rows["\"a\""]["_writes"].as_u64(), Some(sums[0]));
+}
+
+/// Merge scripts run (EVALSHA, or EVAL where a script was not loaded yet) on `server`.
+fn merge_scripts_run(server: &RedisServer) -> u64 {
+    let counts = command_counts(server);
+    counts.get("evalsha").copied().unwrap_or(0) + counts.get("eval").copied().unwrap_or(0)
+}
+
+/// Holds every write (scripts included) of `server` for `ms` milliseconds, so the merge script
+/// a producer sends next stays in flight that long and the pushes after it wait for it.
+fn pause_writes(server: &RedisServer, ms: u64) {
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("WRITE")
+        .query::<()>(&mut server.conn())
+        .expect("CLIENT PAUSE");
+}
+
+/// Spawns one push per record list, `first` at once and the others while it is held in Redis,
+/// and returns every push's result in order (`first`'s first).
+async fn pushes_behind_one_in_flight(
+    buffer: &buffer_core::Buffer,
+    server: &RedisServer,
+    store: &'static str,
+    first: Vec<serde_json::Value>,
+    others: Vec<Vec<serde_json::Value>>,
+) -> Vec<Result<buffer_core::PushReceipt, Error>> {
+    pause_writes(server, 800);
+    let spawn = |records: Vec<serde_json::Value>| {
+        let buffer = buffer.clone();
+        tokio::spawn(async move { buffer.push_many(store, &records).await })
+    };
+    let mut tasks = vec![spawn(first)];
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    tasks.extend(others.into_iter().map(spawn));
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+/// Pushes that arrive while a merge script of this producer is in flight for the store wait
+/// for it and are then sent as one script, their records merged by entity first: the rows are
+/// those of every push applied one by one, and a group holds at most
+/// `coalesce_group_entities` entities (a push is never split).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_waiting_for_a_merge_in_flight_are_sent_as_one_script() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    buffer.set_coalesce("views", &page_views()).await.unwrap();
+    // Rules read and the script loaded before Redis holds writes.
+    buffer
+        .push("views", &json!({"page": "/warm"}))
+        .await
+        .unwrap();
+    let push = |i: i64| -> Vec<serde_json::Value> {
+        (0..10)
+            .map(|j| {
+                json!({"page": format!("/{}", (i + j) % 5), "views": i * 10 + j + 1,
+                    "last_seen": 1000 - (i * 7 + j * 13) % 50, "referrers": [format!("r{}", j % 3)]})
+            })
+            .collect()
+    };
+    let before = merge_scripts_run(&server);
+    let results = pushes_behind_one_in_flight(
+        &buffer,
+        &server,
+        "views",
+        push(0),
+        (1..20).map(push).collect(),
+    )
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(
+        merge_scripts_run(&server) - before,
+        2,
+        "one script for the first push, one for the 19 that waited for it"
+    );
+    let mut expected: std::collections::BTreeMap<String, (i64, i64, u64)> = Default::default();
+    for record in (0..20).flat_map(push) {
+        let e = expected
+            .entry(record["page"].to_string())
+            .or_insert((0, i64::MIN, 0));
+        e.0 += record["views"].as_i64().unwrap();
+        e.1 = e.1.max(record["last_seen"].as_i64().unwrap());
+        e.2 += 1;
+    }
+    let rows = drain_rows(&buffer, "views", "page").await;
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    for (page, (views, last_seen, writes)) in expected {
+        let row = &rows[&page];
+        assert_eq!(row["views"], json!(views), "{row}");
+        assert_eq!(row["last_seen"], json!(last_seen), "{row}");
+        assert_eq!(row["_writes"], json!(writes), "{row}");
+        // Elements in first-seen order, which depends on the order the tasks' pushes arrived.
+        let mut referrers: Vec<&str> = row["referrers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        referrers.sort_unstable();
+        assert_eq!(referrers, ["r0", "r1", "r2"], "{row}");
+    }
+
+    // At most 10 entities a group: 19 pushes of 5 new entities each go 2 by 2.
+    let capped = buffer_core::Buffer::connect(server.config().coalesce_group_entities(10))
+        .await
+        .unwrap();
+    capped.set_coalesce("capped", &page_views()).await.unwrap();
+    capped
+        .push("capped", &json!({"page": "/warm"}))
+        .await
+        .unwrap();
+    let push = |i: i64| -> Vec<serde_json::Value> {
+        (0..5)
+            .map(|j| json!({"page": format!("/{}", i * 5 + j), "views": 1}))
+            .collect()
+    };
+    let before = merge_scripts_run(&server);
+    let results = pushes_behind_one_in_flight(
+        &capped,
+        &server,
+        "capped",
+        push(0),
+        (1..20).map(push).collect(),
+    )
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(merge_scripts_run(&server) - before, 1 + 10);
+    let rows = drain_rows(&capped, "capped", "page").await;
+    assert_eq!(rows.len(), 101);
+    assert!(rows.values().all(|row| row["_writes"] == json!(1)));
+}
+
+/// A group Redis refuses (a sum that would leave i64, a limit) is sent again push by push, so
+/// each push gets its own answer: the push Redis refuses is refused alone, naming its record,
+/// and every other push of the group is applied; a limit admits the pushes that fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_redis_refuses_is_sent_again_push_by_push() {
+    let server = RedisServer::start();
+    let buffer = server.buffer().await;
+    let rules = CoalesceRules::new("id").with("n", MergeRule::Sum);
+    buffer.set_coalesce("counts", &rules).await.unwrap();
+    buffer
+        .push("counts", &json!({"id": 1, "n": i64::MAX - 1}))
+        .await
+        .unwrap();
+    let others = (0..10)
+        .map(|i| {
+            if i == 4 {
+                vec![json!({"id": 3, "n": 1}), json!({"id": 1, "n": 5})]
+            } else {
+                vec![json!({"id": 2, "n": 1})]
+            }
+        })
+        .collect();
+    let before = merge_scripts_run(&server);
+    let results = pushes_behind_one_in_flight(
+        &buffer,
+        &server,
+        "counts",
+        vec![json!({"id": 2, "n": 1})],
+        others,
+    )
+    .await;
+    for (i, result) in results.iter().enumerate() {
+        if i == 5 {
+            match result {
+                Err(Error::CoalesceRecordRefused {
+                    index: 1,
+                    field,
+                    rule,
+                    reason,
+                    ..
+                }) if field == "n" && rule == "sum" && reason.contains("overflows") => {}
+                other => panic!("the overflowing push: {other:?}"),
+            }
+        } else {
+            assert!(result.is_ok(), "push {i}: {result:?}");
+        }
+    }
+    // The first push, the group (refused), then each of the 10 alone.
+    assert_eq!(merge_scripts_run(&server) - before, 1 + 1 + 10);
+    let rows = drain_rows(&buffer, "counts", "id").await;
+    assert_eq!(rows.len(), 2, "nothing of the refused push: {rows:?}");
+    assert_eq!(rows["1"]["n"], json!(i64::MAX - 1));
+    assert_eq!(rows["1"]["_writes"], json!(1));
+    assert_eq!(rows["2"]["n"], json!(10));
+    assert_eq!(rows["2"]["_writes"], json!(10));
+
+    // At most 12 entities: after the first push's 2, five pushes of 3 new entities each make
+    // a group of 15 records that does not fit; alone, three fit and two are refused.
+    buffer
+        .set_limits(
+            "counts",
+            buffer_core::StoreLimits {
+                max_records: Some(12),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let push = |i: i64| -> Vec<serde_json::Value> {
+        (0..3)
+            .map(|j| json!({"id": 100 + i * 3 + j, "n": 1}))
+            .collect()
+    };
+    let results = pushes_behind_one_in_flight(
+        &buffer,
+        &server,
+        "counts",
+        vec![json!({"id": 1, "n": 1}), json!({"id": 2, "n": 1})],
+        (0..5).map(push).collect(),
+    )
+    .await;
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    let refused = results[1..]
+        .iter()
+        .filter(|result| match result {
+            Err(err) => {
+                assert!(err.is_backpressure(), "{err}");
+                true
+            }
+            Ok(_) => false,
+        })
+        .count();
+    assert_eq!(refused, 2, "{results:?}");
+    let rows = drain_rows(&buffer, "counts", "id").await;
+    assert_eq!(rows.len(), 2 + 3 * 3);
+}
+
+/// Property: merging a push's records by entity before sending them (what a group commit
+/// sends) gives the rows, or the refusal, that sending every record as its own entry gives:
+/// sums of integers of any size (runs that overflow included) and of floats, maxima and
+/// minima mixing small and long integers, floats and ties, first and last values, unions of
+/// scalars and arrays.
+#[test]
+fn merging_a_pushs_records_by_entity_first_gives_the_same_rows_and_refusals() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = RedisServer::start();
+    let (folded, one_by_one) = runtime.block_on(async {
+        let folded = server.buffer().await;
+        let one_by_one = buffer_core::Buffer::connect(server.config().coalesce_group_entities(0))
+            .await
+            .unwrap();
+        (folded, one_by_one)
+    });
+    let rules = CoalesceRules::new("e")
+        .with("s", MergeRule::Sum)
+        .with("f", MergeRule::Sum)
+        .with("hi", MergeRule::Max)
+        .with("lo", MergeRule::Min)
+        .with("a", MergeRule::First)
+        .with("u", MergeRule::Union);
+    for store in ["folded", "one_by_one"] {
+        runtime
+            .block_on(folded.set_coalesce(store, &rules))
+            .unwrap();
+    }
+    let sum = prop_oneof![
+        4 => -3i64..4,
+        1 => (i64::MAX / 3)..(i64::MAX / 2),
+        1 => (i64::MIN / 2)..(i64::MIN / 3),
+        1 => 0i64..1_000_000_000_000_000,
+    ]
+    .prop_map(|n| json!(n));
+    // Exact binary fractions: their float sums do not depend on the order of the additions.
+    let float = prop_oneof![Just(0.25), Just(1.5), Just(-0.75)].prop_map(|x| json!(x));
+    let extreme = prop_oneof![
+        (-5i64..5).prop_map(|n| json!(n)),
+        (-5i64..5).prop_map(|n| json!(n as f64)),
+        (-5i64..5).prop_map(|n| json!(n as f64 + 0.5)),
+        (0i64..3).prop_map(|n| json!((1i64 << 55) + n)),
+        (0i64..3).prop_map(|n| json!(-(1i64 << 55) - n)),
+    ];
+    let union = prop_oneof![
+        prop_oneof![Just("x"), Just("y"), Just(""), Just("z")].prop_map(|s| json!(s)),
+        proptest::collection::vec(prop_oneof![Just(json!(1)), Just(json!("x"))], 0..3)
+            .prop_map(|v| json!(v)),
+    ];
+    let record = (
+        0u8..3,
+        proptest::option::of(sum),
+        proptest::option::of(float),
+        proptest::option::of(extreme.clone()),
+        proptest::option::of(extreme),
+        proptest::option::of(0u8..9),
+        proptest::option::of(union),
+        proptest::option::of(0u8..9),
+    )
+        .prop_map(|(e, s, f, hi, lo, a, u, z)| {
+            let mut record = serde_json::Map::new();
+            record.insert("e".into(), json!(e));
+            for (name, value) in [
+                ("s", s),
+                ("f", f),
+                ("hi", hi),
+                ("lo", lo),
+                ("a", a.map(|a| json!(a))),
+                ("u", u),
+                ("z", z.map(|z| json!(z))),
+            ] {
+                if let Some(value) = value {
+                    record.insert(name.into(), value);
+                }
+            }
+            serde_json::Value::Object(record)
+        });
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        ..Config::default()
+    });
+    runner
+        .run(&proptest::collection::vec(record, 1..16), |records| {
+            runtime.block_on(async {
+                let a = folded.push_many("folded", &records).await;
+                let b = one_by_one.push_many("one_by_one", &records).await;
+                let rows = |rows: std::collections::BTreeMap<String, serde_json::Value>| {
+                    rows.into_values()
+                        .map(|mut row| {
+                            let row = row.as_object_mut().unwrap();
+                            row.remove("_first_write");
+                            row.remove("_last_write");
+                            serde_json::Value::Object(row.clone())
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let outcome = |result: Result<buffer_core::PushReceipt, Error>| match result {
+                    Ok(receipt) => Ok(receipt.records),
+                    Err(err) => Err(err.to_string()),
+                };
+                let (a, b) = (outcome(a), outcome(b));
+                let (a_rows, b_rows) = match (&a, &b) {
+                    (Ok(_), Ok(_)) => (
+                        rows(drain_rows(&folded, "folded", "e").await),
+                        rows(drain_rows(&one_by_one, "one_by_one", "e").await),
+                    ),
+                    _ => (Vec::new(), Vec::new()),
+                };
+                let a = a.map_err(|err| err.replace("\"folded\"", "\"one_by_one\""));
+                if a == b && a_rows == b_rows {
+                    Ok(())
+                } else {
+                    Err(TestCaseError::fail(format!(
+                        "{records:?}: merged first {a:?} {a_rows:?}, one by one {b:?} {b_rows:?}"
+                    )))
+                }
+            })
+        })
+        .unwrap();
 }
