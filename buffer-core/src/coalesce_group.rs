@@ -4,16 +4,20 @@
 //! most of its cost there is per entity: reading the entity's packed row, unpacking it,
 //! packing it again and writing it back (BENCHMARKS.md, "coalescing push_many"). So while one
 //! merge script of this producer is in flight for a store, the pushes that arrive for that
-//! store wait in the store's queue; when it returns, one task sends all of them as one script,
-//! their records merged by entity first (`MergeCall::merge_records`), so Redis reads and writes
-//! each entity once for the whole group, with one operation per field where the merge allows
-//! it. A push arriving while nothing is in flight is sent at once: grouping adds no wait.
+//! store are merged by entity into the group forming behind it (`MergeCall::merge_records`,
+//! by each pushing task, while the script runs in Redis); when it returns, one task sends that
+//! group as one script, so Redis reads and writes each entity once for the whole group, with
+//! one operation per field where the merge allows it. A push arriving while nothing is in
+//! flight is sent at once: grouping adds no wait. One script in flight per store and producer
+//! makes the groups as large as the concurrency allows: with 50 tasks pushing, about 25
+//! pushes a group (BENCHMARKS.md); two in flight would halve them, and Redis's work per
+//! record grows as a group's share of distinct entities does.
 //!
 //! Each push is still applied or refused whole and by itself: the group is one script, so it
 //! is applied whole or not at all, and when Redis refuses it (a sum leaving i64, a limit) or
 //! the rules changed, every push of the group is sent again on its own
 //! (`Buffer::merge_alone`), where each gets its own answer. A record the rules refuse is
-//! refused before its push joins a queue. A lost connection or a timeout is every member's
+//! refused before its push joins a group. A lost connection or a timeout is every member's
 //! answer (its outcome unknown, as for a push alone).
 //!
 //! What merging first keeps exact: a field's `last` and `first` values, a union's distinct
@@ -251,18 +255,21 @@ impl GroupCommits {
     }
 }
 
-/// A store's pushes waiting for the merge script in flight, and whether one is.
+/// A store's group commit: whether a merge script is in flight, and the groups formed behind
+/// it, in the order they will be sent.
 #[derive(Default)]
 struct Queue {
     busy: bool,
-    waiting: VecDeque<Waiting>,
+    forming: VecDeque<Group>,
 }
 
-struct Waiting {
+/// Pushes merged into one script while they wait: the rules they were made under, their
+/// records merged by entity, and how to answer each.
+struct Group {
     /// The stored rules' text the operations were made under.
     rules: Arc<str>,
-    ops: PushOps,
-    reply: oneshot::Sender<Verdict>,
+    call: MergeCall,
+    members: Vec<oneshot::Sender<Verdict>>,
 }
 
 enum Verdict {
@@ -278,18 +285,37 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Sends `ops` (one push to `store`, made under the rules `rules`) with the store's group
 /// commit; `None` when the push must be sent on its own (`Buffer::merge_alone`).
+///
+/// The push is merged into the last group formed behind the script in flight, by the caller's
+/// task and while that script runs in Redis, so the next group is ready when it returns. A
+/// new group starts when the rules differ or the last one holds `coalesce_group_entities`
+/// entities.
 pub(crate) async fn submit(
     buffer: &Buffer,
     store: &StoreName,
     rules: Arc<str>,
     ops: PushOps,
 ) -> Option<Result<Merged>> {
+    let cap = buffer.config().coalesce_group_entities;
     let queue = buffer.group_commits().queue(store);
     let (reply, verdict) = oneshot::channel();
     let start = {
-        let mut waiting = lock(&queue);
-        waiting.waiting.push_back(Waiting { rules, ops, reply });
-        !std::mem::replace(&mut waiting.busy, true)
+        let mut queue = lock(&queue);
+        let joins = queue
+            .forming
+            .back()
+            .is_some_and(|group| group.rules == rules && group.call.entities() < cap);
+        if !joins {
+            queue.forming.push_back(Group {
+                rules,
+                call: MergeCall::default(),
+                members: Vec::new(),
+            });
+        }
+        let group = queue.forming.back_mut().expect("a group was just ensured");
+        group.call.merge_records(ops);
+        group.members.push(reply);
+        !std::mem::replace(&mut queue.busy, true)
     };
     if start {
         // A task of its own, so a caller that stops waiting (a timeout around its push) does
@@ -324,55 +350,32 @@ impl Drop for IdleOnDrop {
         if self.armed {
             let mut queue = lock(&self.queue);
             queue.busy = false;
-            queue.waiting.clear();
+            queue.forming.clear();
         }
     }
 }
 
-/// Sends the store's waiting pushes, a group at a time, until none waits.
+/// Sends the store's groups, one script at a time, until none is waiting.
 async fn send_groups(buffer: Buffer, store: StoreName, queue: Arc<Mutex<Queue>>) {
     let mut idle = IdleOnDrop {
         queue: Arc::clone(&queue),
         armed: true,
     };
-    let cap = buffer.config().coalesce_group_entities;
     loop {
-        // The waiting pushes made under the first one's rules, in arrival order.
-        let taken: Vec<Waiting> = {
-            let mut waiting = lock(&queue);
-            let Some(first) = waiting.waiting.front() else {
-                waiting.busy = false;
+        let group = {
+            let mut queue = lock(&queue);
+            let Some(group) = queue.forming.pop_front() else {
+                queue.busy = false;
                 idle.armed = false;
                 return;
             };
-            let rules = Arc::clone(&first.rules);
-            let same = waiting
-                .waiting
-                .iter()
-                .take_while(|push| push.rules == rules)
-                .count();
-            waiting.waiting.drain(..same).collect()
+            group
         };
-        let rules = Arc::clone(&taken[0].rules);
-        // Merged in arrival order until the group holds `cap` entities; the rest wait for the
-        // next group, first in line.
-        let mut call = MergeCall::default();
-        let mut members = Vec::with_capacity(taken.len());
-        let mut later = Vec::new();
-        for push in taken {
-            if !members.is_empty() && call.entities() >= cap {
-                later.push(push);
-                continue;
-            }
-            call.merge_records(push.ops);
-            members.push(push.reply);
-        }
-        if !later.is_empty() {
-            let mut waiting = lock(&queue);
-            for push in later.into_iter().rev() {
-                waiting.waiting.push_front(push);
-            }
-        }
+        let Group {
+            rules,
+            call,
+            members,
+        } = group;
         let outcome = match buffer.stamp_ms().await {
             Ok(now) => {
                 buffer
@@ -381,7 +384,7 @@ async fn send_groups(buffer: Buffer, store: StoreName, queue: Arc<Mutex<Queue>>)
             }
             Err(err) => Err(err),
         };
-        let answers: Box<dyn Fn() -> Verdict> = match outcome {
+        let answers: Box<dyn Fn() -> Verdict + Send> = match outcome {
             Ok(MergeOutcome::Applied(merged)) => {
                 Box::new(move || Verdict::Done(Ok(merged.clone())))
             }
@@ -393,6 +396,8 @@ async fn send_groups(buffer: Buffer, store: StoreName, queue: Arc<Mutex<Queue>>)
             }
             Err(err) => Box::new(move || Verdict::Done(Err(err.clone()))),
         };
+        // The call's memory is given back before the members run again.
+        drop(call);
         for member in members {
             // A member that stopped waiting is not told.
             let _ = member.send(answers());

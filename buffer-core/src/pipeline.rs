@@ -221,7 +221,8 @@ impl PushPipeline {
         if pushes.is_empty() {
             return Ok(());
         }
-        // A push to a coalescing store is one merge script of its own (see `crate::coalesce`),
+        // A push to a coalescing store is merged as a `push` is (see `crate::coalesce`: alone,
+        // or in its store's group commit with the pushes waiting behind the merge in flight),
         // sent while the pipeline of the other pushes is: its result is in its handle as for
         // any push. Whether a store is coalescing is known from the producer's cache (read
         // once per store).
