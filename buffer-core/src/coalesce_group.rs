@@ -315,12 +315,26 @@ pub(crate) async fn submit(
         let group = queue.forming.back_mut().expect("a group was just ensured");
         group.call.merge_records(ops);
         group.members.push(reply);
-        !std::mem::replace(&mut queue.busy, true)
+        let full = group.call.entities() >= cap;
+        if !std::mem::replace(&mut queue.busy, true) {
+            Start::Sender
+        } else if full {
+            Start::Full(queue.forming.pop_back().expect("the group just joined"))
+        } else {
+            Start::Nothing
+        }
     };
-    if start {
-        // A task of its own, so a caller that stops waiting (a timeout around its push) does
-        // not stop the group the others wait on.
-        tokio::spawn(send_groups(buffer.clone(), store.clone(), queue));
+    // Tasks of their own, so a caller that stops waiting (a timeout around its push) does not
+    // stop the group the others wait on.
+    match start {
+        Start::Sender => {
+            tokio::spawn(send_groups(buffer.clone(), store.clone(), queue));
+        }
+        Start::Full(group) => {
+            let (buffer, store) = (buffer.clone(), store.clone());
+            tokio::spawn(async move { send_group(&buffer, &store, group).await });
+        }
+        Start::Nothing => {}
     }
     match verdict.await {
         Ok(Verdict::Done(result)) => Some(result),
@@ -336,6 +350,16 @@ pub(crate) async fn submit(
             )),
         })),
     }
+}
+
+/// What a push that joined a group starts.
+enum Start {
+    /// The queue was idle: a `send_groups` task, which sends the group now.
+    Sender,
+    /// The group is full while a script is in flight: this group is sent now, beside it.
+    Full(Group),
+    /// Nothing: the group waits for the script in flight.
+    Nothing,
 }
 
 /// Marks the queue idle if the sending task is dropped while it runs, so later pushes start a
@@ -355,7 +379,8 @@ impl Drop for IdleOnDrop {
     }
 }
 
-/// Sends the store's groups, one script at a time, until none is waiting.
+/// Sends the store's groups, one script at a time, until none is waiting (a full group is
+/// sent at once by the push that filled it, see `submit`).
 async fn send_groups(buffer: Buffer, store: StoreName, queue: Arc<Mutex<Queue>>) {
     let mut idle = IdleOnDrop {
         queue: Arc::clone(&queue),
@@ -371,37 +396,34 @@ async fn send_groups(buffer: Buffer, store: StoreName, queue: Arc<Mutex<Queue>>)
             };
             group
         };
-        let Group {
-            rules,
-            call,
-            members,
-        } = group;
-        let outcome = match buffer.stamp_ms().await {
-            Ok(now) => {
-                buffer
-                    .run_merge_call(&store, &rules, &call, now, None)
-                    .await
-            }
-            Err(err) => Err(err),
-        };
-        let answers: Box<dyn Fn() -> Verdict + Send> = match outcome {
-            Ok(MergeOutcome::Applied(merged)) => {
-                Box::new(move || Verdict::Done(Ok(merged.clone())))
-            }
-            Ok(MergeOutcome::Refused(err)) if call.answers_one_push() => {
-                Box::new(move || Verdict::Done(Err(err.clone())))
-            }
-            Ok(MergeOutcome::Refused(_) | MergeOutcome::RulesChanged) => {
-                Box::new(|| Verdict::Alone)
-            }
-            Err(err) => Box::new(move || Verdict::Done(Err(err.clone()))),
-        };
-        // The call's memory is given back before the members run again.
-        drop(call);
-        for member in members {
-            // A member that stopped waiting is not told.
-            let _ = member.send(answers());
+        send_group(&buffer, &store, group).await;
+    }
+}
+
+/// Sends one group as one script and answers its members.
+async fn send_group(buffer: &Buffer, store: &StoreName, group: Group) {
+    let Group {
+        rules,
+        call,
+        members,
+    } = group;
+    let outcome = match buffer.stamp_ms().await {
+        Ok(now) => buffer.run_merge_call(store, &rules, &call, now, None).await,
+        Err(err) => Err(err),
+    };
+    let answers: Box<dyn Fn() -> Verdict + Send> = match outcome {
+        Ok(MergeOutcome::Applied(merged)) => Box::new(move || Verdict::Done(Ok(merged.clone()))),
+        Ok(MergeOutcome::Refused(err)) if call.answers_one_push() => {
+            Box::new(move || Verdict::Done(Err(err.clone())))
         }
+        Ok(MergeOutcome::Refused(_) | MergeOutcome::RulesChanged) => Box::new(|| Verdict::Alone),
+        Err(err) => Box::new(move || Verdict::Done(Err(err.clone()))),
+    };
+    // The call's memory is given back before the members run again.
+    drop(call);
+    for member in members {
+        // A member that stopped waiting is not told.
+        let _ = member.send(answers());
     }
 }
 

@@ -1053,15 +1053,35 @@ fn pause_writes(server: &RedisServer, ms: u64) {
         .expect("CLIENT PAUSE");
 }
 
+/// Bytes of commands Redis has read but not run yet (every client's `qbuf` but this one's):
+/// what was sent behind a command held by `CLIENT PAUSE`.
+fn queued_bytes(server: &RedisServer) -> u64 {
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut server.conn())
+        .expect("CLIENT LIST");
+    clients
+        .lines()
+        .filter(|client| !client.contains("cmd=client|list"))
+        .filter_map(|client| {
+            client
+                .split(' ')
+                .find_map(|field| field.strip_prefix("qbuf="))
+                .and_then(|bytes| bytes.parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// Spawns one push per record list, `first` at once and the others while it is held in Redis,
-/// and returns every push's result in order (`first`'s first).
+/// and returns every push's result in order (`first`'s first), with the bytes Redis held
+/// unread behind it (`queued_bytes`) once the others were pushed.
 async fn pushes_behind_one_in_flight(
     buffer: &buffer_core::Buffer,
     server: &RedisServer,
     store: &'static str,
     first: Vec<serde_json::Value>,
     others: Vec<Vec<serde_json::Value>>,
-) -> Vec<Result<buffer_core::PushReceipt, Error>> {
+) -> (Vec<Result<buffer_core::PushReceipt, Error>>, u64) {
     pause_writes(server, 800);
     let spawn = |records: Vec<serde_json::Value>| {
         let buffer = buffer.clone();
@@ -1070,11 +1090,13 @@ async fn pushes_behind_one_in_flight(
     let mut tasks = vec![spawn(first)];
     tokio::time::sleep(Duration::from_millis(150)).await;
     tasks.extend(others.into_iter().map(spawn));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let queued = queued_bytes(server);
     let mut results = Vec::new();
     for task in tasks {
         results.push(task.await.unwrap());
     }
-    results
+    (results, queued)
 }
 
 /// Pushes that arrive while a merge script of this producer is in flight for the store wait
@@ -1100,7 +1122,7 @@ async fn pushes_waiting_for_a_merge_in_flight_are_sent_as_one_script() {
             .collect()
     };
     let before = merge_scripts_run(&server);
-    let results = pushes_behind_one_in_flight(
+    let (results, queued) = pushes_behind_one_in_flight(
         &buffer,
         &server,
         "views",
@@ -1109,6 +1131,7 @@ async fn pushes_waiting_for_a_merge_in_flight_are_sent_as_one_script() {
     )
     .await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(queued, 0, "nothing is sent while the group forms");
     assert_eq!(
         merge_scripts_run(&server) - before,
         2,
@@ -1141,7 +1164,8 @@ async fn pushes_waiting_for_a_merge_in_flight_are_sent_as_one_script() {
         assert_eq!(referrers, ["r0", "r1", "r2"], "{row}");
     }
 
-    // At most 10 entities a group: 19 pushes of 5 new entities each go 2 by 2.
+    // At most 10 entities a group: 19 pushes of 5 new entities each go 2 by 2, and a full
+    // group is sent at once, behind the script in flight rather than after it.
     let capped = buffer_core::Buffer::connect(server.config().coalesce_group_entities(10))
         .await
         .unwrap();
@@ -1156,7 +1180,7 @@ async fn pushes_waiting_for_a_merge_in_flight_are_sent_as_one_script() {
             .collect()
     };
     let before = merge_scripts_run(&server);
-    let results = pushes_behind_one_in_flight(
+    let (results, queued) = pushes_behind_one_in_flight(
         &capped,
         &server,
         "capped",
@@ -1165,6 +1189,11 @@ async fn pushes_waiting_for_a_merge_in_flight_are_sent_as_one_script() {
     )
     .await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // Nine full groups' scripts, each over 400 bytes (its 13 key names alone are).
+    assert!(
+        queued >= 9 * 400,
+        "{queued} bytes sent behind the paused script"
+    );
     assert_eq!(merge_scripts_run(&server) - before, 1 + 10);
     let rows = drain_rows(&capped, "capped", "page").await;
     assert_eq!(rows.len(), 101);
@@ -1194,7 +1223,7 @@ async fn a_group_redis_refuses_is_sent_again_push_by_push() {
         })
         .collect();
     let before = merge_scripts_run(&server);
-    let results = pushes_behind_one_in_flight(
+    let (results, _) = pushes_behind_one_in_flight(
         &buffer,
         &server,
         "counts",
@@ -1244,7 +1273,7 @@ async fn a_group_redis_refuses_is_sent_again_push_by_push() {
             .map(|j| json!({"id": 100 + i * 3 + j, "n": 1}))
             .collect()
     };
-    let results = pushes_behind_one_in_flight(
+    let (results, _) = pushes_behind_one_in_flight(
         &buffer,
         &server,
         "counts",
