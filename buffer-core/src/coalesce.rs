@@ -36,7 +36,9 @@ use serde_json::value::RawValue;
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::Buffer;
-use crate::coalesce_group::{MergeCall, MergeOutcome};
+use crate::coalesce_group::{
+    EntryArg, MergeCall, MergeOutcome, Merged, PushOps, RecordOps, is_integer_text,
+};
 use crate::error::{Error, Result};
 use crate::name::StoreName;
 use crate::receipt::PushReceipt;
@@ -137,57 +139,30 @@ fn parse_top(text: &str) -> Option<(bool, Vec<TopEntity>)> {
     Some((exact, top))
 }
 
-/// One record's merge: its entity and its operations `(op, field, value)`.
-pub(crate) struct RecordOps {
-    pub(crate) entity: String,
-    pub(crate) ops: Vec<(&'static str, String, String)>,
-}
-
-/// A push's records as merge operations, every one checked against the rules before anything
-/// is sent, with the field names they write (the metadata fields' included) and their bytes.
-pub(crate) struct PushOps {
-    pub(crate) records: Vec<RecordOps>,
-    pub(crate) names: BTreeSet<String>,
-    pub(crate) bytes: u64,
-}
-
-impl PushOps {
-    /// The operations of `records` under `rules`, or the error naming the first record, field
-    /// and rule that refuse one.
-    pub(crate) fn new(
-        store: &StoreName,
-        rules: &CoalesceRules,
-        records: &EncodedRecords,
-    ) -> Result<Self> {
-        let mut names = BTreeSet::new();
-        let records_ops = records
-            .texts()
-            .enumerate()
-            .map(|(index, text)| {
-                let text = std::str::from_utf8(text).map_err(|err| Error::Corrupt {
-                    what: format!("an encoded record is not UTF-8: {err}"),
-                })?;
-                record_ops(store, rules, index, text, &mut names)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        names.extend(METADATA.iter().map(|name| (*name).to_owned()));
-        Ok(Self {
-            records: records_ops,
-            names,
-            bytes: records.bytes() as u64,
+/// The operations of `records` under `rules`, or the error naming the first record, field
+/// and rule that refuse one.
+pub(crate) fn push_ops(
+    store: &StoreName,
+    rules: &CoalesceRules,
+    records: &EncodedRecords,
+) -> Result<PushOps> {
+    let mut names = BTreeSet::new();
+    let records_ops = records
+        .texts()
+        .enumerate()
+        .map(|(index, text)| {
+            let text = std::str::from_utf8(text).map_err(|err| Error::Corrupt {
+                what: format!("an encoded record is not UTF-8: {err}"),
+            })?;
+            record_ops(store, rules, index, text, &mut names)
         })
-    }
-}
-
-pub(crate) fn is_small_integer_text(text: &str) -> bool {
-    // Below 16 characters an integer is a double exactly (|n| < 10^15 < 2^53), which is how
-    // the merge script compares and adds such texts.
-    text.len() < 16 && is_integer_text(text)
-}
-
-fn is_integer_text(text: &str) -> bool {
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        .collect::<Result<Vec<_>>>()?;
+    names.extend(METADATA.iter().map(|name| (*name).to_owned()));
+    Ok(PushOps {
+        records: records_ops,
+        names,
+        bytes: records.bytes() as u64,
+    })
 }
 
 fn is_number_text(text: &str) -> bool {
@@ -384,9 +359,6 @@ pub(crate) fn observe_rules_probe(buffer: &Buffer, store: &StoreName, results: &
         buffer.rules_cache().forget(store);
     }
 }
-
-/// What a merge push did: its receipt, and whether its push id was already applied.
-pub(crate) type Merged = (PushReceipt, bool);
 
 /// How a pushed field merges into its entity's row. Non-exhaustive: a rule may be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -682,8 +654,8 @@ impl Buffer {
             return Ok(None);
         };
         if push_id.is_none() && self.config().coalesce_group_entities > 0 {
-            let ops = PushOps::new(store, &rules, records)?;
-            if let Some(result) = crate::coalesce_group::submit(self, store, text, ops).await {
+            let ops = push_ops(store, &rules, records)?;
+            if let Some(result) = crate::coalesce_send::submit(self, store, text, ops).await {
                 return result.map(Some);
             }
         }
@@ -704,7 +676,7 @@ impl Buffer {
                 return Ok(None);
             };
             let mut call = MergeCall::default();
-            call.add_records(PushOps::new(store, &rules, records)?);
+            call.add_records(push_ops(store, &rules, records)?);
             match self
                 .run_merge_call(store, &text, &call, now, push_id)
                 .await?
@@ -760,7 +732,12 @@ impl Buffer {
             })
             .arg(call.names().len())
             .arg(call.names());
-        call.write_entries(&mut script);
+        call.write_entries(|arg| {
+            match arg {
+                EntryArg::Text(text) => script.arg(text),
+                EntryArg::Count(count) => script.arg(count),
+            };
+        });
         let op = if push_id.is_some() {
             "push_once"
         } else {

@@ -1,4 +1,6 @@
-//! Group commit of coalescing pushes (ARCHITECTURE.md, `coalesce_group.rs`).
+//! Group commit of coalescing pushes (ARCHITECTURE.md, `coalesce_group.rs`): the groups'
+//! data and how a push's records merge into one; the tasks that send them are in
+//! `coalesce_send.rs`.
 //!
 //! A coalescing store's merge runs in Redis as a Lua script (`scripts::COALESCE_PUSH`), and
 //! most of its cost there is per entity: reading the entity's packed row, unpacking it,
@@ -34,11 +36,43 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
 
-use crate::buffer::Buffer;
-use crate::coalesce::{Merged, PushOps, is_small_integer_text};
 use crate::error::{Error, Result};
 use crate::name::StoreName;
-use crate::replicas::ScriptCall;
+use crate::receipt::PushReceipt;
+
+/// One record's merge: its entity and its operations `(op, field, value)`.
+pub(crate) struct RecordOps {
+    pub(crate) entity: String,
+    pub(crate) ops: Vec<(&'static str, String, String)>,
+}
+
+/// A push's records as merge operations, every one checked against the rules before anything
+/// is sent, with the field names they write (the metadata fields' included) and their bytes.
+pub(crate) struct PushOps {
+    pub(crate) records: Vec<RecordOps>,
+    pub(crate) names: BTreeSet<String>,
+    pub(crate) bytes: u64,
+}
+
+pub(crate) fn is_small_integer_text(text: &str) -> bool {
+    // Below 16 characters an integer is a double exactly (|n| < 10^15 < 2^53), which is how
+    // the merge script compares and adds such texts.
+    text.len() < 16 && is_integer_text(text)
+}
+
+pub(crate) fn is_integer_text(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// What a merge push did: its receipt, and whether its push id was already applied.
+pub(crate) type Merged = (PushReceipt, bool);
+
+/// One argument of a merge script's entries (`MergeCall::write_entries`).
+pub(crate) enum EntryArg<'a> {
+    Text(&'a str),
+    Count(u64),
+}
 
 /// What Redis did with a merge script.
 pub(crate) enum MergeOutcome {
@@ -205,14 +239,19 @@ impl MergeCall {
         self.pushes += 1;
     }
 
-    /// The entries' arguments, as `scripts::COALESCE_PUSH` reads them.
-    pub(crate) fn write_entries(&self, script: &mut ScriptCall<'_>) {
+    /// The entries' arguments, as `scripts::COALESCE_PUSH` reads them, one by one to `arg`
+    /// (the caller adds them to its script call).
+    pub(crate) fn write_entries(&self, mut arg: impl FnMut(EntryArg<'_>)) {
         for entry in &self.entries {
             let ops: usize = entry.fields.iter().map(|field| field.values.len()).sum();
-            script.arg(&entry.entity).arg(entry.writes).arg(ops);
+            arg(EntryArg::Text(&entry.entity));
+            arg(EntryArg::Count(entry.writes));
+            arg(EntryArg::Count(ops as u64));
             for field in &entry.fields {
                 for value in &field.values {
-                    script.arg(field.op).arg(&field.name).arg(value);
+                    arg(EntryArg::Text(field.op));
+                    arg(EntryArg::Text(&field.name));
+                    arg(EntryArg::Text(value));
                 }
             }
         }
@@ -237,7 +276,7 @@ impl MergeCall {
 
     /// Whether a refusal of this call is one push's answer: a single push whose records are
     /// each an entry of their own, so the refusal's index names the record.
-    fn answers_one_push(&self) -> bool {
+    pub(crate) fn answers_one_push(&self) -> bool {
         self.pushes == 1 && self.entries.len() as u64 == self.records
     }
 }
@@ -249,7 +288,7 @@ pub(crate) struct GroupCommits {
 }
 
 impl GroupCommits {
-    fn queue(&self, store: &StoreName) -> Arc<Mutex<Queue>> {
+    pub(crate) fn queue(&self, store: &StoreName) -> Arc<Mutex<Queue>> {
         let mut stores = lock(&self.stores);
         Arc::clone(stores.entry(store.clone()).or_default())
     }
@@ -258,173 +297,29 @@ impl GroupCommits {
 /// A store's group commit: whether a merge script is in flight, and the groups formed behind
 /// it, in the order they will be sent.
 #[derive(Default)]
-struct Queue {
-    busy: bool,
-    forming: VecDeque<Group>,
+pub(crate) struct Queue {
+    pub(crate) busy: bool,
+    pub(crate) forming: VecDeque<Group>,
 }
 
 /// Pushes merged into one script while they wait: the rules they were made under, their
 /// records merged by entity, and how to answer each.
-struct Group {
+pub(crate) struct Group {
     /// The stored rules' text the operations were made under.
-    rules: Arc<str>,
-    call: MergeCall,
-    members: Vec<oneshot::Sender<Verdict>>,
+    pub(crate) rules: Arc<str>,
+    pub(crate) call: MergeCall,
+    pub(crate) members: Vec<oneshot::Sender<Verdict>>,
 }
 
-enum Verdict {
+pub(crate) enum Verdict {
     Done(Result<Merged>),
     /// Send the push on its own.
     Alone,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while a queue was locked leaves it consistent (every change is one statement).
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Sends `ops` (one push to `store`, made under the rules `rules`) with the store's group
-/// commit; `None` when the push must be sent on its own (`Buffer::merge_alone`).
-///
-/// The push is merged into the last group formed behind the script in flight, by the caller's
-/// task and while that script runs in Redis, so the next group is ready when it returns. A
-/// new group starts when the rules differ or the last one holds `coalesce_group_entities`
-/// entities.
-pub(crate) async fn submit(
-    buffer: &Buffer,
-    store: &StoreName,
-    rules: Arc<str>,
-    ops: PushOps,
-) -> Option<Result<Merged>> {
-    let cap = buffer.config().coalesce_group_entities;
-    let queue = buffer.group_commits().queue(store);
-    let (reply, verdict) = oneshot::channel();
-    let start = {
-        let mut queue = lock(&queue);
-        let joins = queue
-            .forming
-            .back()
-            .is_some_and(|group| group.rules == rules && group.call.entities() < cap);
-        if !joins {
-            queue.forming.push_back(Group {
-                rules,
-                call: MergeCall::default(),
-                members: Vec::new(),
-            });
-        }
-        let group = queue.forming.back_mut().expect("a group was just ensured");
-        group.call.merge_records(ops);
-        group.members.push(reply);
-        let full = group.call.entities() >= cap;
-        if !std::mem::replace(&mut queue.busy, true) {
-            Start::Sender
-        } else if full {
-            Start::Full(queue.forming.pop_back().expect("the group just joined"))
-        } else {
-            Start::Nothing
-        }
-    };
-    // Tasks of their own, so a caller that stops waiting (a timeout around its push) does not
-    // stop the group the others wait on.
-    match start {
-        Start::Sender => {
-            tokio::spawn(send_groups(buffer.clone(), store.clone(), queue));
-        }
-        Start::Full(group) => {
-            let (buffer, store) = (buffer.clone(), store.clone());
-            tokio::spawn(async move { send_group(&buffer, &store, group).await });
-        }
-        Start::Nothing => {}
-    }
-    match verdict.await {
-        Ok(Verdict::Done(result)) => Some(result),
-        Ok(Verdict::Alone) => None,
-        // The sending task was dropped (its runtime shut down) after the push joined a group:
-        // the group may or may not have been applied.
-        Err(_) => Some(Err(Error::Redis {
-            op: "push",
-            store: store.as_str().to_owned(),
-            source: redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "the task sending this push's group commit stopped (its runtime shut down)",
-            )),
-        })),
-    }
-}
-
-/// What a push that joined a group starts.
-enum Start {
-    /// The queue was idle: a `send_groups` task, which sends the group now.
-    Sender,
-    /// The group is full while a script is in flight: this group is sent now, beside it.
-    Full(Group),
-    /// Nothing: the group waits for the script in flight.
-    Nothing,
-}
-
-/// Marks the queue idle if the sending task is dropped while it runs, so later pushes start a
-/// new one; the pushes waiting then learn it from their dropped replies.
-struct IdleOnDrop {
-    queue: Arc<Mutex<Queue>>,
-    armed: bool,
-}
-
-impl Drop for IdleOnDrop {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut queue = lock(&self.queue);
-            queue.busy = false;
-            queue.forming.clear();
-        }
-    }
-}
-
-/// Sends the store's groups, one script at a time, until none is waiting (a full group is
-/// sent at once by the push that filled it, see `submit`).
-async fn send_groups(buffer: Buffer, store: StoreName, queue: Arc<Mutex<Queue>>) {
-    let mut idle = IdleOnDrop {
-        queue: Arc::clone(&queue),
-        armed: true,
-    };
-    loop {
-        let group = {
-            let mut queue = lock(&queue);
-            let Some(group) = queue.forming.pop_front() else {
-                queue.busy = false;
-                idle.armed = false;
-                return;
-            };
-            group
-        };
-        send_group(&buffer, &store, group).await;
-    }
-}
-
-/// Sends one group as one script and answers its members.
-async fn send_group(buffer: &Buffer, store: &StoreName, group: Group) {
-    let Group {
-        rules,
-        call,
-        members,
-    } = group;
-    let outcome = match buffer.stamp_ms().await {
-        Ok(now) => buffer.run_merge_call(store, &rules, &call, now, None).await,
-        Err(err) => Err(err),
-    };
-    let answers: Box<dyn Fn() -> Verdict + Send> = match outcome {
-        Ok(MergeOutcome::Applied(merged)) => Box::new(move || Verdict::Done(Ok(merged.clone()))),
-        Ok(MergeOutcome::Refused(err)) if call.answers_one_push() => {
-            Box::new(move || Verdict::Done(Err(err.clone())))
-        }
-        Ok(MergeOutcome::Refused(_) | MergeOutcome::RulesChanged) => Box::new(|| Verdict::Alone),
-        Err(err) => Box::new(move || Verdict::Done(Err(err.clone()))),
-    };
-    // The call's memory is given back before the members run again.
-    drop(call);
-    for member in members {
-        // A member that stopped waiting is not told.
-        let _ = member.send(answers());
-    }
 }
 
 #[cfg(test)]

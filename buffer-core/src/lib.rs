@@ -139,6 +139,7 @@ mod buffer;
 mod clock;
 mod coalesce;
 mod coalesce_group;
+mod coalesce_send;
 mod config;
 mod connection;
 mod consumer;

@@ -386,25 +386,23 @@ async fn memory(sizes: &Sizes, runs: usize) -> Result<Figure> {
     Ok(figure)
 }
 
-const WEAK_COALESCE_PUSH: &str = "Redis's CPU, not the client, bounds this figure: the merge \
-    is a Lua script, and one merged record costs redis-server about 135 000 instructions \
-    (callgrind on a private redis-server fed the figure's `EVALSHA` calls by `redis-cli --pipe`, \
-    2026-12-07; 18-23 µs of CPU, `INFO cpu` around our side), where a raw `HINCRBY` costs a \
-    few thousand: about 18 000 to receive its ~20 arguments and build `ARGV`, 14 000 to read \
-    and unpack its entity's packed row (one `HGET`), 37 000 for its six operations (two sums, a \
-    max, a union element, the key, each through Lua string and number conversions), 11 000 for \
-    the top-10 lists, and about 55 000 to pack each row back into one string, `HSET` it and \
-    collect the garbage those strings leave. The baseline does no max, no union, no \
-    exactness check, no top list and no index entry. Tried: packing a row into one hash field \
-    (from 0.16× to about 0.3×, and memory per entity from 2.9× to 0.8× of a plain HASH), \
-    keeping the top lists' numbers beside their texts (−7 % instructions), one parts table for \
-    every row of a push (−2 %). What is left is the interpreter itself, so 0.5× is out of \
-    reach of a per-record Lua merge on 2 cores. The levers that remain change the design, and \
-    are a decision for the project rather than tuning: merging the concurrent pushes of one \
-    coalescing store in the client before they are sent (a group commit: while one merge \
-    script is in flight, the pushes that arrive are merged by entity and sent as one call, each \
-    push still acknowledged, and refused, on its own), which divides Redis's work by the \
-    repeats among them (for this figure's views over 1 000 pages, a group of 10 pushes holds \
-    about 630 distinct pages in 1 000 views, 1.6× fewer merges; all 50 tasks' pushes, about \
-    990 in 5 000, 5×); fewer script \
-    arguments (one shape per push: about −10 %); or a Redis module instead of Lua.";
+const WEAK_COALESCE_PUSH: &str = "Redis's work per merged entity bounds this figure, and \
+    group commits divide it by the views a group merges per page. With them, the 50 tasks \
+    form about 25 pushes a group (394 scripts for 10 000 pushes): while one group's script \
+    runs, the other tasks' pushes merge into the next. A group of 2 500 views holds about 920 \
+    of the 1 000 pages, and Redis runs its script in about 12.6 ms (about 13.5 µs an entity: \
+    read and unpack its row, about eight operations, pack and write it back) of a cycle of \
+    about 15.6 ms; the rest is the client: 0.8 ms to build the call's ~25 000 arguments and \
+    about 2 ms while the answered tasks encode their next pushes (timed by instrumenting \
+    `send_groups`, 2026-12-07). So Redis spends about 5 µs of CPU a record, against 11.6 µs \
+    with group commits off, and the client 3.5-4.5 µs. The merge itself was profiled before \
+    group commits (callgrind, 135 000 redis-server instructions a merged record, where a raw \
+    `HINCRBY` costs a few thousand: receiving ~20 arguments, unpacking and packing the row, \
+    Lua's string and number conversions, the top-10 lists, garbage collection); tried then: \
+    packing a row into one hash field (0.16× to about 0.3×, memory per entity 2.9× to 0.8× of \
+    a plain HASH), the top lists' numbers kept beside their texts (−7 % instructions), one \
+    parts table per push (−2 %). The script also costs more per entity in large calls (about \
+    13.5 µs in a group of 900 entities against 11-12 µs in a push of 100), not yet explained. \
+    Levers left: a second script in flight to keep Redis busy during the client's 3 ms (it \
+    would split the waiting pushes into smaller groups, with more distinct pages a view), a \
+    cheaper Lua merge per entity, or a Redis module instead of Lua.";
