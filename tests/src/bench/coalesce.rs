@@ -394,8 +394,8 @@ const WEAK_COALESCE_PUSH: &str = "Redis's work per merged entity bounds this fig
     read and unpack its row, about eight operations, pack and write it back) of a cycle of \
     about 15.6 ms; the rest is the client: 0.8 ms to build the call's ~25 000 arguments and \
     about 2 ms while the answered tasks encode their next pushes (timed by instrumenting \
-    `send_groups`, 2026-12-07). So Redis spends about 5 µs of CPU a record, against 11.6 µs \
-    with group commits off, and the client 3.5-4.5 µs. The merge itself was profiled before \
+    `send_groups`, 2026-12-07). So Redis spends 5-6 µs of CPU a record, against 11.5-13 µs \
+    with group commits off, and the client 3.5-4.7 µs (the runs' details). The merge itself was profiled before \
     group commits (callgrind, 135 000 redis-server instructions a merged record, where a raw \
     `HINCRBY` costs a few thousand: receiving ~20 arguments, unpacking and packing the row, \
     Lua's string and number conversions, the top-10 lists, garbage collection); tried then: \
