@@ -786,23 +786,13 @@ impl Buffer {
         if let Some(refused) = crate::limits::refusal(store, &numbers) {
             return Ok(MergeOutcome::Refused(refused));
         }
-        let counts: Option<Vec<u64>> = numbers.iter().map(|n| u64::try_from(*n).ok()).collect();
-        let Some([duplicate, entities, bytes, keys, first]) =
-            counts.as_deref().and_then(|c| <[u64; 5]>::try_from(c).ok())
-        else {
-            return Err(Error::Corrupt {
+        // For a coalescing store, `records` counts its entities.
+        match PushReceipt::from_totals(&numbers) {
+            Some(merged) => Ok(MergeOutcome::Applied(merged)),
+            None => Err(Error::Corrupt {
                 what: format!("merge script replied {numbers:?}"),
-            });
-        };
-        Ok(MergeOutcome::Applied((
-            PushReceipt {
-                bytes,
-                records: entities,
-                keys,
-                first_write_ms: first,
-            },
-            duplicate == 1,
-        )))
+            }),
+        }
     }
 
     /// Records `rules` as `store`'s coalescing rules (or replaces them). From then on every

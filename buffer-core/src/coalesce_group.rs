@@ -180,8 +180,7 @@ impl MergeCall {
     /// Adds a push's records, each as an entry of its own with its operations as they are (a
     /// refusal then names the record).
     pub(crate) fn add_records(&mut self, push: PushOps) {
-        self.count(&push);
-        for record in push.records {
+        for record in self.count(push) {
             self.entries.push(Entry {
                 entity: record.entity,
                 writes: 1,
@@ -201,8 +200,7 @@ impl MergeCall {
     /// Adds a push's records merged into their entity's entry, each field's operations folded
     /// where that gives what the script would give applying them one by one.
     pub(crate) fn merge_records(&mut self, push: PushOps) {
-        self.count(&push);
-        for record in push.records {
+        for record in self.count(push) {
             let at = match self.by_entity.get(&record.entity) {
                 Some(&at) => at,
                 None => {
@@ -232,11 +230,13 @@ impl MergeCall {
         }
     }
 
-    fn count(&mut self, push: &PushOps) {
-        self.names.extend(push.names.iter().cloned());
+    /// Counts a push's names, bytes and records into the call, and returns its records.
+    fn count(&mut self, push: PushOps) -> Vec<RecordOps> {
+        self.names.extend(push.names);
         self.bytes += push.bytes;
         self.records += push.records.len() as u64;
         self.pushes += 1;
+        push.records
     }
 
     /// The entries' arguments, as `scripts::COALESCE_PUSH` reads them, one by one to `arg`

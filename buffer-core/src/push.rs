@@ -196,23 +196,12 @@ impl Buffer {
         if let Some(refused) = crate::limits::refusal(&store, &reply) {
             return Err(refused);
         }
-        let counts: Option<Vec<u64>> = reply.iter().map(|n| u64::try_from(*n).ok()).collect();
-        let Some([duplicate, records, bytes, keys, first]) =
-            counts.as_deref().and_then(|c| <[u64; 5]>::try_from(c).ok())
-        else {
+        let Some((receipt, duplicate)) = PushReceipt::from_totals(&reply) else {
             return Err(Error::Corrupt {
                 what: format!("push_once script replied {reply:?}"),
             });
         };
-        Ok(PushOnceOutcome {
-            receipt: PushReceipt {
-                bytes,
-                records,
-                keys,
-                first_write_ms: first,
-            },
-            duplicate: duplicate == 1,
-        })
+        Ok(PushOnceOutcome { receipt, duplicate })
     }
 
     #[tracing::instrument(

@@ -18,6 +18,28 @@ pub struct PushReceipt {
     pub first_write_ms: u64,
 }
 
+impl PushReceipt {
+    /// Reads the totals a push script returns (`totals` in `scripts.rs`): whether its push id
+    /// was applied before, then records, bytes, keys and first write; `None` for any other
+    /// shape.
+    pub(crate) fn from_totals(reply: &[i64]) -> Option<(Self, bool)> {
+        let counts: Vec<u64> = reply
+            .iter()
+            .map(|n| u64::try_from(*n).ok())
+            .collect::<Option<_>>()?;
+        let [duplicate, records, bytes, keys, first] = <[u64; 5]>::try_from(counts).ok()?;
+        Some((
+            Self {
+                bytes,
+                records,
+                keys,
+                first_write_ms: first,
+            },
+            duplicate == 1,
+        ))
+    }
+}
+
 /// What [`crate::Buffer::push_once`] returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]

@@ -96,6 +96,23 @@ impl RedisServer {
         format!("{value:?}")
     }
 
+    /// The server's clients from `CLIENT LIST`, each as its fields by name (`name`, `cmd`,
+    /// `qbuf`…).
+    pub fn clients(&self) -> Vec<std::collections::BTreeMap<String, String>> {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut self.conn())
+            .expect("CLIENT LIST");
+        list.lines()
+            .map(|line| {
+                line.split(' ')
+                    .filter_map(|field| field.split_once('='))
+                    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                    .collect()
+            })
+            .collect()
+    }
+
     /// A configuration for this server with a short response timeout.
     pub fn config(&self) -> BufferConfig {
         BufferConfig::new(self.url()).response_timeout(Duration::from_secs(3))

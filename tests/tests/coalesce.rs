@@ -1056,19 +1056,11 @@ fn pause_writes(server: &RedisServer, ms: u64) {
 /// Bytes of commands Redis has read but not run yet (every client's `qbuf` but this one's):
 /// what was sent behind a command held by `CLIENT PAUSE`.
 fn queued_bytes(server: &RedisServer) -> u64 {
-    let clients: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut server.conn())
-        .expect("CLIENT LIST");
-    clients
-        .lines()
-        .filter(|client| !client.contains("cmd=client|list"))
-        .filter_map(|client| {
-            client
-                .split(' ')
-                .find_map(|field| field.strip_prefix("qbuf="))
-                .and_then(|bytes| bytes.parse::<u64>().ok())
-        })
+    server
+        .clients()
+        .iter()
+        .filter(|client| client.get("cmd").is_none_or(|cmd| cmd != "client|list"))
+        .filter_map(|client| client.get("qbuf")?.parse::<u64>().ok())
         .sum()
 }
 
@@ -1423,4 +1415,69 @@ fn merging_a_pushs_records_by_entity_first_gives_the_same_rows_and_refusals() {
             })
         })
         .unwrap();
+}
+
+/// A push waiting in a group whose sending task stops with its runtime (one `Buffer` used from
+/// two runtimes, one shut down) fails at once with an error whose outcome is unknown, rather
+/// than waiting for ever; its group was never sent, so nothing of it is applied, and the
+/// store's next push starts a new group.
+#[test]
+fn a_push_whose_group_sender_stops_with_its_runtime_fails_with_an_unknown_outcome() {
+    let runtime = |workers| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (main, other) = (runtime(2), runtime(1));
+    let server = RedisServer::start();
+    // Connected from `main`, so the connection outlives `other`.
+    let buffer = main.block_on(server.buffer());
+    let rules = CoalesceRules::new("k").with("n", MergeRule::Sum);
+    main.block_on(async {
+        buffer.set_coalesce("s", &rules).await.unwrap();
+        buffer
+            .push("s", &json!({"k": "warm", "n": 1}))
+            .await
+            .unwrap();
+    });
+    pause_writes(&server, 1500);
+    // The first push, from `other`, starts the store's sending task there; its script waits
+    // behind the pause.
+    let first = buffer.clone();
+    other.spawn(async move {
+        let _ = first.push("s", &json!({"k": "a", "n": 1})).await;
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // The second joins the group forming behind it.
+    let second = buffer.clone();
+    let waiting = main.spawn(async move { second.push("s", &json!({"k": "b", "n": 1})).await });
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    other.shutdown_background();
+    let err = main
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), waiting).await })
+        .expect("the waiting push is answered, not left waiting")
+        .unwrap()
+        .expect_err("the group's sender is gone");
+    assert!(err.is_outcome_unknown(), "{err}");
+    assert!(err.to_string().contains("group commit"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "answered before the pause ended: {:?}",
+        started.elapsed()
+    );
+    main.block_on(async {
+        buffer.push("s", &json!({"k": "b", "n": 1})).await.unwrap();
+        let rows = drain_rows(&buffer, "s", "k").await;
+        assert_eq!(rows["\"b\""]["n"], json!(1), "{rows:?}");
+        assert_eq!(rows["\"b\""]["_writes"], json!(1), "{rows:?}");
+        // The first push's script was on the wire before its runtime stopped: applied once,
+        // or not at all.
+        assert!(
+            rows.get("\"a\"").is_none_or(|row| row["n"] == json!(1)),
+            "{rows:?}"
+        );
+    });
 }

@@ -42,18 +42,11 @@ async fn read_all(buffer: &Buffer, store: &str) -> (Vec<Page>, buffer_core::Lock
 
 /// The names and last commands of the server's clients, from `CLIENT LIST`.
 fn clients(server: &RedisServer) -> Vec<(String, String)> {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut server.conn())
-        .unwrap();
-    list.lines()
-        .map(|line| {
-            let field = |name: &str| {
-                line.split(' ')
-                    .find_map(|f| f.strip_prefix(&format!("{name}=")))
-                    .unwrap_or_default()
-                    .to_owned()
-            };
+    server
+        .clients()
+        .into_iter()
+        .map(|mut client| {
+            let mut field = |name: &str| client.remove(name).unwrap_or_default();
             (field("name"), field("cmd"))
         })
         .collect()
