@@ -214,7 +214,7 @@ fn duckdb_reads_one_row_per_entity_from_jsonl_csv_and_parquet() {
 
 /// A persister killed (abort at a failpoint: the effect of kill -9 at that step) at each step
 /// of a coalesced batch, and Redis killed and restarted from its AOF (`appendfsync always`)
-/// between merges: after recovery every entity's rows, over every file, add up to exactly
+/// between merges pushed by 4 concurrent tasks: after recovery every entity's rows, over every file, add up to exactly
 /// what was pushed (sums and write counts): nothing lost, nothing counted twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persister_crashes_and_a_redis_restart_lose_and_double_nothing() {
@@ -253,7 +253,13 @@ async fn persister_crashes_and_a_redis_restart_lose_and_double_nothing() {
                     serde_json::json!({"k": k, "n": n})
                 })
                 .collect();
-            buffer.push_many("c", &records).await.unwrap();
+            // From 4 tasks at once, so the pushes go in group commits (coalesce_group.rs).
+            futures::future::join_all(records.chunks(25).map(|chunk| {
+                let buffer = buffer.clone();
+                let chunk = chunk.to_vec();
+                async move { buffer.push_many("c", &chunk).await.unwrap() }
+            }))
+            .await;
             if half == 0 && round % 2 == 0 {
                 // Redis dies between merges; the merged rows come back from the AOF.
                 server.restart();
