@@ -1481,3 +1481,50 @@ fn a_push_whose_group_sender_stops_with_its_runtime_fails_with_an_unknown_outcom
         );
     });
 }
+
+/// Redis killed (SIGKILL) while a group commit waits behind the merge script in flight (held
+/// by `CLIENT PAUSE`): the push in flight fails with an unknown outcome, and the group, sent
+/// after it to a dead server, fails too; after a restart from the AOF (`appendfsync always`)
+/// none of them is in the rows, since neither script ran, and the producer's next pushes
+/// merge again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_a_group_commit_fails_every_push_unknown_and_applies_none() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let buffer = server.buffer().await;
+    let rules = CoalesceRules::new("k").with("n", MergeRule::Sum);
+    buffer.set_coalesce("s", &rules).await.unwrap();
+    buffer
+        .push("s", &json!({"k": "warm", "n": 1}))
+        .await
+        .unwrap();
+    pause_writes(&server, 10_000);
+    let spawn = |records: Vec<serde_json::Value>| {
+        let buffer = buffer.clone();
+        tokio::spawn(async move { buffer.push_many("s", &records).await })
+    };
+    let mut pushes = vec![spawn(vec![json!({"k": "a", "n": 1})])];
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    pushes
+        .extend((0..5).map(|_| spawn(vec![json!({"k": "a", "n": 1}), json!({"k": "b", "n": 1})])));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill();
+    for (i, push) in pushes.into_iter().enumerate() {
+        let err = push.await.unwrap().expect_err("Redis was killed under it");
+        if i == 0 {
+            assert!(err.is_outcome_unknown(), "{err}");
+        }
+    }
+    server.restart();
+    // The producer reconnects by itself; its first pushes may still meet the old connection.
+    let mut attempts = 0;
+    while let Err(err) = buffer.push("s", &json!({"k": "a", "n": 1})).await {
+        attempts += 1;
+        assert!(attempts < 20, "no push merged after the restart: {err}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = drain_rows(&buffer, "s", "k").await;
+    assert_eq!(rows["\"warm\""]["n"], json!(1), "{rows:?}");
+    assert_eq!(rows["\"a\""]["n"], json!(1), "{rows:?}");
+    assert_eq!(rows["\"a\""]["_writes"], json!(1), "{rows:?}");
+    assert!(!rows.contains_key("\"b\""), "{rows:?}");
+}
